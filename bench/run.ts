@@ -1,0 +1,42 @@
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startRegistry } from '../test/helpers/registry.js';
+import { pullBench } from './pull-bench.js';
+import type { BenchContext, BenchRow } from './types.js';
+
+const repoRoot = resolve(fileURLToPath(import.meta.url), '../../..');
+
+function table(rows: BenchRow[]): string {
+  const header = ['scenario', 'tool', 'seconds', 'vs peer', 'note'];
+  const cells = rows.map((r) => [r.scenario, r.tool, r.seconds.toFixed(2), `${r.ratio.toFixed(2)}×`, r.note]);
+  const widths = header.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i]!.length)));
+  const line = (c: string[]) => `| ${c.map((x, i) => x.padEnd(widths[i]!)).join(' | ')} |`;
+  return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...cells.map(line)].join('\n');
+}
+
+async function main(): Promise<void> {
+  const rounds = Number(process.env.BENCH_ROUNDS ?? 3);
+  const workDir = await mkdtemp(join(tmpdir(), 'lazyroot-bench-'));
+  const registry = await startRegistry();
+  try {
+    const ctx: BenchContext = {
+      registryHost: registry.host,
+      cacheDir: join(repoRoot, '.bench-cache'),
+      workDir,
+      lazyrootBin: join(repoRoot, 'bin', 'lazyroot.js'),
+      rounds,
+    };
+    const rows = [...(await pullBench(ctx))];
+    process.stdout.write(`lazyroot benchmarks (median of ${rounds} cold rounds; "vs peer" < 1 means lazyroot is faster)\n\n${table(rows)}\n`);
+  } finally {
+    await registry.stop();
+    await rm(workDir, { recursive: true, force: true });
+  }
+}
+
+main().catch((err) => {
+  process.stderr.write(`bench: ${(err as Error).stack ?? err}\n`);
+  process.exitCode = 1;
+});

@@ -1,0 +1,16 @@
+export interface BenchContext {
+  registryHost: string;
+  cacheDir: string;
+  workDir: string;
+  lazyrootBin: string;
+  rounds: number;
+}
+
+export interface BenchRow {
+  scenario: string;
+  tool: string;
+  seconds: number;
+  /** Time relative to the peer the scenario compares against (lower is better). */
+  ratio: number;
+  note: string;
+}

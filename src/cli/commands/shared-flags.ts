@@ -1,0 +1,9 @@
+import type { Command } from 'commander';
+
+/** Flags for commands that may reach a registry. */
+export function addRegistryFlags(cmd: Command): Command {
+  return cmd
+    .option('--insecure', 'allow plain HTTP and unverified TLS for this registry (loopback registries need no flag)')
+    .option('--creds <user:password>', 'registry credentials (default: docker/containers auth files)')
+    .option('--authfile <path>', 'credentials file in docker config.json or containers auth.json form');
+}

@@ -1,0 +1,70 @@
+/**
+ * One error type for the whole library, with a stable `code` callers can
+ * switch on (modelled on containerd's errdefs and pnpm's PnpmError).
+ * Messages say what was being done and to what; `cause` keeps the detail.
+ */
+export type ErrorCode =
+  | 'NOT_FOUND'
+  | 'ALREADY_EXISTS'
+  | 'INVALID_ARGUMENT'
+  | 'INVALID_REFERENCE'
+  | 'INVALID_MANIFEST'
+  | 'UNSUPPORTED'
+  | 'FAILED_PRECONDITION'
+  | 'UNAVAILABLE'
+  | 'UNAUTHORIZED'
+  | 'DIGEST_MISMATCH'
+  | 'SIZE_MISMATCH'
+  | 'HOSTILE_ARCHIVE'
+  | 'IN_USE';
+
+export class LazyrootError extends Error {
+  readonly code: ErrorCode;
+  /** True when trying the same thing again later may succeed. */
+  readonly temporary: boolean;
+
+  constructor(code: ErrorCode, message: string, options: { cause?: unknown; temporary?: boolean } = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'LazyrootError';
+    this.code = code;
+    this.temporary = options.temporary ?? code === 'UNAVAILABLE';
+  }
+
+  /** The same error with more context in front of its message. */
+  withContext(context: string): LazyrootError {
+    const wrapped = new LazyrootError(this.code, `${context}: ${this.message}`, {
+      cause: this.cause,
+      temporary: this.temporary,
+    });
+    Object.assign(wrapped, extraFields(this));
+    return wrapped;
+  }
+}
+
+export class DigestMismatchError extends LazyrootError {
+  readonly want: string;
+  readonly got: string;
+  constructor(what: string, want: string, got: string) {
+    super('DIGEST_MISMATCH', `${what}: digest mismatch (want ${want}, got ${got})`);
+    this.want = want;
+    this.got = got;
+  }
+}
+
+function extraFields(err: LazyrootError): Record<string, unknown> {
+  const base = new Set(['code', 'temporary', 'message', 'name', 'stack', 'cause']);
+  return Object.fromEntries(Object.entries(err).filter(([k]) => !base.has(k)));
+}
+
+export function isLazyrootError(err: unknown, code?: ErrorCode): err is LazyrootError {
+  return err instanceof LazyrootError && (code === undefined || err.code === code);
+}
+
+/** Prefixes context to a LazyrootError; wraps anything else as UNAVAILABLE-free plain error. */
+export function withContext(err: unknown, context: string): Error {
+  if (err instanceof LazyrootError) return err.withContext(context);
+  const e = err instanceof Error ? err : new Error(String(err));
+  const wrapped = new Error(`${context}: ${e.message}`, { cause: e });
+  Object.assign(wrapped, { code: (e as NodeJS.ErrnoException).code });
+  return wrapped;
+}

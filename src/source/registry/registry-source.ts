@@ -1,0 +1,406 @@
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import { DigestMismatchError, LazyrootError } from '../../errors.js';
+import { digestAlgorithm, hasherFor, sha256, type Digest } from '../../oci/digest.js';
+import { parseImageConfig, parseManifest, type ParsedManifest } from '../../oci/manifest.js';
+import { MediaType, manifestAcceptTypes } from '../../oci/media-types.js';
+import { formatPlatform, selectPlatform } from '../../oci/platform.js';
+import { planSchema1, schema1ManifestDigest } from '../../oci/schema1.js';
+import type { Descriptor, ImageConfig, ImageManifest, Platform } from '../../oci/types.js';
+import { formatReference, type DockerReference } from '../../reference/reference.js';
+import type { FetchOptions, ImageSource, ResolvedImage } from '../image-source.js';
+import { Authenticator } from './auth.js';
+import { blobStream, discard, readLimited, sliceOf } from './body.js';
+import { findCredentials, type Credentials } from './credentials.js';
+import { apiHostFor, schemesFor } from './endpoint.js';
+import { RegistryError, errorForStatus, redactUrl } from './registry-error.js';
+import { Transport, describeNetworkError, headerValue, isTlsOrConnectError, type TransportResponse } from './transport.js';
+
+export interface RegistrySourceOptions {
+  /** Allow plain HTTP (after HTTPS fails) and accept any TLS certificate. */
+  insecure?: boolean;
+  /** Credentials to use; when absent they are looked up in the auth files. */
+  credentials?: Credentials;
+  /** Read credentials from this file only (containers auth.json or Docker config.json format). */
+  authFile?: string;
+  /** Environment for finding auth files; `process.env` by default. */
+  env?: Record<string, string | undefined>;
+  /** Retries after a temporary failure (default 4). */
+  retries?: number;
+  /** First retry delay, doubled each time (default 250 ms). */
+  retryBaseDelayMs?: number;
+  /** Cap on any retry delay (default 8 s). */
+  retryMaxDelayMs?: number;
+  /** Bound on waiting for headers and on silence mid-body (default 30 s). */
+  requestTimeoutMs?: number;
+  userAgent?: string;
+}
+
+/** Whether the registry honours Range requests, as far as we have seen. */
+export type RangeSupport = 'unknown' | 'supported' | 'ignored';
+
+// Manifests are small; containerd refuses more than 4 MiB too.
+const manifestLimit = 4 << 20;
+const errorBodyLimit = 64 << 10;
+const configLimit = 16 << 20;
+
+interface FetchedManifest {
+  bytes: Buffer;
+  digest: Digest;
+  parsed: ParsedManifest;
+}
+
+/**
+ * An image in a registry speaking the OCI distribution API (Docker Hub, a
+ * `docker-registry`, …): resolves a tag or digest to a manifest and config for
+ * one platform, streams blobs, and reads byte ranges of blobs.
+ */
+export class RegistrySource implements ImageSource {
+  readonly description: string;
+  private readonly name: string;
+  private readonly host: string;
+  private readonly scope: string;
+  private readonly transport: Transport;
+  private readonly auth: Authenticator;
+  private base: Promise<URL> | undefined;
+  private range: RangeSupport = 'unknown';
+
+  constructor(
+    private readonly reference: DockerReference,
+    private readonly options: RegistrySourceOptions = {},
+  ) {
+    this.name = formatReference(reference);
+    this.description = `registry ${this.name}`;
+    this.host = apiHostFor(reference.registry);
+    this.scope = `repository:${reference.repository}:pull`;
+    this.transport = new Transport({
+      retry: {
+        retries: options.retries ?? 4,
+        baseDelayMs: options.retryBaseDelayMs ?? 250,
+        maxDelayMs: options.retryMaxDelayMs ?? 8000,
+      },
+      requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
+      userAgent: options.userAgent ?? 'lazyroot',
+      insecure: options.insecure ?? false,
+    });
+    this.auth = new Authenticator(this.transport, {
+      registry: reference.registry,
+      credentials: async () => {
+        if (options.credentials) return options.credentials;
+        const lookup = { authFile: options.authFile, env: options.env };
+        return (await findCredentials(reference.registry, reference.repository, lookup))?.credentials;
+      },
+    });
+  }
+
+  /** Whether Range requests were honoured ('ignored' once a registry answered one with the whole blob). */
+  get rangeSupport(): RangeSupport {
+    return this.range;
+  }
+
+  async resolve(platform: Platform, options: FetchOptions = {}): Promise<ResolvedImage> {
+    const { signal } = options;
+    const wanted = this.reference.digest ?? this.reference.tag ?? 'latest';
+    const top = await this.fetchManifest(wanted, this.reference.digest, `${this.name}: manifest`, signal);
+    if (top.parsed.kind === 'schema1') return this.resolveSchema1(top, signal);
+    if (top.parsed.kind === 'manifest') return this.resolveManifest(top, top.parsed.manifest, undefined, signal);
+
+    const { manifests } = top.parsed.index;
+    const chosen = selectPlatform(manifests, platform);
+    if (chosen === undefined) {
+      const available = manifests.flatMap((m) => (m.platform ? [formatPlatform(m.platform)] : []));
+      throw new LazyrootError(
+        'NOT_FOUND',
+        `${this.name}: no manifest for platform ${formatPlatform(platform)} in index ${top.digest}; available: ${available.join(', ') || 'none'}`,
+      );
+    }
+    const what = `${this.name}: manifest ${chosen.digest} (${formatPlatform(platform)})`;
+    const child = await this.fetchManifest(chosen.digest, chosen.digest, what, signal);
+    if (child.bytes.length !== chosen.size) {
+      throw new LazyrootError('SIZE_MISMATCH', `${what}: index says ${chosen.size} bytes, registry sent ${child.bytes.length}`);
+    }
+    if (child.parsed.kind !== 'manifest') {
+      throw new LazyrootError('INVALID_MANIFEST', `${what}: index entry is a ${child.parsed.mediaType}, not an image manifest`);
+    }
+    return this.resolveManifest(child, child.parsed.manifest, top.digest, signal);
+  }
+
+  async openBlob(descriptor: Descriptor, offset = 0, options: FetchOptions = {}): Promise<Readable> {
+    const what = `${this.name}: blob ${descriptor.digest}`;
+    if (!Number.isSafeInteger(offset) || offset < 0 || offset > descriptor.size) {
+      throw new LazyrootError('INVALID_ARGUMENT', `${what}: offset ${offset} is outside the blob's ${descriptor.size} bytes`);
+    }
+    if (offset === descriptor.size && offset > 0) return Readable.from([]);
+    const headers: Record<string, string> = offset > 0 ? { range: `bytes=${offset}-` } : {};
+    return this.request('GET', `blobs/${descriptor.digest}`, what, headers, options.signal, async (response) => {
+      let skip = 0;
+      if (response.status === 206) {
+        const start = contentRangeStart(headerValue(response.headers, 'content-range'));
+        if (start !== offset) {
+          response.body.destroy();
+          throw new LazyrootError('UNAVAILABLE', `${what}: asked for bytes from ${offset}, registry sent a range starting at ${start ?? '?'}`);
+        }
+        this.range = 'supported';
+      } else if (response.status === 200) {
+        // A registry or a blob store that ignores Range sends the whole blob: drop what we did not ask for.
+        skip = offset;
+        if (offset > 0) this.range = 'ignored';
+      } else {
+        throw await this.failure(response, what, 'GET');
+      }
+      const url = redactUrl(response.url);
+      const lost = (err: unknown, delivered: number): Error => {
+        // The caller's own abort is not a lost connection.
+        if (options.signal?.aborted) return asError(options.signal.reason);
+        const where = `connection lost after byte ${offset + delivered} of ${descriptor.size} (GET ${url})`;
+        return new RegistryError('UNAVAILABLE', `${what}: ${where}: ${describeNetworkError(err)}`, { method: 'GET', url, cause: err });
+      };
+      return blobStream(response.body, {
+        skip,
+        expected: descriptor.size - offset,
+        describeError: lost,
+        ...(options.onProgress ? { onProgress: options.onProgress } : {}),
+      });
+    });
+  }
+
+  async readRange(descriptor: Descriptor, start: number, end: number, options: FetchOptions = {}): Promise<Buffer> {
+    const what = `${this.name}: blob ${descriptor.digest} bytes ${start}-${end}`;
+    if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end <= start || end > descriptor.size) {
+      throw new LazyrootError('INVALID_ARGUMENT', `${what}: not a range inside the blob's ${descriptor.size} bytes`);
+    }
+    const headers = { range: `bytes=${start}-${end - 1}` };
+    const bytes = await this.request('GET', `blobs/${descriptor.digest}`, what, headers, options.signal, async (response) => {
+      if (response.status === 206) {
+        const got = contentRangeStart(headerValue(response.headers, 'content-range'));
+        if (got !== start) {
+          response.body.destroy();
+          throw new LazyrootError('UNAVAILABLE', `${what}: registry sent a range starting at ${got ?? '?'}`);
+        }
+        this.range = 'supported';
+        const body = await readLimited(response.body, end - start, what);
+        if (body.length !== end - start) {
+          throw new LazyrootError('UNAVAILABLE', `${what}: registry sent ${body.length} bytes instead of ${end - start}`);
+        }
+        return body;
+      }
+      if (response.status === 200) {
+        this.range = 'ignored';
+        return sliceOf(response.body, start, end, what);
+      }
+      throw await this.failure(response, what, 'GET');
+    });
+    options.onProgress?.(bytes.length);
+    return bytes;
+  }
+
+  async close(): Promise<void> {
+    await this.transport.close();
+  }
+
+  // ---- resolving
+
+  private async resolveManifest(
+    fetched: FetchedManifest,
+    manifest: ImageManifest,
+    indexDigest: Digest | undefined,
+    signal: AbortSignal | undefined,
+  ): Promise<ResolvedImage> {
+    const configBytes = await this.fetchConfig(manifest.config, signal);
+    const config = parseImageConfig(configBytes, manifest.layers.length, `${this.name}: config ${manifest.config.digest}`);
+    const resolved: ResolvedImage = {
+      name: this.name,
+      manifestDigest: fetched.digest,
+      manifestMediaType: fetched.parsed.mediaType,
+      manifestBytes: fetched.bytes,
+      manifest,
+      configBytes,
+      config,
+      platform: platformOfConfig(config),
+    };
+    if (indexDigest !== undefined) resolved.indexDigest = indexDigest;
+    return resolved;
+  }
+
+  private async resolveSchema1(fetched: FetchedManifest, signal: AbortSignal | undefined): Promise<ResolvedImage> {
+    if (fetched.parsed.kind !== 'schema1') throw new Error('unreachable');
+    const plan = planSchema1(fetched.parsed.document, `${this.name}: manifest`);
+    // Schema1 has no layer sizes; the registry knows them.
+    const sizes = new Map<Digest, number>();
+    await Promise.all([...new Set(plan.layers)].map(async (digest) => sizes.set(digest, await this.blobSize(digest, signal))));
+    const layers: Descriptor[] = plan.layers.map((digest) => ({ mediaType: MediaType.dockerLayerGzip, digest, size: sizes.get(digest)! }));
+    const placeholder = plan.pendingConfig;
+    const manifest: ImageManifest = {
+      schemaVersion: 2,
+      mediaType: MediaType.dockerManifest,
+      config: { mediaType: MediaType.dockerConfig, digest: sha256(placeholder.configBytes), size: placeholder.configBytes.length },
+      layers,
+    };
+    return {
+      name: this.name,
+      manifestDigest: fetched.digest,
+      manifestMediaType: fetched.parsed.mediaType,
+      manifestBytes: fetched.bytes,
+      manifest,
+      configBytes: placeholder.configBytes,
+      config: placeholder.config,
+      platform: plan.platform,
+      converted: 'schema1',
+      schema1: {
+        build: (diffIds: Digest[]) => {
+          const converted = plan.build(layers, diffIds);
+          return { ...converted, manifestDigest: sha256(converted.manifestBytes) };
+        },
+      },
+    };
+  }
+
+  /** GETs a manifest by tag or digest; verifies its digest when `expected` is given. */
+  private async fetchManifest(reference: string, expected: Digest | undefined, what: string, signal: AbortSignal | undefined): Promise<FetchedManifest> {
+    const headers = { accept: manifestAcceptTypes.join(', ') };
+    const { bytes, contentType } = await this.request('GET', `manifests/${reference}`, what, headers, signal, async (response) => {
+      if (response.status !== 200) throw await this.failure(response, what, 'GET');
+      return { bytes: await readLimited(response.body, manifestLimit, what), contentType: headerValue(response.headers, 'content-type') };
+    });
+    const digest = manifestDigestOf(bytes, expected, what);
+    return { bytes, digest, parsed: parseManifest(bytes, contentType, what) };
+  }
+
+  private async fetchConfig(descriptor: Descriptor, signal: AbortSignal | undefined): Promise<Buffer> {
+    const what = `${this.name}: config ${descriptor.digest}`;
+    if (descriptor.size > configLimit) {
+      throw new LazyrootError('INVALID_MANIFEST', `${what}: ${descriptor.size} bytes is too large for an image config`);
+    }
+    const bytes = await this.request('GET', `blobs/${descriptor.digest}`, what, {}, signal, async (response) => {
+      if (response.status !== 200) throw await this.failure(response, what, 'GET');
+      return readLimited(response.body, descriptor.size, what);
+    });
+    if (bytes.length !== descriptor.size) {
+      throw new LazyrootError('SIZE_MISMATCH', `${what}: manifest says ${descriptor.size} bytes, registry sent ${bytes.length}`);
+    }
+    const got = `${digestAlgorithm(descriptor.digest)}:${hasherFor(descriptor.digest).update(bytes).digest('hex')}`;
+    if (got !== descriptor.digest) throw new DigestMismatchError(what, descriptor.digest, got);
+    return bytes;
+  }
+
+  private async blobSize(digest: Digest, signal: AbortSignal | undefined): Promise<number> {
+    const what = `${this.name}: blob ${digest}`;
+    return this.request('HEAD', `blobs/${digest}`, what, {}, signal, async (response) => {
+      await discard(response.body);
+      if (response.status !== 200) throw await this.failure(response, what, 'HEAD');
+      const size = Number(headerValue(response.headers, 'content-length'));
+      if (!Number.isSafeInteger(size) || size < 0) {
+        throw new LazyrootError('UNAVAILABLE', `${what}: registry gave no Content-Length for the blob`, { temporary: false });
+      }
+      return size;
+    });
+  }
+
+  // ---- plumbing
+
+  /** Sends an authenticated request to `/v2/<repository>/<path>`. */
+  private async request<T>(
+    method: 'GET' | 'HEAD',
+    path: string,
+    what: string,
+    headers: Record<string, string>,
+    signal: AbortSignal | undefined,
+    consume: (response: TransportResponse) => Promise<T>,
+  ): Promise<T> {
+    const base = await this.baseUrl(signal);
+    const url = new URL(`/v2/${this.reference.repository}/${path}`, base);
+    return this.auth.request({ method, url, headers, what, signal }, this.scope, consume);
+  }
+
+  /** The registry's base URL, HTTPS or (for loopback and insecure registries) HTTP, found once. */
+  private baseUrl(signal: AbortSignal | undefined): Promise<URL> {
+    this.base ??= this.probe(signal).catch((err: unknown) => {
+      this.base = undefined;
+      throw err;
+    });
+    return this.base;
+  }
+
+  /**
+   * Pings `/v2/` with each allowed scheme: any HTTP answer settles the scheme,
+   * and a 401 tells the authenticator what the registry wants before the first
+   * real request. HTTPS that fails to connect falls back to HTTP where allowed.
+   */
+  private async probe(signal: AbortSignal | undefined): Promise<URL> {
+    const schemes = schemesFor(this.host, this.options.insecure ?? false);
+    for (const [i, scheme] of schemes.entries()) {
+      const last = i === schemes.length - 1;
+      const url = new URL(`${scheme}://${this.host}/v2/`);
+      try {
+        await this.transport.request(
+          { method: 'GET', url, what: `${this.name}: ping ${this.host}`, signal, ...(last ? {} : { retries: 0 }) },
+          async (response) => {
+            if (response.status === 401) this.auth.learn(response.headers);
+            await discard(response.body);
+          },
+        );
+        return new URL(`${scheme}://${this.host}/`);
+      } catch (err) {
+        if (last || !isTlsOrConnectError((err as Error).cause)) throw err;
+      }
+    }
+    throw new Error('unreachable: no scheme to try');
+  }
+
+  /** The error for an unexpected answer, with the registry's own words. */
+  private async failure(response: TransportResponse, what: string, method: string): Promise<RegistryError> {
+    let body: Buffer = Buffer.alloc(0);
+    try {
+      body = await readLimited(response.body, errorBodyLimit, what);
+    } catch {
+      response.body.destroy();
+    }
+    const error = errorForStatus(what, method, response.url, response.status, body, response.attempts);
+    if (error.code !== 'UNAUTHORIZED') return error;
+    return new RegistryError('UNAUTHORIZED', `${error.message}; ${await this.auth.refusalHint()}`, {
+      status: response.status,
+      method,
+      url: error.url,
+      registryCodes: error.registryCodes,
+      temporary: false,
+    });
+  }
+}
+
+/** The digest of manifest bytes, checked against the digest they were asked for. */
+function manifestDigestOf(bytes: Buffer, expected: Digest | undefined, what: string): Digest {
+  const algorithm = expected === undefined ? 'sha256' : digestAlgorithm(expected);
+  const plain: Digest = `${algorithm}:${createHash(algorithm).update(bytes).digest('hex')}`;
+  if (expected === undefined || plain === expected) return looksLikeSignedSchema1(bytes) ? schema1ManifestDigest(bytes, what) : plain;
+  // A signed schema1 manifest is known by the digest of its unsigned payload.
+  if (looksLikeSignedSchema1(bytes)) {
+    const unsigned = schema1ManifestDigest(bytes, what, algorithm);
+    if (unsigned === expected) return unsigned;
+  }
+  throw new DigestMismatchError(what, expected, plain);
+}
+
+function looksLikeSignedSchema1(bytes: Buffer): boolean {
+  try {
+    const doc = JSON.parse(bytes.toString('utf8')) as Record<string, unknown>;
+    return doc?.schemaVersion === 1 && Array.isArray(doc.signatures) && doc.signatures.length > 0;
+  } catch {
+    return false;
+  }
+}
+
+/** The first byte of `Content-Range: bytes START-END/TOTAL`. */
+function contentRangeStart(value: string | undefined): number | undefined {
+  const match = /^bytes\s+(\d+)-\d+\/(?:\d+|\*)$/i.exec(value?.trim() ?? '');
+  return match ? Number(match[1]) : undefined;
+}
+
+function platformOfConfig(config: ImageConfig): Platform {
+  const platform: Platform = { os: config.os, architecture: config.architecture };
+  if (config.variant) platform.variant = config.variant;
+  return platform;
+}
+
+function asError(value: unknown): Error {
+  return value instanceof Error ? value : new Error(String(value));
+}

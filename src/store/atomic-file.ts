@@ -1,0 +1,50 @@
+import { randomBytes } from 'node:crypto';
+import { open, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+
+/** fsyncs a directory so a rename inside it survives a crash. */
+export async function syncDir(dir: string): Promise<void> {
+  const handle = await open(dir, 'r');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Moves a finished temp file into place: fsync it, rename, fsync the directory. */
+export async function commitFile(tmpPath: string, finalPath: string): Promise<void> {
+  const handle = await open(tmpPath, 'r+');
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  await rename(tmpPath, finalPath);
+  await syncDir(dirname(finalPath));
+}
+
+/**
+ * Writes a whole file atomically: temp file in `tmpDir` (same filesystem),
+ * fsync, rename. Readers see the old file or the new one, never a torn one.
+ */
+export async function writeFileAtomic(finalPath: string, data: Uint8Array | string, tmpDir: string): Promise<void> {
+  const tmpPath = join(tmpDir, `${basename(finalPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
+  const handle = await open(tmpPath, 'wx');
+  try {
+    await handle.writeFile(data);
+    await handle.sync();
+  } catch (err) {
+    await handle.close();
+    await rm(tmpPath, { force: true });
+    throw err;
+  }
+  await handle.close();
+  try {
+    await rename(tmpPath, finalPath);
+  } catch (err) {
+    await rm(tmpPath, { force: true });
+    throw err;
+  }
+  await syncDir(dirname(finalPath));
+}

@@ -1,0 +1,329 @@
+import { randomUUID } from 'node:crypto';
+import Database from 'better-sqlite3';
+import type { Digest } from '../oci/digest.js';
+import { migrations } from './schema.js';
+
+export interface LayerBlobRecord {
+  digest: Digest;
+  mediaType: string;
+  size: number;
+  annotations?: Record<string, string>;
+}
+
+export interface LayerRecord {
+  chainId: Digest;
+  parentChainId: Digest | null;
+  diffId: Digest;
+  diffIdVerified: boolean;
+  uncompressedSize: number | null;
+  blobs: LayerBlobRecord[];
+}
+
+export interface ImageRecord {
+  id: Digest;
+  names: string[];
+  manifestDigest: Digest;
+  manifestMediaType: string;
+  manifests: Digest[];
+  platform: string;
+  topChainId: Digest | null;
+  size: number;
+  createdAt: number;
+  metadata: string | null;
+  /** Chain IDs bottom-up. */
+  chainIds: Digest[];
+}
+
+export interface NewImage {
+  id: Digest;
+  name: string;
+  manifestDigest: Digest;
+  manifestMediaType: string;
+  platform: string;
+  size: number;
+  layers: Array<{ chainId: Digest; parentChainId: Digest | null; diffId: Digest; diffIdVerified: boolean; blob: LayerBlobRecord }>;
+  /** Every blob the image needs (manifest, config, layers), already in blobs/. */
+  blobs: Array<{ digest: Digest; size: number; mediaType: string }>;
+}
+
+interface ImageRow {
+  id: string;
+  manifest_digest: string;
+  manifest_media_type: string;
+  platform: string;
+  top_chain_id: string | null;
+  size: number;
+  created_at: number;
+  metadata: string | null;
+}
+
+/** Is a process with this PID alive? (EPERM means alive but not ours.) */
+function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * The store's SQLite metadata. better-sqlite3 is synchronous: statements are
+ * prepared once, multi-row writes run in one transaction, and nothing awaits
+ * inside one. WAL plus a busy timeout make it safe across processes.
+ */
+export class MetadataDb {
+  private readonly db: Database.Database;
+  private readonly stmt;
+
+  constructor(path: string) {
+    this.db = new Database(path, { timeout: 30_000 });
+    this.db.pragma('journal_mode = WAL');
+    this.db.pragma('synchronous = NORMAL');
+    this.db.pragma('foreign_keys = ON');
+    this.migrate();
+    const db = this.db;
+    this.stmt = {
+      insertImage: db.prepare(
+        `INSERT INTO images (id, manifest_digest, manifest_media_type, platform, top_chain_id, size, created_at)
+         VALUES (@id, @manifestDigest, @manifestMediaType, @platform, @topChainId, @size, @createdAt)
+         ON CONFLICT(id) DO UPDATE SET manifest_digest = excluded.manifest_digest,
+           manifest_media_type = excluded.manifest_media_type, size = excluded.size`,
+      ),
+      insertManifest: db.prepare('INSERT OR IGNORE INTO image_manifests (image_id, manifest_digest) VALUES (?, ?)'),
+      insertImageLayer: db.prepare('INSERT OR REPLACE INTO image_layers (image_id, position, chain_id) VALUES (?, ?, ?)'),
+      setName: db.prepare(
+        'INSERT INTO image_names (name, image_id) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET image_id = excluded.image_id',
+      ),
+      insertLayer: db.prepare(
+        `INSERT INTO layers (chain_id, parent_chain_id, diff_id, diff_id_verified) VALUES (?, ?, ?, ?)
+         ON CONFLICT(chain_id) DO UPDATE SET diff_id_verified = MAX(diff_id_verified, excluded.diff_id_verified)`,
+      ),
+      insertLayerBlob: db.prepare(
+        'INSERT OR IGNORE INTO layer_blobs (chain_id, blob_digest, media_type, size, annotations) VALUES (?, ?, ?, ?, ?)',
+      ),
+      insertBlob: db.prepare('INSERT OR IGNORE INTO blobs (digest, size, media_type, created_at) VALUES (?, ?, ?, ?)'),
+      imageById: db.prepare('SELECT * FROM images WHERE id = ?'),
+      imagesByIdPrefix: db.prepare("SELECT * FROM images WHERE id LIKE ? ESCAPE '\\' LIMIT 2"),
+      imageIdByName: db.prepare('SELECT image_id FROM image_names WHERE name = ?'),
+      allImages: db.prepare('SELECT * FROM images ORDER BY created_at, id'),
+      namesOf: db.prepare('SELECT name FROM image_names WHERE image_id = ? ORDER BY name'),
+      manifestsOf: db.prepare('SELECT manifest_digest FROM image_manifests WHERE image_id = ? ORDER BY manifest_digest'),
+      chainIdsOf: db.prepare('SELECT chain_id FROM image_layers WHERE image_id = ? ORDER BY position'),
+      layer: db.prepare('SELECT * FROM layers WHERE chain_id = ?'),
+      layerBlobs: db.prepare('SELECT * FROM layer_blobs WHERE chain_id = ? ORDER BY blob_digest'),
+      deleteName: db.prepare('DELETE FROM image_names WHERE name = ?'),
+      deleteImage: db.prepare('DELETE FROM images WHERE id = ?'),
+      countNames: db.prepare('SELECT COUNT(*) AS n FROM image_names WHERE image_id = ?'),
+      unusedLayers: db.prepare('SELECT chain_id FROM layers WHERE chain_id NOT IN (SELECT chain_id FROM image_layers)'),
+      deleteLayer: db.prepare('DELETE FROM layers WHERE chain_id = ?'),
+      allBlobs: db.prepare('SELECT digest, size FROM blobs'),
+      deleteBlob: db.prepare('DELETE FROM blobs WHERE digest = ?'),
+      setDiffIdVerified: db.prepare('UPDATE layers SET diff_id_verified = 1, uncompressed_size = ? WHERE chain_id = ?'),
+      insertLease: db.prepare('INSERT INTO leases (id, pid, created_at) VALUES (?, ?, ?)'),
+      insertLeaseBlob: db.prepare('INSERT OR IGNORE INTO lease_blobs (lease_id, digest) VALUES (?, ?)'),
+      deleteLease: db.prepare('DELETE FROM leases WHERE id = ?'),
+      allLeases: db.prepare('SELECT id, pid FROM leases'),
+      leaseBlobs: db.prepare('SELECT digest FROM lease_blobs WHERE lease_id = ?'),
+      setMetadata: db.prepare('UPDATE images SET metadata = ? WHERE id = ?'),
+      putBigData: db.prepare('INSERT OR REPLACE INTO big_data (image_id, key, value) VALUES (?, ?, ?)'),
+      getBigData: db.prepare('SELECT value FROM big_data WHERE image_id = ? AND key = ?'),
+      bigDataKeys: db.prepare('SELECT key FROM big_data WHERE image_id = ? ORDER BY key'),
+    };
+  }
+
+  private migrate(): void {
+    const run = this.db.transaction(() => {
+      const version = this.db.pragma('user_version', { simple: true }) as number;
+      for (let i = version; i < migrations.length; i++) this.db.exec(migrations[i]!);
+      if (version < migrations.length) this.db.pragma(`user_version = ${migrations.length}`);
+    });
+    run.immediate();
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  /** Records a fully pulled image and its layers and blobs, all or nothing. */
+  recordImage(image: NewImage): void {
+    const now = Date.now();
+    const write = this.db.transaction(() => {
+      for (const blob of image.blobs) this.stmt.insertBlob.run(blob.digest, blob.size, blob.mediaType, now);
+      for (const layer of image.layers) {
+        this.stmt.insertLayer.run(layer.chainId, layer.parentChainId, layer.diffId, layer.diffIdVerified ? 1 : 0);
+        const b = layer.blob;
+        this.stmt.insertLayerBlob.run(layer.chainId, b.digest, b.mediaType, b.size, b.annotations ? JSON.stringify(b.annotations) : null);
+      }
+      this.stmt.insertImage.run({
+        id: image.id,
+        manifestDigest: image.manifestDigest,
+        manifestMediaType: image.manifestMediaType,
+        platform: image.platform,
+        topChainId: image.layers.at(-1)?.chainId ?? null,
+        size: image.size,
+        createdAt: now,
+      });
+      this.stmt.insertManifest.run(image.id, image.manifestDigest);
+      image.layers.forEach((layer, i) => this.stmt.insertImageLayer.run(image.id, i, layer.chainId));
+      this.stmt.setName.run(image.name, image.id);
+    });
+    write.immediate();
+  }
+
+  private toImage(row: ImageRow): ImageRecord {
+    return {
+      id: row.id,
+      names: (this.stmt.namesOf.all(row.id) as Array<{ name: string }>).map((r) => r.name),
+      manifestDigest: row.manifest_digest,
+      manifestMediaType: row.manifest_media_type,
+      manifests: (this.stmt.manifestsOf.all(row.id) as Array<{ manifest_digest: string }>).map((r) => r.manifest_digest),
+      platform: row.platform,
+      topChainId: row.top_chain_id,
+      size: row.size,
+      createdAt: row.created_at,
+      metadata: row.metadata,
+      chainIds: (this.stmt.chainIdsOf.all(row.id) as Array<{ chain_id: string }>).map((r) => r.chain_id),
+    };
+  }
+
+  imageById(id: Digest): ImageRecord | undefined {
+    const row = this.stmt.imageById.get(id) as ImageRow | undefined;
+    return row && this.toImage(row);
+  }
+
+  imageByName(name: string): ImageRecord | undefined {
+    const hit = this.stmt.imageIdByName.get(name) as { image_id: string } | undefined;
+    return hit && this.imageById(hit.image_id);
+  }
+
+  /** Images whose ID starts with `prefix` (at most two: enough to tell ambiguity). */
+  imagesByIdPrefix(prefix: string): ImageRecord[] {
+    const escaped = prefix.replace(/[\\%_]/g, (c) => `\\${c}`);
+    return (this.stmt.imagesByIdPrefix.all(`${escaped}%`) as ImageRow[]).map((r) => this.toImage(r));
+  }
+
+  listImages(): ImageRecord[] {
+    return (this.stmt.allImages.all() as ImageRow[]).map((r) => this.toImage(r));
+  }
+
+  layer(chainId: Digest): LayerRecord | undefined {
+    const row = this.stmt.layer.get(chainId) as
+      | { chain_id: string; parent_chain_id: string | null; diff_id: string; diff_id_verified: number; uncompressed_size: number | null }
+      | undefined;
+    if (!row) return undefined;
+    const blobs = (this.stmt.layerBlobs.all(chainId) as Array<{ blob_digest: string; media_type: string; size: number; annotations: string | null }>).map(
+      (b): LayerBlobRecord => ({
+        digest: b.blob_digest,
+        mediaType: b.media_type,
+        size: b.size,
+        ...(b.annotations ? { annotations: JSON.parse(b.annotations) as Record<string, string> } : {}),
+      }),
+    );
+    return {
+      chainId: row.chain_id,
+      parentChainId: row.parent_chain_id,
+      diffId: row.diff_id,
+      diffIdVerified: row.diff_id_verified === 1,
+      uncompressedSize: row.uncompressed_size,
+      blobs,
+    };
+  }
+
+  markDiffIdVerified(chainId: Digest, uncompressedSize: number): void {
+    this.stmt.setDiffIdVerified.run(uncompressedSize, chainId);
+  }
+
+  /**
+   * Removes one name; when the image has no names left, removes the image too.
+   * Returns the image ID if the image itself was removed.
+   */
+  untagOrRemove(name: string): Digest | undefined {
+    const remove = this.db.transaction((): Digest | undefined => {
+      const hit = this.stmt.imageIdByName.get(name) as { image_id: string } | undefined;
+      if (!hit) return undefined;
+      this.stmt.deleteName.run(name);
+      const { n } = this.stmt.countNames.get(hit.image_id) as { n: number };
+      if (n > 0) return undefined;
+      this.stmt.deleteImage.run(hit.image_id);
+      return hit.image_id;
+    });
+    return remove.immediate();
+  }
+
+  removeImage(id: Digest): void {
+    this.stmt.deleteImage.run(id);
+  }
+
+  /** Drops layer rows no image uses; returns their chain IDs. */
+  pruneLayers(): Digest[] {
+    const prune = this.db.transaction(() => {
+      const unused = (this.stmt.unusedLayers.all() as Array<{ chain_id: string }>).map((r) => r.chain_id);
+      for (const chainId of unused) this.stmt.deleteLayer.run(chainId);
+      return unused;
+    });
+    return prune.immediate();
+  }
+
+  /** Every blob an image, or a live process's lease, still needs. */
+  referencedBlobs(): Set<Digest> {
+    const used = new Set<Digest>();
+    const rows = this.db
+      .prepare(
+        `SELECT manifest_digest AS d FROM image_manifests
+         UNION SELECT id FROM images
+         UNION SELECT blob_digest FROM layer_blobs`,
+      )
+      .all() as Array<{ d: string }>;
+    for (const r of rows) used.add(r.d);
+    for (const lease of this.stmt.allLeases.all() as Array<{ id: string; pid: number }>) {
+      if (!processAlive(lease.pid)) {
+        this.stmt.deleteLease.run(lease.id);
+        continue;
+      }
+      for (const b of this.stmt.leaseBlobs.all(lease.id) as Array<{ digest: string }>) used.add(b.digest);
+    }
+    return used;
+  }
+
+  knownBlobs(): Array<{ digest: Digest; size: number }> {
+    return this.stmt.allBlobs.all() as Array<{ digest: Digest; size: number }>;
+  }
+
+  forgetBlob(digest: Digest): void {
+    this.stmt.deleteBlob.run(digest);
+  }
+
+  createLease(): string {
+    const id = randomUUID();
+    this.stmt.insertLease.run(id, process.pid, Date.now());
+    return id;
+  }
+
+  addToLease(leaseId: string, digests: Digest[]): void {
+    const add = this.db.transaction(() => {
+      for (const d of digests) this.stmt.insertLeaseBlob.run(leaseId, d);
+    });
+    add.immediate();
+  }
+
+  dropLease(leaseId: string): void {
+    this.stmt.deleteLease.run(leaseId);
+  }
+
+  setMetadata(imageId: Digest, metadata: string): void {
+    this.stmt.setMetadata.run(metadata, imageId);
+  }
+
+  putBigData(imageId: Digest, key: string, value: Buffer): void {
+    this.stmt.putBigData.run(imageId, key, value);
+  }
+
+  getBigData(imageId: Digest, key: string): Buffer | undefined {
+    return (this.stmt.getBigData.get(imageId, key) as { value: Buffer } | undefined)?.value;
+  }
+
+  bigDataKeys(imageId: Digest): string[] {
+    return (this.stmt.bigDataKeys.all(imageId) as Array<{ key: string }>).map((r) => r.key);
+  }
+}

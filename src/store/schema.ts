@@ -1,0 +1,85 @@
+/**
+ * The metadata schema, one migration per entry; `PRAGMA user_version` records
+ * how many have run. Append, never edit, once a migration has shipped.
+ */
+export const migrations: readonly string[] = [
+  `
+  CREATE TABLE images (
+    id TEXT PRIMARY KEY,                 -- config digest
+    manifest_digest TEXT NOT NULL,       -- manifest last pulled for it
+    manifest_media_type TEXT NOT NULL,
+    platform TEXT NOT NULL,              -- os/arch[/variant]
+    top_chain_id TEXT,                   -- NULL for an image with no layers
+    size INTEGER NOT NULL,               -- compressed bytes of config + layers
+    created_at INTEGER NOT NULL,         -- ms since epoch, when first stored
+    metadata TEXT                        -- caller's free-form metadata
+  ) STRICT;
+
+  CREATE TABLE image_names (
+    name TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE
+  ) STRICT;
+  CREATE INDEX image_names_by_image ON image_names(image_id);
+
+  -- Every manifest seen for an image (the same config can come gzip or zstd).
+  CREATE TABLE image_manifests (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    manifest_digest TEXT NOT NULL,
+    PRIMARY KEY (image_id, manifest_digest)
+  ) STRICT;
+
+  CREATE TABLE image_layers (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    position INTEGER NOT NULL,
+    chain_id TEXT NOT NULL,
+    PRIMARY KEY (image_id, position)
+  ) STRICT;
+  CREATE INDEX image_layers_by_chain ON image_layers(chain_id);
+
+  CREATE TABLE big_data (
+    image_id TEXT NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    key TEXT NOT NULL,
+    value BLOB NOT NULL,
+    PRIMARY KEY (image_id, key)
+  ) STRICT;
+
+  CREATE TABLE layers (
+    chain_id TEXT PRIMARY KEY,
+    parent_chain_id TEXT,
+    diff_id TEXT NOT NULL,
+    diff_id_verified INTEGER NOT NULL DEFAULT 0,
+    uncompressed_size INTEGER            -- known once the tar has been read
+  ) STRICT;
+
+  -- The compressed blobs known to hold a layer (several encodings may exist).
+  CREATE TABLE layer_blobs (
+    chain_id TEXT NOT NULL REFERENCES layers(chain_id) ON DELETE CASCADE,
+    blob_digest TEXT NOT NULL,
+    media_type TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    annotations TEXT,                    -- JSON, kept for the lazy path (eStargz TOC digest)
+    PRIMARY KEY (chain_id, blob_digest)
+  ) STRICT;
+  CREATE INDEX layer_blobs_by_blob ON layer_blobs(blob_digest);
+
+  CREATE TABLE blobs (
+    digest TEXT PRIMARY KEY,
+    size INTEGER NOT NULL,
+    media_type TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+
+  -- Blobs a running process is working with and that GC must not remove
+  -- (containerd's leases). A lease whose process is gone is void.
+  CREATE TABLE leases (
+    id TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+  CREATE TABLE lease_blobs (
+    lease_id TEXT NOT NULL REFERENCES leases(id) ON DELETE CASCADE,
+    digest TEXT NOT NULL,
+    PRIMARY KEY (lease_id, digest)
+  ) STRICT;
+  `,
+];

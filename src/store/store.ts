@@ -1,0 +1,136 @@
+import { mkdir } from 'node:fs/promises';
+import { LazyrootError } from '../errors.js';
+import { isDigest, type Digest } from '../oci/digest.js';
+import { parseImageConfig, parseManifest } from '../oci/manifest.js';
+import type { ImageConfig, ImageManifest } from '../oci/types.js';
+import { formatReference, parseReference } from '../reference/reference.js';
+import { BlobStore } from './blob-store.js';
+import { withLock } from './lock.js';
+import { MetadataDb, type ImageRecord, type LayerRecord } from './metadata-db.js';
+import { StorePaths, defaultStoreRoot } from './paths.js';
+
+export interface RemovedImage {
+  imageId: Digest;
+  /** False when only the name was removed (the image has other names). */
+  imageRemoved: boolean;
+  blobsRemoved: Digest[];
+}
+
+/** The store: blobs on disk plus their metadata. One per root directory. */
+export class Store {
+  readonly blobs: BlobStore;
+
+  private constructor(
+    readonly paths: StorePaths,
+    readonly db: MetadataDb,
+  ) {
+    this.blobs = new BlobStore(paths);
+  }
+
+  static async open(root: string = process.env.LAZYROOT_STORE ?? defaultStoreRoot): Promise<Store> {
+    const paths = new StorePaths(root);
+    for (const dir of [paths.root, paths.tmp, paths.locks]) await mkdir(dir, { recursive: true, mode: 0o700 });
+    return new Store(paths, new MetadataDb(paths.database));
+  }
+
+  close(): void {
+    this.db.close();
+  }
+
+  /**
+   * Finds an image by what a user typed: a name as pulled (`alpine`,
+   * `docker.io/library/alpine:latest`, `oci:/dir:tag`), an image ID, or a
+   * unique ID prefix of at least 4 hex digits.
+   */
+  findImage(text: string): ImageRecord | undefined {
+    const byName = this.db.imageByName(text);
+    if (byName) return byName;
+    const id = text.startsWith('sha256:') ? text : `sha256:${text}`;
+    if (isDigest(id)) {
+      const byId = this.db.imageById(id);
+      if (byId) return byId;
+    }
+    if (/^(sha256:)?[a-f0-9]{4,63}$/.test(text)) {
+      const hits = this.db.imagesByIdPrefix(id);
+      if (hits.length > 1) throw new LazyrootError('INVALID_ARGUMENT', `image ID prefix ${text} is ambiguous`);
+      if (hits.length === 1) return hits[0];
+    }
+    try {
+      return this.db.imageByName(formatReference(parseReference(text)));
+    } catch {
+      return undefined;
+    }
+  }
+
+  getImage(text: string): ImageRecord {
+    const image = this.findImage(text);
+    if (!image) throw new LazyrootError('NOT_FOUND', `image ${text}: not in the store`);
+    return image;
+  }
+
+  async manifestOf(image: ImageRecord): Promise<ImageManifest> {
+    const bytes = await this.blobs.read(image.manifestDigest);
+    const parsed = parseManifest(bytes, image.manifestMediaType, `image ${image.id}: manifest ${image.manifestDigest}`);
+    if (parsed.kind !== 'manifest') throw new LazyrootError('INVALID_MANIFEST', `image ${image.id}: stored manifest is not an image manifest`);
+    return parsed.manifest;
+  }
+
+  async configOf(image: ImageRecord): Promise<ImageConfig> {
+    const bytes = await this.blobs.read(image.id);
+    return parseImageConfig(bytes, image.chainIds.length, `image ${image.id}: config`);
+  }
+
+  layersOf(image: ImageRecord): LayerRecord[] {
+    return image.chainIds.map((chainId) => {
+      const layer = this.db.layer(chainId);
+      if (!layer) throw new LazyrootError('NOT_FOUND', `image ${image.id}: layer ${chainId} missing from the store`);
+      return layer;
+    });
+  }
+
+  /**
+   * Removes a name (rmi). When no name is left the image goes, and with it
+   * every layer and blob that no other image, and no running process, uses.
+   */
+  async removeImage(text: string): Promise<RemovedImage> {
+    return withLock(this.paths.storeLock, 'store', async () => {
+      const image = this.getImage(text);
+      let imageRemoved: boolean;
+      if (image.names.includes(text)) {
+        imageRemoved = this.db.untagOrRemove(text) !== undefined;
+      } else {
+        // Asked by ID, or by a name written differently: remove the image whole.
+        const canonical = image.names.find((n) => n === safeFormat(text));
+        if (canonical) imageRemoved = this.db.untagOrRemove(canonical) !== undefined;
+        else {
+          this.db.removeImage(image.id);
+          imageRemoved = true;
+        }
+      }
+      const blobsRemoved = imageRemoved ? await this.collectGarbage() : [];
+      return { imageId: image.id, imageRemoved, blobsRemoved };
+    });
+  }
+
+  /** Removes unreferenced layer rows and blobs. Caller holds the store lock. */
+  private async collectGarbage(): Promise<Digest[]> {
+    this.db.pruneLayers();
+    const used = this.db.referencedBlobs();
+    const removed: Digest[] = [];
+    for (const { digest } of this.db.knownBlobs()) {
+      if (used.has(digest)) continue;
+      this.db.forgetBlob(digest);
+      await this.blobs.remove(digest);
+      removed.push(digest);
+    }
+    return removed;
+  }
+}
+
+function safeFormat(text: string): string | undefined {
+  try {
+    return formatReference(parseReference(text));
+  } catch {
+    return undefined;
+  }
+}
