@@ -3,7 +3,7 @@ import { DockerArchiveSource } from './docker-archive-source.js';
 import type { ImageSource } from './image-source.js';
 import { openOciArchiveSource } from './oci-archive-source.js';
 import { openOciLayoutSource } from './oci-layout-source.js';
-import { RegistrySource, type RegistrySourceOptions } from './registry/registry-source.js';
+import type { RegistrySourceOptions } from './registry/registry-source.js';
 import { TarballSource } from './tarball-source.js';
 
 export interface SourceOptions {
@@ -16,8 +16,11 @@ export interface SourceOptions {
 /** The ImageSource for a reference, by its transport. */
 export async function openSource(ref: ImageReference, options: SourceOptions): Promise<ImageSource> {
   switch (ref.transport) {
-    case 'docker':
+    case 'docker': {
+      // Loaded on demand: undici is the largest module, and local sources never need it.
+      const { RegistrySource } = await import('./registry/registry-source.js');
       return new RegistrySource(ref, options.registry);
+    }
     case 'oci':
       return openOciLayoutSource(ref);
     case 'oci-archive':

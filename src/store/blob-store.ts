@@ -140,6 +140,8 @@ export class BlobStore {
         } catch (err) {
           failure = err;
         }
+        // Also after a failure: what arrived is kept, and the retry asks for the rest.
+        await writer.finish();
         offset = writer.written;
         if (failure !== undefined && !isResumable(failure)) throw failure;
         if (offset >= size) break;

@@ -1,42 +1,46 @@
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import lockfile from 'proper-lockfile';
+import Database from 'better-sqlite3';
 import { LazyrootError } from '../errors.js';
 
 export type Release = () => Promise<void>;
 
 /**
- * An inter-process lock on `path` (proper-lockfile: an atomic mkdir whose mtime
- * is refreshed while held, so a lock left by a killed process goes stale in
- * seconds and is taken over). Waits while another process holds it.
+ * An inter-process lock on `path`, held as an exclusive SQLite transaction on
+ * a small lock database. SQLite's lock is an fcntl lock, which the kernel drops
+ * the moment its process dies: a pull killed with SIGKILL never leaves a lock
+ * for the next one to wait out (mtime-based lock files do, for their whole
+ * stale period). Waiting polls without blocking the event loop.
  */
 export async function acquireLock(path: string, what: string, waitMs = 10 * 60_000): Promise<Release> {
   await mkdir(dirname(path), { recursive: true });
-  // proper-lockfile locks an existing file; the file itself stays empty.
-  await writeFile(path, '', { flag: 'a' });
+  const db = new Database(path, { timeout: 0 });
   const started = Date.now();
+  let delay = 5;
   for (;;) {
     try {
-      const release = await lockfile.lock(path, {
-        realpath: false,
-        stale: 10_000,
-        update: 2_000,
-        retries: { retries: 20, factor: 1.3, minTimeout: 25, maxTimeout: 500 },
-        onCompromised: () => {
-          // Only happens if the event loop stalls for longer than `stale`;
-          // the work under the lock is idempotent, so carry on.
-        },
-      });
-      return async () => {
-        await release().catch(() => undefined);
-      };
+      db.exec('BEGIN EXCLUSIVE');
+      break;
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'ELOCKED') throw err;
+      if ((err as { code?: string }).code !== 'SQLITE_BUSY') {
+        db.close();
+        throw err;
+      }
       if (Date.now() - started > waitMs) {
+        db.close();
         throw new LazyrootError('UNAVAILABLE', `${what}: still locked by another process after ${Math.round(waitMs / 1000)} s`);
       }
+      await new Promise((resolve) => setTimeout(resolve, delay));
+      delay = Math.min(100, delay * 2);
     }
   }
+  let released = false;
+  return async () => {
+    if (released) return;
+    released = true;
+    db.exec('ROLLBACK');
+    db.close();
+  };
 }
 
 export async function withLock<T>(path: string, what: string, fn: () => Promise<T>): Promise<T> {

@@ -61,6 +61,20 @@ export async function startFaultProxy(targetHost: string, initial: FaultRule[] =
       if (up.headers.location) outHeaders.location = up.headers.location.replace(`//${targetHost}`, `//${proxyHost()}`);
       res.writeHead(up.statusCode ?? 502, outHeaders);
       let sent = 0;
+      const cut = () =>
+        // Let the client read what was sent before cutting: an RST discards
+        // whatever still sits unread in the client's receive queue.
+        setTimeout(() => {
+          if (fault?.kind === 'reset-after') res.socket?.resetAndDestroy();
+          else if (fault?.kind === 'truncate') res.socket?.end();
+          // stall: leave the client waiting with the connection open.
+        }, 50);
+      if ((fault?.kind === 'reset-after' || fault?.kind === 'truncate') && fault.bytes === 0) {
+        res.flushHeaders();
+        up.destroy();
+        cut();
+        return;
+      }
       up.on('data', (chunk: Buffer) => {
         let out = chunk;
         if (fault?.kind === 'corrupt' && fault.atByte >= sent && fault.atByte < sent + chunk.length) {
@@ -74,15 +88,7 @@ export async function startFaultProxy(targetHost: string, initial: FaultRule[] =
           out = out.subarray(0, Math.max(0, limit - sent));
           sent = limit;
           up.destroy();
-          // Let the client read what was sent before cutting: an RST discards
-          // whatever still sits unread in the client's receive queue.
-          res.write(out, () =>
-            setTimeout(() => {
-              if (fault?.kind === 'reset-after') res.socket?.resetAndDestroy();
-              else if (fault?.kind === 'truncate') res.socket?.end();
-              // stall: leave the client waiting with the connection open.
-            }, 50),
-          );
+          res.write(out, cut);
           return;
         }
         sent += out.length;

@@ -98,11 +98,16 @@ export class RegistrySource implements ImageSource {
     return this.range;
   }
 
+  /**
+   * The image for `platform`: from an index, the matching entry (NOT_FOUND
+   * listing the platforms there when none matches); a single-platform image is
+   * returned as it is, and its `platform` says what it is.
+   */
   async resolve(platform: Platform, options: FetchOptions = {}): Promise<ResolvedImage> {
     const { signal } = options;
     const wanted = this.reference.digest ?? this.reference.tag ?? 'latest';
     const top = await this.fetchManifest(wanted, this.reference.digest, `${this.name}: manifest`, signal);
-    if (top.parsed.kind === 'schema1') return this.resolveSchema1(top, signal);
+    if (top.parsed.kind === 'schema1') return this.resolveSchema1(top, top.parsed.document, signal);
     if (top.parsed.kind === 'manifest') return this.resolveManifest(top, top.parsed.manifest, undefined, signal);
 
     const { manifests } = top.parsed.index;
@@ -222,9 +227,12 @@ export class RegistrySource implements ImageSource {
     return resolved;
   }
 
-  private async resolveSchema1(fetched: FetchedManifest, signal: AbortSignal | undefined): Promise<ResolvedImage> {
-    if (fetched.parsed.kind !== 'schema1') throw new Error('unreachable');
-    const plan = planSchema1(fetched.parsed.document, `${this.name}: manifest`);
+  private async resolveSchema1(
+    fetched: FetchedManifest,
+    document: Record<string, unknown>,
+    signal: AbortSignal | undefined,
+  ): Promise<ResolvedImage> {
+    const plan = planSchema1(document, `${this.name}: manifest`);
     // Schema1 has no layer sizes; the registry knows them.
     const sizes = new Map<Digest, number>();
     await Promise.all([...new Set(plan.layers)].map(async (digest) => sizes.set(digest, await this.blobSize(digest, signal))));

@@ -133,16 +133,9 @@ export class Transport {
 
   /**
    * Sends a request and returns the final response, whatever its status, with
-   * the body unread. Temporary statuses (5xx, 429) and connection failures are
-   * retried; when retries run out the last temporary response is returned.
-   */
-  send(req: TransportRequest): Promise<TransportResponse> {
-    return this.request(req, async (response) => response);
-  }
-
-  /**
-   * Like `send`, with the body read into memory (at most `limit` bytes). A body
-   * cut short is retried like a failed connection.
+   * its body read into memory (at most `limit` bytes). Temporary statuses (5xx,
+   * 429) and connection failures are retried; when retries run out the last
+   * temporary response is returned. A body cut short is retried too.
    */
   sendBuffered(req: TransportRequest, limit: number): Promise<BufferedResponse> {
     return this.request(req, async (response) => ({ ...response, body: await readLimited(response.body, limit, req.what) }));
@@ -150,27 +143,31 @@ export class Transport {
 
   /**
    * The general form: `consume` gets the final response (not a temporary one,
-   * unless retries ran out) and reads what it needs. A temporary failure thrown
-   * by `consume` (a body cut short) is retried like a failed connection.
+   * unless retries ran out), body unread, and reads what it needs or hands the
+   * body on. A temporary failure thrown by `consume` (a body cut short) is
+   * retried like a failed connection; a stream handed on is not retried.
    */
   async request<T>(req: TransportRequest, consume: (response: TransportResponse) => Promise<T>): Promise<T> {
     const retries = req.retries ?? this.retry.retries;
+    // Where the last attempt got to, so a failure after a redirect names the host that failed.
+    const at = { url: req.url };
     for (let attempt = 1; ; attempt++) {
       let retryAfterMs: number | undefined;
+      at.url = req.url;
       try {
-        const response = await this.followRedirects(req, attempt);
+        const response = await this.followRedirects(req, attempt, at);
         if (!isTemporaryStatus(response.status) || attempt > retries) return await consume(response);
         retryAfterMs = parseRetryAfter(headerValue(response.headers, 'retry-after'));
         await discard(response.body);
       } catch (err) {
         if (req.signal?.aborted) throw req.signal.reason ?? err;
-        if (!isTemporaryNetworkError(err) || attempt > retries) throw this.failure(req, err, attempt);
+        if (!isTemporaryNetworkError(err) || attempt > retries) throw this.failure(req, at.url, err, attempt);
       }
       await sleep(retryDelayMs(this.retry, attempt - 1, retryAfterMs), req.signal);
     }
   }
 
-  private async followRedirects(req: TransportRequest, attempt: number): Promise<TransportResponse> {
+  private async followRedirects(req: TransportRequest, attempt: number, at: { url: URL }): Promise<TransportResponse> {
     let url = req.url;
     let method = req.method;
     const headers: Record<string, string> = { 'user-agent': this.userAgent, ...req.headers };
@@ -205,6 +202,7 @@ export class Transport {
       }
       if (response.statusCode === 303 && method !== 'HEAD') method = 'GET';
       url = next;
+      at.url = next;
     }
   }
 
@@ -222,10 +220,10 @@ export class Transport {
     await this.agent.close();
   }
 
-  private failure(req: TransportRequest, err: unknown, attempts: number): Error {
+  private failure(req: TransportRequest, at: URL, err: unknown, attempts: number): Error {
     if (isLazyrootError(err)) return err;
     const tries = attempts > 1 ? ` after ${attempts} attempts` : '';
-    const url = redactUrl(req.url);
+    const url = redactUrl(at);
     return new RegistryError('UNAVAILABLE', `${req.what}: ${req.method} ${url}: ${describeNetworkError(err)}${tries}`, {
       method: req.method,
       url,
