@@ -20,8 +20,8 @@ export function createPullProgress(options: { quiet: boolean; json: boolean; str
   const multibar = new cliProgress.MultiBar(
     {
       stream,
-      format: ' {layer} [{bar}] {percentage}% {done}/{total} {rate}',
-      barsize: 30,
+      format: ' {layer} [{bar}] {percentage}% {have}/{size} {rate}',
+      barsize: 24,
       hideCursor: true,
       clearOnComplete: false,
       stopOnComplete: false,
@@ -33,8 +33,8 @@ export function createPullProgress(options: { quiet: boolean; json: boolean; str
   const bars = new Map<string, { bar: cliProgress.SingleBar; done: number; total: number; started: number }>();
   const payload = (s: { done: number; total: number; started: number }, digest: string) => ({
     layer: shortDigest(digest),
-    done: formatBytes(s.done),
-    total: formatBytes(s.total),
+    have: formatBytes(s.done),
+    size: formatBytes(s.total),
     rate: `${formatBytes(s.done / Math.max(0.001, (Date.now() - s.started) / 1000))}/s`,
   });
   return {

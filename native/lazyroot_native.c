@@ -1,0 +1,178 @@
+/*
+ * System calls Node.js does not expose, needed to unpack layers exactly:
+ * mknod (device nodes, fifos, overlayfs whiteouts as 0/0 character devices)
+ * and the l*xattr family (PAX SCHILY.xattr records, security.capability,
+ * trusted.overlay.opaque). Everything here acts on the path itself, never
+ * following a final symlink, and throws an Error with the errno's code.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <sys/types.h>
+#include <sys/xattr.h>
+#include <node_api.h>
+
+#define CHECK(call)                                                     \
+  do {                                                                  \
+    if ((call) != napi_ok) {                                            \
+      napi_throw_error(env, "EINVAL", "lazyroot_native: bad arguments"); \
+      return NULL;                                                      \
+    }                                                                   \
+  } while (0)
+
+static const char *errno_code(int e) {
+  switch (e) {
+    case ENOENT: return "ENOENT";
+    case EEXIST: return "EEXIST";
+    case EPERM: return "EPERM";
+    case EACCES: return "EACCES";
+    case ENOTSUP: return "ENOTSUP";
+    case ENODATA: return "ENODATA";
+    case ERANGE: return "ERANGE";
+    case ENOSPC: return "ENOSPC";
+    case ENOTDIR: return "ENOTDIR";
+    case EINVAL: return "EINVAL";
+    case E2BIG: return "E2BIG";
+    case EROFS: return "EROFS";
+    default: return "EIO";
+  }
+}
+
+static napi_value throw_errno(napi_env env, const char *syscall, const char *path) {
+  int e = errno;
+  char message[4200];
+  snprintf(message, sizeof message, "%s: %s '%s'", errno_code(e), syscall, path);
+  napi_value code, msg, err, errnum;
+  napi_create_string_utf8(env, errno_code(e), NAPI_AUTO_LENGTH, &code);
+  napi_create_string_utf8(env, message, NAPI_AUTO_LENGTH, &msg);
+  napi_create_error(env, code, msg, &err);
+  napi_create_int32(env, -e, &errnum);
+  napi_set_named_property(env, err, "errno", errnum);
+  napi_set_named_property(env, err, "syscall", (napi_create_string_utf8(env, syscall, NAPI_AUTO_LENGTH, &msg), msg));
+  napi_throw(env, err);
+  return NULL;
+}
+
+/* Reads argument i as a NUL-terminated UTF-8 string into buf. */
+static int get_string(napi_env env, napi_value v, char *buf, size_t size) {
+  size_t len;
+  if (napi_get_value_string_utf8(env, v, buf, size, &len) != napi_ok) return 0;
+  return len < size - 1;
+}
+
+/* mknod(path, mode, major, minor): mode includes the file type bits. */
+static napi_value js_mknod(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  char path[4096];
+  uint32_t mode, major, minor;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 4 || !get_string(env, argv[0], path, sizeof path)) CHECK(napi_invalid_arg);
+  CHECK(napi_get_value_uint32(env, argv[1], &mode));
+  CHECK(napi_get_value_uint32(env, argv[2], &major));
+  CHECK(napi_get_value_uint32(env, argv[3], &minor));
+  if (mknod(path, (mode_t)mode, makedev(major, minor)) != 0) return throw_errno(env, "mknod", path);
+  return NULL;
+}
+
+/* lsetxattr(path, name, value: Buffer) */
+static napi_value js_lsetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 3;
+  napi_value argv[3];
+  char path[4096], name[256];
+  void *data;
+  size_t length;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 3 || !get_string(env, argv[0], path, sizeof path) || !get_string(env, argv[1], name, sizeof name)) CHECK(napi_invalid_arg);
+  CHECK(napi_get_buffer_info(env, argv[2], &data, &length));
+  if (lsetxattr(path, name, data, length, 0) != 0) return throw_errno(env, "lsetxattr", path);
+  return NULL;
+}
+
+/* lgetxattr(path, name) -> Buffer, or undefined when the attribute is absent. */
+static napi_value js_lgetxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2], result;
+  char path[4096], name[256];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_string(env, argv[0], path, sizeof path) || !get_string(env, argv[1], name, sizeof name)) CHECK(napi_invalid_arg);
+  for (;;) {
+    ssize_t size = lgetxattr(path, name, NULL, 0);
+    if (size < 0) {
+      if (errno == ENODATA) return NULL;
+      return throw_errno(env, "lgetxattr", path);
+    }
+    void *data;
+    CHECK(napi_create_buffer(env, (size_t)size, &data, &result));
+    ssize_t got = lgetxattr(path, name, data, (size_t)size);
+    if (got == size) return result;
+    if (got < 0 && errno != ERANGE) return throw_errno(env, "lgetxattr", path);
+    /* The value changed size between the calls: ask again. */
+  }
+}
+
+/* llistxattr(path) -> string[] */
+static napi_value js_llistxattr(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1], result;
+  char path[4096];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1 || !get_string(env, argv[0], path, sizeof path)) CHECK(napi_invalid_arg);
+  for (;;) {
+    ssize_t size = llistxattr(path, NULL, 0);
+    if (size < 0) {
+      if (errno == ENOTSUP) size = 0;
+      else return throw_errno(env, "llistxattr", path);
+    }
+    char *names = malloc((size_t)size + 1);
+    if (!names) return throw_errno(env, "malloc", path);
+    ssize_t got = size == 0 ? 0 : llistxattr(path, names, (size_t)size);
+    if (got < 0 && errno == ERANGE) {
+      free(names);
+      continue;
+    }
+    if (got < 0) {
+      free(names);
+      return throw_errno(env, "llistxattr", path);
+    }
+    CHECK(napi_create_array(env, &result));
+    uint32_t index = 0;
+    for (ssize_t i = 0; i < got;) {
+      size_t len = strlen(names + i);
+      napi_value name;
+      napi_create_string_utf8(env, names + i, len, &name);
+      napi_set_element(env, result, index++, name);
+      i += (ssize_t)len + 1;
+    }
+    free(names);
+    return result;
+  }
+}
+
+/* lremovexattr(path, name) */
+static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  char path[4096], name[256];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 2 || !get_string(env, argv[0], path, sizeof path) || !get_string(env, argv[1], name, sizeof name)) CHECK(napi_invalid_arg);
+  if (lremovexattr(path, name) != 0) return throw_errno(env, "lremovexattr", path);
+  return NULL;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_property_descriptor props[] = {
+    {"mknod", NULL, js_mknod, NULL, NULL, NULL, napi_default, NULL},
+    {"lsetxattr", NULL, js_lsetxattr, NULL, NULL, NULL, napi_default, NULL},
+    {"lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_default, NULL},
+    {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_default, NULL},
+    {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_default, NULL},
+  };
+  napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
+  return exports;
+}
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

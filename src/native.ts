@@ -1,0 +1,32 @@
+import { createRequire } from 'node:module';
+
+/**
+ * The project's N-API addon (native/lazyroot_native.c): the system calls Node
+ * does not expose. All act on the path itself, never following a final symlink;
+ * failures throw Errors carrying the errno `code` (ENOENT, EEXIST, ENOTSUP…).
+ */
+export interface Native {
+  /** mknod(2); `mode` includes the file type bits (S_IFCHR, S_IFBLK, S_IFIFO). */
+  mknod(path: string, mode: number, major: number, minor: number): void;
+  lsetxattr(path: string, name: string, value: Buffer): void;
+  /** The attribute's value, or undefined when it is not set. */
+  lgetxattr(path: string, name: string): Buffer | undefined;
+  llistxattr(path: string): string[];
+  lremovexattr(path: string, name: string): void;
+}
+
+export const S_IFIFO = 0o010000;
+export const S_IFCHR = 0o020000;
+export const S_IFBLK = 0o060000;
+
+let loaded: Native | undefined;
+
+/** Loads the addon on first use (built by `npm run build` into build/Release). */
+export function native(): Native {
+  if (!loaded) {
+    const require = createRequire(import.meta.url);
+    // dist/src/native.js → ../../build/Release
+    loaded = require('../../build/Release/lazyroot_native.node') as Native;
+  }
+  return loaded;
+}
