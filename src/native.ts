@@ -30,3 +30,11 @@ export function native(): Native {
   }
   return loaded;
 }
+
+/** glibc's major()/minor() for a Linux dev_t as Node reports it in `Stats.rdev`. */
+export function devMajor(rdev: number): number {
+  return ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+}
+export function devMinor(rdev: number): number {
+  return (rdev & 0xff) | ((rdev >>> 12) & 0xfff00);
+}

@@ -5,7 +5,7 @@ import { dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 // The layering table of design.md: each folder may import only from folders above it.
-const order = ['oci', 'reference', 'source', 'store', 'index', 'union', 'fs', 'mount', 'rootfs', 'bundle', 'cli'];
+const order = ['oci', 'reference', 'source', 'store', 'index', 'union', 'unpack', 'fs', 'mount', 'rootfs', 'bundle', 'cli'];
 // Packages only one folder may use.
 const ownedPackages: Record<string, string> = {
   undici: 'source',

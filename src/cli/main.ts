@@ -4,6 +4,7 @@ import { registerImages } from './commands/images.js';
 import { registerInspect } from './commands/inspect.js';
 import { registerPull } from './commands/pull.js';
 import { registerRmi } from './commands/rmi.js';
+import { registerRootfs } from './commands/rootfs.js';
 import { stdoutOutput, type Output } from './output.js';
 
 /** Exit codes: 0 success, 1 failure, 2 bad usage or bad reference. */
@@ -23,6 +24,7 @@ export function buildProgram(out: Output = stdoutOutput): Command {
   registerImages(program, out);
   registerInspect(program, out);
   registerRmi(program, out);
+  registerRootfs(program, out);
   return program;
 }
 

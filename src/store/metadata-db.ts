@@ -34,6 +34,18 @@ export interface ImageRecord {
   chainIds: Digest[];
 }
 
+export interface RootfsRecord {
+  id: string;
+  imageId: Digest;
+  driver: 'overlay';
+  state: 'creating' | 'ready';
+  pid: number;
+  mapping: string | null;
+  layerDirs: string[];
+  mounted: boolean;
+  createdAt: number;
+}
+
 export interface NewImage {
   id: Digest;
   name: string;
@@ -126,6 +138,15 @@ export class MetadataDb {
       allLeases: db.prepare('SELECT id, pid FROM leases'),
       leaseBlobs: db.prepare('SELECT digest FROM lease_blobs WHERE lease_id = ?'),
       setMetadata: db.prepare('UPDATE images SET metadata = ? WHERE id = ?'),
+      insertRootfs: db.prepare(
+        `INSERT INTO rootfs (id, image_id, driver, state, pid, mapping, layer_dirs, mounted, created_at)
+         VALUES (@id, @imageId, @driver, 'creating', @pid, @mapping, @layerDirs, 0, @createdAt)`,
+      ),
+      rootfsById: db.prepare('SELECT * FROM rootfs WHERE id = ?'),
+      allRootfs: db.prepare('SELECT * FROM rootfs ORDER BY created_at, id'),
+      setRootfsReady: db.prepare("UPDATE rootfs SET state = 'ready', mounted = ? WHERE id = ?"),
+      setRootfsMounted: db.prepare('UPDATE rootfs SET mounted = ? WHERE id = ?'),
+      deleteRootfs: db.prepare('DELETE FROM rootfs WHERE id = ?'),
       putBigData: db.prepare('INSERT OR REPLACE INTO big_data (image_id, key, value) VALUES (?, ?, ?)'),
       getBigData: db.prepare('SELECT value FROM big_data WHERE image_id = ? AND key = ?'),
       bigDataKeys: db.prepare('SELECT key FROM big_data WHERE image_id = ? ORDER BY key'),
@@ -309,6 +330,60 @@ export class MetadataDb {
 
   dropLease(leaseId: string): void {
     this.stmt.deleteLease.run(leaseId);
+  }
+
+  /** Claims a rootfs ID (state 'creating'); fails with ALREADY_EXISTS when taken. */
+  insertRootfs(r: { id: string; imageId: Digest; driver: 'overlay'; mapping: string | null; layerDirs: string[] }): boolean {
+    try {
+      this.stmt.insertRootfs.run({ ...r, layerDirs: JSON.stringify(r.layerDirs), pid: process.pid, createdAt: Date.now() });
+      return true;
+    } catch (err) {
+      if ((err as { code?: string }).code === 'SQLITE_CONSTRAINT_PRIMARYKEY') return false;
+      throw err;
+    }
+  }
+
+  private toRootfs(row: Record<string, unknown>): RootfsRecord {
+    return {
+      id: row.id as string,
+      imageId: row.image_id as string,
+      driver: row.driver as 'overlay',
+      state: row.state as 'creating' | 'ready',
+      pid: row.pid as number,
+      mapping: row.mapping as string | null,
+      layerDirs: JSON.parse(row.layer_dirs as string) as string[],
+      mounted: row.mounted === 1,
+      createdAt: row.created_at as number,
+    };
+  }
+
+  rootfs(id: string): RootfsRecord | undefined {
+    const row = this.stmt.rootfsById.get(id) as Record<string, unknown> | undefined;
+    return row && this.toRootfs(row);
+  }
+
+  listRootfs(): RootfsRecord[] {
+    return (this.stmt.allRootfs.all() as Array<Record<string, unknown>>).map((r) => this.toRootfs(r));
+  }
+
+  setRootfsReady(id: string, mounted: boolean): void {
+    this.stmt.setRootfsReady.run(mounted ? 1 : 0, id);
+  }
+
+  setRootfsMounted(id: string, mounted: boolean): void {
+    this.stmt.setRootfsMounted.run(mounted ? 1 : 0, id);
+  }
+
+  deleteRootfs(id: string): void {
+    this.stmt.deleteRootfs.run(id);
+  }
+
+  /**
+   * Rootfs rows that hold their layers and image: ready ones, and ones still
+   * being created by a live process. Rows left 'creating' by a dead process are void.
+   */
+  rootfsInUse(): RootfsRecord[] {
+    return this.listRootfs().filter((r) => r.state === 'ready' || processAlive(r.pid));
   }
 
   setMetadata(imageId: Digest, metadata: string): void {

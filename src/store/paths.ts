@@ -35,8 +35,19 @@ export class StorePaths {
   index(digest: Digest): string {
     return join(this.root, 'indexes', digestAlgorithm(digest), digestHex(digest));
   }
-  layerDir(chainId: Digest): string {
-    return join(this.root, 'layers', digestHex(chainId));
+  get layers(): string {
+    return join(this.root, 'layers');
+  }
+  /** An unpacked layer: `layers/<name>/diff`, where the name is the chain ID's hex (plus a mapping suffix). */
+  layerDir(name: string): string {
+    return join(this.root, 'layers', name);
+  }
+  /** Short symlinks to layer diffs, so a long overlay lowerdir= list still fits in a page. */
+  get links(): string {
+    return join(this.root, 'l');
+  }
+  get rootfsRoot(): string {
+    return join(this.root, 'rootfs');
   }
   rootfsDir(id: string): string {
     return join(this.root, 'rootfs', id);

@@ -82,4 +82,20 @@ export const migrations: readonly string[] = [
     PRIMARY KEY (lease_id, digest)
   ) STRICT;
   `,
+  `
+  -- Root filesystems made from images. A row exists from the moment creation
+  -- starts (state 'creating', with the creator's pid), so a concurrent clean
+  -- never removes the layers it is about to use.
+  CREATE TABLE rootfs (
+    id TEXT PRIMARY KEY,
+    image_id TEXT NOT NULL,
+    driver TEXT NOT NULL,                -- 'overlay' (later: 'fuse')
+    state TEXT NOT NULL,                 -- 'creating' | 'ready'
+    pid INTEGER NOT NULL,                -- creator, while state = 'creating'
+    mapping TEXT,                        -- JSON IdMapping, NULL for identity
+    layer_dirs TEXT NOT NULL,            -- JSON: layer directory names, bottom-up
+    mounted INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+  `,
 ];

@@ -95,6 +95,9 @@ export class Store {
   async removeImage(text: string): Promise<RemovedImage> {
     return withLock(this.paths.storeLock, 'store', async () => {
       const image = this.getImage(text);
+      const lastName = image.names.length <= 1 || !image.names.includes(text);
+      const user = lastName ? this.db.rootfsInUse().find((r) => r.imageId === image.id) : undefined;
+      if (user) throw new LazyrootError('IN_USE', `image ${text}: in use by rootfs ${user.id} (delete it first)`);
       let imageRemoved: boolean;
       if (image.names.includes(text)) {
         imageRemoved = this.db.untagOrRemove(text) !== undefined;
@@ -110,6 +113,19 @@ export class Store {
       const blobsRemoved = imageRemoved ? await this.collectGarbage() : [];
       return { imageId: image.id, imageRemoved, blobsRemoved };
     });
+  }
+
+  /**
+   * Removes every image not in `keep`, then what nothing references any more.
+   * Caller holds the store lock. Returns the removed image IDs and blobs.
+   */
+  async pruneImages(keep: Set<Digest>): Promise<{ images: Digest[]; blobs: Digest[] }> {
+    const images = this.db
+      .listImages()
+      .map((i) => i.id)
+      .filter((id) => !keep.has(id));
+    for (const id of images) this.db.removeImage(id);
+    return { images, blobs: await this.collectGarbage() };
   }
 
   /** Removes unreferenced layer rows and blobs. Caller holds the store lock. */

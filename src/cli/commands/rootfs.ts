@@ -1,0 +1,144 @@
+import type { Command } from 'commander';
+import { LazyrootError } from '../../errors.js';
+import { cleanStore } from '../../rootfs/clean.js';
+import { createRootfs, deleteRootfs, rootfsPaths, rootfsStats } from '../../rootfs/rootfs.js';
+import { parseIdRange, type IdMapping, type IdRange } from '../../unpack/id-mapping.js';
+import { formatAge, formatBytes, formatTable } from '../format.js';
+import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
+import type { Output } from '../output.js';
+import { addRegistryFlags } from './shared-flags.js';
+
+const collect = (value: string, previous: string[] = []) => [...previous, value];
+
+function parseBytes(text: string): number {
+  const n = Number(text);
+  if (!Number.isSafeInteger(n) || n < 0) throw new LazyrootError('INVALID_ARGUMENT', `--threshold-bytes ${JSON.stringify(text)}: expected a whole number of bytes`);
+  return n;
+}
+
+function mappingFrom(opts: { uidMapping?: string[]; gidMapping?: string[] }): IdMapping | undefined {
+  const uids: IdRange[] = (opts.uidMapping ?? []).map((m) => parseIdRange(m, '--uid-mapping'));
+  const gids: IdRange[] = (opts.gidMapping ?? []).map((m) => parseIdRange(m, '--gid-mapping'));
+  return uids.length || gids.length ? { uids, gids } : undefined;
+}
+
+export function registerRootfs(program: Command, out: Output): void {
+  const create = program
+    .command('create')
+    .description('make a writable root filesystem from an image on kernel overlayfs; prints an OCI runtime-spec fragment (GrootFS style)')
+    .argument('<ref>', 'image (pulled first when not in the store)')
+    .argument('<id>', 'a name for the rootfs')
+    .option('--without-mount', 'do not mount; the overlay mount to make is listed in "mounts"')
+    .option('--uid-mapping <container:host:size>', 'map file owners (repeatable)', collect)
+    .option('--gid-mapping <container:host:size>', 'map file groups (repeatable)', collect)
+    .option('--with-clean', 'run clean first (see --threshold-bytes)')
+    .option('--threshold-bytes <n>', 'with --with-clean: clean only when the store uses more than this', parseBytes)
+    .option('--platform <os/arch[/variant]>', 'platform, when the image must be pulled');
+  addRegistryFlags(create);
+  create.action(
+    async (
+      ref: string,
+      id: string,
+      opts: RegistryFlags & { withoutMount?: boolean; uidMapping?: string[]; gidMapping?: string[]; withClean?: boolean; thresholdBytes?: number; platform?: string },
+      command: Command,
+    ) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      const store = await openStore(global);
+      try {
+        if (opts.withClean) await cleanStore(store, opts.thresholdBytes !== undefined ? { thresholdBytes: opts.thresholdBytes } : {});
+        const mapping = mappingFrom(opts);
+        const { spec } = await createRootfs(store, ref, id, {
+          registry: registryOptionsFrom(opts),
+          ...(opts.platform ? { platform: opts.platform } : {}),
+          ...(opts.withoutMount ? { withoutMount: true } : {}),
+          ...(mapping ? { mapping } : {}),
+        });
+        out.json(spec);
+      } finally {
+        store.close();
+      }
+    },
+  );
+
+  program
+    .command('delete')
+    .description('unmount and remove a rootfs (its layers stay cached until clean)')
+    .argument('<id>', 'rootfs ID')
+    .action(async (id: string, _opts, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      const store = await openStore(global);
+      try {
+        await deleteRootfs(store, id);
+        if (global.json) out.json({ deleted: id });
+        else if (!global.quiet) out.text(`deleted rootfs ${id}`);
+      } finally {
+        store.close();
+      }
+    });
+
+  program
+    .command('list')
+    .description('list root filesystems')
+    .action(async (_opts, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      const store = await openStore(global);
+      try {
+        const all = store.db.listRootfs().map((r) => ({
+          id: r.id,
+          image: r.imageId,
+          imageNames: store.db.imageById(r.imageId)?.names ?? [],
+          driver: r.driver,
+          state: r.state,
+          mounted: r.mounted,
+          path: rootfsPaths(store, r.id).merged,
+          created: new Date(r.createdAt).toISOString(),
+        }));
+        if (global.json) return out.json(all);
+        out.text(
+          formatTable(
+            ['ID', 'IMAGE', 'DRIVER', 'STATE', 'PATH', 'CREATED'],
+            all.map((r) => [r.id, r.imageNames[0] ?? r.image.slice(7, 19), r.driver, r.mounted ? r.state : `${r.state} (not mounted)`, r.path, formatAge(Date.parse(r.created))]),
+          ),
+        );
+      } finally {
+        store.close();
+      }
+    });
+
+  program
+    .command('stats')
+    .description("a rootfs's disk usage: total (with its layers) and exclusive (its own writes), as GrootFS reports")
+    .argument('<id>', 'rootfs ID')
+    .action(async (id: string, _opts, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      const store = await openStore(global);
+      try {
+        const stats = await rootfsStats(store, id);
+        if (global.json) return out.json(stats);
+        out.text(`total: ${formatBytes(stats.disk_usage.total_bytes_used)}\nexclusive: ${formatBytes(stats.disk_usage.exclusive_bytes_used)}`);
+      } finally {
+        store.close();
+      }
+    });
+
+  program
+    .command('clean')
+    .description('remove layers, images and blobs that no rootfs uses')
+    .option('--threshold-bytes <n>', 'only when the store uses more than this many bytes', parseBytes)
+    .action(async (opts: { thresholdBytes?: number }, command: Command) => {
+      const global = command.optsWithGlobals<GlobalOptions>();
+      const store = await openStore(global);
+      try {
+        const result = await cleanStore(store, opts.thresholdBytes !== undefined ? { thresholdBytes: opts.thresholdBytes } : {});
+        if (global.json) return out.json(result);
+        if (global.quiet) return;
+        out.text(
+          result.cleaned
+            ? `removed ${result.removedLayers.length} layers, ${result.removedImages.length} images, ${result.removedBlobs} blobs (store was ${formatBytes(result.storeBytes)})`
+            : `store uses ${formatBytes(result.storeBytes)}, not over the threshold of ${formatBytes(result.thresholdBytes ?? 0)}: nothing removed`,
+        );
+      } finally {
+        store.close();
+      }
+    });
+}

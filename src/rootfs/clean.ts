@@ -1,0 +1,58 @@
+import { readdir, readlink, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { withLock } from '../store/lock.js';
+import type { Store } from '../store/store.js';
+import { diskUsage } from './disk-usage.js';
+
+export interface CleanResult {
+  cleaned: boolean;
+  /** Store disk usage before cleaning. */
+  storeBytes: number;
+  thresholdBytes?: number;
+  removedLayers: string[];
+  removedImages: string[];
+  removedBlobs: number;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/**
+ * `lazyroot clean`: when the store uses more than `thresholdBytes` (or
+ * always, without a threshold), removes unpacked layers, images and blobs
+ * that no rootfs uses. Rootfses being created by a live process count as
+ * users, and the whole sweep holds the store lock that `create` takes to
+ * register, so nothing in use is ever removed.
+ */
+export async function cleanStore(store: Store, options: { thresholdBytes?: number } = {}): Promise<CleanResult> {
+  const storeBytes = await diskUsage(store.paths.root);
+  const base = { storeBytes, ...(options.thresholdBytes !== undefined ? { thresholdBytes: options.thresholdBytes } : {}) };
+  if (options.thresholdBytes !== undefined && storeBytes <= options.thresholdBytes) {
+    return { ...base, cleaned: false, removedLayers: [], removedImages: [], removedBlobs: 0 };
+  }
+  return withLock(store.paths.storeLock, 'store', async () => {
+    const inUse = store.db.rootfsInUse();
+    const usedLayers = new Set(inUse.flatMap((r) => r.layerDirs));
+    const usedImages = new Set(inUse.map((r) => r.imageId));
+    const removedLayers: string[] = [];
+    for (const name of await readdir(store.paths.layers).catch(() => [] as string[])) {
+      const tmp = /\.tmp-(\d+)-[0-9a-f]+$/.exec(name);
+      if (tmp ? pidAlive(Number(tmp[1])) : usedLayers.has(name)) continue;
+      await rm(store.paths.layerDir(name), { recursive: true, force: true });
+      if (!tmp) removedLayers.push(name);
+    }
+    const removed = new Set(removedLayers);
+    for (const link of await readdir(store.paths.links).catch(() => [] as string[])) {
+      const target = await readlink(join(store.paths.links, link)).catch(() => '');
+      if (removed.has(target.split('/')[2] ?? '')) await rm(join(store.paths.links, link), { force: true });
+    }
+    const pruned = await store.pruneImages(usedImages);
+    return { ...base, cleaned: true, removedLayers, removedImages: pruned.images, removedBlobs: pruned.blobs.length };
+  });
+}

@@ -1,0 +1,110 @@
+import { mkdir, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { LazyrootError } from '../errors.js';
+import { mountsUnder, overlayMount, performMount, unmount, type Mount } from '../mount/mounts.js';
+import { withLock } from '../store/lock.js';
+import type { ImageRecord, RootfsRecord } from '../store/metadata-db.js';
+import { pullReference, type ReferenceOptions } from '../store/operations.js';
+import type { Store } from '../store/store.js';
+import type { IdMapping } from '../unpack/id-mapping.js';
+import { ensureLayersUnpacked, layerDirName } from '../unpack/layer-cache.js';
+import { diskUsage } from './disk-usage.js';
+
+/** What `create` prints: an OCI runtime-spec fragment, as GrootFS does. */
+export interface SpecFragment {
+  root: { path: string };
+  process: { env: string[] };
+  mounts: Mount[];
+}
+
+export interface CreateOptions extends ReferenceOptions {
+  /** Do not mount: the caller mounts what `mounts` says. */
+  withoutMount?: boolean;
+  mapping?: IdMapping;
+  onLayer?: (index: number, reused: boolean) => void;
+}
+
+const idPattern = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+
+export function checkRootfsId(id: string): void {
+  if (!idPattern.test(id)) {
+    throw new LazyrootError('INVALID_ARGUMENT', `rootfs ID ${JSON.stringify(id)}: use letters, digits, '.', '_' and '-' (at most 128), starting with a letter or digit`);
+  }
+}
+
+export function rootfsPaths(store: Store, id: string) {
+  const dir = store.paths.rootfsDir(id);
+  return { dir, upper: join(dir, 'upper'), work: join(dir, 'work'), merged: join(dir, 'merged'), emptyLower: join(dir, 'empty') };
+}
+
+/**
+ * `lazyroot create REF ID`: the image (pulled first if needed) as a writable
+ * root filesystem on kernel overlayfs at rootfs/ID/merged. The rootfs row is
+ * written before any layer is unpacked, so a concurrent clean leaves them be.
+ */
+export async function createRootfs(store: Store, ref: string, id: string, options: CreateOptions = {}): Promise<{ rootfs: RootfsRecord; spec: SpecFragment }> {
+  checkRootfsId(id);
+  const image: ImageRecord = store.findImage(ref) ?? (await pullReference(store, ref, options)).image;
+  const layerNames = image.chainIds.map((c) => layerDirName(c, options.mapping));
+  await withLock(store.paths.storeLock, 'store', async () => {
+    if (!store.db.imageById(image.id)) throw new LazyrootError('NOT_FOUND', `image ${ref}: removed while the rootfs was being created`);
+    const claimed = store.db.insertRootfs({
+      id,
+      imageId: image.id,
+      driver: 'overlay',
+      mapping: options.mapping ? JSON.stringify(options.mapping) : null,
+      layerDirs: layerNames,
+    });
+    if (!claimed) throw new LazyrootError('ALREADY_EXISTS', `rootfs ${id}: already exists`);
+  });
+  const paths = rootfsPaths(store, id);
+  let mounted = false;
+  try {
+    const layers = await ensureLayersUnpacked(store, image, { ...(options.mapping ? { mapping: options.mapping } : {}), ...(options.onLayer ? { onLayer: options.onLayer } : {}) });
+    for (const d of [paths.upper, paths.work, paths.merged]) await mkdir(d, { recursive: true, mode: 0o755 });
+    const topFirst = [...layers].reverse();
+    if (topFirst.length === 0) await mkdir(paths.emptyLower, { recursive: true });
+    const relative = topFirst.length ? topFirst.map((l) => l.link) : [paths.emptyLower];
+    const absolute = topFirst.length ? topFirst.map((l) => join(store.paths.root, l.link)) : [paths.emptyLower];
+    const config = await store.configOf(image);
+    const spec: SpecFragment = { root: { path: paths.merged }, process: { env: config.config?.Env ?? [] }, mounts: [] };
+    if (options.withoutMount) {
+      spec.mounts.push({ ...overlayMount({ lowerdirs: absolute, upperdir: paths.upper, workdir: paths.work, target: '/' }) });
+    } else {
+      await performMount(overlayMount({ lowerdirs: relative, upperdir: paths.upper, workdir: paths.work, target: paths.merged }), store.paths.root);
+      mounted = true;
+    }
+    store.db.setRootfsReady(id, mounted);
+    return { rootfs: store.db.rootfs(id)!, spec };
+  } catch (err) {
+    if (mounted) await unmount(paths.merged).catch(() => undefined);
+    await rm(paths.dir, { recursive: true, force: true });
+    store.db.deleteRootfs(id);
+    throw err instanceof LazyrootError ? err.withContext(`create rootfs ${id}`) : err;
+  }
+}
+
+/** `lazyroot delete ID`: unmount and remove a rootfs; its layers stay cached until `clean`. */
+export async function deleteRootfs(store: Store, id: string): Promise<void> {
+  const record = store.db.rootfs(id);
+  if (!record) throw new LazyrootError('NOT_FOUND', `rootfs ${id}: no such rootfs`);
+  const paths = rootfsPaths(store, id);
+  for (const point of await mountsUnder(paths.dir)) await unmount(point);
+  await rm(paths.dir, { recursive: true, force: true });
+  store.db.deleteRootfs(id);
+}
+
+export interface RootfsStats {
+  disk_usage: { total_bytes_used: number; exclusive_bytes_used: number };
+}
+
+/** GrootFS's stats: exclusive = the rootfs's own writes (upper); total adds its image's layers. */
+export async function rootfsStats(store: Store, id: string): Promise<RootfsStats> {
+  const record = store.db.rootfs(id);
+  if (!record) throw new LazyrootError('NOT_FOUND', `rootfs ${id}: no such rootfs`);
+  const seen = new Set<string>();
+  const exclusive = await diskUsage(rootfsPaths(store, id).upper, seen);
+  let layers = 0;
+  for (const name of record.layerDirs) layers += await diskUsage(join(store.paths.layerDir(name), 'diff'), seen);
+  return { disk_usage: { total_bytes_used: exclusive + layers, exclusive_bytes_used: exclusive } };
+}

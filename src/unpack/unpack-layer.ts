@@ -1,0 +1,54 @@
+import { createHash } from 'node:crypto';
+import { Transform, type Readable, type Writable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import tarStream from 'tar-stream';
+import { LazyrootError } from '../errors.js';
+import type { Digest } from '../oci/digest.js';
+import { LayerApplier, type ApplierOptions } from './layer-applier.js';
+import { installBinaryPaxDecoder } from './tar-binary-pax.js';
+
+export interface UnpackResult {
+  /** sha256 of the uncompressed tar: the layer's diff ID, as read. */
+  diffId: Digest;
+  size: number;
+  entries: number;
+}
+
+/**
+ * Unpacks an uncompressed layer tar stream into an overlay-format diff
+ * directory, hashing every byte on the way so the caller can check the diff
+ * ID. Members are applied strictly one at a time, in archive order.
+ */
+export async function unpackLayer(tar: Readable, options: ApplierOptions): Promise<UnpackResult> {
+  installBinaryPaxDecoder();
+  const hash = createHash('sha256');
+  let size = 0;
+  const counter = new Transform({
+    transform(chunk: Buffer, _enc, done) {
+      hash.update(chunk);
+      size += chunk.length;
+      done(null, chunk);
+    },
+  });
+  const applier = new LayerApplier(options);
+  await applier.start();
+  const extract = tarStream.extract();
+  extract.on('entry', (header, body, next) => {
+    applier.apply(header, body as unknown as Readable).then(
+      () => next(),
+      (err: unknown) => {
+        body.resume();
+        next(err as Error);
+      },
+    );
+  });
+  try {
+    await pipeline(tar, counter, extract as unknown as Writable);
+  } catch (err) {
+    if (err instanceof LazyrootError) throw err;
+    throw new LazyrootError('HOSTILE_ARCHIVE', `${options.what}: not a valid tar stream: ${(err as Error).message}`, { cause: err });
+  }
+  // tar-stream stops at the end-of-archive blocks; the diff ID covers what follows too.
+  await applier.finish();
+  return { diffId: `sha256:${hash.digest('hex')}`, size, entries: applier.entries };
+}
