@@ -125,6 +125,7 @@ describe('runc runs bundles of the sample busybox image', () => {
     const spec = await specFor(box, box.image, { rootfsPath: 'rootfs' });
     const runcRoot = join(work, 'state-cat');
     const result = await runSpec(spec, { bundle: box.bundle, runcRoot });
+    assert.deepEqual(JSON.parse(await readFile(join(box.bundle, 'config.json'), 'utf8')), spec, 'umoci\'s config.json was replaced');
     assert.equal(result.stdout, 'hello from a lazyroot sample image\n');
     assert.equal(result.code, 0);
     assert.equal(result.stderr, '');
