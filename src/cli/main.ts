@@ -5,6 +5,7 @@ import { registerInspect } from './commands/inspect.js';
 import { registerPull } from './commands/pull.js';
 import { registerRmi } from './commands/rmi.js';
 import { registerRootfs } from './commands/rootfs.js';
+import { registerBundle } from './commands/bundle.js';
 import { stdoutOutput, type Output } from './output.js';
 
 /** Exit codes: 0 success, 1 failure, 2 bad usage or bad reference. */
@@ -25,6 +26,7 @@ export function buildProgram(out: Output = stdoutOutput): Command {
   registerInspect(program, out);
   registerRmi(program, out);
   registerRootfs(program, out);
+  registerBundle(program, out);
   return program;
 }
 

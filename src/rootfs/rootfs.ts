@@ -1,4 +1,4 @@
-import { mkdir, rm } from 'node:fs/promises';
+import { chmod, chown, mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LazyrootError } from '../errors.js';
 import { mountsUnder, overlayMount, performMount, unmount, type Mount } from '../mount/mounts.js';
@@ -21,6 +21,8 @@ export interface CreateOptions extends ReferenceOptions {
   /** Do not mount: the caller mounts what `mounts` says. */
   withoutMount?: boolean;
   mapping?: IdMapping;
+  /** Mount here instead of rootfs/ID/merged (a bundle's rootfs/ directory). */
+  mountPoint?: string;
   onLayer?: (index: number, reused: boolean) => void;
 }
 
@@ -54,30 +56,40 @@ export async function createRootfs(store: Store, ref: string, id: string, option
       driver: 'overlay',
       mapping: options.mapping ? JSON.stringify(options.mapping) : null,
       layerDirs: layerNames,
+      mountPoint: options.mountPoint ?? null,
     });
     if (!claimed) throw new LazyrootError('ALREADY_EXISTS', `rootfs ${id}: already exists`);
   });
   const paths = rootfsPaths(store, id);
+  const target = options.mountPoint ?? paths.merged;
   let mounted = false;
   try {
     const layers = await ensureLayersUnpacked(store, image, { ...(options.mapping ? { mapping: options.mapping } : {}), ...(options.onLayer ? { onLayer: options.onLayer } : {}) });
-    for (const d of [paths.upper, paths.work, paths.merged]) await mkdir(d, { recursive: true, mode: 0o755 });
+    for (const d of [paths.upper, paths.work, target]) await mkdir(d, { recursive: true, mode: 0o755 });
+    // overlayfs shows the upper dir's owner and mode on the merged root: take the
+    // image's (mapped) root's, or a container in a user namespace cannot write to /.
+    const top = layers.at(-1);
+    if (top) {
+      const rootStat = await stat(top.diff);
+      await chown(paths.upper, rootStat.uid, rootStat.gid);
+      await chmod(paths.upper, rootStat.mode & 0o7777);
+    }
     const topFirst = [...layers].reverse();
     if (topFirst.length === 0) await mkdir(paths.emptyLower, { recursive: true });
     const relative = topFirst.length ? topFirst.map((l) => l.link) : [paths.emptyLower];
     const absolute = topFirst.length ? topFirst.map((l) => join(store.paths.root, l.link)) : [paths.emptyLower];
     const config = await store.configOf(image);
-    const spec: SpecFragment = { root: { path: paths.merged }, process: { env: config.config?.Env ?? [] }, mounts: [] };
+    const spec: SpecFragment = { root: { path: target }, process: { env: config.config?.Env ?? [] }, mounts: [] };
     if (options.withoutMount) {
       spec.mounts.push({ ...overlayMount({ lowerdirs: absolute, upperdir: paths.upper, workdir: paths.work, target: '/' }) });
     } else {
-      await performMount(overlayMount({ lowerdirs: relative, upperdir: paths.upper, workdir: paths.work, target: paths.merged }), store.paths.root);
+      await performMount(overlayMount({ lowerdirs: relative, upperdir: paths.upper, workdir: paths.work, target }), store.paths.root);
       mounted = true;
     }
     store.db.setRootfsReady(id, mounted);
     return { rootfs: store.db.rootfs(id)!, spec };
   } catch (err) {
-    if (mounted) await unmount(paths.merged).catch(() => undefined);
+    if (mounted) await unmount(target).catch(() => undefined);
     await rm(paths.dir, { recursive: true, force: true });
     store.db.deleteRootfs(id);
     throw err instanceof LazyrootError ? err.withContext(`create rootfs ${id}`) : err;
@@ -89,6 +101,7 @@ export async function deleteRootfs(store: Store, id: string): Promise<void> {
   const record = store.db.rootfs(id);
   if (!record) throw new LazyrootError('NOT_FOUND', `rootfs ${id}: no such rootfs`);
   const paths = rootfsPaths(store, id);
+  if (record.mountPoint) for (const point of await mountsUnder(record.mountPoint)) await unmount(point);
   for (const point of await mountsUnder(paths.dir)) await unmount(point);
   await rm(paths.dir, { recursive: true, force: true });
   store.db.deleteRootfs(id);

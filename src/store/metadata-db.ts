@@ -43,6 +43,8 @@ export interface RootfsRecord {
   mapping: string | null;
   layerDirs: string[];
   mounted: boolean;
+  /** Set when mounted somewhere other than rootfs/<id>/merged. */
+  mountPoint: string | null;
   createdAt: number;
 }
 
@@ -139,8 +141,8 @@ export class MetadataDb {
       leaseBlobs: db.prepare('SELECT digest FROM lease_blobs WHERE lease_id = ?'),
       setMetadata: db.prepare('UPDATE images SET metadata = ? WHERE id = ?'),
       insertRootfs: db.prepare(
-        `INSERT INTO rootfs (id, image_id, driver, state, pid, mapping, layer_dirs, mounted, created_at)
-         VALUES (@id, @imageId, @driver, 'creating', @pid, @mapping, @layerDirs, 0, @createdAt)`,
+        `INSERT INTO rootfs (id, image_id, driver, state, pid, mapping, layer_dirs, mounted, mount_point, created_at)
+         VALUES (@id, @imageId, @driver, 'creating', @pid, @mapping, @layerDirs, 0, @mountPoint, @createdAt)`,
       ),
       rootfsById: db.prepare('SELECT * FROM rootfs WHERE id = ?'),
       allRootfs: db.prepare('SELECT * FROM rootfs ORDER BY created_at, id'),
@@ -333,7 +335,7 @@ export class MetadataDb {
   }
 
   /** Claims a rootfs ID (state 'creating'); fails with ALREADY_EXISTS when taken. */
-  insertRootfs(r: { id: string; imageId: Digest; driver: 'overlay'; mapping: string | null; layerDirs: string[] }): boolean {
+  insertRootfs(r: { id: string; imageId: Digest; driver: 'overlay'; mapping: string | null; layerDirs: string[]; mountPoint: string | null }): boolean {
     try {
       this.stmt.insertRootfs.run({ ...r, layerDirs: JSON.stringify(r.layerDirs), pid: process.pid, createdAt: Date.now() });
       return true;
@@ -353,6 +355,7 @@ export class MetadataDb {
       mapping: row.mapping as string | null,
       layerDirs: JSON.parse(row.layer_dirs as string) as string[],
       mounted: row.mounted === 1,
+      mountPoint: (row.mount_point as string | null) ?? null,
       createdAt: row.created_at as number,
     };
   }

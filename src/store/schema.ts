@@ -98,4 +98,8 @@ export const migrations: readonly string[] = [
     created_at INTEGER NOT NULL
   ) STRICT;
   `,
+  `
+  -- Where the rootfs is mounted when not at rootfs/<id>/merged (a bundle's rootfs/).
+  ALTER TABLE rootfs ADD COLUMN mount_point TEXT;
+  `,
 ];

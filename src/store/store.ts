@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises';
+import { chmod, mkdir } from 'node:fs/promises';
 import { LazyrootError } from '../errors.js';
 import { isDigest, type Digest } from '../oci/digest.js';
 import { parseImageConfig, parseManifest } from '../oci/manifest.js';
@@ -29,7 +29,12 @@ export class Store {
 
   static async open(root: string = process.env.LAZYROOT_STORE ?? defaultStoreRoot): Promise<Store> {
     const paths = new StorePaths(root);
-    for (const dir of [paths.root, paths.tmp, paths.locks]) await mkdir(dir, { recursive: true, mode: 0o700 });
+    // 0711: traversable but not listable, so a container in a user namespace can reach its rootfs.
+    for (const dir of [paths.root, paths.tmp]) {
+      await mkdir(dir, { recursive: true, mode: 0o711 });
+      await chmod(dir, 0o711);
+    }
+    await mkdir(paths.locks, { recursive: true, mode: 0o700 });
     return new Store(paths, new MetadataDb(paths.database));
   }
 

@@ -63,6 +63,14 @@ export class LayerApplier {
   async start(): Promise<void> {
     const lower = await lookupInLayers(this.options.lowers, '');
     if (lower) await this.copyMetadata(lower.path, lower.stat, this.options.target, true);
+    else await this.ownAsRoot(this.options.target);
+  }
+
+  /** Directories no entry describes belong to the image's root: the mapped root, under a mapping. */
+  private async ownAsRoot(full: string): Promise<void> {
+    if (!this.mapped) return;
+    const mapping = this.options.idMapping!;
+    await lchown(full, mapId(0, mapping.uids), mapId(0, mapping.gids));
   }
 
   async apply(header: Headers, body: Readable): Promise<void> {
@@ -181,6 +189,7 @@ export class LayerApplier {
         // Whited out earlier in this layer, now re-created as a parent: a fresh, opaque directory.
         await unlink(full);
         await mkdir(full, { mode: 0o755 });
+        await this.ownAsRoot(full);
         native().lsetxattr(full, overlayOpaqueXattr, Buffer.from('y'));
         this.dirs.add(prefix);
         continue;
@@ -192,6 +201,7 @@ export class LayerApplier {
       }
       await mkdir(full, { mode: 0o755 });
       if (lower?.stat.isDirectory()) await this.copyMetadata(lower.path, lower.stat, full, true);
+      else await this.ownAsRoot(full);
       this.dirs.add(prefix);
     }
   }

@@ -2,24 +2,17 @@ import type { Command } from 'commander';
 import { LazyrootError } from '../../errors.js';
 import { cleanStore } from '../../rootfs/clean.js';
 import { createRootfs, deleteRootfs, rootfsPaths, rootfsStats } from '../../rootfs/rootfs.js';
-import { parseIdRange, type IdMapping, type IdRange } from '../../unpack/id-mapping.js';
 import { formatAge, formatBytes, formatTable } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
+import { collect, mappingFrom } from './mapping-flags.js';
 
-const collect = (value: string, previous: string[] = []) => [...previous, value];
 
 function parseBytes(text: string): number {
   const n = Number(text);
   if (!Number.isSafeInteger(n) || n < 0) throw new LazyrootError('INVALID_ARGUMENT', `--threshold-bytes ${JSON.stringify(text)}: expected a whole number of bytes`);
   return n;
-}
-
-function mappingFrom(opts: { uidMapping?: string[]; gidMapping?: string[] }): IdMapping | undefined {
-  const uids: IdRange[] = (opts.uidMapping ?? []).map((m) => parseIdRange(m, '--uid-mapping'));
-  const gids: IdRange[] = (opts.gidMapping ?? []).map((m) => parseIdRange(m, '--gid-mapping'));
-  return uids.length || gids.length ? { uids, gids } : undefined;
 }
 
 export function registerRootfs(program: Command, out: Output): void {
@@ -90,7 +83,7 @@ export function registerRootfs(program: Command, out: Output): void {
           driver: r.driver,
           state: r.state,
           mounted: r.mounted,
-          path: rootfsPaths(store, r.id).merged,
+          path: r.mountPoint ?? rootfsPaths(store, r.id).merged,
           created: new Date(r.createdAt).toISOString(),
         }));
         if (global.json) return out.json(all);

@@ -1,0 +1,100 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { chmod, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { writeOciLayout } from '../helpers/image-builder.js';
+import { busyboxImageSpec } from '../helpers/sample-images.js';
+import { missingRequirements } from '../helpers/requirements.js';
+
+const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot.js');
+const missing = missingRequirements({ root: true, tools: ['runc', 'mount'] });
+if (missing.length && process.env.CI) throw new Error(`CI: run tests need ${missing.join(', ')}`);
+
+function lazyroot(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((r) => child.on('close', (code) => r({ code, stdout, stderr })));
+}
+
+describe('lazyroot run and bundle with runc', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
+  let work: string;
+  let ref: string;
+  let store: string[];
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'lazyroot-run-'));
+    await chmod(work, 0o711); // the mapped root must be able to reach the store
+    await writeOciLayout(join(work, 'layout'), [await busyboxImageSpec('v1')]);
+    ref = `oci:${join(work, 'layout')}:v1`;
+    store = ['--store', join(work, 'store')];
+  });
+  after(() => rm(work, { recursive: true, force: true }));
+
+  test("run executes the image's Cmd and relays the exit code; nothing is left behind", async () => {
+    const plain = await lazyroot([...store, 'run', ref]);
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.equal(plain.stdout, 'hello from a lazyroot sample image\n');
+    const seven = await lazyroot([...store, 'run', ref, '--', 'sh', '-c', 'echo "$HOME $(pwd)"; exit 7']);
+    assert.equal(seven.code, 7);
+    assert.equal(seven.stdout, '/root /\n');
+    const list = JSON.parse((await lazyroot([...store, 'list', '--json'])).stdout) as unknown[];
+    assert.deepEqual(list, []);
+    assert.deepEqual(await readdir(join(work, 'store', 'tmp')), []);
+  });
+
+  test('a failing command inside the container is reported, not hidden', async () => {
+    const missingCmd = await lazyroot([...store, 'run', ref, '--', '/bin/nope']);
+    assert.notEqual(missingCmd.code, 0);
+    assert.match(missingCmd.stderr, /nope/);
+  });
+
+  test('with --uid-mapping the container runs in a user namespace and sees the image owners', async () => {
+    const run = await lazyroot([
+      ...store,
+      'run',
+      '--uid-mapping',
+      '0:100000:65536',
+      '--gid-mapping',
+      '0:200000:65536',
+      ref,
+      '--',
+      'sh',
+      '-c',
+      'stat -c "%u:%g %n" /etc/motd /home/app; cat /proc/self/uid_map /proc/self/gid_map',
+    ]);
+    assert.equal(run.code, 0, run.stderr);
+    const lines = run.stdout.trim().split('\n').map((l) => l.trim().split(/\s+/).join(' '));
+    assert.deepEqual(lines, ['0:0 /etc/motd', '1000:1000 /home/app', '0 100000 65536', '0 200000 65536']);
+  });
+
+  test('a store the mapped root cannot reach is refused with a clear error', async () => {
+    const closed = await mkdtemp(join(tmpdir(), 'lazyroot-closed-'));
+    try {
+      const run = await lazyroot(['--store', join(closed, 'store'), 'run', '--uid-mapping', '0:100000:65536', ref, '--', 'true']);
+      assert.equal(run.code, 1);
+      assert.match(run.stderr, new RegExp(`${closed} \\(mode 700\\) cannot be traversed by the mapped root user`));
+    } finally {
+      await rm(closed, { recursive: true, force: true });
+    }
+  });
+
+  test('bundle writes config.json and mounts the rootfs; plain runc runs it; delete unmounts', async () => {
+    const dir = join(work, 'bundle');
+    const made = await lazyroot([...store, 'bundle', '--json', '--id', 'b1', ref, dir]);
+    assert.equal(made.code, 0, made.stderr);
+    const config = JSON.parse(await readFile(join(dir, 'config.json'), 'utf8')) as { root: { path: string }; process: { args: string[]; cwd: string } };
+    assert.equal(config.root.path, 'rootfs');
+    assert.deepEqual(config.process.args, ['/bin/cat', '/etc/motd']);
+    const out = execFileSync('runc', ['--root', join(work, 'runc'), 'run', '--bundle', dir, 'lazyroot-test-b1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    assert.equal(out.toString(), 'hello from a lazyroot sample image\n');
+    execFileSync('runc', ['--root', join(work, 'runc'), 'delete', '--force', 'lazyroot-test-b1']);
+    assert.equal((await lazyroot([...store, 'delete', 'b1'])).code, 0);
+    assert.ok(!existsSync(join(dir, 'rootfs', 'bin')), 'rootfs unmounted');
+  });
+});

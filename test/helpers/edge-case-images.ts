@@ -1,0 +1,792 @@
+/**
+ * Small multi-layer images that, together, carry every case an unpacker of
+ * OCI layers meets: each file type, ownership and mode bits, mtimes, xattrs,
+ * the long-name and sparse encodings of PAX and GNU tar, whiteouts and opaque
+ * directories in every order, type changes across layers, hardlinks across
+ * layers, implicit parents. The comparison test unpacks each with lazyroot
+ * (overlayfs over `layers/<chain-id>/diff`) and with `umoci unpack`
+ * (umoci.ts) and compares the two trees (tree-snapshot.ts).
+ *
+ *   for (const image of await edgeCaseImages()) { … image.spec … image.expect … }
+ *   const { images } = await allFeaturesLayout(dir);   // one layout, ref name = image name
+ *
+ * `expect` holds what must be true of the MERGED tree, checked on the exact
+ * paths (no symlink in a path is followed): `visible` paths exist, `hidden`
+ * paths do not, `content` gives files' exact content. They are umoci's
+ * results too (edge-case-images.test.ts checks them against umoci).
+ *
+ * Layers are built with tar-builder.ts; the GNU-format, sparse and
+ * base-256/PAX-uid layers are made by the real GNU tar from files in a temp
+ * dir, because real bytes are what an unpacker meets. Everything is
+ * deterministic: GNU tar is run with fixed mtimes, `--sort=name`,
+ * `--hole-detection=raw`, and the pid it writes into PAX sparse names
+ * (`GNUSparseFile.<pid>`) is rewritten to 0.
+ */
+import { execFile } from 'node:child_process';
+import { chmod, chown, link, lutimes, mkdir, mkdtemp, open, rm, symlink as fsSymlink, truncate, utimes, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { type BuiltLayout, type ImageSpec, type LayerCompression, writeOciLayout } from './image-builder.js';
+import {
+  blockdev,
+  buildTar,
+  chardev,
+  dir,
+  fifo,
+  file,
+  hardlink,
+  opaque,
+  raw,
+  symlink,
+  type TarEntry,
+  whiteout,
+} from './tar-builder.js';
+
+const run = promisify(execFile);
+
+export interface EdgeCaseExpect {
+  /** Paths that must exist in the merged tree (exact entries, symlinks in the path not followed). */
+  visible?: string[];
+  /** Paths that must not exist in the merged tree. */
+  hidden?: string[];
+  /** Regular files whose content must be exactly this. */
+  content?: Record<string, string>;
+}
+
+export interface EdgeCaseImage {
+  /** Also the ref name in {@link allFeaturesLayout}. */
+  name: string;
+  spec: ImageSpec;
+  /** What the image carries, layer by layer, and what the merged tree must show. */
+  description: string;
+  expect?: EdgeCaseExpect;
+}
+
+/** Distinct mtimes, one hour apart from 2022-04-15T05:20:00Z: `at(3)`. */
+const at = (n: number): number => 1_650_000_000 + n * 3600;
+
+function layer(tar: Buffer, compression: LayerCompression): { tar: Buffer; compression: LayerCompression } {
+  return { tar, compression };
+}
+
+/**
+ * `security.capability` as `setcap cap_net_bind_service=+ep` writes it:
+ * struct vfs_cap_data, little-endian: magic_etc = VFS_CAP_REVISION_2 (0x02000000)
+ * | VFS_CAP_FLAGS_EFFECTIVE (1); data[0] = { permitted: 1 << CAP_NET_BIND_SERVICE (10),
+ * inheritable: 0 }; data[1] = { 0, 0 }. 20 bytes, hex 0100000200040000 0000…
+ */
+export const capNetBindService: Buffer = (() => {
+  const blob = Buffer.alloc(20);
+  blob.writeUInt32LE(0x02000001, 0);
+  blob.writeUInt32LE(1 << 10, 4);
+  return blob;
+})();
+
+/** A PAX string value carrying exactly these bytes (only possible for bytes < 0x80, as tar-stream writes UTF-8). */
+function asciiBytes(bytes: Buffer): string {
+  if (bytes.some((b) => b >= 0x80)) throw new Error('asciiBytes: value has bytes >= 0x80; use paxBinary');
+  return bytes.toString('latin1');
+}
+
+/**
+ * A PAX 'x' header whose records are raw bytes, applying to the NEXT member
+ * (which must not need a PAX header of its own). tar-stream can only write
+ * string values, encoded as UTF-8, so this is the way to a binary xattr.
+ */
+function paxBinary(records: Array<[string, Buffer]>): TarEntry {
+  const parts = records.map(([key, value]) => {
+    const body = Buffer.concat([Buffer.from(` ${key}=`), value, Buffer.from('\n')]);
+    let length = body.length + 1;
+    while (String(length).length + body.length !== length) length = String(length).length + body.length;
+    return Buffer.concat([Buffer.from(String(length)), body]);
+  });
+  return raw({ name: 'PaxHeader', typeflag: 'x', data: Buffer.concat(parts) });
+}
+
+/** Bytes that are not UTF-8 (0x80, 0xff, 0xc3 0x28), with a NUL and a newline. */
+export const binaryXattrValue = Buffer.from([0x00, 0x01, 0x80, 0xff, 0xfe, 0x0a, 0xc3, 0x28]);
+
+/** A deterministic, incompressible-looking body of n bytes. */
+function pattern(n: number, seed: number): Buffer {
+  const out = Buffer.alloc(n);
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < n; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    out[i] = x & 0xff;
+  }
+  return out;
+}
+
+// --- GNU tar -----------------------------------------------------------------
+
+interface GnuTarOptions {
+  format: 'gnu' | 'posix';
+  /** For --format=posix: '0.0', '0.1' or '1.0'. */
+  sparseVersion?: string;
+  /** Top-level names (relative to the temp dir) to archive. */
+  members: string[];
+}
+
+/** Runs GNU tar over files `populate` makes in a temp dir; returns the tar bytes. */
+async function gnuTar(opts: GnuTarOptions, populate: (root: string) => Promise<void>): Promise<Buffer> {
+  const root = await mkdtemp(join(tmpdir(), 'lazyroot-gnutar-'));
+  try {
+    await populate(root);
+    const args = [
+      '--create',
+      '--file=-',
+      `--format=${opts.format}`,
+      '--sort=name',
+      '--numeric-owner',
+      '--sparse',
+      '--hole-detection=raw',
+      ...(opts.sparseVersion ? [`--sparse-version=${opts.sparseVersion}`] : []),
+      // No pid in extended header names, no atime/ctime records: stable bytes.
+      ...(opts.format === 'posix' ? ['--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime'] : []),
+      '-C',
+      root,
+      ...opts.members,
+    ];
+    const { stdout } = await run('tar', args, { encoding: 'buffer', maxBuffer: 1 << 28 });
+    return opts.format === 'posix' ? fixSparseNames(stdout) : stdout;
+  } finally {
+    await rm(root, { recursive: true, force: true });
+  }
+}
+
+/**
+ * GNU tar names PAX sparse members `DIR/GNUSparseFile.<pid>/NAME` (0.1, 1.0):
+ * rewrite the pid to 0 and fix the header checksum, so layers are stable.
+ * Walks ustar/PAX members only (no GNU 'S' extension blocks in posix output).
+ */
+function fixSparseNames(tar: Buffer): Buffer {
+  const out = Buffer.from(tar);
+  for (let offset = 0; offset + 512 <= out.length; ) {
+    const header = out.subarray(offset, offset + 512);
+    if (header.every((b) => b === 0)) break;
+    const nameEnd = header.indexOf(0);
+    const name = header.subarray(0, nameEnd === -1 || nameEnd > 100 ? 100 : nameEnd).toString('latin1');
+    const fixed = name.replace(/GNUSparseFile\.\d+/, 'GNUSparseFile.0');
+    if (fixed !== name) {
+      header.fill(0, 0, 100);
+      header.write(fixed, 0, 'latin1');
+      header.fill(0x20, 148, 156);
+      let sum = 0;
+      for (const b of header) sum += b;
+      header.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+    }
+    const size = parseInt(header.subarray(124, 136).toString('latin1').replace(/\0.*$/s, '').trim() || '0', 8);
+    offset += 512 + Math.ceil(size / 512) * 512;
+  }
+  if (/GNUSparseFile\.[1-9]/.test(out.toString('latin1'))) throw new Error('fixSparseNames: a GNUSparseFile.<pid> name was left');
+  return out;
+}
+
+async function writeAt(path: string, offset: number, data: string): Promise<void> {
+  const fh = await open(path, 'r+');
+  try {
+    await fh.write(Buffer.from(data), 0, Buffer.byteLength(data), offset);
+  } finally {
+    await fh.close();
+  }
+}
+
+/** In `top`: holes.img (data, holes, ends in a hole), many.img (6 data runs: GNU extension headers), all-hole.img, plain.txt. */
+async function makeSparseFiles(root: string, top: string, uid: number): Promise<void> {
+  const d = join(root, top);
+  await mkdir(d);
+  const holes = join(d, 'holes.img');
+  await writeFile(holes, '');
+  await truncate(holes, 1 << 20);
+  await writeAt(holes, 0, 'HEAD');
+  await writeAt(holes, 300_000, 'middle');
+  const many = join(d, 'many.img');
+  await writeFile(many, '');
+  await truncate(many, 512 * 1024 + 100);
+  for (let i = 0; i < 6; i++) await writeAt(many, i * 65_536 + i * 7, `chunk-${i}`);
+  await writeAt(many, 512 * 1024 + 97, 'END');
+  const allHole = join(d, 'all-hole.img');
+  await writeFile(allHole, '');
+  await truncate(allHole, 200_000);
+  await writeFile(join(d, 'plain.txt'), 'not sparse\n');
+  for (const [name, mode] of [['holes.img', 0o644], ['many.img', 0o600], ['all-hole.img', 0o640], ['plain.txt', 0o644]] as const) {
+    await chmod(join(d, name), mode);
+    await chown(join(d, name), uid, uid);
+    await utimes(join(d, name), at(50), at(50));
+  }
+  await utimes(d, at(51), at(51));
+}
+
+/** What makeSparseFiles writes, as the merged tree must show it. */
+function sparseContent(top: string): Record<string, string> {
+  return { [`${top}/plain.txt`]: 'not sparse\n' };
+}
+
+// --- the images --------------------------------------------------------------
+
+async function basics(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    dir('.', { mode: 0o755, mtime: at(1) }),
+    dir('etc', { mtime: at(2) }),
+    file('etc/hosts', '127.0.0.1 localhost\n', { mode: 0o644, mtime: at(3) }),
+    file('etc/shadow', 'root:*:19000:0:99999:7:::\n', { mode: 0o600, gid: 42, mtime: at(4) }),
+    dir('root', { mode: 0o700, mtime: at(5) }),
+    file('root/.secret', 'only root\n', { mode: 0o600, mtime: at(6) }),
+    dir('home', { mtime: at(7) }),
+    dir('home/user', { mode: 0o750, uid: 1000, gid: 1000, mtime: at(8) }),
+    file('home/user/.profile', 'export PS1="$ "\n', { uid: 1000, gid: 1000, mtime: at(9) }),
+    dir('tmp', { mode: 0o1777, mtime: at(10) }),
+    dir('usr', { mtime: at(11) }),
+    dir('usr/bin', { mtime: at(12) }),
+    file('usr/bin/su', 'setuid\n', { mode: 0o4755, mtime: at(13) }),
+    file('usr/bin/wall', 'setgid\n', { mode: 0o2755, gid: 5, mtime: at(14) }),
+    file('usr/bin/both', 'setuid+setgid\n', { mode: 0o6755, mtime: at(15) }),
+    file('usr/bin/tool', '#!/bin/sh\necho tool\n', { mode: 0o755, mtime: at(16) }),
+    file('usr/bin/private-tool', '#!/bin/sh\n', { mode: 0o700, mtime: at(17) }),
+    dir('usr/lib', { mtime: at(18) }),
+    file('usr/lib/big.bin', pattern(300_000, 7), { mtime: at(19) }),
+    dir('srv', { mode: 0o2775, gid: 50, mtime: at(20) }),
+    file('nobody-owned', 'nobody\n', { uid: 65534, gid: 65534, mode: 0o640, mtime: at(21) }),
+    file('empty', '', { mtime: at(22) }),
+    // tar-stream writes uname/gname; the numbers must win (GNU tar would prefer the names).
+    file('owned-by-number', 'uid 1000 named root\n', { uid: 1000, gid: 1000, uname: 'root', gname: 'root', mtime: at(23) }),
+  ]);
+  const l2 = await buildTar([
+    file('etc/motd', 'welcome\n', { mtime: at(30) }),
+    file('etc/hosts', '10.0.0.1 changed\n', { mode: 0o600, mtime: at(31) }),
+    // PAX records overriding header fields: fractional mtime, uid/gid past ustar's 7 octal digits.
+    raw({ name: 'pax-mtime', data: 'fractional mtime\n', mtime: at(0), pax: { mtime: `${at(32)}.75` } }),
+    raw({ name: 'pax-ids', data: 'big ids\n', pax: { uid: '3000000', gid: '3000001' } }),
+  ]);
+  const empty = await buildTar([]);
+  const l4 = await buildTar([dir('etc', { mode: 0o750, gid: 4, mtime: at(40) }), dir('tmp', { mode: 0o1777, mtime: at(41) })]);
+  return {
+    name: 'basics',
+    description:
+      'L1 gzip: `./` root entry (mtime), dirs and files with modes 0755/0644/0600/0700/0750, setuid 4755, setgid 2755, both 6755, ' +
+      'sticky /tmp 1777, setgid dir 2775, uid/gid 1000:1000, 0:42, 65534:65534, a 300 kB file, an empty file, uname "root" on uid 1000, ' +
+      'distinct mtimes on everything. L2 none: a new file, a file replaced with new content and mode, PAX mtime with a fraction, ' +
+      'PAX uid/gid 3000000/3000001. L3 zstd: an empty layer (two zero blocks). L4 gzip: etc/ metadata changed (0750, gid 4, mtime) with no child entries.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none'), layer(empty, 'zstd'), layer(l4, 'gzip')] },
+    expect: {
+      visible: ['etc/hosts', 'etc/motd', 'etc/shadow', 'root/.secret', 'home/user/.profile', 'usr/bin/su', 'usr/lib/big.bin', 'empty', 'pax-ids', 'pax-mtime'],
+      content: { 'etc/hosts': '10.0.0.1 changed\n', 'etc/motd': 'welcome\n', empty: '' },
+    },
+  };
+}
+
+async function links(): Promise<EdgeCaseImage> {
+  const longTarget = `${'very-long-directory-name/'.repeat(6)}target`;
+  const l1 = await buildTar([
+    dir('usr', { mtime: at(1) }),
+    dir('usr/bin', { mtime: at(2) }),
+    file('usr/bin/busybox', 'busybox\n', { mode: 0o755, mtime: at(3) }),
+    file('real-file', 'the real file\n', { mtime: at(4) }),
+    symlink('bin', 'usr/bin', { mtime: at(5) }),
+    symlink('usr/bin/sh', '/usr/bin/busybox', { mtime: at(6) }),
+    symlink('usr/bin/sh-relative', 'busybox', { mtime: at(7) }),
+    symlink('dangling-relative', 'does/not/exist', { mtime: at(8) }),
+    symlink('dangling-absolute', '/nonexistent/at/all', { mtime: at(9) }),
+    // Legal in an image: resolved inside the container, never by the unpacker.
+    symlink('up-and-out', '../../../../../../etc/passwd', { mtime: at(10) }),
+    symlink('self-loop', 'self-loop', { mtime: at(11) }),
+    symlink('long-target', longTarget, { mtime: at(12) }),
+    symlink('user-owned-link', 'real-file', { uid: 1000, gid: 1000, mtime: at(13) }),
+    symlink('victim-link', 'real-file', { mtime: at(14) }),
+  ]);
+  const l2 = await buildTar([
+    symlink('usr/bin/sh', 'busybox', { mtime: at(20) }),
+    file('dangling-relative', 'now a file\n', { mtime: at(21) }),
+    // A file over a symlink must replace the link, never write through it.
+    file('victim-link', 'replaced the link\n', { mtime: at(22) }),
+  ]);
+  return {
+    name: 'links',
+    description:
+      'L1 none: symlinks relative (bin -> usr/bin), absolute (usr/bin/sh -> /usr/bin/busybox), dangling relative and absolute, ' +
+      '"../../../../../../etc/passwd" (legal, never followed), a self loop, a 156-char target (PAX linkpath), one owned 1000:1000, ' +
+      'distinct symlink mtimes. L2 gzip: a symlink retargeted, a symlink replaced by a file, and victim-link (-> real-file) ' +
+      'replaced by a file: real-file must keep its content.',
+    spec: { layers: [layer(l1, 'none'), layer(l2, 'gzip')] },
+    expect: {
+      visible: ['bin', 'usr/bin/sh', 'dangling-absolute', 'up-and-out', 'self-loop', 'long-target', 'user-owned-link'],
+      content: { 'real-file': 'the real file\n', 'victim-link': 'replaced the link\n', 'dangling-relative': 'now a file\n' },
+    },
+  };
+}
+
+async function hardlinks(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    dir('bin', { mtime: at(1) }),
+    file('bin/busybox', 'busybox\n', { mode: 0o755, mtime: at(2) }),
+    hardlink('bin/ls', 'bin/busybox'),
+    hardlink('bin/cat', 'bin/busybox'),
+    // A hardlink header's own metadata is ignored (by umoci and GNU tar): the inode's wins.
+    hardlink('bin/ls2', 'bin/busybox', { mode: 0o600, uid: 5, mtime: at(3) }),
+    dir('lib', { mtime: at(4) }),
+    file('lib/a', 'original a\n', { mtime: at(5) }),
+    hardlink('lib/b', 'lib/a'),
+    file('lib/cap', 'with xattr\n', { xattrs: { 'user.k': 'shared by the links' }, mtime: at(6) }),
+    hardlink('lib/cap-link', 'lib/cap'),
+  ]);
+  const l2 = await buildTar([
+    // Upper layer hardlink to a lower file.
+    hardlink('bin/echo', 'bin/busybox'),
+    // Overwrite one member of a lower hardlink group: lib/b keeps the old content.
+    file('lib/a', 'new a\n', { mtime: at(10) }),
+  ]);
+  const l3 = await buildTar([
+    symlink('bin/sh', 'busybox', { mtime: at(20) }),
+    // link(2) on a symlink links the symlink itself.
+    hardlink('bin/sh-hardlink', 'bin/sh'),
+    whiteout('bin/cat'),
+    hardlink('lib/b-again', 'lib/b'),
+  ]);
+  return {
+    name: 'hardlinks',
+    description:
+      'L1 gzip: busybox with 3 hardlinks in the same layer (one whose header says mode 0600 uid 5: ignored), lib/a + lib/b, ' +
+      'a file with a user xattr and its hardlink. L2 none: bin/echo hardlinked to the LOWER bin/busybox; lib/a overwritten ' +
+      '(lib/b keeps "original a"). L3 zstd: symlink bin/sh and a hardlink to that symlink; whiteout of bin/cat (one member of a ' +
+      'lower group); lib/b-again hardlinked to lower lib/b. umoci shares lower inodes across layers; see umoci.ts for the nlink/group ' +
+      'differences overlayfs shows.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none'), layer(l3, 'zstd')] },
+    expect: {
+      visible: ['bin/busybox', 'bin/ls', 'bin/ls2', 'bin/echo', 'bin/sh', 'bin/sh-hardlink', 'lib/b-again', 'lib/cap-link'],
+      hidden: ['bin/cat', 'bin/.wh.cat'],
+      content: { 'bin/echo': 'busybox\n', 'lib/a': 'new a\n', 'lib/b': 'original a\n', 'lib/b-again': 'original a\n', 'lib/cap-link': 'with xattr\n' },
+    },
+  };
+}
+
+async function devices(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    dir('dev', { mtime: at(1) }),
+    chardev('dev/null', 1, 3, { mode: 0o666, mtime: at(2) }),
+    chardev('dev/tty', 5, 0, { mode: 0o666, gid: 5, mtime: at(3) }),
+    blockdev('dev/sda', 8, 0, { mode: 0o660, gid: 6, mtime: at(4) }),
+    blockdev('dev/loop0', 7, 0, { mode: 0o660, gid: 6, mtime: at(5) }),
+    // Past 8 bits of major and minor: checks the dev_t split, not just the low bytes.
+    chardev('dev/wide', 510, 300_000, { mode: 0o600, mtime: at(6) }),
+    dir('run', { mtime: at(7) }),
+    fifo('run/initctl', { mode: 0o600, mtime: at(8) }),
+    fifo('run/user-fifo', { mode: 0o620, uid: 1000, gid: 1000, mtime: at(9) }),
+  ]);
+  const l2 = await buildTar([
+    chardev('dev/console', 5, 1, { mode: 0o600, mtime: at(20) }),
+    whiteout('dev/loop0'),
+    // A fifo replaced by a character device.
+    chardev('run/initctl', 1, 5, { mode: 0o666, mtime: at(21) }),
+  ]);
+  return {
+    name: 'devices',
+    description:
+      'L1 none: char devices 1:3, 5:0 (gid 5), 510:300000 (wide dev_t), block devices 8:0 and 7:0 (gid 6), fifos 0600 and 0620 ' +
+      'owned 1000:1000. L2 gzip: a new char device, a whiteout of a block device, a fifo replaced by a char device.',
+    spec: { layers: [layer(l1, 'none'), layer(l2, 'gzip')] },
+    expect: {
+      visible: ['dev/null', 'dev/tty', 'dev/sda', 'dev/wide', 'dev/console', 'run/initctl', 'run/user-fifo'],
+      hidden: ['dev/loop0', 'dev/.wh.loop0'],
+    },
+  };
+}
+
+async function xattrs(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    dir('usr', { mtime: at(1) }),
+    dir('usr/bin', { mtime: at(2) }),
+    file('usr/bin/ping', 'ping\n', { mode: 0o755, mtime: at(3), xattrs: { 'security.capability': asciiBytes(capNetBindService) } }),
+    dir('data', { mtime: at(4), xattrs: { 'user.dir-attr': 'lower' } }),
+    file('data/user-attr', 'x\n', { mtime: at(5), xattrs: { 'user.foo': 'bar' } }),
+    file('data/trusted-attr', 'y\n', { mtime: at(6), xattrs: { 'trusted.lazyroot.test': 'secret' } }),
+    file('data/many', 'z\n', { mtime: at(7), xattrs: { 'user.a': '1', 'user.b': 'two', 'trusted.c': 'three' } }),
+    file('data/to-strip', 'has xattrs\n', { mtime: at(8), xattrs: { 'user.gone': 'soon' } }),
+    // trusted.* is allowed on a symlink (user.* is not: EPERM).
+    symlink('data/link-with-xattr', 'many', { mtime: at(9), xattrs: { 'trusted.link': 'yes' } }),
+  ]);
+  const l2 = await buildTar([
+    // Directory metadata replaced: user.dir-attr must be gone, user.dir-attr2 set, mode 0750.
+    dir('data', { mode: 0o750, mtime: at(20), xattrs: { 'user.dir-attr2': 'upper' } }),
+    file('data/to-strip', 'no xattrs now\n', { mtime: at(21) }),
+    paxBinary([['SCHILY.xattr.user.binary', binaryXattrValue]]),
+    file('data/binary-attr', 'binary xattr value\n', { mtime: at(22) }),
+  ]);
+  const l3 = await buildTar([
+    file('usr/bin/ping', 'ping v2, no capability\n', { mode: 0o755, mtime: at(30) }),
+    file('usr/bin/ping6', 'ping6\n', { mode: 0o755, mtime: at(31), xattrs: { 'security.capability': asciiBytes(capNetBindService) } }),
+  ]);
+  return {
+    name: 'xattrs',
+    description:
+      'L1 gzip: security.capability (cap_net_bind_service=ep, v2 blob) on usr/bin/ping, user.* on files and a dir, trusted.* on a ' +
+      'file and on a symlink, three xattrs on one file. L2 zstd: data/ re-entered with only user.dir-attr2 (the lower user.dir-attr ' +
+      'must be gone), data/to-strip replaced without xattrs, user.binary = 00 01 80 ff fe 0a c3 28 (not UTF-8: tar-stream decodes ' +
+      'PAX values as UTF-8 and would mangle it). L3 none: ping replaced without its capability, ping6 with one.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'zstd'), layer(l3, 'none')] },
+    expect: {
+      visible: ['usr/bin/ping', 'usr/bin/ping6', 'data/user-attr', 'data/trusted-attr', 'data/many', 'data/to-strip', 'data/binary-attr', 'data/link-with-xattr'],
+      content: { 'data/to-strip': 'no xattrs now\n' },
+    },
+  };
+}
+
+async function overlaySmuggling(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    dir('d', { mtime: at(1) }),
+    file('d/lower-child', 'must stay visible\n', { mtime: at(2) }),
+    file('victim', 'a real file\n', { mtime: at(3) }),
+  ]);
+  const l2 = await buildTar([
+    // overlayfs control xattrs must not reach a layer dir from a tar: d stays merged, not opaque.
+    dir('d', { mtime: at(10), xattrs: { 'trusted.overlay.opaque': 'y', 'trusted.overlay.redirect': '/elsewhere' } }),
+    file('d/upper-child', 'new\n', { mtime: at(11) }),
+    // A real 0/0 character device in a tar: umoci makes one; in overlay format it IS a whiteout.
+    chardev('victim', 0, 0, { mode: 0o600, mtime: at(12) }),
+  ]);
+  return {
+    name: 'overlay-smuggling',
+    description:
+      'L1 gzip: d/ with d/lower-child, a file "victim". L2 none: d/ carrying SCHILY.xattr.trusted.overlay.opaque=y and ' +
+      'trusted.overlay.redirect (umoci ignores both as forbidden; an overlay unpacker must not set them, or d/lower-child would ' +
+      'vanish), and "victim" replaced by a 0/0 char device: umoci shows the device, overlayfs cannot (a 0/0 device is its whiteout ' +
+      'format), so no expectation is set on "victim": the comparison names that difference.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none')] },
+    expect: { visible: ['d/lower-child', 'd/upper-child'] },
+  };
+}
+
+async function longNames(): Promise<EdgeCaseImage> {
+  // 147 ASCII chars: fits ustar's prefix (155) + name (100) split, no PAX.
+  const ustarSplit = `long/${'p'.repeat(60)}/${'f'.repeat(80)}`;
+  // 355 chars: only PAX can carry it.
+  const paxDirA = `long/${'a'.repeat(120)}`;
+  const paxDirB = `${paxDirA}/${'b'.repeat(120)}`;
+  const paxPath = `${paxDirB}/${'c'.repeat(100)}.txt`;
+  const longDir = `long/${'d'.repeat(150)}`;
+  const unicode = 'long/unicodé-ñame-日本語 with space.txt';
+  const l1 = await buildTar([
+    dir('long', { mtime: at(1) }),
+    dir(`long/${'p'.repeat(60)}`, { mtime: at(2) }),
+    file(ustarSplit, 'ustar prefix\n', { mtime: at(3) }),
+    dir(paxDirA, { mtime: at(4) }),
+    dir(paxDirB, { mtime: at(5) }),
+    file(paxPath, 'pax path\n', { mtime: at(6) }),
+    dir(longDir, { mode: 0o700, mtime: at(7) }),
+    file(`${longDir}/child`, 'in a long dir\n', { mtime: at(8) }),
+    file(unicode, 'utf-8 name\n', { mtime: at(9) }),
+    symlink('long/symlink-long-target', `../${'t'.repeat(150)}/target`, { mtime: at(10) }),
+    hardlink('long/hardlink-to-long', paxPath),
+    file(`long/${'w'.repeat(120)}`, 'to be whited out\n', { mtime: at(11) }),
+  ]);
+
+  // GNU tar, --format=gnu: 'L' long names, 'K' long link names, base-256 uid/gid.
+  const gnuName = `gnu/${'g'.repeat(150)}`;
+  const gnuLayer = await gnuTar({ format: 'gnu', members: ['gnu'] }, async (root) => {
+    await mkdir(join(root, 'gnu'));
+    await writeFile(join(root, gnuName), 'gnu long name\n');
+    await fsSymlink('y'.repeat(150), join(root, 'gnu/symlink-long-target'));
+    await link(join(root, gnuName), join(root, 'gnu/hardlink-to-long'));
+    await writeFile(join(root, 'gnu/base256-ids'), 'uid 3000000\n');
+    await chown(join(root, 'gnu/base256-ids'), 3_000_000, 3_000_000);
+    for (const p of [gnuName, 'gnu/base256-ids']) await utimes(join(root, p), at(20), at(20));
+    await utimes(join(root, 'gnu'), at(21), at(21));
+    await lutimes(join(root, 'gnu/symlink-long-target'), at(22), at(22));
+  });
+
+  // The same encodings hand-written, ustar magic (as tar-builder's raw() writes it).
+  const rawName = `rawgnu/${'r'.repeat(130)}`;
+  const rawTarget = 'z'.repeat(130);
+  const l3 = await buildTar([
+    dir('rawgnu', { mtime: at(30) }),
+    raw({ name: rawName.slice(0, 100), gnuLongName: rawName, data: 'raw L\n', mtime: at(31) }),
+    raw({ name: '././@LongLink', typeflag: 'K', data: `${rawTarget}\0` }),
+    raw({ name: 'rawgnu/symlink-K', typeflag: '2', linkname: rawTarget.slice(0, 100), mode: 0o777, mtime: at(32) }),
+    raw({ name: '././@LongLink', typeflag: 'K', data: `${rawName}\0` }),
+    raw({ name: 'rawgnu/hardlink-K', typeflag: '1', linkname: rawName.slice(0, 100) }),
+  ]);
+  const l4 = await buildTar([whiteout(`long/${'w'.repeat(120)}`), opaque(longDir)]);
+  return {
+    name: 'long-names',
+    description:
+      'L1 gzip (tar-stream): a 147-char path split over ustar prefix+name, a 355-char PAX path under 120-char PAX dirs, a ' +
+      '150-char dir name, a UTF-8 name with spaces, a 156-char symlink target and a hardlink to the 355-char path (PAX linkpath). ' +
+      'L2 none (GNU tar --format=gnu): 154-char name (\'L\'), 150-char symlink target and hardlink to the long name (\'K\'), ' +
+      'uid/gid 3000000 in base-256. L3 zstd: the same \'L\'/\'K\' records hand-written with raw() (ustar magic). L4 none: a ' +
+      'whiteout of a 125-char name (PAX) and an opaque marker in the 150-char dir.',
+    spec: { layers: [layer(l1, 'gzip'), layer(gnuLayer, 'none'), layer(l3, 'zstd'), layer(l4, 'none')] },
+    expect: {
+      visible: [ustarSplit, paxPath, longDir, unicode, 'long/symlink-long-target', 'long/hardlink-to-long', gnuName, 'gnu/symlink-long-target', 'gnu/hardlink-to-long', 'gnu/base256-ids', rawName, 'rawgnu/symlink-K', 'rawgnu/hardlink-K'],
+      hidden: [`long/${'w'.repeat(120)}`, `${longDir}/child`, `${longDir}/.wh..wh..opq`],
+      content: { [paxPath]: 'pax path\n', 'long/hardlink-to-long': 'pax path\n', [gnuName]: 'gnu long name\n', 'gnu/hardlink-to-long': 'gnu long name\n', [rawName]: 'raw L\n', 'rawgnu/hardlink-K': 'raw L\n' },
+    },
+  };
+}
+
+async function sparse(): Promise<EdgeCaseImage> {
+  const gnu = await gnuTar({ format: 'gnu', members: ['sparse-gnu'] }, (root) => makeSparseFiles(root, 'sparse-gnu', 0));
+  const pax10 = await gnuTar({ format: 'posix', sparseVersion: '1.0', members: ['sparse-pax10'] }, (root) => makeSparseFiles(root, 'sparse-pax10', 1000));
+  const pax01 = await gnuTar({ format: 'posix', sparseVersion: '0.1', members: ['sparse-pax01'] }, (root) => makeSparseFiles(root, 'sparse-pax01', 3_000_000));
+  const pax00 = await gnuTar({ format: 'posix', sparseVersion: '0.0', members: ['sparse-pax00'] }, (root) => makeSparseFiles(root, 'sparse-pax00', 0));
+  const tops = ['sparse-gnu', 'sparse-pax10', 'sparse-pax01', 'sparse-pax00'];
+  return {
+    name: 'sparse',
+    description:
+      'Four layers made by GNU tar --sparse --hole-detection=raw from the same files (holes.img 1 MiB: "HEAD" at 0, "middle" at ' +
+      '300000, ends in a hole; many.img 512 KiB+100 with 6 data runs and "END" in the last partial block; all-hole.img 200000 ' +
+      'bytes of hole; plain.txt): L1 gzip --format=gnu (typeflag \'S\', the 6-run file needs a GNU sparse extension header); ' +
+      'L2 none --format=posix --sparse-version=1.0 (GNUSparseFile.0/ name, map at the data start); L3 zstd PAX 0.1 ' +
+      '(GNU.sparse.map), owner 3000000 (PAX uid); L4 gzip PAX 0.0 (repeated GNU.sparse.offset/numbytes records: a PAX ' +
+      'decoder that keeps one value per key loses the map). No GNUSparseFile.* path may appear in the tree.',
+    spec: { layers: [layer(gnu, 'gzip'), layer(pax10, 'none'), layer(pax01, 'zstd'), layer(pax00, 'gzip')] },
+    expect: {
+      visible: tops.flatMap((t) => [`${t}/holes.img`, `${t}/many.img`, `${t}/all-hole.img`, `${t}/plain.txt`]),
+      hidden: ['sparse-pax10/GNUSparseFile.0', 'sparse-pax01/GNUSparseFile.0', 'sparse-pax00/GNUSparseFile.0'],
+      content: Object.assign({}, ...tops.map(sparseContent)),
+    },
+  };
+}
+
+/** Expected content of the sparse files (for tests that read them back). */
+export function sparseFileContent(name: 'holes.img' | 'many.img' | 'all-hole.img'): Buffer {
+  if (name === 'all-hole.img') return Buffer.alloc(200_000);
+  if (name === 'holes.img') {
+    const b = Buffer.alloc(1 << 20);
+    b.write('HEAD', 0);
+    b.write('middle', 300_000);
+    return b;
+  }
+  const b = Buffer.alloc(512 * 1024 + 100);
+  for (let i = 0; i < 6; i++) b.write(`chunk-${i}`, i * 65_536 + i * 7);
+  b.write('END', 512 * 1024 + 97);
+  return b;
+}
+
+async function replaceTypes(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    file('f2d', 'a file, later a dir\n', { mtime: at(1) }),
+    dir('d2f', { mtime: at(2) }),
+    file('d2f/a', 'lower child\n', { mtime: at(3) }),
+    dir('d2f/sub', { mtime: at(4) }),
+    file('d2f/sub/b', 'lower grandchild\n', { mtime: at(5) }),
+    symlink('s2d', 'f2d', { mtime: at(6) }),
+    dir('d2s', { mtime: at(7) }),
+    file('d2s/child', 'hidden by a symlink\n', { mtime: at(8) }),
+    fifo('p2f', { mtime: at(9) }),
+    file('f2s', 'a file, later a symlink\n', { mtime: at(10) }),
+    dir('d2d', { mode: 0o755, mtime: at(11) }),
+    file('d2d/lower', 'merged\n', { mtime: at(12) }),
+  ]);
+  const l2 = await buildTar([
+    dir('f2d', { mtime: at(20) }),
+    file('f2d/child', 'in the dir that replaced a file\n', { mtime: at(21) }),
+    file('d2f', 'a file replacing a dir\n', { mtime: at(22) }),
+    dir('s2d', { mtime: at(23) }),
+    file('s2d/child', 'in the dir that replaced a symlink\n', { mtime: at(24) }),
+    symlink('d2s', 'd2d', { mtime: at(25) }),
+    file('p2f', 'was a fifo\n', { mtime: at(26) }),
+    symlink('f2s', 'd2d', { mtime: at(27) }),
+    dir('d2d', { mode: 0o700, mtime: at(28) }),
+    file('d2d/upper', 'merged too\n', { mtime: at(29) }),
+    // The same path twice in one layer: the last member wins.
+    file('dup', 'first\n', { mtime: at(30) }),
+    file('dup', 'second\n', { mtime: at(31) }),
+  ]);
+  const l3 = await buildTar([
+    // A dir again over the file over the dir: the L1 children must stay hidden.
+    dir('d2f', { mtime: at(40) }),
+    file('d2f/new', 'only child\n', { mtime: at(41) }),
+  ]);
+  return {
+    name: 'replace-types',
+    description:
+      'L1 gzip: file f2d, dir d2f/ with a child and a grandchild, symlink s2d, dir d2s/ with a child, fifo p2f, file f2s, dir d2d/. ' +
+      'L2 none: f2d becomes a dir with a child, d2f a file, s2d a dir, d2s a symlink, p2f a file, f2s a symlink, d2d re-entered ' +
+      '(0700) with a new child (merges), "dup" written twice (second wins). L3 zstd: d2f a dir again with one new child: the L1 ' +
+      'children must not come back.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none'), layer(l3, 'zstd')] },
+    expect: {
+      visible: ['f2d/child', 'd2f/new', 's2d/child', 'd2s', 'p2f', 'f2s', 'd2d/lower', 'd2d/upper', 'dup'],
+      hidden: ['d2f/a', 'd2f/sub', 'd2f/sub/b', 'd2s/child'],
+      content: { 'd2f/new': 'only child\n', p2f: 'was a fifo\n', dup: 'second\n', 'f2d/child': 'in the dir that replaced a file\n' },
+    },
+  };
+}
+
+async function whiteouts(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    dir('a', { mtime: at(1) }),
+    file('a/keep', 'kept\n', { mtime: at(2) }),
+    file('a/gone', 'deleted in L2\n', { mtime: at(3) }),
+    file('a/.white', 'starts with .wh but is not a whiteout\n', { mtime: at(4) }),
+    dir('tree', { mtime: at(5) }),
+    dir('tree/x', { mtime: at(6) }),
+    dir('tree/x/y', { mtime: at(7) }),
+    file('tree/x/y/z', 'deep\n', { mtime: at(8) }),
+    file('tree/f', 'f\n', { mtime: at(9) }),
+    dir('opq', { mtime: at(10) }),
+    file('opq/old1', 'old\n', { mtime: at(11) }),
+    dir('opq/olddir', { mtime: at(12) }),
+    file('opq/olddir/old2', 'old\n', { mtime: at(13) }),
+    dir('opq2', { mtime: at(14) }),
+    file('opq2/old', 'old\n', { mtime: at(15) }),
+    file('same1', 'lower\n', { mtime: at(16) }),
+    file('same2', 'lower\n', { mtime: at(17) }),
+    file('later', 'v1\n', { mtime: at(18) }),
+    dir('dirre', { mtime: at(19) }),
+    file('dirre/oldchild', 'old\n', { mtime: at(20) }),
+    dir('dirre2', { mtime: at(21) }),
+    file('dirre2/oldchild', 'old\n', { mtime: at(22) }),
+  ]);
+  const l2 = await buildTar([
+    whiteout('a/gone'),
+    whiteout('tree'),
+    // Opaque marker first, then new children.
+    opaque('opq'),
+    file('opq/new1', 'new\n', { mtime: at(30) }),
+    dir('opq/newdir', { mtime: at(31) }),
+    file('opq/newdir/f', 'new\n', { mtime: at(32) }),
+    // New child first, then the opaque marker: the child stays.
+    file('opq2/new', 'new\n', { mtime: at(33) }),
+    opaque('opq2'),
+    // Whiteout then re-creation in the same layer…
+    whiteout('same1'),
+    file('same1', 'upper\n', { mtime: at(34) }),
+    // …and re-creation then whiteout: a whiteout only hides LOWER layers.
+    file('same2', 'upper\n', { mtime: at(35) }),
+    whiteout('same2'),
+    whiteout('later'),
+    whiteout('never-existed'),
+    // The same two orders for directories: the lower children go, the new ones stay.
+    whiteout('dirre'),
+    dir('dirre', { mtime: at(36) }),
+    file('dirre/new', 'new\n', { mtime: at(37) }),
+    dir('dirre2', { mtime: at(38) }),
+    file('dirre2/new', 'new\n', { mtime: at(39) }),
+    whiteout('dirre2'),
+  ]);
+  const l3 = await buildTar([
+    file('later', 'v3\n', { mtime: at(40) }),
+    dir('tree', { mtime: at(41) }),
+    file('tree/new', 'new\n', { mtime: at(42) }),
+  ]);
+  return {
+    name: 'whiteouts',
+    description:
+      'L1 gzip: files and dirs to delete. L2 none: whiteout of a file (a/gone) and of a whole tree; opaque opq/ with the marker ' +
+      'BEFORE its new children and opq2/ with it AFTER; whiteout then re-creation of same1 and re-creation then whiteout of same2 ' +
+      '(both visible with "upper"); the same two orders for directories dirre/ and dirre2/ (lower children hidden, new ones ' +
+      'visible: in overlay format both need an opaque dir); whiteout of "later"; whiteout of a path that never existed; ' +
+      'a/.white is an ordinary file. L3 zstd: "later" re-created, tree/ re-created with one child.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none'), layer(l3, 'zstd')] },
+    expect: {
+      visible: ['a/keep', 'a/.white', 'opq', 'opq/new1', 'opq/newdir/f', 'opq2/new', 'same1', 'same2', 'later', 'tree/new', 'dirre/new', 'dirre2', 'dirre2/new'],
+      hidden: [
+        'a/gone',
+        'a/.wh.gone',
+        'tree/x',
+        'tree/x/y/z',
+        'tree/f',
+        'opq/old1',
+        'opq/olddir',
+        'opq/.wh..wh..opq',
+        'opq2/old',
+        'opq2/.wh..wh..opq',
+        'never-existed',
+        '.wh.never-existed',
+        '.wh.same2',
+        'dirre/oldchild',
+        'dirre2/oldchild',
+      ],
+      content: { same1: 'upper\n', same2: 'upper\n', later: 'v3\n', 'a/keep': 'kept\n' },
+    },
+  };
+}
+
+async function implicitParents(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    // No entries for usr/, usr/local/, usr/local/bin/.
+    file('usr/local/bin/tool', '#!/bin/sh\n', { mode: 0o755, mtime: at(1) }),
+    dir('opt', { mode: 0o700, uid: 1000, gid: 1000, mtime: at(2), xattrs: { 'user.opt': 'lower' } }),
+    file('opt/a', 'a\n', { mtime: at(3) }),
+    // A directory entry AFTER its children: its metadata still applies.
+    file('late-dir/child', 'child first\n', { mtime: at(4) }),
+    dir('late-dir', { mode: 0o710, gid: 10, mtime: at(5) }),
+  ]);
+  const l2 = await buildTar([
+    // No entries for opt/ or opt/sub/: opt keeps its L1 mode, owner, xattr and mtime (umoci).
+    file('opt/sub/file', 'implicit parents in an upper layer\n', { mtime: at(10) }),
+  ]);
+  const l3 = await buildTar([file('var/lib/deep/x/y/file', 'deep\n', { mtime: at(20) }), file('usr/local/bin/tool2', 'more\n', { mode: 0o755, mtime: at(21) })]);
+  return {
+    name: 'implicit-parents',
+    description:
+      'L1 gzip: usr/local/bin/tool with no entries for its three parents; opt/ 0700 1000:1000 with a user xattr; late-dir/child ' +
+      'before late-dir/ (0710, gid 10). L2 none: opt/sub/file with no entry for opt/ or opt/sub/: the merged opt keeps its L1 ' +
+      'metadata (with overlayfs the upper diff\'s implicit opt/ must copy it). L3 zstd: a 5-deep implicit chain and a file under ' +
+      'the implicit L1 chain. Implicit dirs get mode 0755 root:root; their mtime is the unpack time in umoci (not comparable).',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none'), layer(l3, 'zstd')] },
+    expect: {
+      visible: ['usr', 'usr/local/bin/tool', 'usr/local/bin/tool2', 'opt/a', 'opt/sub/file', 'late-dir/child', 'var/lib/deep/x/y/file'],
+    },
+  };
+}
+
+async function throughLowerSymlink(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    dir('usr', { mtime: at(1) }),
+    dir('usr/bin', { mtime: at(2) }),
+    dir('usr/lib', { mtime: at(3) }),
+    file('usr/bin/a', 'a\n', { mtime: at(4) }),
+    symlink('bin', 'usr/bin', { mtime: at(5) }),
+    symlink('lib', '/usr/lib', { mtime: at(6) }),
+  ]);
+  const l2 = await buildTar([
+    file('bin/new-tool', 'written through bin -> usr/bin\n', { mode: 0o755, mtime: at(10) }),
+    file('lib/libnew.so', 'written through lib -> /usr/lib (resolved in the rootfs)\n', { mtime: at(11) }),
+  ]);
+  return {
+    name: 'through-lower-symlink',
+    description:
+      'L1 gzip: merged-/usr style symlinks bin -> usr/bin (relative) and lib -> /usr/lib (absolute). L2 none: bin/new-tool and ' +
+      'lib/libnew.so with no entries for bin/ or lib/. umoci and containerd resolve the parent inside the rootfs (SecureJoin / ' +
+      'fs.RootPath: absolute targets re-rooted), so the files land in usr/bin and usr/lib and the symlinks stay. Docker\'s ' +
+      'overlay2 instead makes bin/ a directory in the upper diff, hiding the symlink. Symlinks in THIS layer must never be ' +
+      'followed (hostile-layers.ts); these come from a lower layer and point inside.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none')] },
+    expect: {
+      visible: ['bin', 'lib', 'usr/bin/new-tool', 'usr/lib/libnew.so', 'usr/bin/a'],
+      hidden: ['bin/new-tool', 'lib/libnew.so'],
+    },
+  };
+}
+
+/** Every edge-case image, built afresh (deterministic bytes; GNU tar, zstd needed). */
+export async function edgeCaseImages(): Promise<EdgeCaseImage[]> {
+  return Promise.all([
+    basics(),
+    links(),
+    hardlinks(),
+    devices(),
+    xattrs(),
+    overlaySmuggling(),
+    longNames(),
+    sparse(),
+    replaceTypes(),
+    whiteouts(),
+    implicitParents(),
+    throughLowerSymlink(),
+  ]);
+}
+
+/** Writes every edge-case image into ONE OCI layout at `dir`, ref name = image name. */
+export async function allFeaturesLayout(dir: string): Promise<{ images: EdgeCaseImage[]; layout: BuiltLayout }> {
+  const images = await edgeCaseImages();
+  const layout = await writeOciLayout(
+    dir,
+    images.map((i) => ({ ...i.spec, refName: i.name })),
+  );
+  return { images, layout };
+}
