@@ -32,7 +32,7 @@ export async function pullBench(ctx: BenchContext): Promise<BenchRow[]> {
     const seconds = median(ms.map((m) => m.seconds));
     const rss = ms.map((m) => m.maxRssMiB).filter((x): x is number => x !== undefined);
     return {
-      scenario: 'pull 230 MiB, 5 gzip layers, loopback registry',
+      scenario: 'pull 231 MiB, 6 gzip layers, loopback registry',
       tool,
       seconds,
       ratio: tool === 'skopeo' ? 1 : seconds / skopeo,

@@ -4,6 +4,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startRegistry } from '../test/helpers/registry.js';
 import { pullBench } from './pull-bench.js';
+import { createRunBench } from './create-run-bench.js';
 import type { BenchContext, BenchRow } from './types.js';
 
 const repoRoot = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -28,7 +29,7 @@ async function main(): Promise<void> {
       lazyrootBin: join(repoRoot, 'bin', 'lazyroot.js'),
       rounds,
     };
-    const rows = [...(await pullBench(ctx))];
+    const rows = [...(await pullBench(ctx)), ...(await createRunBench(ctx))];
     process.stdout.write(`lazyroot benchmarks (median of ${rounds} cold rounds; "vs peer" < 1 means lazyroot is faster)\n\n${table(rows)}\n`);
   } finally {
     await registry.stop();

@@ -2,7 +2,8 @@
  * `npm run demo`: the main job on a built-in sample. Starts Debian's
  * docker-registry on a loopback port, builds a small busybox image with the
  * project's own image writer, pushes it with skopeo, then pulls it with the
- * lazyroot CLI into a fresh store and shows what landed.
+ * lazyroot CLI into a fresh store, shows what landed, makes a root filesystem
+ * on kernel overlayfs and runs the image's command in it with runc.
  */
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -47,7 +48,14 @@ async function main(): Promise<void> {
     await runLazyroot(['pull', '--store', store, ref]);
     step('what the store holds');
     await runLazyroot(['images', '--store', store]);
-    await runLazyroot(['inspect', '--store', store, `${registry.host}/demo/busybox:v1`]);
+    step('a writable root filesystem on kernel overlayfs (GrootFS-style create)');
+    await runLazyroot(['create', '--store', store, ref, 'demo-rootfs']);
+    await runLazyroot(['list', '--store', store]);
+    await runLazyroot(['stats', '--store', store, 'demo-rootfs']);
+    await runLazyroot(['delete', '--store', store, 'demo-rootfs']);
+    step("running the image's command with runc");
+    await runLazyroot(['run', '--store', store, ref]);
+    await runLazyroot(['run', '--store', store, ref, '--', 'sh', '-c', 'echo "running as $(id -un) in $(pwd); $(ls /bin | wc -l) entries in /bin"']);
   } finally {
     await registry.stop();
     await rm(work, { recursive: true, force: true });
