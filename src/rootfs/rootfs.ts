@@ -1,4 +1,4 @@
-import { chmod, chown, mkdir, rm, stat } from 'node:fs/promises';
+import { chmod, chown, mkdir, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LazyrootError } from '../errors.js';
 import { mountsUnder, overlayMount, performMount, unmount, type Mount } from '../mount/mounts.js';
@@ -66,13 +66,14 @@ export async function createRootfs(store: Store, ref: string, id: string, option
   try {
     const layers = await ensureLayersUnpacked(store, image, { ...(options.mapping ? { mapping: options.mapping } : {}), ...(options.onLayer ? { onLayer: options.onLayer } : {}) });
     for (const d of [paths.upper, paths.work, target]) await mkdir(d, { recursive: true, mode: 0o755 });
-    // overlayfs shows the upper dir's owner and mode on the merged root: take the
-    // image's (mapped) root's, or a container in a user namespace cannot write to /.
+    // overlayfs shows the upper dir's owner, mode and times on the merged root: take
+    // the image's (mapped) root's, or a container in a user namespace cannot write to /.
     const top = layers.at(-1);
     if (top) {
       const rootStat = await stat(top.diff);
       await chown(paths.upper, rootStat.uid, rootStat.gid);
       await chmod(paths.upper, rootStat.mode & 0o7777);
+      await utimes(paths.upper, rootStat.atime, rootStat.mtime);
     }
     const topFirst = [...layers].reverse();
     if (topFirst.length === 0) await mkdir(paths.emptyLower, { recursive: true });

@@ -13,6 +13,7 @@ const reservedPrefix = '.wh..wh.';
  * refused: a layer never needs them, and they are how archives escape.
  */
 export function normalizeEntryPath(name: string, what: string): string {
+  if (name === '') throw hostile(what, name, 'has an empty name (invalid)');
   if (name.includes('\0')) throw hostile(what, name, 'contains a NUL byte');
   if (name.startsWith('/')) throw hostile(what, name, 'is absolute: entries must stay inside the layer (escapes the root)');
   const parts: string[] = [];
@@ -28,7 +29,9 @@ export type EntryRole =
   | { kind: 'normal' }
   | { kind: 'whiteout'; target: string }
   | { kind: 'opaque'; dir: string }
-  | { kind: 'reserved' };
+  | { kind: 'reserved' }
+  /** `.wh.`, `.wh..`, `.wh...`: a whiteout of the directory itself or of its parent. */
+  | { kind: 'invalid-whiteout' };
 
 /** What a (normalized) tar path means for the union: a file, a whiteout, an opaque marker. */
 export function classifyEntry(path: string): EntryRole {
@@ -39,7 +42,7 @@ export function classifyEntry(path: string): EntryRole {
   if (base === opaqueMarker) return { kind: 'opaque', dir: parent };
   if (base.startsWith(reservedPrefix)) return { kind: 'reserved' };
   const name = base.slice(whiteoutPrefix.length);
-  if (name === '' || name === '.' || name === '..') return { kind: 'reserved' };
+  if (name === '' || name === '.' || name === '..') return { kind: 'invalid-whiteout' };
   return { kind: 'whiteout', target: parent ? `${parent}/${name}` : name };
 }
 

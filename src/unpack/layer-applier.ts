@@ -44,6 +44,8 @@ async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
 export class LayerApplier {
   /** Directories of the diff known to be real directories. */
   private readonly dirs = new Set<string>(['']);
+  /** Requested parent paths → where they really are (after lower-layer symlinks). */
+  private readonly resolvedDirs = new Map<string, string>([['', '']]);
   /** Paths this layer whited out: a directory re-created there must hide the lower one. */
   private readonly whitedOut = new Set<string>();
   /** Directory times are set last: creating children changes them. */
@@ -66,44 +68,57 @@ export class LayerApplier {
     else await this.ownAsRoot(this.options.target);
   }
 
-  /** Directories no entry describes belong to the image's root: the mapped root, under a mapping. */
+  /**
+   * Directories no entry describes belong to the image's root (the mapped
+   * root, under a mapping) and get the epoch as mtime, as umoci gives them:
+   * the same image always unpacks to the same tree.
+   */
   private async ownAsRoot(full: string): Promise<void> {
-    if (!this.mapped) return;
-    const mapping = this.options.idMapping!;
-    await lchown(full, mapId(0, mapping.uids), mapId(0, mapping.gids));
+    if (this.mapped) {
+      const mapping = this.options.idMapping!;
+      await lchown(full, mapId(0, mapping.uids), mapId(0, mapping.gids));
+    }
+    const rel = full === this.options.target ? '' : full.slice(this.options.target.length + 1);
+    if (!this.dirTimes.has(rel)) this.dirTimes.set(rel, { atime: epoch, mtime: epoch });
   }
 
   async apply(header: Headers, body: Readable): Promise<void> {
     this.entries++;
     const { what } = this.options;
     let sparse: SparseMap | undefined;
-    if ((header.type as string) === 'gnu-sparse') {
-      throw new LazyrootError('UNSUPPORTED', `${what}: entry ${JSON.stringify(header.name)}: old GNU sparse format is not supported; re-create the layer with PAX sparse (tar --format=posix)`);
+    if (header.type === null || header.type === undefined) {
+      // tar-stream reports typeflags it does not know as null: old GNU sparse ('S'),
+      // whose header extensions it cannot skip, or vendor extensions. Refuse
+      // rather than misread the data that follows.
+      throw new LazyrootError('UNSUPPORTED', `${what}: entry ${JSON.stringify(header.name)} has a typeflag lazyroot cannot read (old GNU sparse 'S' or a vendor extension); re-create the layer in PAX format (tar --format=posix)`);
     }
     if (header.type === 'file' || header.type === 'contiguous-file') sparse = sparseFromPax(header.pax as Record<string, string> | undefined, what);
-    const path = normalizeEntryPath(sparse?.realName ?? header.name, what);
-    const role = classifyEntry(path);
+    const requested = normalizeEntryPath(sparse?.realName ?? header.name, what);
+    const role = classifyEntry(requested);
     switch (role.kind) {
       case 'reserved':
         return drain(body);
+      case 'invalid-whiteout':
+        throw hostile(what, header.name, 'is an invalid whiteout: of "." or "..", outside its own directory');
       case 'whiteout':
         await drain(body);
         return this.whiteout(role.target, header.name);
-      case 'opaque':
+      case 'opaque': {
         await drain(body);
-        await this.ensureDir(role.dir, header.name);
-        native().lsetxattr(this.full(role.dir), overlayOpaqueXattr, Buffer.from('y'));
+        const dir = await this.ensureDir(role.dir, header.name);
+        native().lsetxattr(this.full(dir), overlayOpaqueXattr, Buffer.from('y'));
         return;
+      }
       case 'normal':
         break;
     }
-    if (path === '') {
+    if (requested === '') {
       // The root's own entry (`./`): only its metadata applies.
       await drain(body);
       if (header.type !== 'directory') throw hostile(what, header.name, 'replaces the root with a non-directory');
       return this.setMetadata('', header, 'directory');
     }
-    await this.ensureDir(parentOf(path), header.name);
+    const path = await this.placeIn(requested, header.name);
     const full = this.full(path);
     const existing = await lstatOrUndefined(full);
     if (existing && !(header.type === 'directory' && existing.isDirectory())) {
@@ -153,8 +168,8 @@ export class LayerApplier {
     }
   }
 
-  private async whiteout(target: string, name: string): Promise<void> {
-    await this.ensureDir(parentOf(target), name);
+  private async whiteout(requested: string, name: string): Promise<void> {
+    const target = await this.placeIn(requested, name);
     this.whitedOut.add(target);
     const full = this.full(target);
     const existing = await lstatOrUndefined(full);
@@ -167,21 +182,45 @@ export class LayerApplier {
     // An existing non-directory from this layer stays: it already hides the lower entry.
   }
 
+  /** Where an entry at `requested` goes: its parent made a real directory, resolved as below. */
+  private async placeIn(requested: string, entryName: string): Promise<string> {
+    const parent = await this.ensureDir(parentOf(requested), entryName);
+    const base = requested.slice(requested.lastIndexOf('/') + 1);
+    return parent ? `${parent}/${base}` : base;
+  }
+
   /**
-   * Makes `rel` a real directory of this diff. Missing parents are copied up
-   * from the layers below (metadata and all, as overlayfs does), or created
-   * plain when no layer has them. A symlink on the way is refused.
+   * Makes `rel` a real directory of this diff and returns where it really is.
+   * Missing parents are copied up from the layers below (metadata and all, as
+   * overlayfs does), or created plain when no layer has them. A symlink of a
+   * lower layer on the way is followed *inside the image root* (an absolute
+   * target starts at the root, `..` stops there), as umoci and containerd do:
+   * with `bin -> usr/bin` below, `bin/x` lands in `usr/bin/x`. A symlink this
+   * same layer planted is refused: that is how archives try to escape.
    */
-  private async ensureDir(rel: string, entryName: string): Promise<void> {
-    if (this.dirs.has(rel)) return;
-    const parts = rel.split('/');
-    for (let i = 1; i <= parts.length; i++) {
-      const prefix = parts.slice(0, i).join('/');
-      if (this.dirs.has(prefix)) continue;
+  private async ensureDir(rel: string, entryName: string): Promise<string> {
+    const cached = this.resolvedDirs.get(rel);
+    if (cached !== undefined) return cached;
+    const pending = rel === '' ? [] : rel.split('/');
+    const done: string[] = [];
+    let hops = 0;
+    while (pending.length > 0) {
+      const part = pending.shift()!;
+      if (part === '' || part === '.') continue;
+      if (part === '..') {
+        done.pop(); // never above the root
+        continue;
+      }
+      const prefix = [...done, part].join('/');
+      if (this.dirs.has(prefix)) {
+        done.push(part);
+        continue;
+      }
       const full = this.full(prefix);
       const here = await lstatOrUndefined(full);
       if (here?.isDirectory()) {
         this.dirs.add(prefix);
+        done.push(part);
         continue;
       }
       if (here?.isSymbolicLink()) throw hostile(this.options.what, entryName, `would be written through the symlink ${JSON.stringify(prefix)}`);
@@ -192,22 +231,32 @@ export class LayerApplier {
         await this.ownAsRoot(full);
         native().lsetxattr(full, overlayOpaqueXattr, Buffer.from('y'));
         this.dirs.add(prefix);
+        done.push(part);
         continue;
       }
       if (here) throw hostile(this.options.what, entryName, `has a parent ${JSON.stringify(prefix)} that is not a directory`);
       const lower = await lookupInLayers(this.options.lowers, prefix);
       if (lower?.stat.isSymbolicLink()) {
-        throw hostile(this.options.what, entryName, `would be written through the symlink ${JSON.stringify(prefix)} of a lower layer`);
+        if (++hops > 40) throw hostile(this.options.what, entryName, `meets too many symlinks (a loop?) at ${JSON.stringify(prefix)}`);
+        const target = await readlink(lower.path);
+        if (target.startsWith('/')) done.length = 0;
+        pending.unshift(...target.split('/'));
+        continue;
       }
       await mkdir(full, { mode: 0o755 });
       if (lower?.stat.isDirectory()) await this.copyMetadata(lower.path, lower.stat, full, true);
       else await this.ownAsRoot(full);
       this.dirs.add(prefix);
+      done.push(part);
     }
+    const resolved = done.join('/');
+    this.resolvedDirs.set(rel, resolved);
+    return resolved;
   }
 
   private forgetDirs(rel: string): void {
     for (const d of this.dirs) if (d === rel || d.startsWith(`${rel}/`)) this.dirs.delete(d);
+    for (const [k, v] of this.resolvedDirs) if (v === rel || v.startsWith(`${rel}/`)) this.resolvedDirs.delete(k);
   }
 
   private async writeFile(full: string, body: Readable, sparse: SparseMap | undefined): Promise<void> {
@@ -273,7 +322,8 @@ export class LayerApplier {
       if (!lower || lower.stat.isDirectory()) {
         throw hostile(what, header.name, `is a hardlink to ${JSON.stringify(header.linkname)}, which is not a file in the image (outside the tree)`);
       }
-      await this.ensureDir(parentOf(targetRel), header.name);
+      const copyTo = await this.placeIn(targetRel, header.name);
+      if (copyTo !== targetRel) throw hostile(what, header.name, `is a hardlink through a symlink of a lower layer`);
       await this.copyUp(lower.path, lower.stat, this.full(targetRel));
       target = await lstat(this.full(targetRel));
     }
@@ -304,23 +354,35 @@ export class LayerApplier {
   private async setMetadata(path: string, header: Headers, type: Headers['type']): Promise<void> {
     const full = this.full(path);
     const mapping = this.options.idMapping;
-    const uid = this.mapped ? mapId(header.uid ?? 0, mapping!.uids) : (header.uid ?? 0);
-    const gid = this.mapped ? mapId(header.gid ?? 0, mapping!.gids) : (header.gid ?? 0);
+    const pax = header.pax as Record<string, string> | undefined;
+    // tar-stream ignores PAX uid/gid/mtime records (used for values the header cannot hold).
+    const headerUid = paxInt(pax?.uid) ?? header.uid ?? 0;
+    const headerGid = paxInt(pax?.gid) ?? header.gid ?? 0;
+    const uid = this.mapped ? mapId(headerUid, mapping!.uids) : headerUid;
+    const gid = this.mapped ? mapId(headerGid, mapping!.gids) : headerGid;
     await lchown(full, uid, gid);
     // After chown, which clears setuid/setgid bits.
     if (type !== 'symlink') await chmod(full, (header.mode ?? 0o644) & 0o7777);
-    for (const [name, value] of paxXattrs(header.pax as Record<string, string> | undefined)) {
+    for (const [name, value] of paxXattrs(pax)) {
+      // overlayfs's own attributes would change how the layers merge: never from a tar.
+      if (name.startsWith('trusted.overlay.')) continue;
       try {
         native().lsetxattr(full, name, value);
       } catch (err) {
         throw new LazyrootError('FAILED_PRECONDITION', `${this.options.what}: entry ${JSON.stringify(header.name)}: cannot set xattr ${name}: ${(err as Error).message}`, { cause: err });
       }
     }
-    const mtime = header.mtime ?? new Date(0);
-    const atime = paxTime((header.pax as Record<string, string> | undefined)?.atime) ?? mtime;
+    const mtime = paxTime(pax?.mtime) ?? header.mtime ?? epoch;
+    const atime = paxTime(pax?.atime) ?? mtime;
     if (type === 'directory') this.dirTimes.set(path, { atime, mtime });
     else await lutimes(full, atime, mtime);
   }
+}
+
+const epoch = new Date(0);
+
+function paxInt(value: string | undefined): number | undefined {
+  return value !== undefined && /^\d+$/.test(value) ? Number(value) : undefined;
 }
 
 function paxTime(value: string | undefined): Date | undefined {

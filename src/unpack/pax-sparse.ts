@@ -11,7 +11,9 @@ export interface SparseMap {
 
 /**
  * GNU tar's PAX sparse formats (tar manual, "Storing Sparse Files"):
- * 0.1 keeps the map in `GNU.sparse.map` ("off,size,off,size…"); 1.0 keeps it
+ * 0.1 keeps the map in `GNU.sparse.map` ("off,size,off,size…"), 0.0 in
+ * repeated offset/numbytes records (tar-binary-pax.ts folds them into the
+ * 0.1 form); 1.0 keeps it
  * as decimal lines at the start of the data, padded to 512 bytes. Returns
  * undefined for members that are not sparse. The old GNU 'S' header format
  * cannot be read through tar-stream (it hides the header's extension blocks):
@@ -40,9 +42,6 @@ export function sparseFromPax(pax: Record<string, string> | undefined, what: str
       regions,
       mapBytesInData: 0,
     };
-  }
-  if (pax['GNU.sparse.offset'] !== undefined || pax['GNU.sparse.numblocks'] !== undefined) {
-    throw new LazyrootError('UNSUPPORTED', `${what}: GNU PAX sparse format 0.0 is not supported; re-create the layer with --sparse-version=1.0`);
   }
   return undefined;
 }

@@ -7,7 +7,8 @@ import { dirname, join } from 'node:path';
  * any byte ≥ 0x80 in it would become U+FFFD. This swaps tar-stream's PAX
  * decoder for one that keeps `SCHILY.xattr.*` values as "binary strings"
  * (latin1: one char per byte; `Buffer.from(v, 'latin1')` gives the bytes back)
- * and decodes every other record as UTF-8, as before. tar-stream's package
+ * and decodes every other record as UTF-8, as before. It also keeps GNU
+ * sparse 0.0 maps, whose repeated keys tar-stream would collapse. tar-stream's package
  * exports hide headers.js, so it is loaded by path: the same module instance
  * its extractor calls into.
  */
@@ -22,6 +23,10 @@ export function installBinaryPaxDecoder(): void {
   };
   headers.decodePax = function decodePax(buf: Buffer): Record<string, string> {
     const result: Record<string, string> = {};
+    // GNU PAX sparse 0.0 repeats GNU.sparse.offset/numbytes once per data
+    // region; a plain record object keeps only the last. Collect them into the
+    // 0.1 form (GNU.sparse.map = "off,size,off,size…") instead.
+    const sparseMap: string[] = [];
     let rest = buf;
     while (rest.length) {
       const space = rest.indexOf(0x20);
@@ -34,9 +39,11 @@ export function installBinaryPaxDecoder(): void {
       if (eq < 0) break;
       const key = record.subarray(0, eq).toString('utf8');
       const value = record.subarray(eq + 1);
-      result[key] = value.toString(key.startsWith(xattrPrefix) ? 'latin1' : 'utf8');
+      if (key === 'GNU.sparse.offset' || key === 'GNU.sparse.numbytes') sparseMap.push(value.toString('ascii'));
+      else result[key] = value.toString(key.startsWith(xattrPrefix) ? 'latin1' : 'utf8');
       rest = rest.subarray(length);
     }
+    if (sparseMap.length > 0 && result['GNU.sparse.map'] === undefined) result['GNU.sparse.map'] = sparseMap.join(',');
     return result;
   };
   installed = true;

@@ -12,22 +12,30 @@
  *
  * `expect` holds what must be true of the MERGED tree, checked on the exact
  * paths (no symlink in a path is followed): `visible` paths exist, `hidden`
- * paths do not, `content` gives files' exact content. They are umoci's
- * results too (edge-case-images.test.ts checks them against umoci).
+ * paths do not, `content`/`sha256` give files' exact content. They are
+ * umoci's results too (edge-case-images.test.ts checks them against umoci,
+ * and against GNU tar for `sparse-gnu`, which umoci 0.4.7 cannot unpack).
+ * `umociQuirks` and `overlayDifferences` are named `allow` entries for the
+ * comparison test.
  *
- * Layers are built with tar-builder.ts; the GNU-format, sparse and
- * base-256/PAX-uid layers are made by the real GNU tar from files in a temp
- * dir, because real bytes are what an unpacker meets. Everything is
+ * Layers are built with tar-builder.ts. tar-stream writes long names and
+ * link targets as PAX records (or the ustar prefix), never GNU 'L'/'K', and
+ * clamps uid/gid/devmajor/devminor past 6 octal digits; so the GNU-format, sparse and
+ * base-256 layers are made by the real GNU tar from files in a temp dir
+ * (real bytes are what an unpacker meets), and 'L'/'K', wide device numbers
+ * and binary PAX values are also hand-written with `raw()`. Everything is
  * deterministic: GNU tar is run with fixed mtimes, `--sort=name`,
  * `--hole-detection=raw`, and the pid it writes into PAX sparse names
  * (`GNUSparseFile.<pid>`) is rewritten to 0.
  */
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { chmod, chown, link, lutimes, mkdir, mkdtemp, open, rm, symlink as fsSymlink, truncate, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { type BuiltLayout, type ImageSpec, type LayerCompression, writeOciLayout } from './image-builder.js';
+import type { AllowedDifference } from './tree-snapshot.js';
 import {
   blockdev,
   buildTar,
@@ -45,6 +53,8 @@ import {
 
 const run = promisify(execFile);
 
+const sha256Hex = (bytes: Buffer): string => createHash('sha256').update(bytes).digest('hex');
+
 export interface EdgeCaseExpect {
   /** Paths that must exist in the merged tree (exact entries, symlinks in the path not followed). */
   visible?: string[];
@@ -52,6 +62,8 @@ export interface EdgeCaseExpect {
   hidden?: string[];
   /** Regular files whose content must be exactly this. */
   content?: Record<string, string>;
+  /** Regular files whose content has this hex sha256 (big or binary content). */
+  sha256?: Record<string, string>;
 }
 
 export interface EdgeCaseImage {
@@ -61,6 +73,23 @@ export interface EdgeCaseImage {
   /** What the image carries, layer by layer, and what the merged tree must show. */
   description: string;
   expect?: EdgeCaseExpect;
+  /**
+   * Set when umoci 0.4.7 cannot unpack the image at all: the test checks that
+   * it still fails this way (so a fixed umoci shows up) and compares nothing.
+   */
+  umociFails?: { error: RegExp; reason: string };
+  /**
+   * Where umoci's tree depends on WHEN it ran (mtimes it leaves at the unpack
+   * time, see umoci.ts "parent directories"): never comparable, so the
+   * comparison test passes these as `allow`. The edge-case test checks that
+   * two umoci runs differ exactly here.
+   */
+  umociQuirks?: AllowedDifference[];
+  /**
+   * Where umoci's one-directory result and ANY overlayfs merge must differ
+   * (formats that cannot express the same thing), for `allow` too.
+   */
+  overlayDifferences?: AllowedDifference[];
 }
 
 /** Distinct mtimes, one hour apart from 2022-04-15T05:20:00Z: `at(3)`. */
@@ -274,6 +303,7 @@ async function basics(): Promise<EdgeCaseImage> {
     expect: {
       visible: ['etc/hosts', 'etc/motd', 'etc/shadow', 'root/.secret', 'home/user/.profile', 'usr/bin/su', 'usr/lib/big.bin', 'empty', 'pax-ids', 'pax-mtime'],
       content: { 'etc/hosts': '10.0.0.1 changed\n', 'etc/motd': 'welcome\n', empty: '' },
+      sha256: { 'usr/lib/big.bin': sha256Hex(pattern(300_000, 7)) },
     },
   };
 }
@@ -369,8 +399,10 @@ async function devices(): Promise<EdgeCaseImage> {
     chardev('dev/tty', 5, 0, { mode: 0o666, gid: 5, mtime: at(3) }),
     blockdev('dev/sda', 8, 0, { mode: 0o660, gid: 6, mtime: at(4) }),
     blockdev('dev/loop0', 7, 0, { mode: 0o660, gid: 6, mtime: at(5) }),
-    // Past 8 bits of major and minor: checks the dev_t split, not just the low bytes.
-    chardev('dev/wide', 510, 300_000, { mode: 0o600, mtime: at(6) }),
+    // Past 8 bits of major and minor: checks the dev_t split, not just the low bytes. raw(),
+    // because tar-stream writes devmajor/devminor (and uid/gid) with at most 6 octal digits
+    // and silently clamps bigger numbers to 0o777777 = 262143.
+    raw({ name: 'dev/wide', typeflag: '3', devmajor: 510, devminor: 300_000, mode: 0o600, mtime: at(6) }),
     dir('run', { mtime: at(7) }),
     fifo('run/initctl', { mode: 0o600, mtime: at(8) }),
     fifo('run/user-fifo', { mode: 0o620, uid: 1000, gid: 1000, mtime: at(9) }),
@@ -384,7 +416,7 @@ async function devices(): Promise<EdgeCaseImage> {
   return {
     name: 'devices',
     description:
-      'L1 none: char devices 1:3, 5:0 (gid 5), 510:300000 (wide dev_t), block devices 8:0 and 7:0 (gid 6), fifos 0600 and 0620 ' +
+      'L1 none: char devices 1:3, 5:0 (gid 5), 510:300000 (wide dev_t, 7 octal digits, raw header), block devices 8:0 and 7:0 (gid 6), fifos 0600 and 0620 ' +
       'owned 1000:1000. L2 gzip: a new char device, a whiteout of a block device, a fifo replaced by a char device.',
     spec: { layers: [layer(l1, 'none'), layer(l2, 'gzip')] },
     expect: {
@@ -455,13 +487,16 @@ async function overlaySmuggling(): Promise<EdgeCaseImage> {
       'format), so no expectation is set on "victim": the comparison names that difference.',
     spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none')] },
     expect: { visible: ['d/lower-child', 'd/upper-child'] },
+    overlayDifferences: [
+      { path: /^victim$/, reason: 'a 0/0 char device is the overlay whiteout format: umoci makes the device, overlayfs hides the path' },
+    ],
   };
 }
 
 async function longNames(): Promise<EdgeCaseImage> {
-  // 147 ASCII chars: fits ustar's prefix (155) + name (100) split, no PAX.
+  // 146 ASCII chars: fits ustar's prefix (155) + name (100) split, no PAX.
   const ustarSplit = `long/${'p'.repeat(60)}/${'f'.repeat(80)}`;
-  // 355 chars: only PAX can carry it.
+  // 351 chars: only PAX can carry it.
   const paxDirA = `long/${'a'.repeat(120)}`;
   const paxDirB = `${paxDirA}/${'b'.repeat(120)}`;
   const paxPath = `${paxDirB}/${'c'.repeat(100)}.txt`;
@@ -511,8 +546,8 @@ async function longNames(): Promise<EdgeCaseImage> {
   return {
     name: 'long-names',
     description:
-      'L1 gzip (tar-stream): a 147-char path split over ustar prefix+name, a 355-char PAX path under 120-char PAX dirs, a ' +
-      '150-char dir name, a UTF-8 name with spaces, a 156-char symlink target and a hardlink to the 355-char path (PAX linkpath). ' +
+      'L1 gzip (tar-stream): a 146-char path split over ustar prefix+name, a 351-char PAX path under 120-char PAX dirs, a ' +
+      '150-char dir name, a UTF-8 name with spaces, a 160-char symlink target and a hardlink to the 351-char path (PAX linkpath). ' +
       'L2 none (GNU tar --format=gnu): 154-char name (\'L\'), 150-char symlink target and hardlink to the long name (\'K\'), ' +
       'uid/gid 3000000 in base-256. L3 zstd: the same \'L\'/\'K\' records hand-written with raw() (ustar magic). L4 none: a ' +
       'whiteout of a 125-char name (PAX) and an opaque marker in the 150-char dir.',
@@ -525,26 +560,54 @@ async function longNames(): Promise<EdgeCaseImage> {
   };
 }
 
-async function sparse(): Promise<EdgeCaseImage> {
-  const gnu = await gnuTar({ format: 'gnu', members: ['sparse-gnu'] }, (root) => makeSparseFiles(root, 'sparse-gnu', 0));
+const sparseNames = ['holes.img', 'many.img', 'all-hole.img'] as const;
+
+function sparseExpect(tops: string[]): EdgeCaseExpect {
+  return {
+    visible: tops.flatMap((t) => [...sparseNames.map((n) => `${t}/${n}`), `${t}/plain.txt`]),
+    content: Object.assign({}, ...tops.map(sparseContent)),
+    sha256: Object.fromEntries(tops.flatMap((t) => sparseNames.map((n) => [`${t}/${n}`, sha256Hex(sparseFileContent(n))]))),
+  };
+}
+
+const sparseFiles =
+  'holes.img 1 MiB: "HEAD" at 0, "middle" at 300000, ends in a hole; many.img 512 KiB+100 with 6 data runs and "END" in ' +
+  'the last partial block; all-hole.img 200000 bytes of hole; plain.txt, not sparse';
+
+async function sparsePax(): Promise<EdgeCaseImage> {
   const pax10 = await gnuTar({ format: 'posix', sparseVersion: '1.0', members: ['sparse-pax10'] }, (root) => makeSparseFiles(root, 'sparse-pax10', 1000));
   const pax01 = await gnuTar({ format: 'posix', sparseVersion: '0.1', members: ['sparse-pax01'] }, (root) => makeSparseFiles(root, 'sparse-pax01', 3_000_000));
   const pax00 = await gnuTar({ format: 'posix', sparseVersion: '0.0', members: ['sparse-pax00'] }, (root) => makeSparseFiles(root, 'sparse-pax00', 0));
-  const tops = ['sparse-gnu', 'sparse-pax10', 'sparse-pax01', 'sparse-pax00'];
+  const tops = ['sparse-pax10', 'sparse-pax01', 'sparse-pax00'];
+  const expect = sparseExpect(tops);
+  expect.hidden = tops.map((t) => `${t}/GNUSparseFile.0`);
   return {
-    name: 'sparse',
+    name: 'sparse-pax',
     description:
-      'Four layers made by GNU tar --sparse --hole-detection=raw from the same files (holes.img 1 MiB: "HEAD" at 0, "middle" at ' +
-      '300000, ends in a hole; many.img 512 KiB+100 with 6 data runs and "END" in the last partial block; all-hole.img 200000 ' +
-      'bytes of hole; plain.txt): L1 gzip --format=gnu (typeflag \'S\', the 6-run file needs a GNU sparse extension header); ' +
-      'L2 none --format=posix --sparse-version=1.0 (GNUSparseFile.0/ name, map at the data start); L3 zstd PAX 0.1 ' +
-      '(GNU.sparse.map), owner 3000000 (PAX uid); L4 gzip PAX 0.0 (repeated GNU.sparse.offset/numbytes records: a PAX ' +
-      'decoder that keeps one value per key loses the map). No GNUSparseFile.* path may appear in the tree.',
-    spec: { layers: [layer(gnu, 'gzip'), layer(pax10, 'none'), layer(pax01, 'zstd'), layer(pax00, 'gzip')] },
-    expect: {
-      visible: tops.flatMap((t) => [`${t}/holes.img`, `${t}/many.img`, `${t}/all-hole.img`, `${t}/plain.txt`]),
-      hidden: ['sparse-pax10/GNUSparseFile.0', 'sparse-pax01/GNUSparseFile.0', 'sparse-pax00/GNUSparseFile.0'],
-      content: Object.assign({}, ...tops.map(sparseContent)),
+      `Three layers made by GNU tar --format=posix --sparse --hole-detection=raw from the same files (${sparseFiles}): ` +
+      'L1 none PAX sparse 1.0 (header name DIR/GNUSparseFile.0/NAME, real name in GNU.sparse.name, map at the start of the ' +
+      'data) owned 1000; L2 zstd PAX 0.1 (GNU.sparse.map) owned 3000000 (PAX uid/gid records); L3 gzip PAX 0.0 (repeated ' +
+      'GNU.sparse.offset/numbytes records: a PAX decoder keeping one value per key, as tar-stream does, loses the map). ' +
+      'No GNUSparseFile.* path may appear in the tree.',
+    spec: { layers: [layer(pax10, 'none'), layer(pax01, 'zstd'), layer(pax00, 'gzip')] },
+    expect,
+  };
+}
+
+async function sparseGnu(): Promise<EdgeCaseImage> {
+  const gnu = await gnuTar({ format: 'gnu', members: ['sparse-gnu'] }, (root) => makeSparseFiles(root, 'sparse-gnu', 0));
+  const l2 = await buildTar([file('sparse-gnu/after', 'a plain file in a later layer\n', { mtime: at(60) })]);
+  return {
+    name: 'sparse-gnu',
+    description:
+      `L1 gzip: GNU tar --format=gnu --sparse --hole-detection=raw (${sparseFiles}): typeflag 'S' with the map in the header, ` +
+      'the 6-run file needs a GNU sparse extension block after the header; tar-stream reports these members with type null. ' +
+      'L2 none: one plain file.',
+    spec: { layers: [layer(gnu, 'gzip'), layer(l2, 'none')] },
+    expect: { ...sparseExpect(['sparse-gnu']), content: { ...sparseContent('sparse-gnu'), 'sparse-gnu/after': 'a plain file in a later layer\n' } },
+    umociFails: {
+      error: /unknown typeflag '\\x53'/,
+      reason: "umoci 0.4.7 gets typeflag 'S' from Go's archive/tar and has no case for it (its switch knows reg, dir, links, devices, fifo)",
     },
   };
 }
@@ -678,7 +741,8 @@ async function whiteouts(): Promise<EdgeCaseImage> {
       'L1 gzip: files and dirs to delete. L2 none: whiteout of a file (a/gone) and of a whole tree; opaque opq/ with the marker ' +
       'BEFORE its new children and opq2/ with it AFTER; whiteout then re-creation of same1 and re-creation then whiteout of same2 ' +
       '(both visible with "upper"); the same two orders for directories dirre/ and dirre2/ (lower children hidden, new ones ' +
-      'visible: in overlay format both need an opaque dir); whiteout of "later"; whiteout of a path that never existed; ' +
+      'visible: in overlay format both need an opaque dir; umoci leaves dirre2\'s mtime at the unpack time, because deleting ' +
+      'its lower children inside the walk is not undone); whiteout of "later"; whiteout of a path that never existed; ' +
       'a/.white is an ordinary file. L3 zstd: "later" re-created, tree/ re-created with one child.',
     spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none'), layer(l3, 'zstd')] },
     expect: {
@@ -702,6 +766,13 @@ async function whiteouts(): Promise<EdgeCaseImage> {
       ],
       content: { same1: 'upper\n', same2: 'upper\n', later: 'v3\n', 'a/keep': 'kept\n' },
     },
+    umociQuirks: [
+      {
+        path: /^dirre2$/,
+        field: 'mtime',
+        reason: 'umoci: a whiteout of a dir re-created in the same layer deletes the lower children and leaves the unpack time',
+      },
+    ],
   };
 }
 
@@ -716,7 +787,7 @@ async function implicitParents(): Promise<EdgeCaseImage> {
     dir('late-dir', { mode: 0o710, gid: 10, mtime: at(5) }),
   ]);
   const l2 = await buildTar([
-    // No entries for opt/ or opt/sub/: opt keeps its L1 mode, owner, xattr and mtime (umoci).
+    // No entries for opt/ or opt/sub/: opt keeps its L1 mode, owner and xattr.
     file('opt/sub/file', 'implicit parents in an upper layer\n', { mtime: at(10) }),
   ]);
   const l3 = await buildTar([file('var/lib/deep/x/y/file', 'deep\n', { mtime: at(20) }), file('usr/local/bin/tool2', 'more\n', { mode: 0o755, mtime: at(21) })]);
@@ -725,12 +796,26 @@ async function implicitParents(): Promise<EdgeCaseImage> {
     description:
       'L1 gzip: usr/local/bin/tool with no entries for its three parents; opt/ 0700 1000:1000 with a user xattr; late-dir/child ' +
       'before late-dir/ (0710, gid 10). L2 none: opt/sub/file with no entry for opt/ or opt/sub/: the merged opt keeps its L1 ' +
-      'metadata (with overlayfs the upper diff\'s implicit opt/ must copy it). L3 zstd: a 5-deep implicit chain and a file under ' +
-      'the implicit L1 chain. Implicit dirs get mode 0755 root:root; their mtime is the unpack time in umoci (not comparable).',
+      'mode, owner and xattr (with overlayfs the upper diff\'s implicit opt/ must copy them). L3 zstd: a 5-deep implicit chain ' +
+      'and a file under the implicit L1 chain. Implicit dirs get mode 0755 root:root. mtimes of implicit dirs, of opt and of the ' +
+      'root are the unpack time in umoci (creating a missing parent bumps the nearest existing ancestor, which umoci does not ' +
+      'restore): not comparable.',
     spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none'), layer(l3, 'zstd')] },
     expect: {
       visible: ['usr', 'usr/local/bin/tool', 'usr/local/bin/tool2', 'opt/a', 'opt/sub/file', 'late-dir/child', 'var/lib/deep/x/y/file'],
     },
+    umociQuirks: [
+      {
+        path: /^(usr|usr\/local|usr\/local\/bin|opt\/sub|var|var\/lib|var\/lib\/deep|var\/lib\/deep\/x|var\/lib\/deep\/x\/y)$/,
+        field: 'mtime',
+        reason: 'umoci: an implicit directory (no entry in any layer) gets the unpack time',
+      },
+      {
+        path: /^(\.|opt)$/,
+        field: 'mtime',
+        reason: 'umoci: MkdirAll of a missing parent bumps the nearest existing ancestor, which it does not restore',
+      },
+    ],
   };
 }
 
@@ -773,7 +858,8 @@ export async function edgeCaseImages(): Promise<EdgeCaseImage[]> {
     xattrs(),
     overlaySmuggling(),
     longNames(),
-    sparse(),
+    sparsePax(),
+    sparseGnu(),
     replaceTypes(),
     whiteouts(),
     implicitParents(),

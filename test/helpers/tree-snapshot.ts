@@ -93,10 +93,13 @@ const typeBits: Record<string, EntryType> = {
   [String(0o140000)]: 'socket',
 };
 
-/** Linux's dev_t encoding (glibc gnu_dev_major/minor): 12-bit major and 20-bit minor, split. */
+/**
+ * glibc's gnu_dev_major/gnu_dev_minor on a 64-bit dev_t: major in bits 8-19
+ * and 44-63, minor in bits 0-7 and 20-43 (each half a 32-bit number).
+ */
 export function splitRdev(rdev: bigint): { major: number; minor: number } {
-  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & ~0xfffn);
-  const minor = (rdev & 0xffn) | ((rdev >> 12n) & ~0xffn);
+  const major = ((rdev >> 8n) & 0xfffn) | ((rdev >> 32n) & 0xfffff000n);
+  const minor = (rdev & 0xffn) | ((rdev >> 12n) & 0xffffff00n);
   return { major: Number(major), minor: Number(minor) };
 }
 

@@ -11,17 +11,18 @@
  *
  * Read from umoci v0.4.7 `oci/layer/tar_extract.go` (UnpackEntry,
  * ociWhiteout, restoreMetadata) and `oci/layer/unpack.go` (UnpackRootfs),
- * and checked against the edge-case images (edge-case-images.test.ts pins each
- * point below that a test can observe). umoci extracts every layer, in order,
+ * and checked by running it on the edge-case images (edge-case-images.test.ts
+ * pins the points a test can observe). umoci extracts every layer, in order,
  * into ONE directory; lazyroot unpacks each layer into its own
  * `layers/<chain-id>/diff` and lets overlayfs merge them. Where the two
  * models give different trees, the comparison test names the difference in
  * its `allow` list, with one of the reasons below.
  *
  * - **zstd layers: refused.** 0.4.7 knows only `tar` and `tar+gzip` media
- *   types ("blob is not correct mediatype: …tar+zstd"; zstd unpacking came in
- *   0.4.8/0.5). {@link umociUnpack} therefore hands umoci a private copy of the
- *   layout with zstd layers decompressed to plain `tar` blobs. The diff IDs do
+ *   types ("blob is not correct mediatype: …tar+zstd"; unpacking by media
+ *   type, zstd included, came in 0.5.0, umoci commit 6355ec27).
+ *   {@link umociUnpack} therefore hands umoci a private copy of the layout
+ *   with zstd layers decompressed to plain `tar` blobs. The diff IDs do
  *   not change (a diff ID is the digest of the uncompressed tar), so the tree
  *   is the one the original image describes.
  * - **Whiteouts** (`.wh.NAME`, any typeflag): `RemoveAll` of the lower path,
@@ -37,23 +38,29 @@
  *   not written by this layer, whatever the order of the marker and the new
  *   children. DIR keeps its metadata (from this layer's `DIR/` entry if any,
  *   otherwise from the lower layer, see "parent directories").
- * - **Parent directories**: before each entry umoci records the parent
- *   directory's mode, owner, xattrs and times, and restores them after the
- *   entry. So adding or deleting children never changes a directory's mtime,
- *   and a directory that exists in a lower layer keeps ALL its lower metadata
- *   when an upper layer adds a child without a `DIR/` entry of its own. With
- *   overlayfs the merged directory shows the metadata of the TOPMOST layer
- *   holding it, so an unpacker that creates an implicit parent in an upper
- *   diff must copy mode/uid/gid/mtime/xattrs from the directory below to
- *   match (otherwise: a named difference).
+ * - **Parent directories**: before each entry umoci records the metadata
+ *   (mode, owner, xattrs, times) of the entry's DIRECT parent, if that
+ *   existed, and restores it afterwards. So adding a child (or a whiteout)
+ *   to an existing directory never changes its mtime, and a directory that
+ *   exists in a lower layer keeps its lower mode, owner and xattrs when an
+ *   upper layer adds a child without a `DIR/` entry of its own. But:
+ *   (a) when parents are missing, `MkdirAll` creates them and that bumps the
+ *   mtime of the nearest EXISTING ancestor, which is not the direct parent
+ *   and is not restored: in `implicit-parents`, `opt` (from L1) and the root
+ *   show the unpack time after L2 adds `opt/sub/file`; (b) a whiteout of a
+ *   directory this same layer re-created (`dirre2/`, `dirre2/new`, then
+ *   `.wh.dirre2`) deletes the lower children inside the walk, leaving
+ *   `dirre2`'s mtime at the unpack time. With overlayfs the merged directory
+ *   shows the metadata of the TOPMOST layer holding it, so an unpacker that
+ *   creates an implicit parent in an upper diff must copy
+ *   mode/uid/gid/xattrs (and mtime) from the directory below to match.
  * - **Implicit parents** (no entry anywhere in the stack): `MkdirAll(dir,
  *   0777)` under the process umask (0755 here), uid/gid 0, no xattrs, mtime =
- *   the moment of unpacking (never restored, because the directory did not
- *   exist before the entry). Such mtimes are never comparable.
+ *   the moment of unpacking. Such mtimes are never comparable.
  * - **The root directory**: umoci creates rootfs/ 0755 root:root and sets its
  *   mtime to the epoch (0) before the first layer; a `./` entry applies its
- *   metadata to it; children never change its mtime. An overlay mount's root
- *   shows the topmost diff root.
+ *   metadata to it; direct children never change its mtime (but see (a)). An
+ *   overlay mount's root shows the topmost diff root.
  * - **Directory replaced by a directory** (`DIR/` in an upper layer): not
  *   removed; chown, chmod, then ALL xattrs cleared and the entry's set, then
  *   times: the upper entry's metadata wins entirely, as with overlayfs.
@@ -71,31 +78,40 @@
  *   inodes (nlink 1 and the lower's count). Overwriting one member of a
  *   lower hardlink group in an upper layer: umoci unlinks it, so the survivor's
  *   nlink drops; overlayfs reports the lower inode's unchanged nlink. A
- *   hardlink whose target does not exist fails the unpack ("link: … no such
- *   file or directory").
+ *   hardlink whose target does not exist fails the unpack ("unpack entry: h:
+ *   link: no such file or directory").
  * - **Devices and fifos**: `mknod` with the header's major/minor (as root;
- *   only `--rootless` fakes them). A tar entry that IS a 0/0 character device
- *   becomes a real 0/0 device with umoci; in overlay format that is a
+ *   only `--rootless` fakes them); 510:300000 comes out exact. A tar entry
+ *   that IS a 0/0 character device becomes a real 0/0 device with umoci; in overlay format that is a
  *   whiteout, so overlayfs hides the path instead (cannot be represented).
  * - **xattrs** (PAX `SCHILY.xattr.*`, binary values intact): `security.capability`,
  *   `user.*` and `trusted.*` are set as root. Names in umoci's `ignoreXattrs`
  *   (`security.selinux`, `system.nfs4_acl`, `trusted.overlay.opaque`,
  *   `…redirect`, `…origin`, `…impure`, `…nlink`, `…upper`, `…metacopy`) are
  *   NOT set ("ignoring forbidden xattr" warning): a layer cannot smuggle
- *   overlayfs control xattrs in. `user.*` on a symlink would fail the unpack
- *   (EPERM from the kernel), so no test image carries one.
+ *   overlayfs control xattrs in. Binary values (non-UTF-8 bytes) are set
+ *   exactly. `user.*` on a symlink fails the whole unpack ("restore xattr
+ *   metadata: …: operation not permitted", the kernel allows user.* only on
+ *   files and dirs), so no test image carries one; `trusted.*` on a symlink
+ *   works.
  * - **Ownership**: numeric uid/gid from the header or PAX `uid`/`gid`
  *   records, never uname/gname. Lchown first, then chmod (so setuid/setgid
  *   survive), symlinks never chmodded (always 0777).
  * - **mtimes**: `Lutimes` with nanoseconds for every non-hardlink entry,
- *   symlinks included; a zero mtime means "now".
- * - **Sparse files** (GNU 'S', PAX 0.0/0.1/1.0): Go's archive/tar expands
- *   them and umoci `io.Copy`s the result, so content and size are right but
- *   the holes are written as zeros (fully allocated on disk). tree-snapshot
- *   compares content, not allocation, so this is not a difference.
+ *   symlinks included. A header mtime of 0 stays 0 (the epoch); umoci's
+ *   "zero means now" fallback is for Go's zero time (year 1), which a tar
+ *   header cannot express.
+ * - **Sparse files**: PAX sparse 0.0, 0.1 and 1.0 are expanded by Go's
+ *   archive/tar; umoci `io.Copy`s the result, so content, size and name are
+ *   right but the holes are written as zeros (`du` shows the files fully
+ *   allocated). tree-snapshot compares content, not allocation, so this is
+ *   not a difference. Old GNU sparse members (typeflag 'S', `tar
+ *   --format=gnu --sparse`) are REFUSED: "unknown typeflag '\x53'" (Go hands
+ *   the typeflag through and umoci's switch has no case for it). The
+ *   `sparse-gnu` edge-case image pins this.
  * - **Paths**: `CleanPath` (lexically, as if rooted at /) then `SecureJoin`
- *   for the parent, so `../x` becomes `x`, `/tmp/x` becomes `tmp/x`, and a
- *   symlinked parent is resolved INSIDE the rootfs: umoci never refuses these,
+ *   for the parent, so `../../x` becomes `x` (tried), `/tmp/x` becomes
+ *   `tmp/x`, and a symlinked parent is resolved INSIDE the rootfs: umoci never refuses these,
  *   it confines them. lazyroot refuses them (hostile-layers.ts), so hostile
  *   layers are not compared with umoci.
  */
