@@ -149,6 +149,9 @@ export class MetadataDb {
       setRootfsReady: db.prepare("UPDATE rootfs SET state = 'ready', mounted = ? WHERE id = ?"),
       setRootfsMounted: db.prepare('UPDATE rootfs SET mounted = ? WHERE id = ?'),
       deleteRootfs: db.prepare('DELETE FROM rootfs WHERE id = ?'),
+      rangesOf: db.prepare('SELECT start, end FROM blob_ranges WHERE digest = ? ORDER BY start'),
+      clearRanges: db.prepare('DELETE FROM blob_ranges WHERE digest = ?'),
+      insertRange: db.prepare('INSERT INTO blob_ranges (digest, start, end) VALUES (?, ?, ?)'),
       putBigData: db.prepare('INSERT OR REPLACE INTO big_data (image_id, key, value) VALUES (?, ?, ?)'),
       getBigData: db.prepare('SELECT value FROM big_data WHERE image_id = ? AND key = ?'),
       bigDataKeys: db.prepare('SELECT key FROM big_data WHERE image_id = ? ORDER BY key'),
@@ -387,6 +390,20 @@ export class MetadataDb {
    */
   rootfsInUse(): RootfsRecord[] {
     return this.listRootfs().filter((r) => r.state === 'ready' || processAlive(r.pid));
+  }
+
+  /** Verified ranges of a partial blob, as [start, end) pairs. */
+  blobRanges(digest: Digest): Array<[number, number]> {
+    return (this.stmt.rangesOf.all(digest) as Array<{ start: number; end: number }>).map((r) => [r.start, r.end]);
+  }
+
+  /** Replaces a partial blob's ranges (one transaction; callers batch). */
+  setBlobRanges(digest: Digest, ranges: Array<[number, number]>): void {
+    const write = this.db.transaction(() => {
+      this.stmt.clearRanges.run(digest);
+      for (const [s, e] of ranges) this.stmt.insertRange.run(digest, s, e);
+    });
+    write.immediate();
   }
 
   setMetadata(imageId: Digest, metadata: string): void {

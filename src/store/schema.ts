@@ -102,4 +102,13 @@ export const migrations: readonly string[] = [
   -- Where the rootfs is mounted when not at rootfs/<id>/merged (a bundle's rootfs/).
   ALTER TABLE rootfs ADD COLUMN mount_point TEXT;
   `,
+  `
+  -- Verified byte ranges of partially fetched blobs (partial/<alg>/<hex>).
+  CREATE TABLE blob_ranges (
+    digest TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end INTEGER NOT NULL,
+    PRIMARY KEY (digest, start)
+  ) STRICT;
+  `,
 ];

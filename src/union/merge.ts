@@ -1,0 +1,153 @@
+import type { IndexEntry } from '../index/types.js';
+import { classifyEntry, hostile, parentOf } from './entry-path.js';
+
+/** A merged entry: the index entry that wins at a path, and the layer holding its data. */
+export type MergedEntry = IndexEntry & { layer: number };
+
+/**
+ * A file's identity in the merged tree. Hardlinks share one node: a link is
+ * bound to the content it pointed at when it was made, so replacing or
+ * deleting the target path later leaves the link's content alone (as the
+ * copy-up in an overlay diff does).
+ */
+interface Node {
+  entry: IndexEntry;
+  layer: number;
+}
+
+const implicitDir = (path: string): IndexEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 });
+
+/**
+ * Merges layer indexes (bottom layer first) into the tree a container sees,
+ * with the semantics lazyroot's overlay unpacker writes to disk
+ * (src/unpack/layer-applier.ts), so both paths show the same tree:
+ * - whiteouts and opaque markers hide entries of *lower* layers only; entries
+ *   of their own layer stay, in whatever order the tar has them;
+ * - a directory over a directory merges; anything else replaces;
+ * - missing parents appear as root-owned 0755 directories with mtime 0;
+ * - a parent that is a symlink of a lower layer is followed inside the root
+ *   (`bin -> usr/bin`); one planted by the same layer is refused.
+ * Returns every visible path, sorted; hardlinks come out as `type: 'hardlink'`
+ * entries whose `linkname` is another returned path holding the file.
+ */
+export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: (layer: number) => string = (i) => `layer ${i + 1}`): MergedEntry[] {
+  const tree = new Map<string, Node>();
+  tree.set('', { entry: implicitDir(''), layer: -1 });
+  const children = new Map<string, Set<string>>([['', new Set()]]);
+
+  const removeSubtree = (path: string): void => {
+    const kids = children.get(path);
+    if (kids) for (const k of [...kids]) removeSubtree(k);
+    children.delete(path);
+    tree.delete(path);
+    children.get(parentOf(path))?.delete(path);
+  };
+  const put = (path: string, node: Node): void => {
+    tree.set(path, node);
+    children.get(parentOf(path))!.add(path);
+    if (node.entry.type === 'dir' && !children.has(path)) children.set(path, new Set());
+  };
+
+  layers.forEach((entries, layer) => {
+    const name = what(layer);
+    const ownPaths = new Set<string>(); // entries this layer has put (they may not be hidden by its own whiteouts)
+    const whiteouts: string[] = [];
+    const opaques: string[] = [];
+    for (const e of entries) {
+      const role = classifyEntry(e.path);
+      if (role.kind === 'whiteout') whiteouts.push(role.target);
+      else if (role.kind === 'opaque') opaques.push(role.dir);
+      else if (role.kind === 'invalid-whiteout') throw hostile(name, e.path, 'is an invalid whiteout: of "." or "..", outside its own directory');
+    }
+
+    /** Resolves a parent path as the unpacker does, creating implicit directories. */
+    const ensureDir = (rel: string, entryName: string): string => {
+      const pending = rel === '' ? [] : rel.split('/');
+      const done: string[] = [];
+      let hops = 0;
+      while (pending.length) {
+        const part = pending.shift()!;
+        if (part === '' || part === '.') continue;
+        if (part === '..') {
+          done.pop();
+          continue;
+        }
+        const prefix = [...done, part].join('/');
+        const node = tree.get(prefix);
+        if (node?.entry.type === 'dir') {
+          done.push(part);
+          continue;
+        }
+        if (node?.entry.type === 'symlink') {
+          if (node.layer === layer) throw hostile(name, entryName, `would be written through the symlink ${JSON.stringify(prefix)}`);
+          if (++hops > 40) throw hostile(name, entryName, `meets too many symlinks (a loop?) at ${JSON.stringify(prefix)}`);
+          const target = node.entry.linkname ?? '';
+          if (target.startsWith('/')) done.length = 0;
+          pending.unshift(...target.split('/'));
+          continue;
+        }
+        if (node && node.layer === layer && ownPaths.has(prefix)) {
+          throw hostile(name, entryName, `has a parent ${JSON.stringify(prefix)} that is not a directory`);
+        }
+        if (node) removeSubtree(prefix); // a lower file under a new directory: the directory wins
+        put(prefix, { entry: implicitDir(prefix), layer });
+        done.push(part);
+      }
+      return done.join('/');
+    };
+
+    // 1. This layer's whiteouts and opaque markers hide what the layers below put there.
+    for (const dir of opaques) {
+      const resolved = ensureDir(dir, `${dir}/.wh..wh..opq`);
+      for (const k of [...(children.get(resolved) ?? [])]) removeSubtree(k);
+    }
+    for (const target of whiteouts) {
+      const parent = ensureDir(parentOf(target), target);
+      const base = target.slice(target.lastIndexOf('/') + 1);
+      removeSubtree(parent ? `${parent}/${base}` : base);
+    }
+
+    // 2. Its own entries, in tar order.
+    for (const e of entries) {
+      const role = classifyEntry(e.path);
+      if (role.kind !== 'normal') continue;
+      if (e.path === '') {
+        tree.set('', { entry: { ...e, type: 'dir' }, layer });
+        continue;
+      }
+      const parent = ensureDir(parentOf(e.path), e.path);
+      const base = e.path.slice(e.path.lastIndexOf('/') + 1);
+      const path = parent ? `${parent}/${base}` : base;
+      const existing = tree.get(path);
+      if (e.type === 'hardlink') {
+        const target = tree.get(e.linkname ?? '');
+        if (!target || target.entry.type === 'dir') {
+          throw hostile(name, e.path, `is a hardlink to ${JSON.stringify(e.linkname)}, which is not a file in the image (outside the tree)`);
+        }
+        if (existing) removeSubtree(path);
+        put(path, target);
+        ownPaths.add(path);
+        continue;
+      }
+      if (existing && !(e.type === 'dir' && existing.entry.type === 'dir')) removeSubtree(path);
+      put(path, { entry: { ...e, path }, layer });
+      ownPaths.add(path);
+    }
+  });
+
+  // Flatten: the first path (in sorted order) of each node holds it; other paths link to it.
+  const paths = [...tree.keys()].sort();
+  const holder = new Map<Node, string>();
+  const out: MergedEntry[] = [];
+  for (const path of paths) {
+    const node = tree.get(path)!;
+    const first = holder.get(node);
+    if (first === undefined) {
+      holder.set(node, path);
+      out.push({ ...node.entry, path, layer: node.layer });
+    } else {
+      out.push({ ...node.entry, path, type: 'hardlink', linkname: first, layer: node.layer });
+    }
+  }
+  return out;
+}

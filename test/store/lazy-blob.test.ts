@@ -1,0 +1,105 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Store } from '../../src/store/store.js';
+import { LazyBlob } from '../../src/store/lazy-blob.js';
+import { IntervalSet } from '../../src/store/interval-set.js';
+import { sha256 } from '../../src/oci/digest.js';
+import type { LazyrootError } from '../../src/errors.js';
+
+test('IntervalSet merges, covers and reports gaps', () => {
+  const set = new IntervalSet();
+  set.add(10, 20);
+  set.add(30, 40);
+  set.add(20, 25); // touches: merges
+  assert.deepEqual(set.ranges(), [[10, 25], [30, 40]]);
+  assert.ok(set.covers(12, 25));
+  assert.ok(!set.covers(24, 31));
+  assert.deepEqual(set.missing(0, 50), [[0, 10], [25, 30], [40, 50]]);
+  set.add(0, 100);
+  assert.deepEqual(set.ranges(), [[0, 100]]);
+  assert.equal(set.total, 100);
+});
+
+async function setup(t: { after: (fn: () => Promise<void>) => void }) {
+  const root = await mkdtemp(join(tmpdir(), 'lazyroot-lazyblob-'));
+  const store = await Store.open(root);
+  t.after(async () => {
+    store.close();
+    await rm(root, { recursive: true, force: true });
+  });
+  const data = randomBytes(1 << 20);
+  const calls: Array<[number, number]> = [];
+  const fetcher = async (start: number, end: number) => {
+    calls.push([start, end]);
+    return Buffer.from(data.subarray(start, end));
+  };
+  return { root, store, data, calls, fetcher };
+}
+
+test('fetches a range once, keeps it only after confirm, and survives a restart', async (t) => {
+  const { store, data, calls, fetcher } = await setup(t);
+  const digest = sha256(data);
+  const blob = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer' });
+  assert.ok((await blob.read(1000, 2000)).equals(data.subarray(1000, 2000)));
+  await blob.read(1000, 2000); // not confirmed yet: fetched again
+  assert.equal(calls.length, 2);
+  blob.confirm(1000, 2000);
+  await new Promise((r) => setTimeout(r, 20));
+  assert.ok((await blob.read(1200, 1800)).equals(data.subarray(1200, 1800)));
+  assert.equal(calls.length, 2, 'served from the partial blob');
+  await blob.close();
+
+  const again = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer' });
+  assert.ok((await again.read(1000, 2000)).equals(data.subarray(1000, 2000)));
+  assert.equal(calls.length, 2, 'verified ranges persist across restarts');
+  assert.equal(again.bytesPresent, 1000);
+  await again.close();
+});
+
+test('concurrent reads of one range share a fetch', async (t) => {
+  const { store, data, calls, fetcher } = await setup(t);
+  const blob = await LazyBlob.open(store, sha256(data), data.length, fetcher, { what: 'layer' });
+  await Promise.all([blob.read(0, 4096), blob.read(0, 4096), blob.read(0, 4096)]);
+  assert.equal(calls.length, 1);
+  await blob.close();
+});
+
+test('a fetch that never answers fails after the deadline, and later reads work', async (t) => {
+  const { store, data } = await setup(t);
+  let stall = true;
+  const blob = await LazyBlob.open(
+    store,
+    sha256(data),
+    data.length,
+    async (s, e) => (stall ? new Promise<Buffer>(() => {}) : Buffer.from(data.subarray(s, e))),
+    { what: 'layer X', deadlineMs: 150 },
+  );
+  const started = Date.now();
+  await assert.rejects(blob.read(0, 10), (e: LazyrootError) => e.code === 'UNAVAILABLE' && /layer X: bytes 0-10: no answer within 150 ms/.test(e.message));
+  assert.ok(Date.now() - started < 2000);
+  stall = false;
+  assert.ok((await blob.read(0, 10)).equals(data.subarray(0, 10)));
+  await blob.close();
+});
+
+test('once every byte is confirmed the blob is verified whole and moved into blobs/', async (t) => {
+  const { store, data, fetcher } = await setup(t);
+  const digest = sha256(data);
+  const blob = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer' });
+  for (let s = 0; s < data.length; s += 256 * 1024) {
+    const e = Math.min(data.length, s + 256 * 1024);
+    await blob.read(s, e);
+    blob.confirm(s, e);
+  }
+  for (let i = 0; i < 50 && !blob.isComplete; i++) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(blob.isComplete);
+  assert.ok((await readFile(store.blobs.path(digest))).equals(data));
+  assert.ok(!existsSync(store.paths.partialBlob(digest)));
+  assert.deepEqual(store.db.blobRanges(digest), []);
+  await blob.close();
+});
