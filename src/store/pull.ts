@@ -24,6 +24,11 @@ export interface PullOptions {
    * downloading (always on for schema1 images, whose diff IDs are computed).
    */
   verifyDiffIds?: boolean;
+  /**
+   * False: record the image (manifest, config, layer descriptors) without
+   * downloading layers — a lazy mount fetches what it reads. Default true.
+   */
+  fetchLayers?: boolean;
   onEvent?: (event: PullEvent) => void;
 }
 
@@ -60,9 +65,12 @@ export async function pull(store: Store, source: ImageSource, options: PullOptio
     const layers = resolved.manifest.layers;
     store.db.addToLease(lease, [resolved.manifestDigest, resolved.manifest.config.digest, ...layers.map((l) => l.digest)]);
     const computeDiffIds = resolved.schema1 !== undefined || options.verifyDiffIds === true;
-    const outcomes = await mapLimit(layers, options.concurrency ?? 3, (layer, i) =>
-      ingestLayer(store, source, layer, `${what}: layer ${i + 1}/${layers.length} ${shortDigest(layer.digest)}`, computeDiffIds, emit),
-    );
+    const fetchLayers = options.fetchLayers !== false || resolved.schema1 !== undefined; // schema1 needs its diff IDs computed
+    const outcomes: LayerOutcome[] = fetchLayers
+      ? await mapLimit(layers, options.concurrency ?? 3, (layer, i) =>
+          ingestLayer(store, source, layer, `${what}: layer ${i + 1}/${layers.length} ${shortDigest(layer.digest)}`, computeDiffIds, emit),
+        )
+      : layers.map(() => ({ downloaded: false, transferred: 0 }));
 
     let image = resolved;
     if (resolved.schema1) {
@@ -106,7 +114,7 @@ export async function pull(store: Store, source: ImageSource, options: PullOptio
       blobs: [
         { digest: image.manifestDigest, size: image.manifestBytes.length, mediaType: image.manifestMediaType },
         { digest: configDigest, size: image.configBytes.length, mediaType: image.manifest.config.mediaType },
-        ...layers.map((l) => ({ digest: l.digest, size: l.size, mediaType: l.mediaType })),
+        ...(fetchLayers ? layers.map((l) => ({ digest: l.digest, size: l.size, mediaType: l.mediaType })) : []),
       ],
     });
     return {

@@ -38,6 +38,8 @@ export function classifyEntry(path: string): EntryRole {
   const slash = path.lastIndexOf('/');
   const base = path.slice(slash + 1);
   const parent = slash < 0 ? '' : path.slice(0, slash);
+  // Anything inside aufs metadata (`.wh..wh.plnk/…`) is aufs's, not the image's.
+  if (parent.split('/').some((part) => part.startsWith(reservedPrefix))) return { kind: 'reserved' };
   if (!base.startsWith(whiteoutPrefix)) return { kind: 'normal' };
   if (base === opaqueMarker) return { kind: 'opaque', dir: parent };
   if (base.startsWith(reservedPrefix)) return { kind: 'reserved' };
