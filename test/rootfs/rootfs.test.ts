@@ -1,6 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
+import { spawn } from 'node:child_process';
 import { lstat, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -127,6 +128,34 @@ describe('rootfs on kernel overlayfs', { skip: missing.length ? `needs ${missing
     assert.ok(!existsSync(store.blobs.path(buildImage(other).layerDigests[0]!)));
     await assert.rejects(store.removeImage(ref), (e: LazyrootError) => e.code === 'IN_USE' && /in use by rootfs keeper/.test(e.message));
     await deleteRootfs(store, 'keeper');
+  });
+
+  test('clean spares what a rootfs still being created by a live process uses, and only that', async () => {
+    const spec2: ImageSpec = { layers: [{ tar: await buildTar([file('wip', 'x')]), compression: 'gzip' }], refName: 'wip' };
+    await writeOciLayout(join(work, 'wip'), [spec2]);
+    const image = (await pullReference(store, `oci:${join(work, 'wip')}:wip`)).image;
+    // Another process mid-create: it has registered the rootfs (as create does first) and is busy.
+    const storeModule = join(process.cwd(), 'dist', 'src', 'store', 'store.js');
+    const script = `const { Store } = await import(${JSON.stringify(storeModule)});
+      const s = await Store.open(${JSON.stringify(store.paths.root)});
+      s.db.insertRootfs({ id: 'wip', imageId: ${JSON.stringify(image.id)}, driver: 'overlay', mapping: null, layerDirs: [], mountPoint: null });
+      console.log('registered'); setInterval(() => {}, 1000);`;
+    const creator = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const gone = new Promise((r) => creator.on('close', r));
+    await new Promise<void>((r) => creator.stdout.once('data', () => r()));
+    try {
+      assert.deepEqual([store.db.rootfs('wip')?.state, store.db.rootfs('wip')?.pid], ['creating', creator.pid]);
+      const during = await cleanStore(store, { thresholdBytes: 0 });
+      assert.ok(!during.removedImages.includes(image.id), 'the image a live creator is using stays');
+      assert.ok(store.findImage(image.id));
+    } finally {
+      creator.kill('SIGKILL');
+      await gone;
+    }
+    // The creator died before finishing: its claim is void, and the image can go.
+    const after = await cleanStore(store, { thresholdBytes: 0 });
+    assert.ok(after.removedImages.includes(image.id));
+    store.db.deleteRootfs('wip');
   });
 
   test('a rootfs ID that could escape the store is refused', async () => {
