@@ -48,6 +48,15 @@ export interface RootfsRecord {
   createdAt: number;
 }
 
+export interface MountRecord {
+  mountpoint: string;
+  pid: number;
+  imageId: Digest;
+  createdAt: number;
+  /** Whether the daemon process still runs. */
+  alive: boolean;
+}
+
 export interface NewImage {
   id: Digest;
   name: string;
@@ -152,6 +161,10 @@ export class MetadataDb {
       rangesOf: db.prepare('SELECT start, end FROM blob_ranges WHERE digest = ? ORDER BY start'),
       clearRanges: db.prepare('DELETE FROM blob_ranges WHERE digest = ?'),
       insertRange: db.prepare('INSERT INTO blob_ranges (digest, start, end) VALUES (?, ?, ?)'),
+      insertMount: db.prepare('INSERT OR REPLACE INTO mounts (mountpoint, pid, image_id, created_at) VALUES (?, ?, ?, ?)'),
+      mountAt: db.prepare('SELECT * FROM mounts WHERE mountpoint = ?'),
+      allMounts: db.prepare('SELECT * FROM mounts ORDER BY created_at'),
+      deleteMount: db.prepare('DELETE FROM mounts WHERE mountpoint = ?'),
       putBigData: db.prepare('INSERT OR REPLACE INTO big_data (image_id, key, value) VALUES (?, ?, ?)'),
       getBigData: db.prepare('SELECT value FROM big_data WHERE image_id = ? AND key = ?'),
       bigDataKeys: db.prepare('SELECT key FROM big_data WHERE image_id = ? ORDER BY key'),
@@ -404,6 +417,29 @@ export class MetadataDb {
       for (const [s, e] of ranges) this.stmt.insertRange.run(digest, s, e);
     });
     write.immediate();
+  }
+
+  recordMount(mountpoint: string, pid: number, imageId: Digest): void {
+    this.stmt.insertMount.run(mountpoint, pid, imageId, Date.now());
+  }
+
+  mountAt(mountpoint: string): MountRecord | undefined {
+    const row = this.stmt.mountAt.get(mountpoint) as { mountpoint: string; pid: number; image_id: string; created_at: number } | undefined;
+    return row && { mountpoint: row.mountpoint, pid: row.pid, imageId: row.image_id, createdAt: row.created_at, alive: processAlive(row.pid) };
+  }
+
+  listMounts(): MountRecord[] {
+    return (this.stmt.allMounts.all() as Array<{ mountpoint: string; pid: number; image_id: string; created_at: number }>).map((row) => ({
+      mountpoint: row.mountpoint,
+      pid: row.pid,
+      imageId: row.image_id,
+      createdAt: row.created_at,
+      alive: processAlive(row.pid),
+    }));
+  }
+
+  forgetMount(mountpoint: string): void {
+    this.stmt.deleteMount.run(mountpoint);
   }
 
   setMetadata(imageId: Digest, metadata: string): void {

@@ -111,4 +111,13 @@ export const migrations: readonly string[] = [
     PRIMARY KEY (digest, start)
   ) STRICT;
   `,
+  `
+  -- Lazy FUSE mounts and the daemons serving them.
+  CREATE TABLE mounts (
+    mountpoint TEXT PRIMARY KEY,
+    pid INTEGER NOT NULL,
+    image_id TEXT NOT NULL,
+    created_at INTEGER NOT NULL
+  ) STRICT;
+  `,
 ];
