@@ -2,7 +2,7 @@
   "targets": [
     {
       "target_name": "lazyroot_native",
-      "sources": ["native/lazyroot_native.c"],
+      "sources": ["native/lazyroot_native.c", "native/gzip_index.c"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
     }
   ]

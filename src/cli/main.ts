@@ -6,6 +6,7 @@ import { registerPull } from './commands/pull.js';
 import { registerRmi } from './commands/rmi.js';
 import { registerRootfs } from './commands/rootfs.js';
 import { registerBundle } from './commands/bundle.js';
+import { registerMount } from './commands/mount.js';
 import { stdoutOutput, type Output } from './output.js';
 
 /** Exit codes: 0 success, 1 failure, 2 bad usage or bad reference. */
@@ -27,6 +28,7 @@ export function buildProgram(out: Output = stdoutOutput): Command {
   registerRmi(program, out);
   registerRootfs(program, out);
   registerBundle(program, out);
+  registerMount(program, out);
   return program;
 }
 

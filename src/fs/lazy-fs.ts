@@ -1,0 +1,310 @@
+import { constants } from 'node:os';
+import { constants as fsConstants } from 'node:fs';
+import type { FuseOperations, FuseStat, FuseStatfs } from 'fuse-native';
+import { LazyrootError } from '../errors.js';
+import { createToErrno, type FsLogger } from './errno.js';
+import { FuseBinding } from './fuse-binding.js';
+import { cleanStaleMount, mountpointState } from './stale-mount.js';
+import { fileTypeBits, type FsNode, type FsTree } from './tree.js';
+
+const { ENOENT, EROFS, EISDIR, ENOTDIR, EINVAL } = constants.errno;
+
+/** Where file bytes come from: the lazy layer reader, a cache, or memory in tests. */
+export interface FileReader {
+  /**
+   * Bytes [position, position + length) of a regular file. The range lies
+   * inside the file and the answer must hold all `length` bytes: a short
+   * answer is served as EIO, never as a short read the kernel would take
+   * for end of file. May return a view into a cache: it is copied once,
+   * straight into fuse's buffer, before the promise's turn ends.
+   */
+  read(node: FsNode, position: number, length: number): Promise<Buffer>;
+}
+
+export interface MountTreeOptions {
+  /** Let users other than the mounter in, their modes checked by the kernel (allow_other). Default true. */
+  allowOther?: boolean;
+  /** libfuse's debug output on stderr. */
+  debug?: boolean;
+  /** A read with no bytes after this long fails with EIO; other operations get fuse-native's ETIMEDOUT. Default 30 000. */
+  timeoutMs?: number;
+  /** Source column of the mount table (fsname=); the type shows as fuse.lazyroot. Default 'lazyroot'. */
+  fsName?: string;
+  /** Where the detail of each failure goes (errno mapping logs it once). */
+  logger?: FsLogger;
+}
+
+export interface FsStats {
+  reads: number;
+  bytesServed: number;
+  /** Reads answered with an errno, timeouts included. */
+  errors: number;
+  timeouts: number;
+  inFlight: number;
+}
+
+export interface MountedTree {
+  readonly mountpoint: string;
+  /** Lazy unmount: returns once the mount is gone from the namespace. */
+  unmount(): Promise<void>;
+  stats(): FsStats;
+}
+
+// The layers are immutable: the kernel may keep what it has learnt for as long as it likes.
+const cacheSeconds = 24 * 60 * 60;
+const defaultTimeoutMs = 30_000;
+const blockSize = 4096;
+// O_ACCMODE of Linux, which Node's fs.constants leaves out.
+const accessModeMask = 0o3;
+
+/**
+ * Mounts `tree` read-only at `mountpoint` with fuse-native, file bytes read
+ * through `reader` when the kernel asks for them. A stale FUSE mount left at
+ * the mountpoint by a killed process is cleaned first; a live one is refused.
+ */
+export async function mountTree(tree: FsTree, mountpoint: string, reader: FileReader, options: MountTreeOptions = {}): Promise<MountedTree> {
+  const timeoutMs = options.timeoutMs ?? defaultTimeoutMs;
+  const fsName = options.fsName ?? 'lazyroot';
+  checkMountArgs(mountpoint, fsName, timeoutMs);
+
+  const state = await mountpointState(mountpoint);
+  if (state === 'live') throw new LazyrootError('IN_USE', `mount ${mountpoint}: a FUSE filesystem is mounted there already`);
+  if (state === 'stale') await cleanStaleMount(mountpoint);
+
+  const toErrno = createToErrno(options.logger);
+  const counters: FsStats = { reads: 0, bytesServed: 0, errors: 0, timeouts: 0, inFlight: 0 };
+  const ops = { ...metadataOps(tree), ...readOnlyOps(), read: readOp(tree, reader, counters, toErrno, timeoutMs) };
+
+  const fuse = new FuseBinding(
+    mountpoint,
+    ops,
+    {
+      // Reads keep their own deadline (EIO); the rest answer at once, the timeout only guards against a bug.
+      timeout: { default: timeoutMs, read: false },
+      debug: options.debug ?? false,
+      allowOther: options.allowOther ?? true,
+      defaultPermissions: true,
+      kernelCache: true,
+      attrTimeout: cacheSeconds,
+      entryTimeout: cacheSeconds,
+      fsname: fsName,
+      subtype: 'lazyroot',
+    },
+    // use_ino: st_ino is ours, so hardlinks share it; ro: the kernel refuses writes before they reach us.
+    ['use_ino', 'readdir_ino', 'ro', `negative_timeout=${cacheSeconds}`],
+  );
+
+  await new Promise<void>((resolve, reject) => {
+    fuse.mount((err) => {
+      if (!err) return resolve();
+      reject(new LazyrootError('FAILED_PRECONDITION', `mount FUSE at ${mountpoint} (options ${fuse.mountOptions()}): ${err.message}`, { cause: err }));
+    });
+  });
+
+  let unmounted: Promise<void> | undefined;
+  return {
+    mountpoint: fuse.mnt,
+    stats: () => ({ ...counters }),
+    unmount: () =>
+      (unmounted ??= new Promise<void>((resolve, reject) => {
+        fuse.unmount((err) => {
+          if (!err) return resolve();
+          reject(new LazyrootError('IN_USE', `unmount FUSE at ${mountpoint}: ${err.message}`, { cause: err }));
+        });
+      })),
+  };
+}
+
+function checkMountArgs(mountpoint: string, fsName: string, timeoutMs: number): void {
+  // fuse-native unmounts with `exec('fusermount -uz "<path>"')`: $ and ` would reach the shell.
+  if (/[$`\n]/.test(mountpoint)) throw new LazyrootError('INVALID_ARGUMENT', `mount ${JSON.stringify(mountpoint)}: $, \` and newlines are not allowed in a FUSE mountpoint`);
+  // fsname goes into libfuse's comma-separated option string as is.
+  if (!/^[\w.:@/+-]+$/.test(fsName)) throw new LazyrootError('INVALID_ARGUMENT', `mount ${mountpoint}: fsName ${JSON.stringify(fsName)} may hold only letters, digits and . _ : @ / + -`);
+  if (!(Number.isInteger(timeoutMs) && timeoutMs > 0)) throw new LazyrootError('INVALID_ARGUMENT', `mount ${mountpoint}: timeoutMs must be a positive integer, not ${timeoutMs}`);
+}
+
+/** getattr, lookups, directories, links, xattrs, statfs: answered from the tree at once. */
+function metadataOps(tree: FsTree): FuseOperations {
+  return {
+    getattr(path, cb) {
+      const node = tree.lookup(path);
+      if (!node) return cb(-ENOENT);
+      cb(0, statOf(node));
+    },
+    opendir(path, _flags, cb) {
+      const node = tree.lookup(path);
+      if (!node) return cb(-ENOENT);
+      if (node.type !== 'dir') return cb(-ENOTDIR);
+      cb(0, node.ino);
+    },
+    readdir(path, cb) {
+      const node = tree.lookup(path);
+      if (!node) return cb(-ENOENT);
+      if (!node.children) return cb(-ENOTDIR);
+      const parent = path === '/' ? node : tree.lookup(path.slice(0, path.lastIndexOf('/')) || '/');
+      // Stats give readdir its d_ino and d_type (with use_ino); only those two fields are read.
+      const names = ['.', '..'];
+      const stats: FuseStat[] = [direntOf(node), direntOf(parent ?? node)];
+      for (const [name, child] of node.children) {
+        names.push(name);
+        stats.push(direntOf(child));
+      }
+      cb(0, names, stats);
+    },
+    releasedir(_path, _fh, cb) {
+      cb(0);
+    },
+    open(path, flags, cb) {
+      const node = tree.lookup(path);
+      if (!node) return cb(-ENOENT);
+      if (node.type === 'dir') return cb(-EISDIR);
+      if ((flags & accessModeMask) !== fsConstants.O_RDONLY || flags & fsConstants.O_TRUNC) return cb(-EROFS);
+      cb(0, node.ino); // the handle is the inode number: read finds its node by index, not by path
+    },
+    release(_path, _fh, cb) {
+      cb(0);
+    },
+    readlink(path, cb) {
+      const node = tree.lookup(path);
+      if (!node) return cb(-ENOENT);
+      if (node.type !== 'symlink') return cb(-EINVAL);
+      cb(0, node.target);
+    },
+    getxattr(path, name, _position, cb) {
+      const node = tree.lookup(path);
+      if (!node) return cb(-ENOENT);
+      cb(0, node.xattrs.get(name)); // undefined: ENODATA, in FuseBinding
+    },
+    listxattr(path, cb) {
+      const node = tree.lookup(path);
+      if (!node) return cb(-ENOENT);
+      cb(0, [...node.xattrs.keys()]);
+    },
+    statfs(_path, cb) {
+      cb(0, statfsOf(tree));
+    },
+  };
+}
+
+/** Every operation that would change the tree: EROFS (the `ro` mount already stops most in the kernel). */
+function readOnlyOps(): FuseOperations {
+  const refuse = (...args: unknown[]): void => (args[args.length - 1] as (n: number) => void)(-EROFS);
+  return {
+    write: refuse,
+    create: refuse,
+    truncate: refuse,
+    ftruncate: refuse,
+    unlink: refuse,
+    rename: refuse,
+    link: refuse,
+    symlink: refuse,
+    mkdir: refuse,
+    rmdir: refuse,
+    chmod: refuse,
+    chown: refuse,
+    utimens: refuse,
+    mknod: refuse,
+    setxattr: refuse,
+    removexattr: refuse,
+  };
+}
+
+/**
+ * The hot path. Per read: one promise from the reader, one timer for the
+ * deadline, one copy into fuse's buffer. Context strings for the log are
+ * built only when a read fails.
+ */
+function readOp(
+  tree: FsTree,
+  reader: FileReader,
+  counters: FsStats,
+  toErrno: (err: unknown, context: string) => number,
+  timeoutMs: number,
+): NonNullable<FuseOperations['read']> {
+  return (path, fh, buf, len, position, cb) => {
+    const node = tree.node(fh) ?? tree.lookup(path);
+    if (!node) return cb(-ENOENT);
+    if (node.type !== 'file') return cb(-EISDIR);
+    if (position >= node.size || len === 0) return cb(0);
+    const length = Math.min(len, node.size - position);
+
+    counters.reads++;
+    counters.inFlight++;
+    let answered = false;
+    const fail = (err: unknown): void => {
+      counters.errors++;
+      cb(toErrno(err, `read ${path} [${position}, ${position + length})`));
+    };
+    // After the answer fuse-native detaches `buf`: a late reader can no longer write into fuse's memory.
+    const timer = setTimeout(() => {
+      answered = true;
+      counters.inFlight--;
+      counters.timeouts++;
+      fail(new LazyrootError('UNAVAILABLE', `no bytes after ${timeoutMs} ms`));
+    }, timeoutMs);
+
+    let pending: Promise<Buffer>;
+    try {
+      pending = reader.read(node, position, length);
+    } catch (err) {
+      pending = Promise.reject(err);
+    }
+    pending.then(
+      (data) => {
+        if (answered) return;
+        answered = true;
+        clearTimeout(timer);
+        counters.inFlight--;
+        if (data.length < length) return fail(new LazyrootError('SIZE_MISMATCH', `the reader gave ${data.length} of ${length} bytes`));
+        data.copy(buf, 0, 0, length);
+        counters.bytesServed += length;
+        cb(length);
+      },
+      (err: unknown) => {
+        if (answered) return;
+        answered = true;
+        clearTimeout(timer);
+        counters.inFlight--;
+        fail(err);
+      },
+    );
+  };
+}
+
+function statOf(node: FsNode): FuseStat {
+  const ms = Math.max(0, Math.floor(node.mtime * 1000)); // fuse-native carries times as unsigned milliseconds
+  return {
+    mode: fileTypeBits[node.type] | node.mode,
+    uid: node.uid,
+    gid: node.gid,
+    size: node.size,
+    nlink: node.nlink,
+    ino: node.ino,
+    rdev: node.rdev,
+    blksize: blockSize,
+    blocks: Math.ceil(node.size / 512),
+    atime: ms,
+    mtime: ms,
+    ctime: ms,
+  };
+}
+
+function direntOf(node: FsNode): FuseStat {
+  return { mode: fileTypeBits[node.type], ino: node.ino };
+}
+
+function statfsOf(tree: FsTree): FuseStatfs {
+  return {
+    bsize: blockSize,
+    frsize: blockSize,
+    blocks: Math.ceil(tree.totalBytes / blockSize),
+    bfree: 0,
+    bavail: 0,
+    files: tree.nodeCount,
+    ffree: 0,
+    favail: 0,
+    fsid: 0,
+    flag: 1, // ST_RDONLY
+    namemax: 255,
+  };
+}

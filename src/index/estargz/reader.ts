@@ -1,0 +1,238 @@
+import { createHash } from 'node:crypto';
+import { createGunzip } from 'node:zlib';
+import { LRUCache } from 'lru-cache';
+import { DigestMismatchError, LazyrootError } from '../../errors.js';
+import { digestAlgorithm } from '../../oci/digest.js';
+import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
+import type { EstargzMemberChunk } from './toc.js';
+
+/**
+ * Verified, decompressed eStargz chunks, bounded by bytes. Keyed by chunk
+ * digest: a chunk is only stored after its bytes matched that digest, so the
+ * key names the content wherever it came from (the same chunk in two layers
+ * is fetched once). Concurrent reads of a chunk share one fetch.
+ */
+export class EstargzChunkCache {
+  readonly maxBytes: number;
+  private readonly chunks: LRUCache<string, Buffer>;
+  /** Chunks being fetched and verified now: later readers wait for these. */
+  readonly inFlight = new Map<string, Promise<Buffer>>();
+
+  constructor(maxBytes = 64 * 1024 * 1024) {
+    this.maxBytes = maxBytes;
+    this.chunks = new LRUCache<string, Buffer>({ maxSize: maxBytes, sizeCalculation: (b) => Math.max(1, b.length) });
+  }
+
+  get(digest: string): Buffer | undefined {
+    return this.chunks.get(digest);
+  }
+
+  /** Only for bytes already verified against `digest`. */
+  set(digest: string, bytes: Buffer): void {
+    if (bytes.length <= this.maxBytes) this.chunks.set(digest, bytes);
+  }
+
+  get size(): number {
+    return this.chunks.size;
+  }
+
+  /** Bytes held now. */
+  get bytes(): number {
+    return this.chunks.calculatedSize;
+  }
+
+  clear(): void {
+    this.chunks.clear();
+  }
+}
+
+/** The cache used when a read is given none. */
+export const defaultChunkCache = new EstargzChunkCache();
+
+export interface ReadEstargzFileOptions {
+  cache?: EstargzChunkCache;
+  /** What the blob is, for messages: `layer sha256:…` (default 'eStargz layer'). */
+  what?: string;
+}
+
+/**
+ * Bytes [fileOffset, fileOffset + length) of a regular file of an eStargz layer
+ * (fewer at the end of the file). Fetches only the chunks that cover the range
+ * and are not cached, adjacent ones in one `blob.read`; checks each chunk's
+ * decompressed bytes against its chunkDigest before anything is returned
+ * (DIGEST_MISMATCH naming the file and chunk otherwise).
+ */
+export async function readEstargzFile(
+  entry: IndexEntry,
+  chunks: readonly EstargzChunk[],
+  fileOffset: number,
+  length: number,
+  blob: BlobRangeReader,
+  options: ReadEstargzFileOptions = {},
+): Promise<Buffer> {
+  const what = options.what ?? 'eStargz layer';
+  const cache = options.cache ?? defaultChunkCache;
+  if (entry.type !== 'file') {
+    throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(entry.path)} is a ${entry.type}, not a regular file`);
+  }
+  if (!Number.isSafeInteger(fileOffset) || fileOffset < 0 || !Number.isSafeInteger(length) || length < 0) {
+    throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(entry.path)}: bad read range ${fileOffset}+${length}`);
+  }
+  const start = fileOffset;
+  const end = Math.min(entry.size, fileOffset + length);
+  if (start >= end) return Buffer.alloc(0);
+
+  const first = chunkIndexAt(chunks, start);
+  const last = chunkIndexAt(chunks, end - 1);
+  if (first < 0 || last < 0) {
+    throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(entry.path)}: no chunk covers bytes ${start}–${end} of ${entry.size}`);
+  }
+
+  // Each chunk comes from the cache, from a fetch already under way, or from
+  // a new fetch; chunks of consecutive gzip members share one range read.
+  const pending: Array<Promise<Buffer> | Buffer | undefined> = [];
+  const runs: number[][] = [];
+  for (let i = first; i <= last; i++) {
+    const chunk = chunks[i]!;
+    const known = cache.get(chunk.chunkDigest) ?? cache.inFlight.get(chunk.chunkDigest);
+    pending.push(known);
+    if (known) continue;
+    const run = runs.at(-1);
+    const previous = run?.at(-1);
+    if (run && previous === i - 1 && adjacent(chunks[previous]!, chunk)) run.push(i);
+    else runs.push([i]);
+  }
+  for (const run of runs) {
+    const fetched = startFetch(entry.path, chunks, run, blob, cache, what);
+    run.forEach((i, j) => {
+      pending[i - first] = fetched[j];
+    });
+  }
+
+  const parts = await Promise.all(pending);
+  const out = Buffer.allocUnsafe(end - start);
+  let written = 0;
+  for (let i = first, k = 0; i <= last; i++, k++) {
+    const chunk = chunks[i]!;
+    const from = Math.max(start, chunk.offset) - chunk.offset;
+    const to = Math.min(end, chunk.offset + chunk.size) - chunk.offset;
+    written += parts[k]!.copy(out, written, from, to);
+  }
+  if (written !== out.length) throw new Error(`${what}: ${JSON.stringify(entry.path)}: assembled ${written} of ${out.length} bytes`);
+  return out;
+}
+
+/** Index of the chunk holding byte `at` of the file, or -1. Chunks are sorted by offset. */
+function chunkIndexAt(chunks: readonly EstargzChunk[], at: number): number {
+  let lo = 0;
+  let hi = chunks.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const c = chunks[mid]!;
+    if (at < c.offset) hi = mid - 1;
+    else if (at >= c.offset + c.size) lo = mid + 1;
+    else return mid;
+  }
+  return -1;
+}
+
+/** Two chunks can be fetched in one range: the second's member starts where the first's ends, or they share a member. */
+function adjacent(a: EstargzChunk, b: EstargzChunk): boolean {
+  return b.compressedStart === a.compressedEnd || b.compressedStart === a.compressedStart;
+}
+
+/**
+ * Fetches chunks[run] (adjacent) with one range read, then inflates, verifies
+ * and caches each; registers one in-flight promise per chunk digest.
+ */
+function startFetch(
+  path: string,
+  chunks: readonly EstargzChunk[],
+  run: number[],
+  blob: BlobRangeReader,
+  cache: EstargzChunkCache,
+  what: string,
+): Array<Promise<Buffer>> {
+  const firstChunk = chunks[run[0]!]!;
+  const rangeStart = firstChunk.compressedStart;
+  const rangeEnd = Math.max(...run.map((i) => chunks[i]!.compressedEnd));
+  const fetched = blob.read(rangeStart, rangeEnd).then((bytes) => {
+    if (bytes.length !== rangeEnd - rangeStart) {
+      throw new LazyrootError(
+        'UNAVAILABLE',
+        `${what}: ${JSON.stringify(path)}: asked for blob bytes ${rangeStart}–${rangeEnd}, got ${bytes.length} bytes`,
+      );
+    }
+    return bytes;
+  });
+  return run.map((i) => {
+    const chunk = chunks[i]! as EstargzMemberChunk;
+    const digest = chunk.chunkDigest;
+    const promise = fetched
+      .then(async (bytes) => {
+        const member = bytes.subarray(chunk.compressedStart - rangeStart, chunk.compressedEnd - rangeStart);
+        const data = await verifiedChunk(member, chunk, i, path, what);
+        cache.set(digest, data);
+        return data;
+      })
+      .finally(() => {
+        if (cache.inFlight.get(digest) === promise) cache.inFlight.delete(digest);
+      });
+    // Identical chunks (same digest) in one run: later readers wait on the first.
+    if (!cache.inFlight.has(digest)) cache.inFlight.set(digest, promise);
+    return promise;
+  });
+}
+
+async function verifiedChunk(member: Buffer, chunk: EstargzMemberChunk, index: number, path: string, what: string): Promise<Buffer> {
+  const inner = chunk.innerOffset ?? 0;
+  const label = `${what}: ${JSON.stringify(path)}: chunk ${index} (file bytes ${chunk.offset}–${chunk.offset + chunk.size}, blob bytes ${chunk.compressedStart}–${chunk.compressedEnd})`;
+  let inflated: Buffer;
+  try {
+    inflated = await inflatePrefix(member, inner + chunk.size);
+  } catch (err) {
+    // Bytes that do not even inflate are not the chunk the TOC describes.
+    throw Object.assign(new DigestMismatchError(label, chunk.chunkDigest, `undecodable gzip data: ${(err as Error).message}`), { cause: err });
+  }
+  let data = inflated.subarray(inner, inner + chunk.size);
+  // Cache only the chunk, not the tar headers inflated after it.
+  if (inflated.length - data.length > Math.max(64 * 1024, data.length)) data = Buffer.from(data);
+  const got = `${digestAlgorithm(chunk.chunkDigest)}:${createHash(digestAlgorithm(chunk.chunkDigest)).update(data).digest('hex')}`;
+  if (got !== chunk.chunkDigest) throw new DigestMismatchError(label, chunk.chunkDigest, got);
+  return data;
+}
+
+/**
+ * At least the first `need` bytes a gzip member inflates to. Inflation stops there:
+ * the rest of the member (the tar headers after the chunk) is never expanded,
+ * so a member that inflates without end costs nothing.
+ */
+function inflatePrefix(member: Buffer, need: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const gunzip = createGunzip({ chunkSize: Math.min(Math.max(need, 64 * 1024), 8 * 1024 * 1024) });
+    const parts: Buffer[] = [];
+    let got = 0;
+    let settled = false;
+    gunzip.on('data', (part: Buffer) => {
+      if (settled) return;
+      parts.push(part);
+      got += part.length;
+      if (got >= need) {
+        settled = true;
+        gunzip.destroy();
+        resolve(parts.length === 1 ? parts[0]! : Buffer.concat(parts, got));
+      }
+    });
+    gunzip.on('error', (err) => {
+      if (settled) return;
+      settled = true;
+      reject(err);
+    });
+    gunzip.on('end', () => {
+      if (settled) return;
+      settled = true;
+      reject(new Error(`the gzip member inflates to ${got} bytes, ${need} expected`));
+    });
+    gunzip.end(member);
+  });
+}

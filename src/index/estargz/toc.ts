@@ -1,0 +1,439 @@
+import { createHash } from 'node:crypto';
+import { promisify } from 'node:util';
+import { gunzip as gunzipCallback } from 'node:zlib';
+import { DigestMismatchError, LazyrootError } from '../../errors.js';
+import { digestAlgorithm, parseDigest, type Digest } from '../../oci/digest.js';
+import { normalizeEntryPath } from '../../union/entry-path.js';
+import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
+import { maxFooterSize, parseEstargzFooter, type EstargzFooter } from './footer.js';
+
+const gunzip = promisify(gunzipCallback);
+
+/**
+ * Reading an eStargz layer's table of contents (containerd/stargz-snapshotter
+ * docs/estargz.md). The blob is a gzip-compatible tar:
+ *
+ *   [gzip member: tar headers …][gzip member: chunk of file A, then tar headers …]…
+ *   [gzip member: tar header "stargz.index.json" + TOC JSON + end of archive]
+ *   [footer: empty gzip member, 51 bytes (47 for legacy stargz), see footer.ts]
+ *
+ * The TOC lists every tar entry, and every chunk of every regular file as the
+ * offset of the gzip member its bytes start in. A chunk's member ends where the
+ * next member starts (the next chunk's offset; the TOC's offset for the last).
+ * Decompressed, a member begins with the chunk's bytes (after `innerOffset`
+ * bytes, when several payloads share one member) and goes on with the tar
+ * headers that follow it, which a reader skips.
+ */
+
+/** Name of the TOC's tar entry. */
+export const tocTarName = 'stargz.index.json';
+/** Layer annotation holding the sha256 of the TOC JSON (set by ctr-remote, nerdctl, buildkit). */
+export const tocDigestAnnotation = 'containerd.io/snapshot/stargz/toc.digest';
+/** Layer annotation holding the uncompressed size of the layer. */
+export const uncompressedSizeAnnotation = 'io.containers.estargz.uncompressed-size';
+/** Landmark entries eStargz puts at the root to mark where prioritized files end. */
+export const prefetchLandmark = '.prefetch.landmark';
+export const noPrefetchLandmark = '.no.prefetch.landmark';
+
+/** Decompressed TOC members larger than this are refused (a hostile blob could inflate without end). */
+const defaultMaxTocBytes = 256 * 1024 * 1024;
+
+/**
+ * An EstargzChunk whose bytes may start inside its gzip member: eStargz's
+ * `innerOffset`, written when `--estargz-min-chunk-size` packs several small
+ * payloads into one member. Absent means 0.
+ */
+export interface EstargzMemberChunk extends EstargzChunk {
+  innerOffset?: number;
+}
+
+export interface EstargzPrefetch {
+  /**
+   * 'prefetch': the blob starts with prioritized entries, up to `.prefetch.landmark`;
+   * 'no-prefetch': the producer recorded that there are none; 'none': no landmark.
+   */
+  landmark: 'prefetch' | 'no-prefetch' | 'none';
+  /** Paths of the entries before the prefetch landmark, in blob order: the ones to fetch first. */
+  paths: string[];
+  /** Bytes [0, compressedEnd) of the blob hold the prioritized entries (0 without a prefetch landmark). */
+  compressedEnd: number;
+}
+
+export interface EstargzIndex {
+  /** Every tar entry of the layer but the TOC itself and the landmarks, in blob order. */
+  entries: IndexEntry[];
+  /** Regular file path → its chunks, by file offset, tiling the file (empty for empty files). */
+  chunks: Map<string, EstargzMemberChunk[]>;
+  /** sha256 of the TOC JSON, as computed from the bytes read. */
+  tocDigest: Digest;
+  tocOffset: number;
+  footer: EstargzFooter;
+  prefetch: EstargzPrefetch;
+}
+
+export interface ReadEstargzIndexOptions {
+  /** Expected digest of the TOC JSON: the layer annotation `containerd.io/snapshot/stargz/toc.digest`. */
+  tocDigest?: string;
+  /** What the blob is, for messages: `layer sha256:…` (default 'eStargz layer'). */
+  what?: string;
+  /** Bound on the decompressed TOC member (default 256 MiB). */
+  maxTocBytes?: number;
+}
+
+/**
+ * Reads an eStargz layer's TOC with two range reads (the footer, then the TOC's
+ * gzip member), verifies the TOC JSON against `tocDigest` when given, and maps
+ * it to index entries and chunk lists. Hostile names are refused
+ * (HOSTILE_ARCHIVE); a TOC that contradicts itself is INVALID_ARGUMENT.
+ */
+export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstargzIndexOptions = {}): Promise<EstargzIndex> {
+  const what = options.what ?? 'eStargz layer';
+  const want = options.tocDigest === undefined ? undefined : parseDigest(options.tocDigest, `${what}: TOC digest annotation`);
+  const size = blob.size;
+  if (size < 47) throw new LazyrootError('INVALID_ARGUMENT', `${what}: not an eStargz blob: ${size} bytes is smaller than any footer`);
+
+  const tail = await blob.read(Math.max(0, size - maxFooterSize), size);
+  const footer = parseEstargzFooter(tail, size, what);
+  const tocOffset = footer.tocOffset;
+
+  const member = await blob.read(tocOffset, size - footer.footerSize);
+  const tocJson = await extractTocJson(member, options.maxTocBytes ?? defaultMaxTocBytes, `${what}: TOC at offset ${tocOffset}`);
+
+  const got = `sha256:${createHash('sha256').update(tocJson).digest('hex')}`;
+  if (want !== undefined) {
+    const check = digestAlgorithm(want) === 'sha256' ? got : `sha512:${createHash('sha512').update(tocJson).digest('hex')}`;
+    if (check !== want) throw new DigestMismatchError(`${what}: TOC ${tocTarName}`, want, check);
+  }
+
+  let toc: unknown;
+  try {
+    toc = JSON.parse(tocJson.toString('utf8'));
+  } catch (err) {
+    throw new LazyrootError('INVALID_ARGUMENT', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
+  }
+  return { ...mapToc(toc, tocOffset, what), tocDigest: got, tocOffset, footer };
+}
+
+// ---- the TOC's gzip member: one tar entry named stargz.index.json
+
+async function extractTocJson(member: Buffer, maxBytes: number, what: string): Promise<Buffer> {
+  let tar: Buffer;
+  try {
+    tar = await gunzip(member, { maxOutputLength: maxBytes });
+  } catch (err) {
+    const tooBig = err instanceof RangeError || /maxOutputLength|buffer/i.test(String((err as Error).message));
+    throw new LazyrootError(
+      'INVALID_ARGUMENT',
+      tooBig
+        ? `${what}: the TOC inflates to more than ${maxBytes} bytes; refused`
+        : `${what}: the TOC is not a gzip member (${(err as Error).message})`,
+      { cause: err },
+    );
+  }
+  let offset = 0;
+  let pax: Record<string, string> = {};
+  for (;;) {
+    if (offset + 512 > tar.length) throw invalid(what, `no ${tocTarName} tar entry`);
+    const header = tar.subarray(offset, offset + 512);
+    if (header.every((b) => b === 0)) throw invalid(what, `no ${tocTarName} tar entry`);
+    if (!checksumOk(header)) throw invalid(what, 'bad tar header checksum');
+    const typeflag = String.fromCharCode(header[156]!);
+    const size = pax.size !== undefined ? Number(pax.size) : octal(header.subarray(124, 136));
+    if (!Number.isSafeInteger(size) || size < 0) throw invalid(what, 'bad tar size field');
+    const dataStart = offset + 512;
+    if (dataStart + size > tar.length) throw invalid(what, `tar entry of ${size} bytes runs past the end of the TOC member`);
+    const data = tar.subarray(dataStart, dataStart + size);
+    if (typeflag === 'x') {
+      pax = parsePax(data);
+    } else if (typeflag === 'g') {
+      // global PAX records: nothing a TOC needs
+    } else {
+      const name = pax.path ?? tarName(header);
+      if (typeflag !== '0' && typeflag !== '\0') throw invalid(what, `the TOC tar entry has type ${JSON.stringify(typeflag)}, not a regular file`);
+      if (name.replace(/^(\.\/)+/, '') !== tocTarName) throw invalid(what, `the tar entry is named ${JSON.stringify(name)}, not ${tocTarName}`);
+      return data;
+    }
+    offset = dataStart + Math.ceil(size / 512) * 512;
+  }
+}
+
+function checksumOk(header: Buffer): boolean {
+  const stored = octal(header.subarray(148, 156));
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 0x20 : header[i]!;
+  return stored === sum;
+}
+
+function octal(field: Buffer): number {
+  if (field[0]! & 0x80) {
+    // base-256 (GNU): big-endian, the top bit of the first byte flags it
+    let value = field[0]! & 0x7f;
+    for (let i = 1; i < field.length; i++) value = value * 256 + field[i]!;
+    return value;
+  }
+  const text = field.toString('latin1').replace(/\0.*$/s, '').trim();
+  return text === '' ? 0 : /^[0-7]+$/.test(text) ? Number.parseInt(text, 8) : Number.NaN;
+}
+
+function tarName(header: Buffer): string {
+  const cString = (b: Buffer): string => {
+    const nul = b.indexOf(0);
+    return (nul < 0 ? b : b.subarray(0, nul)).toString('utf8');
+  };
+  const name = cString(header.subarray(0, 100));
+  const isUstar = header.subarray(257, 262).toString('latin1') === 'ustar';
+  const prefix = isUstar ? cString(header.subarray(345, 500)) : '';
+  return prefix ? `${prefix}/${name}` : name;
+}
+
+function parsePax(data: Buffer): Record<string, string> {
+  const records: Record<string, string> = {};
+  let rest = data;
+  while (rest.length > 0) {
+    const space = rest.indexOf(0x20);
+    if (space < 0) break;
+    const length = Number.parseInt(rest.subarray(0, space).toString('ascii'), 10);
+    if (!length || length > rest.length) break;
+    const record = rest.subarray(space + 1, length - 1);
+    const eq = record.indexOf(0x3d);
+    if (eq > 0) records[record.subarray(0, eq).toString('utf8')] = record.subarray(eq + 1).toString('utf8');
+    rest = rest.subarray(length);
+  }
+  return records;
+}
+
+function invalid(what: string, why: string): LazyrootError {
+  return new LazyrootError('INVALID_ARGUMENT', `${what}: ${why}`);
+}
+
+// ---- the TOC JSON → index entries and chunks
+
+interface PendingFile {
+  path: string;
+  size: number;
+  /** Whole-file digest (`digest`): stands in for a single chunk's missing chunkDigest. */
+  fileDigest?: string;
+  /** A landmark's chunks are read and checked, then dropped. */
+  landmark: boolean;
+  chunks: PendingChunk[];
+}
+
+interface PendingChunk {
+  fileOffset: number;
+  /** 0 = up to the end of the file. */
+  size: number;
+  compressedStart: number;
+  innerOffset: number;
+  chunkDigest?: string;
+  /** Index in TOC order, for messages. */
+  tocIndex: number;
+  /** Where the chunk's gzip member ends: settled once the whole TOC is read. */
+  compressedEnd?: number;
+}
+
+const entryTypes: Record<string, IndexEntry['type'] | undefined> = {
+  dir: 'dir',
+  reg: 'file',
+  symlink: 'symlink',
+  hardlink: 'hardlink',
+  char: 'char',
+  block: 'block',
+  fifo: 'fifo',
+};
+
+function mapToc(toc: unknown, tocOffset: number, what: string): Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'> {
+  if (!isObject(toc)) throw invalid(what, `TOC ${tocTarName} is not a JSON object`);
+  if (toc.version !== 1) {
+    throw new LazyrootError('UNSUPPORTED', `${what}: TOC version ${JSON.stringify(toc.version)} is not supported (only 1)`);
+  }
+  if (!Array.isArray(toc.entries)) throw invalid(what, `TOC ${tocTarName} has no "entries" array`);
+
+  const entries: IndexEntry[] = [];
+  const chunks = new Map<string, EstargzMemberChunk[]>();
+  const prefetch: EstargzPrefetch = { landmark: 'none', paths: [], compressedEnd: 0 };
+  /** Every chunk in TOC order: their compressed ends are settled in one backward pass. */
+  const allChunks: PendingChunk[] = [];
+  const files: PendingFile[] = [];
+  let current: PendingFile | undefined;
+
+  toc.entries.forEach((raw: unknown, index: number) => {
+    const at = `${what}: TOC entry ${index}`;
+    if (!isObject(raw)) throw invalid(at, 'is not an object');
+    const type = raw.type;
+    if (type === 'chunk') {
+      if (!current) throw invalid(at, 'is a chunk that follows no regular file');
+      if (raw.name !== undefined && raw.name !== '' && normalizeEntryPath(str(raw.name, at, 'name'), what) !== current.path) {
+        throw invalid(at, `is a chunk of ${JSON.stringify(raw.name)} after the entries of ${JSON.stringify(current.path)}`);
+      }
+      const chunk = pendingChunk(raw, index, at, tocOffset);
+      current.chunks.push(chunk);
+      allChunks.push(chunk);
+      return;
+    }
+    current = undefined;
+    if (typeof type !== 'string' || entryTypes[type] === undefined) {
+      throw new LazyrootError('UNSUPPORTED', `${at}: unknown entry type ${JSON.stringify(type)}`);
+    }
+    const name = str(raw.name, at, 'name');
+    const path = normalizeEntryPath(name, what);
+    const entryType = entryTypes[type]!;
+    const isLandmark = entryType === 'file' && (path === prefetchLandmark || path === noPrefetchLandmark);
+    const entry: IndexEntry = {
+      path,
+      type: entryType,
+      mode: int(raw.mode, at, 'mode') & 0o7777,
+      uid: int(raw.uid, at, 'uid'),
+      gid: int(raw.gid, at, 'gid'),
+      size: entryType === 'file' ? int(raw.size, at, 'size') : 0,
+      mtime: mtimeOf(raw.modtime, at),
+    };
+    if (entryType === 'symlink') {
+      entry.linkname = str(raw.linkName, at, 'linkName');
+      if (entry.linkname === '') throw invalid(at, 'is a symlink with no target');
+    } else if (entryType === 'hardlink') {
+      const target = normalizeEntryPath(str(raw.linkName, at, 'linkName'), `${what}: hardlink ${JSON.stringify(path)}`);
+      if (target === '') throw invalid(at, 'is a hardlink to the layer root');
+      entry.linkname = target;
+    } else if (entryType === 'char' || entryType === 'block') {
+      entry.devmajor = int(raw.devMajor, at, 'devMajor');
+      entry.devminor = int(raw.devMinor, at, 'devMinor');
+    }
+    const xattrs = xattrsOf(raw.xattrs, at);
+    if (xattrs) entry.xattrs = xattrs;
+
+    if (entryType === 'file') {
+      const file: PendingFile = { path, size: entry.size, landmark: isLandmark, chunks: [] };
+      if (typeof raw.digest === 'string' && raw.digest !== '') file.fileDigest = raw.digest;
+      if (entry.size > 0) {
+        const chunk = pendingChunk(raw, index, at, tocOffset);
+        if (chunk.fileOffset !== 0) throw invalid(at, `the first chunk of ${JSON.stringify(path)} starts at file offset ${chunk.fileOffset}`);
+        file.chunks.push(chunk);
+        allChunks.push(chunk);
+      }
+      files.push(file);
+      current = file;
+    }
+
+    if (isLandmark) {
+      if (path === prefetchLandmark) {
+        prefetch.landmark = 'prefetch';
+        prefetch.paths = entries.map((e) => e.path);
+      } else if (prefetch.landmark === 'none') {
+        prefetch.landmark = 'no-prefetch';
+      }
+      return;
+    }
+    entries.push(entry);
+  });
+
+  // A chunk's gzip member ends where the next member starts: the next chunk
+  // offset that opens a member (innerOffset 0), else the TOC.
+  let nextMember = tocOffset;
+  for (let i = allChunks.length - 1; i >= 0; i--) {
+    const chunk = allChunks[i]!;
+    chunk.compressedEnd = nextMember;
+    if (chunk.innerOffset === 0) nextMember = chunk.compressedStart;
+  }
+
+  for (const file of files) {
+    const list = finishChunks(file, what);
+    if (file.landmark) {
+      if (file.path === prefetchLandmark && list[0]) prefetch.compressedEnd = list[0].compressedStart;
+      continue;
+    }
+    chunks.set(file.path, list);
+  }
+  return { entries, chunks, prefetch };
+}
+
+function pendingChunk(raw: Record<string, unknown>, index: number, at: string, tocOffset: number): PendingChunk {
+  const compressedStart = int(raw.offset, at, 'offset');
+  if (compressedStart >= tocOffset) throw invalid(at, `its data offset ${compressedStart} is not before the TOC (${tocOffset})`);
+  const chunk: PendingChunk = {
+    fileOffset: int(raw.chunkOffset, at, 'chunkOffset'),
+    size: int(raw.chunkSize, at, 'chunkSize'),
+    compressedStart,
+    innerOffset: int(raw.innerOffset, at, 'innerOffset'),
+    tocIndex: index,
+  };
+  if (typeof raw.chunkDigest === 'string' && raw.chunkDigest !== '') chunk.chunkDigest = raw.chunkDigest;
+  return chunk;
+}
+
+/** Checks that a file's chunks tile it exactly and carry digests; returns them as EstargzChunks. */
+function finishChunks(file: PendingFile, what: string): EstargzMemberChunk[] {
+  const at = `${what}: ${JSON.stringify(file.path)}`;
+  let expected = 0;
+  const out: EstargzMemberChunk[] = [];
+  file.chunks.forEach((pending, i) => {
+    const last = i === file.chunks.length - 1;
+    const size = pending.size === 0 && last ? file.size - pending.fileOffset : pending.size;
+    const chunkAt = `chunk ${i} (TOC entry ${pending.tocIndex}, file bytes ${pending.fileOffset}+${size})`;
+    if (pending.fileOffset !== expected) throw invalid(at, `${chunkAt} does not continue the file at byte ${expected}`);
+    if (size <= 0 || pending.fileOffset + size > file.size) throw invalid(at, `${chunkAt} is empty or runs past the end of the file (${file.size} bytes)`);
+    expected = pending.fileOffset + size;
+    const compressedEnd = pending.compressedEnd ?? 0;
+    if (compressedEnd <= pending.compressedStart) {
+      throw invalid(at, `chunk ${i} has an empty or backward gzip member (blob bytes ${pending.compressedStart}–${compressedEnd})`);
+    }
+    let digest = pending.chunkDigest;
+    if (digest === undefined && file.chunks.length === 1 && file.fileDigest !== undefined) digest = file.fileDigest;
+    if (digest === undefined) {
+      throw new LazyrootError('UNSUPPORTED', `${at}: chunk ${i} has no chunkDigest (legacy stargz?): its bytes could not be verified`);
+    }
+    const chunk: EstargzMemberChunk = {
+      offset: pending.fileOffset,
+      size,
+      compressedStart: pending.compressedStart,
+      compressedEnd,
+      chunkDigest: parseDigest(digest, `${at}: chunk ${i} digest`),
+    };
+    if (pending.innerOffset !== 0) chunk.innerOffset = pending.innerOffset;
+    out.push(chunk);
+  });
+  if (expected !== file.size) throw invalid(at, `its chunks cover ${expected} of its ${file.size} bytes`);
+  return out;
+}
+
+function isObject(value: unknown): value is Record<string, unknown> {
+  return typeof value === 'object' && value !== null && !Array.isArray(value);
+}
+
+function str(value: unknown, at: string, field: string): string {
+  if (typeof value !== 'string') throw invalid(at, `"${field}" is not a string`);
+  return value;
+}
+
+/** A non-negative safe integer; absent means 0 (Go's omitempty). */
+function int(value: unknown, at: string, field: string): number {
+  if (value === undefined) return 0;
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw invalid(at, `"${field}" is ${JSON.stringify(value)}, not a non-negative integer`);
+  }
+  return value;
+}
+
+function mtimeOf(value: unknown, at: string): number {
+  if (value === undefined || value === '') return 0;
+  const ms = typeof value === 'string' ? Date.parse(value) : Number.NaN;
+  if (Number.isNaN(ms)) throw invalid(at, `"modtime" ${JSON.stringify(value)} is not an RFC 3339 time`);
+  return ms / 1000;
+}
+
+const base64Pattern = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
+
+/** The TOC's xattrs (Go `map[string][]byte`: values are base64) as IndexEntry wants them. */
+function xattrsOf(value: unknown, at: string): Record<string, string> | undefined {
+  if (value === undefined || value === null) return undefined;
+  if (!isObject(value)) throw invalid(at, '"xattrs" is not an object');
+  const names = Object.keys(value);
+  if (names.length === 0) return undefined;
+  const out: Record<string, string> = {};
+  for (const name of names) {
+    const v = value[name];
+    if (name === '' || name.includes('\0')) throw invalid(at, `xattr name ${JSON.stringify(name)} is invalid`);
+    if (typeof v !== 'string' || !base64Pattern.test(v)) throw invalid(at, `xattr ${JSON.stringify(name)} is not base64`);
+    out[name] = v;
+  }
+  return out;
+}

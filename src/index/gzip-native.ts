@@ -1,0 +1,77 @@
+import { native, type Native } from '../native.js';
+import type { GzipCheckpoint } from './types.js';
+
+/** A checkpoint as the native indexer reports it (before span digests are known). */
+export interface RawGzipCheckpoint {
+  compressedOffset: number;
+  bits: number;
+  uncompressedOffset: number;
+  /** Up to 32 KiB of uncompressed data before the point; empty at the start of a gzip member. */
+  window: Buffer;
+}
+
+export interface GzipIndexerPush {
+  /** Uncompressed bytes produced by this push, in order. */
+  out: Buffer[];
+  /** Checkpoints reached during this push, in order. */
+  checkpoints: RawGzipCheckpoint[];
+}
+
+/**
+ * zran-style streaming indexer (native/gzip_index.c). Push the compressed
+ * blob in order; each push returns the uncompressed bytes it produced and the
+ * checkpoints it passed. Errors on corrupt data carry `code` (Z_DATA_ERROR,
+ * Z_BUF_ERROR for truncated data) and `compressedOffset`.
+ */
+export interface GzipIndexer {
+  push(compressed: Buffer): GzipIndexerPush;
+  /** Checks the gzip data ended cleanly (a complete last member). */
+  end(): { compressedSize: number; uncompressedSize: number };
+}
+
+/** The addon's gzip functions (native/gzip_index.c), beside the ones src/native.ts declares. */
+export interface GzipNative extends Native {
+  GzipIndexer: new (spanBytes?: number, maxUncompressedSpan?: number) => GzipIndexer;
+  gzipInflateFrom(compressedOffset: number, bits: number, window: Buffer, compressed: Buffer, skip: number, length: number): Buffer;
+  gzipInflateFromAsync(compressedOffset: number, bits: number, window: Buffer, compressed: Buffer, skip: number, length: number): Promise<Buffer>;
+}
+
+export function gzipNative(): GzipNative {
+  return native() as GzipNative;
+}
+
+export const defaultSpanBytes = 4 * 1024 * 1024;
+
+/**
+ * A new indexer recording a checkpoint about every `spanBytes` of compressed
+ * input, and also whenever `maxUncompressedSpan` bytes (default 4 × spanBytes)
+ * have come out since the last one, so that restarting at a checkpoint never
+ * means inflating much more than that (highly compressible data).
+ */
+export function createGzipIndexer(spanBytes = defaultSpanBytes, maxUncompressedSpan = spanBytes * 4): GzipIndexer {
+  const { GzipIndexer } = gzipNative();
+  return new GzipIndexer(spanBytes, maxUncompressedSpan);
+}
+
+type CheckpointFields = Pick<GzipCheckpoint, 'compressedOffset' | 'bits' | 'window'>;
+
+/**
+ * Inflates from a checkpoint: `compressed` starts at the byte holding the
+ * checkpoint's `bits` (compressedOffset - 1 when bits > 0, else
+ * compressedOffset). Returns `length` bytes after skipping `skip`; throws
+ * (code Z_BUF_ERROR) when the compressed bytes end first. Crosses gzip
+ * member boundaries.
+ */
+export function inflateFrom(checkpoint: CheckpointFields, compressed: Buffer, skip: number, length: number): Buffer {
+  return gzipNative().gzipInflateFrom(checkpoint.compressedOffset, checkpoint.bits, checkpoint.window, compressed, skip, length);
+}
+
+/** {@link inflateFrom} on libuv's thread pool, leaving the event loop free. */
+export function inflateFromAsync(checkpoint: CheckpointFields, compressed: Buffer, skip: number, length: number): Promise<Buffer> {
+  return gzipNative().gzipInflateFromAsync(checkpoint.compressedOffset, checkpoint.bits, checkpoint.window, compressed, skip, length);
+}
+
+/** Where the compressed bytes of the span starting at this checkpoint begin: the byte holding `bits`. */
+export function spanStart(checkpoint: Pick<GzipCheckpoint, 'compressedOffset' | 'bits'>): number {
+  return checkpoint.bits ? checkpoint.compressedOffset - 1 : checkpoint.compressedOffset;
+}

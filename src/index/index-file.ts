@@ -1,0 +1,243 @@
+import { createHash } from 'node:crypto';
+import { readFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { deflateRawSync, inflateRawSync } from 'node:zlib';
+import { LazyrootError } from '../errors.js';
+import type { Digest } from '../oci/digest.js';
+import { writeFileAtomic } from '../store/atomic-file.js';
+import type { LayerIndex } from './layer-index.js';
+import type { GzipCheckpoint, IndexEntry } from './types.js';
+
+/*
+ * Index file layout (little-endian; all offsets from the start of the file).
+ *
+ * Header, 128 bytes:
+ *     0   8  magic "LZRINDEX"
+ *     8   2  format version (u16) = 1
+ *    10   1  layer compression: 0 = none (plain tar), 1 = gzip
+ *    11   1  reserved, 0
+ *    12   4  checkpoint count N (u32)
+ *    16   8  compressed size: the blob's bytes (u64)
+ *    24   8  uncompressed size: the tar's bytes (u64)
+ *    32  32  blob digest, sha256, raw
+ *    64  32  diff ID, sha256, raw
+ *    96   4  entry count (u32)
+ *   100   4  entries section length E (u32)
+ *   104   8  windows section length W (u64)
+ *   112  16  reserved, 0
+ *
+ * Checkpoint table at 128, N records of 64 bytes:
+ *     0   8  compressedOffset (u64)
+ *     8   8  uncompressedOffset (u64)
+ *    16   8  window's offset in the windows section (u64)
+ *    24   4  window's stored length (u32): raw deflate of the window, or the
+ *            window itself when that is not shorter (stored == length)
+ *    28   2  window length (u16, at most 32768; 0 at the start of a gzip member)
+ *    30   1  bits (0–7)
+ *    31   1  reserved, 0
+ *    32  32  span digest, sha256, raw
+ *
+ * Entries section at 128 + 64·N, E bytes: raw deflate of a JSON array with
+ * one array per entry, in archive order:
+ *   [path, type, mode, uid, gid, size, mtime, dataOffset, linkname, devmajor,
+ *    devminor, xattrs, sparse]
+ * type is a code (0 file, 1 dir, 2 symlink, 3 hardlink, 4 char, 5 block,
+ * 6 fifo); absent fields are null and trailing nulls are dropped; xattrs is
+ * {name: base64}; sparse is a flat [offset, size, offset, size…] array.
+ *
+ * Windows section, W bytes: the stored windows back to back.
+ *
+ * Trailer, 32 bytes: sha256 of every byte before it.
+ */
+const magic = Buffer.from('LZRINDEX', 'ascii');
+const version = 1;
+const headerSize = 128;
+const recordSize = 64;
+const trailerSize = 32;
+const types: ReadonlyArray<IndexEntry['type']> = ['file', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo'];
+const typeCodes = new Map(types.map((t, i) => [t, i]));
+
+type EntryTuple = [string, number, number, number, number, number, number, ...Array<unknown>];
+
+/** Encodes an index in the layout above. */
+export function encodeIndex(index: LayerIndex): Buffer {
+  const windows: Buffer[] = [];
+  let windowsLength = 0;
+  const table = Buffer.alloc(recordSize * index.checkpoints.length);
+  index.checkpoints.forEach((cp, i) => {
+    const at = i * recordSize;
+    if (cp.window.length > 32768) throw new LazyrootError('INVALID_ARGUMENT', `index: checkpoint ${i} has a ${cp.window.length}-byte window (at most 32768)`);
+    let stored = cp.window;
+    if (cp.window.length > 0) {
+      const deflated = deflateRawSync(cp.window);
+      if (deflated.length < cp.window.length) stored = deflated;
+    }
+    writeU64(table, at, cp.compressedOffset);
+    writeU64(table, at + 8, cp.uncompressedOffset);
+    writeU64(table, at + 16, windowsLength);
+    table.writeUInt32LE(stored.length, at + 24);
+    table.writeUInt16LE(cp.window.length, at + 28);
+    table.writeUInt8(cp.bits, at + 30);
+    rawDigest(cp.spanDigest, `checkpoint ${i} span digest`).copy(table, at + 32);
+    windows.push(stored);
+    windowsLength += stored.length;
+  });
+  const entries = deflateRawSync(Buffer.from(JSON.stringify(index.entries.map(entryTuple))));
+
+  const header = Buffer.alloc(headerSize);
+  magic.copy(header, 0);
+  header.writeUInt16LE(version, 8);
+  header.writeUInt8(index.compression === 'gzip' ? 1 : 0, 10);
+  header.writeUInt32LE(index.checkpoints.length, 12);
+  writeU64(header, 16, index.compressedSize);
+  writeU64(header, 24, index.uncompressedSize);
+  rawDigest(index.blobDigest, 'blob digest').copy(header, 32);
+  rawDigest(index.diffId, 'diff ID').copy(header, 64);
+  header.writeUInt32LE(index.entries.length, 96);
+  header.writeUInt32LE(entries.length, 100);
+  writeU64(header, 104, windowsLength);
+
+  const body = Buffer.concat([header, table, entries, ...windows]);
+  return Buffer.concat([body, createHash('sha256').update(body).digest()]);
+}
+
+/** Decodes an index file's bytes; `what` names the file in errors. */
+export function decodeIndex(data: Buffer, what = 'index file'): LayerIndex {
+  const bad = (why: string): LazyrootError => new LazyrootError('INVALID_ARGUMENT', `${what}: not a valid lazyroot index (${why}); rebuild it`);
+  if (data.length < headerSize + trailerSize || !data.subarray(0, 8).equals(magic)) throw bad('bad magic');
+  const body = data.subarray(0, data.length - trailerSize);
+  if (!createHash('sha256').update(body).digest().equals(data.subarray(data.length - trailerSize))) throw bad('checksum mismatch: the file is damaged');
+  if (data.readUInt16LE(8) !== version) throw bad(`format version ${data.readUInt16LE(8)}, expected ${version}`);
+  const compressionCode = data.readUInt8(10);
+  if (compressionCode > 1) throw bad(`unknown compression ${compressionCode}`);
+  const count = data.readUInt32LE(12);
+  const entryCount = data.readUInt32LE(96);
+  const entriesLength = data.readUInt32LE(100);
+  const windowsLength = readU64(data, 104);
+  const tableAt = headerSize;
+  const entriesAt = tableAt + count * recordSize;
+  const windowsAt = entriesAt + entriesLength;
+  if (windowsAt + windowsLength !== body.length) throw bad('section lengths do not add up');
+
+  const checkpoints: GzipCheckpoint[] = new Array(count);
+  for (let i = 0; i < count; i++) {
+    const at = tableAt + i * recordSize;
+    const windowOffset = readU64(data, at + 16);
+    const stored = data.readUInt32LE(at + 24);
+    const length = data.readUInt16LE(at + 28);
+    if (windowOffset + stored > windowsLength || length > 32768) throw bad(`checkpoint ${i}: window outside its section`);
+    const bytes = data.subarray(windowsAt + windowOffset, windowsAt + windowOffset + stored);
+    let window: Buffer;
+    if (length === 0) window = empty;
+    else if (stored === length) window = Buffer.from(bytes); // a copy: the file's buffer may be large
+    else window = inflateRawSync(bytes, { maxOutputLength: length });
+    if (window.length !== length) throw bad(`checkpoint ${i}: window is ${window.length} bytes, expected ${length}`);
+    checkpoints[i] = {
+      compressedOffset: readU64(data, at),
+      bits: data.readUInt8(at + 30),
+      uncompressedOffset: readU64(data, at + 8),
+      window,
+      spanDigest: `sha256:${data.toString('hex', at + 32, at + 64)}`,
+    };
+  }
+
+  let tuples: unknown;
+  try {
+    tuples = JSON.parse(inflateRawSync(data.subarray(entriesAt, windowsAt)).toString('utf8'));
+  } catch (err) {
+    throw bad(`entries: ${(err as Error).message}`);
+  }
+  if (!Array.isArray(tuples) || tuples.length !== entryCount) throw bad('entry count mismatch');
+  const entries: IndexEntry[] = new Array(entryCount);
+  for (let i = 0; i < entryCount; i++) entries[i] = tupleEntry(tuples[i] as EntryTuple, i, bad);
+
+  return {
+    compression: compressionCode === 1 ? 'gzip' : 'none',
+    blobDigest: `sha256:${data.toString('hex', 32, 64)}`,
+    diffId: `sha256:${data.toString('hex', 64, 96)}`,
+    compressedSize: readU64(data, 16),
+    uncompressedSize: readU64(data, 24),
+    entries,
+    checkpoints,
+  };
+}
+
+/**
+ * Writes an index file atomically (temp file in `tmpDir`, default the target's
+ * directory, then fsync and rename). A second writer of the same index simply
+ * replaces the file with identical bytes.
+ */
+export async function writeIndexFile(path: string, index: LayerIndex, options: { tmpDir?: string } = {}): Promise<void> {
+  await writeFileAtomic(path, encodeIndex(index), options.tmpDir ?? dirname(path));
+}
+
+/** Reads an index file; NOT_FOUND when there is none, INVALID_ARGUMENT when it is damaged. */
+export async function readIndexFile(path: string): Promise<LayerIndex> {
+  let data: Buffer;
+  try {
+    data = await readFile(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new LazyrootError('NOT_FOUND', `index file ${path} does not exist`, { cause: err });
+    throw err;
+  }
+  return decodeIndex(data, `index file ${path}`);
+}
+
+const empty = Buffer.alloc(0);
+
+function entryTuple(e: IndexEntry): unknown[] {
+  const t: unknown[] = [
+    e.path,
+    typeCodes.get(e.type),
+    e.mode,
+    e.uid,
+    e.gid,
+    e.size,
+    e.mtime,
+    e.dataOffset ?? null,
+    e.linkname ?? null,
+    e.devmajor ?? null,
+    e.devminor ?? null,
+    e.xattrs ?? null,
+    e.sparse ? e.sparse.flatMap((r) => [r.offset, r.size]) : null,
+  ];
+  while (t[t.length - 1] === null) t.pop();
+  return t;
+}
+
+function tupleEntry(t: EntryTuple, i: number, bad: (why: string) => Error): IndexEntry {
+  if (!Array.isArray(t) || t.length < 7 || typeof t[0] !== 'string') throw bad(`entry ${i} is malformed`);
+  const type = types[t[1]];
+  if (type === undefined) throw bad(`entry ${i} has unknown type ${String(t[1])}`);
+  const e: IndexEntry = { path: t[0], type, mode: t[2], uid: t[3], gid: t[4], size: t[5], mtime: t[6] };
+  const [, , , , , , , dataOffset, linkname, devmajor, devminor, xattrs, sparse] = t;
+  if (dataOffset != null) e.dataOffset = dataOffset as number;
+  if (linkname != null) e.linkname = linkname as string;
+  if (devmajor != null) e.devmajor = devmajor as number;
+  if (devminor != null) e.devminor = devminor as number;
+  if (xattrs != null) e.xattrs = xattrs as Record<string, string>;
+  if (sparse != null) {
+    const flat = sparse as number[];
+    const regions: Array<{ offset: number; size: number }> = new Array(flat.length >> 1);
+    for (let j = 0; j < regions.length; j++) regions[j] = { offset: flat[2 * j]!, size: flat[2 * j + 1]! };
+    e.sparse = regions;
+  }
+  return e;
+}
+
+function writeU64(buf: Buffer, at: number, value: number): void {
+  if (!Number.isSafeInteger(value) || value < 0) throw new LazyrootError('INVALID_ARGUMENT', `index: ${value} is not a valid offset or size`);
+  buf.writeBigUInt64LE(BigInt(value), at);
+}
+
+function readU64(buf: Buffer, at: number): number {
+  const lo = buf.readUInt32LE(at);
+  const hi = buf.readUInt32LE(at + 4);
+  if (hi > 0x1fffff) throw new LazyrootError('INVALID_ARGUMENT', `index: a 64-bit field at byte ${at} is beyond 2^53`);
+  return hi * 2 ** 32 + lo;
+}
+
+function rawDigest(digest: Digest, what: string): Buffer {
+  if (!/^sha256:[0-9a-f]{64}$/.test(digest)) throw new LazyrootError('INVALID_ARGUMENT', `index: ${what} ${JSON.stringify(digest)} is not a sha256 digest`);
+  return Buffer.from(digest.slice(7), 'hex');
+}

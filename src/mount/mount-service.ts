@@ -1,0 +1,91 @@
+import { createHash } from 'node:crypto';
+import { mkdir, readFile, rm, stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { LazyrootError } from '../errors.js';
+import { writeFileAtomic } from '../store/atomic-file.js';
+import type { Store } from '../store/store.js';
+import { cleanStaleMount, mountpointState } from '../fs/stale-mount.js';
+import { signalReady } from './daemon.js';
+import { mountImageLazily, type LazyMountOptions, type LazyMountStats } from './lazy-mount.js';
+
+function statsPath(store: Store, mountpoint: string): string {
+  return join(store.paths.root, 'mounts', `${createHash('sha256').update(mountpoint).digest('hex').slice(0, 16)}.json`);
+}
+
+/**
+ * The mount daemon's life (`lazyroot mount --foreground`): clean a stale
+ * mount left at the mountpoint, mount, record it, tell the parent it is ready,
+ * write stats every second, and on SIGTERM/SIGINT (or `lazyroot umount`)
+ * unmount and exit. Resolves when the mount is gone.
+ */
+export async function serveMount(store: Store, ref: string, dir: string, options: LazyMountOptions & { readyFd?: number }): Promise<void> {
+  const mountpoint = resolve(dir);
+  let mount;
+  try {
+    if ((await mountpointState(mountpoint)) === 'stale') await cleanStaleMount(mountpoint);
+    mount = await mountImageLazily(store, ref, mountpoint, options);
+  } catch (err) {
+    const e = err as LazyrootError;
+    signalReady(options.readyFd, { code: e.code ?? 'UNAVAILABLE', message: e.message });
+    throw err;
+  }
+  store.db.recordMount(mountpoint, process.pid, mount.image.id);
+  const stats = statsPath(store, mountpoint);
+  await mkdir(join(store.paths.root, 'mounts'), { recursive: true });
+  const writeStats = () => writeFileAtomic(stats, JSON.stringify({ mountpoint, pid: process.pid, image: mount.image.names[0], ...mount.stats() }), store.paths.tmp).catch(() => undefined);
+  await writeStats();
+  signalReady(options.readyFd);
+  const timer = setInterval(() => void writeStats(), 1000);
+  // `lazyroot mount --stats` asks for fresh numbers with SIGUSR1.
+  const onStatsRequest = () => void writeStats();
+  process.on('SIGUSR1', onStatsRequest);
+  await new Promise<void>((resolveStop) => {
+    process.once('SIGTERM', resolveStop);
+    process.once('SIGINT', resolveStop);
+  });
+  clearInterval(timer);
+  process.off('SIGUSR1', onStatsRequest);
+  await mount.unmount();
+  store.db.forgetMount(mountpoint);
+  await rm(stats, { force: true });
+}
+
+/** Stats a running mount daemon wrote (`lazyroot mount --stats DIR`). */
+export async function mountStats(store: Store, dir: string): Promise<LazyMountStats & { mountpoint: string; pid: number }> {
+  const mountpoint = resolve(dir);
+  const record = store.db.mountAt(mountpoint);
+  if (!record) throw new LazyrootError('NOT_FOUND', `${mountpoint}: no lazyroot mount there`);
+  const path = statsPath(store, mountpoint);
+  if (record.alive) {
+    const before = (await stat(path).catch(() => undefined))?.mtimeMs ?? 0;
+    process.kill(record.pid, 'SIGUSR1');
+    for (let i = 0; i < 40 && ((await stat(path).catch(() => undefined))?.mtimeMs ?? 0) === before; i++) await new Promise((r) => setTimeout(r, 25));
+  }
+  const text = await readFile(path, 'utf8').catch(() => undefined);
+  if (!text) throw new LazyrootError('UNAVAILABLE', `${mountpoint}: the mount daemon (pid ${record.pid}) has written no stats`);
+  return JSON.parse(text) as LazyMountStats & { mountpoint: string; pid: number };
+}
+
+/**
+ * `lazyroot umount DIR`: asks the daemon to unmount and waits for it; a mount
+ * whose daemon is gone (killed) is cleaned directly.
+ */
+export async function unmountLazy(store: Store, dir: string, waitMs = 15_000): Promise<{ stale: boolean }> {
+  const mountpoint = resolve(dir);
+  const record = store.db.mountAt(mountpoint);
+  if (record?.alive) {
+    process.kill(record.pid, 'SIGTERM');
+    const until = Date.now() + waitMs;
+    while (Date.now() < until) {
+      if (!store.db.mountAt(mountpoint)) return { stale: false };
+      await new Promise((r) => setTimeout(r, 50));
+    }
+    throw new LazyrootError('UNAVAILABLE', `${mountpoint}: the mount daemon (pid ${record.pid}) did not unmount within ${waitMs / 1000} s (is the mount busy?)`);
+  }
+  const state = await mountpointState(mountpoint);
+  if (state === 'none' && !record) throw new LazyrootError('NOT_FOUND', `${mountpoint}: no lazyroot mount there`);
+  if (state !== 'none') await cleanStaleMount(mountpoint);
+  store.db.forgetMount(mountpoint);
+  await rm(statsPath(store, mountpoint), { force: true });
+  return { stale: true };
+}

@@ -1,0 +1,129 @@
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { LazyrootError } from '../../src/errors.js';
+import { decodeIndex, encodeIndex, readIndexFile, writeIndexFile } from '../../src/index/index-file.js';
+import { buildGzipIndex } from '../../src/index/layer-index.js';
+import type { IndexEntry } from '../../src/index/types.js';
+import type { LayerIndex } from '../../src/index/layer-index.js';
+import { buildTar, chardev, dir, file, hardlink, symlink, whiteout } from '../helpers/tar-builder.js';
+import { chunked, compressibleText, gzipCli } from './layer-fixtures.js';
+
+let work: string;
+before(async () => {
+  work = await mkdtemp(join(tmpdir(), 'lazyroot-index-file-'));
+});
+after(async () => {
+  await rm(work, { recursive: true, force: true });
+});
+
+const sha = (b: Buffer | string): string => `sha256:${createHash('sha256').update(b).digest('hex')}`;
+
+/** A synthetic index of a big layer: many entries of every kind, many checkpoints. */
+function bigIndex(entryCount: number, checkpointCount: number): LayerIndex {
+  const entries: IndexEntry[] = [];
+  for (let i = 0; i < entryCount; i++) {
+    const path = `usr/lib/pkg-${i % 97}/sub-${i % 13}/file-${i}.so`;
+    switch (i % 10) {
+      case 0:
+        entries.push({ path: path.replace(/\/file-.*/, ''), type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 1_700_000_000 });
+        break;
+      case 1:
+        entries.push({ path, type: 'symlink', mode: 0o777, uid: 0, gid: 0, size: 0, mtime: 1_700_000_000, linkname: `../target-${i}` });
+        break;
+      case 2:
+        entries.push({ path, type: 'hardlink', mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 1_700_000_000, linkname: `usr/lib/x-${i}` });
+        break;
+      case 3:
+        entries.push({ path, type: 'file', mode: 0o4755, uid: 1000, gid: 1000, size: i * 100, mtime: 1_700_000_000.5, dataOffset: i * 4096, xattrs: { 'security.capability': randomBytes(20).toString('base64') } });
+        break;
+      case 4:
+        entries.push({ path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: 10_000_000, mtime: 1, dataOffset: i * 4096, sparse: [{ offset: 0, size: 4096 }, { offset: 9_000_000, size: 512 }] });
+        break;
+      case 5:
+        entries.push({ path: `dev/c${i}`, type: 'char', mode: 0o666, uid: 0, gid: 0, size: 0, mtime: 0, devmajor: 1, devminor: i % 256 });
+        break;
+      default:
+        entries.push({ path: `${path}.ünïcode`, type: 'file', mode: 0o644, uid: 0, gid: 0, size: i, mtime: 1_700_000_000, dataOffset: i * 4096 });
+    }
+  }
+  const text = compressibleText(32768 * 4);
+  const checkpoints = Array.from({ length: checkpointCount }, (_, i) => ({
+    compressedOffset: i * 4_194_304 + (i ? 17 : 0),
+    bits: i % 8,
+    uncompressedOffset: i * 12_000_000,
+    window: i === 0 ? Buffer.alloc(0) : i % 2 ? randomBytes(32768) : text.subarray(i % 3, 32768 + (i % 3)),
+    spanDigest: sha(`span ${i}`),
+  }));
+  return {
+    compression: 'gzip',
+    blobDigest: sha('blob'),
+    diffId: sha('diff'),
+    compressedSize: checkpointCount * 4_194_304,
+    uncompressedSize: 2 ** 40 + 12345,
+    entries,
+    checkpoints,
+  };
+}
+
+test('encode → decode gives the same index back; reading 8,000 entries is fast', () => {
+  const index = bigIndex(8000, 250);
+  const t0 = performance.now();
+  const bytes = encodeIndex(index);
+  const t1 = performance.now();
+  const back = decodeIndex(bytes);
+  const t2 = performance.now();
+  assert.deepEqual(back, index);
+  // Decode again warm (the first call also compiles the decoder).
+  const t3 = performance.now();
+  decodeIndex(bytes);
+  const t4 = performance.now();
+  console.log(`index file: 8000 entries + 250 windows = ${(bytes.length / 1024).toFixed(0)} KiB; encode ${(t1 - t0).toFixed(1)} ms, decode ${(t2 - t1).toFixed(1)} ms (warm ${(t4 - t3).toFixed(1)} ms)`);
+  assert.ok(t4 - t3 < 1000, 'decoding 8,000 entries takes well under a second');
+  // Random windows are stored raw, compressible ones deflated: the file is smaller than the windows.
+  assert.ok(bytes.length < 250 * 32768);
+});
+
+test('a real layer index round-trips through a file written atomically', async () => {
+  const tar = await buildTar([
+    dir('etc'),
+    file('etc/hosts', '127.0.0.1 localhost\n', { xattrs: { 'user.a': 'b' } }),
+    symlink('bin', 'usr/bin'),
+    hardlink('etc/hosts2', 'etc/hosts'),
+    whiteout('etc/old'),
+    chardev('dev/null', 1, 3),
+    file('big.txt', compressibleText(3_000_000)),
+  ]);
+  const index = await buildGzipIndex(chunked(gzipCli(tar)), { spanBytes: 100_000 });
+  assert.ok(index.checkpoints.length > 3);
+  const path = join(work, 'sha256-abc');
+  await writeIndexFile(path, index);
+  assert.deepEqual(await readIndexFile(path), index);
+  // A second writer of the same index is not an error; no temp files are left behind.
+  await writeIndexFile(path, index);
+  assert.deepEqual(await readdir(work), ['sha256-abc']);
+  assert.deepEqual(await readIndexFile(path), index);
+});
+
+test('damaged, foreign and missing index files are refused clearly', async () => {
+  const bytes = encodeIndex(bigIndex(50, 3));
+  const path = join(work, 'damaged');
+  for (const at of [0, 20, 200, bytes.length - 40, bytes.length - 1]) {
+    const bad = Buffer.from(bytes);
+    bad[at]! ^= 1;
+    await writeFile(path, bad);
+    await assert.rejects(readIndexFile(path), (err: LazyrootError) => {
+      assert.equal(err.code, 'INVALID_ARGUMENT');
+      assert.match(err.message, /index file .*damaged: not a valid lazyroot index \((bad magic|checksum mismatch: the file is damaged)\); rebuild it/);
+      return true;
+    });
+  }
+  await writeFile(path, bytes.subarray(0, 100));
+  await assert.rejects(readIndexFile(path), /not a valid lazyroot index/);
+  await assert.rejects(readIndexFile(join(work, 'missing')), (err: LazyrootError) => err.code === 'NOT_FOUND');
+  assert.throws(() => encodeIndex({ ...bigIndex(1, 1), blobDigest: 'sha512:abc' }), /not a sha256 digest/);
+  assert.equal(decodeIndex(bytes).entries.length, 50);
+});
