@@ -109,6 +109,7 @@ export async function mountTree(tree: FsTree, mountpoint: string, reader: FileRe
       (unmounted ??= new Promise<void>((resolve, reject) => {
         fuse.unmount((err) => {
           if (!err) return resolve();
+          unmounted = undefined; // a later call may try again
           reject(new LazyrootError('IN_USE', `unmount FUSE at ${mountpoint}: ${err.message}`, { cause: err }));
         });
       })),

@@ -23,7 +23,7 @@ export interface FsNode {
   /** Seconds since the epoch (may be fractional). */
   readonly mtime: number;
   /** Paths naming this node; directories: 2 + subdirectories. */
-  nlink: number;
+  readonly nlink: number;
   /** Linux dev_t of char/block devices (glibc makedev), 0 otherwise. */
   readonly rdev: number;
   /** Symlinks: the target as written. */
@@ -92,6 +92,7 @@ export class FsTree {
   }
 }
 
+/** While the tree is built, links and subdirectories are still being counted. */
 interface MutableNode extends FsNode {
   nlink: number;
 }

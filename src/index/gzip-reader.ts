@@ -193,6 +193,8 @@ export class LayerRangeReader {
     const want = layer.checkpoints[i]!.spanDigest;
     const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
     if (got !== want) throw new DigestMismatchError(what, want, got);
+    // Verified: the blob reader may now keep these bytes.
+    layer.blob.confirm?.(start, end);
     return bytes;
   }
 

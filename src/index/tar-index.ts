@@ -2,9 +2,9 @@ import { once } from 'node:events';
 import type { Readable } from 'node:stream';
 import tarStream, { type Header as TarHeader } from 'tar-stream';
 import { LazyrootError } from '../errors.js';
-import { classifyEntry, hostile, normalizeEntryPath } from '../union/entry-path.js';
-import { parseSparseMapPrefix, sparseFromPax, type SparseMap } from '../unpack/pax-sparse.js';
-import { installBinaryPaxDecoder, paxXattrs } from '../unpack/tar-binary-pax.js';
+import { classifyEntry, hostile, normalizeEntryPath } from '../oci/entry-path.js';
+import { parseSparseMapPrefix, sparseFromPax, type SparseMap } from './pax-sparse.js';
+import { installBinaryPaxDecoder, paxXattrs } from './tar-binary-pax.js';
 import type { IndexEntry } from './types.js';
 
 /**

@@ -127,6 +127,11 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
   }
 }
 
+/** The path a merged entry has in its own layer's index (chunk maps are keyed by it). */
+function sourcePathOf(entry: IndexEntry): string {
+  return (entry as IndexEntry & { sourcePath?: string }).sourcePath ?? entry.path;
+}
+
 async function prepareLayer(store: Store, source: ImageSource, image: ImageRecord, i: number, chainId: Digest, options: LazyMountOptions): Promise<PreparedLayer> {
   const record = store.db.layer(chainId);
   const blobRecord = record?.blobs[0];
@@ -150,7 +155,7 @@ async function prepareLayer(store: Store, source: ImageSource, image: ImageRecor
       format: 'estargz',
       entries: index.entries,
       blob,
-      read: (entry, position, length) => readEstargzFile(entry, index.chunks.get(entry.path) ?? [], position, length, blob, { cache, what }),
+      read: (entry, position, length) => readEstargzFile(entry, index.chunks.get(sourcePathOf(entry)) ?? [], position, length, blob, { cache, what }),
     };
   }
 

@@ -84,6 +84,10 @@ export async function unmountLazy(store: Store, dir: string, waitMs = 15_000): P
   }
   const state = await mountpointState(mountpoint);
   if (state === 'none' && !record) throw new LazyrootError('NOT_FOUND', `${mountpoint}: no lazyroot mount there`);
+  if (state === 'live' && !record) {
+    // Served by a live process this store knows nothing of: not ours to detach.
+    throw new LazyrootError('FAILED_PRECONDITION', `${mountpoint}: a live FUSE mount that this store did not make (another --store?)`);
+  }
   if (state !== 'none') await cleanStaleMount(mountpoint);
   store.db.forgetMount(mountpoint);
   await rm(statsPath(store, mountpoint), { force: true });

@@ -1,8 +1,12 @@
 import type { IndexEntry } from '../index/types.js';
-import { classifyEntry, hostile, parentOf } from './entry-path.js';
+import { classifyEntry, hostile, parentOf } from '../oci/entry-path.js';
 
-/** A merged entry: the index entry that wins at a path, and the layer holding its data. */
-export type MergedEntry = IndexEntry & { layer: number };
+/**
+ * A merged entry: the index entry that wins at a path, the layer holding its
+ * data, and the path it has inside that layer's index (which differs from
+ * `path` for hardlinked names and for paths written through a lower symlink).
+ */
+export type MergedEntry = IndexEntry & { layer: number; sourcePath: string };
 
 /**
  * A file's identity in the merged tree. Hardlinks share one node: a link is
@@ -13,6 +17,8 @@ export type MergedEntry = IndexEntry & { layer: number };
 interface Node {
   entry: IndexEntry;
   layer: number;
+  /** The entry's path in its own layer's index. */
+  sourcePath: string;
 }
 
 const implicitDir = (path: string): IndexEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 });
@@ -32,7 +38,7 @@ const implicitDir = (path: string): IndexEntry => ({ path, type: 'dir', mode: 0o
  */
 export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: (layer: number) => string = (i) => `layer ${i + 1}`): MergedEntry[] {
   const tree = new Map<string, Node>();
-  tree.set('', { entry: implicitDir(''), layer: -1 });
+  tree.set('', { entry: implicitDir(''), layer: -1, sourcePath: '' });
   const children = new Map<string, Set<string>>([['', new Set()]]);
 
   const removeSubtree = (path: string): void => {
@@ -90,7 +96,7 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
           throw hostile(name, entryName, `has a parent ${JSON.stringify(prefix)} that is not a directory`);
         }
         if (node) removeSubtree(prefix); // a lower file under a new directory: the directory wins
-        put(prefix, { entry: implicitDir(prefix), layer });
+        put(prefix, { entry: implicitDir(prefix), layer, sourcePath: prefix });
         done.push(part);
       }
       return done.join('/');
@@ -112,7 +118,7 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
       const role = classifyEntry(e.path);
       if (role.kind !== 'normal') continue;
       if (e.path === '') {
-        tree.set('', { entry: { ...e, type: 'dir' }, layer });
+        tree.set('', { entry: { ...e, type: 'dir' }, layer, sourcePath: '' });
         continue;
       }
       const parent = ensureDir(parentOf(e.path), e.path);
@@ -130,7 +136,7 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
         continue;
       }
       if (existing && !(e.type === 'dir' && existing.entry.type === 'dir')) removeSubtree(path);
-      put(path, { entry: { ...e, path }, layer });
+      put(path, { entry: { ...e, path }, layer, sourcePath: e.path });
       ownPaths.add(path);
     }
   });
@@ -144,9 +150,9 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
     const first = holder.get(node);
     if (first === undefined) {
       holder.set(node, path);
-      out.push({ ...node.entry, path, layer: node.layer });
+      out.push({ ...node.entry, path, layer: node.layer, sourcePath: node.sourcePath });
     } else {
-      out.push({ ...node.entry, path, type: 'hardlink', linkname: first, layer: node.layer });
+      out.push({ ...node.entry, path, type: 'hardlink', linkname: first, layer: node.layer, sourcePath: node.sourcePath });
     }
   }
   return out;

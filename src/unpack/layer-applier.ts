@@ -6,12 +6,12 @@ import type { Readable } from 'node:stream';
 import type { Header as Headers } from 'tar-stream';
 import { LazyrootError } from '../errors.js';
 import { S_IFBLK, S_IFCHR, S_IFIFO, devMajor, devMinor, native } from '../native.js';
-import { classifyEntry, hostile, normalizeEntryPath, parentOf } from '../union/entry-path.js';
+import { classifyEntry, hostile, normalizeEntryPath, parentOf } from '../oci/entry-path.js';
 import { lookupInLayers } from '../union/lower-lookup.js';
 import { isOverlayWhiteout, overlayOpaqueXattr } from '../union/overlay-format.js';
 import { isIdentity, mapId, type IdMapping } from './id-mapping.js';
-import { parseSparseMapPrefix, sparseFromPax, type SparseMap } from './pax-sparse.js';
-import { paxXattrs } from './tar-binary-pax.js';
+import { parseSparseMapPrefix, sparseFromPax, type SparseMap } from '../index/pax-sparse.js';
+import { paxXattrs } from '../index/tar-binary-pax.js';
 
 export interface ApplierOptions {
   /** The layer's diff directory: exists, empty, on the store's filesystem. */

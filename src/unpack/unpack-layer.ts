@@ -5,7 +5,7 @@ import tarStream from 'tar-stream';
 import { LazyrootError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import { LayerApplier, type ApplierOptions } from './layer-applier.js';
-import { installBinaryPaxDecoder } from './tar-binary-pax.js';
+import { installBinaryPaxDecoder } from '../index/tar-binary-pax.js';
 
 export interface UnpackResult {
   /** sha256 of the uncompressed tar: the layer's diff ID, as read. */

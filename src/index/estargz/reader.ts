@@ -165,7 +165,7 @@ function startFetch(
     }
     return bytes;
   });
-  return run.map((i) => {
+  const verified = run.map((i) => {
     const chunk = chunks[i]! as EstargzMemberChunk;
     const digest = chunk.chunkDigest;
     const promise = fetched
@@ -182,6 +182,12 @@ function startFetch(
     if (!cache.inFlight.has(digest)) cache.inFlight.set(digest, promise);
     return promise;
   });
+  // Every chunk of the fetched range verified: the blob reader may keep the bytes.
+  Promise.all(verified).then(
+    () => blob.confirm?.(rangeStart, rangeEnd),
+    () => undefined,
+  );
+  return verified;
 }
 
 async function verifiedChunk(member: Buffer, chunk: EstargzMemberChunk, index: number, path: string, what: string): Promise<Buffer> {

@@ -3,7 +3,7 @@ import { promisify } from 'node:util';
 import { gunzip as gunzipCallback } from 'node:zlib';
 import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import { digestAlgorithm, parseDigest, type Digest } from '../../oci/digest.js';
-import { normalizeEntryPath } from '../../union/entry-path.js';
+import { normalizeEntryPath } from '../../oci/entry-path.js';
 import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
 import { maxFooterSize, parseEstargzFooter, type EstargzFooter } from './footer.js';
 

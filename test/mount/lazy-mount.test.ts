@@ -1,0 +1,186 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
+import { pushToRegistry, writeOciLayout, type ImageSpec } from '../helpers/image-builder.js';
+import { buildTar, dir, file, hardlink, symlink, whiteout } from '../helpers/tar-builder.js';
+import { busyboxImageSpec } from '../helpers/sample-images.js';
+import { diffTreesReport, snapshotTree } from '../helpers/tree-snapshot.js';
+import { umociUnpack } from '../helpers/umoci.js';
+import { startContainerd, convertToEstargz, type Containerd } from '../helpers/estargz.js';
+import { missingRequirements } from '../helpers/requirements.js';
+
+const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot.js');
+const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry', 'skopeo', 'umoci', 'containerd', 'ctr-remote'] });
+if (missing.length && process.env.CI) throw new Error(`CI: lazy mount tests need ${missing.join(', ')}`);
+
+function noise(seed: string, size: number): Buffer {
+  const blocks: Buffer[] = [];
+  for (let i = 0; i * 64 < size; i++) blocks.push(createHash('sha512').update(`${seed}/${i}`).digest());
+  return Buffer.concat(blocks).subarray(0, size);
+}
+
+function lazyroot(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((r) => child.on('close', (code) => r({ code, stdout, stderr })));
+}
+
+/**
+ * Reads a file of the mount from another process, asynchronously: this test
+ * process runs the fault proxy the mount fetches through, so it must keep its
+ * event loop free while the read waits (spawnSync here would deadlock).
+ */
+function readInChild(path: string): Promise<{ ok: boolean; sha256?: string; error?: string; ms: number }> {
+  const started = Date.now();
+  const child = spawn('sha256sum', [path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolvePromise) =>
+    child.on('close', (code) =>
+      resolvePromise(code === 0 ? { ok: true, sha256: stdout.split(' ')[0]!, ms: Date.now() - started } : { ok: false, error: stderr, ms: Date.now() - started }),
+    ),
+  );
+}
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
+  let work: string;
+  let registry: TestRegistry;
+  let proxy: FaultProxy;
+  let containerd: Containerd;
+  let spec: ImageSpec;
+  let big: Buffer;
+  const mounted: Array<{ target: string; store: string }> = [];
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'lazyroot-lazy-'));
+    registry = await startRegistry();
+    proxy = await startFaultProxy(registry.host);
+    containerd = await startContainerd();
+    big = noise('big', 24 << 20);
+    const base = await busyboxImageSpec('x');
+    spec = {
+      layers: [
+        base.layers[0]!,
+        {
+          tar: await buildTar([
+            dir('data'),
+            file('data/big.bin', big),
+            file('data/small.txt', 'small file\n'),
+            file('data/gone.txt', 'to be whited out'),
+            symlink('data/link', 'small.txt'),
+            hardlink('data/hard.bin', 'data/small.txt'),
+            dir('secret', { mode: 0o700, uid: 1000, gid: 1000 }),
+            file('secret/key', 'k', { mode: 0o600, uid: 1000, gid: 1000 }),
+          ]),
+          compression: 'gzip',
+        },
+        { tar: await buildTar([whiteout('data/gone.txt'), file('etc/motd', 'lazily mounted\n')]), compression: 'gzip' },
+      ],
+      config: { config: { Cmd: ['/bin/cat', '/etc/motd'], Env: ['PATH=/bin'] } },
+      refName: 'v1',
+    };
+    await writeOciLayout(join(work, 'layout'), [spec]);
+    await pushToRegistry(join(work, 'layout'), 'lazy/app:gzip', registry.host, { layoutRef: 'v1' });
+    const plain: ImageSpec = { ...spec, layers: spec.layers.map((l) => ({ ...l, compression: 'none' as const })), refName: 'plain' };
+    await writeOciLayout(join(work, 'layout-plain'), [plain]);
+    await pushToRegistry(join(work, 'layout-plain'), 'lazy/app:plain', registry.host, { layoutRef: 'plain' });
+    await convertToEstargz(`${registry.host}/lazy/app:gzip`, `${registry.host}/lazy/app:estargz`, containerd);
+  });
+
+  after(async () => {
+    for (const m of mounted) await lazyroot(['--store', m.store, 'umount', m.target]);
+    await containerd?.stop();
+    await proxy?.close();
+    await registry?.stop();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  async function mount(tag: string, store: string, extra: string[] = []): Promise<string> {
+    const target = join(work, `mnt-${tag}-${mounted.length}`);
+    await mkdir(target, { recursive: true });
+    const r = await lazyroot(['--store', store, 'mount', ...extra, `docker://${proxy.host}/lazy/app:${tag}`, target]);
+    assert.equal(r.code, 0, r.stderr);
+    mounted.push({ target, store });
+    return target;
+  }
+
+  async function stats(store: string, target: string): Promise<{ bytesFetched: number; imageBytes: number }> {
+    const r = await lazyroot(['--store', store, 'mount', '--stats', '--json', target]);
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as { bytesFetched: number; imageBytes: number };
+  }
+
+  for (const tag of ['gzip', 'plain', 'estargz']) {
+    test(`${tag}: the mounted tree equals umoci unpack of the same image, content included`, async () => {
+      const store = join(work, `store-${tag}`);
+      const target = await mount(tag, store);
+      const theirs = await umociUnpack(join(work, 'layout'), 'v1', join(work, `umoci-${tag}`));
+      const report = diffTreesReport(await snapshotTree(target), await snapshotTree(theirs));
+      assert.deepEqual(report.differences.map((d) => d.message), []);
+      assert.equal((await readInChild(join(target, 'data/big.bin'))).sha256, sha(big));
+      assert.equal((await lazyroot(['--store', store, 'umount', target])).code, 0);
+      mounted.splice(mounted.findIndex((m) => m.target === target), 1);
+    });
+  }
+
+  test('reading one small file fetches a small part of the image (gzip with an index; eStargz with none)', async () => {
+    const store = join(work, 'store-small');
+    const indexed = await lazyroot(['--store', store, 'index', `docker://${proxy.host}/lazy/app:gzip`]);
+    assert.equal(indexed.code, 0, indexed.stderr);
+    for (const tag of ['gzip', 'estargz']) {
+      const target = await mount(tag, store);
+      assert.equal((await readInChild(join(target, 'data/small.txt'))).sha256, sha(Buffer.from('small file\n')));
+      const s = await stats(store, target);
+      assert.ok(s.bytesFetched < s.imageBytes / 4, `${tag}: fetched ${s.bytesFetched} of ${s.imageBytes}`);
+    }
+  });
+
+  test('a registry that stops answering makes a read fail with EIO within the deadline; later the same read succeeds', async () => {
+    const store = join(work, 'store-stall');
+    const target = await mount('estargz', store, ['--deadline-ms', '1500']);
+    proxy.setRules([{ path: /\/blobs\//, fault: { kind: 'stall' } }]);
+    const failed = await readInChild(join(target, 'data/big.bin'));
+    assert.equal(failed.ok, false);
+    assert.match(failed.error ?? '', /Input\/output error/);
+    assert.ok(failed.ms < 15_000, `failed after ${failed.ms} ms`);
+    proxy.setRules([]);
+    assert.equal((await readInChild(join(target, 'data/big.bin'))).sha256, sha(big));
+  });
+
+  test('bytes corrupted by the source are refused: EIO, never wrong data', async () => {
+    const store = join(work, 'store-corrupt');
+    const target = await mount('estargz', store);
+    proxy.setRules([{ path: /\/blobs\//, fault: { kind: 'corrupt', atByte: 1000 } }]);
+    const r = await readInChild(join(target, 'data/big.bin'));
+    proxy.setRules([]);
+    assert.equal(r.ok, false);
+    assert.match(r.error ?? '', /Input\/output error/);
+  });
+
+  test('a mount whose daemon was killed is recovered by the next mount of the directory', async () => {
+    const store = join(work, 'store-killed');
+    const target = await mount('estargz', store);
+    const s = await lazyroot(['--store', store, 'mount', '--stats', '--json', target]);
+    const { pid } = JSON.parse(s.stdout) as { pid: number };
+    process.kill(pid, 'SIGKILL');
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal((await readInChild(join(target, 'etc/motd'))).ok, false, 'the killed mount is stale');
+    const again = await lazyroot(['--store', store, 'mount', `docker://${proxy.host}/lazy/app:estargz`, target]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal((await readInChild(join(target, 'etc/motd'))).sha256, sha(Buffer.from('lazily mounted\n')));
+  });
+});
