@@ -1,5 +1,8 @@
 import { chmod, chown, mkdir, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { startDaemon } from '../mount/daemon.js';
+import { unmountLazy } from '../mount/mount-service.js';
 import { LazyrootError } from '../errors.js';
 import { mountsUnder, overlayMount, performMount, unmount, type Mount } from '../mount/mounts.js';
 import { withLock } from '../store/lock.js';
@@ -23,6 +26,12 @@ export interface CreateOptions extends ReferenceOptions {
   mapping?: IdMapping;
   /** Mount here instead of rootfs/ID/merged (a bundle's rootfs/ directory). */
   mountPoint?: string;
+  /**
+   * Do not unpack: the image's merged tree comes from a lazy FUSE mount at
+   * rootfs/ID/lower (bytes fetched when read), with kernel overlayfs on top
+   * for the writable upper. The upper is plain overlayfs format.
+   */
+  lazy?: { deadlineMs?: number };
   onLayer?: (index: number, reused: boolean) => void;
 }
 
@@ -36,8 +45,11 @@ export function checkRootfsId(id: string): void {
 
 export function rootfsPaths(store: Store, id: string) {
   const dir = store.paths.rootfsDir(id);
-  return { dir, upper: join(dir, 'upper'), work: join(dir, 'work'), merged: join(dir, 'merged'), emptyLower: join(dir, 'empty') };
+  return { dir, upper: join(dir, 'upper'), work: join(dir, 'work'), merged: join(dir, 'merged'), emptyLower: join(dir, 'empty'), lazyLower: join(dir, 'lower') };
 }
+
+/** The CLI entry point, for starting a mount daemon from library code. */
+const lazyrootBin = fileURLToPath(new URL('../../../bin/lazyroot.js', import.meta.url));
 
 /**
  * `lazyroot create REF ID`: the image (pulled first if needed) as a writable
@@ -46,14 +58,15 @@ export function rootfsPaths(store: Store, id: string) {
  */
 export async function createRootfs(store: Store, ref: string, id: string, options: CreateOptions = {}): Promise<{ rootfs: RootfsRecord; spec: SpecFragment }> {
   checkRootfsId(id);
-  const image: ImageRecord = store.findImage(ref) ?? (await pullReference(store, ref, options)).image;
-  const layerNames = image.chainIds.map((c) => layerDirName(c, options.mapping));
+  if (options.lazy && options.mapping) throw new LazyrootError('UNSUPPORTED', `create rootfs ${id}: --uid-mapping is not available with lazy mounts yet`);
+  const image: ImageRecord = store.findImage(ref) ?? (await pullReference(store, ref, { ...options, ...(options.lazy ? { fetchLayers: false } : {}) })).image;
+  const layerNames = options.lazy ? [] : image.chainIds.map((c) => layerDirName(c, options.mapping));
   await withLock(store.paths.storeLock, 'store', async () => {
     if (!store.db.imageById(image.id)) throw new LazyrootError('NOT_FOUND', `image ${ref}: removed while the rootfs was being created`);
     const claimed = store.db.insertRootfs({
       id,
       imageId: image.id,
-      driver: 'overlay',
+      driver: options.lazy ? 'fuse' : 'overlay',
       mapping: options.mapping ? JSON.stringify(options.mapping) : null,
       layerDirs: layerNames,
       mountPoint: options.mountPoint ?? null,
@@ -63,8 +76,19 @@ export async function createRootfs(store: Store, ref: string, id: string, option
   const paths = rootfsPaths(store, id);
   const target = options.mountPoint ?? paths.merged;
   let mounted = false;
+  let lazyMounted = false;
   try {
-    const layers = await ensureLayersUnpacked(store, image, { ...(options.mapping ? { mapping: options.mapping } : {}), ...(options.onLayer ? { onLayer: options.onLayer } : {}) });
+    if (options.lazy) {
+      await mkdir(paths.lazyLower, { recursive: true });
+      const argv = [process.execPath, lazyrootBin, '--store', store.paths.root, 'mount', '--foreground', '--ready-fd', '3'];
+      if (options.lazy.deadlineMs !== undefined) argv.push('--deadline-ms', String(options.lazy.deadlineMs));
+      argv.push(image.id, paths.lazyLower);
+      await startDaemon(argv, { logFile: join(paths.dir, 'mount-daemon.log') });
+      lazyMounted = true;
+    }
+    const layers = options.lazy
+      ? []
+      : await ensureLayersUnpacked(store, image, { ...(options.mapping ? { mapping: options.mapping } : {}), ...(options.onLayer ? { onLayer: options.onLayer } : {}) });
     for (const d of [paths.upper, paths.work, target]) await mkdir(d, { recursive: true, mode: 0o755 });
     // overlayfs shows the upper dir's owner, mode and times on the merged root: take
     // the image's (mapped) root's, or a container in a user namespace cannot write to /.
@@ -76,9 +100,15 @@ export async function createRootfs(store: Store, ref: string, id: string, option
       await utimes(paths.upper, rootStat.atime, rootStat.mtime);
     }
     const topFirst = [...layers].reverse();
-    if (topFirst.length === 0) await mkdir(paths.emptyLower, { recursive: true });
-    const relative = topFirst.length ? topFirst.map((l) => l.link) : [paths.emptyLower];
-    const absolute = topFirst.length ? topFirst.map((l) => join(store.paths.root, l.link)) : [paths.emptyLower];
+    if (topFirst.length === 0 && !options.lazy) await mkdir(paths.emptyLower, { recursive: true });
+    const fallback = options.lazy ? paths.lazyLower : paths.emptyLower;
+    const relative = topFirst.length ? topFirst.map((l) => l.link) : [fallback];
+    const absolute = topFirst.length ? topFirst.map((l) => join(store.paths.root, l.link)) : [fallback];
+    if (options.lazy) {
+      const rootStat = await stat(paths.lazyLower);
+      await chown(paths.upper, rootStat.uid, rootStat.gid);
+      await chmod(paths.upper, rootStat.mode & 0o7777);
+    }
     const config = await store.configOf(image);
     const spec: SpecFragment = { root: { path: target }, process: { env: config.config?.Env ?? [] }, mounts: [] };
     if (options.withoutMount) {
@@ -91,6 +121,7 @@ export async function createRootfs(store: Store, ref: string, id: string, option
     return { rootfs: store.db.rootfs(id)!, spec };
   } catch (err) {
     if (mounted) await unmount(target).catch(() => undefined);
+    if (lazyMounted) await unmountLazy(store, paths.lazyLower).catch(() => undefined);
     await rm(paths.dir, { recursive: true, force: true });
     store.db.deleteRootfs(id);
     throw err instanceof LazyrootError ? err.withContext(`create rootfs ${id}`) : err;
@@ -103,6 +134,9 @@ export async function deleteRootfs(store: Store, id: string): Promise<void> {
   if (!record) throw new LazyrootError('NOT_FOUND', `rootfs ${id}: no such rootfs`);
   const paths = rootfsPaths(store, id);
   if (record.mountPoint) for (const point of await mountsUnder(record.mountPoint)) await unmount(point);
+  for (const point of await mountsUnder(paths.merged)) await unmount(point);
+  // A lazy rootfs's FUSE lower is served by a daemon: stop it through its record.
+  if (record.driver === 'fuse' && (await mountsUnder(paths.lazyLower)).length) await unmountLazy(store, paths.lazyLower);
   for (const point of await mountsUnder(paths.dir)) await unmount(point);
   await rm(paths.dir, { recursive: true, force: true });
   store.db.deleteRootfs(id);

@@ -37,7 +37,7 @@ export interface ImageRecord {
 export interface RootfsRecord {
   id: string;
   imageId: Digest;
-  driver: 'overlay';
+  driver: 'overlay' | 'fuse';
   state: 'creating' | 'ready';
   pid: number;
   mapping: string | null;
@@ -351,7 +351,7 @@ export class MetadataDb {
   }
 
   /** Claims a rootfs ID (state 'creating'); fails with ALREADY_EXISTS when taken. */
-  insertRootfs(r: { id: string; imageId: Digest; driver: 'overlay'; mapping: string | null; layerDirs: string[]; mountPoint: string | null }): boolean {
+  insertRootfs(r: { id: string; imageId: Digest; driver: 'overlay' | 'fuse'; mapping: string | null; layerDirs: string[]; mountPoint: string | null }): boolean {
     try {
       this.stmt.insertRootfs.run({ ...r, layerDirs: JSON.stringify(r.layerDirs), pid: process.pid, createdAt: Date.now() });
       return true;
@@ -365,7 +365,7 @@ export class MetadataDb {
     return {
       id: row.id as string,
       imageId: row.image_id as string,
-      driver: row.driver as 'overlay',
+      driver: row.driver as 'overlay' | 'fuse',
       state: row.state as 'creating' | 'ready',
       pid: row.pid as number,
       mapping: row.mapping as string | null,

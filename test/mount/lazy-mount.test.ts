@@ -171,6 +171,20 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
     assert.match(r.error ?? '', /Input\/output error/);
   });
 
+  test('run --lazy: runc runs the image over the lazy mount with a writable overlay, for gzip and eStargz', async () => {
+    for (const tag of ['gzip', 'estargz']) {
+      const store = join(work, `store-run-${tag}`);
+      const ref = `docker://${proxy.host}/lazy/app:${tag}`;
+      const plain = await lazyroot(['--store', store, 'run', '--lazy', ref]);
+      assert.equal(plain.code, 0, plain.stderr);
+      assert.equal(plain.stdout, 'lazily mounted\n');
+      const wrote = await lazyroot(['--store', store, 'run', '--lazy', ref, '--', 'sh', '-c', 'echo new > /data/new.txt && cat /data/new.txt /data/small.txt && exit 5']);
+      assert.equal(wrote.code, 5, wrote.stderr);
+      assert.equal(wrote.stdout, 'new\nsmall file\n');
+      assert.deepEqual(JSON.parse((await lazyroot(['--store', store, 'list', '--json'])).stdout), []);
+    }
+  });
+
   test('a mount whose daemon was killed is recovered by the next mount of the directory', async () => {
     const store = join(work, 'store-killed');
     const target = await mount('estargz', store);

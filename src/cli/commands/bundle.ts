@@ -5,14 +5,16 @@ import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
 import { collect, mappingFrom } from './mapping-flags.js';
 
-type BundleFlags = RegistryFlags & { id?: string; uidMapping?: string[]; gidMapping?: string[]; platform?: string };
+type BundleFlags = RegistryFlags & { id?: string; uidMapping?: string[]; gidMapping?: string[]; platform?: string; lazy?: boolean; deadlineMs?: number };
 
 function addBundleFlags(cmd: Command): Command {
   addRegistryFlags(cmd);
   return cmd
     .option('--uid-mapping <container:host:size>', 'map file owners and run in a user namespace (repeatable)', collect)
     .option('--gid-mapping <container:host:size>', 'map file groups (repeatable)', collect)
-    .option('--platform <os/arch[/variant]>', 'platform, when the image must be pulled');
+    .option('--platform <os/arch[/variant]>', 'platform, when the image must be pulled')
+    .option('--lazy', 'do not download layers first: the rootfs is a lazy FUSE mount (bytes fetched when read) under a writable overlay')
+    .option('--deadline-ms <ms>', 'with --lazy: a read whose bytes have not arrived after this long fails with EIO', (v) => Number.parseInt(v, 10));
 }
 
 function createOptions(opts: BundleFlags) {
@@ -21,6 +23,7 @@ function createOptions(opts: BundleFlags) {
     registry: registryOptionsFrom(opts),
     ...(opts.platform ? { platform: opts.platform } : {}),
     ...(mapping ? { mapping } : {}),
+    ...(opts.lazy ? { lazy: opts.deadlineMs !== undefined ? { deadlineMs: opts.deadlineMs } : {} } : {}),
   };
 }
 

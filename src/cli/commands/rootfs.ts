@@ -26,13 +26,14 @@ export function registerRootfs(program: Command, out: Output): void {
     .option('--gid-mapping <container:host:size>', 'map file groups (repeatable)', collect)
     .option('--with-clean', 'run clean first (see --threshold-bytes)')
     .option('--threshold-bytes <n>', 'with --with-clean: clean only when the store uses more than this', parseBytes)
-    .option('--platform <os/arch[/variant]>', 'platform, when the image must be pulled');
+    .option('--platform <os/arch[/variant]>', 'platform, when the image must be pulled')
+    .option('--lazy', 'do not download layers first: a lazy FUSE mount (bytes fetched when read) under a writable overlay');
   addRegistryFlags(create);
   create.action(
     async (
       ref: string,
       id: string,
-      opts: RegistryFlags & { withoutMount?: boolean; uidMapping?: string[]; gidMapping?: string[]; withClean?: boolean; thresholdBytes?: number; platform?: string },
+      opts: RegistryFlags & { withoutMount?: boolean; uidMapping?: string[]; gidMapping?: string[]; withClean?: boolean; thresholdBytes?: number; platform?: string; lazy?: boolean },
       command: Command,
     ) => {
       const global = command.optsWithGlobals<GlobalOptions>();
@@ -45,6 +46,7 @@ export function registerRootfs(program: Command, out: Output): void {
           ...(opts.platform ? { platform: opts.platform } : {}),
           ...(opts.withoutMount ? { withoutMount: true } : {}),
           ...(mapping ? { mapping } : {}),
+          ...(opts.lazy ? { lazy: {} } : {}),
         });
         out.json(spec);
       } finally {
