@@ -6,13 +6,26 @@
  * on kernel overlayfs and runs the image's command in it with runc.
  */
 import { spawn } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startRegistry } from '../test/helpers/registry.js';
 import { pushToRegistry, writeOciLayout } from '../test/helpers/image-builder.js';
 import { busyboxImageSpec } from '../test/helpers/sample-images.js';
+import { buildTar, dir, file } from '../test/helpers/tar-builder.js';
+
+/** 32 MiB of incompressible "assets" the demo's commands never read. */
+async function assetsLayer(): Promise<Buffer> {
+  const files = [];
+  for (let f = 0; f < 8; f++) {
+    const blocks: Buffer[] = [];
+    for (let i = 0; i * 64 < 4 << 20; i++) blocks.push(createHash('sha512').update(`asset${f}/${i}`).digest());
+    files.push(file(`assets/blob${f}.bin`, Buffer.concat(blocks)));
+  }
+  return buildTar([dir('assets'), ...files]);
+}
 
 const repoRoot = resolve(fileURLToPath(import.meta.url), '../../..');
 const lazyroot = join(repoRoot, 'bin', 'lazyroot.js');
@@ -37,8 +50,10 @@ async function main(): Promise<void> {
   const registry = await startRegistry();
   try {
     process.stdout.write(`registry at http://${registry.host}\n`);
-    step('building the sample image (busybox + 2 layers) and pushing it with skopeo');
-    await writeOciLayout(join(work, 'layout'), [await busyboxImageSpec('v1')]);
+    step('building the sample image (busybox, config files, 32 MiB of assets) and pushing it with skopeo');
+    const sample = await busyboxImageSpec('v1');
+    sample.layers.push({ tar: await assetsLayer(), compression: 'gzip' });
+    await writeOciLayout(join(work, 'layout'), [sample]);
     const digest = await pushToRegistry(join(work, 'layout'), 'demo/busybox:v1', registry.host, { layoutRef: 'v1' });
     process.stdout.write(`pushed ${registry.host}/demo/busybox:v1 (${digest})\n`);
     const ref = `docker://${registry.host}/demo/busybox:v1`;
@@ -56,6 +71,21 @@ async function main(): Promise<void> {
     step("running the image's command with runc");
     await runLazyroot(['run', '--store', store, ref]);
     await runLazyroot(['run', '--store', store, ref, '--', 'sh', '-c', 'echo "running as $(id -un) in $(pwd); $(ls /bin | wc -l) entries in /bin"']);
+
+    step('the point: mount the image lazily, in a fresh store, before its layers are downloaded');
+    const lazyStore = join(work, 'lazy-store');
+    const mnt = join(work, 'mnt');
+    await mkdir(mnt);
+    // Build the gzip layers' span indexes once (streamed, not kept: the registry's images have none yet).
+    await runLazyroot(['index', '--store', lazyStore, ref]);
+    const started = Date.now();
+    await runLazyroot(['mount', '--store', lazyStore, ref, mnt]);
+    process.stdout.write(`visible after ${Date.now() - started} ms: ${(await readdir(mnt)).join(' ')}\n`);
+    process.stdout.write(`$ cat ${mnt}/etc/motd\n${await readFile(join(mnt, 'etc/motd'), 'utf8')}`);
+    await runLazyroot(['mount', '--stats', '--store', lazyStore, mnt]);
+    await runLazyroot(['umount', '--store', lazyStore, mnt]);
+    step('and run a command with runc over a lazy rootfs (writable overlay on the FUSE mount)');
+    await runLazyroot(['run', '--lazy', '--store', lazyStore, ref, '--', 'sh', '-c', 'echo "hello from $(cat /etc/motd | wc -c) bytes of motd; /assets is $(du -sh /assets | cut -f1) but was not read"']);
   } finally {
     await registry.stop();
     await rm(work, { recursive: true, force: true });

@@ -1,0 +1,71 @@
+import { createReadStream, createWriteStream } from 'node:fs';
+import { access, mkdir, open, rename, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { LazyrootError } from '../errors.js';
+import { createDecompressor } from '../oci/compression.js';
+import type { Digest } from '../oci/digest.js';
+import type { Compression } from '../oci/media-types.js';
+import type { ImageSource } from '../source/image-source.js';
+import type { Store } from '../store/store.js';
+import { readIndexFile, writeIndexFile } from '../index/index-file.js';
+import { buildTarIndex, type LayerIndex } from '../index/layer-index.js';
+import type { BlobRangeReader } from '../index/types.js';
+
+/**
+ * A layer that cannot be read by range in its stored form (zstd: not seekable
+ * without a frame index) is made readable locally instead: the blob is
+ * downloaded once (verified), decompressed once into `indexes/<alg>/<hex>.tar`,
+ * and indexed as an uncompressed tar. Not lazy — the price of the format —
+ * but it mounts, with the same tree as every other layer.
+ */
+export async function localTarLayer(
+  store: Store,
+  source: ImageSource,
+  descriptor: { digest: Digest; size: number; mediaType: string },
+  compression: Compression,
+  what: string,
+  diffId: Digest,
+): Promise<{ index: LayerIndex; tar: BlobRangeReader & { close(): Promise<void> } }> {
+  const indexPath = `${store.paths.index(descriptor.digest)}.local`;
+  const tarPath = `${store.paths.index(descriptor.digest)}.tar`;
+  await mkdir(dirname(tarPath), { recursive: true });
+  if (!(await exists(tarPath))) {
+    await store.blobs.ingest(descriptor.digest, descriptor.size, (offset) => source.openBlob(descriptor, offset), { what });
+    const tmp = `${tarPath}.${process.pid}.tmp`;
+    try {
+      await pipeline(store.blobs.openRead(descriptor.digest), createDecompressor(compression), createWriteStream(tmp));
+      await rename(tmp, tarPath);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw new LazyrootError('INVALID_ARGUMENT', `${what}: cannot decompress (${compression}): ${(err as Error).message}`, { cause: err });
+    }
+  }
+  let index: LayerIndex;
+  if (await exists(indexPath)) index = await readIndexFile(indexPath);
+  else {
+    index = await buildTarIndex(createReadStream(tarPath), { what, expectDiffId: diffId });
+    await writeIndexFile(indexPath, index, { tmpDir: store.paths.tmp });
+  }
+  const file = await open(tarPath, 'r');
+  const size = (await file.stat()).size;
+  return {
+    index,
+    tar: {
+      size,
+      async read(start: number, end: number): Promise<Buffer> {
+        const out = Buffer.allocUnsafe(end - start);
+        const { bytesRead } = await file.read(out, 0, out.length, start);
+        return out.subarray(0, bytesRead);
+      },
+      close: () => file.close(),
+    },
+  };
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
