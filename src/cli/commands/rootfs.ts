@@ -1,6 +1,8 @@
 import type { Command } from 'commander';
 import { LazyrootError } from '../../errors.js';
+import { resolve } from 'node:path';
 import { cleanStore } from '../../rootfs/clean.js';
+import { mountStats } from '../../mount/mount-service.js';
 import { createRootfs, deleteRootfs, rootfsPaths, rootfsStats } from '../../rootfs/rootfs.js';
 import { formatAge, formatBytes, formatTable } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
@@ -102,12 +104,17 @@ export function registerRootfs(program: Command, out: Output): void {
 
   program
     .command('stats')
-    .description("a rootfs's disk usage: total (with its layers) and exclusive (its own writes), as GrootFS reports")
-    .argument('<id>', 'rootfs ID')
+    .description("a rootfs's disk usage: total (with its layers) and exclusive (its own writes), as GrootFS reports; for a lazy mount's directory, its fetch statistics")
+    .argument('<id>', 'rootfs ID, or the directory of a lazy mount')
     .action(async (id: string, _opts, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
+        if (id.includes('/') && store.db.mountAt(resolve(id))) {
+          const stats = await mountStats(store, id);
+          if (global.json) return out.json(stats);
+          return out.text(`fetched ${formatBytes(stats.bytesFetched)} of ${formatBytes(stats.imageBytes)}; served ${formatBytes(stats.fs.bytesServed)} in ${stats.fs.reads} reads; ${stats.fs.errors} errors`);
+        }
         const stats = await rootfsStats(store, id);
         if (global.json) return out.json(stats);
         out.text(`total: ${formatBytes(stats.disk_usage.total_bytes_used)}\nexclusive: ${formatBytes(stats.disk_usage.exclusive_bytes_used)}`);
