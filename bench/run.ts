@@ -5,6 +5,8 @@ import { fileURLToPath } from 'node:url';
 import { startRegistry } from '../test/helpers/registry.js';
 import { pullBench } from './pull-bench.js';
 import { createRunBench } from './create-run-bench.js';
+import { lazyBench, lazyBenchEmulated, prepareLazyImages, type LazyImages } from './lazy-bench.js';
+import { readThroughputBench } from './read-throughput-bench.js';
 import type { BenchContext, BenchRow } from './types.js';
 
 const repoRoot = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -29,8 +31,36 @@ async function main(): Promise<void> {
       lazyrootBin: join(repoRoot, 'bin', 'lazyroot.js'),
       rounds,
     };
-    const rows = [...(await pullBench(ctx)), ...(await createRunBench(ctx))];
+    // BENCH_ONLY=pull,create,lazy,read,netns picks scenarios (default: all).
+    const only = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',').map((s) => s.trim())) : undefined;
+    const wanted = (name: string) => !only || only.has(name);
+    const rows: BenchRow[] = [];
+    const goals: string[] = [];
+    const step = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
+      const started = Date.now();
+      try {
+        return await f();
+      } finally {
+        process.stderr.write(`bench: ${name} took ${((Date.now() - started) / 1000).toFixed(0)} s\n`);
+      }
+    };
+    if (wanted('pull')) rows.push(...(await step('pull', () => pullBench(ctx))));
+    if (wanted('create')) rows.push(...(await step('create + run', () => createRunBench(ctx))));
+    let images: LazyImages | undefined;
+    if (wanted('lazy') || wanted('netns')) images = await step('lazy images', () => prepareLazyImages(ctx));
+    if (wanted('lazy')) {
+      const r = await step('lazy start, loopback', () => lazyBench(ctx, images!));
+      rows.push(...r.rows);
+      goals.push(...r.goals);
+    }
+    if (wanted('read')) rows.push(...(await step('read throughput', () => readThroughputBench(ctx))));
+    if (wanted('netns')) {
+      const r = await step('lazy start, emulated network', () => lazyBenchEmulated(ctx, images!, registry.storageDir));
+      rows.push(...r.rows);
+      goals.push(...r.goals);
+    }
     process.stdout.write(`lazyroot benchmarks (median of ${rounds} cold rounds; "vs peer" < 1 means lazyroot is faster)\n\n${table(rows)}\n`);
+    if (goals.length) process.stdout.write(`\n${goals.join('\n')}\n`);
   } finally {
     await registry.stop();
     await rm(workDir, { recursive: true, force: true });

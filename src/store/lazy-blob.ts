@@ -1,6 +1,7 @@
 import { constants, createReadStream } from 'node:fs';
 import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import type { Readable } from 'node:stream';
 import { LazyrootError } from '../errors.js';
 import { hasherFor, shortDigest, type Digest } from '../oci/digest.js';
 import { commitFile } from './atomic-file.js';
@@ -17,9 +18,21 @@ export interface LazyBlobOptions {
   maxInFlight?: number;
   /** Names the blob in errors. */
   what: string;
+  /** Recorded in the store's `blobs` table when the blob becomes whole (GC and the overlay path see it). */
+  mediaType?: string;
+  /** The blobs of one mount share a group: demand reads go before prefetch, and the partial-bytes bound. */
+  group?: LazyBlobGroup;
+  /**
+   * The blob from `offset` to its end, streamed: for a source that answers
+   * Range requests with the whole blob. Used once `rangeIgnored()` says so.
+   */
+  openStream?: (offset: number, signal: AbortSignal) => Promise<Readable>;
+  /** True once the source is known to ignore Range (registry-source's `rangeSupport === 'ignored'`). */
+  rangeIgnored?: () => boolean;
 }
 
 export interface LazyBlobStats {
+  /** Bytes and requests of demand reads (what a FUSE read waited for). */
   bytesFetched: number;
   requests: number;
   /** Reads served from verified bytes on disk. */
@@ -27,6 +40,274 @@ export interface LazyBlobStats {
   misses: number;
   fetchMillis: number;
   failures: number;
+  /** Background prefetch: bytes, requests, failed attempts (transport or verification). */
+  bytesPrefetched: number;
+  prefetchRequests: number;
+  prefetchFailures: number;
+  /** Bytes downloaded by streaming the whole blob (a source that ignores Range). */
+  bytesStreamed: number;
+  /** Verified bytes dropped to keep under the group's cacheMaxBytes. */
+  evictedBytes: number;
+}
+
+/**
+ * A piece of the blob the prefetcher fetches and keeps as a whole: a gzip
+ * span or an eStargz gzip member. `verify` checks its bytes (span digest,
+ * chunk digests) and throws on a mismatch; a unit without one (eStargz tar
+ * headers between members, the TOC, the footer) is written to the partial
+ * file but never marked present or served: only the whole blob's digest,
+ * checked before promotion, vouches for those bytes.
+ */
+export interface PrefetchUnit {
+  start: number;
+  end: number;
+  verify?: (bytes: Buffer) => Promise<void>;
+}
+
+export interface PrefetchOptions {
+  signal: AbortSignal;
+  /** Adjacent units are fetched together up to this many bytes per request. Default 2 MiB. */
+  windowBytes?: number;
+  /** Consecutive failed attempts before this blob's prefetch gives up. Default 8. */
+  maxFailures?: number;
+  /** First retry delay, doubled per failure up to 30 s. Default 500 ms. */
+  retryDelayMs?: number;
+}
+
+export type PrefetchState = 'off' | 'waiting' | 'running' | 'done' | 'stopped' | 'failed';
+
+interface Window {
+  start: number;
+  end: number;
+  units: PrefetchUnit[];
+  /** Index of the first unit in the list given to prefetch. */
+  index: number;
+}
+
+/** LRU granularity of the cache bound: reads and confirmations touch 1 MiB blocks. */
+const blockBytes = 1 << 20;
+/** How long after its bytes arrived a demand read's claim on them lapses if it never confirms them. */
+const claimGraceMs = 2_000;
+/** Fetched-but-unconfirmed buffers kept for `confirm`; the oldest go first beyond this. */
+const maxPending = 256;
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) return reject(signal.reason as Error);
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(signal!.reason as Error);
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** `work`, or the abort's reason as soon as `signal` aborts (work goes on). */
+function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason as Error);
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason as Error);
+    signal.addEventListener('abort', onAbort, { once: true });
+    work.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err as Error);
+      },
+    );
+  });
+}
+
+export interface LazyBlobGroupOptions {
+  /**
+   * Bound on the bytes kept in the partial blobs of the group's blobs that
+   * are not complete; past it the least recently used verified ranges are
+   * dropped (see `LazyBlob.evictBlock`). Undefined: no bound.
+   */
+  cacheMaxBytes?: number;
+  /** A prefetch request starts only once no demand read has waited for this long. Default 100 ms. */
+  quietMs?: number;
+  /** Prefetch requests in flight at once across the group (one per blob at most). Default 4. */
+  prefetchConcurrency?: number;
+}
+
+/**
+ * What the blobs of one mount share: who goes first on the network (a
+ * demand read waiting for bytes pauses every prefetch of the group), and the
+ * bound on partial bytes kept on disk, enforced least recently used first
+ * across all of them.
+ */
+export class LazyBlobGroup {
+  readonly cacheMaxBytes: number | undefined;
+  private readonly quietMs: number;
+  private readonly prefetchConcurrency: number;
+  private readonly blobs = new Set<LazyBlob>();
+  private readsWaiting = 0;
+  /** No prefetch request starts before this time (ms since the epoch). */
+  private quietFrom = 0;
+  private prefetchRunning = 0;
+  /** Bytes of prefetch requests in flight: room under the bound is taken when a request starts. */
+  private reserved = 0;
+  private readonly listeners = new Set<() => void>();
+  private tick = 0;
+
+  constructor(options: LazyBlobGroupOptions = {}) {
+    if (options.cacheMaxBytes !== undefined && !(Number.isSafeInteger(options.cacheMaxBytes) && options.cacheMaxBytes >= 0)) {
+      throw new LazyrootError('INVALID_ARGUMENT', `cacheMaxBytes must be a whole number of bytes, not ${options.cacheMaxBytes}`);
+    }
+    this.cacheMaxBytes = options.cacheMaxBytes;
+    this.quietMs = options.quietMs ?? 100;
+    this.prefetchConcurrency = Math.max(1, options.prefetchConcurrency ?? 4);
+  }
+
+  /** Keeps prefetch requests from starting for `ms` from now (the mount's first reads go first). */
+  holdPrefetch(ms: number): void {
+    this.quietFrom = Math.max(this.quietFrom, Date.now() + ms);
+  }
+
+  /** Demand reads waiting for bytes from the network now. */
+  get waitingReads(): number {
+    return this.readsWaiting;
+  }
+
+  /** Bytes kept in partial blobs of the group's incomplete blobs (what cacheMaxBytes bounds). */
+  get partialBytes(): number {
+    let n = 0;
+    for (const b of this.blobs) n += b.partialBytes;
+    return n;
+  }
+
+  /** @internal */
+  join(blob: LazyBlob): void {
+    this.blobs.add(blob);
+  }
+
+  /** @internal */
+  leave(blob: LazyBlob): void {
+    this.blobs.delete(blob);
+    this.notify();
+  }
+
+  /** @internal A demand read started waiting for the network. */
+  readStarted(): void {
+    this.readsWaiting++;
+  }
+
+  /** @internal …and got its answer (or failed). */
+  readEnded(): void {
+    this.readsWaiting--;
+    this.quietFrom = Math.max(this.quietFrom, Date.now() + this.quietMs);
+    this.notify();
+  }
+
+  /** @internal */
+  nextTick(): number {
+    return ++this.tick;
+  }
+
+  /** @internal Something changed that a waiting prefetch may care about. */
+  notify(): void {
+    for (const wake of [...this.listeners]) wake();
+  }
+
+  /** Resolves at the next notify, after `timeoutMs`, or rejects on abort. */
+  private changed(signal: AbortSignal, timeoutMs?: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      if (signal.aborted) return reject(signal.reason as Error);
+      const done = () => {
+        this.listeners.delete(done);
+        signal.removeEventListener('abort', onAbort);
+        if (timer) clearTimeout(timer);
+        resolve();
+      };
+      const onAbort = () => {
+        this.listeners.delete(done);
+        if (timer) clearTimeout(timer);
+        reject(signal.reason as Error);
+      };
+      const timer = timeoutMs !== undefined ? setTimeout(done, timeoutMs) : undefined;
+      this.listeners.add(done);
+      signal.addEventListener('abort', onAbort, { once: true });
+    });
+  }
+
+  /**
+   * Waits for a prefetch request of `bytes` to be allowed: no demand read
+   * waiting or just answered, room under the cache bound without evicting
+   * anything (taken until the release, so concurrent prefetches of other
+   * blobs cannot overrun it together), and a free prefetch slot. Returns the
+   * slot's release, to call once the bytes are kept.
+   * Rejects (FAILED_PRECONDITION) when `bytes` alone exceed the bound.
+   */
+  async prefetchTurn(bytes: number, signal: AbortSignal, onWait?: () => void): Promise<() => void> {
+    for (;;) {
+      signal.throwIfAborted();
+      if (this.readsWaiting > 0) {
+        onWait?.();
+        await this.changed(signal);
+        continue;
+      }
+      const quiet = this.quietFrom - Date.now();
+      if (quiet > 0) {
+        onWait?.();
+        await this.changed(signal, quiet);
+        continue;
+      }
+      if (bytes > 0 && this.cacheMaxBytes !== undefined && this.partialBytes + this.reserved + bytes > this.cacheMaxBytes) {
+        if (bytes > this.cacheMaxBytes) {
+          throw new LazyrootError('FAILED_PRECONDITION', `prefetch needs ${bytes} bytes at once, more than the cache bound of ${this.cacheMaxBytes}`);
+        }
+        onWait?.();
+        await this.changed(signal);
+        continue;
+      }
+      if (this.prefetchRunning >= this.prefetchConcurrency) {
+        await this.changed(signal);
+        continue;
+      }
+      this.prefetchRunning++;
+      this.reserved += bytes;
+      let released = false;
+      return () => {
+        if (released) return;
+        released = true;
+        this.prefetchRunning--;
+        this.reserved -= bytes;
+        this.notify();
+      };
+    }
+  }
+
+  /**
+   * Drops least recently used blocks of partial blobs until the group is
+   * under its bound. Complete blobs (in blobs/) are never touched.
+   */
+  enforceBound(): void {
+    const max = this.cacheMaxBytes;
+    if (max === undefined) return;
+    while (this.partialBytes > max) {
+      let victim: LazyBlob | undefined;
+      let victimBlock = -1;
+      let oldest = Infinity;
+      for (const blob of this.blobs) {
+        const lru = blob.leastRecentBlock();
+        if (lru && lru.tick < oldest) {
+          oldest = lru.tick;
+          victim = blob;
+          victimBlock = lru.block;
+        }
+      }
+      if (!victim) return;
+      victim.evictBlock(victimBlock);
+    }
+  }
 }
 
 /**
@@ -36,19 +317,63 @@ export interface LazyBlobStats {
  * index reader has verified them (`confirm`); only then are they written and
  * marked present. Concurrent reads of the same range share one fetch. When
  * every byte is present the blob is hashed whole and moved to `blobs/`.
+ *
+ * Besides demand reads: `prefetch` fetches the rest at low priority; a
+ * source that ignores Range gets the blob streamed whole into `blobs/` once
+ * (`streamWhole`), and every read is then served from there.
  */
 export class LazyBlob {
-  readonly stats: LazyBlobStats = { bytesFetched: 0, requests: 0, hits: 0, misses: 0, fetchMillis: 0, failures: 0 };
-  private readonly present: IntervalSet;
+  readonly stats: LazyBlobStats = {
+    bytesFetched: 0,
+    requests: 0,
+    hits: 0,
+    misses: 0,
+    fetchMillis: 0,
+    failures: 0,
+    bytesPrefetched: 0,
+    prefetchRequests: 0,
+    prefetchFailures: 0,
+    bytesStreamed: 0,
+    evictedBytes: 0,
+  };
+  /** Verified ranges: served, persisted. */
+  private present: IntervalSet;
+  /** Ranges written from the source but vouched for only by the whole blob's digest: never served, never persisted. */
+  private provisional = new IntervalSet();
+  private kept = 0;
   private readonly pending = new Map<number, Buffer>();
-  private readonly inFlight = new Map<string, Promise<Buffer>>();
+  /** Demand fetches under way, by `start-end`. */
+  private readonly inFlight = new Map<string, { start: number; end: number; bytes: Promise<Buffer> }>();
+  /**
+   * Ranges demand reads are fetching, verifying or writing now (by
+   * `start-end`, with when the claim lapses): prefetch leaves them alone. A
+   * read whose bytes fail verification is never confirmed: its claim lapses
+   * shortly after the bytes arrived.
+   */
+  private readonly claims = new Map<string, { start: number; end: number; until: number }>();
+  /** The prefetch request under way (one at most), settled once its units are kept or refused. */
+  private prefetching: { start: number; end: number; kept: Promise<void> } | undefined;
   private running = 0;
   private readonly queue: Array<() => void> = [];
   private file: FileHandle | undefined;
+  /** Handles replaced while reads may still use them; closed with the blob. */
+  private readonly retired: FileHandle[] = [];
   private complete = false;
+  /** How the blob became whole, when it did in this process. */
+  private wholeBy: 'ranges' | 'streamed' | undefined;
+  /** A promotion or a whole-blob stream under way. */
+  private completion: Promise<void> | undefined;
   private persistTimer: NodeJS.Timeout | undefined;
   private readonly deadlineMs: number;
   private readonly maxInFlight: number;
+  private readonly group: LazyBlobGroup | undefined;
+  /** Tracks block use only when the group has a bound: nothing to do on the read path otherwise. */
+  private readonly tracksUse: boolean;
+  private readonly lastUse = new Map<number, number>();
+  private readonly closing = new AbortController();
+  prefetchState: PrefetchState = 'off';
+  /** Why the last prefetch attempt failed, if it did. */
+  prefetchError: string | undefined;
 
   private constructor(
     private readonly store: Store,
@@ -60,13 +385,17 @@ export class LazyBlob {
     this.present = IntervalSet.from(store.db.blobRanges(digest));
     this.deadlineMs = options.deadlineMs ?? 30_000;
     this.maxInFlight = options.maxInFlight ?? 8;
+    this.group = options.group;
+    this.tracksUse = this.group?.cacheMaxBytes !== undefined;
   }
 
   static async open(store: Store, digest: Digest, size: number, fetcher: RangeFetcher, options: LazyBlobOptions): Promise<LazyBlob> {
     const blob = new LazyBlob(store, digest, size, fetcher, options);
     if (await store.blobs.has(digest, size)) {
       blob.complete = true;
+      blob.present = new IntervalSet();
       blob.file = await open(store.blobs.path(digest), 'r');
+      if (options.mediaType) store.db.recordBlob(digest, size, options.mediaType);
       return blob;
     }
     const path = store.paths.partialBlob(digest);
@@ -74,6 +403,12 @@ export class LazyBlob {
     const file = await open(path, constants.O_RDWR | constants.O_CREAT, 0o600);
     if ((await file.stat()).size !== size) await file.truncate(size); // sparse: holes cost nothing
     blob.file = file;
+    blob.kept = blob.present.total;
+    if (blob.tracksUse) {
+      // Ranges from an earlier run are the least recently used of all.
+      for (const [s, e] of blob.present.ranges()) for (let b = Math.floor(s / blockBytes); b * blockBytes < e; b++) blob.lastUse.set(b, 0);
+    }
+    options.group?.join(blob);
     return blob;
   }
 
@@ -81,29 +416,84 @@ export class LazyBlob {
     return this.complete ? this.size : this.present.total;
   }
 
+  /** Bytes this blob holds in its partial file (0 once complete): what the group's bound counts. */
+  get partialBytes(): number {
+    return this.complete ? 0 : this.kept;
+  }
+
   get isComplete(): boolean {
     return this.complete;
+  }
+
+  /** 'streamed' when the blob was downloaded whole because its source ignores Range. */
+  get completedBy(): 'ranges' | 'streamed' | undefined {
+    return this.wholeBy;
   }
 
   async read(start: number, end: number): Promise<Buffer> {
     if (start < 0 || end > this.size || end < start) {
       throw new LazyrootError('INVALID_ARGUMENT', `${this.options.what}: range ${start}-${end} outside the blob's ${this.size} bytes`);
     }
-    if (this.complete || this.present.covers(start, end)) {
-      this.stats.hits++;
-      const out = Buffer.allocUnsafe(end - start);
-      const { bytesRead } = await this.file!.read(out, 0, out.length, start);
-      return bytesRead === out.length ? out : out.subarray(0, bytesRead);
-    }
+    if (this.complete || this.present.covers(start, end)) return this.readLocal(start, end);
     this.stats.misses++;
-    const key = `${start}-${end}`;
-    let fetch = this.inFlight.get(key);
-    if (!fetch) {
-      fetch = this.fetch(start, end).finally(() => this.inFlight.delete(key));
-      this.inFlight.set(key, fetch);
+    if (this.streamsWhole()) {
+      this.group?.readStarted();
+      try {
+        await this.withDeadline(this.streamWhole(), start, end);
+      } finally {
+        this.group?.readEnded();
+      }
+      return this.readLocal(start, end, false);
     }
-    const bytes = await fetch;
+    this.group?.readStarted();
+    let bytes: Buffer;
+    try {
+      // A prefetch request already bringing these bytes: wait for it rather than ask twice.
+      const prefetch = this.prefetching;
+      if (prefetch && prefetch.start <= start && end <= prefetch.end) {
+        // Within the read's deadline; a prefetch that fails (it is retried later) leaves the read to fetch.
+        await this.withDeadline(prefetch.kept.catch(() => undefined), start, end, 'the prefetch request bringing them');
+        if (this.complete || this.present.covers(start, end)) return await this.readLocal(start, end, false);
+      }
+      const key = `${start}-${end}`;
+      let fetch = this.inFlight.get(key);
+      if (!fetch) {
+        const claim = { start, end, until: Date.now() + this.deadlineMs + claimGraceMs };
+        this.claims.set(key, claim);
+        const bytes = this.fetch(start, end).finally(() => this.inFlight.delete(key));
+        bytes.then(
+          () => (claim.until = Date.now() + claimGraceMs), // time enough to verify and confirm
+          () => this.claims.delete(key),
+        );
+        fetch = { start, end, bytes };
+        this.inFlight.set(key, fetch);
+      }
+      bytes = await fetch.bytes;
+    } finally {
+      this.group?.readEnded();
+    }
+    if (this.pending.size >= maxPending) this.pending.delete(this.pending.keys().next().value!);
     this.pending.set(start, bytes);
+    // That answer may have been the one that showed the source ignores Range: get the whole blob once, now.
+    if (this.streamsWhole()) void this.streamWhole().catch(() => undefined);
+    return bytes;
+  }
+
+  private async readLocal(start: number, end: number, hit = true): Promise<Buffer> {
+    if (hit) this.stats.hits++;
+    if (this.tracksUse && !this.complete) this.touch(start, end);
+    const out = Buffer.allocUnsafe(end - start);
+    const { bytesRead } = await this.file!.read(out, 0, out.length, start);
+    return bytesRead === out.length ? out : out.subarray(0, bytesRead);
+  }
+
+  /** Reads bytes the caller cannot verify piecewise (an eStargz footer and TOC) and keeps them provisionally. */
+  async readUnverified(start: number, end: number): Promise<Buffer> {
+    const bytes = await this.read(start, end);
+    if (this.pending.get(start) === bytes) {
+      this.pending.delete(start);
+      await this.keep(start, end, bytes, false);
+    } else this.claims.delete(`${start}-${end}`);
     return bytes;
   }
 
@@ -112,40 +502,161 @@ export class LazyBlob {
     const bytes = this.pending.get(start);
     if (!bytes || this.complete) return;
     this.pending.delete(start);
-    void this.file!.write(bytes, 0, Math.min(bytes.length, end - start), start).then(() => {
-      this.present.add(start, end);
-      this.schedulePersist();
-      if (this.present.covers(0, this.size)) void this.promote().catch(() => undefined);
+    void this.keep(start, end, bytes.subarray(0, Math.min(bytes.length, end - start)), true).catch(() => undefined);
+  }
+
+  /**
+   * Writes bytes of [start, end) into the partial file and records them:
+   * verified → present (served, persisted); unverified → provisional (only
+   * counted towards completion). Promotes the blob once everything is kept.
+   */
+  private async keep(start: number, end: number, bytes: Buffer, verified: boolean): Promise<void> {
+    this.claims.delete(`${start}-${end}`);
+    if (this.complete || !this.file) return;
+    if (!verified) {
+      // Never let unverified bytes overwrite anything kept, nor race a promotion of this inode.
+      if (this.completion || this.keptCovers(start, end)) return;
+    }
+    await this.file.write(bytes, 0, bytes.length, start);
+    if (this.complete) return;
+    if (verified) this.present.add(start, end);
+    else this.provisional.add(start, end);
+    this.kept = this.present.total + this.provisional.total;
+    if (this.tracksUse) this.touch(start, end);
+    this.schedulePersist();
+    this.group?.enforceBound();
+    if (this.keptCovers(0, this.size)) void this.promote().catch(() => undefined);
+  }
+
+  /** [start, end) is in present ∪ provisional. */
+  private keptCovers(start: number, end: number): boolean {
+    if (this.present.covers(start, end)) return true;
+    return this.present.missing(start, end).every(([s, e]) => this.provisional.covers(s, e));
+  }
+
+  private touch(start: number, end: number): void {
+    const tick = this.group!.nextTick();
+    const last = Math.floor((Math.max(end, start + 1) - 1) / blockBytes);
+    for (let b = Math.floor(start / blockBytes); b <= last; b++) this.lastUse.set(b, tick);
+  }
+
+  /** @internal The least recently used block holding kept bytes, for the group's eviction. */
+  leastRecentBlock(): { block: number; tick: number } | undefined {
+    if (this.complete || this.completion) return undefined; // never evict under a promotion's feet
+    let found: { block: number; tick: number } | undefined;
+    for (const [block, tick] of this.lastUse) if (!found || tick < found.tick) found = { block, tick };
+    return found;
+  }
+
+  /**
+   * @internal Drops block `block` from the kept ranges. There is no hole
+   * punching from Node (`fallocate(FALLOC_FL_PUNCH_HOLE)` needs native code):
+   * the sparse file keeps those bytes, but they are no longer marked present
+   * so they are never served again — a later read of them fetches and
+   * verifies anew, which overwrites them. So cacheMaxBytes bounds the bytes
+   * kept *as present*; the partial file's disk blocks stay allocated (at most
+   * the blob's size) until the blob is promoted or removed. An N-API
+   * punch-hole could release them later.
+   */
+  evictBlock(block: number): void {
+    this.lastUse.delete(block);
+    const from = block * blockBytes;
+    const to = Math.min(this.size, from + blockBytes);
+    const before = this.present.total;
+    this.present = without(this.present, from, to);
+    this.provisional = without(this.provisional, from, to);
+    this.stats.evictedBytes += before - this.present.total;
+    this.kept = this.present.total + this.provisional.total;
+    this.schedulePersist();
+  }
+
+  private streamsWhole(): boolean {
+    return !this.complete && this.options.openStream !== undefined && this.options.rangeIgnored?.() === true;
+  }
+
+  /**
+   * The source ignores Range: download the whole blob into blobs/ once
+   * (`BlobStore.ingest`: verified against the digest, resumed if cut), then
+   * serve every read from it. Concurrent callers share the download.
+   */
+  streamWhole(): Promise<void> {
+    if (this.complete) return Promise.resolve();
+    const openStream = this.options.openStream;
+    if (!openStream) return Promise.reject(new LazyrootError('UNSUPPORTED', `${this.options.what}: the source cannot stream the blob`));
+    this.completion ??= (async () => {
+      const result = await this.store.blobs.ingest(this.digest, this.size, (offset) => openStream(offset, this.closing.signal), {
+        what: `${this.options.what}: streaming the whole blob (the registry ignores Range)`,
+      });
+      this.stats.bytesStreamed += result.transferred;
+      await this.becomeWhole('streamed');
+    })().finally(() => {
+      this.completion = undefined;
     });
+    return this.completion;
+  }
+
+  /** Races `work` against the read deadline; `work` goes on after a timeout. */
+  private async withDeadline(work: Promise<void>, start: number, end: number, waitingFor = 'the whole blob (streamed: the registry ignores Range)'): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
+    try {
+      await Promise.race([
+        work,
+        new Promise<never>((_, reject) => {
+          timer = setTimeout(
+            () => reject(new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: ${waitingFor} did not arrive within ${this.deadlineMs} ms`)),
+            this.deadlineMs,
+          );
+        }),
+      ]);
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private async fetch(start: number, end: number): Promise<Buffer> {
     await this.slot();
     const began = Date.now();
     this.stats.requests++;
-    const controller = new AbortController();
-    const timer = setTimeout(() => controller.abort(), this.deadlineMs);
     try {
-      const bytes = await Promise.race([
-        this.fetcher(start, end, controller.signal),
-        new Promise<never>((_, reject) =>
-          controller.signal.addEventListener('abort', () =>
-            reject(new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: no answer within ${this.deadlineMs} ms`)),
-          ),
-        ),
-      ]);
-      if (bytes.length !== end - start) {
-        throw new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: source sent ${bytes.length} bytes`);
-      }
+      const bytes = await this.request(start, end, undefined);
       this.stats.bytesFetched += bytes.length;
       return bytes;
     } catch (err) {
       this.stats.failures++;
       throw err;
     } finally {
-      clearTimeout(timer);
       this.stats.fetchMillis += Date.now() - began;
       this.release();
+    }
+  }
+
+  /** One request for [start, end) with the deadline; `outer` aborts it too. */
+  private async request(start: number, end: number, outer: AbortSignal | undefined): Promise<Buffer> {
+    outer?.throwIfAborted();
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), this.deadlineMs);
+    const onOuter = () => controller.abort();
+    outer?.addEventListener('abort', onOuter, { once: true });
+    try {
+      const bytes = await Promise.race([
+        this.fetcher(start, end, controller.signal),
+        new Promise<never>((_, reject) =>
+          controller.signal.addEventListener('abort', () =>
+            reject(
+              outer?.aborted
+                ? (outer.reason as Error)
+                : new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: no answer within ${this.deadlineMs} ms`),
+            ),
+          ),
+        ),
+      ]);
+      if (bytes.length !== end - start) {
+        throw new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: source sent ${bytes.length} bytes`);
+      }
+      return bytes;
+    } finally {
+      clearTimeout(timer);
+      outer?.removeEventListener('abort', onOuter);
     }
   }
 
@@ -161,6 +672,142 @@ export class LazyBlob {
     const next = this.queue.shift();
     if (next) next();
     else this.running--;
+  }
+
+  /**
+   * Downloads the rest of the blob in the background, politely: `units` in
+   * the order given (put a prioritized region first), adjacent missing ones
+   * fetched together up to `windowBytes`, one request at a time, each only
+   * when the group lets it (no demand read waiting, room under the bound).
+   * Each unit is verified before it is kept. Resolves when the blob is whole
+   * and promoted to blobs/; rejects when aborted or after repeated failures.
+   * `units` must cover the blob.
+   */
+  async prefetch(units: readonly PrefetchUnit[], options: PrefetchOptions): Promise<void> {
+    const { signal } = options;
+    const windowBytes = options.windowBytes ?? 2 << 20;
+    const maxFailures = options.maxFailures ?? 8;
+    const retryDelayMs = options.retryDelayMs ?? 500;
+    let failures = 0;
+    let cursor = 0;
+    const fail = async (err: unknown): Promise<void> => {
+      if (signal.aborted) throw signal.reason as Error;
+      failures++;
+      this.stats.prefetchFailures++;
+      this.prefetchError = (err as Error).message;
+      if (failures >= maxFailures || (err as LazyrootError).code === 'FAILED_PRECONDITION') throw err;
+      await sleep(Math.min(30_000, retryDelayMs * 2 ** (failures - 1)), signal);
+    };
+    this.prefetchState = 'waiting';
+    try {
+      while (!this.complete) {
+        signal.throwIfAborted();
+        if (this.completion) {
+          await untilAborted(this.completion, signal).catch(fail);
+          continue;
+        }
+        if (this.streamsWhole()) {
+          const release = await this.group?.prefetchTurn(0, signal);
+          this.prefetchState = 'running';
+          try {
+            // The stream itself goes on after an abort; close() stops it.
+            await untilAborted(this.streamWhole(), signal);
+          } catch (err) {
+            await fail(err);
+          } finally {
+            release?.();
+          }
+          continue;
+        }
+        let window = this.nextWindow(units, windowBytes, cursor);
+        if (!window && cursor > 0) {
+          // Something before the cursor may have been evicted since: look from the start once more.
+          cursor = 0;
+          continue;
+        }
+        if (!window && this.claimed()) {
+          // What is left is being fetched by demand reads: see whether they keep it.
+          await sleep(50, signal);
+          continue;
+        }
+        if (!window) {
+          if (this.keptCovers(0, this.size)) {
+            await untilAborted(this.promote(), signal).catch(fail);
+            continue;
+          }
+          throw new LazyrootError('INVALID_ARGUMENT', `${this.options.what}: prefetch units do not cover the blob (missing ${JSON.stringify(this.present.missing(0, this.size).slice(0, 3))}…)`);
+        }
+        const reservedBytes = window.end - window.start;
+        const release = await this.group?.prefetchTurn(reservedBytes, signal, () => (this.prefetchState = 'waiting'));
+        // Demand reads may have kept some of it while this waited for its turn: look again.
+        const now = this.nextWindow(units, windowBytes, window.index);
+        if (this.complete || !now || now.end - now.start > reservedBytes) {
+          release?.();
+          continue;
+        }
+        window = now;
+        cursor = window.index;
+        this.prefetchState = 'running';
+        const work = (async () => {
+          this.stats.prefetchRequests++;
+          const bytes = await this.request(window.start, window.end, signal);
+          this.stats.bytesPrefetched += bytes.length;
+          for (const unit of window.units) {
+            const part = bytes.subarray(unit.start - window.start, unit.end - window.start);
+            if (unit.verify) await unit.verify(part);
+            await this.keep(unit.start, unit.end, part, unit.verify !== undefined);
+          }
+        })();
+        this.prefetching = { start: window.start, end: window.end, kept: work };
+        try {
+          await work;
+          failures = 0;
+        } catch (err) {
+          release?.();
+          await fail(err);
+        } finally {
+          this.prefetching = undefined;
+          release?.();
+        }
+      }
+      this.prefetchState = 'done';
+      this.prefetchError = undefined;
+    } catch (err) {
+      this.prefetchState = signal.aborted ? 'stopped' : (err as LazyrootError).code === 'FAILED_PRECONDITION' ? 'stopped' : 'failed';
+      throw err;
+    }
+  }
+
+  /**
+   * The first unit not kept at or after `from` (units before it were kept
+   * when last looked at), with the missing units right after it, up to
+   * windowBytes. Units a demand read is fetching now are left to it.
+   */
+  private nextWindow(units: readonly PrefetchUnit[], windowBytes: number, from: number): Window | undefined {
+    if (this.complete) return undefined;
+    const isKept = (u: PrefetchUnit) => (u.verify ? this.present.covers(u.start, u.end) : this.keptCovers(u.start, u.end)) || this.claimed(u.start, u.end);
+    let i = from;
+    while (i < units.length && isKept(units[i]!)) i++;
+    const first = units[i];
+    if (!first) return undefined;
+    const window: Window = { start: first.start, end: first.end, units: [first], index: i };
+    for (let j = i + 1; j < units.length; j++) {
+      const u = units[j]!;
+      if (u.start > window.end || u.start < window.start || u.end - window.start > windowBytes || isKept(u)) break;
+      window.units.push(u);
+      window.end = Math.max(window.end, u.end);
+    }
+    return window;
+  }
+
+  /** Whether a demand read holds a (live) claim overlapping [start, end). */
+  private claimed(start = 0, end = this.size): boolean {
+    const now = Date.now();
+    for (const [key, c] of this.claims) {
+      if (c.until < now) this.claims.delete(key);
+      else if (c.start < end && start < c.end) return true;
+    }
+    return false;
   }
 
   private schedulePersist(): void {
@@ -182,28 +829,87 @@ export class LazyBlob {
   }
 
   /** Every byte is here: hash the whole blob, and on a match move it into blobs/. */
-  private async promote(): Promise<void> {
-    if (this.complete) return;
+  private promote(): Promise<void> {
+    if (this.complete) return Promise.resolve();
+    this.completion ??= this.promoteNow().finally(() => {
+      this.completion = undefined;
+    });
+    return this.completion;
+  }
+
+  private async promoteNow(): Promise<void> {
+    if (await this.store.blobs.has(this.digest, this.size)) {
+      // Another process (or a pull) got there first: use its copy.
+      await this.becomeWhole('ranges', true);
+      return;
+    }
     const path = this.store.paths.partialBlob(this.digest);
     const hash = hasherFor(this.digest);
     for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
     const got = `${this.digest.slice(0, this.digest.indexOf(':'))}:${hash.digest('hex')}`;
     if (got !== this.digest) {
-      // Cannot happen when every range was verified; start over rather than trust it.
-      this.store.db.setBlobRanges(this.digest, []);
+      // Verified ranges cannot be wrong, so the unverified ones were: drop those and fetch them again.
+      // With none, start over rather than trust anything.
+      if (this.provisional.total === 0) this.present = new IntervalSet();
+      this.provisional = new IntervalSet();
+      this.kept = this.present.total;
+      this.persist();
       throw new LazyrootError('DIGEST_MISMATCH', `${this.options.what}: assembled blob ${shortDigest(this.digest)} does not match its digest (got ${got})`);
     }
     await mkdir(dirname(this.store.blobs.path(this.digest)), { recursive: true });
     await commitFile(path, this.store.blobs.path(this.digest));
+    // The open handle is the same inode, now in blobs/: keep reading through it.
     this.complete = true;
+    this.wholeBy = 'ranges';
+    this.settleWhole();
+  }
+
+  /** The blob is in blobs/ (streamed, or put there by someone else): read from there from now on. */
+  private async becomeWhole(how: 'ranges' | 'streamed', removePartial = true): Promise<void> {
+    const handle = await open(this.store.blobs.path(this.digest), 'r');
+    if (this.file) this.retired.push(this.file);
+    this.file = handle;
+    this.complete = true;
+    this.wholeBy = how;
+    if (removePartial) await rm(this.store.paths.partialBlob(this.digest), { force: true });
+    this.settleWhole();
+  }
+
+  private settleWhole(): void {
+    this.present = new IntervalSet();
+    this.provisional = new IntervalSet();
+    this.kept = 0;
+    this.lastUse.clear();
+    this.pending.clear();
+    if (this.persistTimer) clearTimeout(this.persistTimer);
+    this.persistTimer = undefined;
     this.store.db.setBlobRanges(this.digest, []);
+    if (this.options.mediaType) this.store.db.recordBlob(this.digest, this.size, this.options.mediaType);
+    this.group?.leave(this);
   }
 
   async close(): Promise<void> {
+    this.closing.abort(new LazyrootError('UNAVAILABLE', `${this.options.what}: closed`));
+    await this.completion?.catch(() => undefined);
     this.persist();
+    this.group?.leave(this);
     await this.file?.close();
     this.file = undefined;
+    for (const h of this.retired.splice(0)) await h.close().catch(() => undefined);
   }
+}
+
+/** `set` without [from, to). */
+function without(set: IntervalSet, from: number, to: number): IntervalSet {
+  const out = new IntervalSet();
+  for (const [s, e] of set.ranges()) {
+    if (e <= from || s >= to) out.add(s, e);
+    else {
+      if (s < from) out.add(s, from);
+      if (e > to) out.add(to, e);
+    }
+  }
+  return out;
 }
 
 /** Removes a partial blob and its range map (GC, or a blob found corrupt). */

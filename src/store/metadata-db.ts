@@ -329,6 +329,11 @@ export class MetadataDb {
     return this.stmt.allBlobs.all() as Array<{ digest: Digest; size: number }>;
   }
 
+  /** A blob now whole in blobs/ (a lazy mount's prefetch promoted it): GC and `images` see it. */
+  recordBlob(digest: Digest, size: number, mediaType: string): void {
+    this.stmt.insertBlob.run(digest, size, mediaType, Date.now());
+  }
+
   forgetBlob(digest: Digest): void {
     this.stmt.deleteBlob.run(digest);
   }

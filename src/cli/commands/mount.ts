@@ -8,8 +8,27 @@ import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags 
 import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
 
-type MountFlags = RegistryFlags & { foreground?: boolean; stats?: boolean; deadlineMs?: number; cacheBytes?: number; readyFd?: number; platform?: string };
+type MountFlags = RegistryFlags & {
+  foreground?: boolean;
+  stats?: boolean;
+  deadlineMs?: number;
+  cacheBytes?: number;
+  readyFd?: number;
+  platform?: string;
+  prefetch?: boolean;
+  prefetchDelayMs?: number;
+  cacheMaxBytes?: number;
+};
 const int = (v: string) => Number.parseInt(v, 10);
+
+/** A whole number of bytes, or INVALID_ARGUMENT naming the flag. */
+function bytesFlag(flag: string): (v: string) => number {
+  return (v: string) => {
+    const n = Number(v);
+    if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n)) throw Object.assign(new Error(`${flag} ${JSON.stringify(v)}: expected a whole number of bytes`), { code: 'INVALID_ARGUMENT' });
+    return n;
+  };
+}
 
 export function registerMount(program: Command, out: Output): void {
   const mount = program
@@ -21,6 +40,9 @@ export function registerMount(program: Command, out: Output): void {
     .option('--stats', 'print the statistics of the mount at <ref> (a directory)')
     .option('--deadline-ms <ms>', 'a read whose bytes have not arrived after this long fails with EIO', int, 30_000)
     .option('--cache-bytes <n>', 'decoded spans kept in memory', int, 64 << 20)
+    .option('--no-prefetch', 'do not download the rest of the layers in the background (by default they are, verified, and then kept in the store)')
+    .option('--prefetch-delay-ms <ms>', 'start the background download this long after the mount is ready', int, 1000)
+    .option('--cache-max-bytes <n>', 'bound on bytes kept for partly fetched layers; least recently used ranges are dropped past it', bytesFlag('--cache-max-bytes'))
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image')
     .addOption(new Option('--ready-fd <fd>', 'internal: the daemon reports readiness on this fd').hideHelp().argParser(int));
   addRegistryFlags(mount);
@@ -31,15 +53,26 @@ export function registerMount(program: Command, out: Output): void {
       if (opts.stats) {
         const stats = await mountStats(store, ref);
         if (global.json) return out.json(stats);
+        const layerState = (l: (typeof stats.layers)[number]): string => {
+          if (l.source === 'streamed') return 'streamed whole (registry ignores Range)';
+          if (l.complete) return 'complete';
+          return `prefetch ${l.prefetch}${l.prefetchError ? ` (${l.prefetchError})` : ''}`;
+        };
         out.text(
           [
             `mount ${stats.mountpoint} (pid ${stats.pid})`,
-            `fetched ${formatBytes(stats.bytesFetched)} of ${formatBytes(stats.imageBytes)} (${stats.layers.reduce((n, l) => n + l.requests, 0)} requests; registry Range support: ${stats.rangeSupport})`,
+            `fetched ${formatBytes(stats.bytesFetched)} on demand (${stats.layers.reduce((n, l) => n + l.requests, 0)} requests), ` +
+              `${formatBytes(stats.bytesPrefetched)} by prefetch (${stats.layers.reduce((n, l) => n + l.prefetchRequests, 0)} requests)` +
+              `${stats.bytesStreamed ? `, ${formatBytes(stats.bytesStreamed)} streamed whole` : ''}; image ${formatBytes(stats.imageBytes)}; registry Range support: ${stats.rangeSupport}`,
+            `${stats.complete ? 'every layer is in the store' : `prefetch ${stats.prefetch ? 'on' : 'off'}`}` +
+              `${stats.prefetchMillis !== undefined ? ` (completed ${(stats.prefetchMillis / 1000).toFixed(1)} s after mounting)` : ''}; ` +
+              `partial bytes kept ${formatBytes(stats.partialBytes)}${stats.cacheMaxBytes !== undefined ? ` (bound ${formatBytes(stats.cacheMaxBytes)})` : ''}`,
             `served ${formatBytes(stats.fs.bytesServed)} in ${stats.fs.reads} reads; ${stats.fs.errors} errors`,
             ...stats.layers.map(
               (l) =>
                 `  ${l.digest.slice(0, 19)} ${l.format.padEnd(7)} present ${formatBytes(l.present)}/${formatBytes(l.size)}  hits ${l.hits}  misses ${l.misses}  ` +
-                `avg fetch ${l.requests ? (l.fetchMillis / l.requests).toFixed(1) : '0'} ms`,
+                `avg fetch ${l.requests ? (l.fetchMillis / l.requests).toFixed(1) : '0'} ms` +
+                `${l.evictedBytes ? `  evicted ${formatBytes(l.evictedBytes)}` : ''}  ${layerState(l)}`,
             ),
           ].join('\n'),
         );
@@ -51,13 +84,21 @@ export function registerMount(program: Command, out: Output): void {
         ...(opts.platform ? { platform: opts.platform } : {}),
         deadlineMs: opts.deadlineMs ?? 30_000,
         cacheBytes: opts.cacheBytes ?? 64 << 20,
+        prefetch: opts.prefetch !== false,
+        prefetchDelayMs: opts.prefetchDelayMs ?? 1000,
+        ...(opts.cacheMaxBytes !== undefined ? { cacheMaxBytes: opts.cacheMaxBytes } : {}),
       };
       if (opts.foreground) {
-        await serveMount(store, ref, dir, { ...options, ...(opts.readyFd !== undefined ? { readyFd: opts.readyFd } : {}) });
+        // The daemon's stderr is its log file (mount-daemon.log).
+        const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
+        await serveMount(store, ref, dir, { ...options, logger, ...(opts.readyFd !== undefined ? { readyFd: opts.readyFd } : {}) });
         return;
       }
       const argv = [process.execPath, process.argv[1]!, '--store', store.paths.root, 'mount', '--foreground', '--ready-fd', '3'];
       argv.push('--deadline-ms', String(options.deadlineMs), '--cache-bytes', String(options.cacheBytes));
+      if (!options.prefetch) argv.push('--no-prefetch');
+      argv.push('--prefetch-delay-ms', String(options.prefetchDelayMs));
+      if (options.cacheMaxBytes !== undefined) argv.push('--cache-max-bytes', String(options.cacheMaxBytes));
       if (opts.platform) argv.push('--platform', opts.platform);
       if (opts.insecure) argv.push('--insecure');
       if (opts.creds) argv.push('--creds', opts.creds);

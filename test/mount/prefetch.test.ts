@@ -1,0 +1,381 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { gunzipSync } from 'node:zlib';
+import { startRegistry, type PushableImage, type TestRegistry } from '../helpers/registry.js';
+import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
+import { buildImage, type ImageSpec } from '../helpers/image-builder.js';
+import { buildTar, dir, file, symlink, type TarEntry } from '../helpers/tar-builder.js';
+import { buildEstargz, incompressible } from '../helpers/estargz.js';
+import { missingRequirements } from '../helpers/requirements.js';
+import { Store } from '../../src/store/store.js';
+
+const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot.js');
+const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry', 'runc'] });
+if (missing.length && process.env.CI) throw new Error(`CI: prefetch tests need ${missing.join(', ')}`);
+
+const MiB = 1 << 20;
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function lazyroot(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((r) => child.on('close', (code) => r({ code, stdout, stderr })));
+}
+
+/** Reads a file of the mount from another process (this one runs the proxy: no spawnSync). */
+function readInChild(path: string): Promise<string> {
+  const child = spawn('sha256sum', [path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolvePromise, reject) =>
+    child.on('close', (code) => (code === 0 ? resolvePromise(stdout.split(' ')[0]!) : reject(new Error(`sha256sum ${path}: ${stderr}`)))),
+  );
+}
+
+function shInChild(command: string): Promise<string> {
+  const child = spawn('sh', ['-c', command], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolvePromise, reject) => child.on('close', (code) => (code === 0 ? resolvePromise(stdout) : reject(new Error(`${command}: ${stderr}`)))));
+}
+
+interface LayerStats {
+  digest: string;
+  size: number;
+  present: number;
+  complete: boolean;
+  source: string;
+  prefetch: string;
+  bytesFetched: number;
+  bytesPrefetched: number;
+  evictedBytes: number;
+  hits: number;
+}
+interface Stats {
+  layers: LayerStats[];
+  complete: boolean;
+  bytesFetched: number;
+  bytesPrefetched: number;
+  bytesStreamed: number;
+  imageBytes: number;
+  partialBytes: number;
+  rangeSupport: string;
+  prefetch: boolean;
+  prefetchMillis?: number;
+}
+
+const busybox = readFileSync('/bin/busybox');
+const baseEntries: TarEntry[] = [
+  dir('bin'),
+  file('bin/busybox', busybox, { mode: 0o755 }),
+  ...['sh', 'cat', 'ls'].map((a) => symlink(`bin/${a}`, 'busybox')),
+  dir('etc'),
+  dir('tmp', { mode: 0o1777 }),
+];
+const hot = incompressible(3 * MiB, 'hot');
+const big = incompressible(24 * MiB, 'big');
+const dataEntries: TarEntry[] = [
+  dir('data'),
+  // Prioritized: before the landmark, at the start of the eStargz blob.
+  file('data/hot.bin', hot),
+  file('.prefetch.landmark', Buffer.from([0xf])),
+  file('data/big.bin', big),
+  file('data/small.txt', 'small file\n'),
+];
+const topEntries: TarEntry[] = [dir('etc'), file('etc/motd', 'prefetched\n')];
+
+/** An eStargz image (in-process writer) the way ctr-remote lays it out: TOC digest annotation, diff IDs of the whole stream. */
+async function estargzImage(layers: TarEntry[][]): Promise<PushableImage & { layerDigests: string[]; prioritizedEnd: number[] }> {
+  const built = await Promise.all(layers.map((entries) => buildEstargz(entries, { chunkSize: 512 * 1024 })));
+  const config = {
+    architecture: 'amd64',
+    os: 'linux',
+    config: { Cmd: ['/bin/cat', '/etc/motd'], Env: ['PATH=/bin'] },
+    rootfs: { type: 'layers', diff_ids: built.map((b) => `sha256:${sha(gunzipSync(b.blob))}`) },
+  };
+  const configBytes = Buffer.from(JSON.stringify(config));
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${sha(configBytes)}`, size: configBytes.length },
+    layers: built.map((b) => ({
+      mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+      digest: `sha256:${sha(b.blob)}`,
+      size: b.blob.length,
+      annotations: { 'containerd.io/snapshot/stargz/toc.digest': b.tocDigest },
+    })),
+  };
+  return {
+    manifestBytes: Buffer.from(JSON.stringify(manifest)),
+    manifest,
+    configBytes,
+    layers: built.map((b) => ({ blob: b.blob })),
+    layerDigests: manifest.layers.map((l) => l.digest),
+    // Where the landmark's member starts: bytes before it hold the prioritized entries.
+    prioritizedEnd: built.map((b) => (b.toc.entries.find((e) => e.name === '.prefetch.landmark')?.offset as number | undefined) ?? 0),
+  };
+}
+
+describe('background prefetch, Range-ignoring registries and the bounded cache', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
+  let work: string;
+  let registry: TestRegistry;
+  let proxy: FaultProxy;
+  let stargz: Awaited<ReturnType<typeof estargzImage>>;
+  let gzipDigests: string[];
+  const mounted: Array<{ target: string; store: string }> = [];
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'lazyroot-prefetch-'));
+    registry = await startRegistry();
+    proxy = await startFaultProxy(registry.host);
+    stargz = await estargzImage([baseEntries, dataEntries, topEntries]);
+    await registry.pushImage('prefetch/app', 'estargz', stargz);
+    const spec: ImageSpec = {
+      layers: [
+        { tar: await buildTar(baseEntries), compression: 'gzip' },
+        { tar: await buildTar(dataEntries), compression: 'gzip' },
+        { tar: await buildTar(topEntries), compression: 'gzip' },
+      ],
+      config: { config: { Cmd: ['/bin/cat', '/etc/motd'], Env: ['PATH=/bin'] } },
+    };
+    const gz = buildImage(spec);
+    gzipDigests = gz.layers.map((l) => l.descriptor.digest);
+    await registry.pushImage('prefetch/app', 'gzip', gz);
+  });
+
+  after(async () => {
+    for (const m of mounted) await lazyroot(['--store', m.store, 'umount', m.target]);
+    await proxy?.close();
+    await registry?.stop();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  const ref = (tag: string) => `docker://${proxy.host}/prefetch/app:${tag}`;
+
+  async function mount(tag: string, store: string, extra: string[] = []): Promise<string> {
+    const target = join(work, `mnt-${tag}-${mounted.length}`);
+    await mkdir(target, { recursive: true });
+    const r = await lazyroot(['--store', store, 'mount', ...extra, ref(tag), target]);
+    assert.equal(r.code, 0, r.stderr);
+    mounted.push({ target, store });
+    return target;
+  }
+
+  async function umount(store: string, target: string): Promise<void> {
+    assert.equal((await lazyroot(['--store', store, 'umount', target])).code, 0);
+    mounted.splice(mounted.findIndex((m) => m.target === target), 1);
+  }
+
+  async function stats(store: string, target: string): Promise<Stats> {
+    const r = await lazyroot(['--store', store, 'mount', '--stats', '--json', target]);
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as Stats;
+  }
+
+  async function untilComplete(store: string, target: string, timeoutMs = 30_000): Promise<{ stats: Stats; ms: number }> {
+    const began = Date.now();
+    for (;;) {
+      const s = await stats(store, target);
+      if (s.complete) return { stats: s, ms: Date.now() - began };
+      if (Date.now() - began > timeoutMs) assert.fail(`prefetch did not complete in ${timeoutMs} ms: ${JSON.stringify(s.layers)}`);
+      await sleep(100);
+    }
+  }
+
+  /** Every layer blob is in blobs/, hashes to its digest, and has its row in meta.db. */
+  async function assertLayersStored(storeDir: string, digests: string[]): Promise<void> {
+    const store = await Store.open(storeDir);
+    try {
+      const rows = new Set(store.db.knownBlobs().map((b) => b.digest));
+      for (const d of digests) {
+        assert.equal(`sha256:${sha(await readFile(store.blobs.path(d)))}`, d, `${d} in blobs/ and verified`);
+        assert.ok(rows.has(d), `${d} has its blobs row`);
+      }
+    } finally {
+      store.close();
+    }
+  }
+
+  /** Blob requests the proxy saw from `from` on: [digest, range start | undefined]. */
+  function blobRequests(from: number): Array<{ digest: string; start: number | undefined }> {
+    return proxy.log.slice(from).flatMap((line) => {
+      const m = /^GET \/v2\/prefetch\/app\/blobs\/(sha256:[a-f0-9]{64})(?: range=bytes=(\d+)-)?/.exec(line);
+      return m ? [{ digest: m[1]!, start: m[2] === undefined ? undefined : Number(m[2]) }] : [];
+    });
+  }
+
+  test('eStargz: prefetch fetches the prioritized region first, completes every layer, and `run` afterwards downloads no layer', async () => {
+    const store = join(work, 'store-estargz');
+    const mark = proxy.log.length;
+    const target = await mount('estargz', store, ['--prefetch-delay-ms', '200']);
+    const mountedAt = proxy.log.length;
+    const { stats: done, ms } = await untilComplete(store, target);
+    console.log(`# eStargz: prefetch completed ${(done.imageBytes / MiB).toFixed(1)} MiB ${ms} ms after mount (daemon: ${done.prefetchMillis} ms)`);
+    assert.ok(done.layers.every((l) => l.complete && l.source === 'ranges' && l.present === l.size));
+    assert.ok(done.bytesFetched < 64 * 1024, `no file was read: only footers and TOCs were fetched on demand (${done.bytesFetched} bytes)`);
+    assert.ok(done.bytesPrefetched > 0 && done.bytesPrefetched <= done.imageBytes, `prefetched ${done.bytesPrefetched} of ${done.imageBytes}`);
+    await assertLayersStored(store, stargz.layerDigests);
+
+    // Prefetch of the data layer: in blob order, every request inside the prioritized region before any after it.
+    const data = stargz.layerDigests[1]!;
+    const landmark = stargz.prioritizedEnd[1]!;
+    assert.ok(landmark > 2 * MiB, 'the prioritized region spans several requests');
+    const starts = blobRequests(mountedAt)
+      .filter((r) => r.digest === data)
+      .map((r) => r.start!);
+    assert.equal(starts[0], 0, 'prefetch starts with the prioritized region');
+    const lastPrioritized = starts.reduce((last, s, i) => (s < landmark ? i : last), -1);
+    const firstOther = starts.findIndex((s) => s >= landmark);
+    assert.ok(lastPrioritized < firstOther, `prioritized first: ${starts.join(' ')}`);
+    assert.ok(
+      blobRequests(mark)
+        .filter((r) => stargz.layerDigests.includes(r.digest))
+        .every((r) => r.start !== undefined),
+      'only ranged requests for layers',
+    );
+
+    assert.equal(await readInChild(join(target, 'data/big.bin')), sha(big), 'reads are served from the promoted blobs');
+    await umount(store, target);
+
+    const before = proxy.log.length;
+    const run = await lazyroot(['--store', store, 'run', ref('estargz')]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout, 'prefetched\n');
+    assert.deepEqual(blobRequests(before), [], 'run (kernel overlayfs) downloaded no layer');
+  });
+
+  test('gzip: a layer streamed to build its index is kept; with a stored index the spans are prefetched; then `run` downloads no layer', async () => {
+    // No index yet: the mount streams each layer once to index it, and keeps it.
+    const kept = join(work, 'store-gzip-kept');
+    const t1 = await mount('gzip', kept);
+    const s1 = await stats(kept, t1);
+    assert.ok(s1.complete, 'every layer complete at once');
+    assert.equal(s1.bytesPrefetched, 0);
+    await assertLayersStored(kept, gzipDigests);
+    await umount(kept, t1);
+
+    // An index built beforehand (`lazyroot index`): nothing downloaded at mount, spans prefetched after.
+    const store = join(work, 'store-gzip');
+    assert.equal((await lazyroot(['--store', store, 'index', ref('gzip')])).code, 0);
+    const target = await mount('gzip', store, ['--prefetch-delay-ms', '200']);
+    const { stats: done, ms } = await untilComplete(store, target);
+    console.log(`# gzip: prefetch completed ${(done.imageBytes / MiB).toFixed(1)} MiB ${ms} ms after mount (daemon: ${done.prefetchMillis} ms)`);
+    assert.equal(done.bytesPrefetched, done.imageBytes, 'every span prefetched once');
+    await assertLayersStored(store, gzipDigests);
+    await umount(store, target);
+
+    const before = proxy.log.length;
+    const run = await lazyroot(['--store', store, 'run', ref('gzip')]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout, 'prefetched\n');
+    assert.deepEqual(blobRequests(before), [], 'run (kernel overlayfs) downloaded no layer');
+  });
+
+  test('--no-prefetch fetches nothing beyond what is read', async () => {
+    const store = join(work, 'store-noprefetch');
+    const mark = proxy.log.length;
+    const target = await mount('estargz', store, ['--no-prefetch', '--prefetch-delay-ms', '0']);
+    const atMount = blobRequests(mark).length; // footer and TOC of each layer
+    assert.equal(await readInChild(join(target, 'data/small.txt')), sha(Buffer.from('small file\n')));
+    const afterRead = blobRequests(mark).length;
+    assert.ok(afterRead - atMount <= 1, `one request for the small file (${afterRead - atMount})`);
+    await sleep(1500);
+    const s = await stats(store, target);
+    assert.equal(s.prefetch, false);
+    assert.equal(s.bytesPrefetched, 0);
+    assert.ok(s.layers.every((l) => l.prefetch === 'off' && !l.complete));
+    assert.equal(blobRequests(mark).length, afterRead, 'no request after the read');
+    assert.ok(s.bytesFetched < s.imageBytes / 20, `fetched ${s.bytesFetched} of ${s.imageBytes}`);
+    await umount(store, target);
+  });
+
+  test('a registry that ignores Range: each blob is streamed into the store once and every read is served from it', async () => {
+    const store = join(work, 'store-ignore-range');
+    proxy.setRules([{ method: 'GET', path: /\/blobs\//, fault: { kind: 'ignore-range' } }]);
+    try {
+      const mark = proxy.log.length;
+      const target = await mount('estargz', store, ['--no-prefetch']);
+      for (let i = 0; i < 3; i++) {
+        assert.equal(await readInChild(join(target, 'data/big.bin')), sha(big));
+        assert.equal(await readInChild(join(target, 'data/hot.bin')), sha(hot));
+        assert.equal(await readInChild(join(target, 'etc/motd')), sha(Buffer.from('prefetched\n')));
+        assert.equal(await readInChild(join(target, 'bin/busybox')), sha(busybox));
+      }
+      const requests = blobRequests(mark).filter((r) => stargz.layerDigests.includes(r.digest));
+      for (const [i, d] of stargz.layerDigests.entries()) {
+        const mine = requests.filter((r) => r.digest === d);
+        assert.equal(mine.filter((r) => r.start === undefined).length, 1, `layer ${i + 1}: streamed whole once`);
+        // Only the very first request of the mount learns that Range is ignored (its answer is the whole blob, sliced).
+        assert.equal(mine.filter((r) => r.start !== undefined).length, i === 0 ? 1 : 0, `layer ${i + 1}: ranged requests`);
+      }
+      const s = await stats(store, target);
+      assert.equal(s.rangeSupport, 'ignored');
+      assert.ok(s.layers.every((l) => l.complete && l.source === 'streamed'));
+      assert.equal(s.bytesStreamed, s.imageBytes);
+      const text = await lazyroot(['--store', store, 'mount', '--stats', target]);
+      assert.equal(text.stdout.match(/streamed whole \(registry ignores Range\)/g)?.length, 3, text.stdout);
+      await assertLayersStored(store, stargz.layerDigests);
+      await umount(store, target);
+    } finally {
+      proxy.setRules([]);
+    }
+  });
+
+  test('--cache-max-bytes: partial bytes stay under the bound, evicted ranges are fetched again, data stays right', async () => {
+    const bound = 4 * MiB;
+    const store = join(work, 'store-bounded');
+    const target = await mount('estargz', store, ['--no-prefetch', '--cache-max-bytes', String(bound)]);
+    assert.equal(await readInChild(join(target, 'data/big.bin')), sha(big));
+    const first = await stats(store, target);
+    assert.ok(first.partialBytes <= bound, `kept ${first.partialBytes} > ${bound}`);
+    const data = first.layers[1]!;
+    assert.ok(data.evictedBytes >= big.length - bound - MiB, `evicted ${data.evictedBytes}`);
+    await umount(store, target);
+    // Mounted again (no page cache): the most recently read part, kept under the bound, is served from disk…
+    const again = await mount('estargz', store, ['--no-prefetch', '--cache-max-bytes', String(bound)]);
+    const toc = (await stats(store, again)).layers[1]!.bytesFetched; // footer and TOC, read at mount
+    const tail = await shInChild(`dd if=${join(again, 'data/big.bin')} bs=512K skip=47 count=1 status=none | sha256sum`);
+    assert.equal(tail.split(' ')[0], sha(big.subarray(big.length - 512 * 1024)));
+    const kept = await stats(store, again);
+    assert.equal(kept.layers[1]!.bytesFetched, toc, 'the kept tail came from disk');
+    assert.ok(kept.layers[1]!.hits > 0);
+    // …and the evicted rest is fetched again, verified, right.
+    assert.equal(await readInChild(join(again, 'data/big.bin')), sha(big));
+    const second = await stats(store, again);
+    assert.ok(second.layers[1]!.bytesFetched >= big.length - bound - MiB, `fetched again ${second.layers[1]!.bytesFetched}`);
+    assert.ok(second.partialBytes <= bound);
+    await umount(store, again);
+
+    // With prefetch on, the bound holds too: small layers complete (and leave the bound), the big one waits.
+    const store2 = join(work, 'store-bounded-prefetch');
+    const t2 = await mount('estargz', store2, ['--cache-max-bytes', String(bound), '--prefetch-delay-ms', '0']);
+    let s: Stats;
+    const began = Date.now();
+    do {
+      await sleep(200);
+      s = await stats(store2, t2);
+    } while (!(s.layers[0]!.complete && s.layers[2]!.complete) && Date.now() - began < 10_000);
+    assert.ok(s.layers[0]!.complete && s.layers[2]!.complete, JSON.stringify(s.layers));
+    assert.equal(s.layers[1]!.complete, false);
+    assert.equal(s.layers[1]!.prefetch, 'waiting');
+    assert.ok(s.partialBytes <= bound, `kept ${s.partialBytes} > ${bound}`);
+    assert.equal(s.layers[1]!.evictedBytes, 0, 'prefetch never evicts');
+    assert.equal(await readInChild(join(t2, 'data/small.txt')), sha(Buffer.from('small file\n')));
+    await umount(store2, t2);
+  });
+});

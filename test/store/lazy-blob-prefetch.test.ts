@@ -1,0 +1,357 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Readable } from 'node:stream';
+import { Store } from '../../src/store/store.js';
+import { LazyBlob, LazyBlobGroup, type PrefetchUnit, type RangeFetcher } from '../../src/store/lazy-blob.js';
+import { sha256 } from '../../src/oci/digest.js';
+import { DigestMismatchError } from '../../src/errors.js';
+
+const MiB = 1 << 20;
+const mediaType = 'application/vnd.oci.image.layer.v1.tar+gzip';
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+async function openStore(t: { after: (fn: () => Promise<void>) => void }): Promise<Store> {
+  const root = await mkdtemp(join(tmpdir(), 'lazyroot-prefetch-'));
+  const store = await Store.open(root);
+  t.after(async () => {
+    store.close();
+    await rm(root, { recursive: true, force: true });
+  });
+  return store;
+}
+
+interface Call {
+  start: number;
+  end: number;
+  at: number;
+}
+
+/** A source over `data` that logs calls and how many are in flight at once. */
+function source(data: Buffer, options: { delayMs?: number; corrupt?: (start: number, end: number, call: number) => boolean } = {}) {
+  const calls: Call[] = [];
+  let inFlight = 0;
+  let maxInFlight = 0;
+  const fetcher: RangeFetcher = async (start, end) => {
+    calls.push({ start, end, at: Date.now() });
+    inFlight++;
+    maxInFlight = Math.max(maxInFlight, inFlight);
+    try {
+      if (options.delayMs) await sleep(options.delayMs);
+      const out = Buffer.from(data.subarray(start, end));
+      if (options.corrupt?.(start, end, calls.length)) out[0] = out[0]! ^ 0xff;
+      return out;
+    } finally {
+      inFlight--;
+    }
+  };
+  return { calls, fetcher, maxInFlight: () => maxInFlight };
+}
+
+/**
+ * Units like a gzip index's: spans of `span` bytes verified by sha256, with
+ * unverified gaps of `gap` bytes between them (like eStargz tar headers).
+ */
+function unitsOf(data: Buffer, span: number, gap = 0): PrefetchUnit[] {
+  const units: PrefetchUnit[] = [];
+  for (let at = 0; at < data.length; ) {
+    const end = Math.min(data.length, at + span);
+    const want = createHash('sha256').update(data.subarray(at, end)).digest('hex');
+    const where = at;
+    units.push({
+      start: at,
+      end,
+      verify: async (bytes) => {
+        const got = createHash('sha256').update(bytes).digest('hex');
+        if (got !== want) throw new DigestMismatchError(`span at ${where}`, want, got);
+      },
+    });
+    at = end;
+    if (gap && at < data.length) {
+      const gapEnd = Math.min(data.length, at + gap);
+      units.push({ start: at, end: gapEnd });
+      at = gapEnd;
+    }
+  }
+  return units;
+}
+
+test('prefetch completes a blob with one request at a time, verifies it whole, promotes it and records it in the store', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(3 * MiB + 123);
+  const digest = sha256(data);
+  const src = source(data, { delayMs: 2 });
+  const group = new LazyBlobGroup({ quietMs: 0 });
+  const blob = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer', mediaType, group });
+  const units = unitsOf(data, 256 * 1024, 100);
+  await blob.prefetch(units, { signal: new AbortController().signal, windowBytes: MiB });
+  assert.equal(blob.isComplete, true);
+  assert.equal(blob.prefetchState, 'done');
+  assert.equal(src.maxInFlight(), 1, 'never more than one prefetch request in flight');
+  assert.ok(src.calls.every((c) => c.end - c.start <= MiB), 'windows stay within windowBytes');
+  assert.equal(src.calls.reduce((n, c) => n + c.end - c.start, 0), data.length, 'each byte fetched once');
+  assert.equal(blob.stats.bytesPrefetched, data.length);
+  assert.equal(blob.stats.bytesFetched, 0, 'demand counters untouched');
+  assert.ok((await readFile(store.blobs.path(digest))).equals(data), 'promoted to blobs/, whole and right');
+  assert.equal(existsSync(store.paths.partialBlob(digest)), false);
+  assert.deepEqual(store.db.blobRanges(digest), []);
+  assert.deepEqual(
+    store.db.knownBlobs().filter((b) => b.digest === digest),
+    [{ digest, size: data.length }],
+    'the blobs row GC and the overlay path rely on',
+  );
+  assert.ok((await blob.read(5, 500)).equals(data.subarray(5, 500)));
+  await blob.close();
+});
+
+test('prefetch skips what demand reads already kept, and resumes after a restart', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(2 * MiB);
+  const digest = sha256(data);
+  const src = source(data);
+  const units = unitsOf(data, 128 * 1024);
+  const first = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer' });
+  await first.read(0, 128 * 1024);
+  first.confirm(0, 128 * 1024);
+  await sleep(20);
+  await first.close();
+  const calls = src.calls.length;
+  const again = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer', group: new LazyBlobGroup({ quietMs: 0 }) });
+  await again.prefetch(units, { signal: new AbortController().signal });
+  assert.ok(src.calls.slice(calls).every((c) => c.start >= 128 * 1024), 'the kept span is not fetched again');
+  assert.ok((await readFile(store.blobs.path(digest))).equals(data));
+  await again.close();
+});
+
+test('demand reads go first: no prefetch request starts while a read waits for the network', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(4 * MiB);
+  const digest = sha256(data);
+  let releaseDemand!: () => void;
+  const demandGate = new Promise<void>((r) => (releaseDemand = r));
+  const demandStart = 3 * MiB + 7;
+  const calls: Call[] = [];
+  const fetcher: RangeFetcher = async (start, end) => {
+    calls.push({ start, end, at: Date.now() });
+    if (start === demandStart) await demandGate;
+    else await sleep(15);
+    return Buffer.from(data.subarray(start, end));
+  };
+  const group = new LazyBlobGroup({ quietMs: 30 });
+  const blob = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer', group });
+  const done = blob.prefetch(unitsOf(data, 64 * 1024), { signal: new AbortController().signal, windowBytes: 64 * 1024 });
+  while (calls.length < 3) await sleep(5);
+  const demand = blob.read(demandStart, demandStart + 1000);
+  await sleep(5);
+  const startedBefore = calls.length;
+  await sleep(300);
+  assert.equal(group.waitingReads, 1);
+  assert.ok(calls.length <= startedBefore + 1, `prefetch kept going while a read waited (${calls.length - startedBefore} new requests)`);
+  assert.equal(blob.prefetchState, 'waiting');
+  releaseDemand();
+  const released = Date.now();
+  assert.ok((await demand).equals(data.subarray(demandStart, demandStart + 1000)));
+  await done; // the demand read's range is never confirmed here: prefetch fetches its unit once the claim lapses
+  const next = calls.find((c) => c.at >= released && c.start !== demandStart);
+  assert.ok(next && next.at - released >= 25, 'prefetch waited for the quiet period after the read');
+  assert.ok(blob.isComplete);
+  await blob.close();
+});
+
+test('a span that fails verification is not kept; prefetch retries it and the blob is right', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(MiB);
+  const digest = sha256(data);
+  const src = source(data, { corrupt: (_s, _e, call) => call === 2 });
+  const blob = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer', group: new LazyBlobGroup({ quietMs: 0 }) });
+  await blob.prefetch(unitsOf(data, 128 * 1024), { signal: new AbortController().signal, windowBytes: 128 * 1024, retryDelayMs: 10 });
+  assert.equal(blob.stats.prefetchFailures, 1);
+  assert.ok((await readFile(store.blobs.path(digest))).equals(data));
+  await blob.close();
+});
+
+test('unverified bytes that were wrong fail the whole-blob check, are dropped and fetched again', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(MiB);
+  const digest = sha256(data);
+  // Corrupt the first answer covering the gap unit at 128 KiB (a window that starts there or spans it).
+  let corrupted = false;
+  const src = source(data, {
+    corrupt: (s, e) => {
+      if (corrupted || !(s === 128 * 1024 && e >= 128 * 1024 + 512)) return false;
+      corrupted = true;
+      return true;
+    },
+  });
+  const units = unitsOf(data, 128 * 1024, 512);
+  const blob = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer', group: new LazyBlobGroup({ quietMs: 0 }) });
+  // One unit per request: the gap at 128 KiB is its own window.
+  await blob.prefetch(units, { signal: new AbortController().signal, windowBytes: 1, retryDelayMs: 10 });
+  assert.ok(corrupted);
+  assert.equal(blob.stats.prefetchFailures, 1, 'the assembled blob did not match once');
+  assert.ok((await readFile(store.blobs.path(digest))).equals(data));
+  await blob.close();
+});
+
+test('a source that ignores Range: the blob is streamed into the store once and every read is served from it', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(2 * MiB);
+  const digest = sha256(data);
+  let ignored = false;
+  let ranged = 0;
+  const streams: number[] = [];
+  const blob = await LazyBlob.open(
+    store,
+    digest,
+    data.length,
+    async (s, e) => {
+      ranged++;
+      ignored = true; // the answer was the whole blob, sliced
+      return Buffer.from(data.subarray(s, e));
+    },
+    {
+      what: 'layer',
+      mediaType,
+      openStream: async (offset) => {
+        streams.push(offset);
+        return Readable.from([data.subarray(offset, offset + MiB), data.subarray(offset + MiB)]);
+      },
+      rangeIgnored: () => ignored,
+    },
+  );
+  assert.ok((await blob.read(10, 20)).equals(data.subarray(10, 20)));
+  const reads = await Promise.all([blob.read(MiB, MiB + 4096), blob.read(0, 100), blob.read(2 * MiB - 50, 2 * MiB)]);
+  assert.ok(reads[0]!.equals(data.subarray(MiB, MiB + 4096)));
+  assert.ok(reads[1]!.equals(data.subarray(0, 100)));
+  assert.ok(reads[2]!.equals(data.subarray(2 * MiB - 50)));
+  for (let i = 0; i < 10; i++) await blob.read(i * 1000, i * 1000 + 10);
+  assert.equal(ranged, 1, 'one ranged request showed the source ignores Range');
+  assert.deepEqual(streams, [0], 'streamed once');
+  assert.equal(blob.isComplete, true);
+  assert.equal(blob.completedBy, 'streamed');
+  assert.equal(blob.stats.bytesStreamed, data.length);
+  assert.ok((await readFile(store.blobs.path(digest))).equals(data));
+  assert.equal(store.db.knownBlobs().filter((b) => b.digest === digest).length, 1);
+  await blob.close();
+});
+
+test('cache bound: least recently used ranges are evicted, evicted ranges are fetched again, complete blobs are never touched', async (t) => {
+  const store = await openStore(t);
+  const group = new LazyBlobGroup({ cacheMaxBytes: 2 * MiB });
+  // A complete blob in the same group: not counted, never evicted.
+  const whole = randomBytes(3 * MiB);
+  await store.blobs.put(sha256(whole), whole, 'whole');
+  const complete = await LazyBlob.open(store, sha256(whole), whole.length, async () => assert.fail('no fetch'), { what: 'whole', group });
+  assert.equal(complete.isComplete, true);
+
+  const data = randomBytes(8 * MiB);
+  const digest = sha256(data);
+  const src = source(data);
+  const blob = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer', group });
+  const block = async (i: number) => {
+    const bytes = await blob.read(i * MiB, (i + 1) * MiB);
+    assert.ok(bytes.equals(data.subarray(i * MiB, (i + 1) * MiB)));
+    blob.confirm(i * MiB, (i + 1) * MiB);
+    await sleep(10);
+    assert.ok(group.partialBytes <= 2 * MiB, `kept ${group.partialBytes} bytes`);
+  };
+  for (let i = 0; i < 8; i++) await block(i);
+  assert.equal(blob.bytesPresent, 2 * MiB);
+  assert.equal(blob.stats.evictedBytes, 6 * MiB);
+  // Blocks 6 and 7 are kept; reading 6 makes 7 the least recently used.
+  const before = src.calls.length;
+  await blob.read(6 * MiB, 6 * MiB + 10);
+  assert.equal(src.calls.length, before, 'block 6 served from disk');
+  await block(0);
+  assert.equal(src.calls.length, before + 1, 'evicted block 0 fetched again');
+  await blob.read(6 * MiB + 100, 6 * MiB + 200);
+  assert.equal(src.calls.length, before + 1, 'block 6 (recently used) kept');
+  assert.ok((await blob.read(7 * MiB, 7 * MiB + 10)).equals(data.subarray(7 * MiB, 7 * MiB + 10)));
+  assert.equal(src.calls.length, before + 2, 'block 7 (least recently used) was evicted');
+  assert.ok((await complete.read(0, 3 * MiB)).equals(whole), 'the complete blob is intact');
+  await blob.close();
+  const persisted = store.db.blobRanges(digest).reduce((n, [s, e]) => n + e - s, 0);
+  assert.ok(persisted <= 2 * MiB, 'evictions are persisted');
+
+  // A restart with a lower bound trims what the last run kept.
+  const small = new LazyBlobGroup({ cacheMaxBytes: MiB });
+  const reopened = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer', group: small });
+  small.enforceBound();
+  assert.ok(small.partialBytes <= MiB);
+  await reopened.close();
+  await complete.close();
+});
+
+test('prefetch stays under the cache bound: it waits instead of evicting', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(6 * MiB);
+  const src = source(data);
+  const group = new LazyBlobGroup({ cacheMaxBytes: 2 * MiB, quietMs: 0 });
+  const blob = await LazyBlob.open(store, sha256(data), data.length, src.fetcher, { what: 'layer', group });
+  const stop = new AbortController();
+  const run = blob.prefetch(unitsOf(data, 256 * 1024), { signal: stop.signal, windowBytes: 512 * 1024 });
+  for (let i = 0; i < 300 && !(blob.prefetchState === 'waiting' && group.partialBytes >= 1.5 * MiB); i++) await sleep(10);
+  await sleep(100);
+  assert.equal(blob.prefetchState, 'waiting');
+  assert.ok(group.partialBytes <= 2 * MiB && group.partialBytes >= 1.5 * MiB, `kept ${group.partialBytes}`);
+  assert.equal(blob.stats.evictedBytes, 0);
+  stop.abort();
+  await assert.rejects(run);
+  assert.equal(blob.prefetchState, 'stopped');
+  // Demand reads still work, and evict as needed.
+  assert.ok((await blob.read(5 * MiB, 5 * MiB + 100)).equals(data.subarray(5 * MiB, 5 * MiB + 100)));
+  await blob.close();
+});
+
+test('regression: prefetch never fetches what demand reads kept while it waited for its turn', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(MiB);
+  const src = source(data);
+  const group = new LazyBlobGroup({ quietMs: 0 });
+  group.holdPrefetch(300);
+  const blob = await LazyBlob.open(store, sha256(data), data.length, src.fetcher, { what: 'layer', group });
+  const units = unitsOf(data, 256 * 1024);
+  const done = blob.prefetch(units, { signal: new AbortController().signal });
+  for (const u of units) {
+    await blob.read(u.start, u.end);
+    blob.confirm(u.start, u.end);
+  }
+  await done;
+  assert.equal(blob.isComplete, true);
+  assert.equal(src.calls.length, units.length, 'only the demand reads fetched');
+  assert.equal(blob.stats.bytesPrefetched, 0);
+  await blob.close();
+});
+
+test('a demand read inside the prefetch request in flight waits for it instead of fetching the bytes again', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(MiB);
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  const calls: Call[] = [];
+  const blob = await LazyBlob.open(
+    store,
+    sha256(data),
+    data.length,
+    async (s, e) => {
+      calls.push({ start: s, end: e, at: Date.now() });
+      await gate;
+      return Buffer.from(data.subarray(s, e));
+    },
+    { what: 'layer', group: new LazyBlobGroup({ quietMs: 0 }) },
+  );
+  const done = blob.prefetch(unitsOf(data, 256 * 1024), { signal: new AbortController().signal, windowBytes: MiB });
+  while (calls.length === 0) await sleep(5);
+  const read = blob.read(300_000, 300_100);
+  await sleep(20);
+  open();
+  assert.ok((await read).equals(data.subarray(300_000, 300_100)));
+  await done;
+  assert.equal(calls.length, 1, 'one request: the prefetch window');
+  assert.equal(blob.stats.requests, 0);
+  await blob.close();
+});
