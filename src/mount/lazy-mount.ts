@@ -20,6 +20,7 @@ import { buildGzipIndex, buildTarIndex, LayerIndexBuilder, type LayerIndex } fro
 import type { BlobRangeReader, IndexEntry } from '../index/types.js';
 import { mergeLayers } from '../union/merge.js';
 import { buildTree, type FsNode } from '../fs/tree.js';
+import { localTarLayer } from './local-tar-layer.js';
 import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
 
 export interface LazyMountOptions extends ReferenceOptions {
@@ -52,7 +53,8 @@ type LayerFileRead = (entry: IndexEntry, position: number, length: number) => Pr
 
 interface PreparedLayer {
   digest: Digest;
-  format: 'estargz' | 'gzip' | 'tar';
+  /** 'zstd' (and any other unseekable compression): fetched whole, read as a local tar. */
+  format: 'estargz' | 'gzip' | 'tar' | 'zstd';
   entries: IndexEntry[];
   read: LayerFileRead;
   blob: LazyBlob;
@@ -149,12 +151,18 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
   const layers: PreparedLayer[] = [];
   const group = new LazyBlobGroup(options.cacheMaxBytes !== undefined ? { cacheMaxBytes: options.cacheMaxBytes } : {});
   const rangeSupport = (): string => (source as { rangeSupport?: string }).rangeSupport ?? 'local';
-  const opened = new Map<Digest, LazyBlob>();
-  const blobs = () => [...new Set(layers.map((l) => l.blob))];
+  const opened = new Map<Digest, Promise<LazyBlob>>();
+  const closers: Array<() => Promise<void>> = [];
+  const blobs = async () => [...new Set(await Promise.allSettled(opened.values()))].flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const closeAll = async () => {
+    for (const b of await blobs()) await b.close().catch(() => undefined);
+    for (const close of closers) await close().catch(() => undefined);
+    await source.close().catch(() => undefined);
+  };
   try {
-    for (const [i, chainId] of image.chainIds.entries()) {
-      layers.push(await prepareLayer(store, source, image, i, chainId, options, { group, opened, rangeIgnored: () => rangeSupport() === 'ignored' }));
-    }
+    // Layers are prepared at once: each is a TOC fetch or an index read, mostly waiting on I/O.
+    const context = { group, opened, closers, rangeIgnored: () => rangeSupport() === 'ignored' };
+    layers.push(...(await Promise.all(image.chainIds.map((chainId, i) => prepareLayer(store, source, image, i, chainId, options, context)))));
     // A lower bound than a previous run's: trim what that run kept.
     group.enforceBound();
     const merged = mergeLayers(
@@ -242,13 +250,11 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
         stopPrefetch.abort();
         await prefetching.catch(() => undefined);
         await mounted.unmount();
-        for (const b of blobs()) await b.close();
-        await source.close();
+        await closeAll();
       },
     };
   } catch (err) {
-    for (const b of blobs()) await b.close().catch(() => undefined);
-    await source.close().catch(() => undefined);
+    await closeAll();
     throw err;
   }
 }
@@ -265,8 +271,10 @@ function sourcePathOf(entry: IndexEntry): string {
 interface LayerContext {
   group: LazyBlobGroup;
   /** Blobs already opened for this mount: an image may use one blob twice. */
-  opened: Map<Digest, LazyBlob>;
+  opened: Map<Digest, Promise<LazyBlob>>;
   rangeIgnored: () => boolean;
+  /** Closed with the mount (local tar files of unseekable layers). */
+  closers: Array<() => Promise<void>>;
 }
 
 async function prepareLayer(
@@ -288,7 +296,7 @@ async function prepareLayer(
   const openBlob = async (): Promise<LazyBlob> => {
     const known = context.opened.get(descriptor.digest);
     if (known) return known;
-    const blob = await LazyBlob.open(store, descriptor.digest, descriptor.size, (start, end, signal) => readRange(descriptor, start, end, { signal }), {
+    const blob = LazyBlob.open(store, descriptor.digest, descriptor.size, (start, end, signal) => readRange(descriptor, start, end, { signal }), {
       what,
       mediaType: descriptor.mediaType,
       group: context.group,
@@ -320,7 +328,23 @@ async function prepareLayer(
   }
 
   const compression = compressionOf(descriptor.mediaType);
-  if (compression !== 'gzip' && compression !== 'none') throw new LazyrootError('UNSUPPORTED', `${what}: lazy mounts read gzip, uncompressed and eStargz layers (this one is ${descriptor.mediaType})`);
+  if (!compression) throw new LazyrootError('UNSUPPORTED', `${what}: not a layer media type: ${descriptor.mediaType}`);
+  if (compression !== 'gzip' && compression !== 'none') {
+    // zstd has no seek points to resume at: the layer is fetched whole and read as a local tar.
+    const local = await localTarLayer(store, source, descriptor, compression, what, record.diffId);
+    context.closers.push(() => local.tar.close());
+    const blob = await openBlob();
+    const reader = new LayerRangeReader({ cacheBytes });
+    const layer = { compression: 'none' as const, blobDigest: descriptor.digest, compressedSize: local.tar.size, uncompressedSize: local.tar.size, checkpoints: local.index.checkpoints, blob: local.tar };
+    return {
+      digest: descriptor.digest,
+      format: compression,
+      entries: local.index.entries,
+      blob,
+      read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
+      prefetchUnits: () => [],
+    };
+  }
   // With prefetch, a layer streamed to build its index is kept: it is then complete already.
   const index = await loadOrBuildIndex(store, source, descriptor, compression, what, record.diffId, { keepBlob: options.prefetch !== false });
   const blob = await openBlob();

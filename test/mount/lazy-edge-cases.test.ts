@@ -1,0 +1,77 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { allFeaturesLayout, type EdgeCaseImage } from '../helpers/edge-case-images.js';
+import { diffTreesReport, snapshotTree, type AllowedDifference } from '../helpers/tree-snapshot.js';
+import { umociUnpackWithLog } from '../helpers/umoci.js';
+import { missingRequirements } from '../helpers/requirements.js';
+
+const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot.js');
+const missing = missingRequirements({ root: true, fuse: true, tools: ['umoci', 'zstd'] });
+if (missing.length && process.env.CI) throw new Error(`CI: lazy edge-case tests need ${missing.join(', ')}`);
+
+function lazyroot(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((r) => child.on('close', (code) => r({ code, stdout, stderr })));
+}
+
+/** Where the lazy FUSE tree and umoci's directory differ by design, named. */
+const fuseVsUmoci: AllowedDifference[] = [];
+
+/** Images whose lazy mount differs from umoci on purpose (beyond the image's own named exceptions). */
+const lazyRefuses: Record<string, RegExp> = {
+  'sparse-gnu': /old GNU sparse 'S'/,
+};
+
+describe('lazy FUSE mounts of every edge-case image equal umoci unpack', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
+  let work: string;
+  let layout: string;
+  let images: EdgeCaseImage[];
+  const store = () => join(work, 'store');
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'lazyroot-lazy-edge-'));
+    layout = join(work, 'layout');
+    images = (await allFeaturesLayout(layout)).images;
+  });
+  after(() => rm(work, { recursive: true, force: true }));
+
+  test('every edge-case image', async (t) => {
+    for (const image of images) {
+      await t.test(image.name, async () => {
+        const target = join(work, `mnt-${image.name}`);
+        await mkdir(target, { recursive: true });
+        const mounted = await lazyroot(['--store', store(), 'mount', `oci:${layout}:${image.name}`, target]);
+        const refusal = lazyRefuses[image.name];
+        if (refusal) {
+          assert.notEqual(mounted.code, 0);
+          assert.match(mounted.stderr, refusal);
+          return;
+        }
+        assert.equal(mounted.code, 0, mounted.stderr);
+        try {
+          const ours = await snapshotTree(target);
+          const entries = new Set(ours.map((e) => e.path));
+          for (const p of image.expect?.visible ?? []) assert.ok(entries.has(p), `${p} visible`);
+          for (const p of image.expect?.hidden ?? []) assert.ok(!entries.has(p), `${p} hidden`);
+          if (image.umociFails) return;
+          const theirs = (await umociUnpackWithLog(layout, image.name, join(work, `umoci-${image.name}`))).rootfs;
+          const report = diffTreesReport(ours, await snapshotTree(theirs), {
+            allow: [...fuseVsUmoci, ...(image.umociQuirks ?? []), ...(image.overlayDifferences ?? [])],
+          });
+          assert.deepEqual(report.differences.map((d) => d.message), [], `${image.name}: lazy mount vs umoci`);
+        } finally {
+          const u = await lazyroot(['--store', store(), 'umount', target]);
+          assert.equal(u.code, 0, u.stderr);
+        }
+      });
+    }
+  });
+});
