@@ -1,7 +1,7 @@
 import { readFileSync } from 'node:fs';
 import { LazyrootError } from '../errors.js';
 import type { RegistryOptions } from '../store/operations.js';
-import { Store } from '../store/store.js';
+import type { Store } from '../store/store.js';
 
 /** Options every command accepts (set on the root program). */
 export interface GlobalOptions {
@@ -17,6 +17,8 @@ export interface RegistryFlags {
 }
 
 export async function openStore(options: GlobalOptions): Promise<Store> {
+  // Loaded when a command runs, not at start: `--help` and the mount front end stay quick.
+  const { Store } = await import('../store/store.js');
   return Store.open(options.store ?? process.env.LAZYROOT_STORE);
 }
 

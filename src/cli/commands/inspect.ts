@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { inspectReference } from '../../store/operations.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
@@ -15,6 +14,7 @@ export function registerInspect(program: Command, out: Output): void {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
     try {
+      const { inspectReference } = await import('../../store/operations.js');
       out.json(await inspectReference(store, ref, { ...(opts.platform ? { platform: opts.platform } : {}), registry: registryOptionsFrom(opts) }));
     } finally {
       store.close();

@@ -1,8 +1,10 @@
 import { Option, type Command } from 'commander';
-import { resolve } from 'node:path';
-import { startDaemon } from '../../mount/daemon.js';
-import { indexImage } from '../../mount/index-image.js';
-import { mountStats, serveMount, unmountLazy } from '../../mount/mount-service.js';
+import { mkdir } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+import { defaultStoreRoot } from '../../store/paths.js';
+
+// Loaded when used: the background `mount` front end only starts the daemon and waits.
+const service = () => import('../../mount/mount-service.js');
 import { formatBytes } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
@@ -30,6 +32,45 @@ function bytesFlag(flag: string): (v: string) => number {
   };
 }
 
+function mountOptions(opts: MountFlags) {
+  return {
+    registry: registryOptionsFrom(opts),
+    ...(opts.platform ? { platform: opts.platform } : {}),
+    deadlineMs: opts.deadlineMs ?? 30_000,
+    cacheBytes: opts.cacheBytes ?? 64 << 20,
+    prefetch: opts.prefetch !== false,
+    prefetchDelayMs: opts.prefetchDelayMs ?? 1000,
+    ...(opts.cacheMaxBytes !== undefined ? { cacheMaxBytes: opts.cacheMaxBytes } : {}),
+  };
+}
+
+/**
+ * `lazyroot mount` without --foreground: start `lazyroot mount --foreground`
+ * detached and wait for its ready line. This process opens nothing itself
+ * (not even the store): the sooner the daemon starts, the sooner the rootfs
+ * is visible.
+ */
+async function startMountDaemon(ref: string, dir: string | undefined, opts: MountFlags, global: GlobalOptions, out: Output): Promise<void> {
+  if (!dir) throw Object.assign(new Error('mount: missing the mount point <dir>'), { code: 'INVALID_ARGUMENT' });
+  const options = mountOptions(opts); // checks --creds/--authfile here, with a usage error
+  const root = resolve(global.store ?? process.env.LAZYROOT_STORE ?? defaultStoreRoot);
+  const argv = [process.execPath, process.argv[1]!, '--store', root, 'mount', '--foreground', '--ready-fd', '3'];
+  argv.push('--deadline-ms', String(options.deadlineMs), '--cache-bytes', String(options.cacheBytes));
+  if (!options.prefetch) argv.push('--no-prefetch');
+  argv.push('--prefetch-delay-ms', String(options.prefetchDelayMs));
+  if (options.cacheMaxBytes !== undefined) argv.push('--cache-max-bytes', String(options.cacheMaxBytes));
+  if (opts.platform) argv.push('--platform', opts.platform);
+  if (opts.insecure) argv.push('--insecure');
+  if (opts.creds) argv.push('--creds', opts.creds);
+  if (opts.authfile) argv.push('--authfile', opts.authfile);
+  argv.push(ref, resolve(dir));
+  await mkdir(root, { recursive: true, mode: 0o711 });
+  const { startDaemon } = await import('../../mount/daemon.js');
+  const pid = await startDaemon(argv, { logFile: join(root, 'mount-daemon.log') });
+  if (global.json) out.json({ mountpoint: resolve(dir), pid });
+  else if (!global.quiet) out.text(`mounted ${ref} at ${resolve(dir)} (daemon pid ${pid}; unmount with: lazyroot umount ${dir})`);
+}
+
 export function registerMount(program: Command, out: Output): void {
   const mount = program
     .command('mount')
@@ -48,10 +89,11 @@ export function registerMount(program: Command, out: Output): void {
   addRegistryFlags(mount);
   mount.action(async (ref: string, dir: string | undefined, opts: MountFlags, command: Command) => {
     const global = command.optsWithGlobals<GlobalOptions>();
+    if (!opts.stats && !opts.foreground) return startMountDaemon(ref, dir, opts, global, out);
     const store = await openStore(global);
     try {
       if (opts.stats) {
-        const stats = await mountStats(store, ref);
+        const stats = await (await service()).mountStats(store, ref);
         if (global.json) return out.json(stats);
         const layerState = (l: (typeof stats.layers)[number]): string => {
           if (l.source === 'streamed') return 'streamed whole (registry ignores Range)';
@@ -79,34 +121,9 @@ export function registerMount(program: Command, out: Output): void {
         return;
       }
       if (!dir) throw Object.assign(new Error('mount: missing the mount point <dir>'), { code: 'INVALID_ARGUMENT' });
-      const options = {
-        registry: registryOptionsFrom(opts),
-        ...(opts.platform ? { platform: opts.platform } : {}),
-        deadlineMs: opts.deadlineMs ?? 30_000,
-        cacheBytes: opts.cacheBytes ?? 64 << 20,
-        prefetch: opts.prefetch !== false,
-        prefetchDelayMs: opts.prefetchDelayMs ?? 1000,
-        ...(opts.cacheMaxBytes !== undefined ? { cacheMaxBytes: opts.cacheMaxBytes } : {}),
-      };
-      if (opts.foreground) {
-        // The daemon's stderr is its log file (mount-daemon.log).
-        const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
-        await serveMount(store, ref, dir, { ...options, logger, ...(opts.readyFd !== undefined ? { readyFd: opts.readyFd } : {}) });
-        return;
-      }
-      const argv = [process.execPath, process.argv[1]!, '--store', store.paths.root, 'mount', '--foreground', '--ready-fd', '3'];
-      argv.push('--deadline-ms', String(options.deadlineMs), '--cache-bytes', String(options.cacheBytes));
-      if (!options.prefetch) argv.push('--no-prefetch');
-      argv.push('--prefetch-delay-ms', String(options.prefetchDelayMs));
-      if (options.cacheMaxBytes !== undefined) argv.push('--cache-max-bytes', String(options.cacheMaxBytes));
-      if (opts.platform) argv.push('--platform', opts.platform);
-      if (opts.insecure) argv.push('--insecure');
-      if (opts.creds) argv.push('--creds', opts.creds);
-      if (opts.authfile) argv.push('--authfile', opts.authfile);
-      argv.push(ref, resolve(dir));
-      const pid = await startDaemon(argv, { logFile: `${store.paths.root}/mount-daemon.log` });
-      if (global.json) out.json({ mountpoint: resolve(dir), pid });
-      else if (!global.quiet) out.text(`mounted ${ref} at ${resolve(dir)} (daemon pid ${pid}; unmount with: lazyroot umount ${dir})`);
+      // The daemon's stderr is its log file (mount-daemon.log).
+      const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
+      await (await service()).serveMount(store, ref, dir, { ...mountOptions(opts), logger, ...(opts.readyFd !== undefined ? { readyFd: opts.readyFd } : {}) });
     } finally {
       store.close();
     }
@@ -120,7 +137,7 @@ export function registerMount(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        const { stale } = await unmountLazy(store, dir);
+        const { stale } = await (await service()).unmountLazy(store, dir);
         if (global.json) out.json({ unmounted: resolve(dir), stale });
         else if (!global.quiet) out.text(stale ? `cleaned stale mount ${resolve(dir)}` : `unmounted ${resolve(dir)}`);
       } finally {
@@ -138,6 +155,7 @@ export function registerMount(program: Command, out: Output): void {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
     try {
+      const { indexImage } = await import('../../mount/index-image.js');
       const report = await indexImage(store, ref, { registry: registryOptionsFrom(opts), ...(opts.platform ? { platform: opts.platform } : {}) });
       if (global.json) return out.json(report);
       for (const l of report) {

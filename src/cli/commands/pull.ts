@@ -1,7 +1,5 @@
 import type { Command } from 'commander';
-import { pullReference } from '../../store/operations.js';
 import { formatBytes } from '../format.js';
-import { createPullProgress } from '../progress.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
@@ -18,6 +16,8 @@ export function registerPull(program: Command, out: Output): void {
   cmd.action(async (ref: string, opts: RegistryFlags & { platform?: string; verifyDiffIds?: boolean; concurrency: number }, command: Command) => {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
+    const { pullReference } = await import('../../store/operations.js');
+    const { createPullProgress } = await import('../progress.js');
     const progress = createPullProgress({ quiet: global.quiet === true, json: global.json === true });
     const started = Date.now();
     try {

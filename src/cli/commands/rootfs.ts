@@ -1,9 +1,10 @@
 import type { Command } from 'commander';
 import { LazyrootError } from '../../errors.js';
 import { resolve } from 'node:path';
-import { cleanStore } from '../../rootfs/clean.js';
-import { mountStats } from '../../mount/mount-service.js';
-import { createRootfs, deleteRootfs, rootfsPaths, rootfsStats } from '../../rootfs/rootfs.js';
+
+// Implementations load when their command runs: start-up stays quick for every command.
+const rootfsModule = () => import('../../rootfs/rootfs.js');
+const cleanModule = () => import('../../rootfs/clean.js');
 import { formatAge, formatBytes, formatTable } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
@@ -41,6 +42,8 @@ export function registerRootfs(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
+        const { cleanStore } = await cleanModule();
+        const { createRootfs } = await rootfsModule();
         if (opts.withClean) await cleanStore(store, opts.thresholdBytes !== undefined ? { thresholdBytes: opts.thresholdBytes } : {});
         const mapping = mappingFrom(opts);
         const { spec } = await createRootfs(store, ref, id, {
@@ -65,6 +68,7 @@ export function registerRootfs(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
+        const { deleteRootfs } = await rootfsModule();
         await deleteRootfs(store, id);
         if (global.json) out.json({ deleted: id });
         else if (!global.quiet) out.text(`deleted rootfs ${id}`);
@@ -80,6 +84,7 @@ export function registerRootfs(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
+        const { rootfsPaths } = await rootfsModule();
         const all = store.db.listRootfs().map((r) => ({
           id: r.id,
           image: r.imageId,
@@ -111,10 +116,12 @@ export function registerRootfs(program: Command, out: Output): void {
       const store = await openStore(global);
       try {
         if (id.includes('/') && store.db.mountAt(resolve(id))) {
+          const { mountStats } = await import('../../mount/mount-service.js');
           const stats = await mountStats(store, id);
           if (global.json) return out.json(stats);
           return out.text(`fetched ${formatBytes(stats.bytesFetched)} of ${formatBytes(stats.imageBytes)}; served ${formatBytes(stats.fs.bytesServed)} in ${stats.fs.reads} reads; ${stats.fs.errors} errors`);
         }
+        const { rootfsStats } = await rootfsModule();
         const stats = await rootfsStats(store, id);
         if (global.json) return out.json(stats);
         out.text(`total: ${formatBytes(stats.disk_usage.total_bytes_used)}\nexclusive: ${formatBytes(stats.disk_usage.exclusive_bytes_used)}`);
@@ -131,6 +138,7 @@ export function registerRootfs(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
+        const { cleanStore } = await cleanModule();
         const result = await cleanStore(store, opts.thresholdBytes !== undefined ? { thresholdBytes: opts.thresholdBytes } : {});
         if (global.json) return out.json(result);
         if (global.quiet) return;
