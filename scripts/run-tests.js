@@ -25,8 +25,11 @@ if (files.length === 0) {
   process.exit(1);
 }
 const reporter = process.env.CI ? 'spec' : 'spec';
+// Mount daemons leave no warm standby behind in tests (it would outlive them by
+// minutes); test/mount/standby.test.ts turns it on for itself and stops it by PID.
 const result = spawnSync(process.execPath, ['--test', `--test-reporter=${reporter}`, '--test-concurrency=2', ...files], {
   stdio: 'inherit',
   cwd: root,
+  env: { ...process.env, LAZYROOT_STANDBY: '0' },
 });
 process.exit(result.status ?? 1);

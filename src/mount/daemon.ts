@@ -1,58 +1,54 @@
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
+import type { Duplex } from 'node:stream';
 import { LazyrootError } from '../errors.js';
+import { awaitReady, type MountRequest } from './daemon-channel.js';
+import { claimStandby } from './standby.js';
+
+export type { MountRequest } from './daemon-channel.js';
+
+export interface StartOptions {
+  /** `bin/lazyroot.js`: the daemon is `lazyroot mount-daemon`. */
+  bin: string;
+  readyTimeoutMs?: number;
+}
 
 /**
- * Starts `argv` (a `lazyroot mount --foreground …` command line) detached,
- * with one extra pipe (fd 3) on which the child writes a single line once its
- * mount is ready: `ready` or `error <json>`. Resolves with the daemon's pid
- * when it is ready; the daemon outlives this process.
+ * Starts a mount daemon for `request` and resolves with its pid once the
+ * mount is ready; the daemon outlives this process. A warm standby daemon
+ * (standby.ts) takes the request when one is listening — its modules are
+ * loaded already, which is most of a cold start — otherwise a new process is
+ * spawned with the request on an extra pipe (fd 3).
  */
-export async function startDaemon(argv: string[], options: { readyTimeoutMs?: number; logFile?: string } = {}): Promise<number> {
-  const log = options.logFile ? createWriteStream(options.logFile, { flags: 'a' }) : undefined;
-  if (log) await new Promise((r) => log.once('open', r));
-  const child = spawn(argv[0]!, argv.slice(1), {
-    detached: true,
-    stdio: ['ignore', log ?? 'ignore', log ?? 'ignore', 'pipe'],
-  });
-  const pipe = child.stdio[3] as NodeJS.ReadableStream;
+export async function startMountDaemon(request: MountRequest, options: StartOptions): Promise<number> {
   const timeoutMs = options.readyTimeoutMs ?? 120_000;
+  const claimed = await claimStandby(request, timeoutMs);
+  if (claimed !== undefined) return claimed;
+
+  const log = createWriteStream(request.logFile, { flags: 'a' });
+  await new Promise((r) => log.once('open', r));
+  const child = spawn(process.execPath, [options.bin, 'mount-daemon'], { detached: true, stdio: ['ignore', log, log, 'pipe'] });
+  const channel = child.stdio[3] as Duplex;
   try {
-    const line = await new Promise<string>((resolve, reject) => {
-      let text = '';
-      const timer = setTimeout(() => reject(new LazyrootError('UNAVAILABLE', `mount daemon not ready after ${timeoutMs / 1000} s`)), timeoutMs);
-      pipe.on('data', (chunk: Buffer) => {
-        text += chunk.toString();
-        const nl = text.indexOf('\n');
-        if (nl >= 0) {
-          clearTimeout(timer);
-          resolve(text.slice(0, nl));
-        }
-      });
-      child.on('exit', (code, signal) => {
-        clearTimeout(timer);
-        reject(new LazyrootError('UNAVAILABLE', `mount daemon exited (${signal ?? `code ${code}`}) before it was ready${options.logFile ? `; see ${options.logFile}` : ''}`));
-      });
-    });
-    if (line.startsWith('error ')) {
-      const { code, message } = JSON.parse(line.slice(6)) as { code: string; message: string };
-      throw new LazyrootError((code as LazyrootError['code']) ?? 'UNAVAILABLE', message);
-    }
-    if (line !== 'ready') throw new LazyrootError('UNAVAILABLE', `mount daemon said ${JSON.stringify(line)}`);
-    return child.pid!;
+    channel.write(`${JSON.stringify(request)}\n`);
+    const exited = new Promise<never>((_, reject) =>
+      child.on('exit', (code, signal) => reject(new LazyrootError('UNAVAILABLE', `mount daemon exited (${signal ?? `code ${code}`}) before it was ready; see ${request.logFile}`))),
+    );
+    return await Promise.race([awaitReady(channel, timeoutMs), exited]);
   } catch (err) {
     child.kill('SIGKILL');
     throw err;
   } finally {
-    (pipe as unknown as { destroy(): void }).destroy();
+    channel.destroy();
     child.unref();
-    log?.end();
+    log.end();
   }
 }
 
-/** In the daemon: tell the parent (fd 3) how the mount went, then let go of the pipe. */
-export function signalReady(fd: number | undefined, error?: { code: string; message: string }): void {
-  if (fd === undefined) return;
-  const stream = createWriteStream('', { fd, autoClose: true });
-  stream.end(error ? `error ${JSON.stringify(error)}\n` : 'ready\n');
+/** The daemon's log: appended lines with a timestamp. */
+export function fileLogger(path: string): (message: string, error?: unknown) => void {
+  const stream = createWriteStream(path, { flags: 'a' });
+  stream.on('error', () => undefined); // a log that cannot be written must not take the mount down
+  return (message, error) =>
+    stream.write(`${new Date().toISOString()} ${message}${error === undefined ? '' : `: ${(error as Error)?.message ?? String(error)}`}\n`);
 }

@@ -160,9 +160,20 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     await source.close().catch(() => undefined);
   };
   try {
-    // Layers are prepared at once: each is a TOC fetch or an index read, mostly waiting on I/O.
+    // Layers are prepared at once (each is a TOC fetch or an index read, mostly waiting on I/O),
+    // except that the first goes alone until the registry's first answer shows whether it
+    // honours Range: if it does not, each other layer streams its blob once instead of also
+    // paying for a whole-blob answer to a ranged request.
     const context = { group, opened, closers, rangeIgnored: () => rangeSupport() === 'ignored' };
-    layers.push(...(await Promise.all(image.chainIds.map((chainId, i) => prepareLayer(store, source, image, i, chainId, options, context)))));
+    const [firstId, ...others] = image.chainIds;
+    if (firstId) {
+      const first = prepareLayer(store, source, image, 0, firstId, options, context);
+      const rest = others.map(async (chainId, i) => {
+        await untilSettledOr(first, () => rangeSupport() !== 'unknown');
+        return prepareLayer(store, source, image, i + 1, chainId, options, context);
+      });
+      layers.push(...(await Promise.all([first, ...rest])));
+    }
     // A lower bound than a previous run's: trim what that run kept.
     group.enforceBound();
     const merged = mergeLayers(
@@ -261,6 +272,16 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
 
 function delay(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
+}
+
+/** Resolves when `work` settles or `done()` turns true, whichever is first (checked every 5 ms). */
+async function untilSettledOr(work: Promise<unknown>, done: () => boolean): Promise<void> {
+  let settled = false;
+  void work.then(
+    () => (settled = true),
+    () => (settled = true),
+  );
+  while (!settled && !done()) await delay(5);
 }
 
 /** The path a merged entry has in its own layer's index (chunk maps are keyed by it). */

@@ -5,7 +5,6 @@ import { LazyrootError } from '../errors.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
 import type { Store } from '../store/store.js';
 import { cleanStaleMount, mountpointState } from '../fs/stale-mount.js';
-import { signalReady } from './daemon.js';
 import { mountImageLazily, type LazyMountOptions, type LazyMountStats } from './lazy-mount.js';
 
 function statsPath(store: Store, mountpoint: string): string {
@@ -18,7 +17,7 @@ function statsPath(store: Store, mountpoint: string): string {
  * write stats every second, and on SIGTERM/SIGINT (or `lazyroot umount`)
  * unmount and exit. Resolves when the mount is gone.
  */
-export async function serveMount(store: Store, ref: string, dir: string, options: LazyMountOptions & { readyFd?: number }): Promise<void> {
+export async function serveMount(store: Store, ref: string, dir: string, options: LazyMountOptions & { onReady?: (error?: { code: string; message: string }) => void }): Promise<void> {
   const mountpoint = resolve(dir);
   let mount;
   try {
@@ -26,7 +25,7 @@ export async function serveMount(store: Store, ref: string, dir: string, options
     mount = await mountImageLazily(store, ref, mountpoint, options);
   } catch (err) {
     const e = err as LazyrootError;
-    signalReady(options.readyFd, { code: e.code ?? 'UNAVAILABLE', message: e.message });
+    options.onReady?.({ code: e.code ?? 'UNAVAILABLE', message: e.message });
     throw err;
   }
   store.db.recordMount(mountpoint, process.pid, mount.image.id);
@@ -34,7 +33,7 @@ export async function serveMount(store: Store, ref: string, dir: string, options
   await mkdir(join(store.paths.root, 'mounts'), { recursive: true });
   const writeStats = () => writeFileAtomic(stats, JSON.stringify({ mountpoint, pid: process.pid, image: mount.image.names[0], ...mount.stats() }), store.paths.tmp).catch(() => undefined);
   await writeStats();
-  signalReady(options.readyFd);
+  options.onReady?.();
   const timer = setInterval(() => void writeStats(), 1000);
   // `lazyroot mount --stats` asks for fresh numbers with SIGUSR1.
   const onStatsRequest = () => void writeStats();

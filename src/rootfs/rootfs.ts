@@ -1,7 +1,7 @@
 import { chmod, chown, mkdir, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { startDaemon } from '../mount/daemon.js';
+import { startMountDaemon } from '../mount/daemon.js';
 import { unmountLazy } from '../mount/mount-service.js';
 import { LazyrootError } from '../errors.js';
 import { mountsUnder, overlayMount, performMount, unmount, type Mount } from '../mount/mounts.js';
@@ -80,10 +80,17 @@ export async function createRootfs(store: Store, ref: string, id: string, option
   try {
     if (options.lazy) {
       await mkdir(paths.lazyLower, { recursive: true });
-      const argv = [process.execPath, lazyrootBin, '--store', store.paths.root, 'mount', '--foreground', '--ready-fd', '3'];
-      if (options.lazy.deadlineMs !== undefined) argv.push('--deadline-ms', String(options.lazy.deadlineMs));
-      argv.push(image.id, paths.lazyLower);
-      await startDaemon(argv, { logFile: join(paths.dir, 'mount-daemon.log') });
+      await startMountDaemon(
+        {
+          store: store.paths.root,
+          ref: image.id,
+          mountpoint: paths.lazyLower,
+          options: { ...(options.registry ? { registry: options.registry } : {}), ...(options.lazy.deadlineMs !== undefined ? { deadlineMs: options.lazy.deadlineMs } : {}) },
+          env: process.env,
+          logFile: join(paths.dir, 'mount-daemon.log'),
+        },
+        { bin: lazyrootBin },
+      );
       lazyMounted = true;
     }
     const layers = options.lazy

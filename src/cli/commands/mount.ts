@@ -1,21 +1,23 @@
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
+import { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { defaultStoreRoot } from '../../store/paths.js';
 
-// Loaded when used: the background `mount` front end only starts the daemon and waits.
-const service = () => import('../../mount/mount-service.js');
 import { formatBytes } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
+
+// Loaded when used: the background `mount` front end only starts the daemon and waits.
+const service = () => import('../../mount/mount-service.js');
 
 type MountFlags = RegistryFlags & {
   foreground?: boolean;
   stats?: boolean;
   deadlineMs?: number;
   cacheBytes?: number;
-  readyFd?: number;
   platform?: string;
   prefetch?: boolean;
   prefetchDelayMs?: number;
@@ -45,30 +47,73 @@ function mountOptions(opts: MountFlags) {
 }
 
 /**
- * `lazyroot mount` without --foreground: start `lazyroot mount --foreground`
- * detached and wait for its ready line. This process opens nothing itself
- * (not even the store): the sooner the daemon starts, the sooner the rootfs
- * is visible.
+ * `lazyroot mount` without --foreground: hand the mount to a daemon (a warm
+ * standby, or a new process) and wait until it is ready. This process opens
+ * nothing itself, not even the store: the sooner the daemon has the request,
+ * the sooner the rootfs is visible.
  */
-async function startMountDaemon(ref: string, dir: string | undefined, opts: MountFlags, global: GlobalOptions, out: Output): Promise<void> {
+async function mountInBackground(ref: string, dir: string | undefined, opts: MountFlags, global: GlobalOptions, out: Output): Promise<void> {
   if (!dir) throw Object.assign(new Error('mount: missing the mount point <dir>'), { code: 'INVALID_ARGUMENT' });
   const options = mountOptions(opts); // checks --creds/--authfile here, with a usage error
   const root = resolve(global.store ?? process.env.LAZYROOT_STORE ?? defaultStoreRoot);
-  const argv = [process.execPath, process.argv[1]!, '--store', root, 'mount', '--foreground', '--ready-fd', '3'];
-  argv.push('--deadline-ms', String(options.deadlineMs), '--cache-bytes', String(options.cacheBytes));
-  if (!options.prefetch) argv.push('--no-prefetch');
-  argv.push('--prefetch-delay-ms', String(options.prefetchDelayMs));
-  if (options.cacheMaxBytes !== undefined) argv.push('--cache-max-bytes', String(options.cacheMaxBytes));
-  if (opts.platform) argv.push('--platform', opts.platform);
-  if (opts.insecure) argv.push('--insecure');
-  if (opts.creds) argv.push('--creds', opts.creds);
-  if (opts.authfile) argv.push('--authfile', opts.authfile);
-  argv.push(ref, resolve(dir));
   await mkdir(root, { recursive: true, mode: 0o711 });
-  const { startDaemon } = await import('../../mount/daemon.js');
-  const pid = await startDaemon(argv, { logFile: join(root, 'mount-daemon.log') });
+  const { startMountDaemon } = await import('../../mount/daemon.js');
+  const request = { store: root, ref, mountpoint: resolve(dir), options, env: process.env, logFile: join(root, 'mount-daemon.log') };
+  const pid = await startMountDaemon(request, { bin: process.argv[1]! });
   if (global.json) out.json({ mountpoint: resolve(dir), pid });
   else if (!global.quiet) out.text(`mounted ${ref} at ${resolve(dir)} (daemon pid ${pid}; unmount with: lazyroot umount ${dir})`);
+}
+
+/**
+ * `lazyroot mount-daemon` (hidden): a mount daemon. It reads its request from
+ * fd 3 (a pipe from the process that spawned it) or, with --standby, first
+ * loads everything a mount needs and waits for a request on the standby
+ * socket. It serves the mount until `umount` (SIGTERM), and once ready
+ * leaves a standby behind for the next mount.
+ */
+function registerMountDaemon(program: Command): void {
+  program
+    .command('mount-daemon', { hidden: true })
+    .option('--standby', 'load everything, then wait for a request on the standby socket')
+    .action(async (opts: { standby?: boolean }) => {
+      const [{ readMountRequest, replyReady }, { fileLogger }, standby] = await Promise.all([
+        import('../../mount/daemon-channel.js'),
+        import('../../mount/daemon.js'),
+        import('../../mount/standby.js'),
+      ]);
+      let channel: Duplex;
+      if (opts.standby) {
+        // Loaded before the wait: that is the point of a standby.
+        await Promise.all([service(), import('../../store/store.js'), import('../../source/registry/registry-source.js')]);
+        const assigned = await standby.awaitAssignment();
+        if (!assigned) return;
+        channel = assigned;
+      } else {
+        channel = new Socket({ fd: 3, readable: true, writable: true });
+      }
+      const request = await readMountRequest(channel);
+      for (const key of Object.keys(process.env)) delete process.env[key];
+      Object.assign(process.env, request.env);
+      const logger = fileLogger(request.logFile);
+      const { Store } = await import('../../store/store.js');
+      const store = await Store.open(request.store);
+      try {
+        await (await service()).serveMount(store, request.ref, request.mountpoint, {
+          ...request.options,
+          logger,
+          onReady: (error) => {
+            replyReady(channel, error);
+            // After the caller has its answer, so the new standby's start does not delay it.
+            if (!error) setTimeout(() => standby.spawnStandby(process.argv[1]!), 2_000);
+          },
+        });
+      } catch (err) {
+        logger('mount daemon stopped', err);
+        throw err;
+      } finally {
+        store.close();
+      }
+    });
 }
 
 export function registerMount(program: Command, out: Output): void {
@@ -84,12 +129,12 @@ export function registerMount(program: Command, out: Output): void {
     .option('--no-prefetch', 'do not download the rest of the layers in the background (by default they are, verified, and then kept in the store)')
     .option('--prefetch-delay-ms <ms>', 'start the background download this long after the mount is ready', int, 1000)
     .option('--cache-max-bytes <n>', 'bound on bytes kept for partly fetched layers; least recently used ranges are dropped past it', bytesFlag('--cache-max-bytes'))
-    .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image')
-    .addOption(new Option('--ready-fd <fd>', 'internal: the daemon reports readiness on this fd').hideHelp().argParser(int));
+    .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image');
   addRegistryFlags(mount);
+  registerMountDaemon(program);
   mount.action(async (ref: string, dir: string | undefined, opts: MountFlags, command: Command) => {
     const global = command.optsWithGlobals<GlobalOptions>();
-    if (!opts.stats && !opts.foreground) return startMountDaemon(ref, dir, opts, global, out);
+    if (!opts.stats && !opts.foreground) return mountInBackground(ref, dir, opts, global, out);
     const store = await openStore(global);
     try {
       if (opts.stats) {
@@ -123,7 +168,7 @@ export function registerMount(program: Command, out: Output): void {
       if (!dir) throw Object.assign(new Error('mount: missing the mount point <dir>'), { code: 'INVALID_ARGUMENT' });
       // The daemon's stderr is its log file (mount-daemon.log).
       const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
-      await (await service()).serveMount(store, ref, dir, { ...mountOptions(opts), logger, ...(opts.readyFd !== undefined ? { readyFd: opts.readyFd } : {}) });
+      await (await service()).serveMount(store, ref, dir, { ...mountOptions(opts), logger });
     } finally {
       store.close();
     }

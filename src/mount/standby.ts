@@ -1,0 +1,141 @@
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { connect, createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { awaitReady, type MountRequest } from './daemon-channel.js';
+
+/**
+ * A warm standby mount daemon. Most of a mount daemon's start is Node loading
+ * modules (undici, fuse-native, SQLite, ours: ~0.25 s of CPU); the mount
+ * itself takes a few milliseconds. So after a daemon is ready it leaves one
+ * standby behind that has loaded everything and waits on a Unix socket; the
+ * next `mount` hands it the request and it becomes that mount's daemon (one
+ * mount per process, as before), leaving a new standby in turn. Like the
+ * long-running daemons of containerd's snapshotters, minus the shared fate:
+ * a crash takes down one mount, not all.
+ *
+ * `LAZYROOT_STANDBY=0` turns it off; `LAZYROOT_STANDBY_DIR` moves the socket
+ * (default /run/lazyroot for root, else $TMPDIR/lazyroot-UID); an unclaimed
+ * standby exits after `LAZYROOT_STANDBY_IDLE_MS` (default 10 minutes). The
+ * socket's name carries a stamp of this build, so a standby of older code is
+ * never used.
+ */
+export function standbyEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
+  return env.LAZYROOT_STANDBY !== '0';
+}
+
+export function standbyPaths(env: NodeJS.ProcessEnv = process.env): { dir: string; socket: string; pidFile: string } {
+  const uid = process.getuid?.() ?? 0;
+  const dir = env.LAZYROOT_STANDBY_DIR ?? (uid === 0 ? '/run/lazyroot' : join(tmpdir(), `lazyroot-${uid}`));
+  const self = fileURLToPath(import.meta.url);
+  const stamp = createHash('sha256').update(`${self}:${statSync(self).mtimeMs}`).digest('hex').slice(0, 12);
+  return { dir, socket: join(dir, `standby-${stamp}.sock`), pidFile: join(dir, `standby-${stamp}.pid`) };
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** The pid of the live standby, if there is one. */
+export function standbyPid(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  try {
+    const pid = Number(readFileSync(standbyPaths(env).pidFile, 'utf8'));
+    return Number.isInteger(pid) && pid > 0 && alive(pid) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Hands `request` to the standby. Resolves with the daemon's pid once the
+ * mount is ready, or undefined when no standby took it (none listening, or
+ * another caller got it first): the caller then starts a daemon itself. Once
+ * the standby has accepted the request its failure is the mount's failure.
+ */
+export async function claimStandby(request: MountRequest, timeoutMs: number): Promise<number | undefined> {
+  if (!standbyEnabled()) return undefined;
+  const socket = await new Promise<Socket | undefined>((resolve) => {
+    const s = connect(standbyPaths().socket);
+    s.once('connect', () => resolve(s));
+    s.once('error', () => resolve(undefined));
+  });
+  if (!socket) return undefined;
+  let accepted = false;
+  socket.on('error', () => undefined); // surfaces as 'close'
+  try {
+    socket.write(`${JSON.stringify(request)}\n`);
+    return await awaitReady(socket, timeoutMs, () => (accepted = true));
+  } catch (err) {
+    if (!accepted) return undefined;
+    throw err;
+  } finally {
+    socket.destroy();
+  }
+}
+
+/**
+ * In a standby: listen until one caller connects, then stop listening (the
+ * socket is gone before the mount starts, so the next caller spawns or finds
+ * the next standby) and return its connection. Undefined when another live
+ * standby holds the socket, or nobody came within the idle time.
+ */
+export async function awaitAssignment(idleMs = Number(process.env.LAZYROOT_STANDBY_IDLE_MS ?? 600_000)): Promise<Socket | undefined> {
+  const { dir, socket, pidFile } = standbyPaths();
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  if (standbyPid() !== undefined) return undefined;
+  rmSync(socket, { force: true }); // left by a standby that died
+  const server = createServer();
+  const listening = await new Promise<boolean>((resolve) => {
+    server.once('error', () => resolve(false));
+    server.listen(socket, () => resolve(true));
+  });
+  if (!listening) return undefined;
+  writeFileSync(pidFile, String(process.pid));
+  const release = () => {
+    server.close();
+    // Only ours: a newer standby may have taken the names already.
+    let holder = '';
+    try {
+      holder = readFileSync(pidFile, 'utf8').trim();
+    } catch {
+      // gone already
+    }
+    if (holder === String(process.pid)) {
+      rmSync(pidFile, { force: true });
+      rmSync(socket, { force: true });
+    }
+  };
+  return new Promise<Socket | undefined>((resolve) => {
+    // Idle too long, or told to stop: clean up the names and end.
+    const stop = () => {
+      clearTimeout(idle);
+      release();
+      resolve(undefined);
+    };
+    const idle = setTimeout(stop, idleMs);
+    process.once('SIGTERM', stop);
+    server.on('connection', (conn) => {
+      if (!server.listening) return conn.destroy(); // a second caller in the backlog: it falls back
+      clearTimeout(idle);
+      process.off('SIGTERM', stop);
+      release();
+      resolve(conn);
+    });
+  });
+}
+
+/** Leaves a standby behind for the next mount, unless one is there already or standbys are off. */
+export function spawnStandby(bin: string): void {
+  if (!standbyEnabled() || standbyPid() !== undefined) return;
+  const child = spawn(process.execPath, [bin, 'mount-daemon', '--standby'], { detached: true, stdio: 'ignore' });
+  child.on('error', () => undefined);
+  child.unref();
+}
