@@ -43,9 +43,33 @@ function runLazyroot(args: string[]): Promise<void> {
   });
 }
 
+/** Pids of the live standbys whose pid files are in `dir`. */
+async function standbyPids(dir: string): Promise<number[]> {
+  const names = await readdir(dir).catch(() => [] as string[]);
+  const pids = await Promise.all(names.filter((n) => n.endsWith('.pid')).map(async (n) => Number(await readFile(join(dir, n), 'utf8').catch(() => ''))));
+  return pids.filter((pid) => {
+    try {
+      return pid > 0 && process.kill(pid, 0);
+    } catch {
+      return false;
+    }
+  });
+}
+
+async function waitForStandby(dir: string): Promise<void> {
+  for (let i = 0; i < 200 && (await standbyPids(dir)).length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+}
+
+async function stopStandbys(dir: string): Promise<void> {
+  for (const pid of await standbyPids(dir)) process.kill(pid, 'SIGTERM');
+}
+
 async function main(): Promise<void> {
   const work = await mkdtemp(join(tmpdir(), 'lazyroot-demo-'));
   const store = join(work, 'store');
+  // Mount daemons leave their warm standby here; the demo stops it when done.
+  const standbyDir = join(work, 'standby');
+  process.env.LAZYROOT_STANDBY_DIR = standbyDir;
   step('starting docker-registry on loopback');
   const registry = await startRegistry();
   try {
@@ -84,9 +108,18 @@ async function main(): Promise<void> {
     process.stdout.write(`$ cat ${mnt}/etc/motd\n${await readFile(join(mnt, 'etc/motd'), 'utf8')}`);
     await runLazyroot(['mount', '--stats', '--store', lazyStore, mnt]);
     await runLazyroot(['umount', '--store', lazyStore, mnt]);
+    step('mounting again: the first mount left a warm standby daemon (modules loaded), which takes this one');
+    await waitForStandby(standbyDir);
+    const again = Date.now();
+    await runLazyroot(['mount', '--store', lazyStore, ref, mnt]);
+    process.stdout.write(`visible after ${Date.now() - again} ms\n`);
+    await runLazyroot(['umount', '--store', lazyStore, mnt]);
     step('and run a command with runc over a lazy rootfs (writable overlay on the FUSE mount)');
     await runLazyroot(['run', '--lazy', '--store', lazyStore, ref, '--', 'sh', '-c', 'echo "hello from $(cat /etc/motd | wc -c) bytes of motd; /assets is $(du -sh /assets | cut -f1) but was not read"']);
   } finally {
+    // The last mount's daemon has just left a standby, still loading: wait for it, then stop it.
+    await waitForStandby(standbyDir);
+    await stopStandbys(standbyDir);
     await registry.stop();
     await rm(work, { recursive: true, force: true });
   }

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
-import { tmpdir } from 'node:os';
+import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { awaitReady, type MountRequest } from './daemon-channel.js';
@@ -33,6 +33,14 @@ export function standbyPaths(env: NodeJS.ProcessEnv = process.env): { dir: strin
   const self = fileURLToPath(import.meta.url);
   const stamp = createHash('sha256').update(`${self}:${statSync(self).mtimeMs}`).digest('hex').slice(0, 12);
   return { dir, socket: join(dir, `standby-${stamp}.sock`), pidFile: join(dir, `standby-${stamp}.pid`) };
+}
+
+function setPriorityQuietly(pid: number, priority: number): void {
+  try {
+    setPriority(pid, priority);
+  } catch {
+    // not allowed (raising priority needs CAP_SYS_NICE): it only costs speed
+  }
 }
 
 function alive(pid: number): boolean {
@@ -127,6 +135,7 @@ export async function awaitAssignment(idleMs = Number(process.env.LAZYROOT_STAND
       clearTimeout(idle);
       process.off('SIGTERM', stop);
       release();
+      setPriorityQuietly(process.pid, 0); // a mount daemon now (root may raise it back; others stay niced)
       resolve(conn);
     });
   });
@@ -137,5 +146,7 @@ export function spawnStandby(bin: string): void {
   if (!standbyEnabled() || standbyPid() !== undefined) return;
   const child = spawn(process.execPath, [bin, 'mount-daemon', '--standby'], { detached: true, stdio: 'ignore' });
   child.on('error', () => undefined);
+  // It loads at the lowest priority, so the command that just got its mount is not slowed.
+  if (child.pid !== undefined) setPriorityQuietly(child.pid, 19);
   child.unref();
 }

@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
-import { Transform, Writable } from 'node:stream';
+import { Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { LazyrootError } from '../errors.js';
 import { createDecompressor, sniffCompression } from '../oci/compression.js';
 import type { Digest } from '../oci/digest.js';
+import { DigestStream } from '../oci/digest-stream.js';
 import { MediaType, type Compression } from '../oci/media-types.js';
 import type { FileReader } from './file-reader.js';
 
@@ -44,15 +45,7 @@ export async function examineLayerFile(
   for await (const chunk of files.open(path, 0, Math.min(4, size))) head.push(chunk as Buffer);
   const compression = sniffCompression(Buffer.concat(head));
 
-  const blobHash = createHash('sha256');
-  let blobBytes = 0;
-  const hashBlob = new Transform({
-    transform(chunk: Buffer, _enc, done) {
-      blobHash.update(chunk);
-      blobBytes += chunk.length;
-      done(null, chunk);
-    },
-  });
+  const hashBlob = new DigestStream();
   const tarHash = createHash('sha256');
   const tarHead = new TarHeadCheck();
   const hashTar = new Writable({
@@ -76,10 +69,10 @@ export async function examineLayerFile(
       cause: err,
     });
   }
-  if (blobBytes !== size) {
-    throw new LazyrootError('SIZE_MISMATCH', `${options.what}: read ${blobBytes} bytes, expected ${size}`);
+  if (hashBlob.bytes !== size) {
+    throw new LazyrootError('SIZE_MISMATCH', `${options.what}: read ${hashBlob.bytes} bytes, expected ${size}`);
   }
-  const facts: LayerFileFacts = { digest: `sha256:${blobHash.digest('hex')}`, size, compression, mediaType: layerMediaTypeFor(compression) };
+  const facts: LayerFileFacts = { digest: hashBlob.digest(), size, compression, mediaType: layerMediaTypeFor(compression) };
   if (wantDiffId) {
     const problem = tarHead.problem();
     if (problem) throw new LazyrootError('INVALID_ARGUMENT', `${options.what}: not a tar archive (${problem})`);

@@ -1,11 +1,21 @@
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { digestAlgorithm, digestHex, type Digest } from '../oci/digest.js';
 
 export const defaultStoreRoot = '/var/lib/lazyroot';
 
 /** Where everything lives inside a store (see design.md, "Store layout"). */
 export class StorePaths {
-  constructor(readonly root: string) {}
+  /**
+   * Absolute, whatever the caller gave: paths under it end up in mount
+   * options (overlay lowerdir=, the FUSE mount point) and in the argv of
+   * daemons, which the kernel and other processes read from another working
+   * directory.
+   */
+  readonly root: string;
+
+  constructor(root: string) {
+    this.root = resolve(root);
+  }
 
   get database(): string {
     return join(this.root, 'meta.db');

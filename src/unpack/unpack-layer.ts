@@ -1,9 +1,9 @@
-import { createHash } from 'node:crypto';
-import { Transform, type Readable, type Writable } from 'node:stream';
+import type { Readable, Writable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import tarStream from 'tar-stream';
 import { LazyrootError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
+import { DigestStream } from '../oci/digest-stream.js';
 import { LayerApplier, type ApplierOptions } from './layer-applier.js';
 import { installBinaryPaxDecoder } from '../index/tar-binary-pax.js';
 
@@ -21,15 +21,7 @@ export interface UnpackResult {
  */
 export async function unpackLayer(tar: Readable, options: ApplierOptions): Promise<UnpackResult> {
   installBinaryPaxDecoder();
-  const hash = createHash('sha256');
-  let size = 0;
-  const counter = new Transform({
-    transform(chunk: Buffer, _enc, done) {
-      hash.update(chunk);
-      size += chunk.length;
-      done(null, chunk);
-    },
-  });
+  const hashing = new DigestStream();
   const applier = new LayerApplier(options);
   await applier.start();
   const extract = tarStream.extract();
@@ -43,12 +35,12 @@ export async function unpackLayer(tar: Readable, options: ApplierOptions): Promi
     );
   });
   try {
-    await pipeline(tar, counter, extract as unknown as Writable);
+    await pipeline(tar, hashing, extract as unknown as Writable);
   } catch (err) {
     if (err instanceof LazyrootError) throw err;
     throw new LazyrootError('HOSTILE_ARCHIVE', `${options.what}: not a valid tar stream: ${(err as Error).message}`, { cause: err });
   }
   // tar-stream stops at the end-of-archive blocks; the diff ID covers what follows too.
   await applier.finish();
-  return { diffId: `sha256:${hash.digest('hex')}`, size, entries: applier.entries };
+  return { diffId: hashing.digest(), size: hashing.bytes, entries: applier.entries };
 }

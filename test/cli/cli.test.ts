@@ -1,39 +1,20 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readdir, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { buildImage, pushToRegistry, writeOciLayout, type ImageSpec } from '../helpers/image-builder.js';
 import { buildTar, dir, file } from '../helpers/tar-builder.js';
 import { missingRequirements } from '../helpers/requirements.js';
+import { lazyroot } from '../helpers/cli.js';
 import { storeSnapshot } from '../helpers/store-snapshot.js';
 
-const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot.js');
 const missing = missingRequirements({ tools: ['docker-registry', 'skopeo'] });
 if (missing.length && process.env.CI) throw new Error(`CI: CLI tests need ${missing.join(', ')} (run scripts/bootstrap)`);
-
-interface Run {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-function lazyroot(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Run> & { pid: number } {
-  const child = spawn(process.execPath, [bin, ...args], { env: { ...process.env, ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  const done = new Promise<Run>((resolvePromise) => child.on('close', (code, signal) => resolvePromise({ code, signal, stdout, stderr })));
-  return Object.assign(done, { pid: child.pid! });
-}
 
 function noise(seed: string, size: number): Buffer {
   const blocks: Buffer[] = [];

@@ -1,27 +1,17 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, mkdtemp, readFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { writeOciLayout } from '../helpers/image-builder.js';
 import { busyboxImageSpec } from '../helpers/sample-images.js';
-import { missingRequirements } from '../helpers/requirements.js';
+import { missingRequirements, requireOrSkip } from '../helpers/requirements.js';
+import { lazyroot } from '../helpers/cli.js';
 
-const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot.js');
 const missing = missingRequirements({ root: true, tools: ['runc', 'mount'] });
 if (missing.length && process.env.CI) throw new Error(`CI: run tests need ${missing.join(', ')}`);
-
-function lazyroot(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  return new Promise((r) => child.on('close', (code) => r({ code, stdout, stderr })));
-}
 
 describe('lazyroot run and bundle with runc', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
   let work: string;
@@ -83,6 +73,24 @@ describe('lazyroot run and bundle with runc', { skip: missing.length ? `needs ${
       await rm(closed, { recursive: true, force: true });
     }
   });
+
+  // Regression: a relative --store reached the kernel as relative overlay lowerdir= paths (and, with --lazy,
+  // a relative FUSE lower), which the mount resolves against another directory: the run failed.
+  for (const lazy of [false, true]) {
+    test(`relative --store: run${lazy ? ' --lazy' : ''} works from the directory it is relative to`, async (t) => {
+      if (lazy && !requireOrSkip(t, { fuse: true })) return;
+      const cwd = await mkdtemp(join(work, 'cwd-'));
+      await chmod(cwd, 0o711);
+      const relative = ['--store', './relstore'];
+      const run = await lazyroot([...relative, 'run', ...(lazy ? ['--lazy'] : []), ref, '--', 'cat', '/etc/motd'], { cwd });
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(run.stdout, 'hello from a lazyroot sample image\n');
+      assert.ok(existsSync(join(cwd, 'relstore', 'meta.db')), 'the store is where --store says, relative to the working directory');
+      assert.deepEqual(JSON.parse((await lazyroot([...relative, 'list', '--json'], { cwd })).stdout), []);
+      const left = (await readFile('/proc/self/mounts', 'utf8')).split('\n').filter((line) => line.split(' ')[1]?.startsWith(cwd));
+      assert.deepEqual(left, [], 'nothing left mounted');
+    });
+  }
 
   test('bundle writes config.json and mounts the rootfs; plain runc runs it; delete unmounts', async () => {
     const dir = join(work, 'bundle');

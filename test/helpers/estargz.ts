@@ -24,18 +24,20 @@
  *
  * Needs: containerd and stargz-snapshotter (ctr-remote), as root.
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { closeSync, openSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
-import { gzipSync } from 'node:zlib';
+import { gunzipSync, gzipSync } from 'node:zlib';
 import { request } from 'undici';
 import { estargzFooter } from '../../src/index/estargz/footer.js';
 import type { BlobRangeReader } from '../../src/index/types.js';
 import type { ImageManifest } from '../../src/oci/types.js';
+import { spawnProcess, type ManagedProcess } from './process.js';
+import type { PushableImage } from './registry.js';
 import { buildTar, file, type TarEntry } from './tar-builder.js';
 
 const run = promisify(execFile);
@@ -55,18 +57,6 @@ export interface Containerd {
   ctr(args: string[]): Promise<string>;
   stop(): Promise<void>;
 }
-
-// Last-resort cleanup if a test process dies without calling stop(): only our PIDs.
-const livePids = new Set<number>();
-process.on('exit', () => {
-  for (const pid of livePids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-});
 
 /** Starts a private containerd (about 50 ms on the dev machine). */
 export async function startContainerd(): Promise<Containerd> {
@@ -104,25 +94,12 @@ export async function startContainerd(): Promise<Containerd> {
   );
   const logFd = openSync(logPath, 'a');
   const started = Date.now();
-  let child: ChildProcess;
+  let proc: ManagedProcess;
   try {
-    child = spawn('containerd', ['--config', configPath], { stdio: ['ignore', logFd, logFd] });
+    proc = spawnProcess('containerd', ['--config', configPath], { stdio: ['ignore', logFd, logFd], name: `containerd on ${address}` });
   } finally {
     closeSync(logFd);
   }
-  let exited: string | undefined;
-  const exit = new Promise<void>((resolve) => {
-    child.on('exit', (code, signal) => {
-      exited = String(code ?? signal);
-      if (child.pid !== undefined) livePids.delete(child.pid);
-      resolve();
-    });
-    child.on('error', (err) => {
-      exited = err.message;
-      resolve();
-    });
-  });
-  if (child.pid !== undefined) livePids.add(child.pid);
 
   const ctr = async (args: string[]): Promise<string> => {
     try {
@@ -134,38 +111,23 @@ export async function startContainerd(): Promise<Containerd> {
     }
   };
   const stop = async (): Promise<void> => {
-    if (exited === undefined) {
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exit;
-      clearTimeout(timer);
-    }
+    await proc.stop();
     await rm(dir, { recursive: true, force: true });
   };
 
-  const deadline = Date.now() + 10_000;
-  for (;;) {
-    if (exited !== undefined) {
-      const log = await readFile(logPath, 'utf8').catch(() => '');
-      await rm(dir, { recursive: true, force: true });
-      throw new Error(`containerd exited (${exited}) before answering:\n${log.split('\n').slice(-20).join('\n')}`);
-    }
-    try {
-      await run('ctr-remote', ['--address', address, 'version'], { timeout: 2000 });
-      break;
-    } catch {
-      if (Date.now() > deadline) {
-        const log = await readFile(logPath, 'utf8').catch(() => '');
-        await stop();
-        throw new Error(`containerd did not answer on ${address} within 10 s:\n${log.split('\n').slice(-20).join('\n')}`);
-      }
-      await new Promise((r) => setTimeout(r, 20));
-    }
+  try {
+    await proc.waitReady(
+      () => run('ctr-remote', ['--address', address, 'version'], { timeout: 2000 }).then(() => true, () => false),
+      { intervalMs: 20, describe: async () => (await readFile(logPath, 'utf8').catch(() => '')).split('\n').slice(-20).join('\n') },
+    );
+  } catch (err) {
+    await rm(dir, { recursive: true, force: true });
+    throw err;
   }
   return {
     address,
     dir,
-    pid: child.pid!,
+    pid: proc.pid,
     startupMs: Date.now() - started,
     log: () => readFile(logPath, 'utf8'),
     ctr,
@@ -423,6 +385,50 @@ function legacyFooter(tocOffset: number): Buffer {
   footer.write(`${tocOffset.toString(16).padStart(16, '0')}STARGZ`, 12, 'latin1');
   footer.set([1, 0, 0, 0xff, 0xff], 34);
   return footer;
+}
+
+export interface EstargzImage extends PushableImage {
+  layerDigests: string[];
+  /** Per layer: where the `.prefetch.landmark` member starts (bytes before it hold the prioritized entries), else 0. */
+  prioritizedEnd: number[];
+}
+
+/**
+ * An image of `buildEstargz` layers, the way ctr-remote lays one out: gzip
+ * layer media type with the TOC digest annotation, diff IDs of the whole
+ * uncompressed streams. Push it with the registry helper's `pushImage`.
+ */
+export async function buildEstargzImage(
+  layers: TarEntry[][],
+  options: { chunkSize?: number; config?: Record<string, unknown> } = {},
+): Promise<EstargzImage> {
+  const built = await Promise.all(layers.map((entries) => buildEstargz(entries, options.chunkSize ? { chunkSize: options.chunkSize } : {})));
+  const config = {
+    architecture: 'amd64',
+    os: 'linux',
+    config: options.config ?? {},
+    rootfs: { type: 'layers', diff_ids: built.map((b) => digestOf(gunzipSync(b.blob))) },
+  };
+  const configBytes = Buffer.from(JSON.stringify(config));
+  const manifest = {
+    schemaVersion: 2,
+    mediaType: 'application/vnd.oci.image.manifest.v1+json',
+    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: digestOf(configBytes), size: configBytes.length },
+    layers: built.map((b) => ({
+      mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
+      digest: digestOf(b.blob),
+      size: b.blob.length,
+      annotations: { 'containerd.io/snapshot/stargz/toc.digest': b.tocDigest },
+    })),
+  };
+  return {
+    manifestBytes: Buffer.from(JSON.stringify(manifest)),
+    manifest,
+    configBytes,
+    layers: built.map((b) => ({ blob: b.blob })),
+    layerDigests: manifest.layers.map((l) => l.digest),
+    prioritizedEnd: built.map((b) => (b.toc.entries.find((e) => e.name === '.prefetch.landmark')?.offset as number | undefined) ?? 0),
+  };
 }
 
 function digestOf(bytes: Buffer): string {

@@ -19,7 +19,7 @@
  * Needs: docker-registry, openssl (token auth), htpasswd from apache2-utils
  * (basic auth).
  */
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHash, createPrivateKey, generateKeyPairSync, randomUUID, sign, X509Certificate, type KeyObject } from 'node:crypto';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { createServer, get, type Server } from 'node:http';
@@ -27,6 +27,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { freePort } from './free-port.js';
+import { spawnProcess } from './process.js';
 
 const run = promisify(execFile);
 
@@ -151,10 +152,9 @@ async function startOnce(options: RegistryOptions): Promise<TestRegistry> {
     );
 
     const started = Date.now();
-    const child = spawn('/usr/bin/docker-registry', ['serve', configPath], { stdio: ['ignore', 'pipe', 'pipe'] });
-    const registry = watchRegistry(child);
+    const registry = startRegistryProcess(configPath, host);
     cleanups.unshift(() => registry.stop());
-    await registry.waitReady(host);
+    await registry.waitReady();
     const startupMs = Date.now() - started;
 
     const [firstUser] = Object.entries(users);
@@ -229,64 +229,30 @@ async function startOnce(options: RegistryOptions): Promise<TestRegistry> {
 // ---- the registry process
 
 interface WatchedRegistry {
-  waitReady(host: string): Promise<void>;
+  waitReady(): Promise<void>;
   accessLog(): string[];
   stop(): Promise<void>;
 }
 
-// Last-resort cleanup if a test process dies without calling stop(): only our PIDs.
-const livePids = new Set<number>();
-process.on('exit', () => {
-  for (const pid of livePids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
-});
-
-function watchRegistry(child: ChildProcess): WatchedRegistry {
+function startRegistryProcess(configPath: string, host: string): WatchedRegistry {
+  const proc = spawnProcess('/usr/bin/docker-registry', ['serve', configPath], { name: `docker-registry on ${host}` });
   const access: string[] = [];
   const stderrTail: string[] = [];
-  let exited: { code: number | null; signal: NodeJS.Signals | null } | undefined;
-  const exit = new Promise<void>((resolve) => {
-    child.on('exit', (code, signal) => {
-      exited = { code, signal };
-      if (child.pid !== undefined) livePids.delete(child.pid);
-      resolve();
-    });
-  });
-  if (child.pid !== undefined) livePids.add(child.pid);
   // The access log (Apache combined format) goes to stdout:
   // 127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "ua"
-  lines(child.stdout, (line) => {
+  lines(proc.child.stdout, (line) => {
     const m = /"([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3})/.exec(line);
     if (m) access.push(`${m[1]} ${m[2]} ${m[3]}`);
   });
-  lines(child.stderr, (line) => {
+  lines(proc.child.stderr, (line) => {
     stderrTail.push(line);
     if (stderrTail.length > 30) stderrTail.shift();
   });
 
   return {
-    async waitReady(host) {
-      const deadline = Date.now() + 10_000;
-      for (;;) {
-        if (exited) throw new Error(`docker-registry exited (${exited.code ?? exited.signal}) before answering:\n${stderrTail.join('\n')}`);
-        if (await answers(`http://${host}/v2/`)) return;
-        if (Date.now() > deadline) throw new Error(`docker-registry did not answer on ${host} within 10 s:\n${stderrTail.join('\n')}`);
-        await new Promise((r) => setTimeout(r, 10));
-      }
-    },
+    waitReady: () => proc.waitReady(() => answers(`http://${host}/v2/`), { describe: () => stderrTail.join('\n') }),
     accessLog: () => access.slice(),
-    async stop() {
-      if (exited) return;
-      child.kill('SIGTERM');
-      const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-      await exit;
-      clearTimeout(timer);
-    },
+    stop: () => proc.stop(),
   };
 }
 

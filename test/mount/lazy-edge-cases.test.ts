@@ -1,27 +1,16 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { allFeaturesLayout, type EdgeCaseImage } from '../helpers/edge-case-images.js';
 import { diffTreesReport, snapshotTree, type AllowedDifference } from '../helpers/tree-snapshot.js';
 import { umociUnpackWithLog } from '../helpers/umoci.js';
 import { missingRequirements } from '../helpers/requirements.js';
+import { lazyroot } from '../helpers/cli.js';
 
-const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot.js');
 const missing = missingRequirements({ root: true, fuse: true, tools: ['umoci', 'zstd'] });
 if (missing.length && process.env.CI) throw new Error(`CI: lazy edge-case tests need ${missing.join(', ')}`);
-
-function lazyroot(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  return new Promise((r) => child.on('close', (code) => r({ code, stdout, stderr })));
-}
 
 /** Where the lazy FUSE tree and umoci's directory differ by design, named. */
 const fuseVsUmoci: AllowedDifference[] = [];

@@ -4,8 +4,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
 import { pushToRegistry, writeOciLayout, type ImageSpec } from '../helpers/image-builder.js';
@@ -15,8 +14,8 @@ import { diffTreesReport, snapshotTree } from '../helpers/tree-snapshot.js';
 import { umociUnpack } from '../helpers/umoci.js';
 import { startContainerd, convertToEstargz, type Containerd } from '../helpers/estargz.js';
 import { missingRequirements } from '../helpers/requirements.js';
+import { lazyroot } from '../helpers/cli.js';
 
-const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot.js');
 const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry', 'skopeo', 'umoci', 'containerd', 'ctr-remote'] });
 if (missing.length && process.env.CI) throw new Error(`CI: lazy mount tests need ${missing.join(', ')}`);
 
@@ -24,15 +23,6 @@ function noise(seed: string, size: number): Buffer {
   const blocks: Buffer[] = [];
   for (let i = 0; i * 64 < size; i++) blocks.push(createHash('sha512').update(`${seed}/${i}`).digest());
   return Buffer.concat(blocks).subarray(0, size);
-}
-
-function lazyroot(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  return new Promise((r) => child.on('close', (code) => r({ code, stdout, stderr })));
 }
 
 /**

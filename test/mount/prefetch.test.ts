@@ -5,33 +5,22 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { gunzipSync } from 'node:zlib';
-import { startRegistry, type PushableImage, type TestRegistry } from '../helpers/registry.js';
+import { join } from 'node:path';
+import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { startFaultProxy, type FaultProxy } from '../helpers/fault-proxy.js';
 import { buildImage, type ImageSpec } from '../helpers/image-builder.js';
 import { buildTar, dir, file, symlink, type TarEntry } from '../helpers/tar-builder.js';
-import { buildEstargz, incompressible } from '../helpers/estargz.js';
+import { buildEstargzImage, incompressible, type EstargzImage } from '../helpers/estargz.js';
 import { missingRequirements } from '../helpers/requirements.js';
+import { lazyroot } from '../helpers/cli.js';
 import { Store } from '../../src/store/store.js';
 
-const bin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot.js');
 const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry', 'runc'] });
 if (missing.length && process.env.CI) throw new Error(`CI: prefetch tests need ${missing.join(', ')}`);
 
 const MiB = 1 << 20;
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-function lazyroot(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, [bin, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  return new Promise((r) => child.on('close', (code) => r({ code, stdout, stderr })));
-}
 
 /** Reads a file of the mount from another process (this one runs the proxy: no spawnSync). */
 function readInChild(path: string): Promise<string> {
@@ -99,43 +88,11 @@ const dataEntries: TarEntry[] = [
 ];
 const topEntries: TarEntry[] = [dir('etc'), file('etc/motd', 'prefetched\n')];
 
-/** An eStargz image (in-process writer) the way ctr-remote lays it out: TOC digest annotation, diff IDs of the whole stream. */
-async function estargzImage(layers: TarEntry[][]): Promise<PushableImage & { layerDigests: string[]; prioritizedEnd: number[] }> {
-  const built = await Promise.all(layers.map((entries) => buildEstargz(entries, { chunkSize: 512 * 1024 })));
-  const config = {
-    architecture: 'amd64',
-    os: 'linux',
-    config: { Cmd: ['/bin/cat', '/etc/motd'], Env: ['PATH=/bin'] },
-    rootfs: { type: 'layers', diff_ids: built.map((b) => `sha256:${sha(gunzipSync(b.blob))}`) },
-  };
-  const configBytes = Buffer.from(JSON.stringify(config));
-  const manifest = {
-    schemaVersion: 2,
-    mediaType: 'application/vnd.oci.image.manifest.v1+json',
-    config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: `sha256:${sha(configBytes)}`, size: configBytes.length },
-    layers: built.map((b) => ({
-      mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip',
-      digest: `sha256:${sha(b.blob)}`,
-      size: b.blob.length,
-      annotations: { 'containerd.io/snapshot/stargz/toc.digest': b.tocDigest },
-    })),
-  };
-  return {
-    manifestBytes: Buffer.from(JSON.stringify(manifest)),
-    manifest,
-    configBytes,
-    layers: built.map((b) => ({ blob: b.blob })),
-    layerDigests: manifest.layers.map((l) => l.digest),
-    // Where the landmark's member starts: bytes before it hold the prioritized entries.
-    prioritizedEnd: built.map((b) => (b.toc.entries.find((e) => e.name === '.prefetch.landmark')?.offset as number | undefined) ?? 0),
-  };
-}
-
 describe('background prefetch, Range-ignoring registries and the bounded cache', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
   let work: string;
   let registry: TestRegistry;
   let proxy: FaultProxy;
-  let stargz: Awaited<ReturnType<typeof estargzImage>>;
+  let stargz: EstargzImage;
   let gzipDigests: string[];
   const mounted: Array<{ target: string; store: string }> = [];
 
@@ -143,7 +100,10 @@ describe('background prefetch, Range-ignoring registries and the bounded cache',
     work = await mkdtemp(join(tmpdir(), 'lazyroot-prefetch-'));
     registry = await startRegistry();
     proxy = await startFaultProxy(registry.host);
-    stargz = await estargzImage([baseEntries, dataEntries, topEntries]);
+    stargz = await buildEstargzImage([baseEntries, dataEntries, topEntries], {
+      chunkSize: 512 * 1024,
+      config: { Cmd: ['/bin/cat', '/etc/motd'], Env: ['PATH=/bin'] },
+    });
     await registry.pushImage('prefetch/app', 'estargz', stargz);
     const spec: ImageSpec = {
       layers: [

@@ -103,8 +103,7 @@ function registerMountDaemon(program: Command): void {
           logger,
           onReady: (error) => {
             replyReady(channel, error);
-            // After the caller has its answer, so the new standby's start does not delay it.
-            if (!error) setTimeout(() => standby.spawnStandby(process.argv[1]!), 2_000);
+            if (!error) standby.spawnStandby(process.argv[1]!);
           },
         });
       } catch (err) {

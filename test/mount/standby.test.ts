@@ -1,0 +1,126 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { pushToRegistry, writeOciLayout } from '../helpers/image-builder.js';
+import { busyboxImageSpec } from '../helpers/sample-images.js';
+import { snapshotTree } from '../helpers/tree-snapshot.js';
+import { missingRequirements } from '../helpers/requirements.js';
+import { lazyroot } from '../helpers/cli.js';
+
+const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry', 'skopeo'] });
+if (missing.length && process.env.CI) throw new Error(`CI: standby tests need ${missing.join(', ')}`);
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function until<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value !== undefined) return value;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
+describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
+  let work: string;
+  let registry: TestRegistry;
+  let ref: string;
+  const standbyDir = () => join(work, 'standby');
+  const store = () => join(work, 'store');
+  const started = new Set<number>();
+
+  /** The pid the live standby wrote, once its socket is there. */
+  const standbyPid = () =>
+    until('a standby', async () => {
+      const names = await readdir(standbyDir()).catch(() => [] as string[]);
+      const pidFile = names.find((n) => n.endsWith('.pid'));
+      if (!pidFile || !names.includes(pidFile.replace(/\.pid$/, '.sock'))) return undefined;
+      const pid = Number(await readFile(join(standbyDir(), pidFile), 'utf8').catch(() => ''));
+      if (!pid || !alive(pid)) return undefined;
+      started.add(pid);
+      return pid;
+    });
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'lazyroot-standby-'));
+    // The children inherit these: standbys on (run-tests turns them off), in a directory of this test's own.
+    process.env.LAZYROOT_STANDBY = '1';
+    process.env.LAZYROOT_STANDBY_DIR = standbyDir();
+    registry = await startRegistry();
+    const layout = join(work, 'layout');
+    await writeOciLayout(layout, [await busyboxImageSpec('latest')]);
+    await pushToRegistry(layout, 'standby/busybox:latest', registry.host);
+    ref = `docker://${registry.host}/standby/busybox:latest`;
+  });
+
+  after(async () => {
+    for (const dir of ['a', 'b', 'c']) await lazyroot(['--store', store(), 'umount', join(work, dir)]);
+    for (const pid of started) if (alive(pid)) process.kill(pid, 'SIGTERM');
+    await until('standbys to stop', async () => ([...started].some(alive) ? undefined : true)).catch(() => {
+      for (const pid of started) if (alive(pid)) process.kill(pid, 'SIGKILL');
+    });
+    await registry?.stop();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test('a daemon leaves a standby; the next mount is served by it, the same tree; a standby stops cleanly on SIGTERM', async () => {
+    for (const dir of ['a', 'b', 'c']) await mkdir(join(work, dir));
+    const first = await lazyroot(['--store', store(), '--json', 'mount', '--no-prefetch', ref, join(work, 'a')]);
+    assert.equal(first.code, 0, first.stderr);
+    const firstPid = (JSON.parse(first.stdout) as { pid: number }).pid;
+    started.add(firstPid);
+
+    const standby = await standbyPid();
+    assert.notEqual(standby, firstPid);
+    const second = await lazyroot(['--store', store(), '--json', 'mount', '--no-prefetch', ref, join(work, 'b')]);
+    assert.equal(second.code, 0, second.stderr);
+    // The standby became the second mount's daemon.
+    assert.equal((JSON.parse(second.stdout) as { pid: number }).pid, standby);
+    assert.deepEqual(await snapshotTree(join(work, 'b')), await snapshotTree(join(work, 'a')));
+    const stats = await lazyroot(['--store', store(), '--json', 'mount', '--stats', join(work, 'b')]);
+    assert.equal(stats.code, 0, stats.stderr);
+    assert.equal((JSON.parse(stats.stdout) as { pid: number }).pid, standby);
+
+    // It left a new standby in turn; SIGTERM makes that one remove its socket and exit.
+    const next = await standbyPid();
+    assert.notEqual(next, standby);
+    process.kill(next, 'SIGTERM');
+    await until('the standby to exit', async () => (alive(next) ? undefined : true));
+    assert.deepEqual(await readdir(standbyDir()), []);
+
+    // umount of a standby-served mount stops that daemon only.
+    const u = await lazyroot(['--store', store(), 'umount', join(work, 'b')]);
+    assert.equal(u.code, 0, u.stderr);
+    assert.equal(alive(standby), false);
+    assert.ok(alive(firstPid));
+  });
+
+  test('a standby killed with SIGKILL leaves a dead socket: the next mount starts its own daemon', async () => {
+    // The previous test stopped its standby: a new mount leaves one.
+    await lazyroot(['--store', store(), 'umount', join(work, 'a')]);
+    const again = await lazyroot(['--store', store(), '--json', 'mount', '--no-prefetch', ref, join(work, 'a')]);
+    assert.equal(again.code, 0, again.stderr);
+    started.add((JSON.parse(again.stdout) as { pid: number }).pid);
+    const victim = await standbyPid();
+    process.kill(victim, 'SIGKILL');
+    await until('the standby to die', async () => (alive(victim) ? undefined : true));
+    assert.ok((await readdir(standbyDir())).some((n) => n.endsWith('.sock')), 'the dead standby left its socket');
+    const mounted = await lazyroot(['--store', store(), '--json', 'mount', '--no-prefetch', ref, join(work, 'c')]);
+    assert.equal(mounted.code, 0, mounted.stderr);
+    const pid = (JSON.parse(mounted.stdout) as { pid: number }).pid;
+    started.add(pid);
+    assert.notEqual(pid, victim);
+    assert.equal((await readFile(join(work, 'c', 'etc', 'passwd'), 'utf8')).split('\n')[0], (await readFile(join(work, 'a', 'etc', 'passwd'), 'utf8')).split('\n')[0]);
+  });
+});
