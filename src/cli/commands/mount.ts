@@ -193,14 +193,19 @@ export function registerMount(program: Command, out: Output): void {
     .command('index')
     .description('build the span index of every gzip/uncompressed layer of an image, ahead of a lazy mount')
     .argument('<ref>', 'image')
-    .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image');
+    .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image')
+    .option('--span-bytes <n>', 'compressed bytes between checkpoints: the fetch granularity of a lazy read (default 524288)', bytesFlag('--span-bytes'));
   addRegistryFlags(index);
-  index.action(async (ref: string, opts: RegistryFlags & { platform?: string }, command: Command) => {
+  index.action(async (ref: string, opts: RegistryFlags & { platform?: string; spanBytes?: number }, command: Command) => {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
     try {
       const { indexImage } = await import('../../mount/index-image.js');
-      const report = await indexImage(store, ref, { registry: registryOptionsFrom(opts), ...(opts.platform ? { platform: opts.platform } : {}) });
+      const report = await indexImage(store, ref, {
+        registry: registryOptionsFrom(opts),
+        ...(opts.platform ? { platform: opts.platform } : {}),
+        ...(opts.spanBytes !== undefined ? { spanBytes: opts.spanBytes } : {}),
+      });
       if (global.json) return out.json(report);
       for (const l of report) {
         out.text(`${l.digest.slice(0, 19)}  ${l.format}${l.entries !== undefined ? `  ${l.entries} entries, ${l.checkpoints} checkpoints, ${l.seconds!.toFixed(2)} s` : ''}`);
