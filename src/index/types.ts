@@ -71,4 +71,9 @@ export interface BlobRangeReader {
   read(start: number, end: number): Promise<Buffer>;
   /** The bytes of [start, end) just returned by `read` passed verification. */
   confirm?(start: number, end: number): void;
+  /**
+   * True once every byte has been checked against the blob's own digest (a
+   * blob in the store's blobs/): reads need no per-span check then.
+   */
+  readonly verifiedWhole?: boolean;
 }

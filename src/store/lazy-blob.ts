@@ -425,6 +425,11 @@ export class LazyBlob {
     return this.complete;
   }
 
+  /** BlobRangeReader: a complete blob was verified whole (in blobs/ only after its digest matched). */
+  get verifiedWhole(): boolean {
+    return this.complete;
+  }
+
   /** 'streamed' when the blob was downloaded whole because its source ignores Range. */
   get completedBy(): 'ranges' | 'streamed' | undefined {
     return this.wholeBy;
