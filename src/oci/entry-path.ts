@@ -13,6 +13,7 @@ const reservedPrefix = '.wh..wh.';
  * refused: a layer never needs them, and they are how archives escape.
  */
 export function normalizeEntryPath(name: string, what: string): string {
+  if (canonical.test(name)) return name; // the common case, without splitting (indexes hold many thousands)
   if (name === '') throw hostile(what, name, 'has an empty name (invalid)');
   if (name.includes('\0')) throw hostile(what, name, 'contains a NUL byte');
   if (name.startsWith('/')) throw hostile(what, name, 'is absolute: entries must stay inside the layer (escapes the root)');
@@ -25,6 +26,9 @@ export function normalizeEntryPath(name: string, what: string): string {
   return parts.join('/');
 }
 
+/** Already relative and canonical: no empty, `.` or `..` component, no leading or trailing slash, no NUL. */
+const canonical = /^(?!\.\.?(?:\/|$))(?:[^/\0]+\/(?!\.\.?(?:\/|$)))*[^/\0]+$/;
+
 export type EntryRole =
   | { kind: 'normal' }
   | { kind: 'whiteout'; target: string }
@@ -33,8 +37,11 @@ export type EntryRole =
   /** `.wh.`, `.wh..`, `.wh...`: a whiteout of the directory itself or of its parent. */
   | { kind: 'invalid-whiteout' };
 
+const normalRole: EntryRole = Object.freeze({ kind: 'normal' });
+
 /** What a (normalized) tar path means for the union: a file, a whiteout, an opaque marker. */
 export function classifyEntry(path: string): EntryRole {
+  if (!path.includes(whiteoutPrefix)) return normalRole; // nearly every entry: no allocation
   const slash = path.lastIndexOf('/');
   const base = path.slice(slash + 1);
   const parent = slash < 0 ? '' : path.slice(0, slash);

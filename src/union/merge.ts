@@ -68,6 +68,8 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
 
     /** Resolves a parent path as the unpacker does, creating implicit directories. */
     const ensureDir = (rel: string, entryName: string): string => {
+      // Paths in the tree are resolved already: a directory there needs no walk.
+      if (tree.get(rel)?.entry.type === 'dir') return rel;
       const pending = rel === '' ? [] : rel.split('/');
       const done: string[] = [];
       let hops = 0;

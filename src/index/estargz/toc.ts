@@ -413,10 +413,15 @@ function int(value: unknown, at: string, field: string): number {
   return value;
 }
 
+/** The last modtime parsed: entries of one layer mostly share a few (Date.parse is the slow part). */
+let lastModtime: { text: string; seconds: number } | undefined;
+
 function mtimeOf(value: unknown, at: string): number {
   if (value === undefined || value === '') return 0;
+  if (lastModtime && value === lastModtime.text) return lastModtime.seconds;
   const ms = typeof value === 'string' ? Date.parse(value) : Number.NaN;
   if (Number.isNaN(ms)) throw invalid(at, `"modtime" ${JSON.stringify(value)} is not an RFC 3339 time`);
+  lastModtime = { text: value as string, seconds: ms / 1000 };
   return ms / 1000;
 }
 
