@@ -59,43 +59,75 @@ const lazyrootBin = fileURLToPath(new URL('../../../bin/lazyroot.js', import.met
 export async function createRootfs(store: Store, ref: string, id: string, options: CreateOptions = {}): Promise<{ rootfs: RootfsRecord; spec: SpecFragment }> {
   checkRootfsId(id);
   if (options.lazy && options.mapping) throw new LazyrootError('UNSUPPORTED', `create rootfs ${id}: --uid-mapping is not available with lazy mounts yet`);
-  const image: ImageRecord = store.findImage(ref) ?? (await pullReference(store, ref, { ...options, ...(options.lazy ? { fetchLayers: false } : {}) })).image;
-  const layerNames = options.lazy ? [] : image.chainIds.map((c) => layerDirName(c, options.mapping));
-  await withLock(store.paths.storeLock, 'store', async () => {
-    if (!store.db.imageById(image.id)) throw new LazyrootError('NOT_FOUND', `image ${ref}: removed while the rootfs was being created`);
-    const claimed = store.db.insertRootfs({
-      id,
-      imageId: image.id,
-      driver: options.lazy ? 'fuse' : 'overlay',
-      mapping: options.mapping ? JSON.stringify(options.mapping) : null,
-      layerDirs: layerNames,
-      mountPoint: options.mountPoint ?? null,
-    });
-    if (!claimed) throw new LazyrootError('ALREADY_EXISTS', `rootfs ${id}: already exists`);
-  });
   const paths = rootfsPaths(store, id);
   const target = options.mountPoint ?? paths.merged;
-  let mounted = false;
-  let lazyMounted = false;
-  try {
-    if (options.lazy) {
-      await mkdir(paths.lazyLower, { recursive: true });
-      await startMountDaemon(
-        {
-          store: store.paths.root,
-          ref: image.id,
-          mountpoint: paths.lazyLower,
-          options: { ...(options.registry ? { registry: options.registry } : {}), ...(options.lazy.deadlineMs !== undefined ? { deadlineMs: options.lazy.deadlineMs } : {}) },
-          env: process.env,
-          logFile: join(paths.dir, 'mount-daemon.log'),
+  const startLazyLower = (imageRef: string) =>
+    startMountDaemon(
+      {
+        store: store.paths.root,
+        ref: imageRef,
+        mountpoint: paths.lazyLower,
+        options: {
+          ...(options.registry ? { registry: options.registry } : {}),
+          ...(options.platform ? { platform: options.platform } : {}),
+          ...(options.lazy?.deadlineMs !== undefined ? { deadlineMs: options.lazy.deadlineMs } : {}),
         },
-        { bin: lazyrootBin },
-      );
+        env: process.env,
+        logFile: join(paths.dir, 'mount-daemon.log'),
+      },
+      { bin: lazyrootBin },
+    );
+  let lazyMounted = false;
+  let image = store.findImage(ref);
+  if (!image && options.lazy) {
+    // The mount daemon fetches the manifest and config itself: a warm standby has the
+    // registry client loaded already, and this process need not load it at all.
+    if (store.db.rootfs(id)) throw new LazyrootError('ALREADY_EXISTS', `rootfs ${id}: already exists`);
+    await mkdir(paths.lazyLower, { recursive: true });
+    try {
+      await startLazyLower(ref);
+    } catch (err) {
+      await rm(paths.dir, { recursive: true, force: true });
+      throw err instanceof LazyrootError ? err.withContext(`create rootfs ${id}`) : err;
+    }
+    lazyMounted = true;
+    image = store.findImage(ref);
+  }
+  try {
+    image ??= (await pullReference(store, ref, { ...options, ...(options.lazy ? { fetchLayers: false } : {}) })).image;
+  } catch (err) {
+    if (lazyMounted) await unmountLazy(store, paths.lazyLower).catch(() => undefined);
+    throw err;
+  }
+  const chosen: ImageRecord = image;
+  const layerNames = options.lazy ? [] : chosen.chainIds.map((c) => layerDirName(c, options.mapping));
+  try {
+    await withLock(store.paths.storeLock, 'store', async () => {
+      if (!store.db.imageById(chosen.id)) throw new LazyrootError('NOT_FOUND', `image ${ref}: removed while the rootfs was being created`);
+      const claimed = store.db.insertRootfs({
+        id,
+        imageId: chosen.id,
+        driver: options.lazy ? 'fuse' : 'overlay',
+        mapping: options.mapping ? JSON.stringify(options.mapping) : null,
+        layerDirs: layerNames,
+        mountPoint: options.mountPoint ?? null,
+      });
+      if (!claimed) throw new LazyrootError('ALREADY_EXISTS', `rootfs ${id}: already exists`);
+    });
+  } catch (err) {
+    if (lazyMounted) await unmountLazy(store, paths.lazyLower).catch(() => undefined);
+    throw err;
+  }
+  let mounted = false;
+  try {
+    if (options.lazy && !lazyMounted) {
+      await mkdir(paths.lazyLower, { recursive: true });
+      await startLazyLower(chosen.id);
       lazyMounted = true;
     }
     const layers = options.lazy
       ? []
-      : await ensureLayersUnpacked(store, image, { ...(options.mapping ? { mapping: options.mapping } : {}), ...(options.onLayer ? { onLayer: options.onLayer } : {}) });
+      : await ensureLayersUnpacked(store, chosen, { ...(options.mapping ? { mapping: options.mapping } : {}), ...(options.onLayer ? { onLayer: options.onLayer } : {}) });
     for (const d of [paths.upper, paths.work, target]) await mkdir(d, { recursive: true, mode: 0o755 });
     // overlayfs shows the upper dir's owner, mode and times on the merged root: take
     // the image's (mapped) root's, or a container in a user namespace cannot write to /.
@@ -116,7 +148,7 @@ export async function createRootfs(store: Store, ref: string, id: string, option
       await chown(paths.upper, rootStat.uid, rootStat.gid);
       await chmod(paths.upper, rootStat.mode & 0o7777);
     }
-    const config = await store.configOf(image);
+    const config = await store.configOf(chosen);
     const spec: SpecFragment = { root: { path: target }, process: { env: config.config?.Env ?? [] }, mounts: [] };
     if (options.withoutMount) {
       spec.mounts.push({ ...overlayMount({ lowerdirs: absolute, upperdir: paths.upper, workdir: paths.work, target: '/' }) });
