@@ -111,7 +111,7 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
   } catch (err) {
     throw new LazyrootError('INVALID_ARGUMENT', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
   }
-  return { ...mapToc(toc, tocOffset, what), tocDigest: got, tocOffset, footer };
+  return { ...indexFromToc(toc, tocOffset, what), tocDigest: got, tocOffset, footer };
 }
 
 // ---- the TOC's gzip member: one tar entry named stargz.index.json
@@ -241,7 +241,8 @@ const entryTypes: Record<string, IndexEntry['type'] | undefined> = {
   fifo: 'fifo',
 };
 
-function mapToc(toc: unknown, tocOffset: number, what: string): Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'> {
+/** A parsed TOC (`stargz.index.json`) as index entries and chunk lists; `tocOffset` is where the TOC starts in the blob. */
+export function indexFromToc(toc: unknown, tocOffset: number, what: string): Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'> {
   if (!isObject(toc)) throw invalid(what, `TOC ${tocTarName} is not a JSON object`);
   if (toc.version !== 1) {
     throw new LazyrootError('UNSUPPORTED', `${what}: TOC version ${JSON.stringify(toc.version)} is not supported (only 1)`);
