@@ -1,6 +1,7 @@
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { dropCaches, median, timeCommand, type Measurement } from './measure.js';
+import { capture } from './lazy-bench.js';
 import { largeImageLayout } from './sample-images.js';
 import type { BenchContext, BenchRow } from './types.js';
 
@@ -23,17 +24,24 @@ export async function createRunBench(ctx: BenchContext): Promise<BenchRow[]> {
     runs.lazyroot!.push(await timeCommand([process.execPath, ctx.lazyrootBin, 'run', '--store', store, ref, '--', '/bin/true']));
 
     const bundle = join(ctx.workDir, `umoci-${round}`);
+    const id = `bench-${process.pid}-${round}`;
     await mkdir(ctx.workDir, { recursive: true });
     await dropCaches();
-    runs['umoci + runc']!.push(
-      await timeCommand([
-        'sh',
-        '-c',
-        `umoci unpack --image "${layout}:v1" "${bundle}" >/dev/null && runc --root "${bundle}.runc" run --bundle "${bundle}" "bench-${process.pid}-${round}" && runc --root "${bundle}.runc" delete --force "bench-${process.pid}-${round}" 2>/dev/null; true`,
-      ]),
-    );
-    await rm(bundle, { recursive: true, force: true });
-    await rm(`${bundle}.runc`, { recursive: true, force: true });
+    try {
+      const unpack = await timeCommand(['umoci', 'unpack', '--image', `${layout}:v1`, bundle]);
+      // umoci writes `terminal: true`; with no tty here runc would fail at once. Untimed edit.
+      const configPath = join(bundle, 'config.json');
+      const config = JSON.parse(await readFile(configPath, 'utf8')) as { process: { terminal?: boolean } };
+      config.process.terminal = false;
+      await writeFile(configPath, JSON.stringify(config));
+      // `runc run` in the foreground deletes the container when it exits; any failure is fatal.
+      const runc = await timeCommand(['runc', '--root', `${bundle}.runc`, 'run', '--bundle', bundle, id]);
+      runs['umoci + runc']!.push({ seconds: unpack.seconds + runc.seconds, ...(unpack.maxRssMiB !== undefined ? { maxRssMiB: Math.max(unpack.maxRssMiB, runc.maxRssMiB ?? 0) } : {}) });
+    } finally {
+      await capture(['runc', '--root', `${bundle}.runc`, 'delete', '--force', id]).catch(() => undefined);
+      await rm(bundle, { recursive: true, force: true });
+      await rm(`${bundle}.runc`, { recursive: true, force: true });
+    }
   }
   const peer = median(runs['umoci + runc']!.map((m) => m.seconds));
   return Object.entries(runs).map(([tool, ms]) => {

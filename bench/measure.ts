@@ -4,23 +4,52 @@ export interface Measurement {
   seconds: number;
   /** Peak resident memory of the process, from GNU time when available. */
   maxRssMiB?: number;
+  /**
+   * With `expectStdout`: when the whole expected output had arrived. For a
+   * command run in a container, whose stdout is flushed as it exits, that is
+   * when it finished, before any teardown the tool does afterwards.
+   */
+  outputSeconds?: number;
 }
 
-/** Runs a command to completion and times it; fails loudly on a non-zero exit. */
-export async function timeCommand(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<Measurement> {
+export interface TimeOptions {
+  env?: NodeJS.ProcessEnv;
+  /** The command's whole stdout must be exactly this (else it fails, as a non-zero exit does). */
+  expectStdout?: string;
+  /** Called the moment the expected output has arrived (to count what was fetched by then). */
+  onOutput?: () => void;
+}
+
+/** Runs a command to completion and times it; fails loudly on a non-zero exit (or unexpected output). */
+export async function timeCommand(argv: string[], options: TimeOptions = {}): Promise<Measurement> {
+  const env = options.env ?? process.env;
+  const check = options.expectStdout !== undefined;
   const useGnuTime = await hasGnuTime();
   const full = useGnuTime ? ['/usr/bin/time', '-f', '%M', ...argv] : argv;
   const started = process.hrtime.bigint();
-  const { code, stderr } = await new Promise<{ code: number | null; stderr: string }>((resolve, reject) => {
-    const child = spawn(full[0]!, full.slice(1), { env, stdio: ['ignore', 'ignore', 'pipe'] });
+  let outputAt: bigint | undefined;
+  const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve, reject) => {
+    const child = spawn(full[0]!, full.slice(1), { env, stdio: ['ignore', check ? 'pipe' : 'ignore', 'pipe'] });
+    let out = '';
     let err = '';
-    child.stderr.on('data', (c: Buffer) => (err += c.toString()));
+    child.stdout?.on('data', (c: Buffer) => {
+      out += c.toString();
+      if (outputAt === undefined && out.length >= options.expectStdout!.length) {
+        outputAt = process.hrtime.bigint();
+        options.onOutput?.();
+      }
+    });
+    child.stderr!.on('data', (c: Buffer) => (err += c.toString()));
     child.on('error', reject);
-    child.on('close', (c) => resolve({ code: c, stderr: err }));
+    child.on('close', (c) => resolve({ code: c, stdout: out, stderr: err }));
   });
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   if (code !== 0) throw new Error(`${argv.join(' ')} exited ${code}: ${stderr.slice(-2000)}`);
+  if (check && stdout !== options.expectStdout) {
+    throw new Error(`${argv.join(' ')} printed ${JSON.stringify(stdout.slice(0, 500))}, expected ${JSON.stringify(options.expectStdout)}; stderr: ${stderr.slice(-2000)}`);
+  }
   const m: Measurement = { seconds };
+  if (check && outputAt !== undefined) m.outputSeconds = Number(outputAt - started) / 1e9;
   if (useGnuTime) {
     const kib = Number(stderr.trim().split('\n').at(-1));
     if (Number.isFinite(kib)) m.maxRssMiB = kib / 1024;

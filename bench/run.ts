@@ -1,6 +1,6 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startRegistry } from '../test/helpers/registry.js';
 import { pullBench } from './pull-bench.js';
@@ -28,7 +28,8 @@ async function main(): Promise<void> {
       registryHost: registry.host,
       cacheDir: join(repoRoot, '.bench-cache'),
       workDir,
-      lazyrootBin: join(repoRoot, 'bin', 'lazyroot.js'),
+      // The CLI built with this file (same output dir), not whatever bin/lazyroot.js's dist holds now.
+      lazyrootBin: join(dirname(fileURLToPath(import.meta.url)), 'cli.js'),
       rounds,
     };
     // BENCH_ONLY=pull,create,lazy,read,netns picks scenarios (default: all).
@@ -36,6 +37,7 @@ async function main(): Promise<void> {
     const wanted = (name: string) => !only || only.has(name);
     const rows: BenchRow[] = [];
     const goals: string[] = [];
+    const tables: string[] = [];
     const step = async <T>(name: string, f: () => Promise<T>): Promise<T> => {
       const started = Date.now();
       try {
@@ -50,16 +52,17 @@ async function main(): Promise<void> {
     if (wanted('lazy') || wanted('netns')) images = await step('lazy images', () => prepareLazyImages(ctx));
     if (wanted('lazy')) {
       const r = await step('lazy start, loopback', () => lazyBench(ctx, images!));
-      rows.push(...r.rows);
+      tables.push(r.table);
       goals.push(...r.goals);
     }
     if (wanted('read')) rows.push(...(await step('read throughput', () => readThroughputBench(ctx))));
     if (wanted('netns')) {
       const r = await step('lazy start, emulated network', () => lazyBenchEmulated(ctx, images!, registry.storageDir));
-      rows.push(...r.rows);
+      tables.push(r.table);
       goals.push(...r.goals);
     }
-    process.stdout.write(`lazyroot benchmarks (median of ${rounds} cold rounds; "vs peer" < 1 means lazyroot is faster)\n\n${table(rows)}\n`);
+    if (rows.length) process.stdout.write(`lazyroot benchmarks (median of ${rounds} cold rounds; "vs peer" < 1 means lazyroot is faster)\n\n${table(rows)}\n`);
+    for (const t of tables) process.stdout.write(`\n${t}\n`);
     if (goals.length) process.stdout.write(`\n${goals.join('\n')}\n`);
   } finally {
     await registry.stop();

@@ -60,6 +60,8 @@ interface PreparedLayer {
   blob: LazyBlob;
   /** The pieces prefetch fetches, in order, each with how it is verified. */
   prefetchUnits(): PrefetchUnit[];
+  /** Bytes downloaded whole before the mount to build a missing index (or, for zstd, to read it at all). */
+  indexedBytes?: number;
 }
 
 export interface LazyLayerStats {
@@ -86,6 +88,8 @@ export interface LazyLayerStats {
   prefetchFailures: number;
   bytesStreamed: number;
   evictedBytes: number;
+  /** Downloaded whole before the mount: to build a missing index, or to read an unseekable (zstd) layer. */
+  bytesIndexed: number;
 }
 
 export interface LazyMountStats {
@@ -97,6 +101,8 @@ export interface LazyMountStats {
   bytesPrefetched: number;
   /** Bytes downloaded by streaming whole blobs (registry ignores Range). */
   bytesStreamed: number;
+  /** Bytes downloaded whole before the mount, to build missing indexes (or to read zstd layers). */
+  bytesIndexed: number;
   imageBytes: number;
   rangeSupport: string;
   /** Every layer is in blobs/. */
@@ -240,6 +246,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
           prefetch: l.blob.prefetchState,
           ...(l.blob.prefetchError ? { prefetchError: l.blob.prefetchError } : {}),
           ...l.blob.stats,
+          bytesIndexed: l.indexedBytes ?? 0,
         }));
         const sum = (f: (l: LazyLayerStats) => number) => per.reduce((n, l) => n + f(l), 0);
         return {
@@ -248,6 +255,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
           bytesFetched: sum((l) => l.bytesFetched),
           bytesPrefetched: sum((l) => l.bytesPrefetched),
           bytesStreamed: sum((l) => l.bytesStreamed),
+          bytesIndexed: sum((l) => l.bytesIndexed),
           imageBytes: sum((l) => l.size),
           rangeSupport: rangeSupport(),
           complete: per.every((l) => l.complete),
@@ -364,10 +372,13 @@ async function prepareLayer(
       blob,
       read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
       prefetchUnits: () => [],
+      indexedBytes: local.downloaded,
     };
   }
-  // With prefetch, a layer streamed to build its index is kept: it is then complete already.
-  const index = await loadOrBuildIndex(store, source, descriptor, compression, what, record.diffId, { keepBlob: options.prefetch !== false });
+  // A layer streamed to build its index is kept (verified whole): it is complete then, and no
+  // read fetches its bytes again.
+  let indexedBytes = 0;
+  const index = await loadOrBuildIndex(store, source, descriptor, compression, what, record.diffId, { keepBlob: true, onDownloaded: (n) => (indexedBytes += n) });
   const blob = await openBlob();
   const reader = new LayerRangeReader({ cacheBytes });
   const layer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
@@ -378,6 +389,7 @@ async function prepareLayer(
     blob,
     read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
     prefetchUnits: () => spanPrefetchUnits(index, blob.size, what),
+    indexedBytes,
   };
 }
 
@@ -481,7 +493,7 @@ export async function loadOrBuildIndex(
   compression: 'gzip' | 'none',
   what: string,
   diffId: Digest,
-  options: { keepBlob?: boolean; spanBytes?: number } = {},
+  options: { keepBlob?: boolean; spanBytes?: number; onDownloaded?: (bytes: number) => void } = {},
 ): Promise<LayerIndex> {
   const path = store.paths.index(descriptor.digest);
   if (await exists(path)) return readIndexFile(path);
@@ -490,12 +502,14 @@ export async function loadOrBuildIndex(
   let index: LayerIndex;
   if (options.keepBlob && !local) {
     const builder = new LayerIndexBuilder(compression, buildOptions);
-    await store.blobs.ingest(descriptor.digest, descriptor.size, (offset) => source.openBlob(descriptor, offset), { what, tap: (chunk) => builder.write(chunk) });
+    const { transferred } = await store.blobs.ingest(descriptor.digest, descriptor.size, (offset) => source.openBlob(descriptor, offset), { what, tap: (chunk) => builder.write(chunk) });
+    options.onDownloaded?.(transferred);
     store.db.recordBlob(descriptor.digest, descriptor.size, descriptor.mediaType);
     index = await builder.finish();
   } else {
     const stream = local ? store.blobs.openRead(descriptor.digest) : await source.openBlob(descriptor);
     index = compression === 'gzip' ? await buildGzipIndex(stream, buildOptions) : await buildTarIndex(stream, buildOptions);
+    if (!local) options.onDownloaded?.(descriptor.size);
   }
   await mkdir(dirname(path), { recursive: true });
   await writeIndexFile(path, index, { tmpDir: store.paths.tmp });

@@ -26,12 +26,13 @@ export async function localTarLayer(
   compression: Compression,
   what: string,
   diffId: Digest,
-): Promise<{ index: LayerIndex; tar: BlobRangeReader & { close(): Promise<void> } }> {
+): Promise<{ index: LayerIndex; tar: BlobRangeReader & { close(): Promise<void> }; downloaded: number }> {
   const indexPath = `${store.paths.index(descriptor.digest)}.local`;
   const tarPath = `${store.paths.index(descriptor.digest)}.tar`;
   await mkdir(dirname(tarPath), { recursive: true });
+  let downloaded = 0;
   if (!(await exists(tarPath))) {
-    await store.blobs.ingest(descriptor.digest, descriptor.size, (offset) => source.openBlob(descriptor, offset), { what });
+    ({ transferred: downloaded } = await store.blobs.ingest(descriptor.digest, descriptor.size, (offset) => source.openBlob(descriptor, offset), { what }));
     const tmp = `${tarPath}.${process.pid}.tmp`;
     try {
       await pipeline(store.blobs.openRead(descriptor.digest), createDecompressor(compression), createWriteStream(tmp));
@@ -51,6 +52,7 @@ export async function localTarLayer(
   const size = (await file.stat()).size;
   return {
     index,
+    downloaded,
     tar: {
       size,
       async read(start: number, end: number): Promise<Buffer> {

@@ -61,6 +61,7 @@ interface Stats {
   bytesFetched: number;
   bytesPrefetched: number;
   bytesStreamed: number;
+  bytesIndexed: number;
   imageBytes: number;
   partialBytes: number;
   rangeSupport: string;
@@ -226,8 +227,22 @@ describe('background prefetch, Range-ignoring registries and the bounded cache',
     const s1 = await stats(kept, t1);
     assert.ok(s1.complete, 'every layer complete at once');
     assert.equal(s1.bytesPrefetched, 0);
+    assert.equal(s1.bytesIndexed, s1.imageBytes, 'what the index pass downloaded is counted');
     await assertLayersStored(kept, gzipDigests);
     await umount(kept, t1);
+
+    // The same with --no-prefetch: the streamed layers are kept all the same, and reads fetch nothing.
+    const noPrefetch = join(work, 'store-gzip-kept-noprefetch');
+    const t0 = await mount('gzip', noPrefetch, ['--no-prefetch']);
+    const mark = proxy.log.length;
+    assert.equal(await readInChild(join(t0, 'etc/motd')), sha(Buffer.from('prefetched\n')));
+    const s0 = await stats(noPrefetch, t0);
+    assert.ok(s0.complete);
+    assert.equal(s0.bytesIndexed, s0.imageBytes);
+    assert.equal(s0.bytesFetched, 0, 'the read was served from the kept blob');
+    assert.deepEqual(blobRequests(mark), []);
+    await assertLayersStored(noPrefetch, gzipDigests);
+    await umount(noPrefetch, t0);
 
     // An index built beforehand (`lazyroot index`): nothing downloaded at mount, spans prefetched after.
     const store = join(work, 'store-gzip');

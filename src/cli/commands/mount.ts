@@ -149,7 +149,8 @@ export function registerMount(program: Command, out: Output): void {
             `mount ${stats.mountpoint} (pid ${stats.pid})`,
             `fetched ${formatBytes(stats.bytesFetched)} on demand (${stats.layers.reduce((n, l) => n + l.requests, 0)} requests), ` +
               `${formatBytes(stats.bytesPrefetched)} by prefetch (${stats.layers.reduce((n, l) => n + l.prefetchRequests, 0)} requests)` +
-              `${stats.bytesStreamed ? `, ${formatBytes(stats.bytesStreamed)} streamed whole` : ''}; image ${formatBytes(stats.imageBytes)}; registry Range support: ${stats.rangeSupport}`,
+              `${stats.bytesStreamed ? `, ${formatBytes(stats.bytesStreamed)} streamed whole` : ''}` +
+              `${stats.bytesIndexed ? `, ${formatBytes(stats.bytesIndexed)} downloaded whole before mounting (no index)` : ''}; image ${formatBytes(stats.imageBytes)}; registry Range support: ${stats.rangeSupport}`,
             `${stats.complete ? 'every layer is in the store' : `prefetch ${stats.prefetch ? 'on' : 'off'}`}` +
               `${stats.prefetchMillis !== undefined ? ` (completed ${(stats.prefetchMillis / 1000).toFixed(1)} s after mounting)` : ''}; ` +
               `partial bytes kept ${formatBytes(stats.partialBytes)}${stats.cacheMaxBytes !== undefined ? ` (bound ${formatBytes(stats.cacheMaxBytes)})` : ''}`,
