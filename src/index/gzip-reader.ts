@@ -97,7 +97,8 @@ export class LayerRangeReader {
 
   /**
    * Bytes [fileOffset, fileOffset + length) of a regular file of the layer,
-   * cut at the end of the file. Sparse files: holes read as zeros.
+   * cut at the end of the file. Sparse files: holes read as zeros. The
+   * answer may be a view into the span cache: read it, copy it, never write it.
    */
   async readFileRange(entry: IndexEntry, fileOffset: number, length: number, layer: IndexedLayer): Promise<Buffer> {
     if (entry.type !== 'file' || entry.dataOffset === undefined) {
@@ -108,6 +109,11 @@ export class LayerRangeReader {
     if (end <= fileOffset) return Buffer.alloc(0);
     const base = entry.dataOffset;
     if (!entry.sparse) {
+      // Within one span (most reads: FUSE asks for 128 KiB at a time): a view into the decoded
+      // span, no new buffer. Callers copy it before the cache can drop it.
+      const s = spans(layer);
+      const i = spanAt(s.uStart, layer.checkpoints.length, base + fileOffset);
+      if (base + end <= s.uStart[i + 1]!) return this.spanBytes(layer, s, i, base + fileOffset, base + end);
       const out = Buffer.allocUnsafe(end - fileOffset);
       await this.copyUncompressed(layer, base + fileOffset, base + end, out, 0);
       return out;
