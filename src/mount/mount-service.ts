@@ -17,7 +17,8 @@ function statsPath(store: Store, mountpoint: string): string {
  * write stats every second, and on SIGTERM/SIGINT (or `lazyroot umount`)
  * unmount and exit. Resolves when the mount is gone.
  */
-export async function serveMount(store: Store, ref: string, dir: string, options: LazyMountOptions & { onReady?: (error?: { code: string; message: string }) => void }): Promise<void> {
+export async function serveMount(store: Store, ref: string, dir: string, options: LazyMountOptions & { onReady?: (error?: { code: string; message: string }) => void; unmountTimeoutMs?: number },
+): Promise<void> {
   const mountpoint = resolve(dir);
   let mount;
   try {
@@ -44,7 +45,15 @@ export async function serveMount(store: Store, ref: string, dir: string, options
   });
   clearInterval(timer);
   process.off('SIGUSR1', onStatsRequest);
-  await mount.unmount();
+  // A mount someone detached already (`umount -l`) can leave libfuse's unmount waiting for
+  // ever: past this bound the daemon gives up on it and ends all the same.
+  const unmounted = await Promise.race([mount.unmount().then(() => true), new Promise<false>((r) => setTimeout(() => r(false), options.unmountTimeoutMs ?? 10_000).unref())]).catch(
+    (err: unknown) => {
+      options.logger?.(`unmount ${mountpoint}`, err);
+      return false;
+    },
+  );
+  if (!unmounted) options.logger?.(`unmount ${mountpoint}: gave up waiting; the daemon exits anyway`, undefined);
   store.db.forgetMount(mountpoint);
   await rm(stats, { force: true });
 }

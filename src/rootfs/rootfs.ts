@@ -58,7 +58,11 @@ const lazyrootBin = fileURLToPath(new URL('../../../bin/lazyroot.js', import.met
  */
 export async function createRootfs(store: Store, ref: string, id: string, options: CreateOptions = {}): Promise<{ rootfs: RootfsRecord; spec: SpecFragment }> {
   checkRootfsId(id);
-  if (options.lazy && options.mapping) throw new LazyrootError('UNSUPPORTED', `create rootfs ${id}: --uid-mapping is not available with lazy mounts yet`);
+  let image = store.findImage(ref);
+  // Every layer already in blobs/ (pulled, or promoted by a lazy mount's prefetch): kernel
+  // overlayfs needs no network then and reads at disk speed, so --lazy takes it.
+  const lazy = options.lazy && !(image && (await allLayersLocal(store, image))) ? options.lazy : undefined;
+  if (lazy && options.mapping) throw new LazyrootError('UNSUPPORTED', `create rootfs ${id}: --uid-mapping is not available with lazy mounts yet`);
   const paths = rootfsPaths(store, id);
   const target = options.mountPoint ?? paths.merged;
   const startLazyLower = (imageRef: string) =>
@@ -70,7 +74,7 @@ export async function createRootfs(store: Store, ref: string, id: string, option
         options: {
           ...(options.registry ? { registry: options.registry } : {}),
           ...(options.platform ? { platform: options.platform } : {}),
-          ...(options.lazy?.deadlineMs !== undefined ? { deadlineMs: options.lazy.deadlineMs } : {}),
+          ...(lazy?.deadlineMs !== undefined ? { deadlineMs: lazy.deadlineMs } : {}),
         },
         env: process.env,
         logFile: join(paths.dir, 'mount-daemon.log'),
@@ -78,8 +82,7 @@ export async function createRootfs(store: Store, ref: string, id: string, option
       { bin: lazyrootBin },
     );
   let lazyMounted = false;
-  let image = store.findImage(ref);
-  if (!image && options.lazy) {
+  if (!image && lazy) {
     // The mount daemon fetches the manifest and config itself: a warm standby has the
     // registry client loaded already, and this process need not load it at all.
     if (store.db.rootfs(id)) throw new LazyrootError('ALREADY_EXISTS', `rootfs ${id}: already exists`);
@@ -94,20 +97,20 @@ export async function createRootfs(store: Store, ref: string, id: string, option
     image = store.findImage(ref);
   }
   try {
-    image ??= (await pullReference(store, ref, { ...options, ...(options.lazy ? { fetchLayers: false } : {}) })).image;
+    image ??= (await pullReference(store, ref, { ...options, ...(lazy ? { fetchLayers: false } : {}) })).image;
   } catch (err) {
     if (lazyMounted) await unmountLazy(store, paths.lazyLower).catch(() => undefined);
     throw err;
   }
   const chosen: ImageRecord = image;
-  const layerNames = options.lazy ? [] : chosen.chainIds.map((c) => layerDirName(c, options.mapping));
+  const layerNames = lazy ? [] : chosen.chainIds.map((c) => layerDirName(c, options.mapping));
   try {
     await withLock(store.paths.storeLock, 'store', async () => {
       if (!store.db.imageById(chosen.id)) throw new LazyrootError('NOT_FOUND', `image ${ref}: removed while the rootfs was being created`);
       const claimed = store.db.insertRootfs({
         id,
         imageId: chosen.id,
-        driver: options.lazy ? 'fuse' : 'overlay',
+        driver: lazy ? 'fuse' : 'overlay',
         mapping: options.mapping ? JSON.stringify(options.mapping) : null,
         layerDirs: layerNames,
         mountPoint: options.mountPoint ?? null,
@@ -120,12 +123,12 @@ export async function createRootfs(store: Store, ref: string, id: string, option
   }
   let mounted = false;
   try {
-    if (options.lazy && !lazyMounted) {
+    if (lazy && !lazyMounted) {
       await mkdir(paths.lazyLower, { recursive: true });
       await startLazyLower(chosen.id);
       lazyMounted = true;
     }
-    const layers = options.lazy
+    const layers = lazy
       ? []
       : await ensureLayersUnpacked(store, chosen, { ...(options.mapping ? { mapping: options.mapping } : {}), ...(options.onLayer ? { onLayer: options.onLayer } : {}) });
     for (const d of [paths.upper, paths.work, target]) await mkdir(d, { recursive: true, mode: 0o755 });
@@ -139,11 +142,11 @@ export async function createRootfs(store: Store, ref: string, id: string, option
       await utimes(paths.upper, rootStat.atime, rootStat.mtime);
     }
     const topFirst = [...layers].reverse();
-    if (topFirst.length === 0 && !options.lazy) await mkdir(paths.emptyLower, { recursive: true });
-    const fallback = options.lazy ? paths.lazyLower : paths.emptyLower;
+    if (topFirst.length === 0 && !lazy) await mkdir(paths.emptyLower, { recursive: true });
+    const fallback = lazy ? paths.lazyLower : paths.emptyLower;
     const relative = topFirst.length ? topFirst.map((l) => l.link) : [fallback];
     const absolute = topFirst.length ? topFirst.map((l) => join(store.paths.root, l.link)) : [fallback];
-    if (options.lazy) {
+    if (lazy) {
       const rootStat = await stat(paths.lazyLower);
       await chown(paths.upper, rootStat.uid, rootStat.gid);
       await chmod(paths.upper, rootStat.mode & 0o7777);
@@ -165,6 +168,15 @@ export async function createRootfs(store: Store, ref: string, id: string, option
     store.db.deleteRootfs(id);
     throw err instanceof LazyrootError ? err.withContext(`create rootfs ${id}`) : err;
   }
+}
+
+/** Whether every layer blob of the image is in blobs/. */
+async function allLayersLocal(store: Store, image: ImageRecord): Promise<boolean> {
+  for (const chainId of image.chainIds) {
+    const blob = store.db.layer(chainId)?.blobs[0];
+    if (!blob || !(await store.blobs.has(blob.digest, blob.size))) return false;
+  }
+  return true;
 }
 
 /** `lazyroot delete ID`: unmount and remove a rootfs; its layers stay cached until `clean`. */

@@ -30,7 +30,9 @@ export interface CliOptions {
 }
 
 export function lazyroot(args: string[], options: CliOptions = {}): Promise<CliRun> & { pid: number } {
-  const child = spawn(process.execPath, [lazyrootBin, ...args], { cwd: options.cwd, stdio: ['ignore', 'pipe', 'pipe'] });
+  // No warm standby daemon outliving the test, unless a test asks for one (LAZYROOT_STANDBY set).
+  const env = { LAZYROOT_STANDBY: '0', ...process.env };
+  const child = spawn(process.execPath, [lazyrootBin, ...args], { cwd: options.cwd, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));

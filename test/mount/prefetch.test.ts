@@ -218,6 +218,14 @@ describe('background prefetch, Range-ignoring registries and the bounded cache',
     assert.equal(run.code, 0, run.stderr);
     assert.equal(run.stdout, 'prefetched\n');
     assert.deepEqual(blobRequests(before), [], 'run (kernel overlayfs) downloaded no layer');
+
+    // Asked for a lazy rootfs now, with every blob local, create takes kernel overlayfs all the same.
+    const created = await lazyroot(['--store', store, 'create', '--lazy', ref('estargz'), 'after-prefetch']);
+    assert.equal(created.code, 0, created.stderr);
+    const listed = JSON.parse((await lazyroot(['--store', store, 'list', '--json'])).stdout) as Array<{ id: string; driver: string }>;
+    assert.equal(listed.find((r) => r.id === 'after-prefetch')?.driver, 'overlay', 'every blob local: --lazy takes kernel overlayfs');
+    assert.equal((await lazyroot(['--store', store, 'delete', 'after-prefetch'])).code, 0);
+    assert.deepEqual(blobRequests(before), []);
   });
 
   test('gzip: a layer streamed to build its index is kept; with a stored index the spans are prefetched; then `run` downloads no layer', async () => {
@@ -259,6 +267,14 @@ describe('background prefetch, Range-ignoring registries and the bounded cache',
     assert.equal(run.code, 0, run.stderr);
     assert.equal(run.stdout, 'prefetched\n');
     assert.deepEqual(blobRequests(before), [], 'run (kernel overlayfs) downloaded no layer');
+
+    // Asked for a lazy rootfs now, with every blob local, create takes kernel overlayfs all the same.
+    const created = await lazyroot(['--store', store, 'create', '--lazy', ref('gzip'), 'after-prefetch']);
+    assert.equal(created.code, 0, created.stderr);
+    const listed = JSON.parse((await lazyroot(['--store', store, 'list', '--json'])).stdout) as Array<{ id: string; driver: string }>;
+    assert.equal(listed.find((r) => r.id === 'after-prefetch')?.driver, 'overlay', 'every blob local: --lazy takes kernel overlayfs');
+    assert.equal((await lazyroot(['--store', store, 'delete', 'after-prefetch'])).code, 0);
+    assert.deepEqual(blobRequests(before), []);
   });
 
   test('--no-prefetch fetches nothing beyond what is read', async () => {

@@ -41,7 +41,7 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
   const started = new Set<number>();
 
   /** The pid the live standby wrote, once its socket is there. */
-  const standbyPid = () =>
+  const standbyPid = (timeoutMs?: number) =>
     until('a standby', async () => {
       const names = await readdir(standbyDir()).catch(() => [] as string[]);
       const pidFile = names.find((n) => n.endsWith('.pid'));
@@ -50,7 +50,7 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
       if (!pid || !alive(pid)) return undefined;
       started.add(pid);
       return pid;
-    });
+    }, timeoutMs);
 
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'lazyroot-standby-'));
@@ -66,6 +66,8 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
 
   after(async () => {
     for (const dir of ['a', 'b', 'c']) await lazyroot(['--store', store(), 'umount', join(work, dir)]);
+    // The last mount left a standby, perhaps still loading: learn its pid too.
+    await standbyPid(5_000).catch(() => undefined);
     for (const pid of started) if (alive(pid)) process.kill(pid, 'SIGTERM');
     await until('standbys to stop', async () => ([...started].some(alive) ? undefined : true)).catch(() => {
       for (const pid of started) if (alive(pid)) process.kill(pid, 'SIGKILL');

@@ -112,6 +112,8 @@ function registerMountDaemon(program: Command): void {
       } finally {
         store.close();
       }
+      // Unmounted (or given up on): end now, whatever native threads libfuse may still hold.
+      process.exit(0);
     });
 }
 
