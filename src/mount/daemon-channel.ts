@@ -27,18 +27,24 @@ export interface MountRequest {
  * the caller must not start another daemon for this mount), then `ready PID`
  * or `error {"code","message"}`.
  */
-export type Reply = { kind: 'accepted' } | { kind: 'ready'; pid: number } | { kind: 'error'; code: string; message: string };
+/** A mount is ready: served by daemon `pid` (FUSE), or kernel overlayfs with no daemon (no pid). */
+export interface DaemonReady {
+  pid?: number;
+  driver: 'fuse' | 'overlay';
+}
+
+export type Reply = { kind: 'accepted' } | { kind: 'ready'; pid?: number; driver?: 'fuse' | 'overlay' } | { kind: 'error'; code: string; message: string };
 
 /** Reads replies from `channel` until `ready` (→ pid) or `error` (→ thrown). */
-export function awaitReady(channel: Duplex, timeoutMs: number, onAccepted?: () => void): Promise<number> {
-  return new Promise<number>((resolve, reject) => {
+export function awaitReady(channel: Duplex, timeoutMs: number, onAccepted?: () => void): Promise<DaemonReady> {
+  return new Promise<DaemonReady>((resolve, reject) => {
     let text = '';
     const timer = setTimeout(() => finish(new LazyrootError('UNAVAILABLE', `mount daemon not ready after ${timeoutMs / 1000} s`)), timeoutMs);
-    const finish = (result: number | Error) => {
+    const finish = (result: DaemonReady | Error) => {
       clearTimeout(timer);
       channel.off('data', onData);
       channel.off('close', onClose);
-      if (typeof result === 'number') resolve(result);
+      if (!(result instanceof Error)) resolve(result);
       else reject(result);
     };
     const onClose = () => finish(new LazyrootError('UNAVAILABLE', 'mount daemon closed its channel before it was ready'));
@@ -48,7 +54,7 @@ export function awaitReady(channel: Duplex, timeoutMs: number, onAccepted?: () =
         const reply = JSON.parse(text.slice(0, nl)) as Reply;
         text = text.slice(nl + 1);
         if (reply.kind === 'accepted') onAccepted?.();
-        else if (reply.kind === 'ready') return finish(reply.pid);
+        else if (reply.kind === 'ready') return finish({ ...(reply.pid !== undefined ? { pid: reply.pid } : {}), driver: reply.driver ?? 'fuse' });
         else return finish(new LazyrootError((reply.code as LazyrootError['code']) ?? 'UNAVAILABLE', reply.message));
       }
     };
@@ -82,8 +88,9 @@ export function readMountRequest(channel: Duplex): Promise<MountRequest> {
 }
 
 /** In the daemon: tell the caller how the mount went, then let go of the channel. */
-export function replyReady(channel: Duplex, error?: { code: string; message: string }): void {
-  const reply: Reply = error ? { kind: 'error', code: error.code, message: error.message } : { kind: 'ready', pid: process.pid };
+export function replyReady(channel: Duplex, error?: { code: string; message: string }, driver: 'fuse' | 'overlay' = 'fuse'): void {
+  // An overlay mount needs no daemon: this process ends once it has answered.
+  const reply: Reply = error ? { kind: 'error', code: error.code, message: error.message } : { kind: 'ready', ...(driver === 'fuse' ? { pid: process.pid } : {}), driver };
   channel.end(`${JSON.stringify(reply)}\n`);
 }
 

@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { LazyrootError } from '../errors.js';
-import { awaitReady, type MountRequest } from './daemon-channel.js';
+import { awaitReady, type DaemonReady, type MountRequest } from './daemon-channel.js';
 import { claimStandby } from './standby.js';
 
 export type { MountRequest } from './daemon-channel.js';
@@ -20,7 +20,7 @@ export interface StartOptions {
  * loaded already, which is most of a cold start — otherwise a new process is
  * spawned with the request on an extra pipe (fd 3).
  */
-export async function startMountDaemon(request: MountRequest, options: StartOptions): Promise<number> {
+export async function startMountDaemon(request: MountRequest, options: StartOptions): Promise<DaemonReady> {
   const timeoutMs = options.readyTimeoutMs ?? 120_000;
   const claimed = await claimStandby(request, timeoutMs);
   if (claimed !== undefined) return claimed;

@@ -5,6 +5,9 @@ import { LazyrootError } from '../errors.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
 import type { Store } from '../store/store.js';
 import { cleanStaleMount, mountpointState } from '../fs/stale-mount.js';
+import { mountImageOnOverlay } from './overlay-image.js';
+import { unmount } from './mounts.js';
+import type { MountRecord } from '../store/metadata-db.js';
 import { mountImageLazily, type LazyMountOptions, type LazyMountStats } from './lazy-mount.js';
 
 function statsPath(store: Store, mountpoint: string): string {
@@ -17,12 +20,21 @@ function statsPath(store: Store, mountpoint: string): string {
  * write stats every second, and on SIGTERM/SIGINT (or `lazyroot umount`)
  * unmount and exit. Resolves when the mount is gone.
  */
-export async function serveMount(store: Store, ref: string, dir: string, options: LazyMountOptions & { onReady?: (error?: { code: string; message: string }) => void; unmountTimeoutMs?: number },
+export async function serveMount(store: Store, ref: string, dir: string, options: LazyMountOptions & { onReady?: (error?: { code: string; message: string }, driver?: 'fuse' | 'overlay') => void; unmountTimeoutMs?: number },
 ): Promise<void> {
   const mountpoint = resolve(dir);
   let mount;
   try {
     if ((await mountpointState(mountpoint)) === 'stale') await cleanStaleMount(mountpoint);
+    // Every layer local already (pulled, or promoted by an earlier mount's prefetch): kernel
+    // overlayfs, and this daemon has nothing to serve.
+    const local = store.findImage(ref);
+    if (local && (await store.hasAllLayerBlobs(local))) {
+      const layerDirs = await mountImageOnOverlay(store, local, mountpoint);
+      store.db.recordMount(mountpoint, 0, local.id, { layerDirs });
+      options.onReady?.(undefined, 'overlay');
+      return;
+    }
     mount = await mountImageLazily(store, ref, mountpoint, options);
   } catch (err) {
     const e = err as LazyrootError;
@@ -59,10 +71,11 @@ export async function serveMount(store: Store, ref: string, dir: string, options
 }
 
 /** Stats a running mount daemon wrote (`lazyroot mount --stats DIR`). */
-export async function mountStats(store: Store, dir: string): Promise<LazyMountStats & { mountpoint: string; pid: number }> {
+export async function mountStats(store: Store, dir: string): Promise<MountStats> {
   const mountpoint = resolve(dir);
   const record = store.db.mountAt(mountpoint);
   if (!record) throw new LazyrootError('NOT_FOUND', `${mountpoint}: no lazyroot mount there`);
+  if (record.driver === 'overlay') return overlayStats(store, record);
   const path = statsPath(store, mountpoint);
   if (record.alive) {
     const before = (await stat(path).catch(() => undefined))?.mtimeMs ?? 0;
@@ -71,7 +84,30 @@ export async function mountStats(store: Store, dir: string): Promise<LazyMountSt
   }
   const text = await readFile(path, 'utf8').catch(() => undefined);
   if (!text) throw new LazyrootError('UNAVAILABLE', `${mountpoint}: the mount daemon (pid ${record.pid}) has written no stats`);
-  return JSON.parse(text) as LazyMountStats & { mountpoint: string; pid: number };
+  return { driver: 'fuse', ...(JSON.parse(text) as LazyMountStats & { mountpoint: string; pid: number }) };
+}
+
+/** What `mount --stats` shows: a lazy mount's daemon's numbers, or an overlay mount's (nothing fetched). */
+export type MountStats = LazyMountStats & { mountpoint: string; /** The FUSE daemon (none for overlay). */ pid?: number; driver: 'fuse' | 'overlay' };
+
+function overlayStats(store: Store, record: MountRecord): MountStats {
+  const image = store.db.imageById(record.imageId);
+  const sizes = (image?.chainIds ?? []).map((c) => store.db.layer(c)?.blobs[0]?.size ?? 0);
+  return {
+    mountpoint: record.mountpoint,
+    driver: 'overlay',
+    fs: { reads: 0, bytesServed: 0, errors: 0, timeouts: 0, inFlight: 0 },
+    layers: [],
+    bytesFetched: 0,
+    bytesPrefetched: 0,
+    bytesStreamed: 0,
+    bytesIndexed: 0,
+    imageBytes: sizes.reduce((a, b) => a + b, 0),
+    rangeSupport: 'local',
+    complete: true,
+    prefetch: false,
+    partialBytes: 0,
+  };
 }
 
 /**
@@ -81,6 +117,11 @@ export async function mountStats(store: Store, dir: string): Promise<LazyMountSt
 export async function unmountLazy(store: Store, dir: string, waitMs = 15_000): Promise<{ stale: boolean }> {
   const mountpoint = resolve(dir);
   const record = store.db.mountAt(mountpoint);
+  if (record?.driver === 'overlay') {
+    await unmount(mountpoint);
+    store.db.forgetMount(mountpoint);
+    return { stale: false };
+  }
   if (record?.alive) {
     process.kill(record.pid, 'SIGTERM');
     const until = Date.now() + waitMs;

@@ -5,7 +5,7 @@ import { connect, createServer, type Socket } from 'node:net';
 import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { awaitReady, type MountRequest } from './daemon-channel.js';
+import { awaitReady, type DaemonReady, type MountRequest } from './daemon-channel.js';
 
 /**
  * A warm standby mount daemon. Most of a mount daemon's start is Node loading
@@ -68,7 +68,7 @@ export function standbyPid(env: NodeJS.ProcessEnv = process.env): number | undef
  * another caller got it first): the caller then starts a daemon itself. Once
  * the standby has accepted the request its failure is the mount's failure.
  */
-export async function claimStandby(request: MountRequest, timeoutMs: number): Promise<number | undefined> {
+export async function claimStandby(request: MountRequest, timeoutMs: number): Promise<DaemonReady | undefined> {
   if (!standbyEnabled()) return undefined;
   const socket = await new Promise<Socket | undefined>((resolve) => {
     const s = connect(standbyPaths().socket);

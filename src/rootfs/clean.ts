@@ -38,8 +38,10 @@ export async function cleanStore(store: Store, options: { thresholdBytes?: numbe
   }
   return withLock(store.paths.storeLock, 'store', async () => {
     const inUse = store.db.rootfsInUse();
-    const usedLayers = new Set(inUse.flatMap((r) => r.layerDirs));
-    const usedImages = new Set(inUse.map((r) => r.imageId));
+    // Live mounts use their image too: a lazy mount its blobs, an overlay mount its layer dirs.
+    const mounts = store.db.listMounts().filter((m) => m.alive);
+    const usedLayers = new Set([...inUse.flatMap((r) => r.layerDirs), ...mounts.flatMap((m) => m.layerDirs)]);
+    const usedImages = new Set([...inUse.map((r) => r.imageId), ...mounts.map((m) => m.imageId)]);
     const removedLayers: string[] = [];
     for (const name of await readdir(store.paths.layers).catch(() => [] as string[])) {
       const tmp = /\.tmp-(\d+)-[0-9a-f]+$/.exec(name);

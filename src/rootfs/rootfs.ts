@@ -61,7 +61,7 @@ export async function createRootfs(store: Store, ref: string, id: string, option
   let image = store.findImage(ref);
   // Every layer already in blobs/ (pulled, or promoted by a lazy mount's prefetch): kernel
   // overlayfs needs no network then and reads at disk speed, so --lazy takes it.
-  const lazy = options.lazy && !(image && (await allLayersLocal(store, image))) ? options.lazy : undefined;
+  const lazy = options.lazy && !(image && (await store.hasAllLayerBlobs(image))) ? options.lazy : undefined;
   if (lazy && options.mapping) throw new LazyrootError('UNSUPPORTED', `create rootfs ${id}: --uid-mapping is not available with lazy mounts yet`);
   const paths = rootfsPaths(store, id);
   const target = options.mountPoint ?? paths.merged;
@@ -168,15 +168,6 @@ export async function createRootfs(store: Store, ref: string, id: string, option
     store.db.deleteRootfs(id);
     throw err instanceof LazyrootError ? err.withContext(`create rootfs ${id}`) : err;
   }
-}
-
-/** Whether every layer blob of the image is in blobs/. */
-async function allLayersLocal(store: Store, image: ImageRecord): Promise<boolean> {
-  for (const chainId of image.chainIds) {
-    const blob = store.db.layer(chainId)?.blobs[0];
-    if (!blob || !(await store.blobs.has(blob.digest, blob.size))) return false;
-  }
-  return true;
 }
 
 /** `lazyroot delete ID`: unmount and remove a rootfs; its layers stay cached until `clean`. */

@@ -50,11 +50,30 @@ export interface RootfsRecord {
 
 export interface MountRecord {
   mountpoint: string;
+  /** The FUSE daemon; 0 for an overlay mount. */
   pid: number;
   imageId: Digest;
   createdAt: number;
-  /** Whether the daemon process still runs. */
+  /** Whether the daemon process still runs (an overlay mount has none: always true). */
   alive: boolean;
+  /** 'fuse': a lazy mount served by a daemon; 'overlay': kernel overlayfs over `layerDirs`. */
+  driver: 'fuse' | 'overlay';
+  layerDirs: string[];
+}
+
+type MountRow = { mountpoint: string; pid: number; image_id: string; created_at: number; driver: string; layer_dirs: string };
+
+function toMount(row: MountRow): MountRecord {
+  const driver = row.driver === 'overlay' ? 'overlay' : 'fuse';
+  return {
+    mountpoint: row.mountpoint,
+    pid: row.pid,
+    imageId: row.image_id,
+    createdAt: row.created_at,
+    alive: driver === 'overlay' || processAlive(row.pid),
+    driver,
+    layerDirs: JSON.parse(row.layer_dirs) as string[],
+  };
 }
 
 export interface NewImage {
@@ -161,7 +180,7 @@ export class MetadataDb {
       rangesOf: db.prepare('SELECT start, end FROM blob_ranges WHERE digest = ? ORDER BY start'),
       clearRanges: db.prepare('DELETE FROM blob_ranges WHERE digest = ?'),
       insertRange: db.prepare('INSERT INTO blob_ranges (digest, start, end) VALUES (?, ?, ?)'),
-      insertMount: db.prepare('INSERT OR REPLACE INTO mounts (mountpoint, pid, image_id, created_at) VALUES (?, ?, ?, ?)'),
+      insertMount: db.prepare('INSERT OR REPLACE INTO mounts (mountpoint, pid, image_id, created_at, driver, layer_dirs) VALUES (?, ?, ?, ?, ?, ?)'),
       mountAt: db.prepare('SELECT * FROM mounts WHERE mountpoint = ?'),
       allMounts: db.prepare('SELECT * FROM mounts ORDER BY created_at'),
       deleteMount: db.prepare('DELETE FROM mounts WHERE mountpoint = ?'),
@@ -424,23 +443,17 @@ export class MetadataDb {
     write.immediate();
   }
 
-  recordMount(mountpoint: string, pid: number, imageId: Digest): void {
-    this.stmt.insertMount.run(mountpoint, pid, imageId, Date.now());
+  recordMount(mountpoint: string, pid: number, imageId: Digest, overlay?: { layerDirs: string[] }): void {
+    this.stmt.insertMount.run(mountpoint, pid, imageId, Date.now(), overlay ? 'overlay' : 'fuse', JSON.stringify(overlay?.layerDirs ?? []));
   }
 
   mountAt(mountpoint: string): MountRecord | undefined {
-    const row = this.stmt.mountAt.get(mountpoint) as { mountpoint: string; pid: number; image_id: string; created_at: number } | undefined;
-    return row && { mountpoint: row.mountpoint, pid: row.pid, imageId: row.image_id, createdAt: row.created_at, alive: processAlive(row.pid) };
+    const row = this.stmt.mountAt.get(mountpoint) as MountRow | undefined;
+    return row && toMount(row);
   }
 
   listMounts(): MountRecord[] {
-    return (this.stmt.allMounts.all() as Array<{ mountpoint: string; pid: number; image_id: string; created_at: number }>).map((row) => ({
-      mountpoint: row.mountpoint,
-      pid: row.pid,
-      imageId: row.image_id,
-      createdAt: row.created_at,
-      alive: processAlive(row.pid),
-    }));
+    return (this.stmt.allMounts.all() as MountRow[]).map(toMount);
   }
 
   forgetMount(mountpoint: string): void {

@@ -120,4 +120,10 @@ export const migrations: readonly string[] = [
     created_at INTEGER NOT NULL
   ) STRICT;
   `,
+  `
+  -- A mount of an image whose layers are all local is kernel overlayfs over
+  -- its layer dirs (no daemon: pid 0), which clean must leave alone.
+  ALTER TABLE mounts ADD COLUMN driver TEXT NOT NULL DEFAULT 'fuse';
+  ALTER TABLE mounts ADD COLUMN layer_dirs TEXT NOT NULL DEFAULT '[]';
+  `,
 ];

@@ -80,6 +80,15 @@ export class Store {
     return parsed.manifest;
   }
 
+  /** Whether every layer blob of the image is in blobs/ (pulled, or promoted by a lazy mount). */
+  async hasAllLayerBlobs(image: ImageRecord): Promise<boolean> {
+    for (const chainId of image.chainIds) {
+      const blob = this.db.layer(chainId)?.blobs[0];
+      if (!blob || !(await this.blobs.has(blob.digest, blob.size))) return false;
+    }
+    return true;
+  }
+
   async configOf(image: ImageRecord): Promise<ImageConfig> {
     const bytes = await this.blobs.read(image.id);
     return parseImageConfig(bytes, image.chainIds.length, `image ${image.id}: config`);

@@ -22,6 +22,17 @@ function alive(pid: number): boolean {
   }
 }
 
+/** Pids of processes whose environment holds `entry` (NAME=value). */
+async function processesWithEnv(entry: string): Promise<number[]> {
+  const pids: number[] = [];
+  for (const name of await readdir('/proc')) {
+    if (!/^\d+$/.test(name) || Number(name) === process.pid) continue;
+    const env = await readFile(`/proc/${name}/environ`).catch(() => undefined);
+    if (env?.toString('utf8').split('\0').includes(entry)) pids.push(Number(name));
+  }
+  return pids;
+}
+
 async function until<T>(what: string, check: () => Promise<T | undefined>, timeoutMs = 15_000): Promise<T> {
   const end = Date.now() + timeoutMs;
   for (;;) {
@@ -65,12 +76,16 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
   });
 
   after(async () => {
-    for (const dir of ['a', 'b', 'c']) await lazyroot(['--store', store(), 'umount', join(work, dir)]);
-    // The last mount left a standby, perhaps still loading: learn its pid too.
-    await standbyPid(5_000).catch(() => undefined);
-    for (const pid of started) if (alive(pid)) process.kill(pid, 'SIGTERM');
+    for (const dir of ['a', 'b', 'c']) {
+      for (const where of [store(), join(work, 'store-2')]) await lazyroot(['--store', where, 'umount', join(work, dir)]);
+    }
+    // The last mounts left standbys, perhaps still loading: find every process this test's
+    // runs started with its standby directory in their environment.
+    await new Promise((r) => setTimeout(r, 1_000));
+    for (const pid of await processesWithEnv(`LAZYROOT_STANDBY_DIR=${standbyDir()}`)) started.add(pid);
+    for (const pid of started) if (pid > 0 && alive(pid)) process.kill(pid, 'SIGTERM');
     await until('standbys to stop', async () => ([...started].some(alive) ? undefined : true)).catch(() => {
-      for (const pid of started) if (alive(pid)) process.kill(pid, 'SIGKILL');
+      for (const pid of started) if (pid > 0 && alive(pid)) process.kill(pid, 'SIGKILL');
     });
     await registry?.stop();
     await rm(work, { recursive: true, force: true });
@@ -78,9 +93,13 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
 
   test('a daemon leaves a standby; the next mount is served by it, the same tree; a standby stops cleanly on SIGTERM', async () => {
     for (const dir of ['a', 'b', 'c']) await mkdir(join(work, dir));
+    // Indexed ahead (streamed, not kept), so with --no-prefetch the layers stay remote and
+    // every mount is a lazy one (a mount of an image whose layers are all local is overlayfs).
+    assert.equal((await lazyroot(['--store', store(), 'index', ref])).code, 0);
     const first = await lazyroot(['--store', store(), '--json', 'mount', '--no-prefetch', ref, join(work, 'a')]);
     assert.equal(first.code, 0, first.stderr);
     const firstPid = (JSON.parse(first.stdout) as { pid: number }).pid;
+    assert.ok(firstPid > 0, 'a lazy mount, served by a daemon');
     started.add(firstPid);
 
     const standby = await standbyPid();
@@ -109,18 +128,24 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
   });
 
   test('a standby killed with SIGKILL leaves a dead socket: the next mount starts its own daemon', async () => {
-    // The previous test stopped its standby: a new mount leaves one.
+    // The first test read every file, so its store holds the whole image now (a mount there
+    // would be overlayfs): a fresh store, indexed ahead, keeps these mounts lazy.
+    const fresh = join(work, 'store-2');
+    assert.equal((await lazyroot(['--store', fresh, 'index', ref])).code, 0);
     await lazyroot(['--store', store(), 'umount', join(work, 'a')]);
-    const again = await lazyroot(['--store', store(), '--json', 'mount', '--no-prefetch', ref, join(work, 'a')]);
+    const again = await lazyroot(['--store', fresh, '--json', 'mount', '--no-prefetch', ref, join(work, 'a')]);
     assert.equal(again.code, 0, again.stderr);
-    started.add((JSON.parse(again.stdout) as { pid: number }).pid);
+    const againPid = (JSON.parse(again.stdout) as { pid: number }).pid;
+    assert.ok(againPid > 0);
+    started.add(againPid);
     const victim = await standbyPid();
     process.kill(victim, 'SIGKILL');
     await until('the standby to die', async () => (alive(victim) ? undefined : true));
     assert.ok((await readdir(standbyDir())).some((n) => n.endsWith('.sock')), 'the dead standby left its socket');
-    const mounted = await lazyroot(['--store', store(), '--json', 'mount', '--no-prefetch', ref, join(work, 'c')]);
+    const mounted = await lazyroot(['--store', fresh, '--json', 'mount', '--no-prefetch', ref, join(work, 'c')]);
     assert.equal(mounted.code, 0, mounted.stderr);
     const pid = (JSON.parse(mounted.stdout) as { pid: number }).pid;
+    assert.ok(pid > 0);
     started.add(pid);
     assert.notEqual(pid, victim);
     assert.equal((await readFile(join(work, 'c', 'etc', 'passwd'), 'utf8')).split('\n')[0], (await readFile(join(work, 'a', 'etc', 'passwd'), 'utf8')).split('\n')[0]);

@@ -59,9 +59,12 @@ async function mountInBackground(ref: string, dir: string | undefined, opts: Mou
   await mkdir(root, { recursive: true, mode: 0o711 });
   const { startMountDaemon } = await import('../../mount/daemon.js');
   const request = { store: root, ref, mountpoint: resolve(dir), options, env: process.env, logFile: join(root, 'mount-daemon.log') };
-  const pid = await startMountDaemon(request, { bin: process.argv[1]! });
-  if (global.json) out.json({ mountpoint: resolve(dir), pid });
-  else if (!global.quiet) out.text(`mounted ${ref} at ${resolve(dir)} (daemon pid ${pid}; unmount with: lazyroot umount ${dir})`);
+  const { pid, driver } = await startMountDaemon(request, { bin: process.argv[1]! });
+  if (global.json) out.json({ mountpoint: resolve(dir), pid, driver });
+  else if (!global.quiet) {
+    const how = driver === 'overlay' ? 'kernel overlayfs: every layer is in the store' : `lazy FUSE mount, daemon pid ${pid}`;
+    out.text(`mounted ${ref} at ${resolve(dir)} (${how}; unmount with: lazyroot umount ${dir})`);
+  }
 }
 
 /**
@@ -101,8 +104,8 @@ function registerMountDaemon(program: Command): void {
         await (await service()).serveMount(store, request.ref, request.mountpoint, {
           ...request.options,
           logger,
-          onReady: (error) => {
-            replyReady(channel, error);
+          onReady: (error, driver) => {
+            replyReady(channel, error, driver);
             if (!error) standby.spawnStandby(process.argv[1]!);
           },
         });
@@ -141,6 +144,9 @@ export function registerMount(program: Command, out: Output): void {
       if (opts.stats) {
         const stats = await (await service()).mountStats(store, ref);
         if (global.json) return out.json(stats);
+        if (stats.driver === 'overlay') {
+          return out.text(`mount ${stats.mountpoint}: kernel overlayfs, read-only (every layer was in the store); image ${formatBytes(stats.imageBytes)}, nothing fetched`);
+        }
         const layerState = (l: (typeof stats.layers)[number]): string => {
           if (l.source === 'streamed') return 'streamed whole (registry ignores Range)';
           if (l.complete) return 'complete';
