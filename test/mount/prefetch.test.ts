@@ -226,6 +226,23 @@ describe('background prefetch, Range-ignoring registries and the bounded cache',
     assert.equal(listed.find((r) => r.id === 'after-prefetch')?.driver, 'overlay', 'every blob local: --lazy takes kernel overlayfs');
     assert.equal((await lazyroot(['--store', store, 'delete', 'after-prefetch'])).code, 0);
     assert.deepEqual(blobRequests(before), []);
+
+    // And `mount` again: kernel overlayfs over the unpacked layers, no daemon, nothing fetched;
+    // `clean` leaves what it uses alone; `umount` takes it down.
+    const again = join(work, 'mnt-estargz-overlay');
+    await mkdir(again, { recursive: true });
+    const m = await lazyroot(['--store', store, '--json', 'mount', ref('estargz'), again]);
+    assert.equal(m.code, 0, m.stderr);
+    assert.deepEqual(JSON.parse(m.stdout), { mountpoint: again, driver: 'overlay' });
+    const fstype = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').find((l) => l.split(' ')[4] === again)?.split(' - ')[1]?.split(' ')[0];
+    assert.equal(fstype, 'overlay');
+    assert.equal((await lazyroot(['--store', store, 'clean'])).code, 0);
+    assert.equal(await readFile(join(again, 'etc/motd'), 'utf8'), 'prefetched\n');
+    const st = JSON.parse((await lazyroot(['--store', store, '--json', 'mount', '--stats', again])).stdout) as { driver: string; bytesFetched: number; complete: boolean };
+    assert.deepEqual([st.driver, st.bytesFetched, st.complete], ['overlay', 0, true]);
+    assert.equal((await lazyroot(['--store', store, 'umount', again])).code, 0);
+    assert.equal((await readFile('/proc/self/mountinfo', 'utf8')).split('\n').some((l) => l.split(' ')[4] === again), false);
+    assert.deepEqual(blobRequests(before), []);
   });
 
   test('gzip: a layer streamed to build its index is kept; with a stored index the spans are prefetched; then `run` downloads no layer', async () => {
