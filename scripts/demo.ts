@@ -103,7 +103,7 @@ async function main(): Promise<void> {
     // Build the gzip layers' span indexes once (streamed, not kept: the registry's images have none yet).
     await runLazyroot(['index', '--store', lazyStore, ref]);
     const started = Date.now();
-    await runLazyroot(['mount', '--store', lazyStore, ref, mnt]);
+    await runLazyroot(['mount', '--no-prefetch', '--store', lazyStore, ref, mnt]);
     process.stdout.write(`visible after ${Date.now() - started} ms: ${(await readdir(mnt)).join(' ')}\n`);
     process.stdout.write(`$ cat ${mnt}/etc/motd\n${await readFile(join(mnt, 'etc/motd'), 'utf8')}`);
     await runLazyroot(['mount', '--stats', '--store', lazyStore, mnt]);
@@ -111,7 +111,7 @@ async function main(): Promise<void> {
     step('mounting again: the first mount left a warm standby daemon (modules loaded), which takes this one');
     await waitForStandby(standbyDir);
     const again = Date.now();
-    await runLazyroot(['mount', '--store', lazyStore, ref, mnt]);
+    await runLazyroot(['mount', '--no-prefetch', '--store', lazyStore, ref, mnt]);
     process.stdout.write(`visible after ${Date.now() - again} ms\n`);
     await runLazyroot(['umount', '--store', lazyStore, mnt]);
     step('and run a command with runc over a lazy rootfs (writable overlay on the FUSE mount)');
