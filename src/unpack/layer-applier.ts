@@ -1,7 +1,27 @@
-import { constants, createWriteStream, type Stats } from 'node:fs';
-import { chmod, copyFile, lchown, link, lstat, lutimes, mkdir, open, readlink, rm, symlink, unlink } from 'node:fs/promises';
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  copyFileSync,
+  fchmodSync,
+  fchownSync,
+  futimesSync,
+  lchownSync,
+  linkSync,
+  lstatSync,
+  lutimesSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  writeSync,
+  type Stats,
+} from 'node:fs';
+import { open } from 'node:fs/promises';
 import { join } from 'node:path';
-import { pipeline } from 'node:stream/promises';
 import type { Readable } from 'node:stream';
 import type { Header as Headers } from 'tar-stream';
 import { LazyrootError } from '../errors.js';
@@ -23,14 +43,34 @@ export interface ApplierOptions {
   idMapping?: IdMapping;
 }
 
-async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
-  try {
-    return await lstat(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw err;
-  }
+/** lstat, or undefined when nothing is there (no exception thrown for the common case). */
+function lstatIfAny(path: string): Stats | undefined {
+  return lstatSync(path, { throwIfNoEntry: false });
 }
+
+function isErrno(err: unknown, code: string): boolean {
+  return (err as NodeJS.ErrnoException | null)?.code === code;
+}
+
+const S_ISGID = 0o2000;
+
+/**
+ * The process's umask, read from /proc (process.umask() would set it to 0 for
+ * a moment, and other threads may be creating files); 0o777 when unknown,
+ * which makes every new file's mode be set explicitly.
+ */
+function currentUmask(): number {
+  try {
+    const m = /^Umask:\s*([0-7]+)$/m.exec(readFileSync('/proc/self/status', 'latin1'));
+    if (m) return Number.parseInt(m[1]!, 8);
+  } catch {
+    // not Linux, or no /proc
+  }
+  return 0o777;
+}
+
+/** How regular files are created: never over an existing name, never through a final symlink. */
+const createFileFlags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 
 /**
  * Applies one layer's tar members, in order, to an overlay-format diff
@@ -38,8 +78,20 @@ async function lstatOrUndefined(path: string): Promise<Stats | undefined> {
  * `trusted.overlay.opaque` xattr. Safety rules: no absolute or `..` paths;
  * never write through a symlink (every parent must be a real directory of
  * this diff, or of a lower layer, which is then copied up); hardlinks only to
- * files inside the image. Files are created with O_EXCL, so an existing
- * symlink at the final name is never followed either.
+ * files inside the image. Files are created with O_EXCL|O_NOFOLLOW, so an
+ * existing symlink at the final name is never followed either.
+ *
+ * Speed: members are applied strictly one at a time, so the file system calls
+ * are synchronous. Through the thread pool each would cost a round trip and
+ * win no parallelism; this way the event loop only waits on the thread pool
+ * for decompression, which runs ahead meanwhile. The diff starts empty, so a
+ * name can only exist if this layer made it: names are created straight away
+ * (O_EXCL, mkdir, symlink, mknod), and only on EEXIST is the old entry looked
+ * at and replaced, as a later member replaces an earlier one. Known
+ * directories are remembered, so parents cost no system call. A regular file
+ * is made with its permission bits and set up through its open descriptor;
+ * chown and chmod are left out where they would change nothing (made by
+ * root, owned 0:0, outside setgid directories; bits the umask left whole).
  */
 export class LayerApplier {
   /** Directories of the diff known to be real directories. */
@@ -51,21 +103,51 @@ export class LayerApplier {
   /** Directory times are set last: creating children changes them. */
   private readonly dirTimes = new Map<string, { atime: Date; mtime: Date }>();
   private readonly mapped: boolean;
+  /**
+   * Directories known to lack the setgid bit. What root creates in one is
+   * owned by 0:0 already, so an entry owned by 0:0 needs no chown there.
+   */
+  private readonly plainDirs = new Set<string>();
+  /** Whether what this process creates is owned by 0:0 (outside setgid directories). */
+  private readonly createsAsRoot = process.geteuid?.() === 0 && process.getegid?.() === 0;
+  /** Permission bits open() leaves out of a new file's mode. */
+  private readonly umask = currentUmask();
+  /** The diff directory, and it with a trailing slash: relative paths are canonical, so joining is concatenating. */
+  private readonly target: string;
+  private readonly prefix: string;
   entries = 0;
 
   constructor(private readonly options: ApplierOptions) {
     this.mapped = !isIdentity(options.idMapping);
+    const target = join(options.target);
+    this.target = target.length > 1 && target.endsWith('/') ? target.slice(0, -1) : target;
+    this.prefix = this.target.endsWith('/') ? this.target : `${this.target}/`;
   }
 
   private full(rel: string): string {
-    return rel === '' ? this.options.target : join(this.options.target, rel);
+    return rel === '' ? this.target : this.prefix + rel;
   }
 
   /** The diff's root takes the merged root's metadata, as overlayfs shows the upper root's. */
   async start(): Promise<void> {
     const lower = await lookupInLayers(this.options.lowers, '');
-    if (lower) await this.copyMetadata(lower.path, lower.stat, this.options.target, true);
-    else await this.ownAsRoot(this.options.target);
+    if (lower) this.copyMetadata(lower.path, lower.stat, this.target, '');
+    else {
+      this.ownAsRoot(this.target, '');
+      this.noteDirMode('', lstatSync(this.target).mode);
+    }
+  }
+
+  /** Remembers whether the directory at `rel` is setgid (its new entries then take its group). */
+  private noteDirMode(rel: string, mode: number): void {
+    if (mode & S_ISGID) this.plainDirs.delete(rel);
+    else this.plainDirs.add(rel);
+  }
+
+  /** A directory just made with mkdir, which passes the parent's setgid bit on: plain when the parent is known to be. */
+  private noteNewDir(rel: string): void {
+    if (this.plainDirs.has(parentOf(rel))) this.plainDirs.add(rel);
+    else this.plainDirs.delete(rel);
   }
 
   /**
@@ -73,12 +155,11 @@ export class LayerApplier {
    * root, under a mapping) and get the epoch as mtime, as umoci gives them:
    * the same image always unpacks to the same tree.
    */
-  private async ownAsRoot(full: string): Promise<void> {
+  private ownAsRoot(full: string, rel: string): void {
     if (this.mapped) {
       const mapping = this.options.idMapping!;
-      await lchown(full, mapId(0, mapping.uids), mapId(0, mapping.gids));
+      lchownSync(full, mapId(0, mapping.uids), mapId(0, mapping.gids));
     }
-    const rel = full === this.options.target ? '' : full.slice(this.options.target.length + 1);
     if (!this.dirTimes.has(rel)) this.dirTimes.set(rel, { atime: epoch, mtime: epoch });
   }
 
@@ -92,19 +173,19 @@ export class LayerApplier {
       // rather than misread the data that follows.
       throw new LazyrootError('UNSUPPORTED', `${what}: entry ${JSON.stringify(header.name)} has a typeflag lazyroot cannot read (old GNU sparse 'S' or a vendor extension); re-create the layer in PAX format (tar --format=posix)`);
     }
-    if (header.type === 'file' || header.type === 'contiguous-file') sparse = sparseFromPax(header.pax as Record<string, string> | undefined, what);
+    if ((header.type === 'file' || header.type === 'contiguous-file') && header.pax) sparse = sparseFromPax(header.pax as Record<string, string>, what);
     const requested = normalizeEntryPath(sparse?.realName ?? header.name, what);
     const role = classifyEntry(requested);
     switch (role.kind) {
       case 'reserved':
-        return drain(body);
+        return drain(header, body);
       case 'invalid-whiteout':
         throw hostile(what, header.name, 'is an invalid whiteout: of "." or "..", outside its own directory');
       case 'whiteout':
-        await drain(body);
+        await drain(header, body);
         return this.whiteout(role.target, header.name);
       case 'opaque': {
-        await drain(body);
+        await drain(header, body);
         const dir = await this.ensureDir(role.dir, header.name);
         native().lsetxattr(this.full(dir), overlayOpaqueXattr, Buffer.from('y'));
         return;
@@ -114,49 +195,51 @@ export class LayerApplier {
     }
     if (requested === '') {
       // The root's own entry (`./`): only its metadata applies.
-      await drain(body);
+      await drain(header, body);
       if (header.type !== 'directory') throw hostile(what, header.name, 'replaces the root with a non-directory');
-      return this.setMetadata('', header, 'directory');
+      return this.setMetadata('', header, 'directory', false);
     }
     const path = await this.placeIn(requested, header.name);
     const full = this.full(path);
-    const existing = await lstatOrUndefined(full);
-    if (existing && !(header.type === 'directory' && existing.isDirectory())) {
-      await rm(full, { recursive: true, force: true });
-      this.forgetDirs(path);
-    }
     switch (header.type) {
       case 'file':
       case 'contiguous-file':
-        await this.writeFile(full, body, sparse);
-        break;
-      case 'directory':
-        await drain(body);
-        if (!existing?.isDirectory()) await mkdir(full, { mode: 0o700 });
-        this.dirs.add(path);
+        if (sparse) {
+          this.clear(path, full);
+          await this.writeSparse(full, body, sparse);
+          this.setMetadata(path, header, header.type, false);
+          return;
+        }
+        return this.writeFile(path, full, header, body);
+      case 'directory': {
+        const made = this.makeDir(path, full);
         if (this.whitedOut.has(path)) native().lsetxattr(full, overlayOpaqueXattr, Buffer.from('y'));
-        break;
+        this.setMetadata(path, header, 'directory', made);
+        return;
+      }
       case 'symlink':
-        await drain(body);
-        await symlink(header.linkname ?? '', full);
+        await drain(header, body);
+        this.create(path, full, () => symlinkSync(header.linkname ?? '', full));
         break;
       case 'link':
-        await drain(body);
+        await drain(header, body);
+        this.clear(path, full);
         await this.hardlink(path, header);
         return; // a hardlink shares its target's inode and metadata
       case 'character-device':
       case 'block-device':
       case 'fifo': {
-        await drain(body);
+        await drain(header, body);
         const kind = header.type === 'fifo' ? S_IFIFO : header.type === 'block-device' ? S_IFBLK : S_IFCHR;
-        native().mknod(full, kind | 0o600, header.devmajor ?? 0, header.devminor ?? 0);
+        this.create(path, full, () => native().mknod(full, kind | 0o600, header.devmajor ?? 0, header.devminor ?? 0));
         break;
       }
       default:
-        await drain(body);
+        await drain(header, body);
         throw new LazyrootError('UNSUPPORTED', `${what}: entry ${JSON.stringify(header.name)} has unsupported type ${String(header.type)}`);
     }
-    await this.setMetadata(path, header, header.type);
+    // A symlink or a device node just made.
+    this.setMetadata(path, header, header.type, true);
   }
 
   /** Sets directory times, deepest first, once every child exists. */
@@ -164,15 +247,58 @@ export class LayerApplier {
     const paths = [...this.dirTimes.keys()].sort((a, b) => b.length - a.length);
     for (const p of paths) {
       const t = this.dirTimes.get(p)!;
-      await lutimes(this.full(p), t.atime, t.mtime);
+      lutimesSync(this.full(p), t.atime, t.mtime);
     }
+  }
+
+  /**
+   * Makes a new name with `make` (which fails with EEXIST rather than reuse
+   * or follow what is there). A name that exists was made earlier by this
+   * same layer: that entry goes, and `make` runs again.
+   */
+  private create<T>(path: string, full: string, make: () => T): T {
+    try {
+      return make();
+    } catch (err) {
+      if (!isErrno(err, 'EEXIST')) throw err;
+    }
+    this.clear(path, full);
+    return make();
+  }
+
+  /** Removes whatever this layer put at `path` before (a later member replaces it). */
+  private clear(path: string, full: string): void {
+    if (!lstatIfAny(full)) return;
+    rmSync(full, { recursive: true, force: true });
+    this.forgetDirs(path);
+  }
+
+  /**
+   * A directory member: an existing directory stays (only its metadata
+   * changes); anything else there is replaced. True when it made the directory.
+   */
+  private makeDir(path: string, full: string): boolean {
+    if (this.dirs.has(path)) return false;
+    let made = true;
+    try {
+      mkdirSync(full, 0o700);
+    } catch (err) {
+      if (!isErrno(err, 'EEXIST')) throw err;
+      if (lstatIfAny(full)?.isDirectory()) made = false;
+      else {
+        this.clear(path, full);
+        mkdirSync(full, 0o700);
+      }
+    }
+    this.dirs.add(path);
+    return made;
   }
 
   private async whiteout(requested: string, name: string): Promise<void> {
     const target = await this.placeIn(requested, name);
     this.whitedOut.add(target);
     const full = this.full(target);
-    const existing = await lstatOrUndefined(full);
+    const existing = lstatIfAny(full);
     if (!existing) {
       native().mknod(full, S_IFCHR, 0, 0);
     } else if (existing.isDirectory()) {
@@ -184,8 +310,10 @@ export class LayerApplier {
 
   /** Where an entry at `requested` goes: its parent made a real directory, resolved as below. */
   private async placeIn(requested: string, entryName: string): Promise<string> {
-    const parent = await this.ensureDir(parentOf(requested), entryName);
-    const base = requested.slice(requested.lastIndexOf('/') + 1);
+    const slash = requested.lastIndexOf('/');
+    const parentRel = slash < 0 ? '' : requested.slice(0, slash);
+    const parent = this.resolvedDirs.get(parentRel) ?? (await this.ensureDir(parentRel, entryName));
+    const base = slash < 0 ? requested : requested.slice(slash + 1);
     return parent ? `${parent}/${base}` : base;
   }
 
@@ -217,18 +345,20 @@ export class LayerApplier {
         continue;
       }
       const full = this.full(prefix);
-      const here = await lstatOrUndefined(full);
+      const here = lstatIfAny(full);
       if (here?.isDirectory()) {
         this.dirs.add(prefix);
+        this.noteDirMode(prefix, here.mode);
         done.push(part);
         continue;
       }
       if (here?.isSymbolicLink()) throw hostile(this.options.what, entryName, `would be written through the symlink ${JSON.stringify(prefix)}`);
       if (here && isOverlayWhiteout(here)) {
         // Whited out earlier in this layer, now re-created as a parent: a fresh, opaque directory.
-        await unlink(full);
-        await mkdir(full, { mode: 0o755 });
-        await this.ownAsRoot(full);
+        unlinkSync(full);
+        mkdirSync(full, 0o755);
+        this.noteNewDir(prefix);
+        this.ownAsRoot(full, prefix);
         native().lsetxattr(full, overlayOpaqueXattr, Buffer.from('y'));
         this.dirs.add(prefix);
         done.push(part);
@@ -238,14 +368,15 @@ export class LayerApplier {
       const lower = await lookupInLayers(this.options.lowers, prefix);
       if (lower?.stat.isSymbolicLink()) {
         if (++hops > 40) throw hostile(this.options.what, entryName, `meets too many symlinks (a loop?) at ${JSON.stringify(prefix)}`);
-        const target = await readlink(lower.path);
+        const target = readlinkSync(lower.path);
         if (target.startsWith('/')) done.length = 0;
         pending.unshift(...target.split('/'));
         continue;
       }
-      await mkdir(full, { mode: 0o755 });
-      if (lower?.stat.isDirectory()) await this.copyMetadata(lower.path, lower.stat, full, true);
-      else await this.ownAsRoot(full);
+      mkdirSync(full, 0o755);
+      this.noteNewDir(prefix);
+      if (lower?.stat.isDirectory()) this.copyMetadata(lower.path, lower.stat, full, prefix);
+      else this.ownAsRoot(full, prefix);
       this.dirs.add(prefix);
       done.push(part);
     }
@@ -256,15 +387,23 @@ export class LayerApplier {
 
   private forgetDirs(rel: string): void {
     for (const d of this.dirs) if (d === rel || d.startsWith(`${rel}/`)) this.dirs.delete(d);
+    for (const d of this.plainDirs) if (d === rel || d.startsWith(`${rel}/`)) this.plainDirs.delete(d);
     for (const [k, v] of this.resolvedDirs) if (v === rel || v.startsWith(`${rel}/`)) this.resolvedDirs.delete(k);
   }
 
-  private async writeFile(full: string, body: Readable, sparse: SparseMap | undefined): Promise<void> {
-    if (!sparse) {
-      await pipeline(body, createWriteStream(full, { flags: 'wx', mode: 0o600 }));
-      return;
+  /**
+   * A regular member: created with its permission bits (setuid and the like
+   * come last, with the owner), written, and given its metadata through the
+   * one descriptor.
+   */
+  private async writeFile(path: string, full: string, header: Headers, body: Readable): Promise<void> {
+    const fd = this.create(path, full, () => openSync(full, createFileFlags, (header.mode ?? 0o644) & 0o777));
+    try {
+      if (header.size) await writeBody(fd, body);
+      this.setMetadata(path, header, header.type, true, fd);
+    } finally {
+      closeSync(fd);
     }
-    await this.writeSparse(full, body, sparse);
   }
 
   /** A PAX sparse member: data regions written at their offsets, holes left as holes. */
@@ -312,10 +451,10 @@ export class LayerApplier {
     const parts = targetRel.split('/');
     for (let i = 1; i < parts.length; i++) {
       const prefix = parts.slice(0, i).join('/');
-      const here = await lstatOrUndefined(this.full(prefix));
+      const here = lstatIfAny(this.full(prefix));
       if (here?.isSymbolicLink()) throw hostile(what, header.name, `is a hardlink through the symlink ${JSON.stringify(prefix)}`);
     }
-    let target = await lstatOrUndefined(this.full(targetRel));
+    let target = lstatIfAny(this.full(targetRel));
     if (!target || isOverlayWhiteout(target)) {
       // A link to a file of a lower layer: copy it up first, as overlayfs does.
       const lower = target ? undefined : await lookupInLayers(this.options.lowers, targetRel);
@@ -324,34 +463,45 @@ export class LayerApplier {
       }
       const copyTo = await this.placeIn(targetRel, header.name);
       if (copyTo !== targetRel) throw hostile(what, header.name, `is a hardlink through a symlink of a lower layer`);
-      await this.copyUp(lower.path, lower.stat, this.full(targetRel));
-      target = await lstat(this.full(targetRel));
+      this.copyUp(lower.path, lower.stat, this.full(targetRel));
+      target = lstatSync(this.full(targetRel));
     }
     if (target.isDirectory()) throw hostile(what, header.name, `is a hardlink to the directory ${JSON.stringify(header.linkname)}`);
-    await link(this.full(targetRel), this.full(path));
+    linkSync(this.full(targetRel), this.full(path));
   }
 
-  private async copyUp(source: string, stat: Stats, dest: string): Promise<void> {
-    if (stat.isFile()) await copyFile(source, dest, constants.COPYFILE_EXCL);
-    else if (stat.isSymbolicLink()) await symlink(await readlink(source), dest);
+  private copyUp(source: string, stat: Stats, dest: string): void {
+    if (stat.isFile()) copyFileSync(source, dest, constants.COPYFILE_EXCL);
+    else if (stat.isSymbolicLink()) symlinkSync(readlinkSync(source), dest);
     else native().mknod(dest, (stat.mode & constants.S_IFMT) | 0o600, devMajor(stat.rdev), devMinor(stat.rdev));
-    await this.copyMetadata(source, stat, dest, false);
+    this.copyMetadata(source, stat, dest);
   }
 
-  /** Copies owner, mode, xattrs (not overlay's own) and times from a lower entry. */
-  private async copyMetadata(source: string, stat: Stats, dest: string, isDir: boolean): Promise<void> {
-    await lchown(dest, stat.uid, stat.gid);
-    if (!stat.isSymbolicLink()) await chmod(dest, stat.mode & 0o7777);
+  /**
+   * Copies owner, mode, xattrs (not overlay's own) and times from a lower
+   * entry. A directory's (`dirRel` given) times wait for finish().
+   */
+  private copyMetadata(source: string, stat: Stats, dest: string, dirRel?: string): void {
+    lchownSync(dest, stat.uid, stat.gid);
+    if (!stat.isSymbolicLink()) chmodSync(dest, stat.mode & 0o7777);
     for (const name of native().llistxattr(source)) {
       if (name.startsWith('trusted.overlay.')) continue;
       const value = native().lgetxattr(source, name);
       if (value) native().lsetxattr(dest, name, value);
     }
-    if (isDir) this.dirTimes.set(dest === this.options.target ? '' : dest.slice(this.options.target.length + 1), { atime: stat.atime, mtime: stat.mtime });
-    else await lutimes(dest, stat.atime, stat.mtime);
+    if (dirRel !== undefined) {
+      this.noteDirMode(dirRel, stat.mode);
+      this.dirTimes.set(dirRel, { atime: stat.atime, mtime: stat.mtime });
+    } else lutimesSync(dest, stat.atime, stat.mtime);
   }
 
-  private async setMetadata(path: string, header: Headers, type: Headers['type']): Promise<void> {
+  /**
+   * Owner, mode, xattrs and times from the header; on `fd` when the entry is
+   * open (a regular file, created with the mode's permission bits), else on
+   * the path. `made`: the entry was created just now, so an owner or mode it
+   * was born with need not be set again.
+   */
+  private setMetadata(path: string, header: Headers, type: Headers['type'], made: boolean, fd?: number): void {
     const full = this.full(path);
     const mapping = this.options.idMapping;
     const pax = header.pax as Record<string, string> | undefined;
@@ -360,22 +510,35 @@ export class LayerApplier {
     const headerGid = paxInt(pax?.gid) ?? header.gid ?? 0;
     const uid = this.mapped ? mapId(headerUid, mapping!.uids) : headerUid;
     const gid = this.mapped ? mapId(headerGid, mapping!.gids) : headerGid;
-    await lchown(full, uid, gid);
+    const ownedAlready = made && uid === 0 && gid === 0 && this.createsAsRoot && this.plainDirs.has(parentOf(path));
+    if (ownedAlready) {
+      // Created by root outside any setgid directory: 0:0 already.
+    } else if (fd === undefined) lchownSync(full, uid, gid);
+    else fchownSync(fd, uid, gid);
     // After chown, which clears setuid/setgid bits.
-    if (type !== 'symlink') await chmod(full, (header.mode ?? 0o644) & 0o7777);
-    for (const [name, value] of paxXattrs(pax)) {
-      // overlayfs's own attributes would change how the layers merge: never from a tar.
-      if (name.startsWith('trusted.overlay.')) continue;
-      try {
-        native().lsetxattr(full, name, value);
-      } catch (err) {
-        throw new LazyrootError('FAILED_PRECONDITION', `${this.options.what}: entry ${JSON.stringify(header.name)}: cannot set xattr ${name}: ${(err as Error).message}`, { cause: err });
+    const mode = (header.mode ?? 0o644) & 0o7777;
+    if (type === 'directory') this.noteDirMode(path, mode);
+    const modeAlready = made && fd !== undefined && (mode & 0o7000) === 0 && (mode & this.umask) === 0;
+    if (type === 'symlink' || modeAlready) {
+      // Symlinks have no mode of their own; a file just opened with these bits has them.
+    } else if (fd === undefined) chmodSync(full, mode);
+    else fchmodSync(fd, mode);
+    if (pax) {
+      for (const [name, value] of paxXattrs(pax)) {
+        // overlayfs's own attributes would change how the layers merge: never from a tar.
+        if (name.startsWith('trusted.overlay.')) continue;
+        try {
+          native().lsetxattr(full, name, value);
+        } catch (err) {
+          throw new LazyrootError('FAILED_PRECONDITION', `${this.options.what}: entry ${JSON.stringify(header.name)}: cannot set xattr ${name}: ${(err as Error).message}`, { cause: err });
+        }
       }
     }
     const mtime = paxTime(pax?.mtime) ?? header.mtime ?? epoch;
     const atime = paxTime(pax?.atime) ?? mtime;
     if (type === 'directory') this.dirTimes.set(path, { atime, mtime });
-    else await lutimes(full, atime, mtime);
+    else if (fd === undefined) lutimesSync(full, atime, mtime);
+    else futimesSync(fd, atime, mtime);
   }
 }
 
@@ -391,6 +554,39 @@ function paxTime(value: string | undefined): Date | undefined {
   return Number.isFinite(seconds) ? new Date(seconds * 1000) : undefined;
 }
 
-async function drain(body: Readable): Promise<void> {
+/**
+ * Writes a member's data to `fd` as tar-stream hands it over (no stream
+ * pipeline, so no AbortSignal or write stream per file); resolves at the
+ * member's end.
+ */
+function writeBody(fd: number, body: Readable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    let ended = false;
+    const onData = (chunk: Buffer): void => {
+      try {
+        for (let done = 0; done < chunk.length; ) done += writeSync(fd, chunk, done, chunk.length - done);
+      } catch (err) {
+        body.off('data', onData);
+        reject(err);
+      }
+    };
+    body.on('data', onData);
+    body.once('end', () => {
+      ended = true;
+      resolve();
+    });
+    body.once('error', reject);
+    body.once('close', () => {
+      if (!ended) reject(new Error('the member ended before its data did'));
+    });
+  });
+}
+
+/**
+ * Reads a member's data to its end. tar-stream only hands out data for
+ * members with a size that are not directories: the others need no reading.
+ */
+async function drain(header: Headers, body: Readable): Promise<void> {
+  if (!header.size || header.type === 'directory') return;
   for await (const _ of body) void _;
 }

@@ -5,6 +5,7 @@ import { LazyrootError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import { DigestStream } from '../oci/digest-stream.js';
 import { LayerApplier, type ApplierOptions } from './layer-applier.js';
+import type { LayerTar } from './layer-tar-reader.js';
 import { installBinaryPaxDecoder } from '../index/tar-binary-pax.js';
 
 export interface UnpackResult {
@@ -20,8 +21,21 @@ export interface UnpackResult {
  * ID. Members are applied strictly one at a time, in archive order.
  */
 export async function unpackLayer(tar: Readable, options: ApplierOptions): Promise<UnpackResult> {
-  installBinaryPaxDecoder();
   const hashing = new DigestStream();
+  const entries = await applyTar([tar, hashing], options);
+  return { diffId: hashing.digest(), size: hashing.bytes, entries };
+}
+
+/** The same, for a tar a LayerTarReader decompresses and hashes on its worker thread. */
+export async function unpackLayerTar(tar: LayerTar, options: ApplierOptions): Promise<UnpackResult> {
+  const entries = await applyTar([tar.stream], options);
+  const { diffId, size } = await tar.hashed;
+  return { diffId, size, entries };
+}
+
+/** Pipes `streams` (the tar, then any pass-through) into tar-stream and applies each member; returns how many there were. */
+async function applyTar(streams: Readable[], options: ApplierOptions): Promise<number> {
+  installBinaryPaxDecoder();
   const applier = new LayerApplier(options);
   await applier.start();
   const extract = tarStream.extract();
@@ -35,12 +49,12 @@ export async function unpackLayer(tar: Readable, options: ApplierOptions): Promi
     );
   });
   try {
-    await pipeline(tar, hashing, extract as unknown as Writable);
+    await pipeline([...streams, extract as unknown as Writable]);
   } catch (err) {
     if (err instanceof LazyrootError) throw err;
     throw new LazyrootError('HOSTILE_ARCHIVE', `${options.what}: not a valid tar stream: ${(err as Error).message}`, { cause: err });
   }
   // tar-stream stops at the end-of-archive blocks; the diff ID covers what follows too.
   await applier.finish();
-  return { diffId: hashing.digest(), size: hashing.bytes, entries: applier.entries };
+  return applier.entries;
 }

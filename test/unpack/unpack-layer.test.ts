@@ -10,7 +10,7 @@ import { Readable } from 'node:stream';
 import { unpackLayer } from '../../src/unpack/unpack-layer.js';
 import { native } from '../../src/native.js';
 import type { LazyrootError } from '../../src/errors.js';
-import { buildTar, dir, file, hardlink, opaque, symlink, whiteout, type TarEntry } from '../helpers/tar-builder.js';
+import { buildTar, dir, fifo, file, hardlink, opaque, symlink, whiteout, type TarEntry } from '../helpers/tar-builder.js';
 import { missingRequirements } from '../helpers/requirements.js';
 
 const needs = { root: true, tools: ['tar', 'mount'] };
@@ -146,6 +146,73 @@ describe('unpackLayer on kernel overlayfs', { skip: missing.length ? `needs ${mi
     assert.equal(devnull.rdev, (1 << 8) | 3);
     assert.ok((await lstat(join(root, 'dev/sda'))).isBlockDevice());
     assert.ok((await lstat(join(root, 'run/fifo'))).isFIFO());
+  });
+
+  test('owners and modes are exact whatever the umask: setgid directories, special bits, members replaced in the same layer', async () => {
+    // Root-made entries skip chown and chmod where they would change nothing; these are the cases where they must not.
+    const before = process.umask(0o077);
+    try {
+      const base = join(work, `exact-${n++}`);
+      const diffs = [join(base, 'diff0'), join(base, 'diff1')];
+      const layers = [
+        await buildTar([
+          dir('sg', { mode: 0o2775, gid: 50 }),
+          file('sg/root', 'r'),
+          symlink('sg/link', 'root'),
+          fifo('sg/fifo'),
+          dir('sg/sub'),
+          file('modes/wide', 'w', { mode: 0o666 }),
+          file('modes/all', 'a', { mode: 0o777 }),
+          file('modes/suid', 's', { mode: 0o4755 }),
+          file('modes/sgid', 's', { mode: 0o2755, gid: 7 }),
+          file('modes/sticky', 's', { mode: 0o1644 }),
+          file('modes/owned', 'o', { mode: 0o640, uid: 1000, gid: 1000 }),
+        ]),
+        await buildTar([
+          file('sg/upper', 'u'),
+          file('sg/implicit/f', 'f'),
+          file('dup', 'first', { mode: 0o600, uid: 5, gid: 5 }),
+          file('dup', 'second', { mode: 0o644 }),
+          dir('d2f', { mode: 0o2755, gid: 9 }),
+          file('d2f/x', 'x'),
+          file('d2f', 'a file at last'),
+          dir('sgid-later'),
+          file('sgid-later/before', 'b'),
+          dir('sgid-later', { mode: 0o2755, gid: 11 }),
+          file('sgid-later/after', 'a'),
+        ]),
+      ];
+      for (const [i, tar] of layers.entries()) {
+        await mkdir(diffs[i]!, { recursive: true });
+        await unpackLayer(Readable.from([tar]), { target: diffs[i]!, lowers: diffs.slice(0, i).reverse(), what: `layer ${i}` });
+      }
+      const st = (i: number, p: string) => lstat(join(diffs[i]!, p));
+      const owner = async (i: number, p: string) => {
+        const s = await st(i, p);
+        return [s.uid, s.gid, s.mode & 0o7777];
+      };
+      assert.deepEqual((await owner(0, 'sg')), [0, 50, 0o2775]);
+      for (const p of ['sg/root', 'sg/link', 'sg/fifo', 'sg/sub']) assert.deepEqual((await owner(0, p)).slice(0, 2), [0, 0], `${p}: 0:0 in a setgid directory`);
+      assert.equal((await st(0, 'sg/sub')).mode & 0o7777, 0o755, 'mkdir in a setgid directory sets setgid; the member says otherwise');
+      assert.deepEqual(await owner(0, 'modes/wide'), [0, 0, 0o666]);
+      assert.deepEqual(await owner(0, 'modes/all'), [0, 0, 0o777]);
+      assert.deepEqual(await owner(0, 'modes/suid'), [0, 0, 0o4755]);
+      assert.deepEqual(await owner(0, 'modes/sgid'), [0, 7, 0o2755]);
+      assert.deepEqual(await owner(0, 'modes/sticky'), [0, 0, 0o1644]);
+      assert.deepEqual(await owner(0, 'modes/owned'), [1000, 1000, 0o640]);
+      assert.deepEqual(await owner(1, 'sg'), [0, 50, 0o2775], 'copied up with its setgid bit');
+      assert.deepEqual(await owner(1, 'sg/upper'), [0, 0, 0o644]);
+      assert.equal((await st(1, 'sg/implicit')).gid, 50, 'an implicit directory takes the setgid parent group, as mkdir gives it');
+      assert.deepEqual(await owner(1, 'sg/implicit/f'), [0, 0, 0o644]);
+      assert.deepEqual(await owner(1, 'dup'), [0, 0, 0o644]);
+      assert.equal(await readFile(join(diffs[1]!, 'dup'), 'utf8'), 'second');
+      assert.ok((await st(1, 'd2f')).isFile());
+      assert.deepEqual(await owner(1, 'd2f'), [0, 0, 0o644]);
+      assert.deepEqual(await owner(1, 'sgid-later/before'), [0, 0, 0o644]);
+      assert.deepEqual(await owner(1, 'sgid-later/after'), [0, 0, 0o644], 'made after its directory became setgid');
+    } finally {
+      process.umask(before);
+    }
   });
 
   test('GNU tar PAX sparse files (format 1.0) and binary xattrs survive byte for byte', async () => {
