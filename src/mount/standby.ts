@@ -1,3 +1,4 @@
+import { processAlive } from '../process-alive.js';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -43,20 +44,12 @@ function setPriorityQuietly(pid: number, priority: number): void {
   }
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /** The pid of the live standby, if there is one. */
 export function standbyPid(env: NodeJS.ProcessEnv = process.env): number | undefined {
   try {
     const pid = Number(readFileSync(standbyPaths(env).pidFile, 'utf8'));
-    return Number.isInteger(pid) && pid > 0 && alive(pid) ? pid : undefined;
+    return Number.isInteger(pid) && pid > 0 && processAlive(pid) ? pid : undefined;
   } catch {
     return undefined;
   }

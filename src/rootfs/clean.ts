@@ -1,3 +1,4 @@
+import { processAlive } from '../process-alive.js';
 import { readdir, readlink, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { withLock } from '../store/lock.js';
@@ -14,14 +15,6 @@ export interface CleanResult {
   removedBlobs: number;
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * `lazyroot clean`: when the store uses more than `thresholdBytes` (or
@@ -45,7 +38,7 @@ export async function cleanStore(store: Store, options: { thresholdBytes?: numbe
     const removedLayers: string[] = [];
     for (const name of await readdir(store.paths.layers).catch(() => [] as string[])) {
       const tmp = /\.tmp-(\d+)-[0-9a-f]+$/.exec(name);
-      if (tmp ? pidAlive(Number(tmp[1])) : usedLayers.has(name)) continue;
+      if (tmp ? processAlive(Number(tmp[1])) : usedLayers.has(name)) continue;
       await rm(store.paths.layerDir(name), { recursive: true, force: true });
       if (!tmp) removedLayers.push(name);
     }

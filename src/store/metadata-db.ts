@@ -1,3 +1,4 @@
+import { processAlive } from '../process-alive.js';
 import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.js';
@@ -99,15 +100,6 @@ interface ImageRow {
   metadata: string | null;
 }
 
-/** Is a process with this PID alive? (EPERM means alive but not ours.) */
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM';
-  }
-}
 
 /**
  * The store's SQLite metadata. better-sqlite3 is synchronous: statements are
