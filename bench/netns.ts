@@ -22,7 +22,7 @@
  * configuration is untouched; `stop()` ends the processes it started (by PID)
  * and deletes the namespaces, which takes the veth pair and qdiscs with them.
  */
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
@@ -30,6 +30,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { spawnProcess, type ManagedProcess } from '../test/helpers/process.js';
 
 const run = promisify(execFile);
 
@@ -202,17 +203,9 @@ export interface EmulatedRegistry {
   stop(): Promise<void>;
 }
 
-// Last-resort cleanup if the bench dies without stop(): our PIDs and namespaces only.
-const livePids = new Set<number>();
+// Last-resort cleanup if the bench dies without stop(): our namespaces only (spawnProcess kills our PIDs).
 const liveNamespaces = new Set<string>();
 process.on('exit', () => {
-  for (const pid of livePids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // already gone
-    }
-  }
   for (const ns of liveNamespaces) {
     try {
       // Synchronous on purpose: 'exit' handlers cannot wait.
@@ -237,52 +230,19 @@ async function sh(argv: string[], what: string): Promise<string> {
   }
 }
 
-/** Spawns a long-lived child and waits until it prints `ready` (or a regexp) on stdout/stderr. */
-async function spawnReady(argv: string[], ready: RegExp, what: string, timeoutMs = 10_000): Promise<{ child: ChildProcess; stop(): Promise<void> }> {
-  const child = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
-  if (child.pid !== undefined) livePids.add(child.pid);
+/** Spawns a long-lived child (test/helpers/process.ts) and waits until its output matches `ready`. */
+async function spawnReady(argv: string[], ready: RegExp, what: string, timeoutMs = 10_000): Promise<ManagedProcess> {
+  const proc = spawnProcess(argv[0]!, argv.slice(1), { name: `emulated network: ${what}` });
   let output = '';
-  let exited: string | undefined;
-  const exit = new Promise<void>((resolve) => {
-    child.on('exit', (code, signal) => {
-      exited = String(code ?? signal);
-      if (child.pid !== undefined) livePids.delete(child.pid);
-      resolve();
-    });
-    child.on('error', (err) => {
-      exited = err.message;
-      resolve();
-    });
-  });
-  const stop = async (): Promise<void> => {
-    if (exited !== undefined) return;
-    child.kill('SIGTERM');
-    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
-    await exit;
-    clearTimeout(timer);
-  };
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`emulated network: ${what} not ready after ${timeoutMs / 1000} s:\n${output.slice(-2000)}`)), timeoutMs);
-    const onData = (chunk: Buffer) => {
-      output += chunk.toString();
-      if (output.length > 100_000) output = output.slice(-50_000);
-      if (ready.test(output)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    };
-    child.stdout!.on('data', onData);
-    child.stderr!.on('data', onData);
-    void exit.then(() => {
-      clearTimeout(timer);
-      reject(new Error(`emulated network: ${what} exited (${exited}) before it was ready:\n${output.slice(-2000)}`));
-    });
-  }).catch(async (err) => {
-    await stop();
-    throw err;
-  });
   // Keep draining its output so it never blocks on a full pipe.
-  return { child, stop };
+  const onData = (chunk: Buffer) => {
+    output += chunk.toString();
+    if (output.length > 100_000) output = output.slice(-50_000);
+  };
+  proc.child.stdout!.on('data', onData);
+  proc.child.stderr!.on('data', onData);
+  await proc.waitReady(() => ready.test(output), { timeoutMs, describe: () => output.slice(-2000) });
+  return proc;
 }
 
 async function timeGet(url: string): Promise<{ ms: number; bytes: number; status: number }> {

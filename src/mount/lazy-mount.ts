@@ -217,9 +217,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       const unique = layers.filter((l, i) => layers.findIndex((o) => o.blob === l.blob) === i).sort((a, b) => Number(a.blob.isComplete) - Number(b.blob.isComplete));
       let first: Promise<void> | undefined;
       const one = async (layer: PreparedLayer, i: number): Promise<void> => {
-        if (i > 0 && first) {
-          while (rangeSupport() === 'unknown' && !signal.aborted && (await Promise.race([first.then(() => true), delay(50).then(() => false)])) === false);
-        }
+        if (i > 0 && first) await untilSettledOr(first, () => rangeSupport() !== 'unknown' || signal.aborted);
         try {
           await layer.blob.prefetch(layer.prefetchUnits(), { signal });
         } catch (err) {

@@ -172,6 +172,25 @@ describe('background prefetch, Range-ignoring registries and the bounded cache',
     }
   }
 
+  /**
+   * Every blob local: `run` (kernel overlayfs) downloads no layer, and `create --lazy` takes
+   * kernel overlayfs all the same. Returns where the proxy log stood before.
+   */
+  async function assertLocalPathsFetchNothing(store: string, imageRef: string): Promise<number> {
+    const before = proxy.log.length;
+    const run = await lazyroot(['--store', store, 'run', imageRef]);
+    assert.equal(run.code, 0, run.stderr);
+    assert.equal(run.stdout, 'prefetched\n');
+    assert.deepEqual(blobRequests(before), [], 'run (kernel overlayfs) downloaded no layer');
+    const created = await lazyroot(['--store', store, 'create', '--lazy', imageRef, 'after-prefetch']);
+    assert.equal(created.code, 0, created.stderr);
+    const listed = JSON.parse((await lazyroot(['--store', store, 'list', '--json'])).stdout) as Array<{ id: string; driver: string }>;
+    assert.equal(listed.find((r) => r.id === 'after-prefetch')?.driver, 'overlay', 'every blob local: --lazy takes kernel overlayfs');
+    assert.equal((await lazyroot(['--store', store, 'delete', 'after-prefetch'])).code, 0);
+    assert.deepEqual(blobRequests(before), []);
+    return before;
+  }
+
   /** Blob requests the proxy saw from `from` on: [digest, range start | undefined]. */
   function blobRequests(from: number): Array<{ digest: string; start: number | undefined }> {
     return proxy.log.slice(from).flatMap((line) => {
@@ -213,19 +232,7 @@ describe('background prefetch, Range-ignoring registries and the bounded cache',
     assert.equal(await readInChild(join(target, 'data/big.bin')), sha(big), 'reads are served from the promoted blobs');
     await umount(store, target);
 
-    const before = proxy.log.length;
-    const run = await lazyroot(['--store', store, 'run', ref('estargz')]);
-    assert.equal(run.code, 0, run.stderr);
-    assert.equal(run.stdout, 'prefetched\n');
-    assert.deepEqual(blobRequests(before), [], 'run (kernel overlayfs) downloaded no layer');
-
-    // Asked for a lazy rootfs now, with every blob local, create takes kernel overlayfs all the same.
-    const created = await lazyroot(['--store', store, 'create', '--lazy', ref('estargz'), 'after-prefetch']);
-    assert.equal(created.code, 0, created.stderr);
-    const listed = JSON.parse((await lazyroot(['--store', store, 'list', '--json'])).stdout) as Array<{ id: string; driver: string }>;
-    assert.equal(listed.find((r) => r.id === 'after-prefetch')?.driver, 'overlay', 'every blob local: --lazy takes kernel overlayfs');
-    assert.equal((await lazyroot(['--store', store, 'delete', 'after-prefetch'])).code, 0);
-    assert.deepEqual(blobRequests(before), []);
+    const before = await assertLocalPathsFetchNothing(store, ref('estargz'));
 
     // And `mount` again: kernel overlayfs over the unpacked layers, no daemon, nothing fetched;
     // `clean` leaves what it uses alone; `umount` takes it down.
@@ -279,19 +286,7 @@ describe('background prefetch, Range-ignoring registries and the bounded cache',
     await assertLayersStored(store, gzipDigests);
     await umount(store, target);
 
-    const before = proxy.log.length;
-    const run = await lazyroot(['--store', store, 'run', ref('gzip')]);
-    assert.equal(run.code, 0, run.stderr);
-    assert.equal(run.stdout, 'prefetched\n');
-    assert.deepEqual(blobRequests(before), [], 'run (kernel overlayfs) downloaded no layer');
-
-    // Asked for a lazy rootfs now, with every blob local, create takes kernel overlayfs all the same.
-    const created = await lazyroot(['--store', store, 'create', '--lazy', ref('gzip'), 'after-prefetch']);
-    assert.equal(created.code, 0, created.stderr);
-    const listed = JSON.parse((await lazyroot(['--store', store, 'list', '--json'])).stdout) as Array<{ id: string; driver: string }>;
-    assert.equal(listed.find((r) => r.id === 'after-prefetch')?.driver, 'overlay', 'every blob local: --lazy takes kernel overlayfs');
-    assert.equal((await lazyroot(['--store', store, 'delete', 'after-prefetch'])).code, 0);
-    assert.deepEqual(blobRequests(before), []);
+    await assertLocalPathsFetchNothing(store, ref('gzip'));
   });
 
   test('--no-prefetch fetches nothing beyond what is read', async () => {
