@@ -187,4 +187,27 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
     assert.equal(again.code, 0, again.stderr);
     assert.equal((await readInChild(join(target, 'etc/motd'))).sha256, sha(Buffer.from('lazily mounted\n')));
   });
+
+  test('a daemon whose mount someone else detached (umount -l) still ends on SIGTERM, and forgets the mount', async () => {
+    const store = join(work, 'store-detached');
+    const target = await mount('estargz', store, ['--no-prefetch']);
+    const { pid } = JSON.parse((await lazyroot(['--store', store, 'mount', '--stats', '--json', target])).stdout) as { pid: number };
+    assert.ok(pid > 0);
+    await new Promise<void>((resolve, reject) => spawn('umount', ['-l', target]).on('close', (code) => (code === 0 ? resolve() : reject(new Error(`umount -l exited ${code}`)))));
+    process.kill(pid, 'SIGTERM');
+    const alive = () => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const until = Date.now() + 20_000;
+    while (alive() && Date.now() < until) await new Promise((r) => setTimeout(r, 100));
+    assert.equal(alive(), false, 'the daemon ended');
+    const left = await lazyroot(['--store', store, 'mount', '--stats', target]);
+    assert.notEqual(left.code, 0);
+    assert.match(left.stderr, /no lazyroot mount there/);
+  });
 });
