@@ -4,9 +4,12 @@
  * and the l*xattr family (PAX SCHILY.xattr records, security.capability,
  * trusted.overlay.opaque). Everything here acts on the path itself, never
  * following a final symlink, and throws an Error with the errno's code.
+ * Also fcntl(F_SETFD, FD_CLOEXEC): libfuse opens /dev/fuse without it, and a
+ * child that inherits that descriptor keeps a dead daemon's mount hanging.
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,6 +167,23 @@ static napi_value js_lremovexattr(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/* closeOnExec(fd): sets FD_CLOEXEC, so no child process inherits the descriptor. */
+static napi_value js_close_on_exec(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd;
+  char name[32];
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 1) CHECK(napi_invalid_arg);
+  CHECK(napi_get_value_int32(env, argv[0], &fd));
+  int flags = fcntl(fd, F_GETFD);
+  if (flags < 0 || fcntl(fd, F_SETFD, flags | FD_CLOEXEC) != 0) {
+    snprintf(name, sizeof name, "fd %d", fd);
+    return throw_errno(env, "fcntl", name);
+  }
+  return NULL;
+}
+
 void register_gzip_index(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
@@ -173,6 +193,7 @@ static napi_value init(napi_env env, napi_value exports) {
     {"lgetxattr", NULL, js_lgetxattr, NULL, NULL, NULL, napi_default, NULL},
     {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_default, NULL},
     {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_default, NULL},
+    {"closeOnExec", NULL, js_close_on_exec, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   register_gzip_index(env, exports);

@@ -13,6 +13,8 @@ export interface Native {
   lgetxattr(path: string, name: string): Buffer | undefined;
   llistxattr(path: string): string[];
   lremovexattr(path: string, name: string): void;
+  /** fcntl(fd, F_SETFD, FD_CLOEXEC): the descriptor is closed in every child this process starts. */
+  closeOnExec(fd: number): void;
 }
 
 export const S_IFIFO = 0o010000;

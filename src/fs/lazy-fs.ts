@@ -1,10 +1,12 @@
 import { constants } from 'node:os';
 import { constants as fsConstants } from 'node:fs';
+import { readdir } from 'node:fs/promises';
 import type { FuseOperations, FuseStat, FuseStatfs } from 'fuse-native';
 import { LazyrootError } from '../errors.js';
 import { createToErrno, type FsLogger } from './errno.js';
 import { FuseBinding } from './fuse-binding.js';
 import { cleanStaleMount, mountpointState } from './stale-mount.js';
+import { keepFuseDescriptorsPrivate } from './fuse-descriptors.js';
 import { fileTypeBits, type FsNode, type FsTree } from './tree.js';
 
 const { ENOENT, EROFS, EISDIR, ENOTDIR, EINVAL } = constants.errno;
@@ -70,6 +72,11 @@ export async function mountTree(tree: FsTree, mountpoint: string, reader: FileRe
   const state = await mountpointState(mountpoint);
   if (state === 'live') throw new LazyrootError('IN_USE', `mount ${mountpoint}: a FUSE filesystem is mounted there already`);
   if (state === 'stale') await cleanStaleMount(mountpoint);
+  // libfuse refuses a non-empty mountpoint and says why only on stderr ("fuse failed" reaches us).
+  const present = await readdir(mountpoint).catch((err: NodeJS.ErrnoException) => {
+    throw new LazyrootError(err.code === 'ENOENT' ? 'NOT_FOUND' : 'FAILED_PRECONDITION', `mount ${mountpoint}: ${err.code === 'ENOENT' ? 'no such directory' : err.message}`, { cause: err });
+  });
+  if (present.length > 0) throw new LazyrootError('FAILED_PRECONDITION', `mount ${mountpoint}: the mountpoint is not empty (${present.length} entries, e.g. ${JSON.stringify(present[0])})`);
 
   const toErrno = createToErrno(options.logger);
   const counters: FsStats = { reads: 0, bytesServed: 0, errors: 0, timeouts: 0, inFlight: 0 };
@@ -96,7 +103,10 @@ export async function mountTree(tree: FsTree, mountpoint: string, reader: FileRe
 
   await new Promise<void>((resolve, reject) => {
     fuse.mount((err) => {
-      if (!err) return resolve();
+      if (!err) {
+        keepFuseDescriptorsPrivate();
+        return resolve();
+      }
       reject(new LazyrootError('FAILED_PRECONDITION', `mount FUSE at ${mountpoint} (options ${fuse.mountOptions()}): ${err.message}`, { cause: err }));
     });
   });

@@ -210,4 +210,12 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
     assert.notEqual(left.code, 0);
     assert.match(left.stderr, /no lazyroot mount there/);
   });
+
+  test('a mountpoint that is not empty is refused with that reason, exit 1', async () => {
+    const target = join(work, 'not-empty');
+    await mkdir(join(target, 'something'), { recursive: true });
+    const r = await lazyroot(['--store', join(work, 'store-nonempty'), 'mount', `docker://${proxy.host}/lazy/app:estargz`, target]);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stderr, /not-empty: the mountpoint is not empty \(1 entries, e\.g\. "something"\)/);
+  });
 });

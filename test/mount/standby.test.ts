@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
@@ -9,6 +9,26 @@ import { busyboxImageSpec } from '../helpers/sample-images.js';
 import { snapshotTree } from '../helpers/tree-snapshot.js';
 import { missingRequirements } from '../helpers/requirements.js';
 import { lazyroot } from '../helpers/cli.js';
+import { execFile } from 'node:child_process';
+
+/** `stat` in a child, bounded: a hung FUSE mount would block this process's own fs calls. */
+function statInChild(path: string, timeoutMs: number): Promise<{ ok: boolean; timedOut: boolean; stderr: string; ms: number }> {
+  const started = Date.now();
+  return new Promise((resolve) => {
+    execFile('stat', [path], { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, _stdout, stderr) =>
+      resolve({ ok: !err, timedOut: Boolean(err && (err as { killed?: boolean }).killed), stderr, ms: Date.now() - started }),
+    );
+  });
+}
+
+/** The fds of `pid` that are /dev/fuse. */
+async function fuseFds(pid: number): Promise<number[]> {
+  const fds: number[] = [];
+  for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])) {
+    if ((await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')) === '/dev/fuse') fds.push(Number(fd));
+  }
+  return fds;
+}
 
 const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry', 'skopeo'] });
 if (missing.length && process.env.CI) throw new Error(`CI: standby tests need ${missing.join(', ')}`);
@@ -76,7 +96,7 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
   });
 
   after(async () => {
-    for (const dir of ['a', 'b', 'c']) {
+    for (const dir of ['a', 'b', 'c', 'd']) {
       for (const where of [store(), join(work, 'store-2')]) await lazyroot(['--store', where, 'umount', join(work, dir)]);
     }
     // The last mounts left standbys, perhaps still loading: find every process this test's
@@ -149,5 +169,55 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     started.add(pid);
     assert.notEqual(pid, victim);
     assert.equal((await readFile(join(work, 'c', 'etc', 'passwd'), 'utf8')).split('\n')[0], (await readFile(join(work, 'a', 'etc', 'passwd'), 'utf8')).split('\n')[0]);
+  });
+
+  test('only a mount\'s own daemon holds its /dev/fuse; SIGKILL of that daemon fails readers at once, with a standby alive, and mount recovers', async () => {
+    const fresh = join(work, 'store-3');
+    const dir = join(work, 'd');
+    await mkdir(dir, { recursive: true });
+    assert.equal((await lazyroot(['--store', fresh, 'index', ref])).code, 0);
+    const holdersNow = async (pids: number[]) => {
+      const holders = new Map<number, number[]>();
+      for (const pid of pids) {
+        const fds = await fuseFds(pid);
+        if (fds.length) holders.set(pid, fds);
+      }
+      return holders;
+    };
+    // The earlier tests' mounts are still served, each by its own daemon.
+    const before = await holdersNow(await processesWithEnv(`LAZYROOT_STANDBY_DIR=${standbyDir()}`));
+    const mounted = await lazyroot(['--store', fresh, '--json', 'mount', '--no-prefetch', ref, dir]);
+    assert.equal(mounted.code, 0, mounted.stderr);
+    const daemon = (JSON.parse(mounted.stdout) as { pid: number }).pid;
+    started.add(daemon);
+    const standby = await standbyPid();
+
+    // Every process lazyroot left running: /dev/fuse is open in the daemon only.
+    const ours = await processesWithEnv(`LAZYROOT_STANDBY_DIR=${standbyDir()}`);
+    assert.ok(ours.includes(daemon) && ours.includes(standby), `daemon ${daemon} and standby ${standby} among ${ours.join(', ')}`);
+    for (const pid of ours) started.add(pid);
+    const holders = await holdersNow(ours);
+    assert.deepEqual([...holders.keys()].sort(), [...before.keys(), daemon].sort(), `processes holding /dev/fuse: ${JSON.stringify([...holders])}`);
+    assert.equal(holders.has(standby), false, 'the standby holds no /dev/fuse');
+    for (const [pid, fds] of holders) assert.equal(fds.length, 1, `pid ${pid} holds one /dev/fuse: its own mount's`);
+
+    assert.equal((await statInChild(join(dir, 'etc/passwd'), 5_000)).ok, true);
+    process.kill(daemon, 'SIGKILL');
+    await until('the daemon to die', async () => (alive(daemon) ? undefined : true));
+    assert.ok(alive(standby), 'the standby is still alive');
+    const dead = await statInChild(join(dir, 'bin'), 5_000);
+    assert.equal(dead.timedOut, false, 'a reader of a dead mount must not hang');
+    assert.equal(dead.ok, false);
+    assert.match(dead.stderr, /Transport endpoint is not connected/);
+
+    // The next mount of the same directory recovers it (served by the standby).
+    const again = await lazyroot(['--store', fresh, '--json', 'mount', '--no-prefetch', ref, dir]);
+    assert.equal(again.code, 0, again.stderr);
+    const pid = (JSON.parse(again.stdout) as { pid: number }).pid;
+    started.add(pid);
+    assert.equal(pid, standby);
+    assert.equal((await statInChild(join(dir, 'etc/passwd'), 5_000)).ok, true);
+    const u = await lazyroot(['--store', fresh, 'umount', dir]);
+    assert.equal(u.code, 0, u.stderr);
   });
 });
