@@ -1,8 +1,12 @@
 import { LazyrootError } from '../errors.js';
 import type { IndexEntry } from '../index/types.js';
 
-/** An entry of the merged tree, as the union resolver hands it over: the winning index entry and its layer. */
-export type TreeEntry = IndexEntry & { layer: number };
+/**
+ * An entry of the merged tree, as the union resolver hands it over: the
+ * winning index entry, its layer, and its path inside that layer when it
+ * differs (hardlinked names, paths written through a lower symlink).
+ */
+export type TreeEntry = IndexEntry & { layer: number; sourcePath?: string };
 
 export type FsNodeType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo';
 

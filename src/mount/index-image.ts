@@ -5,7 +5,7 @@ import { openSource } from '../source/open-source.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
 import { tocDigestAnnotation } from '../index/estargz/toc.js';
-import { loadOrBuildIndex } from './lazy-mount.js';
+import { loadOrBuildIndex } from './layers/span-indexed.js';
 
 export interface IndexedLayerReport {
   digest: string;

@@ -1,27 +1,19 @@
-import { createHash } from 'node:crypto';
-import { access, mkdir } from 'node:fs/promises';
-import { dirname } from 'node:path';
-import { DigestMismatchError, LazyrootError } from '../errors.js';
+import { LazyrootError } from '../errors.js';
 import { shortDigest, type Digest } from '../oci/digest.js';
-import { compressionOf } from '../oci/media-types.js';
 import { parseReference } from '../reference/reference.js';
 import type { ImageSource } from '../source/image-source.js';
 import { openSource } from '../source/open-source.js';
-import { LazyBlob, LazyBlobGroup, type PrefetchState, type PrefetchUnit } from '../store/lazy-blob.js';
+import { LazyBlob, LazyBlobGroup } from '../store/lazy-blob.js';
 import type { ImageRecord } from '../store/metadata-db.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
-import { readEstargzIndex, tocDigestAnnotation, type EstargzIndex, type EstargzMemberChunk } from '../index/estargz/toc.js';
-import { EstargzChunkCache, readEstargzFile } from '../index/estargz/reader.js';
-import { spanStart } from '../index/gzip-native.js';
-import { LayerRangeReader } from '../index/gzip-reader.js';
-import { readIndexFile, writeIndexFile } from '../index/index-file.js';
-import { buildGzipIndex, buildTarIndex, LayerIndexBuilder, type LayerIndex } from '../index/layer-index.js';
-import type { BlobRangeReader, IndexEntry } from '../index/types.js';
 import { mergeLayers } from '../union/merge.js';
 import { buildTree, type FsNode } from '../fs/tree.js';
-import { localTarLayer } from './local-tar-layer.js';
 import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
+import type { LazyLayer, LazyLayerStats } from './layers/lazy-layer.js';
+import { openLazyLayer } from './layers/open-layer.js';
+
+export type { LazyLayerStats } from './layers/lazy-layer.js';
 
 export interface LazyMountOptions extends ReferenceOptions {
   /** A read whose bytes have not arrived after this long fails with EIO. Default 30 s. */
@@ -46,50 +38,6 @@ export interface LazyMountOptions extends ReferenceOptions {
    * (and fetched again when read). Prefetch stays under it. Default: no bound.
    */
   cacheMaxBytes?: number;
-}
-
-/** How one layer's files are read: by eStargz chunks or by the span index. */
-type LayerFileRead = (entry: IndexEntry, position: number, length: number) => Promise<Buffer>;
-
-interface PreparedLayer {
-  digest: Digest;
-  /** 'zstd' (and any other unseekable compression): fetched whole, read as a local tar. */
-  format: 'estargz' | 'gzip' | 'tar' | 'zstd';
-  entries: IndexEntry[];
-  read: LayerFileRead;
-  blob: LazyBlob;
-  /** The pieces prefetch fetches, in order, each with how it is verified. */
-  prefetchUnits(): PrefetchUnit[];
-  /** Bytes downloaded whole before the mount to build a missing index (or, for zstd, to read it at all). */
-  indexedBytes?: number;
-}
-
-export interface LazyLayerStats {
-  digest: Digest;
-  format: string;
-  size: number;
-  /** Verified bytes on disk (the whole size once complete). */
-  present: number;
-  /** In blobs/, verified whole. */
-  complete: boolean;
-  /** 'streamed' when it was downloaded whole because the registry ignores Range. */
-  source: 'ranges' | 'streamed';
-  prefetch: PrefetchState;
-  prefetchError?: string;
-  /** Demand reads' bytes and requests. */
-  bytesFetched: number;
-  requests: number;
-  hits: number;
-  misses: number;
-  failures: number;
-  fetchMillis: number;
-  bytesPrefetched: number;
-  prefetchRequests: number;
-  prefetchFailures: number;
-  bytesStreamed: number;
-  evictedBytes: number;
-  /** Downloaded whole before the mount: to build a missing index, or to read an unseekable (zstd) layer. */
-  bytesIndexed: number;
 }
 
 export interface LazyMountStats {
@@ -122,13 +70,6 @@ export interface LazyMount {
   unmount(): Promise<void>;
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
-
 /**
  * `lazyroot mount`: the image's merged root filesystem, read-only, over FUSE,
  * before its layers are downloaded. Only the manifest and config are fetched
@@ -154,15 +95,14 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     tmpDir: store.paths.tmp,
     ...(options.registry ? { registry: options.registry } : {}),
   });
-  const layers: PreparedLayer[] = [];
+  const layers: LazyLayer[] = [];
   const group = new LazyBlobGroup(options.cacheMaxBytes !== undefined ? { cacheMaxBytes: options.cacheMaxBytes } : {});
   const rangeSupport = (): string => (source as { rangeSupport?: string }).rangeSupport ?? 'local';
   const opened = new Map<Digest, Promise<LazyBlob>>();
-  const closers: Array<() => Promise<void>> = [];
   const blobs = async () => [...new Set(await Promise.allSettled(opened.values()))].flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
   const closeAll = async () => {
+    for (const layer of layers) await layer.close().catch(() => undefined);
     for (const b of await blobs()) await b.close().catch(() => undefined);
-    for (const close of closers) await close().catch(() => undefined);
     await source.close().catch(() => undefined);
   };
   try {
@@ -170,7 +110,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     // except that the first goes alone until the registry's first answer shows whether it
     // honours Range: if it does not, each other layer streams its blob once instead of also
     // paying for a whole-blob answer to a ranged request.
-    const context = { group, opened, closers, rangeIgnored: () => rangeSupport() === 'ignored' };
+    const context = { group, opened, rangeIgnored: () => rangeSupport() === 'ignored' };
     const [firstId, ...others] = image.chainIds;
     if (firstId) {
       const first = prepareLayer(store, source, image, 0, firstId, options, context);
@@ -216,7 +156,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       // Incomplete blobs first: the first one is the probe of the registry's Range support.
       const unique = layers.filter((l, i) => layers.findIndex((o) => o.blob === l.blob) === i).sort((a, b) => Number(a.blob.isComplete) - Number(b.blob.isComplete));
       let first: Promise<void> | undefined;
-      const one = async (layer: PreparedLayer, i: number): Promise<void> => {
+      const one = async (layer: LazyLayer, i: number): Promise<void> => {
         if (i > 0 && first) await untilSettledOr(first, () => rangeSupport() !== 'unknown' || signal.aborted);
         try {
           await layer.blob.prefetch(layer.prefetchUnits(), { signal });
@@ -234,18 +174,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       image,
       mountpoint,
       stats: () => {
-        const per: LazyLayerStats[] = layers.map((l) => ({
-          digest: l.digest,
-          format: l.format,
-          size: l.blob.size,
-          present: l.blob.bytesPresent,
-          complete: l.blob.isComplete,
-          source: l.blob.completedBy === 'streamed' ? 'streamed' : 'ranges',
-          prefetch: l.blob.prefetchState,
-          ...(l.blob.prefetchError ? { prefetchError: l.blob.prefetchError } : {}),
-          ...l.blob.stats,
-          bytesIndexed: l.indexedBytes ?? 0,
-        }));
+        const per: LazyLayerStats[] = layers.map((l) => l.stats());
         const sum = (f: (l: LazyLayerStats) => number) => per.reduce((n, l) => n + f(l), 0);
         return {
           fs: mounted.stats(),
@@ -290,20 +219,14 @@ async function untilSettledOr(work: Promise<unknown>, done: () => boolean): Prom
   while (!settled && !done()) await delay(5);
 }
 
-/** The path a merged entry has in its own layer's index (chunk maps are keyed by it). */
-function sourcePathOf(entry: IndexEntry): string {
-  return (entry as IndexEntry & { sourcePath?: string }).sourcePath ?? entry.path;
-}
-
-interface LayerContext {
+interface MountLayerContext {
   group: LazyBlobGroup;
   /** Blobs already opened for this mount: an image may use one blob twice. */
   opened: Map<Digest, Promise<LazyBlob>>;
   rangeIgnored: () => boolean;
-  /** Closed with the mount (local tar files of unseekable layers). */
-  closers: Array<() => Promise<void>>;
 }
 
+/** Layer i of the image as a LazyLayer of whatever kind its descriptor says. */
 async function prepareLayer(
   store: Store,
   source: ImageSource,
@@ -311,8 +234,8 @@ async function prepareLayer(
   i: number,
   chainId: Digest,
   options: LazyMountOptions,
-  context: LayerContext,
-): Promise<PreparedLayer> {
+  context: MountLayerContext,
+): Promise<LazyLayer> {
   const record = store.db.layer(chainId);
   const blobRecord = record?.blobs[0];
   if (!record || !blobRecord) throw new LazyrootError('NOT_FOUND', `image ${shortDigest(image.id)}: layer ${i + 1} not in the store`);
@@ -334,182 +257,5 @@ async function prepareLayer(
     context.opened.set(descriptor.digest, blob);
     return blob;
   };
-  const cacheBytes = options.cacheBytes ?? 64 << 20;
-
-  const tocDigest = blobRecord.annotations?.[tocDigestAnnotation];
-  if (tocDigest) {
-    const blob = await openBlob();
-    // The footer and TOC are checked as a whole (the TOC digest), not piecewise: kept, but only
-    // the whole blob's digest lets them count as verified.
-    const indexReader: BlobRangeReader = { size: blob.size, read: (start, end) => blob.readUnverified(start, end) };
-    const index = await readEstargzIndex(indexReader, { tocDigest, what });
-    const cache = new EstargzChunkCache(cacheBytes);
-    return {
-      digest: descriptor.digest,
-      format: 'estargz',
-      entries: index.entries,
-      blob,
-      read: (entry, position, length) => readEstargzFile(entry, index.chunks.get(sourcePathOf(entry)) ?? [], position, length, blob, { cache, what }),
-      prefetchUnits: () => estargzPrefetchUnits(index, blob.size, what),
-    };
-  }
-
-  const compression = compressionOf(descriptor.mediaType);
-  if (!compression) throw new LazyrootError('UNSUPPORTED', `${what}: not a layer media type: ${descriptor.mediaType}`);
-  if (compression !== 'gzip' && compression !== 'none') {
-    // zstd has no seek points to resume at: the layer is fetched whole and read as a local tar.
-    const local = await localTarLayer(store, source, descriptor, compression, what, record.diffId);
-    context.closers.push(() => local.tar.close());
-    const blob = await openBlob();
-    const reader = new LayerRangeReader({ cacheBytes });
-    const layer = { compression: 'none' as const, blobDigest: descriptor.digest, compressedSize: local.tar.size, uncompressedSize: local.tar.size, checkpoints: local.index.checkpoints, blob: local.tar };
-    return {
-      digest: descriptor.digest,
-      format: compression,
-      entries: local.index.entries,
-      blob,
-      read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
-      prefetchUnits: () => [],
-      indexedBytes: local.downloaded,
-    };
-  }
-  // A layer streamed to build its index is kept (verified whole): it is complete then, and no
-  // read fetches its bytes again.
-  let indexedBytes = 0;
-  const index = await loadOrBuildIndex(store, source, descriptor, compression, what, record.diffId, { keepBlob: true, onDownloaded: (n) => (indexedBytes += n) });
-  const blob = await openBlob();
-  const reader = new LayerRangeReader({ cacheBytes });
-  const layer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
-  return {
-    digest: descriptor.digest,
-    format: compression === 'gzip' ? 'gzip' : 'tar',
-    entries: index.entries,
-    blob,
-    read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
-    prefetchUnits: () => spanPrefetchUnits(index, blob.size, what),
-    indexedBytes,
-  };
-}
-
-/**
- * Prefetch units of a gzip or uncompressed layer: its spans, each checked
- * against the span digest of the index (the check LayerRangeReader makes
- * before it confirms a span), in blob order.
- */
-function spanPrefetchUnits(index: LayerIndex, size: number, what: string): PrefetchUnit[] {
-  const cps = index.checkpoints;
-  const units: PrefetchUnit[] = [];
-  cps.forEach((cp, i) => {
-    const start = index.compression === 'gzip' ? spanStart(cp) : cp.compressedOffset;
-    const end = i + 1 < cps.length ? cps[i + 1]!.compressedOffset : index.compressedSize;
-    if (end <= start) return;
-    units.push({
-      start,
-      end,
-      verify: async (bytes) => {
-        const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-        if (got !== cp.spanDigest) throw new DigestMismatchError(`${what}: span ${i} (bytes ${start}-${end})`, cp.spanDigest, got);
-      },
-    });
-  });
-  return withGaps(units, size);
-}
-
-/**
- * Prefetch units of an eStargz layer: one per gzip member holding file
- * chunks, verified by running every chunk in it through readEstargzFile
- * (inflate, check chunkDigest) against the fetched bytes; the prioritized
- * region (entries before `.prefetch.landmark`, which the blob holds first)
- * comes first. Tar headers of entries without data, the landmarks, the TOC
- * and the footer lie between or after the members: they become unverified
- * units that only the whole blob's digest vouches for.
- */
-function estargzPrefetchUnits(index: EstargzIndex, size: number, what: string): PrefetchUnit[] {
-  const members = new Map<number, { end: number; chunks: Array<{ path: string; chunk: EstargzMemberChunk }> }>();
-  for (const [path, chunks] of index.chunks) {
-    for (const chunk of chunks) {
-      let member = members.get(chunk.compressedStart);
-      if (!member) members.set(chunk.compressedStart, (member = { end: chunk.compressedEnd, chunks: [] }));
-      member.end = Math.max(member.end, chunk.compressedEnd);
-      member.chunks.push({ path, chunk });
-    }
-  }
-  // A cache of one byte, cleared before each chunk: a chunk is never taken from it, so every
-  // chunk's bytes are the fetched ones and are inflated and checked.
-  const cache = new EstargzChunkCache(1);
-  const units: PrefetchUnit[] = [...members].map(([start, member]) => ({
-    start,
-    end: member.end,
-    verify: async (bytes) => {
-      for (const { path, chunk } of member.chunks) {
-        cache.clear();
-        let used = false;
-        const view: BlobRangeReader = {
-          size,
-          read: async (s, e) => {
-            used = true;
-            return bytes.subarray(s - start, e - start);
-          },
-        };
-        const entry: IndexEntry = { path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: chunk.offset + chunk.size, mtime: 0 };
-        await readEstargzFile(entry, [chunk], chunk.offset, chunk.size, view, { cache, what });
-        if (!used) throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(path)}: chunk at ${chunk.offset} was not checked against the fetched bytes`);
-      }
-    },
-  }));
-  const all = withGaps(units, size);
-  const prioritized = index.prefetch.compressedEnd;
-  return [...all.filter((u) => u.start < prioritized), ...all.filter((u) => u.start >= prioritized)];
-}
-
-/** `units` sorted by start, with unverified units filling whatever of [0, size) they leave out. */
-function withGaps(units: PrefetchUnit[], size: number): PrefetchUnit[] {
-  const sorted = [...units].sort((a, b) => a.start - b.start);
-  const out: PrefetchUnit[] = [];
-  let covered = 0;
-  for (const u of sorted) {
-    if (u.start > covered) out.push({ start: covered, end: u.start });
-    out.push(u);
-    covered = Math.max(covered, u.end);
-  }
-  if (covered < size) out.push({ start: covered, end: size });
-  return out;
-}
-
-/**
- * The layer's span index from the store, or built now by streaming the layer
- * once (verified against its digest and diff ID) and kept for every image
- * that uses the blob. `lazyroot index` builds them ahead of time. With
- * `keepBlob` the streamed blob is also stored in blobs/ (verified by
- * `BlobStore.ingest`) instead of being thrown away: a prefetching mount has
- * the whole layer then and nothing more to fetch for it.
- */
-export async function loadOrBuildIndex(
-  store: Store,
-  source: ImageSource,
-  descriptor: { digest: Digest; size: number; mediaType: string },
-  compression: 'gzip' | 'none',
-  what: string,
-  diffId: Digest,
-  options: { keepBlob?: boolean; spanBytes?: number; onDownloaded?: (bytes: number) => void } = {},
-): Promise<LayerIndex> {
-  const path = store.paths.index(descriptor.digest);
-  if (await exists(path)) return readIndexFile(path);
-  const local = await store.blobs.has(descriptor.digest, descriptor.size);
-  const buildOptions = { what, expectDigest: descriptor.digest, expectDiffId: diffId, ...(options.spanBytes !== undefined ? { spanBytes: options.spanBytes } : {}) };
-  let index: LayerIndex;
-  if (options.keepBlob && !local) {
-    const builder = new LayerIndexBuilder(compression, buildOptions);
-    const { transferred } = await store.blobs.ingest(descriptor.digest, descriptor.size, (offset) => source.openBlob(descriptor, offset), { what, tap: (chunk) => builder.write(chunk) });
-    options.onDownloaded?.(transferred);
-    store.db.recordBlob(descriptor.digest, descriptor.size, descriptor.mediaType);
-    index = await builder.finish();
-  } else {
-    const stream = local ? store.blobs.openRead(descriptor.digest) : await source.openBlob(descriptor);
-    index = compression === 'gzip' ? await buildGzipIndex(stream, buildOptions) : await buildTarIndex(stream, buildOptions);
-    if (!local) options.onDownloaded?.(descriptor.size);
-  }
-  await mkdir(dirname(path), { recursive: true });
-  await writeIndexFile(path, index, { tmpDir: store.paths.tmp });
-  return index;
+  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? 64 << 20 });
 }

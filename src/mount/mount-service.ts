@@ -6,6 +6,7 @@ import { writeFileAtomic } from '../store/atomic-file.js';
 import type { Store } from '../store/store.js';
 import { cleanStaleMount, mountpointState } from '../fs/stale-mount.js';
 import { mountImageOnOverlay } from './overlay-image.js';
+import { chooseDriver } from './driver.js';
 import { unmount } from './mounts.js';
 import type { MountRecord } from '../store/metadata-db.js';
 import { mountImageLazily, type LazyMountOptions, type LazyMountStats } from './lazy-mount.js';
@@ -29,7 +30,7 @@ export async function serveMount(store: Store, ref: string, dir: string, options
     // Every layer local already (pulled, or promoted by an earlier mount's prefetch): kernel
     // overlayfs, and this daemon has nothing to serve.
     const local = store.findImage(ref);
-    if (local && (await store.hasAllLayerBlobs(local))) {
+    if (local && (await chooseDriver(store, local)) === 'overlay') {
       const layerDirs = await mountImageOnOverlay(store, local, mountpoint);
       store.db.recordMount(mountpoint, 0, local.id, { layerDirs });
       options.onReady?.(undefined, 'overlay');

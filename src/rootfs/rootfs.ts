@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startMountDaemon } from '../mount/daemon.js';
 import { unmountLazy } from '../mount/mount-service.js';
+import { chooseDriver } from '../mount/driver.js';
 import { LazyrootError } from '../errors.js';
 import { mountsUnder, overlayMount, performMount, unmount, type Mount } from '../mount/mounts.js';
 import { withLock } from '../store/lock.js';
@@ -61,7 +62,7 @@ export async function createRootfs(store: Store, ref: string, id: string, option
   let image = store.findImage(ref);
   // Every layer already in blobs/ (pulled, or promoted by a lazy mount's prefetch): kernel
   // overlayfs needs no network then and reads at disk speed, so --lazy takes it.
-  const lazy = options.lazy && !(image && (await store.hasAllLayerBlobs(image))) ? options.lazy : undefined;
+  const lazy = options.lazy && (await chooseDriver(store, image)) === 'fuse' ? options.lazy : undefined;
   if (lazy && options.mapping) throw new LazyrootError('UNSUPPORTED', `create rootfs ${id}: --uid-mapping is not available with lazy mounts yet`);
   const paths = rootfsPaths(store, id);
   const target = options.mountPoint ?? paths.merged;

@@ -1,6 +1,4 @@
 import type { Command } from 'commander';
-import { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
 import { mkdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { defaultStoreRoot } from '../../store/paths.js';
@@ -79,42 +77,8 @@ function registerMountDaemon(program: Command): void {
     .command('mount-daemon', { hidden: true })
     .option('--standby', 'load everything, then wait for a request on the standby socket')
     .action(async (opts: { standby?: boolean }) => {
-      const [{ readMountRequest, replyReady }, { fileLogger }, standby] = await Promise.all([
-        import('../../mount/daemon-channel.js'),
-        import('../../mount/daemon.js'),
-        import('../../mount/standby.js'),
-      ]);
-      let channel: Duplex;
-      if (opts.standby) {
-        // Loaded before the wait: that is the point of a standby.
-        await Promise.all([service(), import('../../store/store.js'), import('../../source/registry/registry-source.js')]);
-        const assigned = await standby.awaitAssignment();
-        if (!assigned) return;
-        channel = assigned;
-      } else {
-        channel = new Socket({ fd: 3, readable: true, writable: true });
-      }
-      const request = await readMountRequest(channel);
-      for (const key of Object.keys(process.env)) delete process.env[key];
-      Object.assign(process.env, request.env);
-      const logger = fileLogger(request.logFile);
-      const { Store } = await import('../../store/store.js');
-      const store = await Store.open(request.store);
-      try {
-        await (await service()).serveMount(store, request.ref, request.mountpoint, {
-          ...request.options,
-          logger,
-          onReady: (error, driver) => {
-            replyReady(channel, error, driver);
-            if (!error) standby.spawnStandby(process.argv[1]!);
-          },
-        });
-      } catch (err) {
-        logger('mount daemon stopped', err);
-        throw err;
-      } finally {
-        store.close();
-      }
+      const { runMountDaemon } = await import('../../mount/daemon-main.js');
+      await runMountDaemon({ standby: opts.standby === true, bin: process.argv[1]! });
       // Unmounted (or given up on): end now, whatever native threads libfuse may still hold.
       process.exit(0);
     });

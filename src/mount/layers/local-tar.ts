@@ -2,15 +2,39 @@ import { createReadStream, createWriteStream } from 'node:fs';
 import { access, mkdir, open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { LazyrootError } from '../errors.js';
-import { createDecompressor } from '../oci/compression.js';
-import type { Digest } from '../oci/digest.js';
-import type { Compression } from '../oci/media-types.js';
-import type { ImageSource } from '../source/image-source.js';
-import type { Store } from '../store/store.js';
-import { readIndexFile, writeIndexFile } from '../index/index-file.js';
-import { buildTarIndex, type LayerIndex } from '../index/layer-index.js';
-import type { BlobRangeReader } from '../index/types.js';
+import { LazyrootError } from '../../errors.js';
+import { createDecompressor } from '../../oci/compression.js';
+import type { Digest } from '../../oci/digest.js';
+import type { Compression } from '../../oci/media-types.js';
+import type { ImageSource } from '../../source/image-source.js';
+import type { Store } from '../../store/store.js';
+import { readIndexFile, writeIndexFile } from '../../index/index-file.js';
+import { buildTarIndex, type LayerIndex } from '../../index/layer-index.js';
+import type { BlobRangeReader } from '../../index/types.js';
+import { LayerRangeReader } from '../../index/gzip-reader.js';
+import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
+
+/** A zstd (or other unseekable) layer as a LazyLayer: fetched whole before the mount, then read locally. */
+export async function openLocalTarLayer(context: LayerContext, compression: Compression): Promise<LazyLayer> {
+  const { store, source, descriptor, what } = context;
+  const local = await localTarLayer(store, source, descriptor, compression, what, context.diffId);
+  const blob = await context.openBlob();
+  const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes });
+  const layer = { compression: 'none' as const, blobDigest: descriptor.digest, compressedSize: local.tar.size, uncompressedSize: local.tar.size, checkpoints: local.index.checkpoints, blob: local.tar };
+  return {
+    digest: descriptor.digest,
+    kind: 'zstd',
+    entries: local.index.entries,
+    blob,
+    read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
+    prefetchUnits: () => [],
+    stats: () => blobLayerStats('zstd', descriptor.digest, blob, local.downloaded),
+    close: async () => {
+      await local.tar.close();
+      await blob.close();
+    },
+  };
+}
 
 /**
  * A layer that cannot be read by range in its stored form (zstd: not seekable

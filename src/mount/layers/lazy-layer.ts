@@ -1,0 +1,96 @@
+import type { Digest } from '../../oci/digest.js';
+import type { IndexEntry } from '../../index/types.js';
+import type { ImageSource } from '../../source/image-source.js';
+import type { LazyBlob, LazyBlobGroup, PrefetchState, PrefetchUnit } from '../../store/lazy-blob.js';
+import type { Store } from '../../store/store.js';
+
+/**
+ * One layer of a lazy mount, whatever backs it (stargz-snapshotter's
+ * `fs/layer.Layer`): an eStargz blob read by chunks, a gzip or plain tar blob
+ * read through its span index, or a local tar (zstd, fetched whole). The
+ * mount composes layers through this interface and never asks which kind it
+ * holds.
+ */
+export interface LazyLayer {
+  readonly digest: Digest;
+  readonly kind: LazyLayerKind;
+  /** The layer's tar members, whiteouts included, as its index lists them. */
+  readonly entries: readonly IndexEntry[];
+  /**
+   * Bytes [position, position + length) of a file of this layer, verified:
+   * `entry` is its entry as the merged tree has it (`sourcePath`, when set,
+   * is its path in this layer).
+   */
+  read(entry: LayerFile, position: number, length: number): Promise<Buffer>;
+  /** The pieces prefetch fetches, in order, each with how it is verified; they cover the blob. */
+  prefetchUnits(): PrefetchUnit[];
+  /** The blob behind the layer: bytes present, fetch statistics, prefetch. */
+  readonly blob: LazyBlob;
+  stats(): LazyLayerStats;
+  close(): Promise<void>;
+}
+
+/** A file entry of a layer, possibly renamed by the union (`sourcePath` is then its path in the layer). */
+export type LayerFile = IndexEntry & { sourcePath?: string };
+
+export type LazyLayerKind = 'estargz' | 'gzip' | 'tar' | 'zstd';
+
+export interface LazyLayerStats {
+  digest: Digest;
+  format: LazyLayerKind;
+  size: number;
+  /** Verified bytes on disk (the whole size once complete). */
+  present: number;
+  /** In blobs/, verified whole. */
+  complete: boolean;
+  /** 'streamed' when it was downloaded whole because the registry ignores Range. */
+  source: 'ranges' | 'streamed';
+  prefetch: PrefetchState;
+  prefetchError?: string;
+  /** Demand reads' bytes and requests. */
+  bytesFetched: number;
+  requests: number;
+  hits: number;
+  misses: number;
+  failures: number;
+  fetchMillis: number;
+  bytesPrefetched: number;
+  prefetchRequests: number;
+  prefetchFailures: number;
+  bytesStreamed: number;
+  evictedBytes: number;
+  /** Downloaded whole before the mount: to build a missing index, or to read an unseekable (zstd) layer. */
+  bytesIndexed: number;
+}
+
+/** What opening a layer needs: the store, the image's source, and what the mount's layers share. */
+export interface LayerContext {
+  store: Store;
+  source: ImageSource;
+  /** The mount's blobs: demand reads before prefetch, one bound on partial bytes. */
+  group: LazyBlobGroup;
+  /** Opens the blob (once per mount: an image may use one blob twice). */
+  openBlob(): Promise<LazyBlob>;
+  /** Names the layer in errors: `image …: layer i/n sha256:…`. */
+  what: string;
+  descriptor: { digest: Digest; size: number; mediaType: string; annotations?: Record<string, string> };
+  diffId: Digest;
+  /** Decoded bytes kept in memory for this layer. */
+  cacheBytes: number;
+}
+
+/** The statistics every kind reports the same way, from its blob. */
+export function blobLayerStats(kind: LazyLayerKind, digest: Digest, blob: LazyBlob, bytesIndexed: number): LazyLayerStats {
+  return {
+    digest,
+    format: kind,
+    size: blob.size,
+    present: blob.bytesPresent,
+    complete: blob.isComplete,
+    source: blob.completedBy === 'streamed' ? 'streamed' : 'ranges',
+    prefetch: blob.prefetchState,
+    ...(blob.prefetchError ? { prefetchError: blob.prefetchError } : {}),
+    ...blob.stats,
+    bytesIndexed,
+  };
+}

@@ -1,0 +1,109 @@
+import { createHash } from 'node:crypto';
+import { access, mkdir } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { DigestMismatchError } from '../../errors.js';
+import type { Digest } from '../../oci/digest.js';
+import type { ImageSource } from '../../source/image-source.js';
+import type { Store } from '../../store/store.js';
+import type { PrefetchUnit } from '../../store/lazy-blob.js';
+import { spanStart } from '../../index/gzip-native.js';
+import { LayerRangeReader } from '../../index/gzip-reader.js';
+import { readIndexFile, writeIndexFile } from '../../index/index-file.js';
+import { buildGzipIndex, buildTarIndex, LayerIndexBuilder, type LayerIndex } from '../../index/layer-index.js';
+import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
+import { withGaps } from './prefetch-units.js';
+
+/**
+ * A gzip or uncompressed tar layer read through its span index: the stored
+ * one, or one built now by streaming the layer once. The streamed blob is
+ * kept (verified whole), so it is complete then and no read fetches its
+ * bytes again.
+ */
+export async function openSpanIndexedLayer(context: LayerContext, compression: 'gzip' | 'none'): Promise<LazyLayer> {
+  const { store, source, descriptor, what } = context;
+  let indexedBytes = 0;
+  const index = await loadOrBuildIndex(store, source, descriptor, compression, what, context.diffId, { keepBlob: true, onDownloaded: (n) => (indexedBytes += n) });
+  const blob = await context.openBlob();
+  const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes });
+  const layer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
+  const kind = compression === 'gzip' ? 'gzip' : 'tar';
+  return {
+    digest: descriptor.digest,
+    kind,
+    entries: index.entries,
+    blob,
+    read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
+    prefetchUnits: () => spanPrefetchUnits(index, blob.size, what),
+    stats: () => blobLayerStats(kind, descriptor.digest, blob, indexedBytes),
+    close: () => blob.close(),
+  };
+}
+
+/**
+ * Prefetch units of a gzip or uncompressed layer: its spans, each checked
+ * against the span digest of the index (the check LayerRangeReader makes
+ * before it confirms a span), in blob order.
+ */
+function spanPrefetchUnits(index: LayerIndex, size: number, what: string): PrefetchUnit[] {
+  const cps = index.checkpoints;
+  const units: PrefetchUnit[] = [];
+  cps.forEach((cp, i) => {
+    const start = index.compression === 'gzip' ? spanStart(cp) : cp.compressedOffset;
+    const end = i + 1 < cps.length ? cps[i + 1]!.compressedOffset : index.compressedSize;
+    if (end <= start) return;
+    units.push({
+      start,
+      end,
+      verify: async (bytes) => {
+        const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+        if (got !== cp.spanDigest) throw new DigestMismatchError(`${what}: span ${i} (bytes ${start}-${end})`, cp.spanDigest, got);
+      },
+    });
+  });
+  return withGaps(units, size);
+}
+
+async function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
+}
+
+/**
+ * The layer's span index from the store, or built now by streaming the layer
+ * once (verified against its digest and diff ID) and kept for every image
+ * that uses the blob. `lazyroot index` builds them ahead of time. With
+ * `keepBlob` the streamed blob is also stored in blobs/ (verified by
+ * `BlobStore.ingest`) instead of being thrown away: a prefetching mount has
+ * the whole layer then and nothing more to fetch for it.
+ */
+export async function loadOrBuildIndex(
+  store: Store,
+  source: ImageSource,
+  descriptor: { digest: Digest; size: number; mediaType: string },
+  compression: 'gzip' | 'none',
+  what: string,
+  diffId: Digest,
+  options: { keepBlob?: boolean; spanBytes?: number; onDownloaded?: (bytes: number) => void } = {},
+): Promise<LayerIndex> {
+  const path = store.paths.index(descriptor.digest);
+  if (await exists(path)) return readIndexFile(path);
+  const local = await store.blobs.has(descriptor.digest, descriptor.size);
+  const buildOptions = { what, expectDigest: descriptor.digest, expectDiffId: diffId, ...(options.spanBytes !== undefined ? { spanBytes: options.spanBytes } : {}) };
+  let index: LayerIndex;
+  if (options.keepBlob && !local) {
+    const builder = new LayerIndexBuilder(compression, buildOptions);
+    const { transferred } = await store.blobs.ingest(descriptor.digest, descriptor.size, (offset) => source.openBlob(descriptor, offset), { what, tap: (chunk) => builder.write(chunk) });
+    options.onDownloaded?.(transferred);
+    store.db.recordBlob(descriptor.digest, descriptor.size, descriptor.mediaType);
+    index = await builder.finish();
+  } else {
+    const stream = local ? store.blobs.openRead(descriptor.digest) : await source.openBlob(descriptor);
+    index = compression === 'gzip' ? await buildGzipIndex(stream, buildOptions) : await buildTarIndex(stream, buildOptions);
+    if (!local) options.onDownloaded?.(descriptor.size);
+  }
+  await mkdir(dirname(path), { recursive: true });
+  await writeIndexFile(path, index, { tmpDir: store.paths.tmp });
+  return index;
+}
