@@ -76,4 +76,10 @@ export interface BlobRangeReader {
    * blob in the store's blobs/): reads need no per-span check then.
    */
   readonly verifiedWhole?: boolean;
+  /**
+   * Bytes [start, end) when they were verified as they entered the store (a
+   * span or chunk digest, or the whole blob's), else undefined: such bytes
+   * are trusted like a blob under blobs/ and never hashed again.
+   */
+  readVerified?(start: number, end: number): Promise<Buffer | undefined>;
 }

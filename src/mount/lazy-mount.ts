@@ -38,6 +38,13 @@ export interface LazyMountOptions extends ReferenceOptions {
    * (and fetched again when read). Prefetch stays under it. Default: no bound.
    */
   cacheMaxBytes?: number;
+  /**
+   * A demand read fetches up to this many blob bytes around what it needs
+   * (eStargz: the neighbouring gzip members, verified and kept), so reading
+   * many small files costs a request per region. 0: only what it needs.
+   * Default 1 MiB.
+   */
+  readAheadBytes?: number;
 }
 
 export interface LazyMountStats {
@@ -219,6 +226,8 @@ async function untilSettledOr(work: Promise<unknown>, done: () => boolean): Prom
   while (!settled && !done()) await delay(5);
 }
 
+const defaultReadAheadBytes = 1 << 20;
+
 interface MountLayerContext {
   group: LazyBlobGroup;
   /** Blobs already opened for this mount: an image may use one blob twice. */
@@ -257,5 +266,5 @@ async function prepareLayer(
     context.opened.set(descriptor.digest, blob);
     return blob;
   };
-  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? 64 << 20 });
+  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? 64 << 20, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes });
 }

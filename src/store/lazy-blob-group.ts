@@ -12,6 +12,12 @@ export interface LazyBlobGroupOptions {
   quietMs?: number;
   /** Prefetch requests in flight at once across the group (one per blob at most). Default 4. */
   prefetchConcurrency?: number;
+  /**
+   * Under sustained demand reads, a prefetch that has waited this long may
+   * still send one request at a time: prefetch makes progress under load,
+   * not only in idle gaps. Default 250 ms.
+   */
+  starveMs?: number;
 }
 
 /**
@@ -24,6 +30,9 @@ export class LazyBlobGroup {
   readonly cacheMaxBytes: number | undefined;
   private readonly quietMs: number;
   private readonly prefetchConcurrency: number;
+  private readonly starveMs: number;
+  /** No prefetch request at all before this time (the mount's first reads go first). */
+  private heldUntil = 0;
   private readonly blobs = new Set<LazyBlob>();
   private readsWaiting = 0;
   /** No prefetch request starts before this time (ms since the epoch). */
@@ -41,11 +50,12 @@ export class LazyBlobGroup {
     this.cacheMaxBytes = options.cacheMaxBytes;
     this.quietMs = options.quietMs ?? 100;
     this.prefetchConcurrency = Math.max(1, options.prefetchConcurrency ?? 4);
+    this.starveMs = options.starveMs ?? 250;
   }
 
   /** Keeps prefetch requests from starting for `ms` from now (the mount's first reads go first). */
   holdPrefetch(ms: number): void {
-    this.quietFrom = Math.max(this.quietFrom, Date.now() + ms);
+    this.heldUntil = Math.max(this.heldUntil, Date.now() + ms);
   }
 
   /** Demand reads waiting for bytes from the network now. */
@@ -115,26 +125,36 @@ export class LazyBlobGroup {
   }
 
   /**
-   * Waits for a prefetch request of `bytes` to be allowed: no demand read
-   * waiting or just answered, room under the cache bound without evicting
+   * Waits for a prefetch request of `bytes` to be allowed: past the initial
+   * hold; no demand read waiting or just answered (or, once this call has
+   * waited `starveMs`, no other prefetch request in flight); room under the
+   * cache bound without evicting
    * anything (taken until the release, so concurrent prefetches of other
    * blobs cannot overrun it together), and a free prefetch slot. Returns the
    * slot's release, to call once the bytes are kept.
    * Rejects (FAILED_PRECONDITION) when `bytes` alone exceed the bound.
    */
   async prefetchTurn(bytes: number, signal: AbortSignal, onWait?: () => void): Promise<() => void> {
+    const waitingSince = Date.now();
     for (;;) {
       signal.throwIfAborted();
-      if (this.readsWaiting > 0) {
+      const held = this.heldUntil - Date.now();
+      if (held > 0) {
         onWait?.();
-        await this.changed(signal);
+        await this.changed(signal, held);
         continue;
       }
+      // Demand reads waiting or just answered: prefetch yields — but one that has waited
+      // starveMs may send one request at a time, so it keeps going under sustained load.
       const quiet = this.quietFrom - Date.now();
-      if (quiet > 0) {
-        onWait?.();
-        await this.changed(signal, quiet);
-        continue;
+      if (this.readsWaiting > 0 || quiet > 0) {
+        const starved = Date.now() - waitingSince >= this.starveMs;
+        if (!starved || this.prefetchRunning > 0) {
+          onWait?.();
+          const untilStarved = this.starveMs - (Date.now() - waitingSince);
+          await this.changed(signal, Math.max(1, Math.min(quiet > 0 ? quiet : Infinity, untilStarved > 0 ? untilStarved : Infinity, this.starveMs)));
+          continue;
+        }
       }
       if (bytes > 0 && this.cacheMaxBytes !== undefined && this.partialBytes + this.reserved + bytes > this.cacheMaxBytes) {
         if (bytes > this.cacheMaxBytes) {
@@ -144,7 +164,8 @@ export class LazyBlobGroup {
         await this.changed(signal);
         continue;
       }
-      if (this.prefetchRunning >= this.prefetchConcurrency) {
+      const busy = this.readsWaiting > 0 || this.quietFrom > Date.now();
+      if (this.prefetchRunning >= (busy ? 1 : this.prefetchConcurrency)) {
         await this.changed(signal);
         continue;
       }

@@ -169,6 +169,10 @@ export class LazyBlob {
    * shortly after the bytes arrived.
    */
   private readonly claims = new Map<string, { start: number; end: number; until: number }>();
+  /** Whether demand reads walk the blob in order: read-ahead only then. */
+  private readonly readAhead = new SequentialReads();
+  /** Demand read-ahead requests under way (`fetchRegion`), settled once their units are kept or refused. */
+  private readonly regions: Array<{ start: number; end: number; kept: Promise<void> }> = [];
   /** The prefetch request under way (one at most), settled once its units are kept or refused. */
   private prefetching: { start: number; end: number; kept: Promise<void> } | undefined;
   private running = 0;
@@ -300,6 +304,13 @@ export class LazyBlob {
     // That answer may have been the one that showed the source ignores Range: get the whole blob once, now.
     if (this.streamsWhole()) void this.streamWhole().catch(() => undefined);
     return bytes;
+  }
+
+  /** BlobRangeReader: [start, end) if it is in blobs/ or a verified range of the partial file (read from disk), else undefined. */
+  async readVerified(start: number, end: number): Promise<Buffer | undefined> {
+    if (start < 0 || end > this.size || end < start) return undefined;
+    if (!(this.complete || this.present.covers(start, end))) return undefined;
+    return this.readLocal(start, end);
   }
 
   private async readLocal(start: number, end: number, hit = true): Promise<Buffer> {
@@ -498,6 +509,116 @@ export class LazyBlob {
   }
 
   /**
+   * A demand read of blob bytes [start, end) that brings its neighbours
+   * along when reads walk the blob in order (as the kernel's readahead does
+   * for a file): from the unit holding `start`, the units not kept yet, in
+   * blob order, up to a window that doubles with each read that continues
+   * where the last one ended, to `regionBytes` (at least the ones [start,
+   * end) needs), in one request; each is verified and kept like a
+   * prefetched unit — the same fetch-verify-keep path. Reading a tree of
+   * small files then costs a request per region, not per file; scattered
+   * reads (a program starting) fetch only what they need. Resolves once they are kept; a unit that fails
+   * verification is not kept, and the caller's own read of [start, end) then
+   * fetches and fails it the ordinary way. `units` must be in blob order.
+   */
+  async fetchRegion(units: readonly PrefetchUnit[], start: number, end: number, regionBytes: number): Promise<void> {
+    if (this.complete || this.present.covers(start, end) || this.streamsWhole()) return;
+    const waitFor = this.regions.find((r) => r.start <= start && end <= r.end) ?? (this.prefetching && this.prefetching.start <= start && end <= this.prefetching.end ? this.prefetching : undefined);
+    if (waitFor) {
+      this.group?.readStarted();
+      try {
+        await this.withDeadline(waitFor.kept.catch(() => undefined), start, end, 'the request bringing them');
+      } finally {
+        this.group?.readEnded();
+      }
+      return;
+    }
+    const ahead = this.readAhead.next(start, regionBytes);
+    const window = this.regionAround(units, start, end, ahead.window);
+    if (!window) return;
+    const key = `${window.start}-${window.end}`;
+    this.claims.set(key, { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs });
+    this.group?.readStarted();
+    const kept = (async () => {
+      await this.slot();
+      const began = Date.now();
+      this.stats.requests++;
+      try {
+        const bytes = await this.request(window.start, window.end, undefined);
+        this.stats.bytesFetched += bytes.length;
+        await this.keepUnits(window.units, window.start, bytes, false);
+      } catch (err) {
+        this.stats.failures++;
+        throw err;
+      } finally {
+        this.stats.fetchMillis += Date.now() - began;
+        this.release();
+      }
+    })();
+    ahead.fetched(window.end);
+    const flight = { start: window.start, end: window.end, kept };
+    this.regions.push(flight);
+    try {
+      await kept;
+    } catch {
+      // the caller's own read fetches [start, end) and reports what is wrong
+    } finally {
+      this.regions.splice(this.regions.indexOf(flight), 1);
+      this.claims.delete(key);
+      this.group?.readEnded();
+    }
+  }
+
+  /** The units to fetch for a demand read of [start, end): see fetchRegion. */
+  private regionAround(units: readonly PrefetchUnit[], start: number, end: number, regionBytes: number): Window | undefined {
+    // The unit holding `start`: the last one starting at or before it.
+    let lo = 0;
+    let hi = units.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (units[mid]!.start <= start) lo = mid;
+      else hi = mid - 1;
+    }
+    const isKept = (u: PrefetchUnit) => (u.verify ? this.present.covers(u.start, u.end) : this.keptCovers(u.start, u.end)) || this.claimed(u.start, u.end);
+    let i = lo;
+    while (i < units.length && units[i]!.start < end && isKept(units[i]!)) i++;
+    const first = units[i];
+    if (!first || first.start >= end) return undefined;
+    const window: Window = { start: first.start, end: first.end, units: [first], index: i };
+    for (let j = i + 1; j < units.length; j++) {
+      const u = units[j]!;
+      const needed = u.start < end;
+      if (u.start !== window.end) break;
+      if (!needed && (u.end - window.start > regionBytes || isKept(u))) break;
+      window.units.push(u);
+      window.end = u.end;
+    }
+    return window;
+  }
+
+  /**
+   * Verifies and keeps each unit of `bytes` (fetched from `from`): verified
+   * units become present, units without a check provisional. With `strict`
+   * a unit that fails its check fails the whole call (prefetch retries);
+   * otherwise it is left out and the others are kept.
+   */
+  private async keepUnits(units: readonly PrefetchUnit[], from: number, bytes: Buffer, strict: boolean): Promise<void> {
+    let failure: unknown;
+    for (const unit of units) {
+      const part = bytes.subarray(unit.start - from, unit.end - from);
+      try {
+        if (unit.verify) await unit.verify(part);
+      } catch (err) {
+        if (strict) throw err;
+        failure ??= err;
+        continue;
+      }
+      await this.keep(unit.start, unit.end, part, unit.verify !== undefined);
+    }
+    if (failure) throw failure;
+  }
+
+  /**
    * Downloads the rest of the blob in the background, politely: `units` in
    * the order given (put a prioritized region first), adjacent missing ones
    * fetched together up to `windowBytes`, one request at a time, each only
@@ -575,11 +696,7 @@ export class LazyBlob {
           this.stats.prefetchRequests++;
           const bytes = await this.request(window.start, window.end, signal);
           this.stats.bytesPrefetched += bytes.length;
-          for (const unit of window.units) {
-            const part = bytes.subarray(unit.start - window.start, unit.end - window.start);
-            if (unit.verify) await unit.verify(part);
-            await this.keep(unit.start, unit.end, part, unit.verify !== undefined);
-          }
+          await this.keepUnits(window.units, window.start, bytes, true);
         })();
         this.prefetching = { start: window.start, end: window.end, kept: work };
         try {
@@ -719,6 +836,30 @@ export class LazyBlob {
     await this.file?.close();
     this.file = undefined;
     for (const h of this.retired.splice(0)) await h.close().catch(() => undefined);
+  }
+}
+
+/**
+ * Detects demand reads that walk a blob in order: a read starting at or just
+ * after where a recent one ended continues a stream, and its read-ahead
+ * window doubles (from 64 KiB); any other read has none.
+ */
+class SequentialReads {
+  /** Ends of recent demand fetches, each with its stream's window. */
+  private readonly streams: Array<{ end: number; window: number }> = [];
+
+  /** The read-ahead window for a read starting at `start`, and where to note the fetch's end. */
+  next(start: number, max: number): { window: number; fetched(end: number): void } {
+    const slack = 64 << 10;
+    let stream = this.streams.find((s) => start >= s.end && start <= s.end + slack);
+    if (stream) stream.window = Math.min(max, Math.max(slack, stream.window * 2));
+    else {
+      stream = { end: start, window: 0 };
+      this.streams.push(stream);
+      if (this.streams.length > 8) this.streams.shift();
+    }
+    const found = stream;
+    return { window: found.window, fetched: (end) => (found.end = Math.max(found.end, end)) };
   }
 }
 

@@ -141,7 +141,7 @@ test('demand reads go first: no prefetch request starts while a read waits for t
     else await sleep(15);
     return Buffer.from(data.subarray(start, end));
   };
-  const group = new LazyBlobGroup({ quietMs: 30 });
+  const group = new LazyBlobGroup({ quietMs: 30, starveMs: 10_000 });
   const blob = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer', group });
   const done = blob.prefetch(unitsOf(data, 64 * 1024), { signal: new AbortController().signal, windowBytes: 64 * 1024 });
   while (calls.length < 3) await sleep(5);
@@ -159,6 +159,70 @@ test('demand reads go first: no prefetch request starts while a read waits for t
   const next = calls.find((c) => c.at >= released && c.start !== demandStart);
   assert.ok(next && next.at - released >= 25, 'prefetch waited for the quiet period after the read');
   assert.ok(blob.isComplete);
+  await blob.close();
+});
+
+test('under sustained demand reads prefetch still makes progress, one request at a time', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(2 * MiB);
+  const digest = sha256(data);
+  const src = source(data, { delayMs: 10 });
+  const group = new LazyBlobGroup({ quietMs: 30, starveMs: 50 });
+  const blob = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer', group });
+  const abort = new AbortController();
+  const done = blob.prefetch(unitsOf(data, 64 * 1024), { signal: abort.signal, windowBytes: 64 * 1024 });
+  // Readers that never let up: some demand read is always waiting.
+  let reading = true;
+  const readers = [0, 1, 2].map(async (k) => {
+    for (let i = 0; reading; i++) {
+      const at = ((k * 7919 + i * 104729) % (data.length - 100)) | 0;
+      await blob.read(at, at + 100);
+      await sleep(1);
+    }
+  });
+  await sleep(1200);
+  const prefetched = blob.stats.bytesPrefetched;
+  reading = false;
+  await Promise.all(readers);
+  abort.abort();
+  await done.catch(() => undefined);
+  assert.ok(prefetched >= 4 * 64 * 1024, `prefetch fetched ${prefetched} bytes while reads never stopped`);
+  await blob.close();
+});
+
+test('fetchRegion: reads that walk the blob in order bring their neighbours along; scattered reads fetch only what they need; a bad neighbour is not kept', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(4 * MiB);
+  const digest = sha256(data);
+  const unitBytes = 16 * 1024;
+  const corruptAt = 40 * unitBytes; // one unit the source always corrupts
+  const src = source(data);
+  const fetcher: RangeFetcher = async (start, end, signal) => {
+    const bytes = await src.fetcher(start, end, signal);
+    // Byte corruptAt comes back wrong inside a larger region; alone, it is right (the read's own fetch).
+    if (start < corruptAt && corruptAt < end) bytes[corruptAt - start] ^= 0xff;
+    return bytes;
+  };
+  const units = unitsOf(data, unitBytes);
+  const blob = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer' });
+  // 64 units read in blob order, each as its own read.
+  for (let i = 0; i < 64; i++) {
+    const at = i * unitBytes;
+    await blob.fetchRegion(units, at, at + unitBytes, 1 * MiB);
+    const bytes = await blob.readVerified(at, at + unitBytes);
+    assert.ok(bytes?.equals(data.subarray(at, at + unitBytes)), `unit ${i}`);
+  }
+  const sequential = src.calls.length;
+  assert.ok(sequential <= 16, `64 reads in blob order made ${sequential} requests`);
+  // The region that brought unit 40 corrupted did not keep it: its own read fetched it again.
+  assert.ok(src.calls.some((c) => c.start === corruptAt), 'unit 40 was fetched on its own after its region brought it corrupted');
+
+  // Scattered reads: each fetches its own unit and no more.
+  const before = src.calls.length;
+  for (const i of [200, 140, 230, 170, 250]) await blob.fetchRegion(units, i * unitBytes + 5, i * unitBytes + 50, 1 * MiB);
+  const scattered = src.calls.slice(before);
+  assert.equal(scattered.length, 5);
+  for (const c of scattered) assert.equal(c.end - c.start, unitBytes);
   await blob.close();
 });
 

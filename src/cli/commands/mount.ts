@@ -20,6 +20,7 @@ type MountFlags = RegistryFlags & {
   prefetch?: boolean;
   prefetchDelayMs?: number;
   cacheMaxBytes?: number;
+  readAheadBytes?: number;
 };
 const int = (v: string) => Number.parseInt(v, 10);
 
@@ -41,6 +42,7 @@ function mountOptions(opts: MountFlags) {
     prefetch: opts.prefetch !== false,
     prefetchDelayMs: opts.prefetchDelayMs ?? 1000,
     ...(opts.cacheMaxBytes !== undefined ? { cacheMaxBytes: opts.cacheMaxBytes } : {}),
+    ...(opts.readAheadBytes !== undefined ? { readAheadBytes: opts.readAheadBytes } : {}),
   };
 }
 
@@ -97,6 +99,7 @@ export function registerMount(program: Command, out: Output): void {
     .option('--no-prefetch', 'do not download the rest of the layers in the background (by default they are, verified, and then kept in the store)')
     .option('--prefetch-delay-ms <ms>', 'start the background download this long after the mount is ready', int, 1000)
     .option('--cache-max-bytes <n>', 'bound on bytes kept for partly fetched layers; least recently used ranges are dropped past it', bytesFlag('--cache-max-bytes'))
+    .option('--read-ahead-bytes <n>', 'a read fetches up to this many blob bytes around what it needs (eStargz: neighbouring files too, each verified); 0: only what it needs (default 1048576)', bytesFlag('--read-ahead-bytes'))
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image');
   addRegistryFlags(mount);
   registerMountDaemon(program);

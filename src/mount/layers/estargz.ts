@@ -21,28 +21,54 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   const index = await readEstargzIndex(indexReader, { tocDigest, what });
   const cache = new EstargzChunkCache(context.cacheBytes);
   const digest = context.descriptor.digest;
+  let inBlobOrder: PrefetchUnit[] | undefined;
+  const units = () => (inBlobOrder ??= memberUnits(index, blob.size, what));
   return {
     digest,
     kind: 'estargz',
     entries: index.entries,
     blob,
-    read: (entry, position, length) => readEstargzFile(entry, index.chunks.get(entry.sourcePath ?? entry.path) ?? [], position, length, blob, { cache, what }),
-    prefetchUnits: () => estargzPrefetchUnits(index, blob.size, what),
+    async read(entry, position, length) {
+      const chunks = index.chunks.get(entry.sourcePath ?? entry.path) ?? [];
+      if (context.readAheadBytes > 0 && !blob.isComplete) {
+        // Small files lie side by side in the blob: fetch the region around the chunks this read
+        // needs, not the chunks alone (their own read below then finds them kept).
+        const [from, to] = compressedRange(chunks, position, position + length);
+        if (from < to) await blob.fetchRegion(units(), from, to, context.readAheadBytes);
+      }
+      return readEstargzFile(entry, chunks, position, length, blob, { cache, what });
+    },
+    prefetchUnits: () => {
+      // The prioritized region (entries before `.prefetch.landmark`, which the blob holds first) comes first.
+      const prioritized = index.prefetch.compressedEnd;
+      return [...units().filter((u) => u.start < prioritized), ...units().filter((u) => u.start >= prioritized)];
+    },
     stats: () => blobLayerStats('estargz', digest, blob, 0),
     close: () => blob.close(),
   };
 }
 
+/** Blob bytes [from, to) of the gzip members holding file bytes [start, end). */
+function compressedRange(chunks: readonly EstargzMemberChunk[], start: number, end: number): [number, number] {
+  let from = Infinity;
+  let to = 0;
+  for (const c of chunks) {
+    if (c.offset >= end || c.offset + c.size <= start) continue;
+    if (c.compressedStart < from) from = c.compressedStart;
+    if (c.compressedEnd > to) to = c.compressedEnd;
+  }
+  return from < to ? [from, to] : [0, 0];
+}
+
 /**
- * Prefetch units of an eStargz layer: one per gzip member holding file
- * chunks, verified by running every chunk in it through readEstargzFile
- * (inflate, check chunkDigest) against the fetched bytes; the prioritized
- * region (entries before `.prefetch.landmark`, which the blob holds first)
- * comes first. Tar headers of entries without data, the landmarks, the TOC
- * and the footer lie between or after the members: they become unverified
- * units that only the whole blob's digest vouches for.
+ * The units of an eStargz layer, in blob order: one per gzip member holding
+ * file chunks, verified by running every chunk in it through
+ * readEstargzFile (inflate, check chunkDigest) against the fetched bytes.
+ * Tar headers of entries without data, the landmarks, the TOC and the footer
+ * lie between or after the members: they become unverified units that only
+ * the whole blob's digest vouches for.
  */
-function estargzPrefetchUnits(index: EstargzIndex, size: number, what: string): PrefetchUnit[] {
+function memberUnits(index: EstargzIndex, size: number, what: string): PrefetchUnit[] {
   const members = new Map<number, { end: number; chunks: Array<{ path: string; chunk: EstargzMemberChunk }> }>();
   for (const [path, chunks] of index.chunks) {
     for (const chunk of chunks) {
@@ -75,7 +101,5 @@ function estargzPrefetchUnits(index: EstargzIndex, size: number, what: string): 
       }
     },
   }));
-  const all = withGaps(units, size);
-  const prioritized = index.prefetch.compressedEnd;
-  return [...all.filter((u) => u.start < prioritized), ...all.filter((u) => u.start >= prioritized)];
+  return withGaps(units, size);
 }

@@ -77,6 +77,8 @@ export interface LayerContext {
   diffId: Digest;
   /** Decoded bytes kept in memory for this layer. */
   cacheBytes: number;
+  /** A demand read fetches up to this many blob bytes around what it needs (0: only what it needs). */
+  readAheadBytes: number;
 }
 
 /** The statistics every kind reports the same way, from its blob. */
