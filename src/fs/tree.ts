@@ -115,7 +115,15 @@ export function buildTree(entries: readonly TreeEntry[]): FsTree {
   }
 
   // Path order makes inode numbers stable: the same list always mounts with the same numbers.
-  const paths = [...byEntryPath.keys()].filter((p) => p !== '').sort();
+  // The union resolver hands its list over sorted already: sort only when it is not.
+  const paths: string[] = [];
+  let sorted = true;
+  for (const e of entries) {
+    if (e.path === '') continue;
+    if (sorted && paths.length > 0 && paths[paths.length - 1]! >= e.path) sorted = false;
+    paths.push(e.path);
+  }
+  if (!sorted) paths.sort();
   const byIno: Array<FsNode | undefined> = [undefined];
   const byPath = new Map<string, FsNode>();
 
@@ -210,10 +218,14 @@ function attach(parent: FsNode, path: string, child: FsNode): void {
   if (child.type === 'dir') (parent as MutableNode).nlink++; // the child's '..'
 }
 
-function decodeXattrs(xattrs: Record<string, string> | undefined): Map<string, Buffer> {
+/** Shared by every node without xattrs (nearly all): one empty map, not thousands. */
+const noXattrs: ReadonlyMap<string, Buffer> = new Map();
+
+function decodeXattrs(xattrs: Record<string, string> | undefined): ReadonlyMap<string, Buffer> {
+  if (!xattrs) return noXattrs;
   const map = new Map<string, Buffer>();
-  if (xattrs) for (const [name, value] of Object.entries(xattrs)) map.set(name, Buffer.from(value, 'base64'));
-  return map;
+  for (const [name, value] of Object.entries(xattrs)) map.set(name, Buffer.from(value, 'base64'));
+  return map.size ? map : noXattrs;
 }
 
 const implicitDir = (path: string): TreeEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0, layer: -1 });

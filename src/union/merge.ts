@@ -21,6 +21,22 @@ interface Node {
   sourcePath: string;
 }
 
+/**
+ * A copy of `e` at `path`, field by field: object spread of entries (whose
+ * optional fields give them many shapes) takes V8's slow path, and a merge
+ * copies thousands of them.
+ */
+function mergedEntry(e: IndexEntry, path: string, layer: number, sourcePath: string): MergedEntry {
+  const m: MergedEntry = { path, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, size: e.size, mtime: e.mtime, layer, sourcePath };
+  if (e.linkname !== undefined) m.linkname = e.linkname;
+  if (e.devmajor !== undefined) m.devmajor = e.devmajor;
+  if (e.devminor !== undefined) m.devminor = e.devminor;
+  if (e.xattrs !== undefined) m.xattrs = e.xattrs;
+  if (e.dataOffset !== undefined) m.dataOffset = e.dataOffset;
+  if (e.sparse !== undefined) m.sparse = e.sparse;
+  return m;
+}
+
 const implicitDir = (path: string): IndexEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 });
 
 /**
@@ -138,7 +154,9 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
         continue;
       }
       if (existing && !(e.type === 'dir' && existing.entry.type === 'dir')) removeSubtree(path);
-      put(path, { entry: { ...e, path }, layer, sourcePath: e.path });
+      // Made here in its final shape: flattening hands this very object over (no second copy).
+      const merged = mergedEntry(e, path, layer, e.path);
+      put(path, { entry: merged, layer, sourcePath: e.path });
       ownPaths.add(path);
     }
   });
@@ -152,9 +170,13 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
     const first = holder.get(node);
     if (first === undefined) {
       holder.set(node, path);
-      out.push({ ...node.entry, path, layer: node.layer, sourcePath: node.sourcePath });
+      const entry = node.entry as IndexEntry & Partial<MergedEntry>;
+      out.push(entry.path === path && entry.layer === node.layer && entry.sourcePath === node.sourcePath ? (entry as MergedEntry) : mergedEntry(node.entry, path, node.layer, node.sourcePath));
     } else {
-      out.push({ ...node.entry, path, type: 'hardlink', linkname: first, layer: node.layer, sourcePath: node.sourcePath });
+      const link = mergedEntry(node.entry, path, node.layer, node.sourcePath);
+      link.type = 'hardlink';
+      link.linkname = first;
+      out.push(link);
     }
   }
   return out;

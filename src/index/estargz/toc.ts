@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
 import { gunzip as gunzipCallback } from 'node:zlib';
 import { DigestMismatchError, LazyrootError } from '../../errors.js';
-import { digestAlgorithm, parseDigest, type Digest } from '../../oci/digest.js';
+import { digestAlgorithm, isDigest, parseDigest, type Digest } from '../../oci/digest.js';
 import { normalizeEntryPath } from '../../oci/entry-path.js';
 import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
 import { maxFooterSize, parseEstargzFooter, type EstargzFooter } from './footer.js';
@@ -202,8 +202,24 @@ function parsePax(data: Buffer): Record<string, string> {
   return records;
 }
 
-function invalid(what: string, why: string): LazyrootError {
+/** `what` may be a Place: its text is built only here, when there is an error to report. */
+function invalid(what: string | Place, why: string): LazyrootError {
   return new LazyrootError('INVALID_ARGUMENT', `${what}: ${why}`);
+}
+
+/**
+ * Where in the TOC the loop is, for messages. A TOC has thousands of entries
+ * and chunks: their message prefixes are built only when one fails.
+ */
+class Place {
+  index = 0;
+  file = '';
+  chunk = -1;
+  constructor(private readonly what: string) {}
+  toString(): string {
+    if (this.file !== '') return `${this.what}: ${JSON.stringify(this.file)}${this.chunk >= 0 ? `: chunk ${this.chunk}` : ''}`;
+    return `${this.what}: TOC entry ${this.index}`;
+  }
 }
 
 // ---- the TOC JSON → index entries and chunks
@@ -257,8 +273,9 @@ export function indexFromToc(toc: unknown, tocOffset: number, what: string): Omi
   const files: PendingFile[] = [];
   let current: PendingFile | undefined;
 
+  const at = new Place(what);
   toc.entries.forEach((raw: unknown, index: number) => {
-    const at = `${what}: TOC entry ${index}`;
+    at.index = index;
     if (!isObject(raw)) throw invalid(at, 'is not an object');
     const type = raw.type;
     if (type === 'chunk') {
@@ -336,8 +353,9 @@ export function indexFromToc(toc: unknown, tocOffset: number, what: string): Omi
     if (chunk.innerOffset === 0) nextMember = chunk.compressedStart;
   }
 
+  const fileAt = new Place(what);
   for (const file of files) {
-    const list = finishChunks(file, what);
+    const list = finishChunks(file, fileAt);
     if (file.landmark) {
       if (file.path === prefetchLandmark && list[0]) prefetch.compressedEnd = list[0].compressedStart;
       continue;
@@ -347,7 +365,7 @@ export function indexFromToc(toc: unknown, tocOffset: number, what: string): Omi
   return { entries, chunks, prefetch };
 }
 
-function pendingChunk(raw: Record<string, unknown>, index: number, at: string, tocOffset: number): PendingChunk {
+function pendingChunk(raw: Record<string, unknown>, index: number, at: Place, tocOffset: number): PendingChunk {
   const compressedStart = int(raw.offset, at, 'offset');
   if (compressedStart >= tocOffset) throw invalid(at, `its data offset ${compressedStart} is not before the TOC (${tocOffset})`);
   const chunk: PendingChunk = {
@@ -362,36 +380,42 @@ function pendingChunk(raw: Record<string, unknown>, index: number, at: string, t
 }
 
 /** Checks that a file's chunks tile it exactly and carry digests; returns them as EstargzChunks. */
-function finishChunks(file: PendingFile, what: string): EstargzMemberChunk[] {
-  const at = `${what}: ${JSON.stringify(file.path)}`;
+function finishChunks(file: PendingFile, at: Place): EstargzMemberChunk[] {
+  at.file = file.path;
+  at.chunk = -1;
   let expected = 0;
   const out: EstargzMemberChunk[] = [];
-  file.chunks.forEach((pending, i) => {
-    const last = i === file.chunks.length - 1;
-    const size = pending.size === 0 && last ? file.size - pending.fileOffset : pending.size;
-    const chunkAt = `chunk ${i} (TOC entry ${pending.tocIndex}, file bytes ${pending.fileOffset}+${size})`;
-    if (pending.fileOffset !== expected) throw invalid(at, `${chunkAt} does not continue the file at byte ${expected}`);
-    if (size <= 0 || pending.fileOffset + size > file.size) throw invalid(at, `${chunkAt} is empty or runs past the end of the file (${file.size} bytes)`);
+  const n = file.chunks.length;
+  for (let i = 0; i < n; i++) {
+    const pending = file.chunks[i]!;
+    const size = pending.size === 0 && i === n - 1 ? file.size - pending.fileOffset : pending.size;
+    const chunkAt = () => `chunk ${i} (TOC entry ${pending.tocIndex}, file bytes ${pending.fileOffset}+${size})`;
+    if (pending.fileOffset !== expected) throw invalid(at, `${chunkAt()} does not continue the file at byte ${expected}`);
+    if (size <= 0 || pending.fileOffset + size > file.size) throw invalid(at, `${chunkAt()} is empty or runs past the end of the file (${file.size} bytes)`);
     expected = pending.fileOffset + size;
     const compressedEnd = pending.compressedEnd ?? 0;
     if (compressedEnd <= pending.compressedStart) {
       throw invalid(at, `chunk ${i} has an empty or backward gzip member (blob bytes ${pending.compressedStart}–${compressedEnd})`);
     }
     let digest = pending.chunkDigest;
-    if (digest === undefined && file.chunks.length === 1 && file.fileDigest !== undefined) digest = file.fileDigest;
+    if (digest === undefined && n === 1 && file.fileDigest !== undefined) digest = file.fileDigest;
     if (digest === undefined) {
       throw new LazyrootError('UNSUPPORTED', `${at}: chunk ${i} has no chunkDigest (legacy stargz?): its bytes could not be verified`);
+    }
+    if (!isDigest(digest)) {
+      at.chunk = i;
+      parseDigest(digest, `${at} digest`); // throws, naming the chunk
     }
     const chunk: EstargzMemberChunk = {
       offset: pending.fileOffset,
       size,
       compressedStart: pending.compressedStart,
       compressedEnd,
-      chunkDigest: parseDigest(digest, `${at}: chunk ${i} digest`),
+      chunkDigest: digest,
     };
     if (pending.innerOffset !== 0) chunk.innerOffset = pending.innerOffset;
     out.push(chunk);
-  });
+  }
   if (expected !== file.size) throw invalid(at, `its chunks cover ${expected} of its ${file.size} bytes`);
   return out;
 }
@@ -400,13 +424,13 @@ function isObject(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value);
 }
 
-function str(value: unknown, at: string, field: string): string {
+function str(value: unknown, at: string | Place, field: string): string {
   if (typeof value !== 'string') throw invalid(at, `"${field}" is not a string`);
   return value;
 }
 
 /** A non-negative safe integer; absent means 0 (Go's omitempty). */
-function int(value: unknown, at: string, field: string): number {
+function int(value: unknown, at: string | Place, field: string): number {
   if (value === undefined) return 0;
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
     throw invalid(at, `"${field}" is ${JSON.stringify(value)}, not a non-negative integer`);
@@ -417,7 +441,7 @@ function int(value: unknown, at: string, field: string): number {
 /** The last modtime parsed: entries of one layer mostly share a few (Date.parse is the slow part). */
 let lastModtime: { text: string; seconds: number } | undefined;
 
-function mtimeOf(value: unknown, at: string): number {
+function mtimeOf(value: unknown, at: string | Place): number {
   if (value === undefined || value === '') return 0;
   if (lastModtime && value === lastModtime.text) return lastModtime.seconds;
   const ms = typeof value === 'string' ? Date.parse(value) : Number.NaN;
@@ -429,7 +453,7 @@ function mtimeOf(value: unknown, at: string): number {
 const base64Pattern = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 
 /** The TOC's xattrs (Go `map[string][]byte`: values are base64) as IndexEntry wants them. */
-function xattrsOf(value: unknown, at: string): Record<string, string> | undefined {
+function xattrsOf(value: unknown, at: string | Place): Record<string, string> | undefined {
   if (value === undefined || value === null) return undefined;
   if (!isObject(value)) throw invalid(at, '"xattrs" is not an object');
   const names = Object.keys(value);
