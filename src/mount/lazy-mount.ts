@@ -7,7 +7,8 @@ import { LazyBlob, LazyBlobGroup } from '../store/lazy-blob.js';
 import type { ImageRecord } from '../store/metadata-db.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
-import { mergeLayers } from '../union/merge.js';
+import { mergeLayers, type MergedEntry } from '../union/merge.js';
+import { readCached, treeCachePath, writeCachedLater } from './mount-cache.js';
 import { buildTree, type FsNode } from '../fs/tree.js';
 import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
 import type { LazyLayer, LazyLayerStats } from './layers/lazy-layer.js';
@@ -67,6 +68,9 @@ export interface LazyMountStats {
   prefetchMillis?: number;
   /** Bytes kept in partial blobs of incomplete layers, and the bound on them. */
   partialBytes: number;
+  /** From the request to the mount being ready: wall time, and this process's CPU (TOCs or indexes, merge, tree). */
+  mountMillis?: number;
+  mountCpuMillis?: number;
   cacheMaxBytes?: number;
 }
 
@@ -95,6 +99,8 @@ export interface LazyMount {
  * bytes kept for layers not yet complete.
  */
 export async function mountImageLazily(store: Store, ref: string, mountpoint: string, options: LazyMountOptions = {}): Promise<LazyMount> {
+  const startedAt = performance.now();
+  const startCpu = process.cpuUsage();
   const image = store.findImage(ref) ?? (await pullReference(store, ref, { ...options, fetchLayers: false })).image;
   const name = image.names[0];
   if (!name) throw new LazyrootError('FAILED_PRECONDITION', `image ${shortDigest(image.id)} has no name to fetch its layers by`);
@@ -129,10 +135,17 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     }
     // A lower bound than a previous run's: trim what that run kept.
     group.enforceBound();
-    const merged = mergeLayers(
-      layers.map((l) => l.entries),
-      (i) => `layer ${i + 1}/${layers.length} ${shortDigest(layers[i]!.digest)}`,
-    );
+    // The merged tree of an image is derived once and read back by later mounts.
+    const treeKey = layers.map((l) => l.digest).join(',');
+    const treePath = treeCachePath(store, image.id);
+    let merged = await readCached<MergedEntry[]>(treePath, treeKey);
+    if (!merged) {
+      merged = mergeLayers(
+        layers.map((l) => l.entries),
+        (i) => `layer ${i + 1}/${layers.length} ${shortDigest(layers[i]!.digest)}`,
+      );
+      writeCachedLater(store, treePath, treeKey, merged, options.logger);
+    }
     const tree = buildTree(merged);
     const reader = {
       read(node: FsNode, position: number, length: number): Promise<Buffer> {
@@ -147,6 +160,8 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       ...(options.logger ? { logger: options.logger } : {}),
     });
     const readyAt = Date.now();
+    const cpu = process.cpuUsage(startCpu);
+    const mountTime = { mountMillis: Math.round(performance.now() - startedAt), mountCpuMillis: Math.round((cpu.user + cpu.system) / 1000) };
     let prefetchMillis: number | undefined;
     const stopPrefetch = new AbortController();
     const prefetching = options.prefetch === false ? Promise.resolve() : prefetchAll();
@@ -196,6 +211,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
           prefetch: options.prefetch !== false,
           ...(prefetchMillis !== undefined ? { prefetchMillis } : {}),
           partialBytes: group.partialBytes,
+          ...mountTime,
           ...(group.cacheMaxBytes !== undefined ? { cacheMaxBytes: group.cacheMaxBytes } : {}),
         };
       },
@@ -266,5 +282,5 @@ async function prepareLayer(
     context.opened.set(descriptor.digest, blob);
     return blob;
   };
-  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? 64 << 20, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes });
+  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? 64 << 20, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes, ...(options.logger ? { log: options.logger } : {}) });
 }

@@ -1,8 +1,8 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
@@ -217,5 +217,30 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
     const r = await lazyroot(['--store', join(work, 'store-nonempty'), 'mount', `docker://${proxy.host}/lazy/app:estargz`, target]);
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, /not-empty: the mountpoint is not empty \(1 entries, e\.g\. "something"\)/);
+  });
+
+  test('a second mount of the same image (another process, another mountpoint) reads no TOC: it reuses the parsed TOCs and merged tree in the store', async () => {
+    const store = join(work, 'store-second');
+    const first = await mount('estargz', store, ['--no-prefetch']);
+    // Metadata only (find stats entries; it reads no file's bytes).
+    const listing = (dir: string) =>
+      new Promise<string>((resolve, reject) =>
+        execFile('find', [dir, '-printf', '%P %y %m %U %G %s %T@ %l\\n'], { maxBuffer: 64 << 20 }, (err, out) => (err ? reject(err) : resolve(out.split('\n').sort().join('\n')))),
+      );
+    const tree = await listing(first);
+    const cached = async () => (await readdir(join(store, 'indexes', 'sha256')).catch(() => [] as string[])).filter((n) => /\.(toc|tree)$/.test(n));
+    for (let i = 0; i < 100 && (await cached()).length < 4; i++) await new Promise((r) => setTimeout(r, 50));
+    // The image has three layers: a parsed TOC for each, and the image's merged tree.
+    assert.deepEqual((await cached()).map((n) => n.slice(n.lastIndexOf('.'))).sort(), ['.toc', '.toc', '.toc', '.tree']);
+    assert.equal((await lazyroot(['--store', store, 'umount', first])).code, 0);
+    mounted.splice(mounted.findIndex((m) => m.target === first), 1);
+    // Every blob request fails now: a mount that fetched a footer or a TOC would fail.
+    proxy.setRules([{ path: /\/blobs\//, fault: { kind: 'status', status: 500 } }]);
+    try {
+      const second = await mount('estargz', store, ['--no-prefetch']);
+      assert.equal(await listing(second), tree);
+    } finally {
+      proxy.setRules([]);
+    }
   });
 });

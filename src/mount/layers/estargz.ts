@@ -6,6 +6,14 @@ import type { BlobRangeReader, IndexEntry } from '../../index/types.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
 import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
 import { withGaps } from './prefetch-units.js';
+import { readCached, tocCachePath, writeCachedLater } from '../mount-cache.js';
+
+/** The parsed TOC as a later mount reads it back (mount-cache.ts). */
+interface CachedToc {
+  entries: IndexEntry[];
+  chunks: Array<[string, EstargzMemberChunk[]]>;
+  prefetch: EstargzIndex['prefetch'];
+}
 
 /**
  * An eStargz layer: the footer and TOC are read by two range requests (and
@@ -18,7 +26,10 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   // The footer and TOC are checked as a whole (the TOC digest), not piecewise: kept, but only
   // the whole blob's digest lets them count as verified.
   const indexReader: BlobRangeReader = { size: blob.size, read: (start, end) => blob.readUnverified(start, end) };
-  const index = await readEstargzIndex(indexReader, { tocDigest, what });
+  const cachePath = tocCachePath(context.store, context.descriptor.digest);
+  const cached = await readCached<CachedToc>(cachePath, tocDigest);
+  const index = cached ? { entries: cached.entries, chunks: new Map(cached.chunks), prefetch: cached.prefetch } : await readEstargzIndex(indexReader, { tocDigest, what });
+  if (!cached) writeCachedLater(context.store, cachePath, tocDigest, { entries: index.entries, chunks: [...index.chunks], prefetch: index.prefetch } satisfies CachedToc, context.log);
   const cache = new EstargzChunkCache(context.cacheBytes);
   const digest = context.descriptor.digest;
   let inBlobOrder: PrefetchUnit[] | undefined;
@@ -68,7 +79,7 @@ function compressedRange(chunks: readonly EstargzMemberChunk[], start: number, e
  * lie between or after the members: they become unverified units that only
  * the whole blob's digest vouches for.
  */
-function memberUnits(index: EstargzIndex, size: number, what: string): PrefetchUnit[] {
+function memberUnits(index: Pick<EstargzIndex, 'chunks'>, size: number, what: string): PrefetchUnit[] {
   const members = new Map<number, { end: number; chunks: Array<{ path: string; chunk: EstargzMemberChunk }> }>();
   for (const [path, chunks] of index.chunks) {
     for (const chunk of chunks) {
