@@ -1,17 +1,10 @@
 import type { Command } from 'commander';
-import { Socket } from 'node:net';
-import type { Duplex } from 'node:stream';
-import { mkdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
-import { defaultStoreRoot } from '../../store/paths.js';
-
+import { resolve } from 'node:path';
+import { LazyrootError, indexImage, mount, mountStats, runMountDaemon, serveMount, unmount } from '../../index.js';
 import { formatBytes } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
-
-// Loaded when used: the background `mount` front end only starts the daemon and waits.
-const service = () => import('../../mount/mount-service.js');
 
 type MountFlags = RegistryFlags & {
   foreground?: boolean;
@@ -29,7 +22,7 @@ const int = (v: string) => Number.parseInt(v, 10);
 function bytesFlag(flag: string): (v: string) => number {
   return (v: string) => {
     const n = Number(v);
-    if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n)) throw Object.assign(new Error(`${flag} ${JSON.stringify(v)}: expected a whole number of bytes`), { code: 'INVALID_ARGUMENT' });
+    if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n)) throw new LazyrootError('INVALID_ARGUMENT', `${flag} ${JSON.stringify(v)}: expected a whole number of bytes`);
     return n;
   };
 }
@@ -46,82 +39,45 @@ function mountOptions(opts: MountFlags) {
   };
 }
 
+function missingDir(): LazyrootError {
+  return new LazyrootError('INVALID_ARGUMENT', 'mount: missing the mount point <dir>');
+}
+
 /**
- * `lazyroot mount` without --foreground: hand the mount to a daemon (a warm
- * standby, or a new process) and wait until it is ready. This process opens
- * nothing itself, not even the store: the sooner the daemon has the request,
- * the sooner the rootfs is visible.
+ * `lazyroot mount` without --foreground: the library's background mount. This
+ * process opens nothing itself, not even the store (it hands the daemon the
+ * store's directory): the sooner the daemon has the request, the sooner the
+ * rootfs is visible.
  */
 async function mountInBackground(ref: string, dir: string | undefined, opts: MountFlags, global: GlobalOptions, out: Output): Promise<void> {
-  if (!dir) throw Object.assign(new Error('mount: missing the mount point <dir>'), { code: 'INVALID_ARGUMENT' });
+  if (!dir) throw missingDir();
   const options = mountOptions(opts); // checks --creds/--authfile here, with a usage error
-  const root = resolve(global.store ?? process.env.LAZYROOT_STORE ?? defaultStoreRoot);
-  await mkdir(root, { recursive: true, mode: 0o711 });
-  const { startMountDaemon } = await import('../../mount/daemon.js');
-  const request = { store: root, ref, mountpoint: resolve(dir), options, env: process.env, logFile: join(root, 'mount-daemon.log') };
-  const { pid, driver } = await startMountDaemon(request, { bin: process.argv[1]! });
-  if (global.json) out.json({ mountpoint: resolve(dir), pid, driver });
+  // The daemon is this same CLI (bin/lazyroot.js, or the benchmarks' build of it).
+  const { mountpoint, pid, driver } = await mount(global.store, ref, dir, { ...options, bin: process.argv[1]! });
+  if (global.json) out.json({ mountpoint, pid, driver });
   else if (!global.quiet) {
     const how = driver === 'overlay' ? 'kernel overlayfs: every layer is in the store' : `lazy FUSE mount, daemon pid ${pid}`;
-    out.text(`mounted ${ref} at ${resolve(dir)} (${how}; unmount with: lazyroot umount ${dir})`);
+    out.text(`mounted ${ref} at ${mountpoint} (${how}; unmount with: lazyroot umount ${dir})`);
   }
 }
 
 /**
- * `lazyroot mount-daemon` (hidden): a mount daemon. It reads its request from
- * fd 3 (a pipe from the process that spawned it) or, with --standby, first
- * loads everything a mount needs and waits for a request on the standby
- * socket. It serves the mount until `umount` (SIGTERM), and once ready
- * leaves a standby behind for the next mount.
+ * `lazyroot mount-daemon` (hidden): a mount daemon (the library's
+ * runMountDaemon), ended once its mount is gone.
  */
 function registerMountDaemon(program: Command): void {
   program
     .command('mount-daemon', { hidden: true })
     .option('--standby', 'load everything, then wait for a request on the standby socket')
     .action(async (opts: { standby?: boolean }) => {
-      const [{ readMountRequest, replyReady }, { fileLogger }, standby] = await Promise.all([
-        import('../../mount/daemon-channel.js'),
-        import('../../mount/daemon.js'),
-        import('../../mount/standby.js'),
-      ]);
-      let channel: Duplex;
-      if (opts.standby) {
-        // Loaded before the wait: that is the point of a standby.
-        await Promise.all([service(), import('../../store/store.js'), import('../../source/registry/registry-source.js')]);
-        const assigned = await standby.awaitAssignment();
-        if (!assigned) return;
-        channel = assigned;
-      } else {
-        channel = new Socket({ fd: 3, readable: true, writable: true });
-      }
-      const request = await readMountRequest(channel);
-      for (const key of Object.keys(process.env)) delete process.env[key];
-      Object.assign(process.env, request.env);
-      const logger = fileLogger(request.logFile);
-      const { Store } = await import('../../store/store.js');
-      const store = await Store.open(request.store);
-      try {
-        await (await service()).serveMount(store, request.ref, request.mountpoint, {
-          ...request.options,
-          logger,
-          onReady: (error, driver) => {
-            replyReady(channel, error, driver);
-            if (!error) standby.spawnStandby(process.argv[1]!);
-          },
-        });
-      } catch (err) {
-        logger('mount daemon stopped', err);
-        throw err;
-      } finally {
-        store.close();
-      }
+      await runMountDaemon({ ...(opts.standby ? { standby: true } : {}), bin: process.argv[1]! });
       // Unmounted (or given up on): end now, whatever native threads libfuse may still hold.
       process.exit(0);
     });
 }
 
 export function registerMount(program: Command, out: Output): void {
-  const mount = program
+  const mountCommand = program
     .command('mount')
     .description("mount an image's merged rootfs read-only over FUSE before its layers are downloaded; bytes are fetched when read")
     .argument('<ref>', 'image (its manifest and config are fetched first if not in the store); with --stats: the mount directory')
@@ -134,15 +90,15 @@ export function registerMount(program: Command, out: Output): void {
     .option('--prefetch-delay-ms <ms>', 'start the background download this long after the mount is ready', int, 1000)
     .option('--cache-max-bytes <n>', 'bound on bytes kept for partly fetched layers; least recently used ranges are dropped past it', bytesFlag('--cache-max-bytes'))
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image');
-  addRegistryFlags(mount);
+  addRegistryFlags(mountCommand);
   registerMountDaemon(program);
-  mount.action(async (ref: string, dir: string | undefined, opts: MountFlags, command: Command) => {
+  mountCommand.action(async (ref: string, dir: string | undefined, opts: MountFlags, command: Command) => {
     const global = command.optsWithGlobals<GlobalOptions>();
     if (!opts.stats && !opts.foreground) return mountInBackground(ref, dir, opts, global, out);
     const store = await openStore(global);
     try {
       if (opts.stats) {
-        const stats = await (await service()).mountStats(store, ref);
+        const stats = await mountStats(store, ref);
         if (global.json) return out.json(stats);
         if (stats.driver === 'overlay') {
           return out.text(`mount ${stats.mountpoint}: kernel overlayfs, read-only (every layer was in the store); image ${formatBytes(stats.imageBytes)}, nothing fetched`);
@@ -173,10 +129,10 @@ export function registerMount(program: Command, out: Output): void {
         );
         return;
       }
-      if (!dir) throw Object.assign(new Error('mount: missing the mount point <dir>'), { code: 'INVALID_ARGUMENT' });
+      if (!dir) throw missingDir();
       // The daemon's stderr is its log file (mount-daemon.log).
       const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
-      await (await service()).serveMount(store, ref, dir, { ...mountOptions(opts), logger });
+      await serveMount(store, ref, dir, { ...mountOptions(opts), logger });
     } finally {
       store.close();
     }
@@ -190,7 +146,7 @@ export function registerMount(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        const { stale } = await (await service()).unmountLazy(store, dir);
+        const { stale } = await unmount(store, dir);
         if (global.json) out.json({ unmounted: resolve(dir), stale });
         else if (!global.quiet) out.text(stale ? `cleaned stale mount ${resolve(dir)}` : `unmounted ${resolve(dir)}`);
       } finally {
@@ -209,7 +165,6 @@ export function registerMount(program: Command, out: Output): void {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
     try {
-      const { indexImage } = await import('../../mount/index-image.js');
       const report = await indexImage(store, ref, {
         registry: registryOptionsFrom(opts),
         ...(opts.platform ? { platform: opts.platform } : {}),

@@ -1,0 +1,60 @@
+import { Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { readMountRequest, replyReady } from './daemon-channel.js';
+import { fileLogger, packageBin } from './daemon.js';
+import { awaitAssignment, spawnStandby } from './standby.js';
+
+// Loaded when used: a standby loads them before it waits, a spawned daemon once it has its request.
+const service = () => import('./mount-service.js');
+const storeModule = () => import('../store/store.js');
+
+export interface DaemonMainOptions {
+  /** Load everything, then wait for a request on the standby socket (standby.ts) instead of fd 3. */
+  standby?: boolean;
+  /** The CLI that runs the standby this daemon leaves behind; default: this package's bin/lazyroot.js. */
+  bin?: string;
+}
+
+/**
+ * The mount daemon's side of `lazyroot mount` (the hidden `mount-daemon`
+ * command): read the request from fd 3 (a pipe from the process that spawned
+ * it) or, as a standby, first load everything a mount needs and wait for a
+ * request on the standby socket; then serve the mount until `umount`
+ * (SIGTERM). Once ready it leaves a standby behind for the next mount.
+ * Resolves when the mount is gone, or at once when a standby is not needed;
+ * the caller then ends the process, whatever native threads libfuse may still hold.
+ */
+export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<void> {
+  let channel: Duplex;
+  if (options.standby) {
+    // Loaded before the wait: that is the point of a standby.
+    await Promise.all([service(), storeModule(), import('../source/registry/registry-source.js')]);
+    const assigned = await awaitAssignment();
+    if (!assigned) return;
+    channel = assigned;
+  } else {
+    channel = new Socket({ fd: 3, readable: true, writable: true });
+  }
+  const request = await readMountRequest(channel);
+  // The caller's environment: auth files and passwords are found through it.
+  for (const key of Object.keys(process.env)) delete process.env[key];
+  Object.assign(process.env, request.env);
+  const logger = fileLogger(request.logFile);
+  const { Store } = await storeModule();
+  const store = await Store.open(request.store);
+  try {
+    await (await service()).serveMount(store, request.ref, request.mountpoint, {
+      ...request.options,
+      logger,
+      onReady: (error, driver) => {
+        replyReady(channel, error, driver);
+        if (!error) spawnStandby(options.bin ?? packageBin);
+      },
+    });
+  } catch (err) {
+    logger('mount daemon stopped', err);
+    throw err;
+  } finally {
+    store.close();
+  }
+}
