@@ -1,7 +1,5 @@
 import { readFileSync } from 'node:fs';
-import { LazyrootError } from '../errors.js';
-import type { RegistryOptions } from '../store/operations.js';
-import type { Store } from '../store/store.js';
+import { LazyrootError, openStore as openStoreAt, type RegistryOptions, type Store } from '../index.js';
 
 /** Options every command accepts (set on the root program). */
 export interface GlobalOptions {
@@ -16,10 +14,8 @@ export interface RegistryFlags {
   authfile?: string;
 }
 
-export async function openStore(options: GlobalOptions): Promise<Store> {
-  // Loaded when a command runs, not at start: `--help` and the mount front end stay quick.
-  const { Store } = await import('../store/store.js');
-  return Store.open(options.store ?? process.env.LAZYROOT_STORE);
+export function openStore(options: GlobalOptions): Promise<Store> {
+  return openStoreAt(options.store);
 }
 
 /** `--creds user:pass` (or `user` with the password from LAZYROOT_PASSWORD) and `--authfile`. */

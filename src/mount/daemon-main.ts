@@ -1,24 +1,34 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { readMountRequest, replyReady } from './daemon-channel.js';
-import { fileLogger } from './daemon.js';
+import { fileLogger, packageBin } from './daemon.js';
 import { awaitAssignment, spawnStandby } from './standby.js';
 
+// Loaded when used: a standby loads them before it waits, a spawned daemon once it has its request.
 const service = () => import('./mount-service.js');
+const storeModule = () => import('../store/store.js');
+
+export interface DaemonMainOptions {
+  /** Load everything, then wait for a request on the standby socket (standby.ts) instead of fd 3. */
+  standby?: boolean;
+  /** The CLI that runs the standby this daemon leaves behind; default: this package's bin/lazyroot.js. */
+  bin?: string;
+}
 
 /**
- * A mount daemon's life (`lazyroot mount-daemon`): read the request from fd 3
- * (a pipe from the process that spawned it) or, as a standby, first load
- * everything a mount needs and wait for a request on the standby socket;
- * then serve the mount until `umount` (SIGTERM). Once the mount is ready it
- * leaves a standby behind for the next mount. Resolves when the daemon is
- * done (the caller ends the process: libfuse may still hold native threads).
+ * The mount daemon's side of `lazyroot mount` (the hidden `mount-daemon`
+ * command): read the request from fd 3 (a pipe from the process that spawned
+ * it) or, as a standby, first load everything a mount needs and wait for a
+ * request on the standby socket; then serve the mount until `umount`
+ * (SIGTERM). Once ready it leaves a standby behind for the next mount.
+ * Resolves when the mount is gone, or at once when a standby is not needed;
+ * the caller then ends the process, whatever native threads libfuse may still hold.
  */
-export async function runMountDaemon(options: { standby: boolean; bin: string }): Promise<void> {
+export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<void> {
   let channel: Duplex;
   if (options.standby) {
     // Loaded before the wait: that is the point of a standby.
-    await Promise.all([service(), import('../store/store.js'), import('../source/registry/registry-source.js')]);
+    await Promise.all([service(), storeModule(), import('../source/registry/registry-source.js')]);
     const assigned = await awaitAssignment();
     if (!assigned) return;
     channel = assigned;
@@ -26,10 +36,11 @@ export async function runMountDaemon(options: { standby: boolean; bin: string })
     channel = new Socket({ fd: 3, readable: true, writable: true });
   }
   const request = await readMountRequest(channel);
+  // The caller's environment: auth files and passwords are found through it.
   for (const key of Object.keys(process.env)) delete process.env[key];
   Object.assign(process.env, request.env);
   const logger = fileLogger(request.logFile);
-  const { Store } = await import('../store/store.js');
+  const { Store } = await storeModule();
   const store = await Store.open(request.store);
   try {
     await (await service()).serveMount(store, request.ref, request.mountpoint, {
@@ -37,7 +48,7 @@ export async function runMountDaemon(options: { standby: boolean; bin: string })
       logger,
       onReady: (error, driver) => {
         replyReady(channel, error, driver);
-        if (!error) spawnStandby(options.bin);
+        if (!error) spawnStandby(options.bin ?? packageBin);
       },
     });
   } catch (err) {

@@ -1,15 +1,23 @@
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import type { Duplex } from 'node:stream';
+import { fileURLToPath } from 'node:url';
 import { LazyrootError } from '../errors.js';
 import { awaitReady, type DaemonReady, type MountRequest } from './daemon-channel.js';
 import { claimStandby } from './standby.js';
 
 export type { MountRequest } from './daemon-channel.js';
 
+/**
+ * This package's CLI (`bin/lazyroot.js`, from dist/src/mount/), which runs a
+ * daemon as `lazyroot mount-daemon`. Found from this module, never from
+ * process.argv[1]: a Node program using the library is not lazyroot.
+ */
+export const packageBin = fileURLToPath(new URL('../../../bin/lazyroot.js', import.meta.url));
+
 export interface StartOptions {
-  /** `bin/lazyroot.js`: the daemon is `lazyroot mount-daemon`. */
-  bin: string;
+  /** The lazyroot CLI that runs the daemon (`BIN mount-daemon`); default: this package's bin/lazyroot.js. */
+  bin?: string;
   readyTimeoutMs?: number;
 }
 
@@ -20,14 +28,14 @@ export interface StartOptions {
  * loaded already, which is most of a cold start — otherwise a new process is
  * spawned with the request on an extra pipe (fd 3).
  */
-export async function startMountDaemon(request: MountRequest, options: StartOptions): Promise<DaemonReady> {
+export async function startMountDaemon(request: MountRequest, options: StartOptions = {}): Promise<DaemonReady> {
   const timeoutMs = options.readyTimeoutMs ?? 120_000;
   const claimed = await claimStandby(request, timeoutMs);
   if (claimed !== undefined) return claimed;
 
   const log = createWriteStream(request.logFile, { flags: 'a' });
   await new Promise((r) => log.once('open', r));
-  const child = spawn(process.execPath, [options.bin, 'mount-daemon'], { detached: true, stdio: ['ignore', log, log, 'pipe'] });
+  const child = spawn(process.execPath, [options.bin ?? packageBin, 'mount-daemon'], { detached: true, stdio: ['ignore', log, log, 'pipe'] });
   const channel = child.stdio[3] as Duplex;
   try {
     channel.write(`${JSON.stringify(request)}\n`);

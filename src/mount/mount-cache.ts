@@ -33,15 +33,32 @@ export async function readCached<T>(path: string, key: string): Promise<T | unde
   }
 }
 
+/** Cache writes scheduled and not done yet: `flushCacheWrites` runs them at once. */
+const scheduled = new Map<NodeJS.Timeout, () => Promise<void>>();
+
 /** Writes the cache file in the background, shortly after the mount is ready; failures cost only the next mount's speed. */
 export function writeCachedLater<T>(store: Store, path: string, key: string, value: T, log?: (message: string, error: unknown) => void): void {
-  setTimeout(() => {
-    void (async () => {
-      const bytes = JSON.stringify({ version, key, value } satisfies Envelope<T>);
+  const write = async () => {
+    try {
       await mkdir(dirname(path), { recursive: true });
-      await writeFileAtomic(path, bytes, store.paths.tmp);
-    })().catch((err: unknown) => log?.(`caching ${path}`, err));
+      await writeFileAtomic(path, JSON.stringify({ version, key, value } satisfies Envelope<T>), store.paths.tmp);
+    } catch (err) {
+      log?.(`caching ${path}`, err);
+    }
+  };
+  const timer = setTimeout(() => {
+    scheduled.delete(timer);
+    void write();
   }, 300).unref();
+  scheduled.set(timer, write);
+}
+
+/** Runs the cache writes still waiting (an unmount soon after the mount): the next mount finds them. */
+export async function flushCacheWrites(): Promise<void> {
+  const writes = [...scheduled];
+  scheduled.clear();
+  for (const [timer] of writes) clearTimeout(timer);
+  await Promise.all(writes.map(([, write]) => write()));
 }
 
 export const tocCachePath = (store: Store, blob: Digest): string => `${store.paths.index(blob)}.toc`;

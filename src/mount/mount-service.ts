@@ -12,7 +12,14 @@ import type { MountRecord } from '../store/metadata-db.js';
 import { mountImageLazily, type LazyMountOptions, type LazyMountStats } from './lazy-mount.js';
 
 function statsPath(store: Store, mountpoint: string): string {
-  return join(store.paths.root, 'mounts', `${createHash('sha256').update(mountpoint).digest('hex').slice(0, 16)}.json`);
+  return join(store.paths.mountsDir, `${createHash('sha256').update(mountpoint).digest('hex').slice(0, 16)}.json`);
+}
+
+export interface ServeOptions extends LazyMountOptions {
+  /** Called once: the mount is ready (served over FUSE by this process, or kernel overlayfs with nothing to serve), or failed. */
+  onReady?: (error?: { code: string; message: string }, driver?: 'fuse' | 'overlay') => void;
+  /** How long to wait for the unmount at the end before giving up on it (default 10 s). */
+  unmountTimeoutMs?: number;
 }
 
 /**
@@ -21,22 +28,34 @@ function statsPath(store: Store, mountpoint: string): string {
  * write stats every second, and on SIGTERM/SIGINT (or `lazyroot umount`)
  * unmount and exit. Resolves when the mount is gone.
  */
-export async function serveMount(store: Store, ref: string, dir: string, options: LazyMountOptions & { onReady?: (error?: { code: string; message: string }, driver?: 'fuse' | 'overlay') => void; unmountTimeoutMs?: number },
-): Promise<void> {
+export async function serveMount(store: Store, ref: string, dir: string, options: ServeOptions = {}): Promise<void> {
   const mountpoint = resolve(dir);
+  // While this process serves the mount, a lease holds its image's blobs: garbage collection
+  // leaves its partial blobs, indexes and promoted blobs alone, from the moment the image is known.
+  const lease = store.db.createLease();
+  try {
+    await serveLeased(store, ref, mountpoint, lease, options);
+  } finally {
+    store.db.dropLease(lease);
+  }
+}
+
+async function serveLeased(store: Store, ref: string, mountpoint: string, lease: string, options: ServeOptions): Promise<void> {
   let mount;
   try {
     if ((await mountpointState(mountpoint)) === 'stale') await cleanStaleMount(mountpoint);
     // Every layer local already (pulled, or promoted by an earlier mount's prefetch): kernel
     // overlayfs, and this daemon has nothing to serve.
     const local = store.findImage(ref);
+    if (local) store.db.addToLease(lease, store.blobsOf(local));
     if (local && (await chooseDriver(store, local)) === 'overlay') {
       const layerDirs = await mountImageOnOverlay(store, local, mountpoint);
       store.db.recordMount(mountpoint, 0, local.id, { layerDirs });
       options.onReady?.(undefined, 'overlay');
       return;
     }
-    mount = await mountImageLazily(store, ref, mountpoint, options);
+    mount = await mountImageLazily(store, ref, mountpoint, { ...options, lease });
+    store.db.addToLease(lease, store.blobsOf(mount.image));
   } catch (err) {
     const e = err as LazyrootError;
     options.onReady?.({ code: e.code ?? 'UNAVAILABLE', message: e.message });
@@ -44,7 +63,7 @@ export async function serveMount(store: Store, ref: string, dir: string, options
   }
   store.db.recordMount(mountpoint, process.pid, mount.image.id);
   const stats = statsPath(store, mountpoint);
-  await mkdir(join(store.paths.root, 'mounts'), { recursive: true });
+  await mkdir(store.paths.mountsDir, { recursive: true });
   const writeStats = () => writeFileAtomic(stats, JSON.stringify({ mountpoint, pid: process.pid, image: mount.image.names[0], ...mount.stats() }), store.paths.tmp).catch(() => undefined);
   await writeStats();
   options.onReady?.();
@@ -67,6 +86,9 @@ export async function serveMount(store: Store, ref: string, dir: string, options
     },
   );
   if (!unmounted) options.logger?.(`unmount ${mountpoint}: gave up waiting; the daemon exits anyway`, undefined);
+  // The lease goes before the record: `umount` returns once the record is gone, and a `clean`
+  // right after must find nothing of this mount's held.
+  store.db.dropLease(lease);
   store.db.forgetMount(mountpoint);
   await rm(stats, { force: true });
 }

@@ -13,21 +13,31 @@ export interface CleanResult {
   removedLayers: string[];
   removedImages: string[];
   removedBlobs: number;
+  /** Partly fetched blobs (lazy mounts') removed with their range maps. */
+  removedPartialBlobs: number;
+  /** Layers whose index files were removed. */
+  removedIndexes: number;
 }
 
+export interface CleanOptions {
+  /** Clean only when the store uses more than this many bytes. */
+  thresholdBytes?: number;
+}
 
 /**
  * `lazyroot clean`: when the store uses more than `thresholdBytes` (or
- * always, without a threshold), removes unpacked layers, images and blobs
- * that no rootfs uses. Rootfses being created by a live process count as
- * users, and the whole sweep holds the store lock that `create` takes to
- * register, so nothing in use is ever removed.
+ * always, without a threshold), removes unpacked layers, images, blobs,
+ * partial blobs with their range maps, and layer indexes that no rootfs and
+ * no live mount uses. Rootfses being created by a live process count as
+ * users, mount daemons hold a lease on their image's blobs, and the whole
+ * sweep holds the store lock that `create` takes to register, so nothing in
+ * use is ever removed.
  */
-export async function cleanStore(store: Store, options: { thresholdBytes?: number } = {}): Promise<CleanResult> {
+export async function cleanStore(store: Store, options: CleanOptions = {}): Promise<CleanResult> {
   const storeBytes = await diskUsage(store.paths.root);
   const base = { storeBytes, ...(options.thresholdBytes !== undefined ? { thresholdBytes: options.thresholdBytes } : {}) };
   if (options.thresholdBytes !== undefined && storeBytes <= options.thresholdBytes) {
-    return { ...base, cleaned: false, removedLayers: [], removedImages: [], removedBlobs: 0 };
+    return { ...base, cleaned: false, removedLayers: [], removedImages: [], removedBlobs: 0, removedPartialBlobs: 0, removedIndexes: 0 };
   }
   return withLock(store.paths.storeLock, 'store', async () => {
     const inUse = store.db.rootfsInUse();
@@ -48,6 +58,15 @@ export async function cleanStore(store: Store, options: { thresholdBytes?: numbe
       if (removed.has(target.split('/')[2] ?? '')) await rm(join(store.paths.links, link), { force: true });
     }
     const pruned = await store.pruneImages(usedImages);
-    return { ...base, cleaned: true, removedLayers, removedImages: pruned.images, removedBlobs: pruned.blobs.length };
+    const { garbage } = pruned;
+    return {
+      ...base,
+      cleaned: true,
+      removedLayers,
+      removedImages: pruned.images,
+      removedBlobs: garbage.blobs.length,
+      removedPartialBlobs: garbage.partialBlobs.length,
+      removedIndexes: garbage.indexes.length,
+    };
   });
 }

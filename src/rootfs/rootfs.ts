@@ -1,6 +1,5 @@
 import { chmod, chown, mkdir, rm, stat, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { startMountDaemon } from '../mount/daemon.js';
 import { unmountLazy } from '../mount/mount-service.js';
 import { chooseDriver } from '../mount/driver.js';
@@ -49,9 +48,6 @@ export function rootfsPaths(store: Store, id: string) {
   return { dir, upper: join(dir, 'upper'), work: join(dir, 'work'), merged: join(dir, 'merged'), emptyLower: join(dir, 'empty'), lazyLower: join(dir, 'lower') };
 }
 
-/** The CLI entry point, for starting a mount daemon from library code. */
-const lazyrootBin = fileURLToPath(new URL('../../../bin/lazyroot.js', import.meta.url));
-
 /**
  * `lazyroot create REF ID`: the image (pulled first if needed) as a writable
  * root filesystem on kernel overlayfs at rootfs/ID/merged. The rootfs row is
@@ -80,7 +76,6 @@ export async function createRootfs(store: Store, ref: string, id: string, option
         env: process.env,
         logFile: join(paths.dir, 'mount-daemon.log'),
       },
-      { bin: lazyrootBin },
     );
   let lazyMounted = false;
   if (!image && lazy) {
@@ -183,6 +178,35 @@ export async function deleteRootfs(store: Store, id: string): Promise<void> {
   for (const point of await mountsUnder(paths.dir)) await unmount(point);
   await rm(paths.dir, { recursive: true, force: true });
   store.db.deleteRootfs(id);
+}
+
+/** A rootfs as `lazyroot list` shows it. */
+export interface RootfsSummary {
+  id: string;
+  /** Its image's ID, and the image's names. */
+  image: string;
+  imageNames: string[];
+  driver: 'overlay' | 'fuse';
+  state: 'creating' | 'ready';
+  mounted: boolean;
+  /** Where it is (or is to be) mounted. */
+  path: string;
+  /** ISO 8601. */
+  created: string;
+}
+
+/** `lazyroot list`: every rootfs, oldest first. */
+export function listRootfs(store: Store): RootfsSummary[] {
+  return store.db.listRootfs().map((r) => ({
+    id: r.id,
+    image: r.imageId,
+    imageNames: store.db.imageById(r.imageId)?.names ?? [],
+    driver: r.driver,
+    state: r.state,
+    mounted: r.mounted,
+    path: r.mountPoint ?? rootfsPaths(store, r.id).merged,
+    created: new Date(r.createdAt).toISOString(),
+  }));
 }
 
 export interface RootfsStats {

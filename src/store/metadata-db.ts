@@ -171,6 +171,7 @@ export class MetadataDb {
       deleteRootfs: db.prepare('DELETE FROM rootfs WHERE id = ?'),
       rangesOf: db.prepare('SELECT start, end FROM blob_ranges WHERE digest = ? ORDER BY start'),
       clearRanges: db.prepare('DELETE FROM blob_ranges WHERE digest = ?'),
+      rangeDigests: db.prepare('SELECT DISTINCT digest FROM blob_ranges'),
       insertRange: db.prepare('INSERT INTO blob_ranges (digest, start, end) VALUES (?, ?, ?)'),
       insertMount: db.prepare('INSERT OR REPLACE INTO mounts (mountpoint, pid, image_id, created_at, driver, layer_dirs) VALUES (?, ?, ?, ?, ?, ?)'),
       mountAt: db.prepare('SELECT * FROM mounts WHERE mountpoint = ?'),
@@ -433,6 +434,11 @@ export class MetadataDb {
       for (const [s, e] of ranges) this.stmt.insertRange.run(digest, s, e);
     });
     write.immediate();
+  }
+
+  /** Every blob that has a range map: the partial blobs the store knows of. */
+  rangeDigests(): Digest[] {
+    return (this.stmt.rangeDigests.all() as Array<{ digest: string }>).map((r) => r.digest);
   }
 
   recordMount(mountpoint: string, pid: number, imageId: Digest, overlay?: { layerDirs: string[] }): void {

@@ -13,7 +13,12 @@ export type RegistryOptions = NonNullable<SourceOptions['registry']>;
 export interface ReferenceOptions {
   platform?: Platform | string;
   registry?: RegistryOptions;
+  /** A lease the caller holds on what gets fetched (see PullOptions.lease). */
+  lease?: string;
 }
+
+/** What `pullReference` takes. */
+export type PullReferenceOptions = ReferenceOptions & Omit<PullOptions, 'platform'>;
 
 function platformOf(options: ReferenceOptions): Platform {
   if (typeof options.platform === 'string') return parsePlatform(options.platform);
@@ -34,9 +39,35 @@ async function withSource<T>(store: Store, text: string, options: ReferenceOptio
 export async function pullReference(
   store: Store,
   text: string,
-  options: ReferenceOptions & Omit<PullOptions, 'platform'> = {},
+  options: PullReferenceOptions = {},
 ): Promise<PullResult> {
   return withSource(store, text, options, (source) => pull(store, source, { ...options, platform: platformOf(options) }));
+}
+
+/** An image as `lazyroot images` lists it. */
+export interface ImageSummary {
+  id: string;
+  names: string[];
+  manifestDigest: string;
+  platform: string;
+  /** Compressed bytes of config and layers. */
+  size: number;
+  layers: number;
+  /** When the image was first stored (ISO 8601). */
+  created: string;
+}
+
+/** `lazyroot images`: every image in the store, oldest first. */
+export function listImages(store: Store): ImageSummary[] {
+  return store.db.listImages().map((i) => ({
+    id: i.id,
+    names: i.names,
+    manifestDigest: i.manifestDigest,
+    platform: i.platform,
+    size: i.size,
+    layers: i.chainIds.length,
+    created: new Date(i.createdAt).toISOString(),
+  }));
 }
 
 export interface ImageInspection {

@@ -45,6 +45,14 @@ export class StorePaths {
   index(digest: Digest): string {
     return join(this.root, 'indexes', digestAlgorithm(digest), digestHex(digest));
   }
+  /** Directories every store has from the start (Store.open makes them); garbage collection empties them and leaves them. */
+  get skeleton(): string[] {
+    return [join(this.root, 'blobs', 'sha256'), join(this.root, 'partial', 'sha256'), join(this.root, 'indexes', 'sha256'), this.mountsDir, this.rootfsRoot];
+  }
+  /** Stats files of running mount daemons. */
+  get mountsDir(): string {
+    return join(this.root, 'mounts');
+  }
   get layers(): string {
     return join(this.root, 'layers');
   }

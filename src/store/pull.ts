@@ -29,6 +29,13 @@ export interface PullOptions {
    * downloading layers — a lazy mount fetches what it reads. Default true.
    */
   fetchLayers?: boolean;
+  /**
+   * A lease the caller holds (MetadataDb.createLease): the pulled blobs are
+   * added to it and stay safe from garbage collection until the caller drops
+   * it, past the end of the pull (a mount daemon, for the life of its mount).
+   * Default: a lease of the pull's own, dropped when the image is recorded.
+   */
+  lease?: string;
   onEvent?: (event: PullEvent) => void;
 }
 
@@ -60,7 +67,7 @@ export async function pull(store: Store, source: ImageSource, options: PullOptio
   const emit = options.onEvent ?? (() => undefined);
   emit({ type: 'resolved', name: resolved.name, manifestDigest: resolved.manifestDigest, layers: resolved.manifest.layers });
 
-  const lease = store.db.createLease();
+  const lease = options.lease ?? store.db.createLease();
   try {
     const layers = resolved.manifest.layers;
     store.db.addToLease(lease, [resolved.manifestDigest, resolved.manifest.config.digest, ...layers.map((l) => l.digest)]);
@@ -124,7 +131,7 @@ export async function pull(store: Store, source: ImageSource, options: PullOptio
       layersReused: outcomes.filter((o) => !o.downloaded).length,
     };
   } finally {
-    store.db.dropLease(lease);
+    if (options.lease === undefined) store.db.dropLease(lease);
   }
 }
 

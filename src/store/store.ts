@@ -5,6 +5,7 @@ import { parseImageConfig, parseManifest } from '../oci/manifest.js';
 import type { ImageConfig, ImageManifest } from '../oci/types.js';
 import { formatReference, parseReference } from '../reference/reference.js';
 import { BlobStore } from './blob-store.js';
+import { collectGarbage, type Garbage } from './garbage.js';
 import { withLock } from './lock.js';
 import { MetadataDb, type ImageRecord, type LayerRecord } from './metadata-db.js';
 import { StorePaths, defaultStoreRoot } from './paths.js';
@@ -14,7 +15,13 @@ export interface RemovedImage {
   /** False when only the name was removed (the image has other names). */
   imageRemoved: boolean;
   blobsRemoved: Digest[];
+  /** Partly fetched blobs (a lazy mount's) removed with their range maps. */
+  partialBlobsRemoved: Digest[];
+  /** Layer blobs whose index files were removed. */
+  indexesRemoved: Digest[];
 }
+
+export type { Garbage };
 
 /** The store: blobs on disk plus their metadata. One per root directory. */
 export class Store {
@@ -35,6 +42,9 @@ export class Store {
       await chmod(dir, 0o711);
     }
     await mkdir(paths.locks, { recursive: true, mode: 0o700 });
+    // The directories content lives in exist from the start: garbage collection empties them and
+    // leaves them, so a store that has held an image and given it back is the size it was.
+    for (const dir of paths.skeleton) await mkdir(dir, { recursive: true });
     return new Store(paths, new MetadataDb(paths.database));
   }
 
@@ -94,6 +104,12 @@ export class Store {
     return parseImageConfig(bytes, image.chainIds.length, `image ${image.id}: config`);
   }
 
+  /** Every blob an image is made of: manifests, config, layer blobs (what a lease on it holds). */
+  blobsOf(image: ImageRecord): Digest[] {
+    const layers = image.chainIds.flatMap((c) => this.db.layer(c)?.blobs.map((b) => b.digest) ?? []);
+    return [...new Set([image.manifestDigest, ...image.manifests, image.id, ...layers])];
+  }
+
   layersOf(image: ImageRecord): LayerRecord[] {
     return image.chainIds.map((chainId) => {
       const layer = this.db.layer(chainId);
@@ -104,7 +120,8 @@ export class Store {
 
   /**
    * Removes a name (rmi). When no name is left the image goes, and with it
-   * every layer and blob that no other image, and no running process, uses.
+   * every layer, blob, partial blob and layer index that no other image, and
+   * no running process, uses. An image a rootfs or a live mount uses stays.
    */
   async removeImage(text: string): Promise<RemovedImage> {
     return withLock(this.paths.storeLock, 'store', async () => {
@@ -112,6 +129,8 @@ export class Store {
       const lastName = image.names.length <= 1 || !image.names.includes(text);
       const user = lastName ? this.db.rootfsInUse().find((r) => r.imageId === image.id) : undefined;
       if (user) throw new LazyrootError('IN_USE', `image ${text}: in use by rootfs ${user.id} (delete it first)`);
+      const mount = lastName ? this.db.listMounts().find((m) => m.alive && m.imageId === image.id) : undefined;
+      if (mount) throw new LazyrootError('IN_USE', `image ${text}: mounted at ${mount.mountpoint} (umount it first)`);
       let imageRemoved: boolean;
       if (image.names.includes(text)) {
         imageRemoved = this.db.untagOrRemove(text) !== undefined;
@@ -124,36 +143,27 @@ export class Store {
           imageRemoved = true;
         }
       }
-      const blobsRemoved = imageRemoved ? await this.collectGarbage() : [];
-      return { imageId: image.id, imageRemoved, blobsRemoved };
+      const garbage = imageRemoved ? await this.collectGarbage() : { blobs: [], partialBlobs: [], indexes: [] };
+      return { imageId: image.id, imageRemoved, blobsRemoved: garbage.blobs, partialBlobsRemoved: garbage.partialBlobs, indexesRemoved: garbage.indexes };
     });
   }
 
   /**
    * Removes every image not in `keep`, then what nothing references any more.
-   * Caller holds the store lock. Returns the removed image IDs and blobs.
+   * Caller holds the store lock. Returns the removed image IDs and the garbage.
    */
-  async pruneImages(keep: Set<Digest>): Promise<{ images: Digest[]; blobs: Digest[] }> {
+  async pruneImages(keep: Set<Digest>): Promise<{ images: Digest[]; garbage: Garbage }> {
     const images = this.db
       .listImages()
       .map((i) => i.id)
       .filter((id) => !keep.has(id));
     for (const id of images) this.db.removeImage(id);
-    return { images, blobs: await this.collectGarbage() };
+    return { images, garbage: await this.collectGarbage() };
   }
 
-  /** Removes unreferenced layer rows and blobs. Caller holds the store lock. */
-  private async collectGarbage(): Promise<Digest[]> {
-    this.db.pruneLayers();
-    const used = this.db.referencedBlobs();
-    const removed: Digest[] = [];
-    for (const { digest } of this.db.knownBlobs()) {
-      if (used.has(digest)) continue;
-      this.db.forgetBlob(digest);
-      await this.blobs.remove(digest);
-      removed.push(digest);
-    }
-    return removed;
+  /** Removes unreferenced layer rows, blobs, partial blobs and indexes (garbage.ts). Caller holds the store lock. */
+  private collectGarbage(): Promise<Garbage> {
+    return collectGarbage(this.paths, this.db, this.blobs);
   }
 }
 

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { makeBundle, runImage } from '../../index.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
@@ -38,7 +39,6 @@ export function registerBundle(program: Command, out: Output): void {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
     try {
-      const { makeBundle } = await import('../../bundle/image-bundle.js');
       const { rootfsId, spec } = await makeBundle(store, ref, dir, { ...createOptions(opts), ...(opts.id ? { id: opts.id } : {}), args: cmd });
       if (global.json) out.json({ bundle: dir, rootfsId, process: spec.process });
       else if (!global.quiet) out.text(`bundle ${dir} ready (rootfs ${rootfsId}; remove with: lazyroot delete ${rootfsId})\nrun it: runc run --bundle ${dir} <container-id>`);
@@ -56,7 +56,6 @@ export function registerBundle(program: Command, out: Output): void {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
     try {
-      const { runImage } = await import('../../bundle/image-bundle.js');
       process.exitCode = await runImage(store, ref, { ...createOptions(opts), args: cmd, stdio: 'inherit' });
     } finally {
       store.close();

@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { formatAge, formatBytes, formatTable } from '../format.js';
+import { listImages } from '../../index.js';
 import { openStore, type GlobalOptions } from '../context.js';
 import type { Output } from '../output.js';
 
@@ -11,29 +12,10 @@ export function registerImages(program: Command, out: Output): void {
       const global = cmd.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        const images = store.db.listImages();
-        if (global.json) {
-          out.json(
-            images.map((i) => ({
-              id: i.id,
-              names: i.names,
-              manifestDigest: i.manifestDigest,
-              platform: i.platform,
-              size: i.size,
-              layers: i.chainIds.length,
-              created: new Date(i.createdAt).toISOString(),
-            })),
-          );
-          return;
-        }
+        const images = await listImages(store);
+        if (global.json) return out.json(images);
         const rows = images.flatMap((i) =>
-          (i.names.length ? i.names : ['<none>']).map((name) => [
-            name,
-            i.id.slice(7, 19),
-            i.platform,
-            formatBytes(i.size),
-            formatAge(i.createdAt),
-          ]),
+          (i.names.length ? i.names : ['<none>']).map((name) => [name, i.id.slice(7, 19), i.platform, formatBytes(i.size), formatAge(Date.parse(i.created))]),
         );
         out.text(formatTable(['NAME', 'IMAGE ID', 'PLATFORM', 'SIZE', 'PULLED'], rows));
       } finally {

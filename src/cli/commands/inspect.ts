@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { inspectImage } from '../../index.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
@@ -14,8 +15,7 @@ export function registerInspect(program: Command, out: Output): void {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
     try {
-      const { inspectReference } = await import('../../store/operations.js');
-      out.json(await inspectReference(store, ref, { ...(opts.platform ? { platform: opts.platform } : {}), registry: registryOptionsFrom(opts) }));
+      out.json(await inspectImage(store, ref, { ...(opts.platform ? { platform: opts.platform } : {}), registry: registryOptionsFrom(opts) }));
     } finally {
       store.close();
     }

@@ -1,15 +1,10 @@
 import type { Command } from 'commander';
-import { mkdir } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
-import { defaultStoreRoot } from '../../store/paths.js';
-
+import { resolve } from 'node:path';
+import { LazyrootError, indexImage, mount, mountStats, runMountDaemon, serveMount, unmount } from '../../index.js';
 import { formatBytes } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
-
-// Loaded when used: the background `mount` front end only starts the daemon and waits.
-const service = () => import('../../mount/mount-service.js');
 
 type MountFlags = RegistryFlags & {
   foreground?: boolean;
@@ -28,7 +23,7 @@ const int = (v: string) => Number.parseInt(v, 10);
 function bytesFlag(flag: string): (v: string) => number {
   return (v: string) => {
     const n = Number(v);
-    if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n)) throw Object.assign(new Error(`${flag} ${JSON.stringify(v)}: expected a whole number of bytes`), { code: 'INVALID_ARGUMENT' });
+    if (!/^\d+$/.test(v.trim()) || !Number.isSafeInteger(n)) throw new LazyrootError('INVALID_ARGUMENT', `${flag} ${JSON.stringify(v)}: expected a whole number of bytes`);
     return n;
   };
 }
@@ -46,48 +41,45 @@ function mountOptions(opts: MountFlags) {
   };
 }
 
+function missingDir(): LazyrootError {
+  return new LazyrootError('INVALID_ARGUMENT', 'mount: missing the mount point <dir>');
+}
+
 /**
- * `lazyroot mount` without --foreground: hand the mount to a daemon (a warm
- * standby, or a new process) and wait until it is ready. This process opens
- * nothing itself, not even the store: the sooner the daemon has the request,
- * the sooner the rootfs is visible.
+ * `lazyroot mount` without --foreground: the library's background mount. This
+ * process opens nothing itself, not even the store (it hands the daemon the
+ * store's directory): the sooner the daemon has the request, the sooner the
+ * rootfs is visible.
  */
 async function mountInBackground(ref: string, dir: string | undefined, opts: MountFlags, global: GlobalOptions, out: Output): Promise<void> {
-  if (!dir) throw Object.assign(new Error('mount: missing the mount point <dir>'), { code: 'INVALID_ARGUMENT' });
+  if (!dir) throw missingDir();
   const options = mountOptions(opts); // checks --creds/--authfile here, with a usage error
-  const root = resolve(global.store ?? process.env.LAZYROOT_STORE ?? defaultStoreRoot);
-  await mkdir(root, { recursive: true, mode: 0o711 });
-  const { startMountDaemon } = await import('../../mount/daemon.js');
-  const request = { store: root, ref, mountpoint: resolve(dir), options, env: process.env, logFile: join(root, 'mount-daemon.log') };
-  const { pid, driver } = await startMountDaemon(request, { bin: process.argv[1]! });
-  if (global.json) out.json({ mountpoint: resolve(dir), pid, driver });
+  // The daemon is this same CLI (bin/lazyroot.js, or the benchmarks' build of it).
+  const { mountpoint, pid, driver } = await mount(global.store, ref, dir, { ...options, bin: process.argv[1]! });
+  if (global.json) out.json({ mountpoint, pid, driver });
   else if (!global.quiet) {
     const how = driver === 'overlay' ? 'kernel overlayfs: every layer is in the store' : `lazy FUSE mount, daemon pid ${pid}`;
-    out.text(`mounted ${ref} at ${resolve(dir)} (${how}; unmount with: lazyroot umount ${dir})`);
+    out.text(`mounted ${ref} at ${mountpoint} (${how}; unmount with: lazyroot umount ${dir})`);
   }
 }
 
 /**
- * `lazyroot mount-daemon` (hidden): a mount daemon. It reads its request from
- * fd 3 (a pipe from the process that spawned it) or, with --standby, first
- * loads everything a mount needs and waits for a request on the standby
- * socket. It serves the mount until `umount` (SIGTERM), and once ready
- * leaves a standby behind for the next mount.
+ * `lazyroot mount-daemon` (hidden): a mount daemon (the library's
+ * runMountDaemon), ended once its mount is gone.
  */
 function registerMountDaemon(program: Command): void {
   program
     .command('mount-daemon', { hidden: true })
     .option('--standby', 'load everything, then wait for a request on the standby socket')
     .action(async (opts: { standby?: boolean }) => {
-      const { runMountDaemon } = await import('../../mount/daemon-main.js');
-      await runMountDaemon({ standby: opts.standby === true, bin: process.argv[1]! });
+      await runMountDaemon({ ...(opts.standby ? { standby: true } : {}), bin: process.argv[1]! });
       // Unmounted (or given up on): end now, whatever native threads libfuse may still hold.
       process.exit(0);
     });
 }
 
 export function registerMount(program: Command, out: Output): void {
-  const mount = program
+  const mountCommand = program
     .command('mount')
     .description("mount an image's merged rootfs read-only over FUSE before its layers are downloaded; bytes are fetched when read")
     .argument('<ref>', 'image (its manifest and config are fetched first if not in the store); with --stats: the mount directory')
@@ -101,15 +93,15 @@ export function registerMount(program: Command, out: Output): void {
     .option('--cache-max-bytes <n>', 'bound on bytes kept for partly fetched layers; least recently used ranges are dropped past it', bytesFlag('--cache-max-bytes'))
     .option('--read-ahead-bytes <n>', 'a read fetches up to this many blob bytes around what it needs (eStargz: neighbouring files too, each verified); 0: only what it needs (default 1048576)', bytesFlag('--read-ahead-bytes'))
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image');
-  addRegistryFlags(mount);
+  addRegistryFlags(mountCommand);
   registerMountDaemon(program);
-  mount.action(async (ref: string, dir: string | undefined, opts: MountFlags, command: Command) => {
+  mountCommand.action(async (ref: string, dir: string | undefined, opts: MountFlags, command: Command) => {
     const global = command.optsWithGlobals<GlobalOptions>();
     if (!opts.stats && !opts.foreground) return mountInBackground(ref, dir, opts, global, out);
     const store = await openStore(global);
     try {
       if (opts.stats) {
-        const stats = await (await service()).mountStats(store, ref);
+        const stats = await mountStats(store, ref);
         if (global.json) return out.json(stats);
         if (stats.driver === 'overlay') {
           return out.text(`mount ${stats.mountpoint}: kernel overlayfs, read-only (every layer was in the store); image ${formatBytes(stats.imageBytes)}, nothing fetched`);
@@ -140,10 +132,10 @@ export function registerMount(program: Command, out: Output): void {
         );
         return;
       }
-      if (!dir) throw Object.assign(new Error('mount: missing the mount point <dir>'), { code: 'INVALID_ARGUMENT' });
+      if (!dir) throw missingDir();
       // The daemon's stderr is its log file (mount-daemon.log).
       const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
-      await (await service()).serveMount(store, ref, dir, { ...mountOptions(opts), logger });
+      await serveMount(store, ref, dir, { ...mountOptions(opts), logger });
     } finally {
       store.close();
     }
@@ -157,7 +149,7 @@ export function registerMount(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        const { stale } = await (await service()).unmountLazy(store, dir);
+        const { stale } = await unmount(store, dir);
         if (global.json) out.json({ unmounted: resolve(dir), stale });
         else if (!global.quiet) out.text(stale ? `cleaned stale mount ${resolve(dir)}` : `unmounted ${resolve(dir)}`);
       } finally {
@@ -176,7 +168,6 @@ export function registerMount(program: Command, out: Output): void {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
     try {
-      const { indexImage } = await import('../../mount/index-image.js');
       const report = await indexImage(store, ref, {
         registry: registryOptionsFrom(opts),
         ...(opts.platform ? { platform: opts.platform } : {}),

@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { pull } from '../../index.js';
 import { formatBytes } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
@@ -16,12 +17,11 @@ export function registerPull(program: Command, out: Output): void {
   cmd.action(async (ref: string, opts: RegistryFlags & { platform?: string; verifyDiffIds?: boolean; concurrency: number }, command: Command) => {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
-    const { pullReference } = await import('../../store/operations.js');
     const { createPullProgress } = await import('../progress.js');
     const progress = createPullProgress({ quiet: global.quiet === true, json: global.json === true });
     const started = Date.now();
     try {
-      const result = await pullReference(store, ref, {
+      const result = await pull(store, ref, {
         ...(opts.platform ? { platform: opts.platform } : {}),
         registry: registryOptionsFrom(opts),
         verifyDiffIds: opts.verifyDiffIds === true,

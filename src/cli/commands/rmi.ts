@@ -1,6 +1,14 @@
 import type { Command } from 'commander';
+import { removeImage, type RemovedImage } from '../../index.js';
 import { openStore, type GlobalOptions } from '../context.js';
 import type { Output } from '../output.js';
+
+function freed(r: RemovedImage): string {
+  const parts = [`${r.blobsRemoved.length} blobs freed`];
+  if (r.partialBlobsRemoved.length) parts.push(`${r.partialBlobsRemoved.length} partly fetched blobs`);
+  if (r.indexesRemoved.length) parts.push(`${r.indexesRemoved.length} layer indexes`);
+  return parts.join(', ');
+}
 
 export function registerRmi(program: Command, out: Output): void {
   program
@@ -13,12 +21,12 @@ export function registerRmi(program: Command, out: Output): void {
       try {
         const results = [];
         for (const ref of refs) {
-          const removed = await store.removeImage(ref);
+          const removed = await removeImage(store, ref);
           results.push({ ref, ...removed });
           if (!global.json && !global.quiet) {
             out.text(
               removed.imageRemoved
-                ? `deleted ${removed.imageId} (${removed.blobsRemoved.length} blobs freed)`
+                ? `deleted ${removed.imageId} (${freed(removed)})`
                 : `untagged ${ref} (image ${removed.imageId.slice(7, 19)} keeps other names)`,
             );
           }

@@ -1,10 +1,6 @@
 import type { Command } from 'commander';
-import { LazyrootError } from '../../errors.js';
 import { resolve } from 'node:path';
-
-// Implementations load when their command runs: start-up stays quick for every command.
-const rootfsModule = () => import('../../rootfs/rootfs.js');
-const cleanModule = () => import('../../rootfs/clean.js');
+import { LazyrootError, clean, createRootfs, deleteRootfs, listMounts, listRootfs, mountStats, rootfsStats, type CleanResult } from '../../index.js';
 import { formatAge, formatBytes, formatTable } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
@@ -16,6 +12,13 @@ function parseBytes(text: string): number {
   const n = Number(text);
   if (!Number.isSafeInteger(n) || n < 0) throw new LazyrootError('INVALID_ARGUMENT', `--threshold-bytes ${JSON.stringify(text)}: expected a whole number of bytes`);
   return n;
+}
+
+function removedText(r: CleanResult): string {
+  const parts = [`${r.removedLayers.length} layers`, `${r.removedImages.length} images`, `${r.removedBlobs} blobs`];
+  if (r.removedPartialBlobs) parts.push(`${r.removedPartialBlobs} partly fetched blobs`);
+  if (r.removedIndexes) parts.push(`${r.removedIndexes} layer indexes`);
+  return parts.join(', ');
 }
 
 export function registerRootfs(program: Command, out: Output): void {
@@ -42,9 +45,7 @@ export function registerRootfs(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        const { cleanStore } = await cleanModule();
-        const { createRootfs } = await rootfsModule();
-        if (opts.withClean) await cleanStore(store, opts.thresholdBytes !== undefined ? { thresholdBytes: opts.thresholdBytes } : {});
+        if (opts.withClean) await clean(store, opts.thresholdBytes !== undefined ? { thresholdBytes: opts.thresholdBytes } : {});
         const mapping = mappingFrom(opts);
         const { spec } = await createRootfs(store, ref, id, {
           registry: registryOptionsFrom(opts),
@@ -68,7 +69,6 @@ export function registerRootfs(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        const { deleteRootfs } = await rootfsModule();
         await deleteRootfs(store, id);
         if (global.json) out.json({ deleted: id });
         else if (!global.quiet) out.text(`deleted rootfs ${id}`);
@@ -84,17 +84,7 @@ export function registerRootfs(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        const { rootfsPaths } = await rootfsModule();
-        const all = store.db.listRootfs().map((r) => ({
-          id: r.id,
-          image: r.imageId,
-          imageNames: store.db.imageById(r.imageId)?.names ?? [],
-          driver: r.driver,
-          state: r.state,
-          mounted: r.mounted,
-          path: r.mountPoint ?? rootfsPaths(store, r.id).merged,
-          created: new Date(r.createdAt).toISOString(),
-        }));
+        const all = await listRootfs(store);
         if (global.json) return out.json(all);
         out.text(
           formatTable(
@@ -115,13 +105,11 @@ export function registerRootfs(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        if (id.includes('/') && store.db.mountAt(resolve(id))) {
-          const { mountStats } = await import('../../mount/mount-service.js');
+        if (id.includes('/') && (await listMounts(store)).some((m) => m.mountpoint === resolve(id))) {
           const stats = await mountStats(store, id);
           if (global.json) return out.json(stats);
           return out.text(`fetched ${formatBytes(stats.bytesFetched)} of ${formatBytes(stats.imageBytes)}; served ${formatBytes(stats.fs.bytesServed)} in ${stats.fs.reads} reads; ${stats.fs.errors} errors`);
         }
-        const { rootfsStats } = await rootfsModule();
         const stats = await rootfsStats(store, id);
         if (global.json) return out.json(stats);
         out.text(`total: ${formatBytes(stats.disk_usage.total_bytes_used)}\nexclusive: ${formatBytes(stats.disk_usage.exclusive_bytes_used)}`);
@@ -132,19 +120,18 @@ export function registerRootfs(program: Command, out: Output): void {
 
   program
     .command('clean')
-    .description('remove layers, images and blobs that no rootfs uses')
+    .description('remove layers, images, blobs, partly fetched blobs and layer indexes that no rootfs and no live mount uses')
     .option('--threshold-bytes <n>', 'only when the store uses more than this many bytes', parseBytes)
     .action(async (opts: { thresholdBytes?: number }, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        const { cleanStore } = await cleanModule();
-        const result = await cleanStore(store, opts.thresholdBytes !== undefined ? { thresholdBytes: opts.thresholdBytes } : {});
+        const result = await clean(store, opts.thresholdBytes !== undefined ? { thresholdBytes: opts.thresholdBytes } : {});
         if (global.json) return out.json(result);
         if (global.quiet) return;
         out.text(
           result.cleaned
-            ? `removed ${result.removedLayers.length} layers, ${result.removedImages.length} images, ${result.removedBlobs} blobs (store was ${formatBytes(result.storeBytes)})`
+            ? `removed ${removedText(result)} (store was ${formatBytes(result.storeBytes)})`
             : `store uses ${formatBytes(result.storeBytes)}, not over the threshold of ${formatBytes(result.thresholdBytes ?? 0)}: nothing removed`,
         );
       } finally {
