@@ -40,7 +40,9 @@ import type { GzipCheckpoint, IndexEntry } from './types.js';
  * Entries section at 128 + 64·N, E bytes: raw deflate of a JSON array with
  * one array per entry, in archive order:
  *   [path, type, mode, uid, gid, size, mtime, dataOffset, linkname, devmajor,
- *    devminor, xattrs, sparse]
+ *    devminor, xattrs, sparse, mtimeNsec]
+ * (mtime whole seconds; files written before mtimeNsec existed may hold a
+ * fractional mtime, read as seconds and nanoseconds)
  * type is a code (0 file, 1 dir, 2 symlink, 3 hardlink, 4 char, 5 block,
  * 6 fifo); absent fields are null and trailing nulls are dropped; xattrs is
  * {name: base64}; sparse is a flat [offset, size, offset, size…] array.
@@ -200,6 +202,7 @@ function entryTuple(e: IndexEntry): unknown[] {
     e.devminor ?? null,
     e.xattrs ?? null,
     e.sparse ? e.sparse.flatMap((r) => [r.offset, r.size]) : null,
+    e.mtimeNsec ?? null,
   ];
   while (t[t.length - 1] === null) t.pop();
   return t;
@@ -209,8 +212,10 @@ function tupleEntry(t: EntryTuple, i: number, bad: (why: string) => Error): Inde
   if (!Array.isArray(t) || t.length < 7 || typeof t[0] !== 'string') throw bad(`entry ${i} is malformed`);
   const type = types[t[1]];
   if (type === undefined) throw bad(`entry ${i} has unknown type ${String(t[1])}`);
-  const e: IndexEntry = { path: t[0], type, mode: t[2], uid: t[3], gid: t[4], size: t[5], mtime: t[6] };
-  const [, , , , , , , dataOffset, linkname, devmajor, devminor, xattrs, sparse] = t;
+  const e: IndexEntry = { path: t[0], type, mode: t[2], uid: t[3], gid: t[4], size: t[5], mtime: Math.floor(t[6]) };
+  const [, , , , , , , dataOffset, linkname, devmajor, devminor, xattrs, sparse, mtimeNsec] = t;
+  if (mtimeNsec != null) e.mtimeNsec = mtimeNsec as number;
+  else if (t[6] !== e.mtime) e.mtimeNsec = Math.round((t[6] - e.mtime) * 1e9) % 1_000_000_000;
   if (dataOffset != null) e.dataOffset = dataOffset as number;
   if (linkname != null) e.linkname = linkname as string;
   if (devmajor != null) e.devmajor = devmajor as number;

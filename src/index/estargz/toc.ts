@@ -288,6 +288,8 @@ export function indexFromToc(toc: unknown, tocOffset: number, what: string): Omi
       size: entryType === 'file' ? int(raw.size, at, 'size') : 0,
       mtime: mtimeOf(raw.modtime, at),
     };
+    const nsec = typeof raw.modtime === 'string' ? fractionNsec(raw.modtime) : 0;
+    if (nsec !== 0) entry.mtimeNsec = nsec;
     if (entryType === 'symlink') {
       entry.linkname = str(raw.linkName, at, 'linkName');
       if (entry.linkname === '') throw invalid(at, 'is a symlink with no target');
@@ -422,8 +424,14 @@ function mtimeOf(value: unknown, at: string): number {
   if (lastModtime && value === lastModtime.text) return lastModtime.seconds;
   const ms = typeof value === 'string' ? Date.parse(value) : Number.NaN;
   if (Number.isNaN(ms)) throw invalid(at, `"modtime" ${JSON.stringify(value)} is not an RFC 3339 time`);
-  lastModtime = { text: value as string, seconds: ms / 1000 };
-  return ms / 1000;
+  lastModtime = { text: value as string, seconds: Math.floor(ms / 1000) };
+  return lastModtime.seconds;
+}
+
+/** Nanoseconds of an RFC 3339 time's fraction ("…:30.123456789Z"); eStargz writers put whole seconds. */
+function fractionNsec(text: string): number {
+  const m = /T\d\d:\d\d:\d\d\.(\d+)/.exec(text);
+  return m ? Number(m[1]!.slice(0, 9).padEnd(9, '0')) : 0;
 }
 
 const base64Pattern = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
