@@ -230,5 +230,5 @@ function baseName(path: string): string {
 }
 
 function invalid(why: string): LazyrootError {
-  return new LazyrootError('INVALID_ARGUMENT', `build mount tree: ${why}`);
+  return new LazyrootError('INVALID_DATA', `build mount tree: ${why}`);
 }

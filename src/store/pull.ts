@@ -152,7 +152,7 @@ async function ingestLayer(
       try {
         outcome.diffId = (await hasher.finish()).diffId;
       } catch (err) {
-        throw new LazyrootError('INVALID_ARGUMENT', `${what}: cannot decompress (${compression}): ${(err as Error).message}`, { cause: err });
+        throw new LazyrootError('INVALID_DATA', `${what}: cannot decompress (${compression}): ${(err as Error).message}`, { cause: err });
       }
     }
     return outcome;

@@ -116,7 +116,7 @@ test('damaged, foreign and missing index files are refused clearly', async () =>
     bad[at]! ^= 1;
     await writeFile(path, bad);
     await assert.rejects(readIndexFile(path), (err: LazyrootError) => {
-      assert.equal(err.code, 'INVALID_ARGUMENT');
+      assert.equal(err.code, 'INVALID_DATA');
       assert.match(err.message, /index file .*damaged: not a valid lazyroot index \((bad magic|checksum mismatch: the file is damaged)\); rebuild it/);
       return true;
     });

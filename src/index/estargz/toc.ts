@@ -84,13 +84,13 @@ export interface ReadEstargzIndexOptions {
  * Reads an eStargz layer's TOC with two range reads (the footer, then the TOC's
  * gzip member), verifies the TOC JSON against `tocDigest` when given, and maps
  * it to index entries and chunk lists. Hostile names are refused
- * (HOSTILE_ARCHIVE); a TOC that contradicts itself is INVALID_ARGUMENT.
+ * (HOSTILE_ARCHIVE); a TOC that contradicts itself is INVALID_DATA.
  */
 export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstargzIndexOptions = {}): Promise<EstargzIndex> {
   const what = options.what ?? 'eStargz layer';
   const want = options.tocDigest === undefined ? undefined : parseDigest(options.tocDigest, `${what}: TOC digest annotation`);
   const size = blob.size;
-  if (size < 47) throw new LazyrootError('INVALID_ARGUMENT', `${what}: not an eStargz blob: ${size} bytes is smaller than any footer`);
+  if (size < 47) throw new LazyrootError('INVALID_DATA', `${what}: not an eStargz blob: ${size} bytes is smaller than any footer`);
 
   const tail = await blob.read(Math.max(0, size - maxFooterSize), size);
   const footer = parseEstargzFooter(tail, size, what);
@@ -109,7 +109,7 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
   try {
     toc = JSON.parse(tocJson.toString('utf8'));
   } catch (err) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
+    throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
   }
   return { ...indexFromToc(toc, tocOffset, what), tocDigest: got, tocOffset, footer };
 }
@@ -123,7 +123,7 @@ async function extractTocJson(member: Buffer, maxBytes: number, what: string): P
   } catch (err) {
     const tooBig = err instanceof RangeError || /maxOutputLength|buffer/i.test(String((err as Error).message));
     throw new LazyrootError(
-      'INVALID_ARGUMENT',
+      'INVALID_DATA',
       tooBig
         ? `${what}: the TOC inflates to more than ${maxBytes} bytes; refused`
         : `${what}: the TOC is not a gzip member (${(err as Error).message})`,
@@ -203,7 +203,7 @@ function parsePax(data: Buffer): Record<string, string> {
 }
 
 function invalid(what: string, why: string): LazyrootError {
-  return new LazyrootError('INVALID_ARGUMENT', `${what}: ${why}`);
+  return new LazyrootError('INVALID_DATA', `${what}: ${why}`);
 }
 
 // ---- the TOC JSON → index entries and chunks
