@@ -42,6 +42,6 @@ export function tarMtime(header: Pick<TarHeader, 'mtime' | 'pax'>): TarTime {
  * reads it (GNU tar alone makes it a directory: README, "Where unpackers
  * disagree"). `typeflagNul` is set by tar-stream-patches.ts.
  */
-export function isOldStyleDir(header: Pick<TarHeader, 'name' | 'type'> & { typeflagNul?: boolean }): boolean {
+export function isOldStyleDir(header: { name: string; type: TarHeader['type'] | null; typeflagNul?: boolean }): boolean {
   return header.type === 'file' && header.typeflagNul === true && header.name.endsWith('/');
 }

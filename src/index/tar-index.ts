@@ -5,7 +5,7 @@ import { LazyrootError } from '../errors.js';
 import { classifyEntry, hostile, normalizeEntryPath } from '../oci/entry-path.js';
 import { parseSparseMapPrefix, sparseFromPax, type SparseMap } from './pax-sparse.js';
 import { paxXattrs } from './tar-binary-pax.js';
-import { isOldStyleDir, tarMtime } from './tar-entry.js';
+import { tarMtime } from './tar-entry.js';
 import { installTarPatches, type PatchedHeader } from './tar-stream-patches.js';
 import type { IndexEntry } from './types.js';
 
@@ -116,14 +116,9 @@ export class TarIndexer {
       // not know as null (old GNU sparse 'S' is read by tar-stream-patches.ts).
       throw new LazyrootError('UNSUPPORTED', `${what}: entry ${JSON.stringify(header.name)} has a typeflag lazyroot cannot read (a vendor extension)`);
     }
-    let type = entryTypes[header.type];
+    const type = entryTypes[header.type];
     const pax = header.pax;
     const sparse = type === 'file' ? (header.gnuSparse ?? sparseFromPax(pax, what)) : undefined;
-    let oldStyleDir = false;
-    if (type === 'file' && !sparse && isOldStyleDir(header as PatchedHeader)) {
-      type = 'dir'; // a pre-POSIX directory: any data it carries is skipped
-      oldStyleDir = true;
-    }
     const path = normalizeEntryPath(sparse?.realName ?? header.name, what);
     if (classifyEntry(path).kind === 'invalid-whiteout') {
       throw hostile(what, header.name, 'is an invalid whiteout: of "." or "..", outside its own directory');
@@ -157,9 +152,7 @@ export class TarIndexer {
     const xattrs = paxXattrs(pax).filter(([name]) => !name.startsWith('trusted.overlay.'));
     if (xattrs.length > 0) entry.xattrs = Object.fromEntries(xattrs.map(([name, value]) => [name, value.toString('base64')]));
 
-    if (oldStyleDir) {
-      await consume(body);
-    } else if (type === 'file') {
+    if (type === 'file') {
       const dataStart = header.byteOffset;
       if (dataStart === undefined) throw new LazyrootError('FAILED_PRECONDITION', `${what}: tar-stream did not report the data offset of ${JSON.stringify(header.name)}`);
       const stored = header.size ?? 0;

@@ -3,6 +3,7 @@ import { dirname, join } from 'node:path';
 import tarStream from 'tar-stream';
 import { installBinaryPaxDecoder } from './tar-binary-pax.js';
 import type { SparseMap } from './pax-sparse.js';
+import { isOldStyleDir } from './tar-entry.js';
 
 /**
  * Where tar-stream 3 reads a tar differently from GNU tar and Go's
@@ -20,8 +21,16 @@ import type { SparseMap } from './pax-sparse.js';
  *   ustar; Go's `isHeaderOnlyType`). tar-stream skipped `size` bytes after
  *   all but directories, so a hostile tar could hide members from it that Go
  *   unpacks, or the reverse.
+ * - Typeflag NUL on a name ending in `/` (after PAX and GNU long names) is a
+ *   directory (tar-entry.ts isOldStyleDir); tar-stream meant to, but decided
+ *   the type before it looked. Like every directory it has no data: Go and
+ *   GNU tar both read what follows as the next header.
  * - base-256 numbers (GNU) for negative mtimes: tar-stream takes the one's
  *   complement (off by one second); two's complement as GNU tar and Go.
+ * - PAX global headers ('g') are ignored, as containerd and Docker ignore
+ *   them (Go's reader hands them over as entries; umoci refuses them).
+ *   tar-stream applied their records only to members that had a PAX header
+ *   of their own.
  *
  * `installTarPatches()` is idempotent and also installs the PAX decoder of
  * tar-binary-pax.ts.
@@ -49,6 +58,8 @@ interface SparseState {
 type ExtractInternals = {
   _consumeHeader(): boolean;
   _applyLongHeaders(): void;
+  _decodeLongHeader(buf: Buffer): void;
+  _paxGlobal: Record<string, string> | null;
   _header: Decoded | null;
   __lazyrootSparse?: SparseState;
 };
@@ -107,7 +118,16 @@ export function installTarPatches(): void {
   const applyLongHeaders = proto._applyLongHeaders;
   proto._applyLongHeaders = function (this: ExtractInternals): void {
     applyLongHeaders.call(this);
-    if (this._header && this._header.type !== null && headerOnly.has(this._header.type)) this._header.size = 0;
+    const header = this._header;
+    if (!header) return;
+    // The name is final now (PAX path, GNU long name): the old directory convention can be applied.
+    if (isOldStyleDir(header as unknown as PatchedHeader)) header.type = 'directory';
+    if (header.type !== null && headerOnly.has(header.type)) header.size = 0;
+  };
+  const decodeLongHeader = proto._decodeLongHeader;
+  proto._decodeLongHeader = function (this: ExtractInternals, buf: Buffer): void {
+    decodeLongHeader.call(this, buf);
+    if (this._header?.type === 'pax-global-header') this._paxGlobal = null;
   };
   installed = true;
 }

@@ -31,7 +31,7 @@ import { isIdentity, mapId, type IdMapping } from './id-mapping.js';
 import { parseSparseMapPrefix, sparseFromPax, type SparseMap } from '../index/pax-sparse.js';
 import { paxXattrs } from '../index/tar-binary-pax.js';
 import { checkSparse } from '../index/tar-index.js';
-import { epochTime, isOldStyleDir, parsePaxTime, tarMtime, type TarTime } from '../index/tar-entry.js';
+import { epochTime, parsePaxTime, tarMtime, type TarTime } from '../index/tar-entry.js';
 import type { PatchedHeader } from '../index/tar-stream-patches.js';
 
 export interface ApplierOptions {
@@ -227,11 +227,6 @@ export class LayerApplier {
     }
     if (header.type === 'file' || header.type === 'contiguous-file') {
       sparse = (header as PatchedHeader).gnuSparse ?? (header.pax ? sparseFromPax(header.pax as Record<string, string>, what) : undefined);
-      if (!sparse && isOldStyleDir(header as PatchedHeader)) {
-        // A pre-POSIX directory: any data it carries is skipped.
-        await drain(header, body);
-        header.type = 'directory';
-      }
     }
     const requested = normalizeEntryPath(sparse?.realName ?? header.name, what);
     if (this.options.estargz && estargzMetadata.has(requested) && header.type === 'file') return drain(header, body);
@@ -402,8 +397,11 @@ export class LayerApplier {
       if (!isErrno(err, 'EEXIST')) throw err;
       if (lstatIfAny(full)?.isDirectory()) made = false;
       else {
+        // What this layer put here first hid any lower directory: the new one must go on hiding it.
         this.clear(path, full);
         mkdirSync(full, 0o700);
+        native().lsetxattr(full, overlayOpaqueXattr, Buffer.from('y'));
+        this.opaqueDirs.add(path);
       }
     }
     this.dirs.add(path);
@@ -514,6 +512,7 @@ export class LayerApplier {
     for (const d of this.dirs) if (d === rel || d.startsWith(`${rel}/`)) this.dirs.delete(d);
     for (const d of this.plainDirs) if (d === rel || d.startsWith(`${rel}/`)) this.plainDirs.delete(d);
     for (const [k, v] of this.resolvedDirs) if (v === rel || v.startsWith(`${rel}/`)) this.resolvedDirs.delete(k);
+    for (const d of this.dirTimes.keys()) if (d === rel || d.startsWith(`${rel}/`)) this.dirTimes.delete(d);
   }
 
   /**
