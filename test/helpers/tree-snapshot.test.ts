@@ -66,7 +66,7 @@ test('snapshotTree describes every type, mode bit, owner, xattr and hardlink', a
   const root = join(work, 'every-type');
   const { server } = await makeTree(root);
   try {
-    const a = { type: 'file', mode: 0o640, uid: 1000, gid: 1001, size: 5, sha256: sha('hello'), mtime: T(1), xattrs: { 'user.test': 'AAH/' }, nlink: 2, hardlinkGroup: 1 } as const;
+    const a = { type: 'file', mode: 0o640, uid: 1000, gid: 1001, size: 5, sha256: sha('hello'), mtime: T(1), mtimeNsec: 900_000_000, xattrs: { 'user.test': 'AAH/' }, nlink: 2, hardlinkGroup: 1 } as const;
     const za = { type: 'file', mode: 0o644, uid: 0, gid: 0, size: 2, sha256: sha('zz'), mtime: T(9), xattrs: {}, nlink: 2, hardlinkGroup: 2 } as const;
     const expected: Array<Omit<TreeEntry, 'mtimeNsec'>> = [
       { path: '.', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T(13), xattrs: {} },
@@ -86,7 +86,7 @@ test('snapshotTree describes every type, mode bit, owner, xattr and hardlink', a
       { path: 'z/a', ...za },
       { path: 'z-b', ...za },
     ];
-    assert.deepEqual(await snapshotTree(root), expected.map((e) => ({ ...e, mtimeNsec: 0 })));
+    assert.deepEqual(await snapshotTree(root), expected.map((e) => ({ mtimeNsec: 0, ...e })));
 
     const withOverlay = await snapshotTree(root, { includeOverlayXattrs: true });
     assert.deepEqual(withOverlay.find((e) => e.path === 'sub')?.xattrs, { 'trusted.overlay.opaque': Buffer.from('y').toString('base64') });
