@@ -5,11 +5,14 @@
  * trusted.overlay.opaque). Everything here acts on the path itself, never
  * following a final symlink, and throws an Error with the errno's code.
  * Also fcntl(F_SETFD, FD_CLOEXEC): libfuse opens /dev/fuse without it, and a
- * child that inherits that descriptor keeps a dead daemon's mount hanging.
+ * child that inherits that descriptor keeps a dead daemon's mount hanging;
+ * and utimensat/futimens, because Node sets times through a double of
+ * seconds, which cannot carry nanoseconds.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,7 +187,44 @@ static napi_value js_close_on_exec(napi_env env, napi_callback_info info) {
   return NULL;
 }
 
+/*
+ * utimens(target, atimeSec, atimeNsec, mtimeSec, mtimeNsec): a string target
+ * is a path, set with utimensat(AT_SYMLINK_NOFOLLOW) (a symlink's own times);
+ * a number is an open descriptor, set with futimens. Seconds may be negative
+ * (before 1970); nanoseconds are 0..999999999.
+ */
+static napi_value js_utimens(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  char path[4096];
+  int64_t asec, msec;
+  uint32_t ansec, mnsec;
+  napi_valuetype kind;
+  CHECK(napi_get_cb_info(env, info, &argc, argv, NULL, NULL));
+  if (argc < 5) CHECK(napi_invalid_arg);
+  CHECK(napi_get_value_int64(env, argv[1], &asec));
+  CHECK(napi_get_value_uint32(env, argv[2], &ansec));
+  CHECK(napi_get_value_int64(env, argv[3], &msec));
+  CHECK(napi_get_value_uint32(env, argv[4], &mnsec));
+  if (ansec > 999999999 || mnsec > 999999999) CHECK(napi_invalid_arg);
+  struct timespec times[2] = {{.tv_sec = (time_t)asec, .tv_nsec = ansec}, {.tv_sec = (time_t)msec, .tv_nsec = mnsec}};
+  CHECK(napi_typeof(env, argv[0], &kind));
+  if (kind == napi_number) {
+    int32_t fd;
+    CHECK(napi_get_value_int32(env, argv[0], &fd));
+    if (futimens(fd, times) != 0) {
+      snprintf(path, sizeof path, "fd %d", fd);
+      return throw_errno(env, "futimens", path);
+    }
+    return NULL;
+  }
+  if (!get_string(env, argv[0], path, sizeof path)) CHECK(napi_invalid_arg);
+  if (utimensat(AT_FDCWD, path, times, AT_SYMLINK_NOFOLLOW) != 0) return throw_errno(env, "utimensat", path);
+  return NULL;
+}
+
 void register_gzip_index(napi_env env, napi_value exports);
+void register_fuse_times(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -194,9 +234,11 @@ static napi_value init(napi_env env, napi_value exports) {
     {"llistxattr", NULL, js_llistxattr, NULL, NULL, NULL, napi_default, NULL},
     {"lremovexattr", NULL, js_lremovexattr, NULL, NULL, NULL, napi_default, NULL},
     {"closeOnExec", NULL, js_close_on_exec, NULL, NULL, NULL, napi_default, NULL},
+    {"utimens", NULL, js_utimens, NULL, NULL, NULL, napi_default, NULL},
   };
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   register_gzip_index(env, exports);
+  register_fuse_times(env, exports);
   return exports;
 }
 

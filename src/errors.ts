@@ -9,6 +9,8 @@ export type ErrorCode =
   | 'INVALID_ARGUMENT'
   | 'INVALID_REFERENCE'
   | 'INVALID_MANIFEST'
+  /** Bytes that are not what they must be: bad compression, a tar, TOC or index that contradicts itself, a range outside a blob. Not the caller's mistake (that is INVALID_ARGUMENT). */
+  | 'INVALID_DATA'
   | 'UNSUPPORTED'
   | 'FAILED_PRECONDITION'
   | 'UNAVAILABLE'

@@ -1,4 +1,5 @@
 import { createRequire } from 'node:module';
+import { constants } from 'node:os';
 
 /**
  * The project's N-API addon (native/lazyroot_native.c): the system calls Node
@@ -15,6 +16,17 @@ export interface Native {
   lremovexattr(path: string, name: string): void;
   /** fcntl(fd, F_SETFD, FD_CLOEXEC): the descriptor is closed in every child this process starts. */
   closeOnExec(fd: number): void;
+  /**
+   * Sets atime and mtime with nanoseconds: utimensat(AT_SYMLINK_NOFOLLOW) on a
+   * path (a symlink's own times), futimens on a descriptor. Seconds may be
+   * negative; nanoseconds are 0..999999999.
+   */
+  utimens(target: string | number, atimeSec: number, atimeNsec: number, mtimeSec: number, mtimeNsec: number): void;
+  /**
+   * True once a fuse_new has gone through the addon's wrapper
+   * (native/fuse_times.c): getattr answers may then carry exact times.
+   */
+  fuseExactTimes(): boolean;
 }
 
 export const S_IFIFO = 0o010000;
@@ -23,12 +35,18 @@ export const S_IFBLK = 0o060000;
 
 let loaded: Native | undefined;
 
-/** Loads the addon on first use (built by `npm run build` into build/Release). */
+/**
+ * Loads the addon on first use (built by `npm run build` into build/Release).
+ * RTLD_GLOBAL: its `fuse_new` must be the one fuse-native's binding finds
+ * (native/fuse_times.c).
+ */
 export function native(): Native {
   if (!loaded) {
     const require = createRequire(import.meta.url);
     // dist/src/native.js → ../../build/Release
-    loaded = require('../../build/Release/lazyroot_native.node') as Native;
+    const module = { exports: {} as Native };
+    process.dlopen(module, require.resolve('../../build/Release/lazyroot_native.node'), constants.dlopen.RTLD_NOW | constants.dlopen.RTLD_GLOBAL);
+    loaded = module.exports;
   }
   return loaded;
 }

@@ -28,23 +28,23 @@ export async function readRootfsFile(
   if (!resolved) return undefined;
   const { hostPath, stats } = resolved;
   const what = `rootfs ${rootfsDir}: ${pathInRootfs}`;
-  if (!stats.isFile()) throw new LazyrootError('INVALID_ARGUMENT', `${what}: not a regular file`);
+  if (!stats.isFile()) throw new LazyrootError('INVALID_DATA', `${what}: not a regular file`);
 
   // O_NOFOLLOW + the inode check below: if the tree changed between resolving
   // and opening (a swapped directory or link), we notice instead of reading
   // whatever the new path leads to.
   const handle = await open(hostPath, constants.O_RDONLY | constants.O_NOFOLLOW | constants.O_NONBLOCK | constants.O_NOCTTY).catch(
     (err: NodeJS.ErrnoException) => {
-      throw new LazyrootError('INVALID_ARGUMENT', `${what}: cannot open (${err.code ?? err.message})`, { cause: err });
+      throw new LazyrootError('INVALID_DATA', `${what}: cannot open (${err.code ?? err.message})`, { cause: err });
     },
   );
   try {
     const opened = await handle.stat();
     if (!opened.isFile() || opened.dev !== stats.dev || opened.ino !== stats.ino) {
-      throw new LazyrootError('INVALID_ARGUMENT', `${what}: changed while it was being opened`);
+      throw new LazyrootError('INVALID_DATA', `${what}: changed while it was being opened`);
     }
     const maxBytes = options.maxBytes ?? defaultMaxBytes;
-    if (opened.size > maxBytes) throw new LazyrootError('INVALID_ARGUMENT', `${what}: larger than ${maxBytes} bytes`);
+    if (opened.size > maxBytes) throw new LazyrootError('INVALID_DATA', `${what}: larger than ${maxBytes} bytes`);
     return await handle.readFile();
   } finally {
     await handle.close();
@@ -90,7 +90,7 @@ export async function resolveInRootfs(
     }
     if (entry.isSymbolicLink()) {
       if (++linksFollowed > maxSymlinks) {
-        throw new LazyrootError('INVALID_ARGUMENT', `rootfs ${root}: ${pathInRootfs}: too many levels of symbolic links`);
+        throw new LazyrootError('INVALID_DATA', `rootfs ${root}: ${pathInRootfs}: too many levels of symbolic links`);
       }
       const target = await readlink(hostPath);
       if (target.startsWith('/')) {

@@ -72,12 +72,12 @@ function parseUserSpec(spec: string, where: string): { user: IdOrName; group: Id
   if (spec === '') return { user: { id: 0 }, group: undefined };
   const parts = spec.split(':');
   if (parts.length > 2 || parts[0] === '') {
-    throw new LazyrootError('INVALID_ARGUMENT', `${where}: invalid User "${spec}" (want user, uid, user:group or uid:gid)`);
+    throw new LazyrootError('INVALID_DATA', `${where}: invalid User "${spec}" (want user, uid, user:group or uid:gid)`);
   }
   const side = (text: string, kind: 'uid' | 'gid'): IdOrName => {
     if (/^-?\d+$/.test(text)) {
       const id = parseId(text);
-      if (id === undefined) throw new LazyrootError('INVALID_ARGUMENT', `${where}: invalid User "${spec}": ${kind} out of range 0..${maxId}`);
+      if (id === undefined) throw new LazyrootError('INVALID_DATA', `${where}: invalid User "${spec}": ${kind} out of range 0..${maxId}`);
       return { id };
     }
     return { name: text };

@@ -16,6 +16,7 @@ const byCode: Readonly<Record<ErrorCode, number>> = {
   INVALID_ARGUMENT: errno.EINVAL,
   INVALID_REFERENCE: errno.EINVAL,
   INVALID_MANIFEST: errno.EIO,
+  INVALID_DATA: errno.EIO,
   UNSUPPORTED: errno.EOPNOTSUPP,
   FAILED_PRECONDITION: errno.EIO,
   UNAVAILABLE: errno.EIO,

@@ -2,7 +2,7 @@
  * Types for the parts of fuse-native 2.2.6 (CommonJS, ships no types) that
  * src/fs uses. Callbacks take a number: >= 0 is success (a byte count for
  * read/getxattr/listxattr), < 0 is -errno. The underscore members are
- * internals that src/fs/fuse-session.ts overrides; the version is pinned in
+ * internals that src/fs/fuse-binding.ts overrides; the version is pinned in
  * package.json because of them (see native-notes/fuse-native.md).
  */
 declare module 'fuse-native' {
@@ -22,6 +22,12 @@ declare module 'fuse-native' {
     atime?: number | Date;
     mtime?: number | Date;
     ctime?: number | Date;
+    /**
+     * Not fuse-native's: atime, mtime and ctime with nanoseconds, seconds may
+     * be negative. FuseBinding passes it exactly (native/fuse_times.c); the
+     * millisecond fields above are the fallback.
+     */
+    exactTime?: { sec: number; nsec: number };
   }
 
   export interface FuseStatfs {
@@ -109,5 +115,9 @@ declare module 'fuse-native' {
     protected _op_getxattr(signal: FuseSignal, path: string, name: string, valueBuf: Buffer, position: number): void;
     /** Internal: listxattr with the kernel's buffer (length 0 for a size probe). */
     protected _op_listxattr(signal: FuseSignal, path: string, listBuf: Buffer): void;
+    /** Internal: getattr, answered with the stat as a Uint32Array(18). */
+    protected _op_getattr(signal: FuseSignal, path: string): void;
+    /** Internal: fgetattr (fstat of an open file), answered likewise. */
+    protected _op_fgetattr(signal: FuseSignal, path: string, fd: number): void;
   }
 }

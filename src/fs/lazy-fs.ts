@@ -283,7 +283,8 @@ function readOp(
 }
 
 function statOf(node: FsNode): FuseStat {
-  const ms = Math.max(0, Math.floor(node.mtime * 1000)); // fuse-native carries times as unsigned milliseconds
+  // fuse-native carries times as unsigned milliseconds; FuseBinding passes exactTime when it can.
+  const ms = Math.max(0, node.mtime * 1000 + Math.floor(node.mtimeNsec / 1e6));
   return {
     mode: fileTypeBits[node.type] | node.mode,
     uid: node.uid,
@@ -297,6 +298,7 @@ function statOf(node: FsNode): FuseStat {
     atime: ms,
     mtime: ms,
     ctime: ms,
+    exactTime: { sec: node.mtime, nsec: node.mtimeNsec },
   };
 }
 

@@ -24,8 +24,10 @@ export interface FsNode {
   readonly gid: number;
   /** Regular files: bytes; symlinks: length of the target; others 0. */
   readonly size: number;
-  /** Seconds since the epoch (may be fractional). */
+  /** Whole seconds since the epoch (negative before 1970). */
   readonly mtime: number;
+  /** Nanoseconds past `mtime`, 0..999 999 999. */
+  readonly mtimeNsec: number;
   /** Paths naming this node; directories: 2 + subdirectories. */
   readonly nlink: number;
   /** Linux dev_t of char/block devices (glibc makedev), 0 otherwise. */
@@ -191,6 +193,9 @@ function resolveLink(link: TreeEntry, byEntryPath: Map<string, TreeEntry>): stri
 
 function newNode(byIno: Array<FsNode | undefined>, entry: TreeEntry): MutableNode {
   const type = entry.type as FsNodeType;
+  // Whole seconds and nanoseconds (an entry made by hand may hold fractional seconds).
+  const mtime = Math.floor(entry.mtime);
+  const mtimeNsec = (entry.mtimeNsec ?? 0) + Math.round((entry.mtime - mtime) * 1e9);
   const node: MutableNode = {
     ino: byIno.length,
     type,
@@ -198,7 +203,8 @@ function newNode(byIno: Array<FsNode | undefined>, entry: TreeEntry): MutableNod
     uid: entry.uid,
     gid: entry.gid,
     size: type === 'file' ? entry.size : type === 'symlink' ? Buffer.byteLength(entry.linkname ?? '') : 0,
-    mtime: entry.mtime,
+    mtime: mtime + Math.floor(mtimeNsec / 1e9),
+    mtimeNsec: mtimeNsec % 1e9,
     nlink: type === 'dir' ? 2 : 1,
     rdev: type === 'char' || type === 'block' ? makeDev(entry.devmajor ?? 0, entry.devminor ?? 0) : 0,
     target: type === 'symlink' ? (entry.linkname ?? '') : undefined,
@@ -240,5 +246,5 @@ function baseName(path: string): string {
 }
 
 function invalid(why: string): LazyrootError {
-  return new LazyrootError('INVALID_ARGUMENT', `build mount tree: ${why}`);
+  return new LazyrootError('INVALID_DATA', `build mount tree: ${why}`);
 }

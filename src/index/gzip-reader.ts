@@ -47,7 +47,7 @@ function spans(layer: IndexedLayer): Spans {
   if (s) return s;
   const cps = layer.checkpoints;
   const n = cps.length;
-  if (n === 0 || cps[0]!.uncompressedOffset !== 0) throw new LazyrootError('INVALID_ARGUMENT', `layer ${shortDigest(layer.blobDigest)}: index has no checkpoint at offset 0`);
+  if (n === 0 || cps[0]!.uncompressedOffset !== 0) throw new LazyrootError('INVALID_DATA', `layer ${shortDigest(layer.blobDigest)}: index has no checkpoint at offset 0`);
   s = { uStart: new Float64Array(n + 1), cStart: new Float64Array(n), cEnd: new Float64Array(n) };
   for (let i = 0; i < n; i++) {
     const cp = cps[i]!;
@@ -55,7 +55,7 @@ function spans(layer: IndexedLayer): Spans {
     s.cStart[i] = layer.compression === 'gzip' ? spanStart(cp) : cp.compressedOffset;
     s.cEnd[i] = i + 1 < n ? cps[i + 1]!.compressedOffset : layer.compressedSize;
     if (i > 0 && !(s.uStart[i]! >= s.uStart[i - 1]! && s.cStart[i]! >= s.cStart[i - 1]!)) {
-      throw new LazyrootError('INVALID_ARGUMENT', `layer ${shortDigest(layer.blobDigest)}: index checkpoints out of order at ${i}`);
+      throw new LazyrootError('INVALID_DATA', `layer ${shortDigest(layer.blobDigest)}: index checkpoints out of order at ${i}`);
     }
   }
   s.uStart[n] = layer.uncompressedSize;
@@ -102,9 +102,9 @@ export class LayerRangeReader {
    */
   async readFileRange(entry: IndexEntry, fileOffset: number, length: number, layer: IndexedLayer): Promise<Buffer> {
     if (entry.type !== 'file' || entry.dataOffset === undefined) {
-      throw new LazyrootError('INVALID_ARGUMENT', `layer ${shortDigest(layer.blobDigest)}: ${entry.path} is not a regular file with data in the layer`);
+      throw new LazyrootError('INVALID_DATA', `layer ${shortDigest(layer.blobDigest)}: ${entry.path} is not a regular file with data in the layer`);
     }
-    if (!(fileOffset >= 0) || !(length >= 0)) throw new LazyrootError('INVALID_ARGUMENT', `${entry.path}: bad range ${fileOffset}+${length}`);
+    if (!(fileOffset >= 0) || !(length >= 0)) throw new LazyrootError('INVALID_DATA', `${entry.path}: bad range ${fileOffset}+${length}`);
     const end = Math.min(entry.size, fileOffset + length);
     if (end <= fileOffset) return Buffer.alloc(0);
     const base = entry.dataOffset;
@@ -143,7 +143,7 @@ export class LayerRangeReader {
   /** Copies uncompressed bytes [start, end) into out at `at`, span by span. */
   private async copyUncompressed(layer: IndexedLayer, start: number, end: number, out: Buffer, at: number): Promise<void> {
     if (end > layer.uncompressedSize) {
-      throw new LazyrootError('INVALID_ARGUMENT', `layer ${shortDigest(layer.blobDigest)}: bytes ${start}-${end} lie beyond its ${layer.uncompressedSize} uncompressed bytes`);
+      throw new LazyrootError('INVALID_DATA', `layer ${shortDigest(layer.blobDigest)}: bytes ${start}-${end} lie beyond its ${layer.uncompressedSize} uncompressed bytes`);
     }
     const s = spans(layer);
     const n = layer.checkpoints.length;
@@ -215,7 +215,7 @@ export class LayerRangeReader {
       return await inflateFromAsync(layer.checkpoints[i]!, compressed, skip, length);
     } catch (err) {
       // Verified bytes that do not inflate: the index does not describe this blob.
-      throw new LazyrootError('INVALID_ARGUMENT', `layer ${shortDigest(layer.blobDigest)}: span ${i}: cannot inflate verified bytes (index and blob disagree): ${(err as Error).message}`, { cause: err });
+      throw new LazyrootError('INVALID_DATA', `layer ${shortDigest(layer.blobDigest)}: span ${i}: cannot inflate verified bytes (index and blob disagree): ${(err as Error).message}`, { cause: err });
     }
   }
 }

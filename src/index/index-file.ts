@@ -40,7 +40,9 @@ import type { GzipCheckpoint, IndexEntry } from './types.js';
  * Entries section at 128 + 64·N, E bytes: raw deflate of a JSON array with
  * one array per entry, in archive order:
  *   [path, type, mode, uid, gid, size, mtime, dataOffset, linkname, devmajor,
- *    devminor, xattrs, sparse]
+ *    devminor, xattrs, sparse, mtimeNsec]
+ * (mtime whole seconds; files written before mtimeNsec existed may hold a
+ * fractional mtime, read as seconds and nanoseconds)
  * type is a code (0 file, 1 dir, 2 symlink, 3 hardlink, 4 char, 5 block,
  * 6 fifo); absent fields are null and trailing nulls are dropped; xattrs is
  * {name: base64}; sparse is a flat [offset, size, offset, size…] array.
@@ -66,7 +68,7 @@ export function encodeIndex(index: LayerIndex): Buffer {
   const table = Buffer.alloc(recordSize * index.checkpoints.length);
   index.checkpoints.forEach((cp, i) => {
     const at = i * recordSize;
-    if (cp.window.length > 32768) throw new LazyrootError('INVALID_ARGUMENT', `index: checkpoint ${i} has a ${cp.window.length}-byte window (at most 32768)`);
+    if (cp.window.length > 32768) throw new LazyrootError('INVALID_DATA', `index: checkpoint ${i} has a ${cp.window.length}-byte window (at most 32768)`);
     let stored = cp.window;
     if (cp.window.length > 0) {
       const deflated = deflateRawSync(cp.window, { level: 1 }); // 3× faster than the default level, nearly as small
@@ -103,7 +105,7 @@ export function encodeIndex(index: LayerIndex): Buffer {
 
 /** Decodes an index file's bytes; `what` names the file in errors. */
 export function decodeIndex(data: Buffer, what = 'index file'): LayerIndex {
-  const bad = (why: string): LazyrootError => new LazyrootError('INVALID_ARGUMENT', `${what}: not a valid lazyroot index (${why}); rebuild it`);
+  const bad = (why: string): LazyrootError => new LazyrootError('INVALID_DATA', `${what}: not a valid lazyroot index (${why}); rebuild it`);
   if (data.length < headerSize + trailerSize || !data.subarray(0, 8).equals(magic)) throw bad('bad magic');
   const body = data.subarray(0, data.length - trailerSize);
   if (!createHash('sha256').update(body).digest().equals(data.subarray(data.length - trailerSize))) throw bad('checksum mismatch: the file is damaged');
@@ -171,7 +173,7 @@ export async function writeIndexFile(path: string, index: LayerIndex, options: {
   await writeFileAtomic(path, encodeIndex(index), options.tmpDir ?? dirname(path));
 }
 
-/** Reads an index file; NOT_FOUND when there is none, INVALID_ARGUMENT when it is damaged. */
+/** Reads an index file; NOT_FOUND when there is none, INVALID_DATA when it is damaged. */
 export async function readIndexFile(path: string): Promise<LayerIndex> {
   let data: Buffer;
   try {
@@ -200,6 +202,7 @@ function entryTuple(e: IndexEntry): unknown[] {
     e.devminor ?? null,
     e.xattrs ?? null,
     e.sparse ? e.sparse.flatMap((r) => [r.offset, r.size]) : null,
+    e.mtimeNsec ?? null,
   ];
   while (t[t.length - 1] === null) t.pop();
   return t;
@@ -209,8 +212,10 @@ function tupleEntry(t: EntryTuple, i: number, bad: (why: string) => Error): Inde
   if (!Array.isArray(t) || t.length < 7 || typeof t[0] !== 'string') throw bad(`entry ${i} is malformed`);
   const type = types[t[1]];
   if (type === undefined) throw bad(`entry ${i} has unknown type ${String(t[1])}`);
-  const e: IndexEntry = { path: t[0], type, mode: t[2], uid: t[3], gid: t[4], size: t[5], mtime: t[6] };
-  const [, , , , , , , dataOffset, linkname, devmajor, devminor, xattrs, sparse] = t;
+  const e: IndexEntry = { path: t[0], type, mode: t[2], uid: t[3], gid: t[4], size: t[5], mtime: Math.floor(t[6]) };
+  const [, , , , , , , dataOffset, linkname, devmajor, devminor, xattrs, sparse, mtimeNsec] = t;
+  if (mtimeNsec != null) e.mtimeNsec = mtimeNsec as number;
+  else if (t[6] !== e.mtime) e.mtimeNsec = Math.round((t[6] - e.mtime) * 1e9) % 1_000_000_000;
   if (dataOffset != null) e.dataOffset = dataOffset as number;
   if (linkname != null) e.linkname = linkname as string;
   if (devmajor != null) e.devmajor = devmajor as number;
@@ -226,18 +231,18 @@ function tupleEntry(t: EntryTuple, i: number, bad: (why: string) => Error): Inde
 }
 
 function writeU64(buf: Buffer, at: number, value: number): void {
-  if (!Number.isSafeInteger(value) || value < 0) throw new LazyrootError('INVALID_ARGUMENT', `index: ${value} is not a valid offset or size`);
+  if (!Number.isSafeInteger(value) || value < 0) throw new LazyrootError('INVALID_DATA', `index: ${value} is not a valid offset or size`);
   buf.writeBigUInt64LE(BigInt(value), at);
 }
 
 function readU64(buf: Buffer, at: number): number {
   const lo = buf.readUInt32LE(at);
   const hi = buf.readUInt32LE(at + 4);
-  if (hi > 0x1fffff) throw new LazyrootError('INVALID_ARGUMENT', `index: a 64-bit field at byte ${at} is beyond 2^53`);
+  if (hi > 0x1fffff) throw new LazyrootError('INVALID_DATA', `index: a 64-bit field at byte ${at} is beyond 2^53`);
   return hi * 2 ** 32 + lo;
 }
 
 function rawDigest(digest: Digest, what: string): Buffer {
-  if (!/^sha256:[0-9a-f]{64}$/.test(digest)) throw new LazyrootError('INVALID_ARGUMENT', `index: ${what} ${JSON.stringify(digest)} is not a sha256 digest`);
+  if (!/^sha256:[0-9a-f]{64}$/.test(digest)) throw new LazyrootError('INVALID_DATA', `index: ${what} ${JSON.stringify(digest)} is not a sha256 digest`);
   return Buffer.from(digest.slice(7), 'hex');
 }

@@ -212,7 +212,7 @@ export class LayerIndexBuilder {
   private gzipError(err: unknown, fallbackOffset: number): LazyrootError {
     const e = err as Error & { compressedOffset?: number };
     const offset = e.compressedOffset ?? fallbackOffset;
-    const wrapped = new LazyrootError('INVALID_ARGUMENT', `${this.what}: cannot decompress (gzip): ${e.message}`, { cause: err });
+    const wrapped = new LazyrootError('INVALID_DATA', `${this.what}: cannot decompress (gzip): ${e.message}`, { cause: err });
     Object.assign(wrapped, { compressedOffset: offset });
     return wrapped;
   }

@@ -49,10 +49,13 @@ export function installBinaryPaxDecoder(): void {
   installed = true;
 }
 
-/** The xattrs a member's PAX records carry, as name → raw bytes. */
+/**
+ * The xattrs a member's PAX records carry, as name → raw bytes. A record with
+ * an empty value deletes the keyword (POSIX pax): no xattr, as Go reads it.
+ */
 export function paxXattrs(pax: Record<string, string> | undefined): Array<[string, Buffer]> {
   if (!pax) return [];
   return Object.entries(pax)
-    .filter(([k]) => k.startsWith(xattrPrefix))
+    .filter(([k, v]) => k.startsWith(xattrPrefix) && v !== '')
     .map(([k, v]) => [k.slice(xattrPrefix.length), Buffer.from(v, 'latin1')]);
 }

@@ -4,7 +4,9 @@ import tarStream, { type Header as TarHeader } from 'tar-stream';
 import { LazyrootError } from '../errors.js';
 import { classifyEntry, hostile, normalizeEntryPath } from '../oci/entry-path.js';
 import { parseSparseMapPrefix, sparseFromPax, type SparseMap } from './pax-sparse.js';
-import { installBinaryPaxDecoder, paxXattrs } from './tar-binary-pax.js';
+import { paxXattrs } from './tar-binary-pax.js';
+import { tarMtime } from './tar-entry.js';
+import { installTarPatches, type PatchedHeader } from './tar-stream-patches.js';
 import type { IndexEntry } from './types.js';
 
 /**
@@ -16,6 +18,7 @@ type Header = Omit<TarHeader, 'type' | 'pax'> & {
   type: TarHeader['type'] | null | undefined;
   pax?: Record<string, string>;
   byteOffset?: number;
+  gnuSparse?: PatchedHeader['gnuSparse'];
 };
 /** A member's data stream (a streamx Readable). */
 type Body = {
@@ -53,7 +56,7 @@ export class TarIndexer {
   private readonly finished: Promise<void>;
 
   constructor(private readonly what: string) {
-    installBinaryPaxDecoder();
+    installTarPatches();
     this.extract.on('entry', (header, body, next) => {
       this.member(header as Header, body as unknown as Body).then(
         () => next(),
@@ -110,12 +113,12 @@ export class TarIndexer {
     const { what } = this;
     if (header.type === null || header.type === undefined) {
       // As the unpacker (layer-applier.ts): tar-stream reports typeflags it does
-      // not know as null, old GNU sparse 'S' among them.
-      throw new LazyrootError('UNSUPPORTED', `${what}: entry ${JSON.stringify(header.name)} has a typeflag lazyroot cannot read (old GNU sparse 'S' or a vendor extension); re-create the layer in PAX format (tar --format=posix)`);
+      // not know as null (old GNU sparse 'S' is read by tar-stream-patches.ts).
+      throw new LazyrootError('UNSUPPORTED', `${what}: entry ${JSON.stringify(header.name)} has a typeflag lazyroot cannot read (a vendor extension)`);
     }
     const type = entryTypes[header.type];
     const pax = header.pax;
-    const sparse = type === 'file' ? sparseFromPax(pax, what) : undefined;
+    const sparse = type === 'file' ? (header.gnuSparse ?? sparseFromPax(pax, what)) : undefined;
     const path = normalizeEntryPath(sparse?.realName ?? header.name, what);
     if (classifyEntry(path).kind === 'invalid-whiteout') {
       throw hostile(what, header.name, 'is an invalid whiteout: of "." or "..", outside its own directory');
@@ -125,6 +128,7 @@ export class TarIndexer {
     }
     if (path === '' && type !== 'dir') throw hostile(what, header.name, 'replaces the root with a non-directory');
 
+    const mtime = tarMtime(header as TarHeader);
     const entry: IndexEntry = {
       path,
       type,
@@ -132,8 +136,9 @@ export class TarIndexer {
       uid: paxInt(pax?.uid) ?? header.uid ?? 0,
       gid: paxInt(pax?.gid) ?? header.gid ?? 0,
       size: 0,
-      mtime: paxTime(pax?.mtime) ?? (header.mtime ? header.mtime.getTime() / 1000 : 0),
+      mtime: mtime.sec,
     };
+    if (mtime.nsec !== 0) entry.mtimeNsec = mtime.nsec;
     if (type === 'symlink') entry.linkname = header.linkname ?? '';
     if (type === 'hardlink') {
       const target = normalizeEntryPath(header.linkname ?? '', what);
@@ -200,10 +205,16 @@ async function readSparsePrefix(body: Body, what: string, name: string): Promise
 }
 
 /** The data regions must lie in order inside the file and add up to the bytes stored. */
-function checkSparse(regions: SparseMap['regions'], sparse: SparseMap, stored: number, what: string, name: string): void {
+export function checkSparse(regions: SparseMap['regions'], sparse: SparseMap, stored: number, what: string, name: string): void {
   let end = 0;
   let total = 0;
+  if (!Number.isSafeInteger(sparse.realSize) || sparse.realSize < 0) {
+    throw new LazyrootError('HOSTILE_ARCHIVE', `${what}: entry ${JSON.stringify(name)}: the sparse file's real size is not a valid number`);
+  }
   for (const r of regions) {
+    if (!Number.isSafeInteger(r.offset) || !Number.isSafeInteger(r.size) || r.offset < 0 || r.size < 0) {
+      throw new LazyrootError('HOSTILE_ARCHIVE', `${what}: entry ${JSON.stringify(name)}: a sparse region has an invalid offset or size`);
+    }
     if (r.offset < end || r.offset + r.size > sparse.realSize) {
       throw new LazyrootError('HOSTILE_ARCHIVE', `${what}: entry ${JSON.stringify(name)}: sparse region ${r.offset}+${r.size} overlaps another or lies outside the file's ${sparse.realSize} bytes`);
     }
@@ -219,11 +230,6 @@ function paxInt(value: string | undefined): number | undefined {
   return value !== undefined && /^\d+$/.test(value) ? Number(value) : undefined;
 }
 
-function paxTime(value: string | undefined): number | undefined {
-  if (value === undefined) return undefined;
-  const seconds = Number(value);
-  return Number.isFinite(seconds) ? seconds : undefined;
-}
 
 /** Reads a member's body to its end, handing each chunk to `onChunk`. */
 function consume(body: Body, onChunk?: (chunk: Buffer) => void): Promise<void> {

@@ -16,8 +16,10 @@ export interface IndexEntry {
   gid: number;
   /** Regular files: the file's size (for sparse files, the real size). */
   size: number;
-  /** Seconds since the epoch (may be fractional, from PAX). */
+  /** Whole seconds since the epoch (negative before 1970). */
   mtime: number;
+  /** Nanoseconds past `mtime` (PAX times carry them), 0..999 999 999; absent means 0. */
+  mtimeNsec?: number;
   /** Symlinks: the target as written. Hardlinks: the normalized path of the target entry. */
   linkname?: string;
   devmajor?: number;

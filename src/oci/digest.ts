@@ -12,7 +12,7 @@ export function isDigest(value: unknown): value is Digest {
 
 export function parseDigest(value: unknown, what = 'digest'): Digest {
   if (!isDigest(value)) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(value)} is not a valid sha256/sha512 digest`);
+    throw new LazyrootError('INVALID_DATA', `${what}: ${JSON.stringify(value)} is not a valid sha256/sha512 digest`);
   }
   return value;
 }

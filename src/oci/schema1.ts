@@ -154,13 +154,13 @@ export function planSchema1(document: Record<string, unknown>, what: string): Sc
   function build(layerDescriptors: Descriptor[], diffIds: Digest[]): Schema1Conversion {
     if (layerDescriptors.length !== layers.length || diffIds.length !== layers.length) {
       throw new LazyrootError(
-        'INVALID_ARGUMENT',
+        'INVALID_MANIFEST',
         `${what}: schema1 conversion needs ${layers.length} layers and diff IDs, got ${layerDescriptors.length} and ${diffIds.length}`,
       );
     }
     layerDescriptors.forEach((d, i) => {
       if (d.digest !== layers[i]) {
-        throw new LazyrootError('INVALID_ARGUMENT', `${what}: schema1 layer ${i} is ${layers[i]}, got descriptor for ${d.digest}`);
+        throw new LazyrootError('INVALID_MANIFEST', `${what}: schema1 layer ${i} is ${layers[i]}, got descriptor for ${d.digest}`);
       }
     });
     const { config, configBytes } = configFor(diffIds);

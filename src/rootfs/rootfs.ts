@@ -1,9 +1,10 @@
-import { chmod, chown, mkdir, rm, stat, utimes } from 'node:fs/promises';
+import { chmod, chown, mkdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startMountDaemon } from '../mount/daemon.js';
 import { unmountLazy } from '../mount/mount-service.js';
 import { chooseDriver } from '../mount/driver.js';
 import { LazyrootError } from '../errors.js';
+import { native } from '../native.js';
 import { mountsUnder, overlayMount, performMount, unmount, type Mount } from '../mount/mounts.js';
 import { withLock } from '../store/lock.js';
 import type { ImageRecord, RootfsRecord } from '../store/metadata-db.js';
@@ -132,10 +133,13 @@ export async function createRootfs(store: Store, ref: string, id: string, option
     // the image's (mapped) root's, or a container in a user namespace cannot write to /.
     const top = layers.at(-1);
     if (top) {
-      const rootStat = await stat(top.diff);
-      await chown(paths.upper, rootStat.uid, rootStat.gid);
-      await chmod(paths.upper, rootStat.mode & 0o7777);
-      await utimes(paths.upper, rootStat.atime, rootStat.mtime);
+      const rootStat = await stat(top.diff, { bigint: true });
+      await chown(paths.upper, Number(rootStat.uid), Number(rootStat.gid));
+      await chmod(paths.upper, Number(rootStat.mode & 0o7777n));
+      // With nanoseconds (utimes would keep milliseconds).
+      const [aSec, aNsec] = splitNs(rootStat.atimeNs);
+      const [mSec, mNsec] = splitNs(rootStat.mtimeNs);
+      native().utimens(paths.upper, aSec, aNsec, mSec, mNsec);
     }
     const topFirst = [...layers].reverse();
     if (topFirst.length === 0 && !lazy) await mkdir(paths.emptyLower, { recursive: true });
@@ -222,4 +226,10 @@ export async function rootfsStats(store: Store, id: string): Promise<RootfsStats
   let layers = 0;
   for (const name of record.layerDirs) layers += await diskUsage(join(store.paths.layerDir(name), 'diff'), seen);
   return { disk_usage: { total_bytes_used: exclusive + layers, exclusive_bytes_used: exclusive } };
+}
+
+/** Nanoseconds since the epoch as [seconds, nanoseconds 0..999 999 999]. */
+function splitNs(ns: bigint): [number, number] {
+  const nsec = ((ns % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n;
+  return [Number((ns - nsec) / 1_000_000_000n), Number(nsec)];
 }

@@ -45,7 +45,7 @@ export async function readVerifiedBlob(
 ): Promise<Buffer> {
   if (descriptor.size > maxBytes) {
     throw new LazyrootError(
-      'INVALID_ARGUMENT',
+      'INVALID_DATA',
       `${files.description}: ${blobName(what, descriptor, path)}: ${descriptor.size} bytes, more than the ${maxBytes} allowed`,
     );
   }
@@ -73,7 +73,7 @@ export async function openBlobFile(
   throwIfAborted(options, `${files.description}: ${what} ${descriptor.digest}`);
   const size = await checkedBlobSize(files, path, descriptor, what);
   if (!Number.isSafeInteger(offset) || offset < 0 || offset > size) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${files.description}: ${blobName(what, descriptor, path)}: offset ${offset} outside its ${size} bytes`);
+    throw new LazyrootError('INVALID_DATA', `${files.description}: ${blobName(what, descriptor, path)}: offset ${offset} outside its ${size} bytes`);
   }
   return withFetchOptions(files.open(path, offset, size), options);
 }
@@ -91,7 +91,7 @@ export async function readBlobFileRange(
   throwIfAborted(options, `${files.description}: ${what} ${descriptor.digest}`);
   const size = await checkedBlobSize(files, path, descriptor, what);
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end > size || start > end) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${files.description}: ${blobName(what, descriptor, path)}: range ${start}-${end} outside its ${size} bytes`);
+    throw new LazyrootError('INVALID_DATA', `${files.description}: ${blobName(what, descriptor, path)}: range ${start}-${end} outside its ${size} bytes`);
   }
   const chunks: Buffer[] = [];
   for await (const chunk of withFetchOptions(files.open(path, start, end), options)) chunks.push(chunk as Buffer);
@@ -102,7 +102,7 @@ export async function readBlobFileRange(
 export function openMemoryBlob(bytes: Buffer, descriptor: Descriptor, offset: number, options: FetchOptions | undefined, description: string): Readable {
   throwIfAborted(options, `${description}: blob ${descriptor.digest}`);
   if (!Number.isSafeInteger(offset) || offset < 0 || offset > bytes.length) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${description}: blob ${descriptor.digest}: offset ${offset} outside its ${bytes.length} bytes`);
+    throw new LazyrootError('INVALID_DATA', `${description}: blob ${descriptor.digest}: offset ${offset} outside its ${bytes.length} bytes`);
   }
   return withFetchOptions(Readable.from([bytes.subarray(offset)]), options);
 }
@@ -110,7 +110,7 @@ export function openMemoryBlob(bytes: Buffer, descriptor: Descriptor, offset: nu
 /** Bytes [start, end) of a generated blob. */
 export function readMemoryRange(bytes: Buffer, descriptor: Descriptor, start: number, end: number, description: string): Buffer {
   if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end > bytes.length || start > end) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${description}: blob ${descriptor.digest}: range ${start}-${end} outside its ${bytes.length} bytes`);
+    throw new LazyrootError('INVALID_DATA', `${description}: blob ${descriptor.digest}: range ${start}-${end} outside its ${bytes.length} bytes`);
   }
   return Buffer.from(bytes.subarray(start, end));
 }

@@ -34,7 +34,7 @@ export function normalizeRelativePath(path: string, what: string): string {
     }
     parts.push(part);
   }
-  if (parts.length === 0) throw new LazyrootError('INVALID_ARGUMENT', `${what}: empty path ${JSON.stringify(path)}`);
+  if (parts.length === 0) throw new LazyrootError('INVALID_DATA', `${what}: empty path ${JSON.stringify(path)}`);
   return parts.join('/');
 }
 
@@ -43,7 +43,7 @@ export async function readWholeFile(reader: FileReader, path: string, maxBytes: 
   const size = await reader.size(path);
   if (size === undefined) throw missingFile(reader, what);
   if (size > maxBytes) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${reader.description}: ${what}: ${size} bytes, more than the ${maxBytes} allowed`);
+    throw new LazyrootError('INVALID_DATA', `${reader.description}: ${what}: ${size} bytes, more than the ${maxBytes} allowed`);
   }
   const chunks: Buffer[] = [];
   for await (const chunk of reader.open(path, 0, size)) chunks.push(chunk as Buffer);

@@ -65,7 +65,7 @@ export async function examineLayerFile(
       await pipeline(files.open(path, 0, size), hashBlob, createDecompressor(compression), hashTar);
     }
   } catch (err) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${options.what}: cannot read ${compression === 'none' ? '' : `${compression} `}layer: ${(err as Error).message}`, {
+    throw new LazyrootError('INVALID_DATA', `${options.what}: cannot read ${compression === 'none' ? '' : `${compression} `}layer: ${(err as Error).message}`, {
       cause: err,
     });
   }
@@ -75,7 +75,7 @@ export async function examineLayerFile(
   const facts: LayerFileFacts = { digest: hashBlob.digest(), size, compression, mediaType: layerMediaTypeFor(compression) };
   if (wantDiffId) {
     const problem = tarHead.problem();
-    if (problem) throw new LazyrootError('INVALID_ARGUMENT', `${options.what}: not a tar archive (${problem})`);
+    if (problem) throw new LazyrootError('INVALID_DATA', `${options.what}: not a tar archive (${problem})`);
     facts.diffId = `sha256:${tarHash.digest('hex')}`;
   }
   return facts;

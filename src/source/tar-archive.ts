@@ -57,7 +57,7 @@ export class TarArchive implements FileReader {
         try {
           await pipeline(createReadStream(path), createDecompressor(compression), createWriteStream(tarPath));
         } catch (err) {
-          throw new LazyrootError('INVALID_ARGUMENT', `${description}: cannot decompress (${compression}): ${(err as Error).message}`, { cause: err });
+          throw new LazyrootError('INVALID_DATA', `${description}: cannot decompress (${compression}): ${(err as Error).message}`, { cause: err });
         }
       }
       const members = await indexMembers(tarPath, description);
@@ -81,7 +81,7 @@ export class TarArchive implements FileReader {
     const member = this.resolve(path);
     if (member === undefined) throw new LazyrootError('NOT_FOUND', `${this.description}: ${path}: missing from archive`);
     if (start < 0 || end > member.size || start > end) {
-      throw new LazyrootError('INVALID_ARGUMENT', `${this.description}: ${path}: range ${start}-${end} outside its ${member.size} bytes`);
+      throw new LazyrootError('INVALID_DATA', `${this.description}: ${path}: range ${start}-${end} outside its ${member.size} bytes`);
     }
     return readFileRange(this.tarPath, member.offset + start, member.offset + end);
   }
@@ -114,7 +114,7 @@ export class TarArchive implements FileReader {
           return undefined;
       }
     }
-    throw new LazyrootError('INVALID_ARGUMENT', `${this.description}: ${path}: more than ${maxLinkHops} links`);
+    throw new LazyrootError('INVALID_DATA', `${this.description}: ${path}: more than ${maxLinkHops} links`);
   }
 }
 
@@ -165,7 +165,7 @@ async function indexMembers(tarPath: string, description: string): Promise<Map<s
   } catch (err) {
     const message = (err as Error).message;
     const why = /unexpected end/i.test(message) ? 'truncated' : message;
-    throw new LazyrootError('INVALID_ARGUMENT', `${description}: not a valid tar archive (${why})`, { cause: err });
+    throw new LazyrootError('INVALID_DATA', `${description}: not a valid tar archive (${why})`, { cause: err });
   }
   return members;
 }

@@ -259,7 +259,7 @@ export class LazyBlob {
 
   async read(start: number, end: number): Promise<Buffer> {
     if (start < 0 || end > this.size || end < start) {
-      throw new LazyrootError('INVALID_ARGUMENT', `${this.options.what}: range ${start}-${end} outside the blob's ${this.size} bytes`);
+      throw new LazyrootError('INVALID_DATA', `${this.options.what}: range ${start}-${end} outside the blob's ${this.size} bytes`);
     }
     if (this.complete || this.present.covers(start, end)) return this.readLocal(start, end);
     this.stats.misses++;
@@ -679,7 +679,7 @@ export class LazyBlob {
             await untilAborted(this.promote(), signal).catch(fail);
             continue;
           }
-          throw new LazyrootError('INVALID_ARGUMENT', `${this.options.what}: prefetch units do not cover the blob (missing ${JSON.stringify(this.present.missing(0, this.size).slice(0, 3))}…)`);
+          throw new LazyrootError('INVALID_DATA', `${this.options.what}: prefetch units do not cover the blob (missing ${JSON.stringify(this.present.missing(0, this.size).slice(0, 3))}…)`);
         }
         const reservedBytes = window.end - window.start;
         const release = await this.group?.prefetchTurn(reservedBytes, signal, () => (this.prefetchState = 'waiting'));

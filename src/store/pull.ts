@@ -159,12 +159,17 @@ async function ingestLayer(
       try {
         outcome.diffId = (await hasher.finish()).diffId;
       } catch (err) {
-        throw new LazyrootError('INVALID_ARGUMENT', `${what}: cannot decompress (${compression}): ${(err as Error).message}`, { cause: err });
+        throw new LazyrootError('INVALID_DATA', `${what}: cannot decompress (${compression}): ${(err as Error).message}`, { cause: err });
       }
     }
     return outcome;
   } catch (err) {
     hasher?.destroy();
+    // The decompressor may fail while the blob streams in (the diff ID is hashed on the way): bad data too.
+    const zlibCode = (err as NodeJS.ErrnoException | null)?.code;
+    if (!(err instanceof LazyrootError) && typeof zlibCode === 'string' && zlibCode.startsWith('Z_')) {
+      throw new LazyrootError('INVALID_DATA', `${what}: cannot decompress (${compression}): ${(err as Error).message}`, { cause: err });
+    }
     throw err instanceof LazyrootError && err.message.startsWith(what) ? err : withContext(err, what);
   }
 }

@@ -28,6 +28,7 @@ interface Node {
  */
 function mergedEntry(e: IndexEntry, path: string, layer: number, sourcePath: string): MergedEntry {
   const m: MergedEntry = { path, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, size: e.size, mtime: e.mtime, layer, sourcePath };
+  if (e.mtimeNsec !== undefined) m.mtimeNsec = e.mtimeNsec;
   if (e.linkname !== undefined) m.linkname = e.linkname;
   if (e.devmajor !== undefined) m.devmajor = e.devmajor;
   if (e.devminor !== undefined) m.devminor = e.devminor;
@@ -44,7 +45,9 @@ const implicitDir = (path: string): IndexEntry => ({ path, type: 'dir', mode: 0o
  * with the semantics lazyroot's overlay unpacker writes to disk
  * (src/unpack/layer-applier.ts), so both paths show the same tree:
  * - whiteouts and opaque markers hide entries of *lower* layers only; entries
- *   of their own layer stay, in whatever order the tar has them;
+ *   of their own layer stay, in whatever order the tar has them, and a
+ *   hardlink of the layer may name a lower file the layer hides (the link
+ *   keeps it: `d/new-link -> d/t` with `d/.wh.t` leaves new-link, not d/t);
  * - a directory over a directory merges; anything else replaces;
  * - missing parents appear as root-owned 0755 directories with mtime 0;
  * - a parent that is a symlink of a lower layer is followed inside the root
@@ -57,9 +60,12 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
   tree.set('', { entry: implicitDir(''), layer: -1, sourcePath: '' });
   const children = new Map<string, Set<string>>([['', new Set()]]);
 
-  const removeSubtree = (path: string): void => {
+  /** Removes `path` and everything below it; `hidden` collects what was there. */
+  const removeSubtree = (path: string, hidden?: Map<string, Node>): void => {
     const kids = children.get(path);
-    if (kids) for (const k of [...kids]) removeSubtree(k);
+    if (kids) for (const k of [...kids]) removeSubtree(k, hidden);
+    const node = tree.get(path);
+    if (hidden && node) hidden.set(path, node);
     children.delete(path);
     tree.delete(path);
     children.get(parentOf(path))?.delete(path);
@@ -121,14 +127,17 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
     };
 
     // 1. This layer's whiteouts and opaque markers hide what the layers below put there.
+    //    A hardlink of this layer may still name a hidden file (a whiteout only hides
+    //    lower layers from the layers above, not from this layer's own links).
+    const hidden = new Map<string, Node>();
     for (const dir of opaques) {
       const resolved = ensureDir(dir, `${dir}/.wh..wh..opq`);
-      for (const k of [...(children.get(resolved) ?? [])]) removeSubtree(k);
+      for (const k of [...(children.get(resolved) ?? [])]) removeSubtree(k, hidden);
     }
     for (const target of whiteouts) {
       const parent = ensureDir(parentOf(target), target);
       const base = target.slice(target.lastIndexOf('/') + 1);
-      removeSubtree(parent ? `${parent}/${base}` : base);
+      removeSubtree(parent ? `${parent}/${base}` : base, hidden);
     }
 
     // 2. Its own entries, in tar order.
@@ -144,7 +153,7 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
       const path = parent ? `${parent}/${base}` : base;
       const existing = tree.get(path);
       if (e.type === 'hardlink') {
-        const target = tree.get(e.linkname ?? '');
+        const target = tree.get(e.linkname ?? '') ?? hidden.get(e.linkname ?? '');
         if (!target || target.entry.type === 'dir') {
           throw hostile(name, e.path, `is a hardlink to ${JSON.stringify(e.linkname)}, which is not a file in the image (outside the tree)`);
         }

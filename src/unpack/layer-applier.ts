@@ -5,11 +5,9 @@ import {
   copyFileSync,
   fchmodSync,
   fchownSync,
-  futimesSync,
   lchownSync,
   linkSync,
   lstatSync,
-  lutimesSync,
   mkdirSync,
   openSync,
   readFileSync,
@@ -32,6 +30,9 @@ import { isOverlayWhiteout, overlayOpaqueXattr } from '../union/overlay-format.j
 import { isIdentity, mapId, type IdMapping } from './id-mapping.js';
 import { parseSparseMapPrefix, sparseFromPax, type SparseMap } from '../index/pax-sparse.js';
 import { paxXattrs } from '../index/tar-binary-pax.js';
+import { checkSparse } from '../index/tar-index.js';
+import { epochTime, parsePaxTime, tarMtime, type TarTime } from '../index/tar-entry.js';
+import type { PatchedHeader } from '../index/tar-stream-patches.js';
 
 export interface ApplierOptions {
   /** The layer's diff directory: exists, empty, on the store's filesystem. */
@@ -41,6 +42,41 @@ export interface ApplierOptions {
   /** Names the layer in errors. */
   what: string;
   idMapping?: IdMapping;
+  /**
+   * The layer is eStargz: its TOC (`stargz.index.json`) and landmark files
+   * (`.prefetch.landmark`, `.no.prefetch.landmark`) at the root are metadata,
+   * not content, and are left out (as the lazy mount leaves them out).
+   */
+  estargz?: boolean;
+}
+
+/** Root-level regular files of an eStargz layer that are its metadata. */
+const estargzMetadata = new Set(['stargz.index.json', '.prefetch.landmark', '.no.prefetch.landmark']);
+
+/** lstat, or undefined when nothing is there, also when a parent is not a directory (a whiteout). */
+function lstatQuiet(path: string): Stats | undefined {
+  try {
+    return lstatSync(path, { throwIfNoEntry: false });
+  } catch (err) {
+    if (isErrno(err, 'ENOTDIR')) return undefined;
+    throw err;
+  }
+}
+
+/** Sets atime and mtime with nanoseconds, on a path (never following a final symlink) or a descriptor. */
+function setTimes(target: string | number, atime: TarTime, mtime: TarTime): void {
+  native().utimens(target, atime.sec, atime.nsec, mtime.sec, mtime.nsec);
+}
+
+/** A bigint stat's time in nanoseconds, as seconds and nanoseconds. */
+function timeOfNs(ns: bigint): TarTime {
+  let sec = ns / 1_000_000_000n;
+  let nsec = ns % 1_000_000_000n;
+  if (nsec < 0n) {
+    nsec += 1_000_000_000n;
+    sec -= 1n;
+  }
+  return { sec: Number(sec), nsec: Number(nsec) };
 }
 
 /** lstat, or undefined when nothing is there (no exception thrown for the common case). */
@@ -101,7 +137,23 @@ export class LayerApplier {
   /** Paths this layer whited out: a directory re-created there must hide the lower one. */
   private readonly whitedOut = new Set<string>();
   /** Directory times are set last: creating children changes them. */
-  private readonly dirTimes = new Map<string, { atime: Date; mtime: Date }>();
+  private readonly dirTimes = new Map<string, { atime: TarTime; mtime: TarTime }>();
+  /**
+   * Paths this layer's own members wrote, and their parents (umoci's
+   * `upperPaths`): a whiteout of this layer never hides these. Everything
+   * else in the diff is an artifact: a lower file copied up for a hardlink,
+   * or a directory made to hold such a copy.
+   */
+  private readonly own = new Set<string>(['']);
+  /** Directories made opaque in this layer (marker, or re-created after a whiteout). */
+  private readonly opaqueDirs = new Set<string>();
+  /**
+   * Lower files copied up for hardlinks, by their path in the image: the
+   * copy's inode and the names in this diff that link to it. A hardlink
+   * names a file of the layers below even when this layer whites that path
+   * out, before or after the link (a whiteout only hides lower layers).
+   */
+  private readonly copies = new Map<string, { ino: number; names: Set<string> }>();
   private readonly mapped: boolean;
   /**
    * Directories known to lack the setgid bit. What root creates in one is
@@ -160,7 +212,7 @@ export class LayerApplier {
       const mapping = this.options.idMapping!;
       lchownSync(full, mapId(0, mapping.uids), mapId(0, mapping.gids));
     }
-    if (!this.dirTimes.has(rel)) this.dirTimes.set(rel, { atime: epoch, mtime: epoch });
+    if (!this.dirTimes.has(rel)) this.dirTimes.set(rel, { atime: epochTime, mtime: epochTime });
   }
 
   async apply(header: Headers, body: Readable): Promise<void> {
@@ -168,13 +220,16 @@ export class LayerApplier {
     const { what } = this.options;
     let sparse: SparseMap | undefined;
     if (header.type === null || header.type === undefined) {
-      // tar-stream reports typeflags it does not know as null: old GNU sparse ('S'),
-      // whose header extensions it cannot skip, or vendor extensions. Refuse
-      // rather than misread the data that follows.
-      throw new LazyrootError('UNSUPPORTED', `${what}: entry ${JSON.stringify(header.name)} has a typeflag lazyroot cannot read (old GNU sparse 'S' or a vendor extension); re-create the layer in PAX format (tar --format=posix)`);
+      // tar-stream reports typeflags it does not know as null (old GNU sparse
+      // 'S' is read by tar-stream-patches.ts): vendor extensions. Refuse rather
+      // than misread the data that follows.
+      throw new LazyrootError('UNSUPPORTED', `${what}: entry ${JSON.stringify(header.name)} has a typeflag lazyroot cannot read (a vendor extension)`);
     }
-    if ((header.type === 'file' || header.type === 'contiguous-file') && header.pax) sparse = sparseFromPax(header.pax as Record<string, string>, what);
+    if (header.type === 'file' || header.type === 'contiguous-file') {
+      sparse = (header as PatchedHeader).gnuSparse ?? (header.pax ? sparseFromPax(header.pax as Record<string, string>, what) : undefined);
+    }
     const requested = normalizeEntryPath(sparse?.realName ?? header.name, what);
+    if (this.options.estargz && estargzMetadata.has(requested) && header.type === 'file') return drain(header, body);
     const role = classifyEntry(requested);
     switch (role.kind) {
       case 'reserved':
@@ -188,6 +243,7 @@ export class LayerApplier {
         await drain(header, body);
         const dir = await this.ensureDir(role.dir, header.name);
         native().lsetxattr(this.full(dir), overlayOpaqueXattr, Buffer.from('y'));
+        this.opaqueDirs.add(dir);
         return;
       }
       case 'normal':
@@ -201,10 +257,12 @@ export class LayerApplier {
     }
     const path = await this.placeIn(requested, header.name);
     const full = this.full(path);
+    this.markOwn(path);
     switch (header.type) {
       case 'file':
       case 'contiguous-file':
         if (sparse) {
+          if (sparse.mapBytesInData === 0) checkSparse(sparse.regions, sparse, header.size ?? 0, what, header.name);
           this.clear(path, full);
           await this.writeSparse(full, body, sparse);
           this.setMetadata(path, header, header.type, false);
@@ -213,7 +271,10 @@ export class LayerApplier {
         return this.writeFile(path, full, header, body);
       case 'directory': {
         const made = this.makeDir(path, full);
-        if (this.whitedOut.has(path)) native().lsetxattr(full, overlayOpaqueXattr, Buffer.from('y'));
+        if (this.whitedOut.has(path)) {
+          native().lsetxattr(full, overlayOpaqueXattr, Buffer.from('y'));
+          this.opaqueDirs.add(path);
+        }
         this.setMetadata(path, header, 'directory', made);
         return;
       }
@@ -242,13 +303,63 @@ export class LayerApplier {
     this.setMetadata(path, header, header.type, true);
   }
 
-  /** Sets directory times, deepest first, once every child exists. */
+  /**
+   * Removes hardlink copy-ups that an opaque directory of this layer hides,
+   * then sets directory times, deepest first, once every child exists.
+   */
   async finish(): Promise<void> {
+    for (const copy of this.copies.values()) {
+      for (const name of copy.names) {
+        if (this.own.has(name)) continue;
+        const hidden = this.underOpaque(name);
+        if (hidden !== undefined && lstatQuiet(this.full(hidden))) {
+          rmSync(this.full(hidden), { recursive: true, force: true });
+          this.forgetDirs(hidden);
+          this.dirTimes.delete(hidden);
+        }
+      }
+    }
     const paths = [...this.dirTimes.keys()].sort((a, b) => b.length - a.length);
     for (const p of paths) {
       const t = this.dirTimes.get(p)!;
-      lutimesSync(this.full(p), t.atime, t.mtime);
+      if (p === '' || lstatQuiet(this.full(p))) setTimes(this.full(p), t.atime, t.mtime);
     }
+  }
+
+  /** `path` and its parents were written by this layer's own members. */
+  private markOwn(path: string): void {
+    for (let p = path; !this.own.has(p); p = parentOf(p)) this.own.add(p);
+  }
+
+  /**
+   * When an opaque directory of this layer lies above `path`, the topmost
+   * entry below it on the way to `path` that no own member wrote (what to
+   * remove to hide `path`); otherwise undefined.
+   */
+  private underOpaque(path: string): string | undefined {
+    const parts = path.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const dir = parts.slice(0, i).join('/');
+      if (!this.opaqueDirs.has(dir)) continue;
+      for (let j = i + 1; j <= parts.length; j++) {
+        const below = parts.slice(0, j).join('/');
+        if (!this.own.has(below)) return below;
+      }
+      return undefined;
+    }
+    return undefined;
+  }
+
+  /** A proper parent of `path` is a whiteout or an opaque directory of this layer: lower entries there are hidden. */
+  private hiddenByThisLayer(path: string): boolean {
+    const parts = path.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const dir = parts.slice(0, i).join('/');
+      if (this.opaqueDirs.has(dir)) return true;
+      const here = lstatQuiet(this.full(dir));
+      if (here && isOverlayWhiteout(here)) return true;
+    }
+    return false;
   }
 
   /**
@@ -286,8 +397,11 @@ export class LayerApplier {
       if (!isErrno(err, 'EEXIST')) throw err;
       if (lstatIfAny(full)?.isDirectory()) made = false;
       else {
+        // What this layer put here first hid any lower directory: the new one must go on hiding it.
         this.clear(path, full);
         mkdirSync(full, 0o700);
+        native().lsetxattr(full, overlayOpaqueXattr, Buffer.from('y'));
+        this.opaqueDirs.add(path);
       }
     }
     this.dirs.add(path);
@@ -299,11 +413,20 @@ export class LayerApplier {
     this.whitedOut.add(target);
     const full = this.full(target);
     const existing = lstatIfAny(full);
-    if (!existing) {
+    if (existing && !this.own.has(target) && !isOverlayWhiteout(existing)) {
+      // Only a hardlink's copy-up of the lower file (or a directory made to hold
+      // one) is there: the whiteout hides the lower entry; the copy lives on
+      // under the links' names.
+      rmSync(full, { recursive: true, force: true });
+      this.forgetDirs(target);
+      this.dirTimes.delete(target);
+      native().mknod(full, S_IFCHR, 0, 0);
+    } else if (!existing) {
       native().mknod(full, S_IFCHR, 0, 0);
     } else if (existing.isDirectory()) {
       // Created by this same layer: it stays, but must hide the lower directory.
       native().lsetxattr(full, overlayOpaqueXattr, Buffer.from('y'));
+      this.opaqueDirs.add(target);
     }
     // An existing non-directory from this layer stays: it already hides the lower entry.
   }
@@ -389,6 +512,7 @@ export class LayerApplier {
     for (const d of this.dirs) if (d === rel || d.startsWith(`${rel}/`)) this.dirs.delete(d);
     for (const d of this.plainDirs) if (d === rel || d.startsWith(`${rel}/`)) this.plainDirs.delete(d);
     for (const [k, v] of this.resolvedDirs) if (v === rel || v.startsWith(`${rel}/`)) this.resolvedDirs.delete(k);
+    for (const d of this.dirTimes.keys()) if (d === rel || d.startsWith(`${rel}/`)) this.dirTimes.delete(d);
   }
 
   /**
@@ -454,19 +578,37 @@ export class LayerApplier {
       const here = lstatIfAny(this.full(prefix));
       if (here?.isSymbolicLink()) throw hostile(what, header.name, `is a hardlink through the symlink ${JSON.stringify(prefix)}`);
     }
-    let target = lstatIfAny(this.full(targetRel));
-    if (!target || isOverlayWhiteout(target)) {
-      // A link to a file of a lower layer: copy it up first, as overlayfs does.
-      const lower = target ? undefined : await lookupInLayers(this.options.lowers, targetRel);
-      if (!lower || lower.stat.isDirectory()) {
-        throw hostile(what, header.name, `is a hardlink to ${JSON.stringify(header.linkname)}, which is not a file in the image (outside the tree)`);
-      }
-      const copyTo = await this.placeIn(targetRel, header.name);
-      if (copyTo !== targetRel) throw hostile(what, header.name, `is a hardlink through a symlink of a lower layer`);
-      this.copyUp(lower.path, lower.stat, this.full(targetRel));
-      target = lstatSync(this.full(targetRel));
+    const target = lstatQuiet(this.full(targetRel));
+    if (target && !isOverlayWhiteout(target)) {
+      if (target.isDirectory()) throw hostile(what, header.name, `is a hardlink to the directory ${JSON.stringify(header.linkname)}`);
+      linkSync(this.full(targetRel), this.full(path));
+      const copy = this.copies.get(targetRel);
+      if (copy && copy.ino === target.ino) copy.names.add(path);
+      return;
     }
-    if (target.isDirectory()) throw hostile(what, header.name, `is a hardlink to the directory ${JSON.stringify(header.linkname)}`);
+    // A link to a file of a lower layer, which this layer may have hidden since.
+    const copy = this.copies.get(targetRel);
+    const holder = copy && [...copy.names].find((n) => lstatQuiet(this.full(n))?.ino === copy.ino);
+    if (copy && holder !== undefined) {
+      linkSync(this.full(holder), this.full(path));
+      copy.names.add(path);
+      return;
+    }
+    const lower = await lookupInLayers(this.options.lowers, targetRel);
+    if (!lower || lower.stat.isDirectory()) {
+      throw hostile(what, header.name, `is a hardlink to ${JSON.stringify(header.linkname)}, which is not a file in the image (outside the tree)`);
+    }
+    if (target || this.hiddenByThisLayer(targetRel)) {
+      // Whited out (or under an opaque dir) in this layer: the file lives on under the link's name only.
+      this.copyUp(lower.path, lower.stat, this.full(path));
+      this.copies.set(targetRel, { ino: lstatSync(this.full(path)).ino, names: new Set([path]) });
+      return;
+    }
+    // Copied up to its own path first, as overlayfs does, and linked there.
+    const copyTo = await this.placeIn(targetRel, header.name);
+    if (copyTo !== targetRel) throw hostile(what, header.name, `is a hardlink through a symlink of a lower layer`);
+    this.copyUp(lower.path, lower.stat, this.full(targetRel));
+    this.copies.set(targetRel, { ino: lstatSync(this.full(targetRel)).ino, names: new Set([targetRel, path]) });
     linkSync(this.full(targetRel), this.full(path));
   }
 
@@ -482,6 +624,9 @@ export class LayerApplier {
    * entry. A directory's (`dirRel` given) times wait for finish().
    */
   private copyMetadata(source: string, stat: Stats, dest: string, dirRel?: string): void {
+    const ns = lstatSync(source, { bigint: true });
+    const atime = timeOfNs(ns.atimeNs);
+    const mtime = timeOfNs(ns.mtimeNs);
     lchownSync(dest, stat.uid, stat.gid);
     if (!stat.isSymbolicLink()) chmodSync(dest, stat.mode & 0o7777);
     for (const name of native().llistxattr(source)) {
@@ -491,8 +636,8 @@ export class LayerApplier {
     }
     if (dirRel !== undefined) {
       this.noteDirMode(dirRel, stat.mode);
-      this.dirTimes.set(dirRel, { atime: stat.atime, mtime: stat.mtime });
-    } else lutimesSync(dest, stat.atime, stat.mtime);
+      this.dirTimes.set(dirRel, { atime, mtime });
+    } else setTimes(dest, atime, mtime);
   }
 
   /**
@@ -534,25 +679,17 @@ export class LayerApplier {
         }
       }
     }
-    const mtime = paxTime(pax?.mtime) ?? header.mtime ?? epoch;
-    const atime = paxTime(pax?.atime) ?? mtime;
+    const mtime = tarMtime(header);
+    const atime = parsePaxTime(pax?.atime) ?? mtime;
     if (type === 'directory') this.dirTimes.set(path, { atime, mtime });
-    else if (fd === undefined) lutimesSync(full, atime, mtime);
-    else futimesSync(fd, atime, mtime);
+    else setTimes(fd ?? full, atime, mtime);
   }
 }
-
-const epoch = new Date(0);
 
 function paxInt(value: string | undefined): number | undefined {
   return value !== undefined && /^\d+$/.test(value) ? Number(value) : undefined;
 }
 
-function paxTime(value: string | undefined): Date | undefined {
-  if (value === undefined) return undefined;
-  const seconds = Number(value);
-  return Number.isFinite(seconds) ? new Date(seconds * 1000) : undefined;
-}
 
 /**
  * Writes a member's data to `fd` as tar-stream hands it over (no stream

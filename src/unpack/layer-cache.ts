@@ -5,6 +5,7 @@ import { DigestMismatchError, LazyrootError } from '../errors.js';
 import { createDecompressor } from '../oci/compression.js';
 import { digestHex, shortDigest, type Digest } from '../oci/digest.js';
 import { compressionOf, type Compression } from '../oci/media-types.js';
+import { tocDigestAnnotation } from '../index/estargz/toc.js';
 import { syncDir } from '../store/atomic-file.js';
 import { withLock } from '../store/lock.js';
 import type { ImageRecord, LayerBlobRecord, LayerRecord } from '../store/metadata-db.js';
@@ -170,7 +171,14 @@ async function unpackInto(
   await rm(dir, { recursive: true, force: true }); // a crashed unpack left no ready marker
   await mkdir(join(tmp, 'diff'), { recursive: true, mode: 0o755 });
   try {
-    const applier = { target: join(tmp, 'diff'), lowers: lowersTopFirst, what, ...(mapping ? { idMapping: mapping } : {}) };
+    const applier = {
+      target: join(tmp, 'diff'),
+      lowers: lowersTopFirst,
+      what,
+      ...(mapping ? { idMapping: mapping } : {}),
+      // As the lazy mount decides (src/mount/lazy-mount.ts): the TOC digest annotation makes a layer eStargz.
+      ...(blob.annotations?.[tocDigestAnnotation] ? { estargz: true } : {}),
+    };
     const tar = tars.take(chainId, blob, compression);
     if (nextChainId) await tars.readAhead(nextChainId);
     const result = tar

@@ -6,7 +6,7 @@ import type { Digest } from '../oci/digest.js';
 import { DigestStream } from '../oci/digest-stream.js';
 import { LayerApplier, type ApplierOptions } from './layer-applier.js';
 import type { LayerTar } from './layer-tar-reader.js';
-import { installBinaryPaxDecoder } from '../index/tar-binary-pax.js';
+import { installTarPatches } from '../index/tar-stream-patches.js';
 
 export interface UnpackResult {
   /** sha256 of the uncompressed tar: the layer's diff ID, as read. */
@@ -35,7 +35,7 @@ export async function unpackLayerTar(tar: LayerTar, options: ApplierOptions): Pr
 
 /** Pipes `streams` (the tar, then any pass-through) into tar-stream and applies each member; returns how many there were. */
 async function applyTar(streams: Readable[], options: ApplierOptions): Promise<number> {
-  installBinaryPaxDecoder();
+  installTarPatches();
   const applier = new LayerApplier(options);
   await applier.start();
   const extract = tarStream.extract();

@@ -108,10 +108,10 @@ test('no /etc/passwd or /etc/group: numbers still work, names are errors', async
   await assert.rejects(resolveUser('0:wheel', rootfs), isError('NOT_FOUND', /the rootfs has no \/etc\/group/));
 });
 
-test('malformed User values are INVALID_ARGUMENT', async (t) => {
+test('malformed User values are INVALID_DATA', async (t) => {
   const rootfs = await fakeRootfs(t);
   for (const spec of ['a:b:c', ':1000', '-1', '2147483648', '0:99999999999']) {
-    await assert.rejects(resolveUser(spec, rootfs, { image: 'img' }), isError('INVALID_ARGUMENT', /img: invalid User/), spec);
+    await assert.rejects(resolveUser(spec, rootfs, { image: 'img' }), isError('INVALID_DATA', /img: invalid User/), spec);
   }
   assert.equal((await resolveUser('2147483647', rootfs)).uid, 2147483647);
 });

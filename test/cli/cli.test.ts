@@ -8,12 +8,13 @@ import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { startFaultProxy } from '../helpers/fault-proxy.js';
 import { buildImage, pushToRegistry, writeOciLayout, type ImageSpec } from '../helpers/image-builder.js';
-import { buildTar, dir, file } from '../helpers/tar-builder.js';
-import { missingRequirements } from '../helpers/requirements.js';
+import { buildTar, dir, file, gzip } from '../helpers/tar-builder.js';
+import { buildEstargz } from '../helpers/estargz.js';
+import { missingRequirements as missingFor, requireOrSkip } from '../helpers/requirements.js';
 import { lazyroot } from '../helpers/cli.js';
 import { storeSnapshot } from '../helpers/store-snapshot.js';
 
-const missing = missingRequirements({ tools: ['docker-registry', 'skopeo'] });
+const missing = missingFor({ tools: ['docker-registry', 'skopeo'] });
 if (missing.length && process.env.CI) throw new Error(`CI: CLI tests need ${missing.join(', ')} (run scripts/bootstrap)`);
 
 function noise(seed: string, size: number): Buffer {
@@ -90,6 +91,62 @@ describe('lazyroot CLI', { skip: missing.length ? `needs ${missing.join(', ')}` 
     const again = await lazyroot(['rmi', '--store', store, `${registry.host}/cli/app:v1`]);
     assert.equal(again.code, 1);
     assert.match(again.stderr, /^lazyroot: image 127\.0\.0\.1:\d+\/cli\/app:v1: not in the store\n$/);
+  });
+
+  // Exit 2 is for bad usage and bad references; an image whose bytes are bad is bad input: exit 1.
+  test('corrupt data exits 1, not 2: truncated gzip, gzip CRC, a registry 416, eStargz TOC offsets', async (t) => {
+    const sha = (bytes: Buffer): string => `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    const tar = await buildTar([file('f', noise('corrupt', 200_000))]);
+    /** Pushes an image of one layer blob (gzip media type), whatever its bytes; returns its ref. */
+    const push = async (name: string, blob: Buffer, diffId: string, annotations?: Record<string, string>): Promise<string> => {
+      const configBytes = Buffer.from(JSON.stringify({ architecture: 'amd64', os: 'linux', config: {}, rootfs: { type: 'layers', diff_ids: [diffId] } }));
+      const manifest = {
+        schemaVersion: 2,
+        mediaType: 'application/vnd.oci.image.manifest.v1+json',
+        config: { mediaType: 'application/vnd.oci.image.config.v1+json', digest: sha(configBytes), size: configBytes.length },
+        layers: [{ mediaType: 'application/vnd.oci.image.layer.v1.tar+gzip', digest: sha(blob), size: blob.length, ...(annotations ? { annotations } : {}) }],
+      };
+      await registry.pushImage(`corrupt/${name}`, 'v1', { manifestBytes: Buffer.from(JSON.stringify(manifest)), manifest, configBytes, layers: [{ blob }] });
+      return `docker://${registry.host}/corrupt/${name}:v1`;
+    };
+    const whole = gzip(tar);
+    const expectExit1 = async (args: string[], message: RegExp, code: string): Promise<void> => {
+      const run = await lazyroot(['--json', '--store', join(work, `store-corrupt-${code}-${args[0]}`), ...args]);
+      const error = (JSON.parse(run.stdout || '{}') as { error?: { code: string; message: string } }).error;
+      assert.equal(run.code, 1, `${args.join(' ')}: ${run.stderr}`);
+      assert.equal(error?.code, code, run.stderr);
+      assert.match(error?.message ?? '', message);
+    };
+
+    // Cut short: digest and size describe the cut bytes, so only decompressing finds it.
+    const cut = await push('cut', whole.subarray(0, whole.length - 100), sha(tar));
+    await expectExit1(['pull', '--verify-diff-ids', cut], /cannot decompress \(gzip\)/, 'INVALID_DATA');
+    // A wrong CRC-32 in the gzip trailer.
+    const badCrc = Buffer.from(whole);
+    badCrc[badCrc.length - 8]! ^= 0xff;
+    await expectExit1(['pull', '--verify-diff-ids', await push('crc', badCrc, sha(tar))], /cannot decompress \(gzip\)/, 'INVALID_DATA');
+    // A registry answering 416 (Range Not Satisfiable) for a blob.
+    const proxy = await startFaultProxy(registry.host, [{ path: /\/blobs\/sha256:/, method: 'GET', fault: { kind: 'status', status: 416 } }]);
+    try {
+      const proxied = (await push('range', whole, sha(tar))).replace(registry.host, proxy.host);
+      await expectExit1(['pull', proxied], /416/, 'INVALID_DATA');
+    } finally {
+      await proxy.close();
+    }
+
+    // An eStargz TOC whose chunk offset points past the TOC: found when a lazy mount reads the TOC.
+    if (!requireOrSkip(t, { root: true, fuse: true })) return;
+    const estargz = await buildEstargz([file('a', noise('toc', 5000))], {
+      editToc: (toc) => {
+        toc.entries[0]!.offset = 1 << 30;
+      },
+    });
+    const { gunzipSync } = await import('node:zlib');
+    const tocRef = await push('toc', estargz.blob, sha(gunzipSync(estargz.blob)), { 'containerd.io/snapshot/stargz/toc.digest': estargz.tocDigest });
+    const mountpoint = join(work, 'mnt-bad-toc');
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(mountpoint, { recursive: true });
+    await expectExit1(['mount', tocRef, mountpoint], /not before the TOC/, 'INVALID_DATA');
   });
 
   test('errors: message on stderr, JSON error with --json, exit codes', async () => {

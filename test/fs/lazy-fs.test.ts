@@ -80,7 +80,8 @@ test('a mounted tree shows its entries to real syscalls', async (t) => {
       assert.equal(st.gid, node.gid, `${what}: gid`);
       assert.equal(st.size, node.size, `${what}: size`);
       assert.equal(st.nlink, node.nlink, `${what}: nlink`);
-      assert.equal(st.mtimeMs, Math.floor(node.mtime * 1000), `${what}: mtime`);
+      const ns = (await lstat(at(e.path), { bigint: true })).mtimeNs;
+      assert.equal(ns, BigInt(node.mtime) * 1_000_000_000n + BigInt(node.mtimeNsec), `${what}: mtime with nanoseconds`);
       if (e.type === 'char' || e.type === 'block') {
         assert.deepEqual([devMajor(st.rdev), devMinor(st.rdev)], [e.devmajor, e.devminor], `${what}: rdev`);
       }
@@ -88,7 +89,9 @@ test('a mounted tree shows its entries to real syscalls', async (t) => {
     const [busybox, sh] = await Promise.all([lstat(at('bin/busybox')), lstat(at('bin/sh'))]);
     assert.equal(sh.ino, busybox.ino, 'a hardlink pair shares st_ino');
     assert.equal(sh.nlink, 2);
-    assert.equal(busybox.mtimeMs % 1000, 250, 'sub-second mtime survives (to the millisecond)');
+    assert.equal((await lstat(at('bin/busybox'), { bigint: true })).mtimeNs % 1_000_000_000n, 250_000_001n, 'nanoseconds reach the kernel');
+    assert.equal((await lstat(at('etc/old'), { bigint: true })).mtimeNs, -86_400_500_000_000n, 'so do times before 1970');
+    assert.equal(busybox.ino, sh.ino);
     assert.ok((await lstat(at('usr/bin/su'))).mode & 0o4000, 'setuid bit');
     assert.equal((await lstat(at('home/user/notes.txt'))).uid, 1000);
     assert.ok((await lstat(at('run/initctl'))).isFIFO());

@@ -84,7 +84,7 @@ test('makeDev encodes major:minor as glibc does, also past 8 and 12 bits', () =>
   assert.equal(makeDev(1, 3), 0x103);
 });
 
-test('malformed lists are refused with INVALID_ARGUMENT', () => {
+test('malformed lists are refused with INVALID_DATA', () => {
   const cases: Array<[string, TreeEntry[]]> = [
     ['duplicate path', [entry({ path: 'a', type: 'file' }), entry({ path: 'a', type: 'file' })]],
     ['link to a missing path', [entry({ path: 'b', type: 'hardlink', linkname: 'nope' })]],
@@ -95,6 +95,6 @@ test('malformed lists are refused with INVALID_ARGUMENT', () => {
     ['a root that is not a dir', [entry({ path: '', type: 'file' })]],
   ];
   for (const [name, entries] of cases) {
-    assert.throws(() => buildTree(entries), (err) => isLazyrootError(err, 'INVALID_ARGUMENT'), name);
+    assert.throws(() => buildTree(entries), (err) => isLazyrootError(err, 'INVALID_DATA'), name);
   }
 });

@@ -34,6 +34,8 @@ import { chmod, chown, link, lutimes, mkdir, mkdtemp, open, rm, symlink as fsSym
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { gunzipSync } from 'node:zlib';
+import { buildEstargz } from './estargz.js';
 import { type BuiltLayout, type ImageSpec, type LayerCompression, writeOciLayout } from './image-builder.js';
 import type { AllowedDifference } from './tree-snapshot.js';
 import {
@@ -90,6 +92,19 @@ export interface EdgeCaseImage {
    * (formats that cannot express the same thing), for `allow` too.
    */
   overlayDifferences?: AllowedDifference[];
+  /**
+   * Paths umoci unpacks that lazyroot must not show (where the two disagree
+   * on purpose: README.md, "Where unpackers disagree"). The comparison tests
+   * check they are absent and allow that difference.
+   */
+  unlikeUmoci?: { hidden: string[]; reason: string };
+  /**
+   * When umoci refuses the image, the reference tree is GNU tar's: every
+   * layer extracted in order with `tar -x --numeric-owner` (only for images
+   * without whiteouts). `quirks` names where GNU tar's tree depends on when it
+   * ran.
+   */
+  gnuTarReference?: { quirks: AllowedDifference[] };
 }
 
 /** Distinct mtimes, one hour apart from 2022-04-15T05:20:00Z: `at(3)`. */
@@ -609,6 +624,11 @@ async function sparseGnu(): Promise<EdgeCaseImage> {
       error: /unknown typeflag '\\x53'/,
       reason: "umoci 0.4.7 gets typeflag 'S' from Go's archive/tar and has no case for it (its switch knows reg, dir, links, devices, fifo)",
     },
+    gnuTarReference: {
+      quirks: [
+        { path: /^(\.|sparse-gnu)$/, field: 'mtime', reason: "GNU tar: L2's sparse-gnu/after (no entry for its dir) bumps the dir's mtime to the extraction time; the target dir's too" },
+      ],
+    },
   };
 }
 
@@ -848,6 +868,301 @@ async function throughLowerSymlink(): Promise<EdgeCaseImage> {
   };
 }
 
+
+// --- images that pin where tar readers part ways ---------------------------
+
+/** A raw() member (no PAX or long-name prefix) with its header mtime in GNU base-256: big-endian two's complement, 0xff first for negatives. */
+function withBase256Mtime(entry: TarEntry, seconds: number): TarEntry {
+  if (entry.kind !== 'raw') throw new Error('withBase256Mtime: raw() entries only');
+  const bytes = Buffer.from(entry.bytes);
+  let v = BigInt.asUintN(96, BigInt(seconds));
+  for (let i = 147; i >= 136; i--) {
+    bytes[i] = Number(v & 0xffn);
+    v >>= 8n;
+  }
+  bytes[136] = seconds < 0 ? 0xff : 0x80;
+  bytes.fill(0x20, 148, 156);
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += bytes[i]!;
+  bytes.write(`${sum.toString(8).padStart(6, '0')}\0 `, 148, 'latin1');
+  return { kind: 'raw', bytes };
+}
+
+async function times(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    raw({ name: 'ns', data: 'nanoseconds\n', mtime: at(0), pax: { mtime: '1234567890.123456789' } }),
+    raw({ name: 'pre-epoch', data: 'a day and a half second before 1970\n', pax: { mtime: '-86400.5' } }),
+    raw({ name: 'epoch', data: 'mtime 0\n', mtime: 0 }),
+    raw({ name: 'more-digits', data: 'ten fraction digits: the tenth is cut\n', pax: { mtime: '1.1234567891' } }),
+    raw({ name: 'far-future', data: '2^33 - 1 seconds: the largest 11-digit octal mtime\n', pax: { mtime: '8589934591.999999999' } }),
+    withBase256Mtime(raw({ name: 'base256-negative', data: 'header mtime -1000 in base-256\n' }), -1000),
+    raw({ name: 'nsdir/', typeflag: '5', mode: 0o755, pax: { mtime: '1600000000.000000001' } }),
+    raw({ name: 'nsdir/child', data: 'created after its dir entry\n', mtime: at(1) }),
+    raw({ name: 'nslink', typeflag: '2', linkname: 'ns', mode: 0o777, pax: { mtime: '1500000000.5' } }),
+  ]);
+  const l2 = await buildTar([
+    raw({ name: 'ns', data: 'replaced, other nanoseconds\n', pax: { mtime: '1234567890.987654321' } }),
+    // A hardlink to a lower file: the copy an overlay diff holds keeps the nanoseconds.
+    hardlink('far-future-link', 'far-future'),
+    raw({ name: 'nsdir/', typeflag: '5', mode: 0o750, pax: { mtime: '-1.000000001' } }),
+  ]);
+  return {
+    name: 'times',
+    description:
+      'L1 none: PAX mtimes 1234567890.123456789, -86400.5 (before 1970), 1.1234567891 (ten fraction digits: Go keeps nine), ' +
+      '8589934591.999999999; a header mtime of 0; a header mtime of -1000 in GNU base-256; a dir and a symlink with PAX ' +
+      'nanoseconds. L2 gzip: ns replaced with other nanoseconds, a hardlink to the lower far-future (the overlay copy-up must ' +
+      'keep its nanoseconds), nsdir re-entered with mtime -1.000000001. Every mtime is compared to the nanosecond.',
+    spec: { layers: [layer(l1, 'none'), layer(l2, 'gzip')] },
+    expect: { visible: ['ns', 'pre-epoch', 'epoch', 'far-future', 'far-future-link', 'base256-negative', 'nsdir/child', 'nslink'], content: { 'far-future-link': '2^33 - 1 seconds: the largest 11-digit octal mtime\n' } },
+  };
+}
+
+async function hardlinkWhiteouts(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    dir('d', { mtime: at(1) }),
+    file('d/t', 'T\n', { mtime: at(2) }),
+    file('d/u', 'U\n', { mtime: at(3) }),
+    dir('o', { mtime: at(4) }),
+    file('o/x', 'X\n', { mtime: at(5) }),
+    file('a', 'A\n', { mtime: at(6) }),
+  ]);
+  const l2 = await buildTar([
+    // The bug report: a link to the lower d/t, then d/t whited out: d/new-link keeps t's content.
+    hardlink('d/new-link', 'd/t'),
+    whiteout('d/t'),
+    // A link to a lower file, then an opaque marker over that file's dir.
+    hardlink('o-link', 'o/x'),
+    opaque('o'),
+    file('o/new', 'new in the opaque dir\n', { mtime: at(10) }),
+    hardlink('b', 'a'),
+  ]);
+  const l3 = await buildTar([
+    // A chain across layers: c -> b (L2) -> a (L1); then b whited out.
+    hardlink('c', 'b'),
+    whiteout('b'),
+  ]);
+  return {
+    name: 'hardlink-whiteouts',
+    description:
+      'L1 gzip: d/t, d/u, o/x, a. L2 none: hardlink d/new-link -> d/t then d/.wh.t (d/t gone, d/new-link has its content); ' +
+      'hardlink o-link -> o/x then o/.wh..wh..opq and o/new (o/x gone, o-link stays); b -> a. L3 zstd: c -> b (b is a link ' +
+      'to the L1 a) then .wh.b: c and a stay with "A", b goes. In overlay diffs each link is a copy-up; a whiteout or opaque ' +
+      'dir of the same layer must still hide the copy at the target path.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none'), layer(l3, 'zstd')] },
+    expect: {
+      visible: ['d/new-link', 'd/u', 'o-link', 'o/new', 'a', 'c'],
+      hidden: ['d/t', 'o/x', 'b'],
+      content: { 'd/new-link': 'T\n', 'o-link': 'X\n', a: 'A\n', c: 'A\n' },
+    },
+  };
+}
+
+async function hardlinkAfterWhiteout(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([dir('d', { mtime: at(1) }), file('d/t', 'T\n', { mtime: at(2) })]);
+  const l2 = await buildTar([whiteout('d/t'), hardlink('d/new-link', 'd/t')]);
+  return {
+    name: 'hardlink-after-whiteout',
+    description:
+      'L1 gzip: d/t. L2 none: d/.wh.t, THEN hardlink d/new-link -> d/t. The OCI spec: a whiteout hides lower entries from ' +
+      'the layers above, whatever its place in its own tar, so the link names the lower d/t as in the other order. umoci ' +
+      '(and containerd) apply the tar in order and fail ("link: no such file or directory"); lazyroot follows the spec.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none')] },
+    expect: { visible: ['d/new-link'], hidden: ['d/t'], content: { 'd/new-link': 'T\n' } },
+    umociFails: { error: /d\/new-link: link: no such file or directory/, reason: 'umoci applies entries in tar order: the whiteout has removed d/t before the link to it' },
+  };
+}
+
+async function oldStyleDirs(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    raw({ name: 'olddir/', typeflag: '\0', mode: 0o750, mtime: at(1) }),
+    raw({ name: 'olddir/child', data: 'child\n', mtime: at(2) }),
+    // Typeflag '0' is a regular file in POSIX and for Go (umoci, containerd); GNU tar alone makes it a directory.
+    raw({ name: 'zerodir/', typeflag: '0', mode: 0o640, mtime: at(4), data: 'a file, named with a slash\n' }),
+    // The name that counts is the PAX path.
+    raw({ name: 'paxname', typeflag: '\0', mode: 0o711, mtime: at(5), pax: { path: 'paxdir/' } }),
+  ]);
+  const l2 = await buildTar([
+    raw({ name: 'olddir/', typeflag: '\0', mode: 0o700, mtime: at(10) }),
+    raw({ name: 'olddir/child2', data: 'child 2\n', mtime: at(11) }),
+  ]);
+  return {
+    name: 'old-style-dirs',
+    description:
+      'L1 none: typeflag NUL on "olddir/" (a directory, with a child) and on "paxname" whose PAX path is "paxdir/" (a ' +
+      'directory); typeflag \'0\' on "zerodir/" (a regular file ' +
+      'zerodir, as POSIX and Go read it). L2 gzip: olddir/ again as NUL + slash, mode 0700, and a second child.',
+    spec: { layers: [layer(l1, 'none'), layer(l2, 'gzip')] },
+    expect: {
+      visible: ['olddir/child', 'olddir/child2', 'paxdir', 'zerodir'],
+      content: { zerodir: 'a file, named with a slash\n' },
+    },
+  };
+}
+
+async function headerOnlySizes(): Promise<EdgeCaseImage> {
+  // A whole member (header + one data block) hidden as "data" of members that carry none.
+  const smuggled = (name: string, text: string): Promise<Buffer> => buildTar([file(name, text, { mtime: at(9) })]).then((t) => t.subarray(0, 1024));
+  const l1 = await buildTar([
+    raw({ name: 'sl', typeflag: '2', linkname: 'target', mode: 0o777, mtime: at(1), data: await smuggled('after-symlink', 'a symlink has no data\n') }),
+    raw({ name: 'fifo', typeflag: '6', mode: 0o600, mtime: at(2), data: await smuggled('after-fifo', 'a fifo has no data\n') }),
+    file('target', 'target\n', { mtime: at(3) }),
+    raw({ name: 'hl', typeflag: '1', linkname: 'target', data: await smuggled('after-hardlink', 'a hardlink has no data\n') }),
+  ]);
+  const l2 = await buildTar([raw({ name: 'dev', typeflag: '3', devmajor: 1, devminor: 3, mode: 0o666, mtime: at(4), data: await smuggled('after-device', 'a device has no data\n') })]);
+  return {
+    name: 'header-only-sizes',
+    description:
+      'L1 none: a symlink, a fifo and a hardlink whose size fields (1024) cover a whole tar member; L2 gzip: a char device ' +
+      'likewise. POSIX: these types store no data; Go (umoci, containerd) reads the hidden members as members. A reader that ' +
+      'skips `size` bytes (tar-stream did) sees a different image than the engines do.',
+    spec: { layers: [layer(l1, 'none'), layer(l2, 'gzip')] },
+    expect: {
+      visible: ['sl', 'fifo', 'hl', 'dev', 'after-symlink', 'after-fifo', 'after-hardlink', 'after-device'],
+      content: { 'after-symlink': 'a symlink has no data\n', 'after-device': 'a device has no data\n', hl: 'target\n' },
+    },
+  };
+}
+
+async function paxOverrides(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    dir('pax', { mtime: at(1) }),
+    raw({ name: 'ignored-name', data: 'path from PAX\n', mtime: at(2), pax: { path: 'pax/real-name' } }),
+    raw({ name: 'pax/sl', typeflag: '2', linkname: 'ignored-target', mode: 0o777, mtime: at(3), pax: { linkpath: 'real-name' } }),
+    raw({ name: 'pax/owned', data: 'ids and names from PAX\n', uid: 1, gid: 2, mtime: at(4), pax: { uid: '4000000', gid: '4000001', uname: 'root', gname: 'root' } }),
+    // The header says 0 bytes; PAX size says 12, and 12 bytes follow.
+    raw({ name: 'pax/size', data: 'twelve bytes', size: 0, mtime: at(5), pax: { size: '12' } }),
+    raw({ name: 'pax/hl', typeflag: '1', linkname: 'ignored', pax: { linkpath: 'pax/real-name' } }),
+  ]);
+  const l2 = await buildTar([raw({ name: 'ignored-2', data: 'upper\n', mtime: at(10), pax: { path: 'pax/real-name', mtime: `${at(11)}.25` } })]);
+  return {
+    name: 'pax-overrides',
+    description:
+      'L1 gzip: PAX records that override ustar fields: path, linkpath (symlink and hardlink), uid/gid 4000000/4000001 ' +
+      '(names "root" ignored), size 12 over a header size of 0. L2 none: PAX path and mtime replace the file again.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none')] },
+    expect: {
+      visible: ['pax/real-name', 'pax/sl', 'pax/owned', 'pax/size', 'pax/hl'],
+      hidden: ['ignored-name', 'ignored-2', 'pax/ignored-target'],
+      content: { 'pax/real-name': 'upper\n', 'pax/size': 'twelve bytes', 'pax/hl': 'path from PAX\n' },
+    },
+  };
+}
+
+async function xattrsOdd(): Promise<EdgeCaseImage> {
+  const many = Object.fromEntries(Array.from({ length: 40 }, (_, i) => [`user.many-${String(i).padStart(2, '0')}`, `value ${i}`]));
+  const l1 = await buildTar([
+    file('empty-value', 'an xattr with an empty value\n', { mtime: at(1), xattrs: { 'user.empty': '', 'user.set': 'x' } }),
+    file('many', '40 xattrs\n', { mtime: at(2), xattrs: many }),
+    file('big-value', '3000-byte value\n', { mtime: at(3), xattrs: { 'user.big': 'v'.repeat(3000) } }),
+    dir('xdir', { mtime: at(4), xattrs: { 'trusted.dir': 'lower' } }),
+  ]);
+  const l2 = await buildTar([
+    paxBinary([['SCHILY.xattr.user.nul-only', Buffer.from([0])], ['SCHILY.xattr.trusted.binary', Buffer.from([0xff, 0x00, 0xfe])]]),
+    file('binary', 'binary values\n', { mtime: at(10) }),
+    // Re-entered with none: the lower trusted.dir must go.
+    dir('xdir', { mtime: at(11) }),
+  ]);
+  return {
+    name: 'xattrs-odd',
+    description:
+      'L1 gzip: an xattr with an empty value next to a set one, 40 xattrs on one file, a 3000-byte value, trusted.* on a dir. ' +
+      'L2 zstd: a value that is one NUL and a binary trusted.* value (raw PAX), the dir re-entered without xattrs.',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'zstd')] },
+    expect: { visible: ['empty-value', 'many', 'big-value', 'binary', 'xdir'] },
+  };
+}
+
+async function repeats(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([file('lower', 'lower\n', { mtime: at(1) }), dir('ldir', { mtime: at(2) }), file('ldir/a', 'a\n', { mtime: at(3) })]);
+  const l2 = await buildTar([
+    // The same path more than once in one layer: the last member wins, whatever the types.
+    file('f2d', 'file first\n', { mtime: at(10) }),
+    dir('f2d', { mode: 0o700, mtime: at(11) }),
+    dir('d2f', { mtime: at(12) }),
+    file('d2f/child', 'gone with its dir\n', { mtime: at(13) }),
+    file('d2f', 'then a file\n', { mtime: at(14) }),
+    dir('dd', { mode: 0o700, mtime: at(15) }),
+    dir('dd', { mode: 0o755, gid: 7, mtime: at(16) }),
+    symlink('s2f', 'lower', { mtime: at(17) }),
+    file('s2f', 'a file over a symlink of the same layer\n', { mtime: at(18) }),
+    hardlink('h2f', 'lower'),
+    file('h2f', 'the link replaced; lower untouched\n', { mtime: at(19) }),
+    file('f2h', 'replaced by a link\n', { mtime: at(20) }),
+    hardlink('f2h', 'lower'),
+    file('ldir', 'a file over a lower dir, then…\n', { mtime: at(21) }),
+    dir('ldir', { mtime: at(22) }),
+  ]);
+  return {
+    name: 'repeats',
+    description:
+      'L1 gzip: lower, ldir/a. L2 none, paths written twice: file then dir, dir (with a child) then file, dir then dir (last ' +
+      'metadata wins), symlink then file, hardlink then file, file then hardlink, and over the lower dir ldir a file then a ' +
+      'dir again (ldir/a must stay hidden).',
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none')] },
+    expect: {
+      visible: ['f2d', 'd2f', 'dd', 's2f', 'h2f', 'f2h', 'lower', 'ldir'],
+      hidden: ['d2f/child', 'ldir/a'],
+      content: { d2f: 'then a file\n', s2f: 'a file over a symlink of the same layer\n', h2f: 'the link replaced; lower untouched\n', f2h: 'lower\n', lower: 'lower\n' },
+    },
+  };
+}
+
+async function typeflags(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([
+    raw({ name: 'contiguous', typeflag: '7', data: "typeflag '7'\n", mtime: at(1) }),
+    raw({ name: 'regular-nul', typeflag: '\0', data: 'typeflag NUL\n', mtime: at(2) }),
+  ]);
+  const l2 = await buildTar([
+    // A PAX global header: not an entry; its records are ignored, as containerd and Docker ignore them.
+    raw({ name: 'pax_global_header', typeflag: 'g', data: '18 comment=global\n' }),
+    raw({ name: 'after-global', data: 'after a global header\n', mtime: at(3), pax: { 'SCHILY.xattr.user.own': 'pax' } }),
+  ]);
+  return {
+    name: 'typeflags',
+    description:
+      "L1 none: typeflag '7' (contiguous file: a regular file, as GNU tar reads it), typeflag NUL (a regular file). " +
+      "L2 gzip: a PAX global header ('g') before a member with its own PAX header: not an entry. " +
+      "umoci 0.4.7 refuses both '7' and 'g' (unknown typeflag).",
+    spec: { layers: [layer(l1, 'none'), layer(l2, 'gzip')] },
+    expect: { visible: ['contiguous', 'regular-nul', 'after-global'], hidden: ['pax_global_header'], content: { contiguous: "typeflag '7'\n" } },
+    umociFails: { error: /unknown typeflag '\\x37'/, reason: "umoci 0.4.7's switch has no case for TypeCont ('7') nor for global headers ('g')" },
+    gnuTarReference: { quirks: [{ path: /^\.$/, field: 'mtime', reason: 'GNU tar: the extraction target keeps the time it was made' }] },
+  };
+}
+
+async function estargzLayers(): Promise<EdgeCaseImage> {
+  const built = await buildEstargz([
+    file('.no.prefetch.landmark', Buffer.from([0x0f]), { mtime: 0 }),
+    dir('etc', { mtime: at(1) }),
+    file('etc/app.conf', 'from an eStargz layer\n', { mtime: at(2) }),
+    symlink('etc/link', 'app.conf', { mtime: at(3) }),
+  ]);
+  const estargz = { tar: gunzipSync(built.blob), compression: 'gzip' as const, blob: built.blob, annotations: { 'containerd.io/snapshot/stargz/toc.digest': built.tocDigest } };
+  const l2 = await buildTar([file('etc/plain', 'from a plain gzip layer\n', { mtime: at(10) })]);
+  return {
+    name: 'estargz',
+    description:
+      'L1: an eStargz blob (gzip members, TOC stargz.index.json, footer; TOC digest annotation) with a .no.prefetch.landmark. ' +
+      'L2 gzip: a plain layer. The TOC and the landmark are eStargz metadata: stargz-snapshotter never shows them, umoci (and ' +
+      'containerd without it) unpack them as files; lazyroot shows neither, on both paths.',
+    spec: { layers: [estargz, layer(l2, 'gzip')] },
+    expect: { visible: ['etc/app.conf', 'etc/link', 'etc/plain'], content: { 'etc/app.conf': 'from an eStargz layer\n' } },
+    unlikeUmoci: { hidden: ['stargz.index.json', '.no.prefetch.landmark'], reason: 'eStargz metadata, not content (umoci unpacks it as files)' },
+  };
+}
+
+async function vendorTypeflag(): Promise<EdgeCaseImage> {
+  const l1 = await buildTar([file('before', 'before\n', { mtime: at(1) })]);
+  const l2 = await buildTar([raw({ name: 'volume-label', typeflag: 'V', mtime: at(2) }), file('after', 'after\n', { mtime: at(3) })]);
+  return {
+    name: 'vendor-typeflag',
+    description: "L1 gzip: a file. L2 none: a GNU volume header ('V'), then a file. Typeflags with no meaning for a rootfs are refused, by umoci and by lazyroot.",
+    spec: { layers: [layer(l1, 'gzip'), layer(l2, 'none')] },
+    umociFails: { error: /unknown typeflag '\\x56'/, reason: "umoci 0.4.7 refuses typeflags it does not know" },
+  };
+}
+
 /** Every edge-case image, built afresh (deterministic bytes; GNU tar, zstd needed). */
 export async function edgeCaseImages(): Promise<EdgeCaseImage[]> {
   return Promise.all([
@@ -864,6 +1179,17 @@ export async function edgeCaseImages(): Promise<EdgeCaseImage[]> {
     whiteouts(),
     implicitParents(),
     throughLowerSymlink(),
+    times(),
+    hardlinkWhiteouts(),
+    hardlinkAfterWhiteout(),
+    oldStyleDirs(),
+    headerOnlySizes(),
+    paxOverrides(),
+    xattrsOdd(),
+    repeats(),
+    typeflags(),
+    estargzLayers(),
+    vendorTypeflag(),
   ]);
 }
 
@@ -875,4 +1201,33 @@ export async function allFeaturesLayout(dir: string): Promise<{ images: EdgeCase
     images.map((i) => ({ ...i.spec, refName: i.name })),
   );
   return { images, layout };
+}
+
+/**
+ * GNU tar's tree of an image (for `gnuTarReference` images, which umoci
+ * refuses): each layer's uncompressed tar extracted in order into `dir` as
+ * root, owners by number. Returns `dir`.
+ */
+export async function gnuTarUnpack(image: EdgeCaseImage, dir: string): Promise<string> {
+  await mkdir(dir, { recursive: true });
+  for (const [i, layer] of image.spec.layers.entries()) {
+    const path = `${dir}.layer-${i}.tar`;
+    await writeFile(path, layer.tar);
+    try {
+      await run('tar', ['-x', '--numeric-owner', '--xattrs', '--xattrs-include=*', '-f', path, '-C', dir]);
+    } finally {
+      await rm(path, { force: true });
+    }
+  }
+  return dir;
+}
+
+/** The `allow` list comparing lazyroot's tree of `image` with umoci's: the image's own named differences. */
+export function umociAllows(image: EdgeCaseImage): AllowedDifference[] {
+  const hidden = image.unlikeUmoci?.hidden ?? [];
+  return [
+    ...(image.umociQuirks ?? []),
+    ...(image.overlayDifferences ?? []),
+    ...hidden.map((p) => ({ path: new RegExp(`^${p.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`), field: 'exists', reason: image.unlikeUmoci!.reason })),
+  ];
 }

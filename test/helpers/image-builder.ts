@@ -25,9 +25,13 @@ const run = promisify(execFile);
 export type LayerCompression = 'none' | 'gzip' | 'zstd';
 
 export interface LayerSpec {
-  /** The uncompressed layer tar (from buildTar). */
+  /** The uncompressed layer tar (from buildTar): its digest is the diff ID. */
   tar: Buffer;
   compression: LayerCompression;
+  /** The blob as stored, when it is not `compress(tar)` (an eStargz blob: gzip members and a footer). */
+  blob?: Buffer;
+  /** Annotations on the layer's descriptor (eStargz: the TOC digest). */
+  annotations?: Record<string, string>;
 }
 
 export interface ImageSpec {
@@ -102,11 +106,16 @@ const layerMediaTypes: Record<LayerCompression, string> = {
 export function buildImage(spec: ImageSpec): BuiltImage {
   const platform = spec.platform ?? defaultPlatform;
   const layers: BuiltLayer[] = spec.layers.map((layer) => {
-    const blob = compress(layer.tar, layer.compression);
+    const blob = layer.blob ?? compress(layer.tar, layer.compression);
     return {
       blob,
       diffId: digestOf(layer.tar),
-      descriptor: { mediaType: layerMediaTypes[layer.compression], digest: digestOf(blob), size: blob.length },
+      descriptor: {
+        mediaType: layerMediaTypes[layer.compression],
+        digest: digestOf(blob),
+        size: blob.length,
+        ...(layer.annotations ? { annotations: layer.annotations } : {}),
+      },
     };
   });
   const diffIds = layers.map((l) => l.diffId);

@@ -66,9 +66,9 @@ test('snapshotTree describes every type, mode bit, owner, xattr and hardlink', a
   const root = join(work, 'every-type');
   const { server } = await makeTree(root);
   try {
-    const a = { type: 'file', mode: 0o640, uid: 1000, gid: 1001, size: 5, sha256: sha('hello'), mtime: T(1), xattrs: { 'user.test': 'AAH/' }, nlink: 2, hardlinkGroup: 1 } as const;
+    const a = { type: 'file', mode: 0o640, uid: 1000, gid: 1001, size: 5, sha256: sha('hello'), mtime: T(1), mtimeNsec: 900_000_000, xattrs: { 'user.test': 'AAH/' }, nlink: 2, hardlinkGroup: 1 } as const;
     const za = { type: 'file', mode: 0o644, uid: 0, gid: 0, size: 2, sha256: sha('zz'), mtime: T(9), xattrs: {}, nlink: 2, hardlinkGroup: 2 } as const;
-    const expected: TreeEntry[] = [
+    const expected: Array<Omit<TreeEntry, 'mtimeNsec'>> = [
       { path: '.', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: T(13), xattrs: {} },
       { path: 'a.txt', ...a },
       { path: 'blk', type: 'block', mode: 0o600, uid: 0, gid: 0, major: 8, minor: 1, mtime: T(8), xattrs: {}, nlink: 1 },
@@ -86,7 +86,7 @@ test('snapshotTree describes every type, mode bit, owner, xattr and hardlink', a
       { path: 'z/a', ...za },
       { path: 'z-b', ...za },
     ];
-    assert.deepEqual(await snapshotTree(root), expected);
+    assert.deepEqual(await snapshotTree(root), expected.map((e) => ({ mtimeNsec: 0, ...e })));
 
     const withOverlay = await snapshotTree(root, { includeOverlayXattrs: true });
     assert.deepEqual(withOverlay.find((e) => e.path === 'sub')?.xattrs, { 'trusted.overlay.opaque': Buffer.from('y').toString('base64') });
@@ -117,12 +117,12 @@ test('comparePaths sorts "/" before every other byte; splitRdev undoes glibc mak
 });
 
 function entry(path: string, fields: Partial<TreeEntry> = {}): TreeEntry {
-  return { path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: 1, sha256: 'aa'.repeat(32), mtime: 1_700_000_000, xattrs: {}, nlink: 1, ...fields };
+  return { path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: 1, sha256: 'aa'.repeat(32), mtime: 1_700_000_000, mtimeNsec: 0, xattrs: {}, nlink: 1, ...fields };
 }
 
 test('diffTrees reports each kind of difference, readably', () => {
   const a: TreeEntry[] = [
-    { path: '.', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, xattrs: {} },
+    { path: '.', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 0, mtimeNsec: 0, xattrs: {} },
     entry('etc/passwd'),
     entry('bin/ls', { nlink: 2, hardlinkGroup: 1 }),
     entry('bin/cat', { nlink: 2, hardlinkGroup: 1 }),
@@ -132,7 +132,7 @@ test('diffTrees reports each kind of difference, readably', () => {
     entry('dev', { type: 'char', major: 1, minor: 3, size: undefined, sha256: undefined }),
   ];
   const b: TreeEntry[] = [
-    { path: '.', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1, xattrs: {} },
+    { path: '.', type: 'dir', mode: 0o755, uid: 0, gid: 0, mtime: 1, mtimeNsec: 0, xattrs: {} },
     entry('etc/passwd', { mode: 0o600, uid: 1000, sha256: 'bb'.repeat(32), size: 2 }),
     entry('bin/ls', { nlink: 1 }),
     entry('bin/cat', { nlink: 1 }),
@@ -143,7 +143,7 @@ test('diffTrees reports each kind of difference, readably', () => {
   ];
   assert.deepEqual(diffTrees(a, a), []);
   assert.deepEqual(diffTrees(a, b), [
-    '.: mtime 0 (1970-01-01T00:00:00.000Z) != 1 (1970-01-01T00:00:01.000Z)',
+    '.: mtime 0 (1970-01-01T00:00:00Z) != 1 (1970-01-01T00:00:01Z)',
     'bin/cat: nlink 2 != 1',
     'bin/cat: hardlinked with [bin/ls] != []',
     'bin/ls: nlink 2 != 1',
@@ -175,7 +175,7 @@ test('diffTrees honours allow (path, field, xattr name) and reports unused excep
   const report = diffTreesReport(a, b, { allow });
   assert.deepEqual(
     report.differences.map((d) => d.message),
-    ['usr/bin/ping: mtime 1700000000 (2023-11-14T22:13:20.000Z) != 5 (1970-01-01T00:00:05.000Z)', 'only in b: y (file)'],
+    ['usr/bin/ping: mtime 1700000000 (2023-11-14T22:13:20Z) != 5 (1970-01-01T00:00:05Z)', 'only in b: y (file)'],
   );
   assert.deepEqual(
     report.allowed.map((d) => [d.path, d.field, d.reason]),
@@ -188,4 +188,19 @@ test('diffTrees honours allow (path, field, xattr name) and reports unused excep
   assert.deepEqual(report.unusedAllows, [allow[3]]);
   // 'xattrs' covers every xattr; no field covers everything at the path.
   assert.deepEqual(diffTrees(a, b, { allow: [{ path: /ping/, field: 'xattrs', reason: 'r' }, { path: /^(usr|y)$/, reason: 'r' }, { path: /ping/, field: 'mtime', reason: 'r' }, { path: /^x$/, reason: 'r' }] }), []);
+});
+
+test('mtimes are compared with nanoseconds, before 1970 too', async () => {
+  const root = join(work, 'nanoseconds');
+  await mkdir(root, { recursive: true });
+  await writeFile(join(root, 'ns'), '');
+  await writeFile(join(root, 'old'), '');
+  native().utimens(join(root, 'ns'), 0, 0, 1_234_567_890, 123_456_789);
+  native().utimens(join(root, 'old'), 0, 0, -2, 500_000_000);
+  const snap = await snapshotTree(root);
+  const get = (p: string) => snap.find((e) => e.path === p)!;
+  assert.deepEqual([get('ns').mtime, get('ns').mtimeNsec], [1_234_567_890, 123_456_789]);
+  assert.deepEqual([get('old').mtime, get('old').mtimeNsec], [-2, 500_000_000]);
+  const other = snap.map((e) => (e.path === 'ns' ? { ...e, mtimeNsec: 122_999_000 } : e));
+  assert.deepEqual(diffTrees(snap, other), ['ns: mtime 1234567890.123456789 (2009-02-13T23:31:30Z) != 1234567890.122999000 (2009-02-13T23:31:30Z)']);
 });

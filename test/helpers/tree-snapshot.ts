@@ -12,8 +12,9 @@
  *   ] }), []);
  *
  * What is recorded, and what is deliberately not:
- * - mtime in whole seconds (sub-second precision differs between tar formats
- *   and is not what a test wants to argue about); atime and ctime never.
+ * - mtime with nanoseconds (`mtime` whole seconds, floor, and `mtimeNsec`),
+ *   compared as one field 'mtime': PAX records carry nanoseconds and an
+ *   unpacker must keep them; atime and ctime never.
  * - `nlink` for non-directories only: a directory's link count is a property
  *   of the filesystem (ext4 counts subdirectories, btrfs says 1, overlayfs
  *   reports 1 for merged directories), not of the image.
@@ -53,6 +54,8 @@ export interface TreeEntry {
   minor?: number;
   /** Modification time, whole seconds since the epoch (floor). */
   mtime: number;
+  /** Nanoseconds past `mtime` (0..999 999 999); compared together with it as 'mtime'. */
+  mtimeNsec: number;
   /** Extended attribute name → base64 of the value. Empty when none. */
   xattrs: Record<string, string>;
   /** Link count; absent for directories (filesystem-specific, see above). */
@@ -139,6 +142,7 @@ export async function snapshotTree(root: string, options: SnapshotOptions = {}):
       uid: Number(st.uid),
       gid: Number(st.gid),
       mtime: Number(st.mtimeNs / 1_000_000_000n) - (st.mtimeNs < 0n && st.mtimeNs % 1_000_000_000n !== 0n ? 1 : 0),
+      mtimeNsec: Number(((st.mtimeNs % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n),
       xattrs: readXattrs(full, includeOverlay),
     };
     if (type === 'file') {
@@ -220,9 +224,15 @@ function describe(field: keyof TreeEntry, value: unknown): string {
   if (value === undefined) return '(none)';
   if (field === 'mode' && typeof value === 'number') return octal(value);
   if (field === 'sha256' && typeof value === 'string') return value.slice(0, 12);
-  if (field === 'mtime' && typeof value === 'number') return `${value} (${new Date(value * 1000).toISOString()})`;
+  if (field === 'mtime' && typeof value === 'number') return `${value} (${new Date(value * 1000).toISOString().replace('.000Z', 'Z')})`;
   if (typeof value === 'string') return JSON.stringify(value);
   return String(value);
+}
+
+/** An mtime with its nanoseconds: `1234567890.123456789 (2009-02-13T23:31:30Z)`. */
+function describeTime(e: TreeEntry): string {
+  const nsec = e.mtimeNsec ?? 0;
+  return `${e.mtime}${nsec ? `.${String(nsec).padStart(9, '0')}` : ''} (${new Date(e.mtime * 1000).toISOString().replace('.000Z', 'Z')})`;
 }
 
 /** Compares two snapshots field by field; see {@link diffTrees}. */
@@ -255,7 +265,11 @@ export function diffTreesReport(a: TreeEntry[], b: TreeEntry[], options: DiffOpt
       if (ignored.has(field)) continue;
       // A type change makes the type-specific fields noise; report the type alone.
       if (field !== 'type' && ea.type !== eb.type && ['size', 'sha256', 'target', 'major', 'minor', 'nlink'].includes(field)) continue;
-      if (ea[field] !== eb[field]) {
+      if (field === 'mtime') {
+        if (ea.mtime !== eb.mtime || ea.mtimeNsec !== eb.mtimeNsec) {
+          raw.push({ path, field, message: `${path}: mtime ${describeTime(ea)} != ${describeTime(eb)}` });
+        }
+      } else if (ea[field] !== eb[field]) {
         raw.push({ path, field, message: `${path}: ${field} ${describe(field, ea[field])} != ${describe(field, eb[field])}` });
       }
     }

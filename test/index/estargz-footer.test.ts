@@ -14,7 +14,7 @@ const ctrRemoteFooter = Buffer.from(
 
 function refused(fn: () => unknown, pattern: RegExp): void {
   assert.throws(fn, (err: unknown) => {
-    assert.ok(isLazyrootError(err, 'INVALID_ARGUMENT'), String(err));
+    assert.ok(isLazyrootError(err, 'INVALID_DATA'), String(err));
     assert.match((err as Error).message, pattern);
     return true;
   });

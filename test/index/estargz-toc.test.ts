@@ -101,7 +101,7 @@ test('the TOC digest is checked when given', async () => {
     return true;
   });
   await assert.rejects(readEstargzIndex(memoryBlobReader(built.blob), { tocDigest: 'md5:abc' }), (err: unknown) =>
-    isLazyrootError(err, 'INVALID_ARGUMENT'),
+    isLazyrootError(err, 'INVALID_DATA'),
   );
 });
 
@@ -146,9 +146,9 @@ test('hostile names are refused', async () => {
   await refused([file('a', 'x')], rename('/etc/passwd'), 'HOSTILE_ARCHIVE', /is absolute/);
   await refused([file('a', 'x')], rename('a\0b'), 'HOSTILE_ARCHIVE', /NUL/);
   await refused([file('a', 'x'), hardlink('h', 'a')], rename('../outside', 'linkName', 1), 'HOSTILE_ARCHIVE', /escapes/);
-  await refused([file('a', 'x'), hardlink('h', 'a')], rename('./', 'linkName', 1), 'INVALID_ARGUMENT', /hardlink to the layer root/);
+  await refused([file('a', 'x'), hardlink('h', 'a')], rename('./', 'linkName', 1), 'INVALID_DATA', /hardlink to the layer root/);
   // A chunk that claims to belong to another file.
-  await refused([file('a', incompressible(5000))], { chunkSize: 4096, ...rename('other', 'name', 1) }, 'INVALID_ARGUMENT', /chunk of "other"/);
+  await refused([file('a', incompressible(5000))], { chunkSize: 4096, ...rename('other', 'name', 1) }, 'INVALID_DATA', /chunk of "other"/);
 });
 
 test('a TOC that contradicts itself or the blob is refused', async () => {
@@ -157,22 +157,22 @@ test('a TOC that contradicts itself or the blob is refused', async () => {
     editToc: (toc: { entries: Array<Record<string, unknown>> }) => fn(toc.entries),
   });
   const two = [file('a', incompressible(5000))];
-  await refused(two, edit((e) => (e[0]!.offset = 1 << 30)), 'INVALID_ARGUMENT', /not before the TOC/);
-  await refused(two, edit((e) => (e[1]!.chunkOffset = 4000)), 'INVALID_ARGUMENT', /does not continue the file at byte 4096/);
-  await refused(two, edit((e) => (e[1]!.chunkSize = 100)), 'INVALID_ARGUMENT', /its chunks cover 4196 of its 5000 bytes/);
-  await refused(two, edit((e) => (e[0]!.size = 4000)), 'INVALID_ARGUMENT', /chunk 0 .* runs past the end of the file \(4000 bytes\)/);
-  await refused(two, edit((e) => (e[1]!.offset = e[0]!.offset)), 'INVALID_ARGUMENT', /empty or backward gzip member/);
-  await refused(two, edit((e) => e.reverse()), 'INVALID_ARGUMENT', /chunk that follows no regular file/);
-  await refused(two, edit((e) => (e[0]!.size = -1)), 'INVALID_ARGUMENT', /"size" is -1/);
-  await refused(two, edit((e) => (e[0]!.mode = '0644')), 'INVALID_ARGUMENT', /"mode"/);
-  await refused(two, edit((e) => (e[0]!.modtime = 'yesterday')), 'INVALID_ARGUMENT', /RFC 3339/);
-  await refused(two, edit((e) => (e[0]!.xattrs = { 'user.x': 'not base64!' })), 'INVALID_ARGUMENT', /not base64/);
-  await refused(two, edit((e) => (e[0]!.chunkDigest = 'sha256:nope')), 'INVALID_ARGUMENT', /chunk 0 digest/);
+  await refused(two, edit((e) => (e[0]!.offset = 1 << 30)), 'INVALID_DATA', /not before the TOC/);
+  await refused(two, edit((e) => (e[1]!.chunkOffset = 4000)), 'INVALID_DATA', /does not continue the file at byte 4096/);
+  await refused(two, edit((e) => (e[1]!.chunkSize = 100)), 'INVALID_DATA', /its chunks cover 4196 of its 5000 bytes/);
+  await refused(two, edit((e) => (e[0]!.size = 4000)), 'INVALID_DATA', /chunk 0 .* runs past the end of the file \(4000 bytes\)/);
+  await refused(two, edit((e) => (e[1]!.offset = e[0]!.offset)), 'INVALID_DATA', /empty or backward gzip member/);
+  await refused(two, edit((e) => e.reverse()), 'INVALID_DATA', /chunk that follows no regular file/);
+  await refused(two, edit((e) => (e[0]!.size = -1)), 'INVALID_DATA', /"size" is -1/);
+  await refused(two, edit((e) => (e[0]!.mode = '0644')), 'INVALID_DATA', /"mode"/);
+  await refused(two, edit((e) => (e[0]!.modtime = 'yesterday')), 'INVALID_DATA', /RFC 3339/);
+  await refused(two, edit((e) => (e[0]!.xattrs = { 'user.x': 'not base64!' })), 'INVALID_DATA', /not base64/);
+  await refused(two, edit((e) => (e[0]!.chunkDigest = 'sha256:nope')), 'INVALID_DATA', /chunk 0 digest/);
   await refused(two, edit((e) => delete e[1]!.chunkDigest), 'UNSUPPORTED', /chunk 1 has no chunkDigest/);
   await refused(two, edit((e) => (e[0]!.type = 'socket')), 'UNSUPPORTED', /unknown entry type "socket"/);
   await refused(two, { editToc: (toc) => (toc.version = 2) }, 'UNSUPPORTED', /TOC version 2/);
-  await refused(two, { tocJson: Buffer.from('{"version":1,"entries":[') }, 'INVALID_ARGUMENT', /not valid JSON/);
-  await refused(two, { tocJson: Buffer.from('[]') }, 'INVALID_ARGUMENT', /not a JSON object/);
+  await refused(two, { tocJson: Buffer.from('{"version":1,"entries":[') }, 'INVALID_DATA', /not valid JSON/);
+  await refused(two, { tocJson: Buffer.from('[]') }, 'INVALID_DATA', /not a JSON object/);
 });
 
 test('a TOC member that is not one, or inflates without end, is refused', async () => {
@@ -188,7 +188,7 @@ test('a TOC member that is not one, or inflates without end, is refused', async 
   await assert.rejects(readEstargzIndex(memoryBlobReader(notGzip)), /the TOC is not a gzip member/);
   const bomb = await tocMember(await buildTar([file('stargz.index.json', Buffer.alloc(2 * 1024 * 1024, 0x20))]));
   await assert.rejects(readEstargzIndex(memoryBlobReader(bomb), { maxTocBytes: 1024 * 1024 }), (err: unknown) => {
-    assert.ok(isLazyrootError(err, 'INVALID_ARGUMENT'));
+    assert.ok(isLazyrootError(err, 'INVALID_DATA'));
     assert.match((err as Error).message, /inflates to more than 1048576 bytes/);
     return true;
   });

@@ -182,7 +182,7 @@ test('a corrupted span fails with DIGEST_MISMATCH naming layer and span; other s
 test('readFileRange refuses what is not a regular file; the shared reader works', async () => {
   const l = gzipLayer(blob, index);
   const d = index.entries.find((e) => e.type === 'dir')!;
-  await assert.rejects(readFileRange(d, 0, 10, l), (err: LazyrootError) => err.code === 'INVALID_ARGUMENT');
+  await assert.rejects(readFileRange(d, 0, 10, l), (err: LazyrootError) => err.code === 'INVALID_DATA');
   const f = files(index).find((e) => e.size > 100)!;
   assert.ok((await readFileRange(f, 10, 50, l)).equals(layer.files.get(f.path)!.subarray(10, 60)));
 });

@@ -38,7 +38,7 @@ function bigIndex(entryCount: number, checkpointCount: number): LayerIndex {
         entries.push({ path, type: 'hardlink', mode: 0o644, uid: 0, gid: 0, size: 0, mtime: 1_700_000_000, linkname: `usr/lib/x-${i}` });
         break;
       case 3:
-        entries.push({ path, type: 'file', mode: 0o4755, uid: 1000, gid: 1000, size: i * 100, mtime: 1_700_000_000.5, dataOffset: i * 4096, xattrs: { 'security.capability': randomBytes(20).toString('base64') } });
+        entries.push({ path, type: 'file', mode: 0o4755, uid: 1000, gid: 1000, size: i * 100, mtime: 1_700_000_000, mtimeNsec: 123_456_789, dataOffset: i * 4096, xattrs: { 'security.capability': randomBytes(20).toString('base64') } });
         break;
       case 4:
         entries.push({ path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: 10_000_000, mtime: 1, dataOffset: i * 4096, sparse: [{ offset: 0, size: 4096 }, { offset: 9_000_000, size: 512 }] });
@@ -116,7 +116,7 @@ test('damaged, foreign and missing index files are refused clearly', async () =>
     bad[at]! ^= 1;
     await writeFile(path, bad);
     await assert.rejects(readIndexFile(path), (err: LazyrootError) => {
-      assert.equal(err.code, 'INVALID_ARGUMENT');
+      assert.equal(err.code, 'INVALID_DATA');
       assert.match(err.message, /index file .*damaged: not a valid lazyroot index \((bad magic|checksum mismatch: the file is damaged)\); rebuild it/);
       return true;
     });

@@ -106,7 +106,7 @@ test('schema1: build refuses descriptors or diff IDs that do not match the plan'
     { mediaType: MediaType.dockerLayerGzip, digest: base, size: 1 },
     { mediaType: MediaType.dockerLayerGzip, digest: app, size: 2 },
   ];
-  assert.throws(() => plan.build(good, [diffBase]), (e) => isLazyrootError(e, 'INVALID_ARGUMENT') && /needs 2 layers/.test(e.message));
+  assert.throws(() => plan.build(good, [diffBase]), (e) => isLazyrootError(e, 'INVALID_MANIFEST') && /needs 2 layers/.test(e.message));
   assert.throws(() => plan.build([good[1]!, good[0]!], [diffBase, diffApp]), /schema1 layer 0 is sha256:/);
 });
 

@@ -190,7 +190,7 @@ test('bad archives fail naming the archive and the member at fault', async (t) =
     const bytes = await readFile(base);
     const path = newPath();
     await writeFile(path, bytes.subarray(0, bytes.length - 3000));
-    await rejectsWith(open(path), 'INVALID_ARGUMENT', new RegExp(`docker-archive:${path}: not a valid tar archive \\(truncated\\)`));
+    await rejectsWith(open(path), 'INVALID_DATA', new RegExp(`docker-archive:${path}: not a valid tar archive \\(truncated\\)`));
   });
   await t.test('blob that is not part of the image', async () => {
     const source = await open(base);

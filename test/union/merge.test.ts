@@ -26,11 +26,22 @@ const table: Array<{ name: string; layers: IndexEntry[][]; visible: string[] }> 
   { name: 'write through a lower symlink lands in its target', layers: [[d('usr'), d('usr/bin'), l('bin', 'usr/bin')], [f('bin/tool')]], visible: ['bin', 'usr', 'usr/bin', 'usr/bin/tool'] },
   { name: 'an absolute lower symlink resolves inside the root', layers: [[d('usr'), d('usr/lib'), l('lib', '/usr/lib')], [f('lib/x.so')]], visible: ['lib', 'usr', 'usr/lib', 'usr/lib/x.so'] },
   { name: 'reserved aufs names are ignored', layers: [[f('a')], [f('.wh..wh.plnk/1')]], visible: ['a'] },
+  // A whiteout hides lower entries from the layers above, not from its own layer's links (both orders).
+  { name: 'hardlink to a lower file, then its whiteout', layers: [[d('d'), f('d/t')], [h('d/new-link', 'd/t'), wh('d/t')]], visible: ['d', 'd/new-link'] },
+  { name: 'whiteout of a lower file, then a hardlink to it', layers: [[d('d'), f('d/t')], [wh('d/t'), h('d/new-link', 'd/t')]], visible: ['d', 'd/new-link'] },
+  { name: 'hardlink into a dir the same layer makes opaque', layers: [[d('o'), f('o/x')], [h('o-link', 'o/x'), opq('o')]], visible: ['o', 'o-link'] },
+  { name: 'a chain across layers, its middle whited out', layers: [[f('a')], [h('b', 'a')], [h('c', 'b'), wh('b')]], visible: ['a', 'c'] },
 ];
 
 for (const c of table) {
   test(`merge: ${c.name}`, () => assert.deepEqual(paths(c.layers), [...c.visible].sort()));
 }
+
+test('merge: a link to a file its own layer whites out keeps the lower file (issue: the lazy mount refused the image)', () => {
+  const merged = mergeLayers([[d('d'), f('d/t', { dataOffset: 1024 })], [h('d/new-link', 'd/t'), wh('d/t')]]);
+  const link = merged.find((e) => e.path === 'd/new-link')!;
+  assert.deepEqual([link.type, link.layer, link.sourcePath, link.dataOffset], ['file', 0, 'd/t', 1024]);
+});
 
 test('merge: a directory over a directory takes the new metadata and keeps lower children', () => {
   const merged = mergeLayers([[d('etc', { mode: 0o755, mtime: 1 }), f('etc/a')], [d('etc', { mode: 0o700, mtime: 9 })]]);

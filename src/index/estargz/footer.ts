@@ -50,7 +50,7 @@ export interface EstargzFooter {
 /**
  * Parses the footer from the last bytes of a blob (`tail` ends where the blob
  * ends; 51 bytes or more are best, 47 suffice for a legacy blob).
- * `blobSize` bounds the TOC offset. Throws INVALID_ARGUMENT, naming `what`,
+ * `blobSize` bounds the TOC offset. Throws INVALID_DATA, naming `what`,
  * when neither footer form is there: the blob is not eStargz.
  */
 export function parseEstargzFooter(tail: Buffer, blobSize: number, what = 'blob'): EstargzFooter {
@@ -78,7 +78,7 @@ export function parseEstargzFooter(tail: Buffer, blobSize: number, what = 'blob'
     }
     return { tocOffset, footerSize: size, format: form };
   }
-  throw new LazyrootError('INVALID_ARGUMENT', `${what}: not an eStargz blob: no eStargz or stargz footer (${reasons.join('; ')})`);
+  throw new LazyrootError('INVALID_DATA', `${what}: not an eStargz blob: no eStargz or stargz footer (${reasons.join('; ')})`);
 }
 
 /** The 22-byte "%016xSTARGZ" subfield of a 51-byte footer, or why there is none. */

@@ -73,10 +73,10 @@ export async function readEstargzFile(
   const what = options.what ?? 'eStargz layer';
   const cache = options.cache ?? defaultChunkCache;
   if (entry.type !== 'file') {
-    throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(entry.path)} is a ${entry.type}, not a regular file`);
+    throw new LazyrootError('INVALID_DATA', `${what}: ${JSON.stringify(entry.path)} is a ${entry.type}, not a regular file`);
   }
   if (!Number.isSafeInteger(fileOffset) || fileOffset < 0 || !Number.isSafeInteger(length) || length < 0) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(entry.path)}: bad read range ${fileOffset}+${length}`);
+    throw new LazyrootError('INVALID_DATA', `${what}: ${JSON.stringify(entry.path)}: bad read range ${fileOffset}+${length}`);
   }
   const start = fileOffset;
   const end = Math.min(entry.size, fileOffset + length);
@@ -85,7 +85,7 @@ export async function readEstargzFile(
   const first = chunkIndexAt(chunks, start);
   const last = chunkIndexAt(chunks, end - 1);
   if (first < 0 || last < 0) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(entry.path)}: no chunk covers bytes ${start}–${end} of ${entry.size}`);
+    throw new LazyrootError('INVALID_DATA', `${what}: ${JSON.stringify(entry.path)}: no chunk covers bytes ${start}–${end} of ${entry.size}`);
   }
 
   // Each chunk comes from the cache, from a fetch already under way, or from

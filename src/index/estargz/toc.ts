@@ -84,13 +84,13 @@ export interface ReadEstargzIndexOptions {
  * Reads an eStargz layer's TOC with two range reads (the footer, then the TOC's
  * gzip member), verifies the TOC JSON against `tocDigest` when given, and maps
  * it to index entries and chunk lists. Hostile names are refused
- * (HOSTILE_ARCHIVE); a TOC that contradicts itself is INVALID_ARGUMENT.
+ * (HOSTILE_ARCHIVE); a TOC that contradicts itself is INVALID_DATA.
  */
 export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstargzIndexOptions = {}): Promise<EstargzIndex> {
   const what = options.what ?? 'eStargz layer';
   const want = options.tocDigest === undefined ? undefined : parseDigest(options.tocDigest, `${what}: TOC digest annotation`);
   const size = blob.size;
-  if (size < 47) throw new LazyrootError('INVALID_ARGUMENT', `${what}: not an eStargz blob: ${size} bytes is smaller than any footer`);
+  if (size < 47) throw new LazyrootError('INVALID_DATA', `${what}: not an eStargz blob: ${size} bytes is smaller than any footer`);
 
   const tail = await blob.read(Math.max(0, size - maxFooterSize), size);
   const footer = parseEstargzFooter(tail, size, what);
@@ -109,7 +109,7 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
   try {
     toc = JSON.parse(tocJson.toString('utf8'));
   } catch (err) {
-    throw new LazyrootError('INVALID_ARGUMENT', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
+    throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
   }
   return { ...indexFromToc(toc, tocOffset, what), tocDigest: got, tocOffset, footer };
 }
@@ -123,7 +123,7 @@ async function extractTocJson(member: Buffer, maxBytes: number, what: string): P
   } catch (err) {
     const tooBig = err instanceof RangeError || /maxOutputLength|buffer/i.test(String((err as Error).message));
     throw new LazyrootError(
-      'INVALID_ARGUMENT',
+      'INVALID_DATA',
       tooBig
         ? `${what}: the TOC inflates to more than ${maxBytes} bytes; refused`
         : `${what}: the TOC is not a gzip member (${(err as Error).message})`,
@@ -204,7 +204,7 @@ function parsePax(data: Buffer): Record<string, string> {
 
 /** `what` may be a Place: its text is built only here, when there is an error to report. */
 function invalid(what: string | Place, why: string): LazyrootError {
-  return new LazyrootError('INVALID_ARGUMENT', `${what}: ${why}`);
+  return new LazyrootError('INVALID_DATA', `${what}: ${why}`);
 }
 
 /**
@@ -305,6 +305,8 @@ export function indexFromToc(toc: unknown, tocOffset: number, what: string): Omi
       size: entryType === 'file' ? int(raw.size, at, 'size') : 0,
       mtime: mtimeOf(raw.modtime, at),
     };
+    const nsec = typeof raw.modtime === 'string' ? fractionNsec(raw.modtime) : 0;
+    if (nsec !== 0) entry.mtimeNsec = nsec;
     if (entryType === 'symlink') {
       entry.linkname = str(raw.linkName, at, 'linkName');
       if (entry.linkname === '') throw invalid(at, 'is a symlink with no target');
@@ -446,8 +448,14 @@ function mtimeOf(value: unknown, at: string | Place): number {
   if (lastModtime && value === lastModtime.text) return lastModtime.seconds;
   const ms = typeof value === 'string' ? Date.parse(value) : Number.NaN;
   if (Number.isNaN(ms)) throw invalid(at, `"modtime" ${JSON.stringify(value)} is not an RFC 3339 time`);
-  lastModtime = { text: value as string, seconds: ms / 1000 };
-  return ms / 1000;
+  lastModtime = { text: value as string, seconds: Math.floor(ms / 1000) };
+  return lastModtime.seconds;
+}
+
+/** Nanoseconds of an RFC 3339 time's fraction ("…:30.123456789Z"); eStargz writers put whole seconds. */
+function fractionNsec(text: string): number {
+  const m = /T\d\d:\d\d:\d\d\.(\d+)/.exec(text);
+  return m ? Number(m[1]!.slice(0, 9).padEnd(9, '0')) : 0;
 }
 
 const base64Pattern = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;

@@ -53,7 +53,7 @@ export function isTemporaryStatus(status: number): boolean {
 export function errorCodeForStatus(status: number): ErrorCode {
   if (status === 401 || status === 403) return 'UNAUTHORIZED';
   if (status === 404) return 'NOT_FOUND';
-  if (status === 416) return 'INVALID_ARGUMENT';
+  if (status === 416) return 'INVALID_DATA'; // the blob is shorter than its descriptor or index says
   if (isTemporaryStatus(status)) return 'UNAVAILABLE';
   return 'FAILED_PRECONDITION';
 }

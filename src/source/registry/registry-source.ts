@@ -133,7 +133,7 @@ export class RegistrySource implements ImageSource {
   async openBlob(descriptor: Descriptor, offset = 0, options: FetchOptions = {}): Promise<Readable> {
     const what = `${this.name}: blob ${descriptor.digest}`;
     if (!Number.isSafeInteger(offset) || offset < 0 || offset > descriptor.size) {
-      throw new LazyrootError('INVALID_ARGUMENT', `${what}: offset ${offset} is outside the blob's ${descriptor.size} bytes`);
+      throw new LazyrootError('INVALID_DATA', `${what}: offset ${offset} is outside the blob's ${descriptor.size} bytes`);
     }
     if (offset === descriptor.size && offset > 0) return Readable.from([]);
     const headers: Record<string, string> = offset > 0 ? { range: `bytes=${offset}-` } : {};
@@ -172,7 +172,7 @@ export class RegistrySource implements ImageSource {
   async readRange(descriptor: Descriptor, start: number, end: number, options: FetchOptions = {}): Promise<Buffer> {
     const what = `${this.name}: blob ${descriptor.digest} bytes ${start}-${end}`;
     if (!Number.isSafeInteger(start) || !Number.isSafeInteger(end) || start < 0 || end <= start || end > descriptor.size) {
-      throw new LazyrootError('INVALID_ARGUMENT', `${what}: not a range inside the blob's ${descriptor.size} bytes`);
+      throw new LazyrootError('INVALID_DATA', `${what}: not a range inside the blob's ${descriptor.size} bytes`);
     }
     const headers = { range: `bytes=${start}-${end - 1}` };
     const bytes = await this.request('GET', `blobs/${descriptor.digest}`, what, headers, options.signal, async (response) => {

@@ -46,7 +46,8 @@ export function fixtureTree(): Fixture {
   file('etc/shadow', 'root:*:19000:0:99999:7:::\n', { mode: 0o600 });
   add({ path: 'etc/localtime', type: 'symlink', mode: 0o777, linkname: '/usr/share/zoneinfo/UTC' });
   add({ path: 'bin', type: 'dir', mode: 0o755 });
-  file('bin/busybox', '#!busybox\n'.repeat(100), { mode: 0o755, mtime: epoch + 0.25 });
+  file('bin/busybox', '#!busybox\n'.repeat(100), { mode: 0o755, mtime: epoch, mtimeNsec: 250_000_001 });
+  file('etc/old', 'before 1970\n', { mtime: -86_401, mtimeNsec: 500_000_000 });
   add({ path: 'bin/sh', type: 'hardlink', mode: 0o755, linkname: 'bin/busybox' });
   file('bin/ping', 'ping\n', {
     mode: 0o755,

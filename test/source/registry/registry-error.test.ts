@@ -40,5 +40,5 @@ test('registry error: status kinds', () => {
   assert.deepEqual(kind(503), ['UNAVAILABLE', true]);
   assert.deepEqual(kind(501), ['FAILED_PRECONDITION', false]);
   assert.deepEqual(kind(400), ['FAILED_PRECONDITION', false]);
-  assert.deepEqual(kind(416), ['INVALID_ARGUMENT', false]);
+  assert.deepEqual(kind(416), ['INVALID_DATA', false]);
 });
