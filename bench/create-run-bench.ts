@@ -1,7 +1,7 @@
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { dropCaches, median, timeCommand, type Measurement } from './measure.js';
-import { capture } from './lazy-bench.js';
+import { capture } from './system.js';
 import { largeImageLayout } from './sample-images.js';
 import type { BenchContext, BenchRow } from './types.js';
 

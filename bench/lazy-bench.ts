@@ -1,40 +1,16 @@
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
-import { promisify } from 'node:util';
 import { convertToEstargz, startContainerd, type Containerd } from '../test/helpers/estargz.js';
 import { pushToRegistry } from '../test/helpers/image-builder.js';
 import { dropCaches, median, timeCommand } from './measure.js';
+import { stargzDaemonBinary, startStargzPeer, writeStargzConfig } from './stargz-peer.js';
+import { capture, cpuSeconds, mountsUnder, unmountAllUnder } from './system.js';
 import { startEmulatedRegistry, startRelay, type Relay } from './netns.js';
 import { describeImage, PYTHON_COMMAND, realisticImageLayout, type RealisticImage } from './realistic-image.js';
 import type { BenchContext } from './types.js';
-
-const run = promisify(execFile);
-
-/** Runs a command and returns its stdout; fails with its stderr. */
-export async function capture(argv: string[], what = argv.join(' ')): Promise<string> {
-  try {
-    const { stdout } = await run(argv[0]!, argv.slice(1), { maxBuffer: 64 << 20 });
-    return stdout;
-  } catch (err) {
-    const e = err as Error & { stderr?: string };
-    throw new Error(`${what}: ${e.stderr?.trim().slice(-2000) || e.message}`);
-  }
-}
-
-/** Mount points at or under `dir`, deepest first (from /proc/self/mountinfo, octal escapes decoded). */
-export async function mountsUnder(dir: string): Promise<string[]> {
-  const text = await readFile('/proc/self/mountinfo', 'utf8');
-  const points = text
-    .split('\n')
-    .map((line) => line.split(' ')[4])
-    .filter((p): p is string => !!p)
-    .map((p) => p.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
-    .filter((p) => p === dir || p.startsWith(`${dir}/`));
-  return [...new Set(points)].sort((a, b) => b.length - a.length);
-}
 
 /**
  * Removes a lazyroot store made for one round: deletes its rootfses (which
@@ -142,9 +118,9 @@ export async function prepareLazyImages(ctx: BenchContext): Promise<LazyImages> 
 // ---- the scenario
 
 interface Sample {
-  /** (a): until the rootfs is visible; (b): until python3 has finished (its output is in). */
+  /** (a): until the rootfs is visible; (b): until `/bin/true` has finished (the tool returned); (c): until python3 has finished (its output is in). */
   seconds: number;
-  /** (b): until the tool returned, its teardown (unmount, container removal) done. */
+  /** (c): until the tool returned, its teardown (unmount, container removal) done. */
   exitSeconds?: number;
   /** Bytes the registry sent (through the counting relay), HTTP headers included. */
   bytes: number;
@@ -152,6 +128,10 @@ interface Sample {
   mountSeconds?: number;
   /** The mount daemon's own count of bytes fetched on demand (ranges only). */
   daemonBytes?: number;
+  /** Mount daemon CPU: utime + stime of the daemon process when the mount was ready. */
+  cpuSeconds?: number;
+  /** The same, less what the standby had used before it took the mount (loading its modules). */
+  cpuSinceClaim?: number;
 }
 
 interface Variant {
@@ -259,16 +239,45 @@ function markdown(header: string[], cells: string[][]): string {
   return [line(header), `|${widths.map((w) => '-'.repeat(w + 2)).join('|')}|`, ...cells.map(line)].join('\n');
 }
 
+interface LazyStartOptions {
+  /** Also time `lazyroot --version`, cold: the floor under every lazyroot row. */
+  floor: boolean;
+  /** Run containerd + stargz-snapshotter in the same rounds (this daemon binary, stargz-peer.ts) and compare with it. */
+  stargzBinary?: string;
+  /** Measure the mount daemon's own CPU time at the first and second mount of the eStargz image. */
+  daemonCpu: boolean;
+  /** Added to the title (the emulated network as measured). */
+  networkNote?: string;
+}
+
+/** `ls /usr/bin` in a container: done once as many lines as `names` have arrived; right when they are exactly `names`. */
+function listingOf(names: string[]): { done: (stdout: string) => boolean; check: (stdout: string) => string | undefined } {
+  const want = new Set(names);
+  return {
+    done: (out) => out.endsWith('\n') && out.split('\n').length - 1 >= want.size,
+    check: (out) => {
+      const got = new Set(out.split('\n').filter((l) => l !== ''));
+      const missing = [...want].filter((n) => !got.has(n));
+      const extra = [...got].filter((n) => !want.has(n));
+      return missing.length || extra.length ? `ls /usr/bin listed ${got.size} names, expected the ${want.size} the lazyroot mount shows (missing ${missing.slice(0, 5).join(' ')}; extra ${extra.slice(0, 5).join(' ')})` : undefined;
+    },
+  };
+}
+
 /**
  * Lazy start of the realistic image from a registry reached at `host`
  * (through `relay`, which counts the bytes). Each round, each way of starting
- * gets a fresh empty store and a cold page cache:
+ * gets a fresh empty store (or fresh containerd and stargz roots) and a cold
+ * page cache:
  *   (a) rootfs visible: `lazyroot mount` returned and `ls DIR/usr/bin` worked
- *       (full paths: the image pulled and unpacked);
- *   (b) first command: `python3 -c 'import json, sys; print(1)'` has exited in
+ *       (full paths: the image pulled and unpacked; stargz: `ctr-remote image
+ *       rpull` + `ctr run --rm … ls /usr/bin` has listed it);
+ *   (b) `/bin/true` done: `lazyroot run --lazy … -- /bin/true` (stargz:
+ *       rpull + `ctr run --rm … /bin/true`) returned, exit 0, teardown included;
+ *   (c) first command: `python3 -c 'import json, sys; print(1)'` has exited in
  *       runc, having printed exactly "1".
  */
-async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, relay: Relay, label: string, withFloor: boolean, networkNote = ''): Promise<LazyStartResult> {
+async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, relay: Relay, label: string, opts: LazyStartOptions): Promise<LazyStartResult> {
   const node = process.execPath;
   const lz = (store: string, ...args: string[]) => [node, ctx.lazyrootBin, '--store', store, ...args];
   const ref = (v: Variant) => `docker://${host}/${images[v.repoTag]}`;
@@ -276,9 +285,12 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
   const samples = new Map<string, Sample[]>();
   const add = (key: string, s: Sample) => samples.set(key, [...(samples.get(key) ?? []), s]);
   const elapsed = (since: bigint) => Number(process.hrtime.bigint() - since) / 1e9;
+  /** What /usr/bin of the mounted image holds (the first lazyroot mount tells): stargz's `ls` must list exactly that. */
+  let usrBin: string[] | undefined;
   const listUsrBin = async (root: string, what: string): Promise<void> => {
     const names = await readdir(join(root, 'usr/bin'));
     if (!names.includes('python3') || !names.includes('bash')) throw new Error(`bench: ${what}: ${root}/usr/bin has no python3 or bash (${names.length} names)`);
+    usrBin ??= names;
   };
 
   // Standby daemons live in the bench's own directory: none of another build or user is used, and the bench stops its own at the end.
@@ -289,6 +301,10 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
     if (v.standby) await ensureStandby(ctx.lazyrootBin, standbyDir);
     else await stopStandbys(standbyDir);
   };
+
+  // The stargz daemon's config names the registry as the clients reach it (the relay); its roots go under here.
+  const stargzDir = join(ctx.workDir, 'stargz');
+  const stargzConfig = opts.stargzBinary ? await writeStargzConfig(stargzDir, host) : undefined;
 
   const loadAtStart = loadavg()[0]!.toFixed(2);
   const freshStore = async (prefix: string, v?: Variant): Promise<string> => {
@@ -301,7 +317,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
     for (let round = 0; round < ctx.rounds; round++) {
       process.stderr.write(`bench: ${label}: round ${round + 1} of ${ctx.rounds}\n`);
       // The floor under every lazyroot row: a Node start and the CLI's modules, cold.
-      if (withFloor) {
+      if (opts.floor) {
         await dropCaches();
         add('floor', { ...(await timeCommand([node, ctx.lazyrootBin, '--version'])), bytes: 0 });
       }
@@ -327,7 +343,19 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
           await removeStore(ctx.lazyrootBin, storeA);
         }
 
-        // (b) first command: `lazyroot run --lazy` until python3 has exited in runc and all is cleaned up.
+        // (b) `/bin/true` in runc via `lazyroot run --lazy`: until the command returned (it prints nothing), teardown included.
+        const storeT = await freshStore('lazy-t-', v);
+        try {
+          await prepare(v);
+          await dropCaches();
+          relay.take();
+          const m = await timeCommand(lz(storeT, 'run', '--lazy', ref(v), '--', '/bin/true'), { env: envFor(v) });
+          add(`b:${v.name}`, { seconds: m.seconds, bytes: relay.take().down });
+        } finally {
+          await removeStore(ctx.lazyrootBin, storeT);
+        }
+
+        // (c) first command: `lazyroot run --lazy` until python3 has exited in runc and all is cleaned up.
         const storeB = await freshStore('lazy-b-', v);
         try {
           await prepare(v);
@@ -335,9 +363,44 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
           relay.take();
           let bytes = 0;
           const m = await timeCommand(lz(storeB, 'run', '--lazy', ref(v), '--', ...PYTHON_COMMAND), { env: envFor(v), expectStdout: EXPECTED, onOutput: () => (bytes = relay.take().down) });
-          add(`b:${v.name}`, { seconds: m.outputSeconds!, exitSeconds: m.seconds, bytes });
+          add(`c:${v.name}`, { seconds: m.outputSeconds!, exitSeconds: m.seconds, bytes });
         } finally {
           await removeStore(ctx.lazyrootBin, storeB);
+        }
+      }
+
+      // containerd + stargz-snapshotter, each workload cold: both daemons fresh (new roots), page cache dropped,
+      // then `ctr-remote image rpull` (lazy: manifest, config, footers and TOCs) and `ctr run --rm --snapshotter=stargz`.
+      // stargz keeps fetching whole layers in the background afterwards: bytes are counted when the workload is done.
+      if (opts.stargzBinary) {
+        const esgzRef = `${host}/${images.estargz}`;
+        const workloads: Array<{ key: 'a' | 'b' | 'c'; argv: string[] }> = [
+          { key: 'a', argv: ['ls', '/usr/bin'] },
+          { key: 'b', argv: ['/bin/true'] },
+          { key: 'c', argv: PYTHON_COMMAND },
+        ];
+        for (const w of workloads) {
+          const peer = await startStargzPeer(opts.stargzBinary, stargzConfig!, stargzDir);
+          try {
+            await dropCaches();
+            relay.take();
+            let bytes = 0;
+            const pull = await timeCommand(['ctr-remote', '-a', peer.address, 'image', 'rpull', '--plain-http', esgzRef]);
+            const runArgv = ['ctr', '-a', peer.address, 'run', '--rm', '--snapshotter=stargz', esgzRef, `lzb-${process.pid}-${round}-${w.key}`, ...w.argv];
+            if (w.key === 'b') {
+              const r = await timeCommand(runArgv);
+              add('b:stargz', { seconds: pull.seconds + r.seconds, bytes: relay.take().down });
+            } else {
+              const output = w.key === 'a' ? { outputDone: listingOf(usrBin!) } : { expectStdout: EXPECTED };
+              const r = await timeCommand(runArgv, { ...output, onOutput: () => (bytes = relay.take().down) });
+              add(`${w.key}:stargz`, { seconds: pull.seconds + r.outputSeconds!, exitSeconds: pull.seconds + r.seconds, bytes });
+            }
+          } catch (err) {
+            const tail = (await peer.log()).split('\n').slice(-15).join('\n');
+            throw new Error(`${(err as Error).message}\nstargz daemon log (last lines):\n${tail}`, { cause: err });
+          } finally {
+            await peer.stop();
+          }
         }
       }
 
@@ -359,7 +422,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
         await writeFile(configPath, JSON.stringify(config));
         const runc = await timeCommand(['runc', '--root', `${work}/runc`, 'run', '--bundle', `${work}/bundle`, id], { expectStdout: EXPECTED });
         add('a:skopeo', { seconds: copy.seconds + unpack.seconds, bytes });
-        add('b:skopeo', { seconds: copy.seconds + unpack.seconds + runc.outputSeconds!, exitSeconds: copy.seconds + unpack.seconds + runc.seconds, bytes });
+        add('c:skopeo', { seconds: copy.seconds + unpack.seconds + runc.outputSeconds!, exitSeconds: copy.seconds + unpack.seconds + runc.seconds, bytes });
       } finally {
         await capture(['runc', '--root', `${work}/runc`, 'delete', '--force', id]).catch(() => undefined);
         await rm(work, { recursive: true, force: true });
@@ -384,7 +447,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
         relay.take();
         const pull = await timeCommand(lz(storeO, 'pull', '--quiet', `docker://${fullRef}`));
         const runO = await timeCommand(lz(storeO, 'run', `docker://${fullRef}`, '--', ...PYTHON_COMMAND), { expectStdout: EXPECTED });
-        add('b:lazyroot', { seconds: pull.seconds + runO.outputSeconds!, exitSeconds: pull.seconds + runO.seconds, bytes: relay.take().down });
+        add('c:lazyroot', { seconds: pull.seconds + runO.outputSeconds!, exitSeconds: pull.seconds + runO.seconds, bytes: relay.take().down });
       } finally {
         await removeStore(ctx.lazyrootBin, storeO);
       }
@@ -401,12 +464,41 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
         const bytes = relay.take().down;
         const runC = await timeCommand([...ctr, 'run', '--rm', '--snapshotter', 'overlayfs', fullRef, id, ...PYTHON_COMMAND], { expectStdout: EXPECTED });
         add('a:ctr', { seconds: pull.seconds, bytes });
-        add('b:ctr', { seconds: pull.seconds + runC.outputSeconds!, exitSeconds: pull.seconds + runC.seconds, bytes: bytes + relay.take().down });
+        add('c:ctr', { seconds: pull.seconds + runC.outputSeconds!, exitSeconds: pull.seconds + runC.seconds, bytes: bytes + relay.take().down });
       } finally {
         if (containerd) {
           // stop() removes its directory: nothing may stay mounted under it by then.
-          for (const point of await mountsUnder(containerd.dir)) await capture(['umount', point]).catch(() => capture(['umount', '-l', point]));
+          await unmountAllUnder(containerd.dir);
           await containerd.stop();
+        }
+      }
+
+      // The mount daemon's own CPU time for this image (eStargz, warm standby): the first mount into a
+      // fresh store (TOCs fetched and parsed, 8,000-odd entries merged), then, after unmounting it, a second
+      // mount from the same store (TOCs local). --no-prefetch keeps the layers partial, so the second
+      // mount is lazy (FUSE) too. Read from /proc/PID/stat as soon as `mount --json` returned with the pid.
+      if (opts.daemonCpu) {
+        const v = variants.find((x) => x.repoTag === 'estargz' && x.standby)!;
+        const storeM = await freshStore('cpu-', v);
+        const mnt = join(storeM, 'mnt');
+        await mkdir(mnt);
+        try {
+          for (const which of ['first', 'second']) {
+            await prepare(v);
+            const before = new Map<number, number>();
+            for (const pid of await standbyPids(standbyDir)) before.set(pid, await cpuSeconds(pid).catch(() => 0));
+            await dropCaches();
+            const started = process.hrtime.bigint();
+            const out = JSON.parse(await capture(lz(storeM, '--json', 'mount', '--no-prefetch', ref(v), mnt), 'lazyroot mount --json', envFor(v))) as { pid?: number; driver: string };
+            const seconds = elapsed(started);
+            if (out.driver !== 'fuse' || !out.pid) throw new Error(`bench: daemon CPU, ${which} mount: expected a FUSE mount with a daemon pid, got ${JSON.stringify(out)}`);
+            const cpu = await cpuSeconds(out.pid);
+            add(`cpu:${which}`, { seconds, bytes: 0, cpuSeconds: cpu, cpuSinceClaim: cpu - (before.get(out.pid) ?? 0) });
+            await listUsrBin(mnt, `lazyroot mount (${which}, daemon CPU)`);
+            await capture(lz(storeM, 'umount', mnt), 'lazyroot umount');
+          }
+        } finally {
+          await removeStore(ctx.lazyrootBin, storeM);
         }
       }
     }
@@ -420,64 +512,122 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
 
   const med = (key: string, f: (s: Sample) => number = (s) => s.seconds): number => median(samples.get(key)!.map(f));
   const peerA = med('a:skopeo');
-  const peerB = med('b:skopeo');
-  const ctrB = med('b:ctr');
+  const peerC = med('c:skopeo');
+  const ctrC = med('c:ctr');
   const x = (peer: number, s: number) => `${(peer / s).toFixed(1)}×`;
 
-  const header = ['tool: (a) rootfs visible / (b) python3 done', '(a) s', '(a) vs skopeo', '(a) fetched', '(b) s', '(b) vs skopeo', '(b) vs ctr', '(b) fetched', '(b) tool returned s'];
+  const header = ['tool: (a) rootfs visible / (c) python3 done', '(a) s', '(a) vs skopeo', '(a) fetched', '(c) s', '(c) vs skopeo', '(c) vs ctr', '(c) fetched', '(c) tool returned s'];
   const cells: string[][] = [];
   for (const v of variants) {
     const a = med(`a:${v.name}`);
-    const b = med(`b:${v.name}`);
+    const c = med(`c:${v.name}`);
     cells.push([
       `lazyroot mount / run --lazy, ${v.name}`,
       `${a.toFixed(3)} (mount ${med(`a:${v.name}`, (s) => s.mountSeconds!).toFixed(3)})`,
       x(peerA, a),
       `${mib(med(`a:${v.name}`, (s) => s.bytes))} (stats: ${mib(med(`a:${v.name}`, (s) => s.daemonBytes ?? 0))})`,
-      b.toFixed(2),
-      x(peerB, b),
-      x(ctrB, b),
-      mib(med(`b:${v.name}`, (s) => s.bytes)),
-      med(`b:${v.name}`, (s) => s.exitSeconds!).toFixed(2),
+      c.toFixed(2),
+      x(peerC, c),
+      x(ctrC, c),
+      mib(med(`c:${v.name}`, (s) => s.bytes)),
+      med(`c:${v.name}`, (s) => s.exitSeconds!).toFixed(2),
     ]);
   }
   const full = (key: string, tool: string) => {
     const a = med(`a:${key}`);
-    const b = med(`b:${key}`);
-    cells.push([tool, a.toFixed(2), x(peerA, a), mib(med(`a:${key}`, (s) => s.bytes)), b.toFixed(2), x(peerB, b), x(ctrB, b), mib(med(`b:${key}`, (s) => s.bytes)), med(`b:${key}`, (s) => s.exitSeconds!).toFixed(2)]);
+    const c = med(`c:${key}`);
+    cells.push([tool, a.toFixed(2), x(peerA, a), mib(med(`a:${key}`, (s) => s.bytes)), c.toFixed(2), x(peerC, c), x(ctrC, c), mib(med(`c:${key}`, (s) => s.bytes)), med(`c:${key}`, (s) => s.exitSeconds!).toFixed(2)]);
   };
+  if (opts.stargzBinary) full('stargz', 'ctr-remote image rpull / + ctr run --rm (containerd + stargz-snapshotter, lazy)');
   full('lazyroot', 'lazyroot pull + create / pull + run (overlayfs)');
   full('skopeo', 'skopeo copy + umoci unpack / + runc run (peer)');
   full('ctr', 'ctr images pull / + ctr run --rm (containerd, overlayfs)');
-  if (withFloor) cells.push(['lazyroot --version (floor: cold Node start + CLI load)', med('floor').toFixed(3), x(peerA, med('floor')), '0', '', '', '', '', '']);
+  if (opts.floor) cells.push(['lazyroot --version (floor: cold Node start + CLI load)', med('floor').toFixed(3), x(peerA, med('floor')), '0', '', '', '', '', '']);
 
   const load = loadavg()[0]!.toFixed(2);
   const img = images.image;
   const title =
-    `Lazy start, ${label}${networkNote}: Debian bookworm minbase + python3, ${mib(img.compressedBytes)} gzip in ${img.layers.length} layers ` +
+    `Lazy start, ${label}${opts.networkNote ?? ''}: Debian bookworm minbase + python3, ${mib(img.compressedBytes)} gzip in ${img.layers.length} layers ` +
     `(eStargz ${mib(images.estargzBytes)}), ${img.mergedEntries} entries; median of ${ctx.rounds} cold rounds (1-min load average, start → end: ${loadAtStart} → ${load}); "vs" = how many times sooner than that peer`;
+  const tables = [`${title}\n\n${markdown(header, cells)}`];
 
   const mark = (ok: boolean) => (ok ? 'met' : 'MISSED');
   const goals = [
     `Goals, ${label} (medians):`,
     `  rootfs visible in under 0.2 s: ${goalVariants.map((v) => `${v.name} ${med(`a:${v.name}`).toFixed(3)} s ${mark(med(`a:${v.name}`) < 0.2)}`).join('; ')}`,
-    `  python3 at least 7× sooner than full pull + unpack (skopeo+umoci+runc ${peerB.toFixed(2)} s; ctr ${ctrB.toFixed(2)} s): ${goalVariants
+    `  python3 at least 7× sooner than full pull + unpack (skopeo+umoci+runc ${peerC.toFixed(2)} s; ctr ${ctrC.toFixed(2)} s): ${goalVariants
       .map((v) => {
-        const s = med(`b:${v.name}`);
-        return `${v.name} ${(peerB / s).toFixed(1)}× ${mark(peerB / s >= 7)} (vs ctr ${(ctrB / s).toFixed(1)}× ${mark(ctrB / s >= 7)})`;
+        const s = med(`c:${v.name}`);
+        return `${v.name} ${(peerC / s).toFixed(1)}× ${mark(peerC / s >= 7)} (vs ctr ${(ctrC / s).toFixed(1)}× ${mark(ctrC / s >= 7)})`;
       })
       .join('; ')}`,
-    `  under 5 MiB fetched by then: ${goalVariants.map((v) => `${v.name} ${mib(med(`b:${v.name}`, (s) => s.bytes))} ${mark(med(`b:${v.name}`, (s) => s.bytes) < 5 * MiB)}`).join('; ')}`,
+    `  under 5 MiB fetched by then: ${goalVariants.map((v) => `${v.name} ${mib(med(`c:${v.name}`, (s) => s.bytes))} ${mark(med(`c:${v.name}`, (s) => s.bytes) < 5 * MiB)}`).join('; ')}`,
   ];
-  return { table: `${title}\n\n${markdown(header, cells)}`, goals };
+
+  if (opts.stargzBinary) {
+    // The same rounds against containerd's stargz-snapshotter: each lazyroot row's seconds with (× stargz) = lazyroot ÷ stargz.
+    const sA = med('a:stargz');
+    const sB = med('b:stargz');
+    const sC = med('c:stargz');
+    const sBytes = med('c:stargz', (s) => s.bytes);
+    const times = (s: number, peer: number) => `${(s / peer).toFixed(2)}×`;
+    const sgHeader = ['tool: (a) mount + ls / (b), (c) run --lazy', '(a) rootfs visible s', '(b) /bin/true done s', '(c) python3 printed 1 s', '(c) fetched'];
+    const sgCells: string[][] = [
+      ['containerd + stargz-snapshotter: ctr-remote image rpull + ctr run --rm (peer)', sA.toFixed(3), sB.toFixed(2), sC.toFixed(2), mib(sBytes)],
+    ];
+    for (const v of variants) {
+      const a = med(`a:${v.name}`);
+      const b = med(`b:${v.name}`);
+      const c = med(`c:${v.name}`);
+      const bytes = med(`c:${v.name}`, (s) => s.bytes);
+      sgCells.push([`lazyroot, ${v.name}`, `${a.toFixed(3)} (${times(a, sA)})`, `${b.toFixed(2)} (${times(b, sB)})`, `${c.toFixed(2)} (${times(c, sC)})`, `${mib(bytes)} (${times(bytes, sBytes)})`]);
+    }
+    tables.push(
+      `Lazy start vs containerd's stargz-snapshotter, ${label}: same image (eStargz for stargz), same rounds; median of ${ctx.rounds} cold rounds; ` +
+        `(× stargz) = lazyroot ÷ stargz, under 1 is faster / fewer bytes. (a) lazyroot mount + ls /usr/bin | rpull + ctr run ls /usr/bin listed; ` +
+        `(b) until the command returned (teardown included); (c) until "1" was printed; fetched: registry bytes by then\n\n${markdown(sgHeader, sgCells)}`,
+    );
+    const est = variants.find((v) => v.repoTag === 'estargz' && v.standby)!;
+    const gzi = variants.find((v) => v.prebuiltIndex)!;
+    const vs = (key: string, peer: number, bound: number) => {
+      const s = med(key);
+      return `${s.toFixed(2)} s vs ${peer.toFixed(2)} s = ${(s / peer).toFixed(2)}× ${mark(s / peer <= bound)}`;
+    };
+    const estBytes = med(`c:${est.name}`, (s) => s.bytes);
+    goals.push(
+      `Goals vs stargz-snapshotter, ${label} (medians; × = lazyroot ÷ stargz):`,
+      `  eStargz run --lazy ≤ 0.8× stargz: python3 ${vs(`c:${est.name}`, sC, 0.8)}; /bin/true ${vs(`b:${est.name}`, sB, 0.8)}; rootfs visible ${vs(`a:${est.name}`, sA, 0.8)}`,
+      `  eStargz bytes fetched by python3 ≤ stargz: ${mib(estBytes)} vs ${mib(sBytes)} = ${(estBytes / sBytes).toFixed(2)}× ${mark(estBytes <= sBytes)}`,
+      `  gzip + prebuilt span index ≤ 1.0× stargz (python3): ${vs(`c:${gzi.name}`, sC, 1.0)}`,
+    );
+  }
+
+  if (opts.daemonCpu) {
+    const line = (which: string, what: string) =>
+      `  ${which} mount (${what}): ${med(`cpu:${which}`, (s) => s.cpuSinceClaim!).toFixed(3)} s since it took the mount ` +
+      `(${med(`cpu:${which}`, (s) => s.cpuSeconds!).toFixed(3)} s with its start as a standby); mount returned in ${med(`cpu:${which}`).toFixed(3)} s`;
+    tables.push(
+      [
+        `Mount daemon CPU time (utime + stime of the daemon process from /proc/PID/stat, read when \`lazyroot mount --json\` returned), eStargz image, ${img.mergedEntries} entries, warm standby, --no-prefetch; median of ${ctx.rounds}:`,
+        line('first', 'fresh store: TOCs fetched, parsed and merged'),
+        line('second', 'same store after umount: TOCs local'),
+      ].join('\n'),
+    );
+  }
+  return { table: tables.join('\n\n'), goals };
 }
 
-/** Lazy start against the loopback registry, through a counting relay (no delay). */
+/**
+ * Lazy start against the loopback registry, through a counting relay (no
+ * delay), with containerd's stargz-snapshotter in the same rounds (unless
+ * BENCH_STARGZ=0) and the mount daemon's CPU time.
+ */
 export async function lazyBench(ctx: BenchContext, images: LazyImages): Promise<LazyStartResult> {
+  const stargzBinary = process.env.BENCH_STARGZ === '0' ? undefined : await stargzDaemonBinary(ctx);
   const [name, port] = ctx.registryHost.split(':');
   const relay = await startRelay({ host: '127.0.0.1', port: 0 }, { host: name!, port: Number(port) });
   try {
-    return await lazyStart(ctx, images, relay.address, relay, 'loopback registry', true);
+    return await lazyStart(ctx, images, relay.address, relay, 'loopback registry', { floor: true, daemonCpu: true, ...(stargzBinary ? { stargzBinary } : {}) });
   } finally {
     await relay.close();
   }
@@ -490,8 +640,8 @@ export async function lazyBench(ctx: BenchContext, images: LazyImages): Promise<
 export async function lazyBenchEmulated(ctx: BenchContext, images: LazyImages, registryStorageDir: string): Promise<LazyStartResult> {
   const net = await startEmulatedRegistry(registryStorageDir, { delayMsEachWay: 10, rate: '200mbit' }, images.largestBlob);
   try {
-    const measured = ` (measured: ${net.measured.rttMs.toFixed(0)} ms RTT, ${net.measured.mbitPerSecond.toFixed(0)} Mbit/s)`;
-    return await lazyStart(ctx, images, net.host, net.relay, 'netns registry, 20 ms RTT, 200 Mbit/s', false, measured);
+    const networkNote = ` (measured: ${net.measured.rttMs.toFixed(0)} ms RTT, ${net.measured.mbitPerSecond.toFixed(0)} Mbit/s)`;
+    return await lazyStart(ctx, images, net.host, net.relay, 'netns registry, 20 ms RTT, 200 Mbit/s', { floor: false, daemonCpu: false, networkNote });
   } finally {
     await net.stop();
   }

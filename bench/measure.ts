@@ -5,7 +5,7 @@ export interface Measurement {
   /** Peak resident memory of the process, from GNU time when available. */
   maxRssMiB?: number;
   /**
-   * With `expectStdout`: when the whole expected output had arrived. For a
+   * With `expectStdout` (or `outputDone`): when the whole expected output had arrived. For a
    * command run in a container, whose stdout is flushed as it exits, that is
    * when it finished, before any teardown the tool does afterwards.
    */
@@ -16,6 +16,12 @@ export interface TimeOptions {
   env?: NodeJS.ProcessEnv;
   /** The command's whole stdout must be exactly this (else it fails, as a non-zero exit does). */
   expectStdout?: string;
+  /**
+   * Instead of `expectStdout`, for output known only by its shape: true once
+   * the stdout so far is complete (that moment is `outputSeconds`); `check`
+   * then judges the whole stdout (an error message, or undefined when right).
+   */
+  outputDone?: { done: (stdout: string) => boolean; check: (stdout: string) => string | undefined };
   /** Called the moment the expected output has arrived (to count what was fetched by then). */
   onOutput?: () => void;
 }
@@ -23,7 +29,9 @@ export interface TimeOptions {
 /** Runs a command to completion and times it; fails loudly on a non-zero exit (or unexpected output). */
 export async function timeCommand(argv: string[], options: TimeOptions = {}): Promise<Measurement> {
   const env = options.env ?? process.env;
-  const check = options.expectStdout !== undefined;
+  const expected = options.expectStdout;
+  const done = options.outputDone?.done ?? ((out: string) => out.length >= expected!.length);
+  const check = expected !== undefined || options.outputDone !== undefined;
   const useGnuTime = await hasGnuTime();
   const full = useGnuTime ? ['/usr/bin/time', '-f', '%M', ...argv] : argv;
   const started = process.hrtime.bigint();
@@ -34,7 +42,7 @@ export async function timeCommand(argv: string[], options: TimeOptions = {}): Pr
     let err = '';
     child.stdout?.on('data', (c: Buffer) => {
       out += c.toString();
-      if (outputAt === undefined && out.length >= options.expectStdout!.length) {
+      if (outputAt === undefined && done(out)) {
         outputAt = process.hrtime.bigint();
         options.onOutput?.();
       }
@@ -45,9 +53,11 @@ export async function timeCommand(argv: string[], options: TimeOptions = {}): Pr
   });
   const seconds = Number(process.hrtime.bigint() - started) / 1e9;
   if (code !== 0) throw new Error(`${argv.join(' ')} exited ${code}: ${stderr.slice(-2000)}`);
-  if (check && stdout !== options.expectStdout) {
-    throw new Error(`${argv.join(' ')} printed ${JSON.stringify(stdout.slice(0, 500))}, expected ${JSON.stringify(options.expectStdout)}; stderr: ${stderr.slice(-2000)}`);
+  if (expected !== undefined && stdout !== expected) {
+    throw new Error(`${argv.join(' ')} printed ${JSON.stringify(stdout.slice(0, 500))}, expected ${JSON.stringify(expected)}; stderr: ${stderr.slice(-2000)}`);
   }
+  const wrong = options.outputDone && (outputAt === undefined ? 'its output never looked complete' : options.outputDone.check(stdout));
+  if (wrong) throw new Error(`${argv.join(' ')}: ${wrong}; it printed ${JSON.stringify(stdout.slice(0, 500))}; stderr: ${stderr.slice(-2000)}`);
   const m: Measurement = { seconds };
   if (check && outputAt !== undefined) m.outputSeconds = Number(outputAt - started) / 1e9;
   if (useGnuTime) {

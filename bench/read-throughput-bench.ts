@@ -3,7 +3,8 @@ import { createWriteStream, existsSync } from 'node:fs';
 import { mkdir, mkdtemp, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { pushToRegistry } from '../test/helpers/image-builder.js';
-import { capture, mountsUnder, removeStore } from './lazy-bench.js';
+import { removeStore } from './lazy-bench.js';
+import { capture, mountsUnder } from './system.js';
 import { dropCaches, median, timeCommand } from './measure.js';
 import type { BenchContext, BenchRow } from './types.js';
 

@@ -19,6 +19,7 @@ import type { Stats } from 'node:fs';
 import { buildTar, blockdev, chardev, dir, fifo, file, hardlink, symlink, whiteout, type EntryOptions, type TarEntry } from '../test/helpers/tar-builder.js';
 import { writeOciLayout } from '../test/helpers/image-builder.js';
 import { devMajor, devMinor, native } from '../src/native.js';
+import { ensureDebianPackages } from './debian-packages.js';
 
 const run = promisify(execFile);
 
@@ -72,6 +73,7 @@ async function rootTrees(cacheDir: string): Promise<{ base: string; python: stri
   await mkdir(trees, { recursive: true });
   if (!existsSync(join(trees, 'minbase.done'))) {
     await rm(base, { recursive: true, force: true });
+    await ensureDebianPackages(['debootstrap'], 'the realistic image');
     log(`debootstrap --variant=minbase bookworm from ${MIRROR} (once; about a minute)`);
     const started = Date.now();
     await sh(['debootstrap', '--variant=minbase', 'bookworm', base, MIRROR], 'debootstrap');

@@ -25,6 +25,7 @@ async function main(): Promise<void> {
   const registry = await startRegistry();
   try {
     const ctx: BenchContext = {
+      repoRoot,
       registryHost: registry.host,
       cacheDir: join(repoRoot, '.bench-cache'),
       workDir,

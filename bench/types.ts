@@ -1,4 +1,6 @@
 export interface BenchContext {
+  /** The repository clone (its sibling `../shared/` holds the peers' build files). */
+  repoRoot: string;
   registryHost: string;
   cacheDir: string;
   workDir: string;

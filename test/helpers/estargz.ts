@@ -14,6 +14,9 @@
  * `startContainerd()` runs containerd with its own root, state, socket and a
  * minimal config (no CRI plugin, no snapshotters that need btrfs/zfs/devmapper),
  * all under a temp dir; `stop()` ends it by its PID and removes the dir.
+ * `startContainerd({ proxySnapshotters: { stargz: SOCKET } })` also wires
+ * remote snapshotters in as `[proxy_plugins.NAME]` (the benchmarks run
+ * stargz-snapshotter's daemon that way).
  *
  * In-process writer: `buildEstargz(entries)` lays tar-builder entries out as
  * eStargz does (a gzip member per chunk, a JSON TOC, the footer), with knobs
@@ -58,8 +61,13 @@ export interface Containerd {
   stop(): Promise<void>;
 }
 
+export interface ContainerdOptions {
+  /** Snapshotters served by other daemons: name → their gRPC unix socket (`[proxy_plugins.NAME] type = "snapshot"`). */
+  proxySnapshotters?: Record<string, string>;
+}
+
 /** Starts a private containerd (about 50 ms on the dev machine). */
-export async function startContainerd(): Promise<Containerd> {
+export async function startContainerd(options: ContainerdOptions = {}): Promise<Containerd> {
   const dir = await mkdtemp(join(tmpdir(), 'lazyroot-containerd-'));
   const address = join(dir, 'containerd.sock');
   const configPath = join(dir, 'config.toml');
@@ -89,6 +97,11 @@ export async function startContainerd(): Promise<Containerd> {
       '[plugins]',
       '  [plugins."io.containerd.internal.v1.opt"]',
       `    path = ${JSON.stringify(join(dir, 'opt'))}`,
+      ...Object.entries(options.proxySnapshotters ?? {}).flatMap(([name, socket]) => [
+        `[proxy_plugins.${JSON.stringify(name)}]`,
+        '  type = "snapshot"',
+        `  address = ${JSON.stringify(socket)}`,
+      ]),
       '',
     ].join('\n'),
   );
