@@ -18,7 +18,9 @@ export type ErrorCode =
   | 'DIGEST_MISMATCH'
   | 'SIZE_MISMATCH'
   | 'HOSTILE_ARCHIVE'
-  | 'IN_USE';
+  | 'IN_USE'
+  /** A documented limit (TOC records, sizes) was passed. */
+  | 'RESOURCE_EXHAUSTED';
 
 export class LazyrootError extends Error {
   readonly code: ErrorCode;

@@ -25,6 +25,7 @@ const byCode: Readonly<Record<ErrorCode, number>> = {
   SIZE_MISMATCH: errno.EIO,
   HOSTILE_ARCHIVE: errno.EIO,
   IN_USE: errno.EBUSY,
+  RESOURCE_EXHAUSTED: errno.ENOSPC,
 };
 
 /**

@@ -46,6 +46,8 @@ export interface LazyMountOptions extends ReferenceOptions {
    * Default 1 MiB.
    */
   readAheadBytes?: number;
+  /** Bound on an eStargz layer's TOC records (entries and chunks); past it the mount is refused. Default 2,000,000. */
+  maxTocRecords?: number;
 }
 
 export interface LazyMountStats {
@@ -283,5 +285,5 @@ async function prepareLayer(
     context.opened.set(descriptor.digest, blob);
     return blob;
   };
-  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? 64 << 20, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes, ...(options.logger ? { log: options.logger } : {}) });
+  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? 64 << 20, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes, ...(options.logger ? { log: options.logger } : {}), ...(options.maxTocRecords !== undefined ? { maxTocRecords: options.maxTocRecords } : {}) });
 }

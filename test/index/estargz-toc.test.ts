@@ -194,3 +194,16 @@ test('a TOC member that is not one, or inflates without end, is refused', async 
   });
   await assert.rejects(readEstargzIndex(memoryBlobReader(Buffer.alloc(30))), /not an eStargz blob/);
 });
+
+test('a TOC with more records than the limit is refused before any is mapped, naming the limit', async () => {
+  const entries = [dir('d'), ...Array.from({ length: 30 }, (_, i) => file(`d/f${i}`, `file ${i}\n`))];
+  const built = await buildEstargz(entries, {});
+  await assert.rejects(readEstargzIndex(memoryBlobReader(built.blob), { what: 'layer L', maxTocRecords: 20 }), (err: unknown) => {
+    assert.ok(isLazyrootError(err, 'RESOURCE_EXHAUSTED'), String(err));
+    assert.match((err as Error).message, /^layer L: the TOC lists \d+ entries and chunks, more than the limit of 20 \(--max-toc-records\)$/);
+    return true;
+  });
+  // At the limit or under it: read as usual.
+  const { result } = await index(entries);
+  assert.equal(result.entries.length, 31);
+});

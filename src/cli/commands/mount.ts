@@ -16,6 +16,7 @@ type MountFlags = RegistryFlags & {
   prefetchDelayMs?: number;
   cacheMaxBytes?: number;
   readAheadBytes?: number;
+  maxTocRecords?: number;
 };
 const int = (v: string) => Number.parseInt(v, 10);
 
@@ -38,6 +39,7 @@ function mountOptions(opts: MountFlags) {
     prefetchDelayMs: opts.prefetchDelayMs ?? 1000,
     ...(opts.cacheMaxBytes !== undefined ? { cacheMaxBytes: opts.cacheMaxBytes } : {}),
     ...(opts.readAheadBytes !== undefined ? { readAheadBytes: opts.readAheadBytes } : {}),
+    ...(opts.maxTocRecords !== undefined ? { maxTocRecords: opts.maxTocRecords } : {}),
   };
 }
 
@@ -92,6 +94,7 @@ export function registerMount(program: Command, out: Output): void {
     .option('--prefetch-delay-ms <ms>', 'start the background download this long after the mount is ready', int, 1000)
     .option('--cache-max-bytes <n>', 'bound on bytes kept for partly fetched layers; least recently used ranges are dropped past it', bytesFlag('--cache-max-bytes'))
     .option('--read-ahead-bytes <n>', 'a read fetches up to this many blob bytes around what it needs (eStargz: neighbouring files too, each verified); 0: only what it needs (default 1048576)', bytesFlag('--read-ahead-bytes'))
+    .option('--max-toc-records <n>', 'refuse an eStargz layer whose TOC lists more entries and chunks than this (default 2000000; about 1 KiB of daemon memory each)', bytesFlag('--max-toc-records'))
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image');
   addRegistryFlags(mountCommand);
   registerMountDaemon(program);
@@ -174,6 +177,7 @@ export function registerMount(program: Command, out: Output): void {
         ...(opts.spanBytes !== undefined ? { spanBytes: opts.spanBytes } : {}),
       });
       if (global.json) return out.json(report);
+      if (global.quiet) return;
       for (const l of report) {
         out.text(`${l.digest.slice(0, 19)}  ${l.format}${l.entries !== undefined ? `  ${l.entries} entries, ${l.checkpoints} checkpoints, ${l.seconds!.toFixed(2)} s` : ''}`);
       }

@@ -78,7 +78,12 @@ export interface ReadEstargzIndexOptions {
   what?: string;
   /** Bound on the decompressed TOC member (default 256 MiB). */
   maxTocBytes?: number;
+  /** Bound on the TOC's records (entries and chunks; default 2,000,000): past it the layer is refused before any is mapped. */
+  maxTocRecords?: number;
 }
+
+/** Default bound on a TOC's records: about 1 KiB of daemon memory each while the mount is built. */
+export const defaultMaxTocRecords = 2_000_000;
 
 /**
  * Reads an eStargz layer's TOC with two range reads (the footer, then the TOC's
@@ -111,7 +116,7 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
   } catch (err) {
     throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
   }
-  return { ...indexFromToc(toc, tocOffset, what), tocDigest: got, tocOffset, footer };
+  return { ...indexFromToc(toc, tocOffset, what, options.maxTocRecords ?? defaultMaxTocRecords), tocDigest: got, tocOffset, footer };
 }
 
 // ---- the TOC's gzip member: one tar entry named stargz.index.json
@@ -258,12 +263,15 @@ const entryTypes: Record<string, IndexEntry['type'] | undefined> = {
 };
 
 /** A parsed TOC (`stargz.index.json`) as index entries and chunk lists; `tocOffset` is where the TOC starts in the blob. */
-export function indexFromToc(toc: unknown, tocOffset: number, what: string): Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'> {
+export function indexFromToc(toc: unknown, tocOffset: number, what: string, maxRecords = defaultMaxTocRecords): Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'> {
   if (!isObject(toc)) throw invalid(what, `TOC ${tocTarName} is not a JSON object`);
   if (toc.version !== 1) {
     throw new LazyrootError('UNSUPPORTED', `${what}: TOC version ${JSON.stringify(toc.version)} is not supported (only 1)`);
   }
   if (!Array.isArray(toc.entries)) throw invalid(what, `TOC ${tocTarName} has no "entries" array`);
+  if (toc.entries.length > maxRecords) {
+    throw new LazyrootError('RESOURCE_EXHAUSTED', `${what}: the TOC lists ${toc.entries.length} entries and chunks, more than the limit of ${maxRecords} (--max-toc-records)`);
+  }
 
   const entries: IndexEntry[] = [];
   const chunks = new Map<string, EstargzMemberChunk[]>();

@@ -28,7 +28,7 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   const indexReader: BlobRangeReader = { size: blob.size, read: (start, end) => blob.readUnverified(start, end) };
   const cachePath = tocCachePath(context.store, context.descriptor.digest);
   const cached = await readCached<CachedToc>(cachePath, tocDigest);
-  const index = cached ? { entries: cached.entries, chunks: new Map(cached.chunks), prefetch: cached.prefetch } : await readEstargzIndex(indexReader, { tocDigest, what });
+  const index = cached ? { entries: cached.entries, chunks: new Map(cached.chunks), prefetch: cached.prefetch } : await readEstargzIndex(indexReader, { tocDigest, what, ...(context.maxTocRecords !== undefined ? { maxTocRecords: context.maxTocRecords } : {}) });
   if (!cached) writeCachedLater(context.store, cachePath, tocDigest, { entries: index.entries, chunks: [...index.chunks], prefetch: index.prefetch } satisfies CachedToc, context.log);
   const cache = new EstargzChunkCache(context.cacheBytes);
   const digest = context.descriptor.digest;

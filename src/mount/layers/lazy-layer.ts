@@ -79,6 +79,8 @@ export interface LayerContext {
   cacheBytes: number;
   /** A demand read fetches up to this many blob bytes around what it needs (0: only what it needs). */
   readAheadBytes: number;
+  /** Bound on an eStargz TOC's records (entries and chunks). */
+  maxTocRecords?: number;
   /** Where what goes wrong in the background is logged. */
   log?: (message: string, error: unknown) => void;
 }
