@@ -8,7 +8,7 @@ import type { ImageRecord } from '../store/metadata-db.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
 import { mergeLayers, type MergedEntry } from '../union/merge.js';
-import { flushCacheWrites, readCached, treeCachePath, writeCachedLater } from './mount-cache.js';
+import { readCached, treeCachePath, writeCachedLater } from './mount-cache.js';
 import { buildTree, type FsNode } from '../fs/tree.js';
 import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
 import type { LazyLayer, LazyLayerStats } from './layers/lazy-layer.js';
@@ -218,7 +218,6 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
         };
       },
       unmount: async () => {
-        await flushCacheWrites();
         stopPrefetch.abort();
         await prefetching.catch(() => undefined);
         await mounted.unmount();

@@ -7,6 +7,7 @@ import type { Store } from '../store/store.js';
 import { cleanStaleMount, mountpointState } from '../fs/stale-mount.js';
 import { mountImageOnOverlay } from './overlay-image.js';
 import { chooseDriver } from './driver.js';
+import { flushCacheWrites } from './mount-cache.js';
 import { unmount } from './mounts.js';
 import type { MountRecord } from '../store/metadata-db.js';
 import { mountImageLazily, type LazyMountOptions, type LazyMountStats } from './lazy-mount.js';
@@ -91,6 +92,9 @@ async function serveLeased(store: Store, ref: string, mountpoint: string, lease:
   store.db.dropLease(lease);
   store.db.forgetMount(mountpoint);
   await rm(stats, { force: true });
+  // Caches of this mount not written yet (an unmount right after the mount): written now, after
+  // the unmount, so `umount` need not wait for them and the next mount still finds them.
+  await flushCacheWrites();
 }
 
 /** Stats a running mount daemon wrote (`lazyroot mount --stats DIR`). */
@@ -150,7 +154,7 @@ export async function unmountLazy(store: Store, dir: string, waitMs = 15_000): P
     const until = Date.now() + waitMs;
     while (Date.now() < until) {
       if (!store.db.mountAt(mountpoint)) return { stale: false };
-      await new Promise((r) => setTimeout(r, 50));
+      await new Promise((r) => setTimeout(r, 10));
     }
     throw new LazyrootError('UNAVAILABLE', `${mountpoint}: the mount daemon (pid ${record.pid}) did not unmount within ${waitMs / 1000} s (is the mount busy?)`);
   }

@@ -1,7 +1,7 @@
 import { processAlive } from '../process-alive.js';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -44,6 +44,22 @@ function setPriorityQuietly(pid: number, priority: number): void {
   }
 }
 
+
+/**
+ * Sets the priority of every thread of this process. Linux's setpriority(2)
+ * on a pid moves only the thread with that id: the threads libuv (zlib,
+ * hashing, file I/O) and V8 (compiler, GC) started while the standby was
+ * niced would stay at 19 and starve once the standby serves a mount.
+ */
+function setThreadsPriority(priority: number): void {
+  let tids: string[];
+  try {
+    tids = readdirSync('/proc/self/task');
+  } catch {
+    tids = [String(process.pid)];
+  }
+  for (const tid of tids) setPriorityQuietly(Number(tid), priority);
+}
 
 /** The pid of the live standby, if there is one. */
 export function standbyPid(env: NodeJS.ProcessEnv = process.env): number | undefined {
@@ -128,7 +144,7 @@ export async function awaitAssignment(idleMs = Number(process.env.LAZYROOT_STAND
       clearTimeout(idle);
       process.off('SIGTERM', stop);
       release();
-      setPriorityQuietly(process.pid, 0); // a mount daemon now (root may raise it back; others stay niced)
+      setThreadsPriority(0); // a mount daemon now (root may raise it back; others stay niced)
       resolve(conn);
     });
   });

@@ -128,6 +128,9 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     assert.equal(second.code, 0, second.stderr);
     // The standby became the second mount's daemon.
     assert.equal((JSON.parse(second.stdout) as { pid: number }).pid, standby);
+    // It runs at normal priority now, every thread of it (zlib, hashing and V8's threads were started niced).
+    const nices = await Promise.all((await readdir(`/proc/${standby}/task`)).map(async (tid) => (await readFile(`/proc/${standby}/task/${tid}/stat`, 'utf8')).replace(/^.*\) /, '').split(' ')[16]));
+    assert.ok(nices.length > 1 && nices.every((n) => n === '0'), `thread nice values: ${nices.join(' ')}`);
     assert.deepEqual(await snapshotTree(join(work, 'b')), await snapshotTree(join(work, 'a')));
     const stats = await lazyroot(['--store', store(), '--json', 'mount', '--stats', join(work, 'b')]);
     assert.equal(stats.code, 0, stats.stderr);
