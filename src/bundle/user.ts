@@ -31,9 +31,12 @@ export async function resolveUser(
   const spec = userSpec ?? '';
   const { user, group } = parseUserSpec(spec, where);
 
-  // Both files are read whole up front: they are small, and most forms need both.
-  const users = await readUserFile(rootfsDir, '/etc/passwd', where).then((t) => (t === undefined ? undefined : parsePasswd(t)));
-  const groups = await readUserFile(rootfsDir, '/etc/group', where).then((t) => (t === undefined ? undefined : parseGroup(t)));
+  // Both files are read whole up front, at once: they are small, most forms need both, and on a
+  // lazy rootfs each read may wait for the network.
+  const [users, groups] = await Promise.all([
+    readUserFile(rootfsDir, '/etc/passwd', where).then((t) => (t === undefined ? undefined : parsePasswd(t))),
+    readUserFile(rootfsDir, '/etc/group', where).then((t) => (t === undefined ? undefined : parseGroup(t))),
+  ]);
 
   let entry: PasswdEntry | undefined;
   let uid: number;

@@ -123,6 +123,13 @@ export class LayerIndexBuilder {
   private uncompressedSize = 0;
   private nextCut: number;
   private done = false;
+  /**
+   * Why the bytes could not be decoded, with a digest to check: the rest of
+   * the blob is only hashed, so that bytes that are not the blob are reported
+   * as a digest mismatch naming the layer, not as the gzip or tar error they
+   * happened to cause.
+   */
+  private undecodable: unknown;
 
   constructor(
     readonly compression: 'gzip' | 'none',
@@ -142,6 +149,16 @@ export class LayerIndexBuilder {
     if (this.done) throw new LazyrootError('FAILED_PRECONDITION', `${this.what}: index builder written after finish`);
     if (chunk.length === 0) return;
     this.blobHash.update(chunk);
+    if (this.undecodable !== undefined) return;
+    try {
+      await this.decode(chunk);
+    } catch (err) {
+      if (!this.options.expectDigest) throw err;
+      this.undecodable = err;
+    }
+  }
+
+  private async decode(chunk: Buffer): Promise<void> {
     this.spans.add(chunk);
     if (!this.gzip) {
       // Uncompressed: a checkpoint every spanBytes, once a byte past it has arrived.
@@ -173,16 +190,24 @@ export class LayerIndexBuilder {
   async finish(): Promise<LayerIndex> {
     if (this.done) throw new LazyrootError('FAILED_PRECONDITION', `${this.what}: index builder finished twice`);
     this.done = true;
-    if (this.gzip) {
-      try {
-        this.gzip.end();
-      } catch (err) {
-        throw this.gzipError(err, this.spans.size);
-      }
-    }
-    const entries = await this.tar.end();
-    const digests = this.spans.finish();
     const blobDigest: Digest = `sha256:${this.blobHash.digest('hex')}`;
+    // Bytes that are not the blob: a digest mismatch naming the layer, whatever decoding them did.
+    const notTheBlob = () => (this.options.expectDigest && this.options.expectDigest !== blobDigest ? new DigestMismatchError(`${this.what}: blob`, this.options.expectDigest, blobDigest) : undefined);
+    if (this.undecodable !== undefined) throw notTheBlob() ?? this.undecodable;
+    let entries;
+    try {
+      if (this.gzip) {
+        try {
+          this.gzip.end();
+        } catch (err) {
+          throw this.gzipError(err, this.spans.size);
+        }
+      }
+      entries = await this.tar.end();
+    } catch (err) {
+      throw notTheBlob() ?? err;
+    }
+    const digests = this.spans.finish();
     const diffId: Digest = `sha256:${this.diffHash.digest('hex')}`;
     if (this.options.expectDigest && this.options.expectDigest !== blobDigest) {
       throw new DigestMismatchError(`${this.what}: blob`, this.options.expectDigest, blobDigest);

@@ -112,3 +112,21 @@ test('corrupt gzip fails naming the layer and the compressed offset; a corrupt t
   const notTar = gzipSync(Buffer.alloc(10_000, 'x'));
   await assert.rejects(buildGzipIndex(chunked(notTar), { what: 'layer n' }), (err: LazyrootError) => err.code === 'HOSTILE_ARCHIVE' && /^layer n: not a valid tar stream/.test(err.message));
 });
+
+test('bytes that are not the blob are a digest mismatch naming the layer, not the gzip or tar error they cause', async () => {
+  const tar = Buffer.concat([Buffer.alloc(512, 0x61), Buffer.alloc(200_000, 0x62)]);
+  const blob = gzipSync(tar);
+  const digest = `sha256:${createHash('sha256').update(blob).digest('hex')}`;
+  const corrupt = Buffer.from(blob);
+  for (let i = 20; i < 60; i++) corrupt[i] = corrupt[i]! ^ 0x5a; // the deflate stream breaks here
+  const truncated = blob.subarray(0, blob.length >> 1);
+  for (const [name, bytes] of [['corrupt', corrupt], ['truncated', truncated]] as const) {
+    await assert.rejects(buildGzipIndex(Readable.from([bytes]), { what: 'layer 2/3 sha256:abcd', expectDigest: digest }), (err: unknown) => {
+      assert.equal((err as LazyrootError).code, 'DIGEST_MISMATCH', `${name}: ${String(err)}`);
+      assert.match((err as Error).message, /^layer 2\/3 sha256:abcd: blob: digest mismatch/);
+      return true;
+    });
+  }
+  // Without a digest to check, the decoding error is what there is to say.
+  await assert.rejects(buildGzipIndex(Readable.from([corrupt]), { what: 'layer L' }), /layer L: cannot decompress \(gzip\)/);
+});

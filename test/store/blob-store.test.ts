@@ -141,3 +141,24 @@ test('put verifies small blobs', async (t) => {
   assert.deepEqual(await blobs.read(sha256(bytes)), bytes);
   await assert.rejects(blobs.put(sha256('x'), bytes, 'config of img'), /config of img: digest mismatch/);
 });
+
+test('a full disk while downloading names the blob and says the disk is full (a 1 MiB tmpfs store)', async (t) => {
+  if (process.getuid?.() !== 0) {
+    if (process.env.CI) throw new Error('CI: this test mounts a tmpfs and needs root');
+    return t.skip('needs root to mount a tmpfs');
+  }
+  const root = await mkdtemp(join(tmpdir(), 'lazyroot-full-'));
+  const { execFileSync } = await import('node:child_process');
+  execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', root]);
+  t.after(async () => {
+    execFileSync('umount', [root]);
+    await rm(root, { recursive: true, force: true });
+  });
+  const blobs = new BlobStore(new StorePaths(root));
+  const data = randomBytes(3 << 20);
+  await assert.rejects(blobs.ingest(sha256(data), data.length, sourceOf(data).fetchFrom, { what: 'image x: layer 1/2 sha256:abcd' }), (err: unknown) => {
+    assert.equal((err as LazyrootError).code, 'RESOURCE_EXHAUSTED', String(err));
+    assert.match((err as Error).message, /^image x: layer 1\/2 sha256:abcd: the store's disk is full \(ENOSPC writing /);
+    return true;
+  });
+});
