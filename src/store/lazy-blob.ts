@@ -539,22 +539,7 @@ export class LazyBlob {
     const key = `${window.start}-${window.end}`;
     this.claims.set(key, { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs });
     this.group?.readStarted();
-    const kept = (async () => {
-      await this.slot();
-      const began = Date.now();
-      this.stats.requests++;
-      try {
-        const bytes = await this.request(window.start, window.end, undefined);
-        this.stats.bytesFetched += bytes.length;
-        await this.keepUnits(window.units, window.start, bytes, false);
-      } catch (err) {
-        this.stats.failures++;
-        throw err;
-      } finally {
-        this.stats.fetchMillis += Date.now() - began;
-        this.release();
-      }
-    })();
+    const kept = this.fetch(window.start, window.end).then((bytes) => this.keepUnits(window.units, window.start, bytes, false));
     ahead.fetched(window.end);
     const flight = { start: window.start, end: window.end, kept };
     this.regions.push(flight);
