@@ -7,6 +7,8 @@ import { pullBench } from './pull-bench.js';
 import { createRunBench } from './create-run-bench.js';
 import { lazyBench, lazyBenchEmulated, prepareLazyImages, type LazyImages } from './lazy-bench.js';
 import { readThroughputBench } from './read-throughput-bench.js';
+import { readersBench } from './readers-bench.js';
+import { bigTocBench } from './bigtoc-bench.js';
 import type { BenchContext, BenchRow } from './types.js';
 
 const repoRoot = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -33,7 +35,7 @@ async function main(): Promise<void> {
       lazyrootBin: join(dirname(fileURLToPath(import.meta.url)), 'cli.js'),
       rounds,
     };
-    // BENCH_ONLY=pull,create,lazy,read,netns picks scenarios (default: all).
+    // BENCH_ONLY=pull,create,lazy,read,netns,readers,bigtoc picks scenarios (default: all).
     const only = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',').map((s) => s.trim())) : undefined;
     const wanted = (name: string) => !only || only.has(name);
     const rows: BenchRow[] = [];
@@ -50,7 +52,7 @@ async function main(): Promise<void> {
     if (wanted('pull')) rows.push(...(await step('pull', () => pullBench(ctx))));
     if (wanted('create')) rows.push(...(await step('create + run', () => createRunBench(ctx))));
     let images: LazyImages | undefined;
-    if (wanted('lazy') || wanted('netns')) images = await step('lazy images', () => prepareLazyImages(ctx));
+    if (wanted('lazy') || wanted('netns') || wanted('readers')) images = await step('lazy images', () => prepareLazyImages(ctx));
     if (wanted('lazy')) {
       const r = await step('lazy start, loopback', () => lazyBench(ctx, images!));
       tables.push(r.table);
@@ -59,6 +61,16 @@ async function main(): Promise<void> {
     if (wanted('read')) rows.push(...(await step('read throughput', () => readThroughputBench(ctx))));
     if (wanted('netns')) {
       const r = await step('lazy start, emulated network', () => lazyBenchEmulated(ctx, images!, registry.storageDir));
+      tables.push(r.table);
+      goals.push(...r.goals);
+    }
+    if (wanted('readers')) {
+      const r = await step('readers, cold lazy mount', () => readersBench(ctx, images!));
+      tables.push(r.table);
+      goals.push(...r.goals);
+    }
+    if (wanted('bigtoc')) {
+      const r = await step('big eStargz TOC', () => bigTocBench(ctx));
       tables.push(r.table);
       goals.push(...r.goals);
     }
