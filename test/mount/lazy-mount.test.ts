@@ -129,8 +129,9 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
 
   test('reading one small file fetches a small part of the image (gzip with an index; eStargz with none)', async () => {
     const store = join(work, 'store-small');
-    const indexed = await lazyroot(['--store', store, 'index', `docker://${proxy.host}/lazy/app:gzip`]);
+    const indexed = await lazyroot(['--store', store, 'index', '-q', `docker://${proxy.host}/lazy/app:gzip`]);
     assert.equal(indexed.code, 0, indexed.stderr);
+    assert.equal(indexed.stdout, '', 'index -q prints nothing');
     for (const tag of ['gzip', 'estargz']) {
       const target = await mount(tag, store);
       assert.equal((await readInChild(join(target, 'data/small.txt'))).sha256, sha(Buffer.from('small file\n')));
