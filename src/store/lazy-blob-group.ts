@@ -15,7 +15,7 @@ export interface LazyBlobGroupOptions {
   /**
    * Under sustained demand reads, a prefetch that has waited this long may
    * still send one request at a time: prefetch makes progress under load,
-   * not only in idle gaps. Default 250 ms.
+   * not only in idle gaps. Default 100 ms.
    */
   starveMs?: number;
 }
@@ -50,7 +50,7 @@ export class LazyBlobGroup {
     this.cacheMaxBytes = options.cacheMaxBytes;
     this.quietMs = options.quietMs ?? 100;
     this.prefetchConcurrency = Math.max(1, options.prefetchConcurrency ?? 4);
-    this.starveMs = options.starveMs ?? 250;
+    this.starveMs = options.starveMs ?? 100;
   }
 
   /** Keeps prefetch requests from starting for `ms` from now (the mount's first reads go first). */

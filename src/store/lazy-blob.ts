@@ -829,6 +829,9 @@ export class LazyBlob {
  * after where a recent one ended continues a stream, and its read-ahead
  * window doubles (from 64 KiB); any other read has none.
  */
+/** Streams followed at once: many concurrent readers (a parallel tree hash: 16) each walk their own. */
+const maxStreams = 64;
+
 class SequentialReads {
   /** Ends of recent demand fetches, each with its stream's window. */
   private readonly streams: Array<{ end: number; window: number }> = [];
@@ -841,7 +844,7 @@ class SequentialReads {
     else {
       stream = { end: start, window: 0 };
       this.streams.push(stream);
-      if (this.streams.length > 8) this.streams.shift();
+      if (this.streams.length > maxStreams) this.streams.shift();
     }
     const found = stream;
     return { window: found.window, fetched: (end) => (found.end = Math.max(found.end, end)) };

@@ -94,7 +94,7 @@ export function registerMount(program: Command, out: Output): void {
     .option('--prefetch-delay-ms <ms>', 'start the background download this long after the mount is ready', int, 1000)
     .option('--cache-max-bytes <n>', 'bound on bytes kept for partly fetched layers; least recently used ranges are dropped past it', bytesFlag('--cache-max-bytes'))
     .option('--read-ahead-bytes <n>', 'a read fetches up to this many blob bytes around what it needs (eStargz: neighbouring files too, each verified); 0: only what it needs (default 1048576)', bytesFlag('--read-ahead-bytes'))
-    .option('--max-toc-records <n>', 'refuse an eStargz layer whose TOC lists more entries and chunks than this (default 2000000; about 1 KiB of daemon memory each)', bytesFlag('--max-toc-records'))
+    .option('--max-toc-records <n>', 'refuse an eStargz layer whose TOC lists more entries and chunks than this (default 2000000; about 2 KiB of daemon memory each)', bytesFlag('--max-toc-records'))
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image');
   addRegistryFlags(mountCommand);
   registerMountDaemon(program);
