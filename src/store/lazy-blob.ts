@@ -589,18 +589,58 @@ export class LazyBlob {
    */
   private async keepUnits(units: readonly PrefetchUnit[], from: number, bytes: Buffer, strict: boolean): Promise<void> {
     let failure: unknown;
+    const passed: PrefetchUnit[] = [];
     for (const unit of units) {
-      const part = bytes.subarray(unit.start - from, unit.end - from);
       try {
-        if (unit.verify) await unit.verify(part);
+        if (unit.verify) await unit.verify(bytes.subarray(unit.start - from, unit.end - from));
       } catch (err) {
-        if (strict) throw err;
         failure ??= err;
+        if (strict) break;
         continue;
       }
-      await this.keep(unit.start, unit.end, part, unit.verify !== undefined);
+      passed.push(unit);
     }
+    await this.keepRuns(passed, from, bytes);
     if (failure) throw failure;
+  }
+
+  /**
+   * keep() for many units of one fetched buffer: adjacent ones are written
+   * with one write (a region of small files is hundreds of units), then
+   * marked present (verified) or provisional.
+   */
+  private async keepRuns(units: readonly PrefetchUnit[], from: number, bytes: Buffer): Promise<void> {
+    if (this.complete || !this.file) return;
+    let run: PrefetchUnit[] = [];
+    const flush = async () => {
+      if (run.length === 0 || this.complete || !this.file) return;
+      const start = run[0]!.start;
+      const end = run[run.length - 1]!.end;
+      await this.file.write(bytes, start - from, end - start, start);
+      if (this.complete) return;
+      for (const u of run) {
+        this.claims.delete(`${u.start}-${u.end}`);
+        if (u.verify) this.present.add(u.start, u.end);
+        else this.provisional.add(u.start, u.end);
+      }
+      run = [];
+    };
+    for (const u of units) {
+      // Never let unverified bytes overwrite anything kept, nor race a promotion of this inode.
+      if (!u.verify && (this.completion || this.keptCovers(u.start, u.end))) {
+        await flush();
+        continue;
+      }
+      if (run.length && run[run.length - 1]!.end !== u.start) await flush();
+      run.push(u);
+    }
+    await flush();
+    if (this.complete || units.length === 0) return;
+    this.kept = this.present.total + this.provisional.total;
+    if (this.tracksUse) this.touch(units[0]!.start, units[units.length - 1]!.end);
+    this.schedulePersist();
+    this.group?.enforceBound();
+    if (this.keptCovers(0, this.size)) void this.promote().catch(() => undefined);
   }
 
   /**

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { createGunzip } from 'node:zlib';
+import { createGunzip, gunzip } from 'node:zlib';
 import { LRUCache } from 'lru-cache';
 import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import { digestAlgorithm } from '../../oci/digest.js';
@@ -213,12 +213,28 @@ async function verifiedChunk(member: Buffer, chunk: EstargzMemberChunk, index: n
   return data;
 }
 
+/** What a member may inflate to past the chunk (the tar headers after it) before it is read as a stream. */
+const oneShotSlack = 1 << 20;
+
 /**
- * At least the first `need` bytes a gzip member inflates to. Inflation stops there:
- * the rest of the member (the tar headers after the chunk) is never expanded,
- * so a member that inflates without end costs nothing.
+ * At least the first `need` bytes a gzip member inflates to. A member is a
+ * chunk and the few tar headers after it: one zlib call inflates it whole
+ * (a stream per chunk cost more than the inflating). One that inflates past
+ * `need` + 1 MiB is read as a stream that stops at `need` instead, so a
+ * member that inflates without end costs nothing.
  */
 function inflatePrefix(member: Buffer, need: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    gunzip(member, { maxOutputLength: need + oneShotSlack }, (err, out) => {
+      if (!err) return out.length >= need ? resolve(out) : reject(new Error(`the gzip member inflates to ${out.length} bytes, ${need} expected`));
+      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || err instanceof RangeError) return inflatePrefixStreaming(member, need).then(resolve, reject);
+      reject(err);
+    });
+  });
+}
+
+/** inflatePrefix for a member that inflates to much more than its chunk: stops at `need`. */
+function inflatePrefixStreaming(member: Buffer, need: number): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const gunzip = createGunzip({ chunkSize: Math.min(Math.max(need, 64 * 1024), 8 * 1024 * 1024) });
     const parts: Buffer[] = [];

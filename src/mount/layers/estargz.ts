@@ -33,7 +33,7 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   const cache = new EstargzChunkCache(context.cacheBytes);
   const digest = context.descriptor.digest;
   let inBlobOrder: PrefetchUnit[] | undefined;
-  const units = () => (inBlobOrder ??= memberUnits(index, blob.size, what));
+  const units = () => (inBlobOrder ??= memberUnits(index, blob.size, what, cache));
   return {
     digest,
     kind: 'estargz',
@@ -75,11 +75,12 @@ function compressedRange(chunks: readonly EstargzMemberChunk[], start: number, e
  * The units of an eStargz layer, in blob order: one per gzip member holding
  * file chunks, verified by running every chunk in it through
  * readEstargzFile (inflate, check chunkDigest) against the fetched bytes.
+ * Each chunk checked is kept in `decoded`, the layer's chunk cache.
  * Tar headers of entries without data, the landmarks, the TOC and the footer
  * lie between or after the members: they become unverified units that only
  * the whole blob's digest vouches for.
  */
-function memberUnits(index: Pick<EstargzIndex, 'chunks'>, size: number, what: string): PrefetchUnit[] {
+function memberUnits(index: Pick<EstargzIndex, 'chunks'>, size: number, what: string, decoded: EstargzChunkCache): PrefetchUnit[] {
   const members = new Map<number, { end: number; chunks: Array<{ path: string; chunk: EstargzMemberChunk }> }>();
   for (const [path, chunks] of index.chunks) {
     for (const chunk of chunks) {
@@ -107,8 +108,10 @@ function memberUnits(index: Pick<EstargzIndex, 'chunks'>, size: number, what: st
           },
         };
         const entry: IndexEntry = { path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: chunk.offset + chunk.size, mtime: 0 };
-        await readEstargzFile(entry, [chunk], chunk.offset, chunk.size, view, { cache, what });
+        const data = await readEstargzFile(entry, [chunk], chunk.offset, chunk.size, view, { cache, what });
         if (!used) throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(path)}: chunk at ${chunk.offset} was not checked against the fetched bytes`);
+        // Inflated and checked now: the read that asked for this region (or comes soon) need not inflate it again.
+        decoded.set(chunk.chunkDigest, data);
       }
     },
   }));
