@@ -155,7 +155,7 @@ export class BlobStore {
       // Wrong or excess bytes poison the download file; a dropped connection
       // keeps it, so the next pull resumes instead of starting again.
       if (!isResumable(err)) await rm(tmpPath, { force: true });
-      throw err instanceof LazyrootError ? err : namedFailure(err, options.what, tmpPath);
+      throw diskFull(err, options.what, tmpPath) ?? err;
     }
     await file.close();
     const got = `${digest.slice(0, digest.indexOf(':'))}:${hash.digest('hex')}`;
@@ -176,13 +176,11 @@ export class BlobStore {
   }
 }
 
-/** A system error while downloading, said with the blob it happened to (and a full disk as such). */
-function namedFailure(err: unknown, what: string, path: string): LazyrootError {
-  const e = err as NodeJS.ErrnoException;
-  if (e?.code === 'ENOSPC' || e?.code === 'EDQUOT') {
-    return new LazyrootError('RESOURCE_EXHAUSTED', `${what}: the store's disk is full (${e.code} writing ${path})`, { cause: err });
-  }
-  return new LazyrootError('UNAVAILABLE', `${what}: ${e?.message ?? String(err)}`, { cause: err });
+/** A full disk while downloading, said as such and with the blob it happened to (other failures pass as they are). */
+function diskFull(err: unknown, what: string, path: string): LazyrootError | undefined {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (code !== 'ENOSPC' && code !== 'EDQUOT') return undefined;
+  return new LazyrootError('RESOURCE_EXHAUSTED', `${what}: the store's disk is full (${code} writing ${path})`, { cause: err });
 }
 
 /** A failure after which asking again from the same offset may succeed. */
