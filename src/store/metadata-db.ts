@@ -112,7 +112,17 @@ export class MetadataDb {
 
   constructor(path: string) {
     this.db = new Database(path, { timeout: 30_000 });
-    this.db.pragma('journal_mode = WAL');
+    // Two processes creating a store at once: switching a new database to WAL needs it alone, and
+    // SQLite answers BUSY at once there rather than calling the busy handler. Try again briefly.
+    for (let attempt = 0; ; attempt++) {
+      try {
+        this.db.pragma('journal_mode = WAL');
+        break;
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'SQLITE_BUSY' || attempt >= 100) throw err;
+        Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10 + attempt);
+      }
+    }
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('foreign_keys = ON');
     this.migrate();
