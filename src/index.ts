@@ -121,7 +121,7 @@ export async function serveMount(store: Store, ref: string, dir: string, options
 }
 
 /** `lazyroot umount DIR`: unmounts and stops the daemon; `stale` when the daemon was gone and the mount was cleaned up. */
-export async function unmount(store: Store, dir: string): Promise<{ stale: boolean }> {
+export async function unmount(store: Store, dir: string): Promise<{ stale: boolean; mountpoint: string }> {
   return (await import('./mount/mount-service.js')).unmountLazy(store, dir);
 }
 

@@ -6,6 +6,7 @@ import { defaultStoreRoot } from '../store/paths.js';
 import type { DaemonReady } from './daemon-channel.js';
 import { startMountDaemon } from './daemon.js';
 import type { LazyMountOptions } from './lazy-mount.js';
+import { canonicalMountpoint } from './mountpoint.js';
 
 export interface BackgroundMountOptions extends Omit<LazyMountOptions, 'logger' | 'lease'> {
   /** Where the daemon logs (default: STORE/mount-daemon.log). */
@@ -37,7 +38,7 @@ export async function mountInBackground(store: Store | string | undefined, ref: 
   const root = typeof store === 'object' ? store.paths.root : resolve(store ?? process.env.LAZYROOT_STORE ?? defaultStoreRoot);
   await mkdir(root, { recursive: true, mode: 0o711 });
   const { logFile, env, readyTimeoutMs, bin, ...mountOptions } = options;
-  const mountpoint = resolve(dir);
+  const mountpoint = await canonicalMountpoint(dir);
   const ready = await startMountDaemon(
     { store: root, ref, mountpoint, options: mountOptions, env: env ?? process.env, logFile: logFile ?? join(root, 'mount-daemon.log') },
     { ...(bin !== undefined ? { bin } : {}), ...(readyTimeoutMs !== undefined ? { readyTimeoutMs } : {}) },

@@ -41,6 +41,10 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
   for (const key of Object.keys(process.env)) delete process.env[key];
   Object.assign(process.env, request.env);
   const logger = fileLogger(request.logFile);
+  // A bug fails the operation it is in, never the mount: whatever escapes is logged, and the
+  // daemon goes on serving.
+  process.on('uncaughtException', (err) => logger('uncaught exception (the mount goes on)', err));
+  process.on('unhandledRejection', (err) => logger('unhandled rejection (the mount goes on)', err));
   const { Store } = await storeModule();
   const store = await Store.open(request.store);
   try {

@@ -1,12 +1,13 @@
 import { createHash } from 'node:crypto';
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { LazyrootError } from '../errors.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
 import type { Store } from '../store/store.js';
 import { cleanStaleMount, mountpointState } from '../fs/stale-mount.js';
 import { mountImageOnOverlay } from './overlay-image.js';
 import { chooseDriver } from './driver.js';
+import { canonicalMountpoint } from './mountpoint.js';
 import { flushCacheWrites } from './mount-cache.js';
 import { unmount } from './mounts.js';
 import type { MountRecord } from '../store/metadata-db.js';
@@ -30,7 +31,7 @@ export interface ServeOptions extends LazyMountOptions {
  * unmount and exit. Resolves when the mount is gone.
  */
 export async function serveMount(store: Store, ref: string, dir: string, options: ServeOptions = {}): Promise<void> {
-  const mountpoint = resolve(dir);
+  const mountpoint = await canonicalMountpoint(dir);
   // While this process serves the mount, a lease holds its image's blobs: garbage collection
   // leaves its partial blobs, indexes and promoted blobs alone, from the moment the image is known.
   const lease = store.db.createLease();
@@ -99,7 +100,7 @@ async function serveLeased(store: Store, ref: string, mountpoint: string, lease:
 
 /** Stats a running mount daemon wrote (`lazyroot mount --stats DIR`). */
 export async function mountStats(store: Store, dir: string): Promise<MountStats> {
-  const mountpoint = resolve(dir);
+  const mountpoint = await canonicalMountpoint(dir);
   const record = store.db.mountAt(mountpoint);
   if (!record) throw new LazyrootError('NOT_FOUND', `${mountpoint}: no lazyroot mount there`);
   if (record.driver === 'overlay') return overlayStats(store, record);
@@ -141,19 +142,19 @@ function overlayStats(store: Store, record: MountRecord): MountStats {
  * `lazyroot umount DIR`: asks the daemon to unmount and waits for it; a mount
  * whose daemon is gone (killed) is cleaned directly.
  */
-export async function unmountLazy(store: Store, dir: string, waitMs = 15_000): Promise<{ stale: boolean }> {
-  const mountpoint = resolve(dir);
+export async function unmountLazy(store: Store, dir: string, waitMs = 15_000): Promise<{ stale: boolean; mountpoint: string }> {
+  const mountpoint = await canonicalMountpoint(dir);
   const record = store.db.mountAt(mountpoint);
   if (record?.driver === 'overlay') {
     await unmount(mountpoint);
     store.db.forgetMount(mountpoint);
-    return { stale: false };
+    return { stale: false, mountpoint };
   }
   if (record?.alive) {
     process.kill(record.pid, 'SIGTERM');
     const until = Date.now() + waitMs;
     while (Date.now() < until) {
-      if (!store.db.mountAt(mountpoint)) return { stale: false };
+      if (!store.db.mountAt(mountpoint)) return { stale: false, mountpoint };
       await new Promise((r) => setTimeout(r, 10));
     }
     throw new LazyrootError('UNAVAILABLE', `${mountpoint}: the mount daemon (pid ${record.pid}) did not unmount within ${waitMs / 1000} s (is the mount busy?)`);
@@ -167,5 +168,5 @@ export async function unmountLazy(store: Store, dir: string, waitMs = 15_000): P
   if (state !== 'none') await cleanStaleMount(mountpoint);
   store.db.forgetMount(mountpoint);
   await rm(statsPath(store, mountpoint), { force: true });
-  return { stale: true };
+  return { stale: true, mountpoint };
 }

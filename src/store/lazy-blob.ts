@@ -194,6 +194,8 @@ export class LazyBlob {
   private readonly lastUse = new Map<number, number>();
   private readonly closing = new AbortController();
   prefetchState: PrefetchState = 'off';
+  /** Why the last write of the range map failed, until one succeeds. */
+  persistError: string | undefined;
   /** Why the last prefetch attempt failed, if it did. */
   prefetchError: string | undefined;
 
@@ -790,7 +792,17 @@ export class LazyBlob {
       clearTimeout(this.persistTimer);
       this.persistTimer = undefined;
     }
-    if (!this.complete) this.store.db.setBlobRanges(this.digest, this.present.ranges());
+    if (this.complete) return;
+    try {
+      this.store.db.setBlobRanges(this.digest, this.present.ranges());
+      this.persistError = undefined;
+    } catch (err) {
+      // A full disk (SQLITE_FULL) must not take the mount down: the ranges stay served from
+      // memory's map, and are written with the next batch. A crash before then loses them:
+      // they are fetched again, never served unverified.
+      this.persistError = (err as Error).message;
+      this.schedulePersist();
+    }
   }
 
   /** Every byte is here: hash the whole blob, and on a match move it into blobs/. */

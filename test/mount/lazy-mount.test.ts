@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile as readFileFs, rm, symlink as symlinkFs } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
@@ -243,5 +243,23 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
     } finally {
       proxy.setRules([]);
     }
+  });
+
+  test('regression: a mountpoint given as a symlink is mounted at its target, and umount of the link removes that mount', async () => {
+    const store = join(work, 'store-link');
+    const target = join(work, 'link-target');
+    const link = join(work, 'link-to-target');
+    await mkdir(target, { recursive: true });
+    await symlinkFs(target, link);
+    const mounted = await lazyroot(['--store', store, '--json', 'mount', '--no-prefetch', `docker://${proxy.host}/lazy/app:estargz`, link]);
+    assert.equal(mounted.code, 0, mounted.stderr);
+    assert.equal((JSON.parse(mounted.stdout) as { mountpoint: string }).mountpoint, target);
+    const mountinfo = async () => (await readFileFs('/proc/self/mountinfo', 'utf8')).split('\n').map((l) => l.split(' ')[4]);
+    assert.ok((await mountinfo()).includes(target), 'mounted at the target');
+    assert.equal((await readInChild(join(link, 'etc/motd'))).sha256, sha(Buffer.from('lazily mounted\n')));
+    const u = await lazyroot(['--store', store, 'umount', link]);
+    assert.equal(u.code, 0, u.stderr);
+    assert.equal(u.stdout.trim(), `unmounted ${target}`);
+    assert.equal((await mountinfo()).includes(target), false, 'no mount left at the target');
   });
 });

@@ -103,3 +103,25 @@ test('once every byte is confirmed the blob is verified whole and moved into blo
   assert.deepEqual(store.db.blobRanges(digest), []);
   await blob.close();
 });
+
+test('regression: a range map that cannot be written (SQLITE_FULL) fails no read and kills nothing; it is written once it can be', async (t) => {
+  const { store, data, fetcher } = await setup(t);
+  const digest = sha256(data);
+  const write = store.db.setBlobRanges.bind(store.db);
+  let full = true;
+  store.db.setBlobRanges = (d, ranges) => {
+    if (full) throw Object.assign(new Error('database or disk is full'), { code: 'SQLITE_FULL' });
+    write(d, ranges);
+  };
+  const blob = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer' });
+  await blob.read(1000, 2000);
+  blob.confirm(1000, 2000);
+  await new Promise((r) => setTimeout(r, 300)); // the batched write has run, and failed
+  assert.equal(blob.persistError, 'database or disk is full');
+  assert.ok((await blob.read(1200, 1800)).equals(data.subarray(1200, 1800)), 'still served');
+  full = false;
+  await new Promise((r) => setTimeout(r, 300));
+  assert.equal(blob.persistError, undefined);
+  assert.deepEqual(store.db.blobRanges(digest), [[1000, 2000]]);
+  await blob.close();
+});

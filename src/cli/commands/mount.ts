@@ -1,5 +1,4 @@
 import type { Command } from 'commander';
-import { resolve } from 'node:path';
 import { LazyrootError, indexImage, mount, mountStats, runMountDaemon, serveMount, unmount } from '../../index.js';
 import { formatBytes } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
@@ -152,9 +151,9 @@ export function registerMount(program: Command, out: Output): void {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        const { stale } = await unmount(store, dir);
-        if (global.json) out.json({ unmounted: resolve(dir), stale });
-        else if (!global.quiet) out.text(stale ? `cleaned stale mount ${resolve(dir)}` : `unmounted ${resolve(dir)}`);
+        const { stale, mountpoint } = await unmount(store, dir);
+        if (global.json) out.json({ unmounted: mountpoint, stale });
+        else if (!global.quiet) out.text(stale ? `cleaned stale mount ${mountpoint}` : `unmounted ${mountpoint}`);
       } finally {
         store.close();
       }
