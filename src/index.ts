@@ -156,8 +156,8 @@ export async function createRootfs(store: Store, ref: string, id: string, option
 }
 
 /** `lazyroot delete ID`: unmounts and removes a rootfs; its layers stay until `clean`. */
-export async function deleteRootfs(store: Store, id: string): Promise<void> {
-  return (await import('./rootfs/rootfs.js')).deleteRootfs(store, id);
+export async function deleteRootfs(store: Store, id: string, options: { force?: boolean } = {}): Promise<void> {
+  return (await import('./rootfs/rootfs.js')).deleteRootfs(store, id, options);
 }
 
 /** `lazyroot list`. */

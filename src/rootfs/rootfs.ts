@@ -13,6 +13,7 @@ import type { Store } from '../store/store.js';
 import type { IdMapping } from '../unpack/id-mapping.js';
 import { ensureLayersUnpacked, layerDirName } from '../unpack/layer-cache.js';
 import { diskUsage } from './disk-usage.js';
+import { processesRootedAt } from './rootfs-users.js';
 
 /** What `create` prints: an OCI runtime-spec fragment, as GrootFS does. */
 export interface SpecFragment {
@@ -170,11 +171,19 @@ export async function createRootfs(store: Store, ref: string, id: string, option
   }
 }
 
-/** `lazyroot delete ID`: unmount and remove a rootfs; its layers stay cached until `clean`. */
-export async function deleteRootfs(store: Store, id: string): Promise<void> {
+/** `lazyroot delete ID`: unmount and remove a rootfs; its layers stay cached until `clean`. Refused while a process runs on it, unless `force`. */
+export async function deleteRootfs(store: Store, id: string, options: { force?: boolean } = {}): Promise<void> {
   const record = store.db.rootfs(id);
   if (!record) throw new LazyrootError('NOT_FOUND', `rootfs ${id}: no such rootfs`);
   const paths = rootfsPaths(store, id);
+  if (!options.force) {
+    // As GrootFS and containers/storage do: a rootfs a container still runs on is not pulled from under it.
+    const root = record.mountPoint ?? paths.merged;
+    const [user, ...more] = (await mountsUnder(root)).length ? await processesRootedAt(root) : [];
+    if (user) {
+      throw new LazyrootError('IN_USE', `rootfs ${id}: in use by process ${user.pid} (${user.name})${more.length ? ` and ${more.length} more` : ''}, whose root is ${root}: stop it first, or delete --force`);
+    }
+  }
   if (record.mountPoint) for (const point of await mountsUnder(record.mountPoint)) await unmount(point);
   for (const point of await mountsUnder(paths.merged)) await unmount(point);
   // A lazy rootfs's FUSE lower is served by a daemon: stop it through its record.

@@ -105,4 +105,36 @@ describe('lazyroot run and bundle with runc', { skip: missing.length ? `needs ${
     assert.equal((await lazyroot([...store, 'delete', 'b1'])).code, 0);
     assert.ok(!existsSync(join(dir, 'rootfs', 'bin')), 'rootfs unmounted');
   });
+
+  test('regression: delete of a rootfs a running container uses is refused (--force deletes it); clean leaves its layers; once the container is gone, delete works', async () => {
+    const bundle = join(work, 'busy-bundle');
+    const made = await lazyroot([...store, '--json', 'bundle', '--id', 'busy', ref, bundle, '--', 'sleep', '60']);
+    assert.equal(made.code, 0, made.stderr);
+    const runcRoot = join(work, 'runc-busy');
+    execFileSync('runc', ['--root', runcRoot, 'run', '-d', '--bundle', bundle, 'busy-ctr'], { stdio: 'ignore' });
+    try {
+      const refused = await lazyroot([...store, 'delete', 'busy']);
+      assert.equal(refused.code, 1, refused.stderr);
+      assert.match(refused.stderr, /rootfs busy: in use by process \d+ \(sleep\), whose root is .*busy-bundle\/rootfs: stop it first, or delete --force/);
+      const cleaned = await lazyroot([...store, '--json', 'clean', '--threshold-bytes', '0']);
+      assert.equal(cleaned.code, 0, cleaned.stderr);
+      // The container still sees its whole tree.
+      assert.match(execFileSync('runc', ['--root', runcRoot, 'exec', 'busy-ctr', 'ls', '/bin']).toString(), /busybox/);
+    } finally {
+      execFileSync('runc', ['--root', runcRoot, 'delete', '--force', 'busy-ctr'], { stdio: 'ignore' });
+    }
+    const deleted = await lazyroot([...store, 'delete', 'busy']);
+    assert.equal(deleted.code, 0, deleted.stderr);
+    // --force deletes one in use.
+    const again = await lazyroot([...store, 'bundle', '--id', 'busy2', ref, join(work, 'busy2'), '--', 'sleep', '60']);
+    assert.equal(again.code, 0, again.stderr);
+    execFileSync('runc', ['--root', runcRoot, 'run', '-d', '--bundle', join(work, 'busy2'), 'busy-ctr2'], { stdio: 'ignore' });
+    try {
+      assert.equal((await lazyroot([...store, 'delete', 'busy2'])).code, 1);
+      const forced = await lazyroot([...store, 'delete', '--force', 'busy2']);
+      assert.equal(forced.code, 0, forced.stderr);
+    } finally {
+      execFileSync('runc', ['--root', runcRoot, 'delete', '--force', 'busy-ctr2'], { stdio: 'ignore' });
+    }
+  });
 });

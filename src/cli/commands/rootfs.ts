@@ -65,11 +65,12 @@ export function registerRootfs(program: Command, out: Output): void {
     .command('delete')
     .description('unmount and remove a rootfs (its layers stay cached until clean)')
     .argument('<id>', 'rootfs ID')
-    .action(async (id: string, _opts, command: Command) => {
+    .option('--force', 'delete even while a process (a container) runs on the rootfs')
+    .action(async (id: string, opts: { force?: boolean }, command: Command) => {
       const global = command.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
       try {
-        await deleteRootfs(store, id);
+        await deleteRootfs(store, id, { ...(opts.force ? { force: true } : {}) });
         if (global.json) out.json({ deleted: id });
         else if (!global.quiet) out.text(`deleted rootfs ${id}`);
       } finally {
