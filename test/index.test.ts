@@ -10,6 +10,7 @@ import { startRegistry, type TestRegistry } from './helpers/registry.js';
 import { buildImage } from './helpers/image-builder.js';
 import { busyboxImageSpec } from './helpers/sample-images.js';
 import { missingRequirements } from './helpers/requirements.js';
+import { processAlive } from '../src/process-alive.js';
 
 /**
  * lazyroot as a dependency of another Node program: a project of its own in
@@ -100,14 +101,6 @@ function mounted(mountinfo: string, point: string): boolean {
   return mountinfo.split('\n').some((line) => line.split(' ')[4] === point);
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 describe("the library, imported by name from another project ('lazyroot')", { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
   let work: string;
@@ -165,8 +158,8 @@ describe("the library, imported by name from another project ('lazyroot')", { sk
     assert.equal(out.again, 'NOT_FOUND', 'a second unmount finds nothing there');
     // The mount is gone from the kernel's table, and its daemon has ended.
     assert.equal(mounted(await readFile('/proc/self/mountinfo', 'utf8'), dir), false);
-    for (let i = 0; i < 100 && alive(out.pid); i++) await new Promise((r) => setTimeout(r, 50));
-    assert.equal(alive(out.pid), false, `daemon ${out.pid} has exited`);
+    for (let i = 0; i < 100 && processAlive(out.pid); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(processAlive(out.pid), false, `daemon ${out.pid} has exited`);
   });
 
   test("the package's type declarations serve a TypeScript consumer", async () => {

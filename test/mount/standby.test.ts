@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, readFile, readlink, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
@@ -10,6 +10,8 @@ import { snapshotTree } from '../helpers/tree-snapshot.js';
 import { missingRequirements } from '../helpers/requirements.js';
 import { lazyroot } from '../helpers/cli.js';
 import { execFile } from 'node:child_process';
+import { processAlive } from '../../src/process-alive.js';
+import { fuseDescriptors } from '../../src/fs/fuse-descriptors.js';
 
 /** `stat` in a child, bounded: a hung FUSE mount would block this process's own fs calls. */
 function statInChild(path: string, timeoutMs: number): Promise<{ ok: boolean; timedOut: boolean; stderr: string; ms: number }> {
@@ -21,26 +23,9 @@ function statInChild(path: string, timeoutMs: number): Promise<{ ok: boolean; ti
   });
 }
 
-/** The fds of `pid` that are /dev/fuse. */
-async function fuseFds(pid: number): Promise<number[]> {
-  const fds: number[] = [];
-  for (const fd of await readdir(`/proc/${pid}/fd`).catch(() => [] as string[])) {
-    if ((await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '')) === '/dev/fuse') fds.push(Number(fd));
-  }
-  return fds;
-}
-
 const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry', 'skopeo'] });
 if (missing.length && process.env.CI) throw new Error(`CI: standby tests need ${missing.join(', ')}`);
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 /** Pids of processes whose environment holds `entry` (NAME=value). */
 async function processesWithEnv(entry: string): Promise<number[]> {
@@ -78,7 +63,7 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
       const pidFile = names.find((n) => n.endsWith('.pid'));
       if (!pidFile || !names.includes(pidFile.replace(/\.pid$/, '.sock'))) return undefined;
       const pid = Number(await readFile(join(standbyDir(), pidFile), 'utf8').catch(() => ''));
-      if (!pid || !alive(pid)) return undefined;
+      if (!pid || !processAlive(pid)) return undefined;
       started.add(pid);
       return pid;
     }, timeoutMs);
@@ -103,9 +88,9 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     // runs started with its standby directory in their environment.
     await new Promise((r) => setTimeout(r, 1_000));
     for (const pid of await processesWithEnv(`LAZYROOT_STANDBY_DIR=${standbyDir()}`)) started.add(pid);
-    for (const pid of started) if (pid > 0 && alive(pid)) process.kill(pid, 'SIGTERM');
-    await until('standbys to stop', async () => ([...started].some(alive) ? undefined : true)).catch(() => {
-      for (const pid of started) if (pid > 0 && alive(pid)) process.kill(pid, 'SIGKILL');
+    for (const pid of started) if (pid > 0 && processAlive(pid)) process.kill(pid, 'SIGTERM');
+    await until('standbys to stop', async () => ([...started].some(processAlive) ? undefined : true)).catch(() => {
+      for (const pid of started) if (pid > 0 && processAlive(pid)) process.kill(pid, 'SIGKILL');
     });
     await registry?.stop();
     await rm(work, { recursive: true, force: true });
@@ -140,15 +125,15 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     const next = await standbyPid();
     assert.notEqual(next, standby);
     process.kill(next, 'SIGTERM');
-    await until('the standby to exit', async () => (alive(next) ? undefined : true));
+    await until('the standby to exit', async () => (processAlive(next) ? undefined : true));
     assert.deepEqual(await readdir(standbyDir()), []);
 
     // umount of a standby-served mount stops that daemon only.
     const u = await lazyroot(['--store', store(), 'umount', join(work, 'b')]);
     assert.equal(u.code, 0, u.stderr);
     // umount returns once the mount is gone; the daemon ends (and its parent reaps it) right after.
-    await until('the umounted daemon to exit', async () => (alive(standby) ? undefined : true), 5000);
-    assert.ok(alive(firstPid));
+    await until('the umounted daemon to exit', async () => (processAlive(standby) ? undefined : true), 5000);
+    assert.ok(processAlive(firstPid));
   });
 
   test('a standby killed with SIGKILL leaves a dead socket: the next mount starts its own daemon', async () => {
@@ -164,7 +149,7 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     started.add(againPid);
     const victim = await standbyPid();
     process.kill(victim, 'SIGKILL');
-    await until('the standby to die', async () => (alive(victim) ? undefined : true));
+    await until('the standby to die', async () => (processAlive(victim) ? undefined : true));
     assert.ok((await readdir(standbyDir())).some((n) => n.endsWith('.sock')), 'the dead standby left its socket');
     const mounted = await lazyroot(['--store', fresh, '--json', 'mount', '--no-prefetch', ref, join(work, 'c')]);
     assert.equal(mounted.code, 0, mounted.stderr);
@@ -183,7 +168,7 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     const holdersNow = async (pids: number[]) => {
       const holders = new Map<number, number[]>();
       for (const pid of pids) {
-        const fds = await fuseFds(pid);
+        const fds = fuseDescriptors(pid);
         if (fds.length) holders.set(pid, fds);
       }
       return holders;
@@ -207,8 +192,8 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
 
     assert.equal((await statInChild(join(dir, 'etc/passwd'), 5_000)).ok, true);
     process.kill(daemon, 'SIGKILL');
-    await until('the daemon to die', async () => (alive(daemon) ? undefined : true));
-    assert.ok(alive(standby), 'the standby is still alive');
+    await until('the daemon to die', async () => (processAlive(daemon) ? undefined : true));
+    assert.ok(processAlive(standby), 'the standby is still alive');
     const dead = await statInChild(join(dir, 'bin'), 5_000);
     assert.equal(dead.timedOut, false, 'a reader of a dead mount must not hang');
     assert.equal(dead.ok, false);
