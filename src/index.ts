@@ -18,6 +18,7 @@
  * exits. The implementations load when a function is first called, so
  * importing the package costs little (the CLI starts through it too).
  */
+import { LazyrootError } from './errors.js';
 import { defaultStoreRoot } from './store/paths.js';
 import type { Store } from './store/store.js';
 import type { PullReferenceOptions, ReferenceOptions, ImageInspection, ImageSummary } from './store/operations.js';
@@ -33,6 +34,7 @@ import type { CleanOptions, CleanResult } from './rootfs/clean.js';
 import type { BundleOptions } from './bundle/image-bundle.js';
 import type { RunBundleOptions } from './bundle/bundle.js';
 import type { RuntimeSpec } from './bundle/runtime-spec.js';
+import type { AccessProfile } from './mount/access-profile.js';
 
 export { LazyrootError, DigestMismatchError, isLazyrootError, type ErrorCode } from './errors.js';
 export type { Store, RemovedImage, Garbage } from './store/store.js';
@@ -45,6 +47,7 @@ export type { MountStats, ServeOptions } from './mount/mount-service.js';
 export type { DaemonMainOptions } from './mount/daemon-main.js';
 export type { LazyMountOptions, LazyMountStats, LazyLayerStats } from './mount/lazy-mount.js';
 export type { Mount } from './mount/mounts.js';
+export type { AccessProfile, ProfileLayer } from './mount/access-profile.js';
 export type { CreateOptions, RootfsStats, RootfsSummary, SpecFragment } from './rootfs/rootfs.js';
 export type { CleanOptions, CleanResult } from './rootfs/clean.js';
 export type { BundleOptions } from './bundle/image-bundle.js';
@@ -91,6 +94,26 @@ export async function inspectImage(store: Store, ref: string, options: Reference
  */
 export async function removeImage(store: Store, ref: string): Promise<RemovedImage> {
   return store.removeImage(ref);
+}
+
+/**
+ * `lazyroot profile`: the access profile recorded for an image by its first
+ * lazy mount (which blob ranges the workload read first; later mounts fetch
+ * them at once), or undefined when it has none. NOT_FOUND when the image is
+ * not in the store.
+ */
+export async function imageProfile(store: Store, ref: string): Promise<AccessProfile | undefined> {
+  const { profiledImage, readProfile } = await import('./mount/access-profile.js');
+  const image = profiledImage(store, ref);
+  return readProfile(store, image, (message, error) => {
+    throw new LazyrootError('INVALID_DATA', `${message}: ${(error as Error).message}`);
+  });
+}
+
+/** `lazyroot profile --forget`: removes an image's access profile (the next lazy mount records a new one). Whether there was one. */
+export async function forgetProfile(store: Store, ref: string): Promise<boolean> {
+  const { profiledImage, removeProfile } = await import('./mount/access-profile.js');
+  return removeProfile(store, profiledImage(store, ref));
 }
 
 /** `lazyroot index`: builds the span index of each gzip/tar layer ahead of a lazy mount. */

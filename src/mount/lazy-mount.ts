@@ -12,6 +12,7 @@ import { readCached, treeCachePath, writeCachedLater } from './mount-cache.js';
 import { buildTree, type FsNode } from '../fs/tree.js';
 import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
 import type { LazyLayer, LazyLayerStats } from './layers/lazy-layer.js';
+import { fetchProfileAhead, ProfileRecorder, readProfile, writeProfile } from './access-profile.js';
 import { openLazyLayer } from './layers/open-layer.js';
 
 export type { LazyLayerStats } from './layers/lazy-layer.js';
@@ -48,6 +49,21 @@ export interface LazyMountOptions extends ReferenceOptions {
   readAheadBytes?: number;
   /** Bound on an eStargz layer's TOC records (entries and chunks); past it the mount is refused. Default 2,000,000. */
   maxTocRecords?: number;
+  /**
+   * Fetch the image's recorded access profile (access-profile.ts) and each
+   * eStargz layer's prioritized region at once, in parallel, while the mount
+   * is being made. Default true; never with `prefetch: false` (nothing is
+   * fetched before it is read then).
+   */
+  profile?: boolean;
+  /**
+   * Record which blob ranges reads need during the first `recordMillis` and
+   * keep that as the image's access profile: true always, false never,
+   * default when the image has none yet.
+   */
+  record?: boolean;
+  /** How long a recording runs once the mount is ready (or until unmounted). Default 10 s. */
+  recordMillis?: number;
 }
 
 export interface LazyMountStats {
@@ -74,6 +90,10 @@ export interface LazyMountStats {
   mountMillis?: number;
   mountCpuMillis?: number;
   cacheMaxBytes?: number;
+  /** Blob bytes the recorded access profile (and eStargz prioritized regions) asked for at mount time. */
+  profileBytes: number;
+  /** An access profile is being recorded now; 'written' once kept in the store. */
+  recording: 'no' | 'yes' | 'written';
 }
 
 export interface LazyMount {
@@ -115,7 +135,10 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
   const rangeSupport = (): string => (source as { rangeSupport?: string }).rangeSupport ?? 'local';
   const opened = new Map<Digest, Promise<LazyBlob>>();
   const blobs = async () => [...new Set(await Promise.allSettled(opened.values()))].flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  // Ends background fetching: the profile's requests and prefetch.
+  const stopPrefetch = new AbortController();
   const closeAll = async () => {
+    stopPrefetch.abort();
     for (const layer of layers) await layer.close().catch(() => undefined);
     for (const b of await blobs()) await b.close().catch(() => undefined);
     await source.close().catch(() => undefined);
@@ -137,6 +160,11 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     }
     // A lower bound than a previous run's: trim what that run kept.
     group.enforceBound();
+    // What the workload will read first goes out now, while the tree is being built and mounted.
+    const fetchesAhead = options.profile !== false && options.prefetch !== false;
+    const profile = await readProfile(store, image.id, options.logger);
+    let profileBytes = 0;
+    const ahead = fetchesAhead ? fetchProfileAhead(layers, profile, stopPrefetch.signal, aheadBudget(group)).then((n) => void (profileBytes = n)) : Promise.resolve();
     // The merged tree of an image is derived once and read back by later mounts.
     const treeKey = layers.map((l) => l.digest).join(',');
     const treePath = treeCachePath(store, image.id);
@@ -165,8 +193,8 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     const cpu = process.cpuUsage(startCpu);
     const mountTime = { mountMillis: Math.round(performance.now() - startedAt), mountCpuMillis: Math.round((cpu.user + cpu.system) / 1000) };
     let prefetchMillis: number | undefined;
-    const stopPrefetch = new AbortController();
     const prefetching = options.prefetch === false ? Promise.resolve() : prefetchAll();
+    const recording = recordProfile(store, image.id, layers, (options.record ?? !profile) ? (options.recordMillis ?? 10_000) : undefined, options.logger);
 
     /**
      * Every layer's blob in the background. While the registry's Range
@@ -215,11 +243,14 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
           partialBytes: group.partialBytes,
           ...mountTime,
           ...(group.cacheMaxBytes !== undefined ? { cacheMaxBytes: group.cacheMaxBytes } : {}),
+          profileBytes,
+          recording: recording.state(),
         };
       },
       unmount: async () => {
+        await recording.finish();
         stopPrefetch.abort();
-        await prefetching.catch(() => undefined);
+        await Promise.all([prefetching.catch(() => undefined), ahead]);
         await mounted.unmount();
         await closeAll();
       },
@@ -228,6 +259,43 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     await closeAll();
     throw err;
   }
+}
+
+/** Under a cache bound, fetching ahead takes at most half the room left: the rest stays for reads and prefetch. */
+function aheadBudget(group: LazyBlobGroup): number {
+  return group.cacheMaxBytes === undefined ? Infinity : Math.max(0, Math.floor((group.cacheMaxBytes - group.partialBytes) / 2));
+}
+
+/**
+ * Records the image's access profile for `millis` after the mount is ready
+ * (undefined: no recording), then writes it to the store; `finish()` ends it
+ * sooner (the mount is going away).
+ */
+function recordProfile(
+  store: Store,
+  image: Digest,
+  layers: readonly LazyLayer[],
+  millis: number | undefined,
+  log: ((message: string, error: unknown) => void) | undefined,
+): { state(): 'no' | 'yes' | 'written'; finish(): Promise<void> } {
+  if (millis === undefined) return { state: () => 'no', finish: async () => undefined };
+  const recorder = new ProfileRecorder(image, layers);
+  let written = false;
+  let finishing: Promise<void> | undefined;
+  const finish = () =>
+    (finishing ??= (async () => {
+      clearTimeout(timer);
+      const profile = recorder.stop();
+      if (!profile) return;
+      try {
+        await writeProfile(store, profile);
+        written = true;
+      } catch (err) {
+        log?.(`keeping the access profile of ${image}`, err);
+      }
+    })());
+  const timer = setTimeout(() => void finish(), millis).unref();
+  return { state: () => (written ? 'written' : recorder.recording ? 'yes' : 'no'), finish };
 }
 
 function delay(ms: number): Promise<void> {

@@ -135,6 +135,8 @@ function overlayStats(store: Store, record: MountRecord): MountStats {
     complete: true,
     prefetch: false,
     partialBytes: 0,
+    profileBytes: 0,
+    recording: 'no',
   };
 }
 

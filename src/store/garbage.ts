@@ -89,8 +89,8 @@ export async function collectGarbage(paths: StorePaths, db: MetadataDb, blobStor
     if (used.has(file.digest)) continue;
     if (file.writerPid !== undefined && processAlive(file.writerPid)) continue;
     await rm(file.path, { force: true });
-    // `.tree`: an image's merged tree (mount-cache.ts), named by the image: not a layer index.
-    if (file.suffix !== '.tree') indexes.add(file.digest);
+    // `.tree` and `.profile`: an image's merged tree and access profile (mount/), named by the image: not layer indexes.
+    if (file.suffix !== '.tree' && file.suffix !== '.profile') indexes.add(file.digest);
   }
   garbage.indexes = [...indexes];
   return garbage;

@@ -77,6 +77,15 @@ export interface PrefetchOptions {
   retryDelayMs?: number;
 }
 
+export interface FetchAheadOptions {
+  /** Ends the requests (the mount is going away). */
+  signal?: AbortSignal;
+  /** Wanted units this close together share a request, the bytes between included. Default 128 KiB. */
+  gapBytes?: number;
+  /** Bytes per request at most. Default 4 MiB. */
+  windowBytes?: number;
+}
+
 export type PrefetchState = 'off' | 'waiting' | 'running' | 'done' | 'stopped' | 'failed';
 
 interface Window {
@@ -194,6 +203,8 @@ export class LazyBlob {
   private readonly lastUse = new Map<number, number>();
   private readonly closing = new AbortController();
   prefetchState: PrefetchState = 'off';
+  /** Told each blob range a demand read needs, hit or miss (the mount records access profiles with it). */
+  onDemandRange: ((start: number, end: number) => void) | undefined;
   /** Why the last write of the range map failed, until one succeeds. */
   persistError: string | undefined;
   /** Why the last prefetch attempt failed, if it did. */
@@ -263,6 +274,7 @@ export class LazyBlob {
     if (start < 0 || end > this.size || end < start) {
       throw new LazyrootError('INVALID_DATA', `${this.options.what}: range ${start}-${end} outside the blob's ${this.size} bytes`);
     }
+    this.onDemandRange?.(start, end);
     if (this.complete || this.present.covers(start, end)) return this.readLocal(start, end);
     this.stats.misses++;
     if (this.streamsWhole()) {
@@ -277,11 +289,11 @@ export class LazyBlob {
     this.group?.readStarted();
     let bytes: Buffer;
     try {
-      // A prefetch request already bringing these bytes: wait for it rather than ask twice.
-      const prefetch = this.prefetching;
-      if (prefetch && prefetch.start <= start && end <= prefetch.end) {
-        // Within the read's deadline; a prefetch that fails (it is retried later) leaves the read to fetch.
-        await this.withDeadline(prefetch.kept.catch(() => undefined), start, end, 'the prefetch request bringing them');
+      // A request already bringing these bytes (prefetch, a profile, read-ahead): wait for it rather than ask twice.
+      const bringing = this.requestBringing(start, end);
+      if (bringing) {
+        // Within the read's deadline; a request that fails (prefetch retries later) leaves the read to fetch.
+        await this.withDeadline(bringing.kept.catch(() => undefined), start, end, 'the request bringing them');
         if (this.complete || this.present.covers(start, end)) return await this.readLocal(start, end, false);
       }
       const key = `${start}-${end}`;
@@ -311,6 +323,7 @@ export class LazyBlob {
   /** BlobRangeReader: [start, end) if it is in blobs/ or a verified range of the partial file (read from disk), else undefined. */
   async readVerified(start: number, end: number): Promise<Buffer | undefined> {
     if (start < 0 || end > this.size || end < start) return undefined;
+    this.onDemandRange?.(start, end);
     if (!(this.complete || this.present.covers(start, end))) return undefined;
     return this.readLocal(start, end);
   }
@@ -524,8 +537,9 @@ export class LazyBlob {
    * fetches and fails it the ordinary way. `units` must be in blob order.
    */
   async fetchRegion(units: readonly PrefetchUnit[], start: number, end: number, regionBytes: number): Promise<void> {
+    this.onDemandRange?.(start, end);
     if (this.complete || this.present.covers(start, end) || this.streamsWhole()) return;
-    const waitFor = this.regions.find((r) => r.start <= start && end <= r.end) ?? (this.prefetching && this.prefetching.start <= start && end <= this.prefetching.end ? this.prefetching : undefined);
+    const waitFor = this.requestBringing(start, end);
     if (waitFor) {
       this.group?.readStarted();
       try {
@@ -549,6 +563,81 @@ export class LazyBlob {
       await kept;
     } catch {
       // the caller's own read fetches [start, end) and reports what is wrong
+    } finally {
+      this.regions.splice(this.regions.indexOf(flight), 1);
+      this.claims.delete(key);
+      this.group?.readEnded();
+    }
+  }
+
+  /** A read-ahead, profile or prefetch request under way whose bytes include [start, end). */
+  private requestBringing(start: number, end: number): { kept: Promise<void> } | undefined {
+    const p = this.prefetching;
+    return this.regions.find((r) => r.start <= start && end <= r.end) ?? (p && p.start <= start && end <= p.end ? p : undefined);
+  }
+
+  /**
+   * Fetches, ahead of any read, the units (blob order) overlapping `ranges`
+   * (sorted, disjoint) that are not kept yet — an access profile's ranges, an
+   * eStargz prioritized region. Wanted units are joined into one request
+   * across gaps of up to `gapBytes` (a request costs more than a few unwanted
+   * KiB), each request up to `windowBytes`; requests go out in parallel
+   * (bounded like demand reads) with demand reads' priority over background
+   * prefetch. Each unit is verified and kept the way read-ahead keeps it, and
+   * a read of those bytes meanwhile waits for the request instead of asking
+   * again. Resolves when every request settled; a unit that failed is left to
+   * the demand read that needs it. Counted as prefetched bytes.
+   */
+  async fetchAhead(units: readonly PrefetchUnit[], ranges: ReadonlyArray<readonly [number, number]>, options: FetchAheadOptions): Promise<void> {
+    if (this.complete || this.streamsWhole()) return;
+    const windows = this.windowsFor(units, ranges, options.gapBytes ?? 128 << 10, options.windowBytes ?? 4 << 20);
+    await Promise.all(windows.map((w) => this.fetchAheadWindow(w, options.signal)));
+  }
+
+  private windowsFor(units: readonly PrefetchUnit[], ranges: ReadonlyArray<readonly [number, number]>, gapBytes: number, windowBytes: number): Window[] {
+    const windows: Window[] = [];
+    let current: (Window & { last: number }) | undefined;
+    let r = 0;
+    for (let i = 0; i < units.length && r < ranges.length; i++) {
+      const u = units[i]!;
+      while (r < ranges.length && ranges[r]![1] <= u.start) r++;
+      const range = ranges[r];
+      if (!range || range[0] >= u.end) continue; // no wanted range overlaps this unit
+      if (u.verify ? this.present.covers(u.start, u.end) : this.keptCovers(u.start, u.end)) continue;
+      if (current && u.start - current.end <= gapBytes && u.end - current.start <= windowBytes) {
+        for (let j = current.last + 1; j <= i; j++) current.units.push(units[j]!);
+        current.end = u.end;
+        current.last = i;
+        continue;
+      }
+      if (current) windows.push(current);
+      current = { start: u.start, end: u.end, units: [u], index: i, last: i };
+    }
+    if (current) windows.push(current);
+    return windows;
+  }
+
+  private async fetchAheadWindow(window: Window, signal: AbortSignal | undefined): Promise<void> {
+    const key = `${window.start}-${window.end}`;
+    this.claims.set(key, { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs });
+    this.group?.readStarted();
+    const kept = (async () => {
+      await this.slot();
+      try {
+        this.stats.prefetchRequests++;
+        const bytes = await this.request(window.start, window.end, signal);
+        this.stats.bytesPrefetched += bytes.length;
+        return bytes;
+      } finally {
+        this.release();
+      }
+    })().then((bytes) => this.keepUnits(window.units, window.start, bytes, false));
+    const flight = { start: window.start, end: window.end, kept };
+    this.regions.push(flight);
+    try {
+      await kept;
+    } catch {
+      this.stats.prefetchFailures++; // the demand read that needs these bytes fetches them and reports what is wrong
     } finally {
       this.regions.splice(this.regions.indexOf(flight), 1);
       this.claims.delete(key);

@@ -256,7 +256,8 @@ describe('lazy mounts give their disk back: rmi and clean remove partial blobs, 
     assert.ok(await exists(join(store, 'partial/sha256', hex(data))), 'a partial blob of the data layer');
     assert.ok(rangeRows(store, data) > 0, 'range rows of the data layer');
     const indexFiles = await readdir(join(store, 'indexes/sha256'));
-    assert.equal(indexFiles.filter((n) => !n.endsWith('.tree')).length, 2, 'an index per layer');
+    assert.equal(indexFiles.filter((n) => !n.endsWith('.tree') && !n.endsWith('.profile')).length, 2, 'an index per layer');
+    assert.equal(indexFiles.filter((n) => n.endsWith('.profile')).length, 1, "the image's access profile, recorded by its first mount");
     // (and the image's merged tree, `.tree`, kept for the next mount: written in the background, so not counted here)
     const used = total(await usage(store)) - total(baseline);
     console.log(`# the mount left ${used} bytes in the store (meta.db aside)`);

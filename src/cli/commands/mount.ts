@@ -16,6 +16,9 @@ type MountFlags = RegistryFlags & {
   cacheMaxBytes?: number;
   readAheadBytes?: number;
   maxTocRecords?: number;
+  profile?: boolean;
+  record?: boolean;
+  recordMs?: number;
 };
 const int = (v: string) => Number.parseInt(v, 10);
 
@@ -39,6 +42,9 @@ function mountOptions(opts: MountFlags) {
     ...(opts.cacheMaxBytes !== undefined ? { cacheMaxBytes: opts.cacheMaxBytes } : {}),
     ...(opts.readAheadBytes !== undefined ? { readAheadBytes: opts.readAheadBytes } : {}),
     ...(opts.maxTocRecords !== undefined ? { maxTocRecords: opts.maxTocRecords } : {}),
+    ...(opts.profile === false ? { profile: false } : {}),
+    ...(opts.record !== undefined ? { record: opts.record } : {}),
+    ...(opts.recordMs !== undefined ? { recordMillis: opts.recordMs } : {}),
   };
 }
 
@@ -89,11 +95,15 @@ export function registerMount(program: Command, out: Output): void {
     .option('--stats', 'print the statistics of the mount at <ref> (a directory)')
     .option('--deadline-ms <ms>', 'a read whose bytes have not arrived after this long fails with EIO', int, 30_000)
     .option('--cache-bytes <n>', 'decoded spans kept in memory', int, 64 << 20)
-    .option('--no-prefetch', 'do not download the rest of the layers in the background (by default they are, verified, and then kept in the store)')
+    .option('--no-prefetch', 'fetch nothing before it is read: no background download of the rest of the layers (by default they are, verified, and then kept in the store), no access profile fetched ahead')
     .option('--prefetch-delay-ms <ms>', 'start the background download this long after the mount is ready', int, 1000)
     .option('--cache-max-bytes <n>', 'bound on bytes kept for partly fetched layers; least recently used ranges are dropped past it', bytesFlag('--cache-max-bytes'))
     .option('--read-ahead-bytes <n>', 'a read fetches up to this many blob bytes around what it needs (eStargz: neighbouring files too, each verified); 0: only what it needs (default 1048576)', bytesFlag('--read-ahead-bytes'))
     .option('--max-toc-records <n>', 'refuse an eStargz layer whose TOC lists more entries and chunks than this (default 2000000; about 2 KiB of daemon memory each)', bytesFlag('--max-toc-records'))
+    .option('--no-profile', "do not fetch the image's recorded access profile (nor eStargz prioritized files) ahead of reads")
+    .option('--record', 'record which ranges reads need in the first seconds as the image\'s access profile, replacing the one it has (default: only when it has none)')
+    .option('--no-record', 'never record an access profile')
+    .option('--record-ms <ms>', 'how long a recording runs after the mount is ready', int, 10_000)
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image');
   addRegistryFlags(mountCommand);
   registerMountDaemon(program);

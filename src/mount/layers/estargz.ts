@@ -54,6 +54,8 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
       const prioritized = index.prefetch.compressedEnd;
       return [...units().filter((u) => u.start < prioritized), ...units().filter((u) => u.start >= prioritized)];
     },
+    fetchAhead: (ranges, options) => blob.fetchAhead(units(), ranges, options),
+    priorityRanges: index.prefetch.landmark === 'prefetch' && index.prefetch.compressedEnd > 0 ? [[0, index.prefetch.compressedEnd]] : [],
     stats: () => blobLayerStats('estargz', digest, blob, 0),
     close: () => blob.close(),
   };

@@ -1,7 +1,7 @@
 import type { Digest } from '../../oci/digest.js';
 import type { IndexEntry } from '../../index/types.js';
 import type { ImageSource } from '../../source/image-source.js';
-import type { LazyBlob, LazyBlobGroup, PrefetchState, PrefetchUnit } from '../../store/lazy-blob.js';
+import type { FetchAheadOptions, LazyBlob, LazyBlobGroup, PrefetchState, PrefetchUnit } from '../../store/lazy-blob.js';
 import type { Store } from '../../store/store.js';
 
 /**
@@ -24,6 +24,13 @@ export interface LazyLayer {
   read(entry: LayerFile, position: number, length: number): Promise<Buffer>;
   /** The pieces prefetch fetches, in order, each with how it is verified; they cover the blob. */
   prefetchUnits(): PrefetchUnit[];
+  /**
+   * Fetches the blob's bytes in `ranges` (sorted; an access profile's) before
+   * any read asks, verified and kept as reads keep them: LazyBlob.fetchAhead.
+   */
+  fetchAhead(ranges: ReadonlyArray<readonly [number, number]>, options: FetchAheadOptions): Promise<void>;
+  /** Blob ranges the layer's producer marked to fetch first (eStargz: the entries before `.prefetch.landmark`). */
+  readonly priorityRanges: ReadonlyArray<readonly [number, number]>;
   /** The blob behind the layer: bytes present, fetch statistics, prefetch. */
   readonly blob: LazyBlob;
   stats(): LazyLayerStats;

@@ -28,6 +28,9 @@ export async function openLocalTarLayer(context: LayerContext, compression: Comp
     blob,
     read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
     prefetchUnits: () => [],
+    // Fetched whole before the mount: nothing is left to fetch ahead.
+    fetchAhead: async () => undefined,
+    priorityRanges: [],
     stats: () => blobLayerStats('zstd', descriptor.digest, blob, local.downloaded),
     close: async () => {
       await local.tar.close();

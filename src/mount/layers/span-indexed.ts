@@ -34,6 +34,8 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
     blob,
     read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
     prefetchUnits: () => spanPrefetchUnits(index, blob.size, what),
+    fetchAhead: (ranges, options) => blob.fetchAhead(spanPrefetchUnits(index, blob.size, what), ranges, options),
+    priorityRanges: [],
     stats: () => blobLayerStats(kind, descriptor.digest, blob, indexedBytes),
     close: () => blob.close(),
   };

@@ -1,0 +1,178 @@
+import { mkdir, readFile, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { LazyrootError } from '../errors.js';
+import { isDigest, type Digest } from '../oci/digest.js';
+import { writeFileAtomic } from '../store/atomic-file.js';
+import { IntervalSet } from '../store/interval-set.js';
+import type { LazyBlob } from '../store/lazy-blob.js';
+import type { Store } from '../store/store.js';
+import type { LazyLayer } from './layers/lazy-layer.js';
+
+/**
+ * Recorded access profiles (design.md, "Access profiles"): which blob ranges
+ * a workload read in the first seconds of a lazy mount, kept per image as
+ * `indexes/<alg>/<image hex>.profile`. A later mount of the image fetches
+ * them at once, in a few large parallel requests, before the workload asks:
+ * a program's start is dozens of scattered reads, each a round trip when
+ * fetched on demand.
+ *
+ * A profile names blob ranges, not files: that is what the next mount
+ * fetches, for every layer kind alike (eStargz chunks, gzip spans). It is
+ * only a hint: every byte it brings is verified like a read's (span or chunk
+ * digest) before it is kept, so a stale or hostile profile costs bytes,
+ * never wrong bytes, and one that does not parse is ignored with a warning.
+ */
+export interface AccessProfile {
+  version: 1;
+  /** The image's manifest digest. */
+  image: Digest;
+  recordedAt: string;
+  /** How long the recording ran. */
+  recordMillis: number;
+  layers: ProfileLayer[];
+}
+
+export interface ProfileLayer {
+  /** The layer blob's digest and size. */
+  digest: Digest;
+  size: number;
+  /** Blob byte ranges [start, end) reads needed, sorted and disjoint. */
+  ranges: Array<[number, number]>;
+}
+
+/** Ranges past this per layer make a profile invalid (a real one has hundreds). */
+const maxRanges = 100_000;
+
+export const profilePath = (store: Store, image: Digest): string => `${store.paths.index(image)}.profile`;
+
+/** The image's recorded profile, or undefined (none; one that does not parse is reported to `warn` and ignored). */
+export async function readProfile(store: Store, image: Digest, warn?: (message: string, error: unknown) => void): Promise<AccessProfile | undefined> {
+  const path = profilePath(store, image);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') warn?.(`access profile ${path} ignored`, err);
+    return undefined;
+  }
+  try {
+    return parseProfile(JSON.parse(text), image);
+  } catch (err) {
+    warn?.(`access profile ${path} ignored`, err);
+    return undefined;
+  }
+}
+
+/** Checks what a profile file holds: shape, digests, ranges sorted, disjoint and inside each blob. */
+export function parseProfile(value: unknown, image: Digest): AccessProfile {
+  const p = value as AccessProfile;
+  if (!p || typeof p !== 'object' || p.version !== 1) throw new Error('not a version 1 access profile');
+  if (p.image !== image) throw new Error(`recorded for image ${String(p.image)}, not ${image}`);
+  if (!Array.isArray(p.layers)) throw new Error('no layers list');
+  for (const layer of p.layers) {
+    if (!isDigest(layer?.digest) || !Number.isSafeInteger(layer.size) || layer.size < 0) throw new Error('a layer without a digest and size');
+    if (!Array.isArray(layer.ranges) || layer.ranges.length > maxRanges) throw new Error(`layer ${layer.digest}: ranges missing or over ${maxRanges}`);
+    let end = 0;
+    for (const r of layer.ranges) {
+      const ok = Array.isArray(r) && Number.isSafeInteger(r[0]) && Number.isSafeInteger(r[1]) && r[0] >= end && r[0] < r[1] && r[1] <= layer.size;
+      if (!ok) throw new Error(`layer ${layer.digest}: range ${JSON.stringify(r)} out of order or outside the blob's ${layer.size} bytes`);
+      end = r[1];
+    }
+  }
+  return { version: 1, image: p.image, recordedAt: String(p.recordedAt), recordMillis: Number(p.recordMillis) || 0, layers: p.layers };
+}
+
+export async function writeProfile(store: Store, profile: AccessProfile): Promise<void> {
+  const path = profilePath(store, profile.image);
+  await mkdir(dirname(path), { recursive: true });
+  await writeFileAtomic(path, JSON.stringify(profile), store.paths.tmp);
+}
+
+export async function removeProfile(store: Store, image: Digest): Promise<boolean> {
+  const path = profilePath(store, image);
+  try {
+    await rm(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Records the blob ranges demand reads need on each layer of a mount, from
+ * `start()` until `stop()`. Hits count as much as misses: a profile recorded
+ * on a store that already held some bytes still names them.
+ */
+export class ProfileRecorder {
+  private readonly seen = new Map<LazyBlob, IntervalSet>();
+  private readonly startedAt = Date.now();
+  private stopped = false;
+
+  constructor(
+    private readonly image: Digest,
+    layers: readonly LazyLayer[],
+  ) {
+    for (const layer of layers) {
+      if (this.seen.has(layer.blob)) continue;
+      const ranges = new IntervalSet();
+      this.seen.set(layer.blob, ranges);
+      layer.blob.onDemandRange = (start, end) => ranges.add(start, end);
+    }
+  }
+
+  get recording(): boolean {
+    return !this.stopped;
+  }
+
+  /** The profile recorded so far (undefined when nothing was read), and no more recording. */
+  stop(): AccessProfile | undefined {
+    this.stopped = true;
+    for (const blob of this.seen.keys()) blob.onDemandRange = undefined;
+    const layers: ProfileLayer[] = [];
+    for (const [blob, ranges] of this.seen) if (ranges.total > 0) layers.push({ digest: blob.digest, size: blob.size, ranges: ranges.ranges() });
+    if (layers.length === 0) return undefined;
+    return { version: 1, image: this.image, recordedAt: new Date().toISOString(), recordMillis: Date.now() - this.startedAt, layers };
+  }
+}
+
+/**
+ * Fetches, at once, each layer's recorded ranges (a profile recorded for
+ * the same blob and size) and the ranges its producer marked to fetch first
+ * (eStargz's prioritized region): LazyLayer.fetchAhead, every layer in
+ * parallel, up to `budgetBytes` in all. Resolves when all settled; what
+ * fails is left to demand reads. Returns the bytes asked for.
+ */
+export async function fetchProfileAhead(layers: readonly LazyLayer[], profile: AccessProfile | undefined, signal: AbortSignal, budgetBytes = Infinity): Promise<number> {
+  const done = new Set<LazyBlob>();
+  const work: Array<Promise<void>> = [];
+  let wanted = 0;
+  for (const layer of layers) {
+    if (done.has(layer.blob) || layer.blob.isComplete) continue;
+    done.add(layer.blob);
+    const recorded = profile?.layers.find((l) => l.digest === layer.digest && l.size === layer.blob.size)?.ranges ?? [];
+    const ranges = within(IntervalSet.from([...recorded, ...layer.priorityRanges]).ranges(), budgetBytes - wanted);
+    if (ranges.length === 0) continue;
+    wanted += ranges.reduce((n, [s, e]) => n + e - s, 0);
+    work.push(layer.fetchAhead(ranges, { signal }).catch(() => undefined));
+  }
+  await Promise.all(work);
+  return wanted;
+}
+
+/** The first of `ranges` up to `budget` bytes, the last one cut short. */
+function within(ranges: Array<[number, number]>, budget: number): Array<[number, number]> {
+  const out: Array<[number, number]> = [];
+  for (const [s, e] of ranges) {
+    if (budget <= 0) break;
+    out.push([s, Math.min(e, s + budget)]);
+    budget -= e - s;
+  }
+  return out;
+}
+
+/** The image `ref` names in the store, for `lazyroot profile`: NOT_FOUND when it is not there. */
+export function profiledImage(store: Store, ref: string): Digest {
+  const image = store.findImage(ref);
+  if (!image) throw new LazyrootError('NOT_FOUND', `image ${ref} is not in the store (an access profile is recorded by its first lazy mount)`);
+  return image.id;
+}
