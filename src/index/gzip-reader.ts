@@ -16,6 +16,12 @@ export interface LayerReaderOptions {
   /** Bytes of decoded spans kept in memory (LRU). Default 64 MiB. */
   cacheBytes?: number;
   /**
+   * The LRU to keep them in, shared with other readers (a mount's layers
+   * share one: one memory bound for the daemon); its maxSize is cacheBytes.
+   * Keys are `<blob digest>#<span>`. Default: a cache of this reader's own.
+   */
+  cache?: LRUCache<string, Buffer>;
+  /**
    * Spans decoding to more than this are not cached whole: a read then
    * inflates only up to what it asked for. Default: half of cacheBytes.
    */
@@ -83,6 +89,11 @@ function spanAt(uStart: Float64Array, n: number, offset: number): number {
  * loop), and keeps decoded spans in an LRU bounded by bytes so sequential
  * reads inflate each span once. Concurrent reads of one span share its fetch.
  */
+/** An LRU of decoded bytes bounded by their total size: what LayerRangeReader and EstargzChunkCache keep. */
+export function decodedBytesCache(maxBytes: number): LRUCache<string, Buffer> {
+  return new LRUCache<string, Buffer>({ maxSize: Math.max(1, maxBytes), sizeCalculation: (b) => Math.max(1, b.length) });
+}
+
 export class LayerRangeReader {
   readonly stats: LayerReaderStats = { fetches: 0, bytesFetched: 0, decodes: 0, cacheHits: 0 };
   private readonly cache: LRUCache<string, Buffer>;
@@ -92,7 +103,7 @@ export class LayerRangeReader {
   constructor(options: LayerReaderOptions = {}) {
     const cacheBytes = Math.max(1, options.cacheBytes ?? 64 * 1024 * 1024);
     this.maxCachedSpan = Math.min(cacheBytes, options.maxCachedSpan ?? Math.max(1, Math.floor(cacheBytes / 2)));
-    this.cache = new LRUCache<string, Buffer>({ maxSize: cacheBytes, sizeCalculation: (b) => Math.max(1, b.length) });
+    this.cache = options.cache ?? decodedBytesCache(cacheBytes);
   }
 
   /**

@@ -3,6 +3,8 @@ import { shortDigest, type Digest } from '../oci/digest.js';
 import { parseReference } from '../reference/reference.js';
 import type { ImageSource } from '../source/image-source.js';
 import { openSource } from '../source/open-source.js';
+import type { LRUCache } from 'lru-cache';
+import { decodedBytesCache } from '../index/gzip-reader.js';
 import { LazyBlob, LazyBlobGroup } from '../store/lazy-blob.js';
 import type { ImageRecord } from '../store/metadata-db.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
@@ -20,7 +22,7 @@ export type { LazyLayerStats } from './layers/lazy-layer.js';
 export interface LazyMountOptions extends ReferenceOptions {
   /** A read whose bytes have not arrived after this long fails with EIO. Default 30 s. */
   deadlineMs?: number;
-  /** Decoded spans/chunks kept in memory, bytes. Default 64 MiB. */
+  /** Decoded spans and chunks kept in memory, bytes, all layers together (one bound for the mount). Default 64 MiB. */
   cacheBytes?: number;
   allowOther?: boolean;
   /** Where mount failures are logged. */
@@ -134,6 +136,8 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
   const group = new LazyBlobGroup(options.cacheMaxBytes !== undefined ? { cacheMaxBytes: options.cacheMaxBytes } : {});
   const rangeSupport = (): string => (source as { rangeSupport?: string }).rangeSupport ?? 'local';
   const opened = new Map<Digest, Promise<LazyBlob>>();
+  // One memory bound for the daemon: every layer's decoded spans and chunks share this LRU.
+  const decodedCache = decodedBytesCache(options.cacheBytes ?? defaultCacheBytes);
   const blobs = async () => [...new Set(await Promise.allSettled(opened.values()))].flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
   // Ends background fetching: the profile's requests and prefetch.
   const stopPrefetch = new AbortController();
@@ -148,7 +152,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     // except that the first goes alone until the registry's first answer shows whether it
     // honours Range: if it does not, each other layer streams its blob once instead of also
     // paying for a whole-blob answer to a ranged request.
-    const context = { group, opened, rangeIgnored: () => rangeSupport() === 'ignored' };
+    const context = { group, opened, decodedCache, rangeIgnored: () => rangeSupport() === 'ignored' };
     const [firstId, ...others] = image.chainIds;
     if (firstId) {
       const first = prepareLayer(store, source, image, 0, firstId, options, context);
@@ -313,11 +317,13 @@ async function untilSettledOr(work: Promise<unknown>, done: () => boolean): Prom
 }
 
 const defaultReadAheadBytes = 1 << 20;
+const defaultCacheBytes = 64 << 20;
 
 interface MountLayerContext {
   group: LazyBlobGroup;
   /** Blobs already opened for this mount: an image may use one blob twice. */
   opened: Map<Digest, Promise<LazyBlob>>;
+  decodedCache: LRUCache<string, Buffer>;
   rangeIgnored: () => boolean;
 }
 
@@ -352,5 +358,5 @@ async function prepareLayer(
     context.opened.set(descriptor.digest, blob);
     return blob;
   };
-  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? 64 << 20, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes, ...(options.logger ? { log: options.logger } : {}), ...(options.maxTocRecords !== undefined ? { maxTocRecords: options.maxTocRecords } : {}) });
+  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? defaultCacheBytes, decodedCache: context.decodedCache, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes, ...(options.logger ? { log: options.logger } : {}), ...(options.maxTocRecords !== undefined ? { maxTocRecords: options.maxTocRecords } : {}) });
 }

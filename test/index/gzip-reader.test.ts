@@ -6,7 +6,7 @@ import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { LazyrootError } from '../../src/errors.js';
 import { createGzipIndexer } from '../../src/index/gzip-native.js';
-import { LayerRangeReader, readFileRange, type IndexedLayer } from '../../src/index/gzip-reader.js';
+import { decodedBytesCache, LayerRangeReader, readFileRange, type IndexedLayer } from '../../src/index/gzip-reader.js';
 import { buildGzipIndex, buildTarIndex, type LayerIndex } from '../../src/index/layer-index.js';
 import type { IndexEntry } from '../../src/index/types.js';
 import { chunked, gzipCli, makeLayer, MemoryBlob, multiMemberGzip, type FixtureLayer } from './layer-fixtures.js';
@@ -69,6 +69,27 @@ test('every file of a ≥ 30 MiB gzip layer reads back exactly, at random offset
   const sparse = files(index).find((e) => e.sparse);
   assert.ok(sparse && sparse.sparse!.length >= 2, 'the layer has a sparse file');
   assert.ok(l.blob.bytes < blob.length * 4, 'spans are re-fetched only when evicted');
+});
+
+test('readers sharing one cache (the layers of a mount) stay under its one bound together, and read right', async () => {
+  const bound = 6 * MiB;
+  const shared = decodedBytesCache(bound);
+  const tarIndex = await buildTarIndex(chunked(layer.tar), { spanBytes: MiB });
+  // Two layers, two readers: a gzip one and an uncompressed one of the same files.
+  const a = new LayerRangeReader({ cacheBytes: bound, cache: shared });
+  const b = new LayerRangeReader({ cacheBytes: bound, cache: shared });
+  const la = gzipLayer(blob, index);
+  const lb = { ...gzipLayer(layer.tar, tarIndex), blobDigest: 'sha256:' + 'b'.repeat(64) } as IndexedLayer & { blob: MemoryBlob };
+  let peak = 0;
+  for (const e of files(index).slice(0, 60)) {
+    const want = layer.files.get(e.path)!;
+    const eb = files(tarIndex).find((f) => f.path === e.path)!;
+    assert.ok((await a.readFileRange(e, 0, e.size, la)).equals(want), e.path);
+    assert.ok((await b.readFileRange(eb, 0, eb.size, lb)).equals(want), e.path);
+    peak = Math.max(peak, shared.calculatedSize);
+  }
+  assert.ok(peak <= bound, `the shared cache held ${peak} bytes, over its bound of ${bound}`);
+  assert.ok(peak > bound / 2, `both readers used the one cache (${peak} bytes)`);
 });
 
 test('reads across span boundaries', async () => {

@@ -18,9 +18,10 @@ export class EstargzChunkCache {
   /** Chunks being fetched and verified now: later readers wait for these. */
   readonly inFlight = new Map<string, Promise<Buffer>>();
 
-  constructor(maxBytes = 64 * 1024 * 1024) {
+  /** `shared`: an LRU other readers use too (keys are chunk digests), bounded at maxBytes. */
+  constructor(maxBytes = 64 * 1024 * 1024, shared?: LRUCache<string, Buffer>) {
     this.maxBytes = maxBytes;
-    this.chunks = new LRUCache<string, Buffer>({ maxSize: maxBytes, sizeCalculation: (b) => Math.max(1, b.length) });
+    this.chunks = shared ?? new LRUCache<string, Buffer>({ maxSize: maxBytes, sizeCalculation: (b) => Math.max(1, b.length) });
   }
 
   get(digest: string): Buffer | undefined {

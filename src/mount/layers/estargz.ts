@@ -30,7 +30,7 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   const cached = await readCached<CachedToc>(cachePath, tocDigest);
   const index = cached ? { entries: cached.entries, chunks: new Map(cached.chunks), prefetch: cached.prefetch } : await readEstargzIndex(indexReader, { tocDigest, what, ...(context.maxTocRecords !== undefined ? { maxTocRecords: context.maxTocRecords } : {}) });
   if (!cached) writeCachedLater(context.store, cachePath, tocDigest, { entries: index.entries, chunks: [...index.chunks], prefetch: index.prefetch } satisfies CachedToc, context.log);
-  const cache = new EstargzChunkCache(context.cacheBytes);
+  const cache = new EstargzChunkCache(context.cacheBytes, context.decodedCache);
   const digest = context.descriptor.digest;
   let inBlobOrder: PrefetchUnit[] | undefined;
   const units = () => (inBlobOrder ??= memberUnits(index, blob.size, what, cache));

@@ -1,3 +1,4 @@
+import type { LRUCache } from 'lru-cache';
 import type { Digest } from '../../oci/digest.js';
 import type { IndexEntry } from '../../index/types.js';
 import type { ImageSource } from '../../source/image-source.js';
@@ -82,8 +83,10 @@ export interface LayerContext {
   what: string;
   descriptor: { digest: Digest; size: number; mediaType: string; annotations?: Record<string, string> };
   diffId: Digest;
-  /** Decoded bytes kept in memory for this layer. */
+  /** Bound on the decoded bytes (spans, chunks) the mount keeps in memory, all layers together. */
   cacheBytes: number;
+  /** Where they are kept: one LRU for the mount's layers, bounded at cacheBytes. */
+  decodedCache: LRUCache<string, Buffer>;
   /** A demand read fetches up to this many blob bytes around what it needs (0: only what it needs). */
   readAheadBytes: number;
   /** Bound on an eStargz TOC's records (entries and chunks). */

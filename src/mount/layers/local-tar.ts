@@ -19,7 +19,7 @@ export async function openLocalTarLayer(context: LayerContext, compression: Comp
   const { store, source, descriptor, what } = context;
   const local = await localTarLayer(store, source, descriptor, compression, what, context.diffId);
   const blob = await context.openBlob();
-  const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes });
+  const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes, cache: context.decodedCache });
   const layer = { compression: 'none' as const, blobDigest: descriptor.digest, compressedSize: local.tar.size, uncompressedSize: local.tar.size, checkpoints: local.index.checkpoints, blob: local.tar };
   return {
     digest: descriptor.digest,

@@ -24,7 +24,7 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
   let indexedBytes = 0;
   const index = await loadOrBuildIndex(store, source, descriptor, compression, what, context.diffId, { keepBlob: true, onDownloaded: (n) => (indexedBytes += n) });
   const blob = await context.openBlob();
-  const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes });
+  const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes, cache: context.decodedCache });
   const layer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
   const kind = compression === 'gzip' ? 'gzip' : 'tar';
   return {
