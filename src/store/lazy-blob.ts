@@ -5,6 +5,7 @@ import type { Readable } from 'node:stream';
 import { LazyrootError } from '../errors.js';
 import { hasherFor, shortDigest, type Digest } from '../oci/digest.js';
 import { commitFile } from './atomic-file.js';
+import { writeFully } from './write-fully.js';
 import { IntervalSet } from './interval-set.js';
 import type { Store } from './store.js';
 import type { LazyBlobGroup } from './lazy-blob-group.js';
@@ -102,6 +103,12 @@ const blockBytes = 1 << 20;
 const claimGraceMs = 2_000;
 /** Fetched-but-unconfirmed buffers kept for `confirm`; the oldest go first beyond this. */
 const maxPending = 256;
+
+/** ENOSPC or EDQUOT: the store's filesystem has no room for what we write (SQLite says SQLITE_FULL). */
+function isDiskFull(err: unknown): boolean {
+  const code = (err as NodeJS.ErrnoException)?.code;
+  return code === 'ENOSPC' || code === 'EDQUOT' || code === 'SQLITE_FULL';
+}
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -366,7 +373,7 @@ export class LazyBlob {
       // Never let unverified bytes overwrite anything kept, nor race a promotion of this inode.
       if (this.completion || this.keptCovers(start, end)) return;
     }
-    await this.file.write(bytes, 0, bytes.length, start);
+    await writeFully(this.file, bytes, 0, bytes.length, start);
     if (this.complete) return;
     if (verified) this.present.add(start, end);
     else this.provisional.add(start, end);
@@ -707,7 +714,7 @@ export class LazyBlob {
       if (run.length === 0 || this.complete || !this.file) return;
       const start = run[0]!.start;
       const end = run[run.length - 1]!.end;
-      await this.file.write(bytes, start - from, end - start, start);
+      await writeFully(this.file, bytes, start - from, end - start, start);
       if (this.complete) return;
       for (const u of run) {
         this.claims.delete(`${u.start}-${u.end}`);
@@ -750,8 +757,17 @@ export class LazyBlob {
     const retryDelayMs = options.retryDelayMs ?? 500;
     let failures = 0;
     let cursor = 0;
+    let diskFullWaits = 0;
     const fail = async (err: unknown): Promise<void> => {
       if (signal.aborted) throw signal.reason as Error;
+      if (isDiskFull(err)) {
+        // Not the source's fault and not for giving up on: wait for space (reads are served from memory meanwhile).
+        this.prefetchState = 'waiting';
+        this.prefetchError = `the store's disk is full: waiting for space (${(err as Error).message})`;
+        await sleep(Math.min(10_000, 250 * 2 ** Math.min(diskFullWaits++, 6)), signal);
+        return;
+      }
+      diskFullWaits = 0;
       failures++;
       this.stats.prefetchFailures++;
       this.prefetchError = (err as Error).message;
@@ -818,6 +834,8 @@ export class LazyBlob {
         try {
           await work;
           failures = 0;
+          diskFullWaits = 0;
+          this.prefetchError = undefined;
         } catch (err) {
           release?.();
           await fail(err);

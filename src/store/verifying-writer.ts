@@ -1,6 +1,7 @@
 import type { Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import { LazyrootError } from '../errors.js';
+import { writevFully } from './write-fully.js';
 
 /** Bytes gathered before one positional writev: few syscalls, little memory. */
 const batchBytes = 1 << 20;
@@ -59,7 +60,7 @@ export class VerifyingWriter {
     this.batch = [];
     this.batchSize = 0;
     this.onDisk += size;
-    this.inFlight = this.file.writev(buffers, position).then(() => {
+    this.inFlight = writevFully(this.file, buffers, position).then(() => {
       this.inFlight = undefined;
       this.onBytes?.(size);
     });

@@ -28,6 +28,7 @@ import { classifyEntry, hostile, normalizeEntryPath, parentOf } from '../oci/ent
 import { lookupInLayers } from '../union/lower-lookup.js';
 import { isOverlayWhiteout, overlayOpaqueXattr } from '../union/overlay-format.js';
 import { isIdentity, mapId, type IdMapping } from './id-mapping.js';
+import { writeFully } from '../store/write-fully.js';
 import { parseSparseMapPrefix, sparseFromPax, type SparseMap } from '../index/pax-sparse.js';
 import { paxXattrs } from '../index/tar-binary-pax.js';
 import { checkSparse } from '../index/tar-index.js';
@@ -552,7 +553,7 @@ export class LayerApplier {
         while (data.length > 0 && region < regions.length) {
           const r = regions[region]!;
           const take = Math.min(data.length, r.size - within);
-          await handle.write(data, 0, take, r.offset + within);
+          await writeFully(handle, data, 0, take, r.offset + within);
           data = data.subarray(take);
           within += take;
           if (within === r.size) {

@@ -44,7 +44,7 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
       if (context.readAheadBytes > 0 && !blob.isComplete) {
         // Small files lie side by side in the blob: fetch the region around the chunks this read
         // needs, not the chunks alone (their own read below then finds them kept).
-        const [from, to] = compressedRange(chunks, position, position + length);
+        const [from, to] = compressedRange(chunks, position, position + length, cache);
         if (from < to) await blob.fetchRegion(units(), from, to, context.readAheadBytes);
       }
       return readEstargzFile(entry, chunks, position, length, blob, { cache, what });
@@ -61,12 +61,16 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   };
 }
 
-/** Blob bytes [from, to) of the gzip members holding file bytes [start, end). */
-function compressedRange(chunks: readonly EstargzMemberChunk[], start: number, end: number): [number, number] {
+/**
+ * Blob bytes [from, to) of the gzip members holding file bytes [start, end),
+ * leaving out chunks decoded in memory already (their blob bytes may not be
+ * kept: a full disk).
+ */
+function compressedRange(chunks: readonly EstargzMemberChunk[], start: number, end: number, decoded: EstargzChunkCache): [number, number] {
   let from = Infinity;
   let to = 0;
   for (const c of chunks) {
-    if (c.offset >= end || c.offset + c.size <= start) continue;
+    if (c.offset >= end || c.offset + c.size <= start || decoded.get(c.chunkDigest)) continue;
     if (c.compressedStart < from) from = c.compressedStart;
     if (c.compressedEnd > to) to = c.compressedEnd;
   }

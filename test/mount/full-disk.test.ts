@@ -1,0 +1,113 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm, statfs, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { dir, file, symlink, type TarEntry } from '../helpers/tar-builder.js';
+import { buildEstargzImage, incompressible } from '../helpers/estargz.js';
+import { missingRequirements } from '../helpers/requirements.js';
+import { lazyroot } from '../helpers/cli.js';
+
+const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry'] });
+if (missing.length && process.env.CI) throw new Error(`CI: full-disk tests need ${missing.join(', ')}`);
+
+const MiB = 1 << 20;
+const run = promisify(execFile);
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** sha256sum in a child (this process serves the registry): the hash, or the error sha256sum printed. */
+function hashInChild(path: string): Promise<{ hash?: string; error?: string }> {
+  const child = spawn('sha256sum', [path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolve) => child.on('close', (code) => resolve(code === 0 ? { hash: stdout.split(' ')[0]! } : { error: stderr.trim() })));
+}
+
+interface Stats {
+  complete: boolean;
+  layers: Array<{ prefetch: string; prefetchError?: string; complete: boolean }>;
+}
+
+const files = Array.from({ length: 6 }, (_, i) => ({ path: `data/part${i}.bin`, bytes: incompressible(2 * MiB, `full-${i}`) }));
+const layers: TarEntry[][] = [
+  [dir('bin'), file('bin/busybox', readFileSync('/bin/busybox'), { mode: 0o755 }), symlink('bin/sh', 'busybox')],
+  [dir('data'), ...files.map((f) => file(f.path, f.bytes))],
+];
+
+describe('a full disk under a lazy mount costs only the bytes that could not be kept', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
+  let work: string;
+  let disk: string;
+  let registry: TestRegistry;
+  let target: string | undefined;
+  let store: string;
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'lazyroot-full-'));
+    disk = join(work, 'disk');
+    await mkdir(disk);
+    // The store's own filesystem: 16 MiB, less than the 12 MiB image plus what the store needs besides.
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'lazyroot-test-full', disk]);
+    store = join(disk, 'store');
+    registry = await startRegistry();
+    await registry.pushImage('full/app', 'v1', await buildEstargzImage(layers, { config: { Cmd: ['/bin/sh'] } }));
+  });
+
+  after(async () => {
+    if (target) await lazyroot(['--store', store, 'umount', target]);
+    await registry?.stop();
+    await run('umount', [disk]).catch(() => undefined);
+    await rm(work, { recursive: true, force: true });
+  });
+
+  async function stats(): Promise<Stats> {
+    const r = await lazyroot(['--store', store, 'mount', '--stats', '--json', target!]);
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as Stats;
+  }
+
+  test('reads stay right while nothing can be written, prefetch waits for space, and finishes once there is some', async () => {
+    target = join(work, 'mnt');
+    await mkdir(target);
+    const mounted = await lazyroot(['--store', store, 'mount', '--prefetch-delay-ms', '0', `docker://${registry.host}/full/app:v1`, target]);
+    assert.equal(mounted.code, 0, mounted.stderr);
+    // Now fill the disk, leaving less than one file's room.
+    const free = async () => {
+      const s = await statfs(disk);
+      return s.bavail * s.bsize;
+    };
+    const filler = join(disk, 'filler');
+    await writeFile(filler, Buffer.alloc(Math.max(0, (await free()) - 512 * 1024)));
+
+    for (const f of files) {
+      const got = await hashInChild(join(target, f.path));
+      // Served from the bytes fetched (verified in memory), whether or not they could be kept.
+      assert.equal(got.hash, sha(f.bytes), `${f.path}: ${got.error ?? ''}`);
+    }
+    let s = await stats();
+    assert.equal(s.complete, false, 'the data layer cannot be complete on a full disk');
+    const data = s.layers[1]!;
+    assert.notEqual(data.prefetch, 'failed', `prefetch waits, it does not give up: ${JSON.stringify(data)}`);
+    // The mount is alive: metadata and reads still answer.
+    assert.equal((await hashInChild(join(target, files[0]!.path))).hash, sha(files[0]!.bytes));
+
+    // Space again: prefetch resumes by itself and completes every layer.
+    await rm(filler);
+    const began = Date.now();
+    do {
+      await sleep(250);
+      s = await stats();
+    } while (!s.complete && Date.now() - began < 30_000);
+    assert.ok(s.complete, `prefetch completed once there was space: ${JSON.stringify(s.layers)}`);
+    for (const f of files) assert.equal((await hashInChild(join(target, f.path))).hash, sha(f.bytes));
+    assert.equal((await lazyroot(['--store', store, 'umount', target])).code, 0);
+    target = undefined;
+  });
+});
