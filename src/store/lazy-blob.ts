@@ -97,6 +97,8 @@ interface Window {
   index: number;
 }
 
+/** Demand fetches of one blob under way at once from which every read fetches its whole read-ahead region. */
+const busyReads = 4;
 /** LRU granularity of the cache bound: reads and confirmations touch 1 MiB blocks. */
 const blockBytes = 1 << 20;
 /** How long after its bytes arrived a demand read's claim on them lapses if it never confirms them. */
@@ -557,7 +559,10 @@ export class LazyBlob {
       return;
     }
     const ahead = this.readAhead.next(start, regionBytes);
-    const window = this.regionAround(units, start, end, ahead.window);
+    // Many demand reads of this blob waiting at once (a parallel tree walk, many small files): each
+    // brings its whole region along, as a gzip span would; one reader alone (a program starting) fetches only what it needs.
+    const busy = this.regions.length + this.inFlight.size >= busyReads;
+    const window = this.regionAround(units, start, end, busy ? regionBytes : ahead.window);
     if (!window) return;
     const key = `${window.start}-${window.end}`;
     this.claims.set(key, { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs });

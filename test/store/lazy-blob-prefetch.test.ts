@@ -226,6 +226,36 @@ test('fetchRegion: reads that walk the blob in order bring their neighbours alon
   await blob.close();
 });
 
+test('fetchRegion: many scattered reads at once (a parallel tree walk) each bring their region; fetchAhead joins wanted units into few parallel requests', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(8 * MiB);
+  const digest = sha256(data);
+  const unitBytes = 16 * 1024;
+  const units = unitsOf(data, unitBytes);
+  const src = source(data, { delayMs: 20 });
+  const blob = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer' });
+  // 16 readers at once, each at its own place, none continuing another: each fetches a whole region.
+  const starts = Array.from({ length: 16 }, (_, k) => (k * 29 + 3) * unitBytes);
+  await Promise.all(starts.map((at) => blob.fetchRegion(units, at + 5, at + 50, 256 * 1024)));
+  const busy = src.calls.slice(); // the first few started before the others: those fetched only their unit
+  assert.ok(busy.filter((c) => c.end - c.start > unitBytes).length >= 8, `regions: ${busy.map((c) => c.end - c.start).join(' ')}`);
+  assert.ok(busy.every((c) => c.end - c.start <= 256 * 1024));
+
+  // fetchAhead (past everything fetched above): wanted ranges 40 KiB apart share a request (gap ≤ 64 KiB); far ones get their own, all in parallel.
+  const before = src.calls.length;
+  const wanted: Array<[number, number]> = [
+    [7.5 * MiB, 7.5 * MiB + 100],
+    [7.5 * MiB + 40 * 1024, 7.5 * MiB + 41 * 1024],
+    [7 * MiB + 900 * 1024, 7 * MiB + 901 * 1024],
+  ];
+  await blob.fetchAhead(units, wanted, { gapBytes: 64 * 1024 });
+  const ahead = src.calls.slice(before);
+  assert.equal(ahead.length, 2, JSON.stringify(ahead));
+  for (const [s0, e] of wanted) assert.ok((await blob.readVerified(s0, e))?.equals(data.subarray(s0, e)), `${s0} kept`);
+  assert.equal(blob.stats.prefetchRequests, 2);
+  await blob.close();
+});
+
 test('a span that fails verification is not kept; prefetch retries it and the blob is right', async (t) => {
   const store = await openStore(t);
   const data = randomBytes(MiB);
