@@ -246,15 +246,15 @@ async function untilSettledOr(work: Promise<unknown>, done: () => boolean): Prom
 
 const defaultReadAheadBytes = 1 << 20;
 
-interface MountLayerContext {
+export interface MountLayerContext {
   group: LazyBlobGroup;
   /** Blobs already opened for this mount: an image may use one blob twice. */
   opened: Map<Digest, Promise<LazyBlob>>;
   rangeIgnored: () => boolean;
 }
 
-/** Layer i of the image as a LazyLayer of whatever kind its descriptor says. */
-async function prepareLayer(
+/** Layer i of the image as a LazyLayer of whatever kind its descriptor says (also the layer store's way in). */
+export async function prepareLayer(
   store: Store,
   source: ImageSource,
   image: ImageRecord,
