@@ -7,6 +7,7 @@ import type { ImageSource } from '../source/image-source.js';
 import { openSource } from '../source/open-source.js';
 import { LazyBlobGroup, type LazyBlob } from '../store/lazy-blob.js';
 import type { ImageRecord } from '../store/metadata-db.js';
+import type { IndexEntry } from '../index/types.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
 import { overlayLowerEntries } from '../union/overlay-lower.js';
@@ -201,7 +202,7 @@ export class RegistryLayerStore implements LayerStoreBackend {
     const record = this.store.db.layer(image.chainIds[i]!)!;
     const blobRecord = record.blobs[0]!;
     const compression = compressionOf(blobRecord.mediaType) ?? 'gzip';
-    const diff = buildTree(overlayLowerEntries(lazy.entries));
+    const diff = buildTree(overlayLowerEntries(lazy.entries, 0, await this.lowerDirs(imageRef, image, i)));
     const info = layerInfoJson({ digest: blobRecord.digest, size: blobRecord.size, diffId: record.diffId, compression, ...(lazy.uncompressedSize !== undefined ? { uncompressedSize: lazy.uncompressedSize } : {}) });
     return {
       diff,
@@ -209,6 +210,30 @@ export class RegistryLayerStore implements LayerStoreBackend {
       blobSize: blobRecord.size,
       readFile: (node, position, length) => lazy.read(node.entry!, position, length),
       readBlob: (start, end) => readBlobVerified(lazy, start, end),
+    };
+  }
+
+  /**
+   * The directories of the layers below layer i, topmost first: where an
+   * implicit parent of layer i takes its mode, owner and times from. Opens
+   * those layers (Podman asks for every layer of the image anyway); one that
+   * cannot be opened is passed over.
+   */
+  private async lowerDirs(imageRef: string, image: ImageRecord, i: number): Promise<(path: string) => IndexEntry | undefined> {
+    const lowers: Array<Map<string, IndexEntry>> = [];
+    for (let j = i - 1; j >= 0; j--) {
+      const digest = this.store.db.layer(image.chainIds[j]!)?.blobs[0]?.digest;
+      if (!digest) continue;
+      await this.open(imageRef, digest).catch(() => undefined);
+      const entries = this.slots.get(digest)?.lazy?.entries ?? [];
+      lowers.push(new Map(entries.filter((e) => e.type === 'dir').map((e) => [e.path, e])));
+    }
+    return (path) => {
+      for (const dirs of lowers) {
+        const hit = dirs.get(path);
+        if (hit) return hit;
+      }
+      return undefined;
     };
   }
 }

@@ -1,4 +1,4 @@
-import { classifyEntry } from '../oci/entry-path.js';
+import { classifyEntry, parentOf } from '../oci/entry-path.js';
 import type { IndexEntry } from '../index/types.js';
 import { overlayOpaqueXattr } from './overlay-format.js';
 
@@ -19,8 +19,13 @@ const opaqueValue = Buffer.from('y').toString('base64');
  * metadata (`.wh..wh.plnk/…`) is left out; a path listed twice keeps its last
  * entry, as unpacking does. A whiteout of a name the layer also puts is
  * dropped: the layer's own entry already hides the lower one.
+ *
+ * A directory the layer writes into without listing it (an implicit parent)
+ * takes its metadata from `lowerDir(path)`, the directory below, as the
+ * unpacker's copy-up does: in overlayfs the upper directory's mode and owner
+ * win, so a made-up 0755 would change what the container sees.
  */
-export function overlayLowerEntries(entries: readonly IndexEntry[], layer = 0): OverlayLowerEntry[] {
+export function overlayLowerEntries(entries: readonly IndexEntry[], layer = 0, lowerDir: (path: string) => IndexEntry | undefined = () => undefined): OverlayLowerEntry[] {
   const byPath = new Map<string, OverlayLowerEntry>();
   const whiteouts: IndexEntry[] = [];
   const opaqueDirs: string[] = [];
@@ -40,9 +45,19 @@ export function overlayLowerEntries(entries: readonly IndexEntry[], layer = 0): 
   }
   for (const dir of opaqueDirs) {
     const existing = byPath.get(dir);
-    const base: OverlayLowerEntry = existing ?? { path: dir, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0, layer };
+    const base: OverlayLowerEntry = existing ?? implicitDir(dir, layer, lowerDir);
     if (base.type !== 'dir') continue; // an opaque marker under a non-directory: the tree builder reports the conflict
     byPath.set(dir, { ...base, xattrs: { ...base.xattrs, [overlayOpaqueXattr]: opaqueValue } });
   }
+  // Implicit parents, after the opaque markers (which may have made some of them already).
+  for (const path of [...byPath.keys()]) {
+    for (let parent = parentOf(path); parent !== '' && !byPath.has(parent); parent = parentOf(parent)) byPath.set(parent, implicitDir(parent, layer, lowerDir));
+  }
   return [...byPath.values()];
+}
+
+function implicitDir(path: string, layer: number, lowerDir: (path: string) => IndexEntry | undefined): OverlayLowerEntry {
+  const lower = lowerDir(path);
+  if (lower?.type === 'dir') return { path, type: 'dir', mode: lower.mode, uid: lower.uid, gid: lower.gid, size: 0, mtime: lower.mtime, ...(lower.mtimeNsec !== undefined ? { mtimeNsec: lower.mtimeNsec } : {}), ...(lower.xattrs ? { xattrs: lower.xattrs } : {}), layer };
+  return { path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0, layer };
 }
