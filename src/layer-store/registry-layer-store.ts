@@ -48,7 +48,24 @@ interface LayerSlot {
 }
 
 export interface LayerStoreStats {
+  /** Open layers. */
   layers: Array<LazyLayerStats & { uses: number; images: string[] }>;
+  /** Since start, layers closed since included. */
+  totals: { bytesFetched: number; requests: number; fetchMillis: number; hits: number };
+}
+
+type Totals = LayerStoreStats['totals'];
+
+/** What a layer's blob has cost: demand fetches, prefetch, whole-blob streams and index passes. */
+function totalsOf(l: LazyLayerStats): Totals {
+  return { bytesFetched: l.bytesFetched + l.bytesPrefetched + l.bytesStreamed + l.bytesIndexed, requests: l.requests, fetchMillis: l.fetchMillis, hits: l.hits };
+}
+
+function addTotals(to: Totals, from: Totals): void {
+  to.bytesFetched += from.bytesFetched;
+  to.requests += from.requests;
+  to.fetchMillis += from.fetchMillis;
+  to.hits += from.hits;
 }
 
 /**
@@ -69,6 +86,8 @@ export class RegistryLayerStore implements LayerStoreBackend {
   private readonly group = new LazyBlobGroup({});
   private readonly opened = new Map<Digest, Promise<LazyBlob>>();
   private tick = 0;
+  /** Totals of layers closed since start. */
+  private readonly closedTotals: Totals = { bytesFetched: 0, requests: 0, fetchMillis: 0, hits: 0 };
   private readonly sweeper: NodeJS.Timeout;
   private readonly idleTicks: number;
 
@@ -125,11 +144,14 @@ export class RegistryLayerStore implements LayerStoreBackend {
 
   stats(): LayerStoreStats {
     const layers: LayerStoreStats['layers'] = [];
+    const totals = { ...this.closedTotals };
     for (const slot of this.slots.values()) {
       if (!slot.lazy) continue;
-      layers.push({ ...slot.lazy.stats(), uses: slot.uses, images: [...(this.imagesOf.get(slot.digest) ?? [])] });
+      const stats = slot.lazy.stats();
+      addTotals(totals, totalsOf(stats));
+      layers.push({ ...stats, uses: slot.uses, images: [...(this.imagesOf.get(slot.digest) ?? [])] });
     }
-    return { layers };
+    return { layers, totals };
   }
 
   async close(): Promise<void> {
@@ -151,6 +173,7 @@ export class RegistryLayerStore implements LayerStoreBackend {
     if (this.slots.get(slot.digest) === slot) this.slots.delete(slot.digest);
     await slot.opening.catch(() => undefined);
     this.opened.delete(slot.digest);
+    if (slot.lazy) addTotals(this.closedTotals, totalsOf(slot.lazy.stats()));
     await slot.lazy?.close().catch((err: unknown) => this.options.logger?.(`close layer ${slot.digest}`, err));
   }
 

@@ -1,14 +1,19 @@
 import { mountLayerStore } from '../fs/layer-store-fs.js';
 import type { FsStats } from '../fs/lazy-fs.js';
 import type { Store } from '../store/store.js';
+import { serveMetrics, type MetricsServer } from './metrics.js';
 import { RegistryLayerStore, type LayerStoreStats, type RegistryLayerStoreOptions } from './registry-layer-store.js';
 
 export interface ServeLayerStoreOptions extends RegistryLayerStoreOptions {
   allowOther?: boolean;
+  /** `host:port` of a Prometheus text endpoint (`GET /metrics`); port 0 picks one. */
+  metricsAddress?: string;
 }
 
 export interface LayerStoreServer {
   readonly mountpoint: string;
+  /** Where `GET /metrics` answers, when asked for. */
+  readonly metricsAddress?: string;
   stats(): LayerStoreStats & { fs: FsStats };
   /** Unmounts the store, then closes every layer. */
   close(): Promise<void>;
@@ -32,10 +37,21 @@ export async function serveLayerStore(store: Store, dir: string, options: ServeL
     await backend.close();
     throw err;
   }
+  const stats = () => ({ ...backend.stats(), fs: mounted.stats() });
+  let metrics: MetricsServer | undefined;
+  try {
+    if (options.metricsAddress !== undefined) metrics = await serveMetrics(options.metricsAddress, stats);
+  } catch (err) {
+    await mounted.unmount().catch(() => undefined);
+    await backend.close();
+    throw err;
+  }
   return {
     mountpoint: mounted.mountpoint,
-    stats: () => ({ ...backend.stats(), fs: mounted.stats() }),
+    ...(metrics ? { metricsAddress: metrics.address } : {}),
+    stats,
     close: async () => {
+      await metrics?.close();
       await mounted.unmount();
       await backend.close();
     },

@@ -59,6 +59,13 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
   const repo = 'lazy/busybox';
   let layerDigests: string[] = [];
   let layerSizes: number[] = [];
+  let metricsUrl = '';
+
+  /** The layer store's Prometheus samples: `name{labels}` → value. */
+  async function metrics(): Promise<Map<string, number>> {
+    const text = await (await fetch(metricsUrl)).text();
+    return new Map(text.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => [l.slice(0, l.lastIndexOf(' ')), Number(l.slice(l.lastIndexOf(' ') + 1))]));
+  }
 
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'lazyroot-layer-store-'));
@@ -99,10 +106,11 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
 
     mnt = join(work, 'als');
     await mkdir(mnt);
-    daemon = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'layer-store', '--release-after-ms', '2000', mnt], { name: 'lazyroot layer-store' });
+    daemon = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'layer-store', '--release-after-ms', '2000', '--metrics-address', '127.0.0.1:0', mnt], { name: 'lazyroot layer-store' });
     daemon.child.stdout!.on('data', (c: Buffer) => (daemonOut += c.toString()));
     daemon.child.stderr!.on('data', (c: Buffer) => (daemonOut += c.toString()));
     await daemon.waitReady(() => daemonOut.includes('layer store at'), { timeoutMs: 20_000, describe: () => daemonOut });
+    metricsUrl = /metrics at (\S+)/.exec(daemonOut)?.[1] ?? '';
 
     podmanRoot = join(work, 'podman');
     await mkdir(podmanRoot);
@@ -140,9 +148,31 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
     console.log(`layer store: podman fetched ${layerBytes} of ${total} layer blob bytes (${((100 * layerBytes) / total).toFixed(1)}%) in ${blobGets.length} blob requests`);
     assert.ok(layerBytes < total / 4, `fetched ${layerBytes} of ${total} layer blob bytes`);
 
+    // The daemon's own account agrees with the registry's, and says which layers podman holds.
+    const m = await metrics();
+    assert.equal(m.get('lazyroot_layer_store_fetched_bytes_total'), layerBytes);
+    for (const digest of layerDigests) {
+      const ratio = m.get(`lazyroot_layer_fetched_ratio{digest="${digest}",format="gzip"}`);
+      assert.ok(ratio !== undefined && ratio <= 1, `fetched ratio of ${digest}: ${ratio}`);
+      assert.equal(m.get(`lazyroot_layer_uses{digest="${digest}",format="gzip"}`), 1, `uses of ${digest}: the pull's lookup released, the layer's creation kept`);
+    }
+
     // Podman stacked our diff/ dirs rather than downloading: its layers point into the store.
     const layersJson = JSON.parse(await readFile(join(podmanRoot, 'root', 'overlay-layers', 'layers.json'), 'utf8')) as Array<{ 'compressed-diff-digest'?: string }>;
     assert.deepEqual(layersJson.map((l) => l['compressed-diff-digest']).sort(), [...layerDigests].sort());
+  });
+
+  test('a plain gzip layer with no index is streamed once, indexed and kept: podman runs it all the same', async () => {
+    const spec: ImageSpec = {
+      layers: [(await busyboxImageSpec('v1')).layers[0]!, { tar: await buildTar([dir('data'), file('data/other.bin', noise('other', 1 << 20)), file('etc/motd', 'no index\n')]), compression: 'gzip' }],
+      config: { config: { Cmd: ['/bin/cat', '/etc/motd'], Env: ['PATH=/bin'] } },
+      refName: 'noindex',
+    };
+    await writeOciLayout(join(work, 'layout-noindex'), [spec]);
+    await pushToRegistry(join(work, 'layout-noindex'), 'lazy/noindex:latest', registry.host, { layoutRef: 'noindex' });
+    const r = await podman([...podmanRun, `${registry.host}/lazy/noindex:latest`]);
+    assert.equal(r.stdout, 'no index\n', `${r.stderr}\n--- layer store log:\n${daemonOut}`);
+    assert.equal(r.code, 0);
   });
 
   test("each layer's diff/ equals lazyroot's own overlay-format unpack of that layer; info and blob as containers/storage reads them", async () => {

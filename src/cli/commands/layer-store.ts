@@ -9,6 +9,7 @@ type LayerStoreFlags = RegistryFlags & {
   cacheBytes?: number;
   releaseAfterMs?: number;
   platform?: string;
+  metricsAddress?: string;
 };
 
 function wholeNumber(flag: string): (v: string) => number {
@@ -31,7 +32,8 @@ export function registerLayerStore(program: Command, out: Output): void {
     .option('--deadline-ms <ms>', 'a read whose bytes have not arrived after this long fails with EIO', wholeNumber('--deadline-ms'), 30_000)
     .option('--cache-bytes <n>', 'decoded spans kept in memory per layer', wholeNumber('--cache-bytes'), 16 << 20)
     .option('--release-after-ms <ms>', 'close a layer Podman no longer uses after this long without access', wholeNumber('--release-after-ms'), 300_000)
-    .option('--platform <os/arch[/variant]>', 'platform to pick from multi-platform images (default: this machine)');
+    .option('--platform <os/arch[/variant]>', 'platform to pick from multi-platform images (default: this machine)')
+    .option('--metrics-address <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics (bytes fetched and served, per-layer fetched fraction); port 0 picks one');
   addRegistryFlags(command);
   command.action(async (dir: string, opts: LayerStoreFlags, cmd: Command) => {
     const global = cmd.optsWithGlobals<GlobalOptions>();
@@ -45,10 +47,14 @@ export function registerLayerStore(program: Command, out: Output): void {
         cacheBytes: opts.cacheBytes ?? 16 << 20,
         releaseAfterMs: opts.releaseAfterMs ?? 300_000,
         ...(opts.platform ? { platform: opts.platform } : {}),
+        ...(opts.metricsAddress !== undefined ? { metricsAddress: opts.metricsAddress } : {}),
         logger,
       });
-      if (global.json) out.json({ mountpoint: server.mountpoint, pid: process.pid });
-      else if (!global.quiet) out.text(`layer store at ${server.mountpoint} (pid ${process.pid}); storage.conf: additionallayerstores = ["${server.mountpoint}:ref"]`);
+      const metrics = server.metricsAddress ? { metrics: `http://${server.metricsAddress}/metrics` } : {};
+      if (global.json) out.json({ mountpoint: server.mountpoint, pid: process.pid, ...metrics });
+      else if (!global.quiet) {
+        out.text(`layer store at ${server.mountpoint} (pid ${process.pid}); storage.conf: additionallayerstores = ["${server.mountpoint}:ref"]${metrics.metrics ? `; metrics at ${metrics.metrics}` : ''}`);
+      }
       await new Promise<void>((resolve) => {
         process.once('SIGTERM', resolve);
         process.once('SIGINT', resolve);
