@@ -66,27 +66,47 @@ const base64Piece = /^[A-Za-z0-9+=]+$/;
 type Place =
   | { kind: 'root' }
   | { kind: 'prefix' }
-  | { kind: 'layer'; ref: string; digest: string; rest: string[] }
+  /** `sub`: the path below the layer's directory ('' for the directory, '/diff/bin/sh'…). */
+  | { kind: 'layer'; ref: string; digest: string; sub: string }
   | { kind: 'none' };
+
+const rootPlace: Place = { kind: 'root' };
+const prefixPlace: Place = { kind: 'prefix' };
+const nowhere: Place = { kind: 'none' };
+/** Encoded reference → reference ('' when it is not canonical base64): a handful of images, decoded once each. */
+const decodedRefs = new Map<string, string>();
+const maxDecodedRefs = 4096;
+
+function decodeRef(encoded: string): string {
+  let ref = decodedRefs.get(encoded);
+  if (ref !== undefined) return ref;
+  ref = encoded.split('/').every((p) => base64Piece.test(p)) ? Buffer.from(encoded, 'base64').toString('utf8') : '';
+  if (ref !== '' && Buffer.from(ref, 'utf8').toString('base64') !== encoded) ref = '';
+  if (decodedRefs.size < maxDecodedRefs) decodedRefs.set(encoded, ref);
+  return ref;
+}
 
 /**
  * `<base64 of the image reference>/<compressed digest>/…`: containers/storage
  * joins the standard base64 of the reference (which may hold '/') and the
  * digest, so the reference is every component before the first that reads as
  * a digest. Directories on the way to it are shown as they are asked for.
+ * Called for every operation but reads: one pass over the path, decoded
+ * references remembered.
  */
 export function placeOf(path: string): Place {
-  if (path === '/') return { kind: 'root' };
-  const parts = path.split('/');
-  parts.shift(); // '' before the leading '/'
-  const at = parts.findIndex((p) => digestPattern.test(p));
-  if (at < 0) return parts.every((p) => base64Piece.test(p)) ? { kind: 'prefix' } : { kind: 'none' };
-  if (at === 0) return { kind: 'none' }; // the store is used with `:ref`: a digest alone names nothing
-  const encoded = parts.slice(0, at);
-  if (!encoded.every((p) => base64Piece.test(p))) return { kind: 'none' };
-  const ref = Buffer.from(encoded.join('/'), 'base64').toString('utf8');
-  if (ref === '' || Buffer.from(ref, 'utf8').toString('base64') !== encoded.join('/')) return { kind: 'none' };
-  return { kind: 'layer', ref, digest: parts[at]!, rest: parts.slice(at + 1) };
+  if (path === '/') return rootPlace;
+  // The first component holding ':' is the only candidate for the digest (base64 has none).
+  const colon = path.indexOf(':');
+  if (colon < 0) return path.split('/').every((p, i) => i === 0 || base64Piece.test(p)) ? prefixPlace : nowhere;
+  const start = path.lastIndexOf('/', colon);
+  let end = path.indexOf('/', colon);
+  if (end < 0) end = path.length;
+  const digest = path.slice(start + 1, end);
+  if (start === 0 || !digestPattern.test(digest)) return nowhere; // start 0: a digest alone (a store without `:ref`)
+  const ref = decodeRef(path.slice(1, start));
+  if (ref === '') return nowhere;
+  return { kind: 'layer', ref, digest, sub: path.slice(end) };
 }
 
 /** An open file: a file of `diff/`, `info` or `blob` of a layer. */
@@ -170,12 +190,16 @@ function layerStoreOps(backend: LayerStoreBackend, counters: FsStats, toErrno: (
   /** What a path names below a layer's directory, once the layer is open. */
   type Target = { kind: 'layerDir' } | { kind: 'file'; name: 'info' | 'blob' } | { kind: 'diff'; node: FsNode };
   type Found = Target | { kind: 'root' } | { kind: 'prefix' };
-  const targetIn = (layer: ServedLayer, rest: string[]): Target | undefined => {
-    if (rest.length === 0) return { kind: 'layerDir' };
-    const [first] = rest;
-    if (first === 'info' || first === 'blob') return rest.length === 1 ? { kind: 'file', name: first } : undefined;
-    if (first !== 'diff') return undefined;
-    const node = rest.length === 1 ? layer.diff.root : layer.diff.lookup(`/${rest.slice(1).join('/')}`);
+  const layerDir: Target = { kind: 'layerDir' };
+  const infoFile: Target = { kind: 'file', name: 'info' };
+  const blobFile: Target = { kind: 'file', name: 'blob' };
+  const targetIn = (layer: ServedLayer, sub: string): Target | undefined => {
+    if (sub === '') return layerDir;
+    if (sub === '/info') return infoFile;
+    if (sub === '/blob') return blobFile;
+    if (sub === '/diff') return { kind: 'diff', node: layer.diff.root };
+    if (!sub.startsWith('/diff/')) return undefined;
+    const node = layer.diff.lookup(sub.slice(5)); // '/bin/sh': a FUSE-style path of the tree
     return node ? { kind: 'diff', node } : undefined;
   };
 
@@ -186,7 +210,7 @@ function layerStoreOps(backend: LayerStoreBackend, counters: FsStats, toErrno: (
     if (place.kind === 'root' || place.kind === 'prefix') return then(undefined, place);
     const got = layerOf(place);
     const withLayer = (layer: ServedLayer) => {
-      const target = targetIn(layer, place.rest);
+      const target = targetIn(layer, place.sub);
       if (!target) return cb(-ENOENT);
       then(layer, target);
     };
@@ -318,14 +342,14 @@ function layerStoreOps(backend: LayerStoreBackend, counters: FsStats, toErrno: (
     /** containers/storage's "we use this layer": `os.Create(<layer>/use)`, then removing it. */
     create(path, _mode, cb) {
       const place = placeOf(path);
-      if (place.kind !== 'layer' || place.rest.length !== 1 || place.rest[0] !== 'use') return cb(-EROFS);
+      if (place.kind !== 'layer' || place.sub !== '/use') return cb(-EROFS);
       backend.use(place.ref, place.digest);
       cb(-ENOENT); // what containers/storage expects of a store that counts uses
     },
     /** containers/storage's "we no longer use this layer": `rmdir(<layer>)`. */
     rmdir(path, cb) {
       const place = placeOf(path);
-      if (place.kind !== 'layer' || place.rest.length !== 0) return cb(-EROFS);
+      if (place.kind !== 'layer' || place.sub !== '') return cb(-EROFS);
       backend.release(place.ref, place.digest);
       cb(-ENOENT);
     },
