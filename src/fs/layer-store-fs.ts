@@ -24,6 +24,9 @@ export interface ServedLayer {
   readFile(node: FsNode, position: number, length: number): Promise<Buffer>;
   /** Bytes [start, end) of the compressed blob, verified; all of them. */
   readBlob(start: number, end: number): Promise<Buffer>;
+  /** A file of the layer was opened: the layer must stay open until `unhold`. */
+  hold(): void;
+  unhold(): void;
 }
 
 /**
@@ -222,6 +225,7 @@ function layerStoreOps(backend: LayerStoreBackend, counters: FsStats, toErrno: (
   const fileStat = (size: number): FuseStat => ({ mode: 0o100444, uid: 0, gid: 0, size, nlink: 1, blksize: blockSize, blocks: Math.ceil(size / 512), atime: 0, mtime: 0, ctime: 0 });
 
   const handleFor = (h: Handle): number => {
+    h.layer.hold();
     const fh = freeHandles.pop() ?? handles.length;
     handles[fh] = h;
     return fh;
@@ -268,7 +272,9 @@ function layerStoreOps(backend: LayerStoreBackend, counters: FsStats, toErrno: (
       });
     },
     release(_path, fh, cb) {
-      if (fh > 0 && handles[fh]) {
+      const h = fh > 0 ? handles[fh] : undefined;
+      if (h) {
+        h.layer.unhold();
         handles[fh] = undefined;
         freeHandles.push(fh);
       }

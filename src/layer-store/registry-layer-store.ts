@@ -43,6 +43,8 @@ interface LayerSlot {
   lazy?: LazyLayer;
   /** `use` notifications not yet released. */
   uses: number;
+  /** Files of the layer open through FUSE: a container may read an open file long after its lookup. */
+  holds: number;
   /** The sweep tick of the last access. */
   touched: number;
 }
@@ -115,7 +117,7 @@ export class RegistryLayerStore implements LayerStoreBackend {
   open(imageRef: string, digest: string): Promise<ServedLayer> {
     let slot = this.slots.get(digest);
     if (!slot) {
-      const created: LayerSlot = { digest: digest as Digest, opening: undefined as unknown as Promise<ServedLayer>, uses: 0, touched: this.tick };
+      const created: LayerSlot = { digest: digest as Digest, opening: undefined as unknown as Promise<ServedLayer>, uses: 0, holds: 0, touched: this.tick };
       created.opening = this.openLayer(imageRef, created).then(
         (served) => (created.served = served),
         (err: unknown) => {
@@ -164,7 +166,7 @@ export class RegistryLayerStore implements LayerStoreBackend {
   /** Closes layers nobody uses and nobody touched for a while: their blob files, caches and trees go. */
   private async releaseIdle(): Promise<void> {
     for (const slot of [...this.slots.values()]) {
-      if (slot.uses > 0 || !slot.served || this.tick - slot.touched < this.idleTicks) continue;
+      if (slot.uses > 0 || slot.holds > 0 || !slot.served || this.tick - slot.touched < this.idleTicks) continue;
       await this.closeSlot(slot);
     }
   }
@@ -233,6 +235,14 @@ export class RegistryLayerStore implements LayerStoreBackend {
       blobSize: blobRecord.size,
       readFile: (node, position, length) => lazy.read(node.entry!, position, length),
       readBlob: (start, end) => readBlobVerified(lazy, start, end),
+      hold: () => {
+        slot.holds++;
+        slot.touched = this.tick;
+      },
+      unhold: () => {
+        slot.holds--;
+        slot.touched = this.tick;
+      },
     };
   }
 

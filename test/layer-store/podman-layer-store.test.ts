@@ -145,7 +145,8 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
     const blobGets = registry.accessBytes().slice(before).filter((a) => a.method === 'GET' && /\/blobs\/sha256:/.test(a.path));
     const layerBytes = blobGets.filter((a) => layerDigests.some((d) => a.path.endsWith(d))).reduce((n, a) => n + a.bytes, 0);
     const total = layerSizes.reduce((n, s) => n + s, 0);
-    console.log(`layer store: podman fetched ${layerBytes} of ${total} layer blob bytes (${((100 * layerBytes) / total).toFixed(1)}%) in ${blobGets.length} blob requests`);
+    const perLayer = layerDigests.map((d, i) => `${d.slice(7, 19)} ${blobGets.filter((a) => a.path.endsWith(d)).reduce((n, a) => n + a.bytes, 0)}/${layerSizes[i]}`);
+    console.log(`layer store: podman fetched ${layerBytes} of ${total} layer blob bytes (${((100 * layerBytes) / total).toFixed(1)}%) in ${blobGets.length} blob requests; per layer ${perLayer.join(', ')}`);
     assert.ok(layerBytes < total / 4, `fetched ${layerBytes} of ${total} layer blob bytes`);
 
     // The daemon's own account agrees with the registry's, and says which layers podman holds.
@@ -206,6 +207,23 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
     } finally {
       await lazyroot(['--store', overlayStore, 'delete', 'c1']);
     }
+  });
+
+  test('a layer no one uses is closed after --release-after-ms without access, and opened again when looked up', async () => {
+    const spec: ImageSpec = { layers: [{ tar: await buildTar([file('idle.txt', 'idle\n')]), compression: 'gzip' }], config: { config: {} }, refName: 'idle' };
+    await writeOciLayout(join(work, 'layout-idle'), [spec]);
+    await pushToRegistry(join(work, 'layout-idle'), 'lazy/idle:latest', registry.host, { layoutRef: 'idle' });
+    const manifest = (await (await fetch(`${registry.url}/v2/lazy/idle/manifests/latest`, { headers: { accept: 'application/vnd.oci.image.manifest.v1+json' } })).json()) as { layers: Array<{ digest: string }> };
+    const digest = manifest.layers[0]!.digest;
+    const layerDir = join(mnt, ...Buffer.from(`${registry.host}/lazy/idle:latest`).toString('base64').split('/'), digest);
+    const sample = `lazyroot_layer_uses{digest="${digest}",format="gzip"}`;
+    assert.equal(await readFile(join(layerDir, 'diff', 'idle.txt'), 'utf8'), 'idle\n');
+    assert.equal((await metrics()).get(sample), 0, 'open, with no use signalled');
+    const deadline = Date.now() + 15_000;
+    while ((await metrics()).has(sample) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 250));
+    assert.equal((await metrics()).has(sample), false, 'closed after --release-after-ms 2000');
+    for (const d of layerDigests) assert.ok((await metrics()).has(`lazyroot_layer_uses{digest="${d}",format="gzip"}`), `podman's layer ${d} stays open`);
+    assert.equal(await readFile(join(layerDir, 'diff', 'idle.txt'), 'utf8'), 'idle\n', 'opened again');
   });
 
   test('an unknown layer is ENOENT; `use` and the release rmdir are answered ENOENT, as containers/storage expects', async () => {
