@@ -13,6 +13,7 @@ import { diffTreesReport, snapshotTree } from '../helpers/tree-snapshot.js';
 import { missingRequirements } from '../helpers/requirements.js';
 import { spawnProcess, type ManagedProcess } from '../helpers/process.js';
 import { lazyroot, lazyrootBin } from '../helpers/cli.js';
+import { buildEstargzImage } from '../helpers/estargz.js';
 
 const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry', 'skopeo', 'podman', 'runc'] });
 if (missing.length && process.env.CI) throw new Error(`CI: layer store tests need ${missing.join(', ')}`);
@@ -174,6 +175,39 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
     const r = await podman([...podmanRun, `${registry.host}/lazy/noindex:latest`]);
     assert.equal(r.stdout, 'no index\n', `${r.stderr}\n--- layer store log:\n${daemonOut}`);
     assert.equal(r.code, 0);
+  });
+
+  test('an eStargz image (no index needed) runs through the layer store, fetching a small part of its blob', async () => {
+    const busybox = await readFile('/bin/busybox');
+    const image = await buildEstargzImage(
+      [
+        [
+          dir('bin'),
+          file('bin/busybox', busybox, { mode: 0o755 }),
+          ...['sh', 'cat', 'true'].map((a) => symlink(`bin/${a}`, 'busybox')),
+          dir('data'),
+          file('data/big.bin', noise('esgz', 4 << 20)),
+          dir('etc'),
+          file('etc/motd', 'estargz through the layer store\n'),
+        ],
+      ],
+      { config: { Cmd: ['/bin/cat', '/etc/motd'], Env: ['PATH=/bin'] } },
+    );
+    await registry.pushImage('lazy/esgz', 'latest', image);
+    const before = registry.accessBytes().length;
+    const r = await podman([...podmanRun, `${registry.host}/lazy/esgz:latest`]);
+    assert.equal(r.stdout, 'estargz through the layer store\n', `${r.stderr}\n--- layer store log:\n${daemonOut}`);
+    assert.equal(r.code, 0);
+    const fetched = registry
+      .accessBytes()
+      .slice(before)
+      .filter((a) => a.method === 'GET' && a.path.endsWith(image.layerDigests[0]!))
+      .reduce((n, a) => n + a.bytes, 0);
+    const size = image.layers[0]!.blob.length;
+    console.log(`layer store: podman (eStargz, cat /etc/motd) fetched ${fetched} of ${size} layer blob bytes (${((100 * fetched) / size).toFixed(1)}%)`);
+    assert.ok(fetched < size / 4, `fetched ${fetched} of ${size}`);
+    const m = await metrics();
+    assert.ok(m.has(`lazyroot_layer_fetched_ratio{digest="${image.layerDigests[0]}",format="estargz"}`));
   });
 
   test("each layer's diff/ equals lazyroot's own overlay-format unpack of that layer; info and blob as containers/storage reads them", async () => {
