@@ -62,6 +62,16 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
   let layerSizes: number[] = [];
   let metricsUrl = '';
 
+  /** `lazyroot layer-store` on `mnt`, in the foreground, stopped by its PID in after(). */
+  async function startDaemon(): Promise<void> {
+    daemonOut = '';
+    daemon = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'layer-store', '--release-after-ms', '2000', '--metrics-address', '127.0.0.1:0', mnt], { name: 'lazyroot layer-store' });
+    daemon.child.stdout!.on('data', (c: Buffer) => (daemonOut += c.toString()));
+    daemon.child.stderr!.on('data', (c: Buffer) => (daemonOut += c.toString()));
+    await daemon.waitReady(() => daemonOut.includes('layer store at'), { timeoutMs: 20_000, describe: () => daemonOut });
+    metricsUrl = /metrics at (\S+)/.exec(daemonOut)?.[1] ?? '';
+  }
+
   /** The layer store's Prometheus samples: `name{labels}` → value. */
   async function metrics(): Promise<Map<string, number>> {
     const text = await (await fetch(metricsUrl)).text();
@@ -107,11 +117,7 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
 
     mnt = join(work, 'als');
     await mkdir(mnt);
-    daemon = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'layer-store', '--release-after-ms', '2000', '--metrics-address', '127.0.0.1:0', mnt], { name: 'lazyroot layer-store' });
-    daemon.child.stdout!.on('data', (c: Buffer) => (daemonOut += c.toString()));
-    daemon.child.stderr!.on('data', (c: Buffer) => (daemonOut += c.toString()));
-    await daemon.waitReady(() => daemonOut.includes('layer store at'), { timeoutMs: 20_000, describe: () => daemonOut });
-    metricsUrl = /metrics at (\S+)/.exec(daemonOut)?.[1] ?? '';
+    await startDaemon();
 
     podmanRoot = join(work, 'podman');
     await mkdir(podmanRoot);
@@ -258,6 +264,15 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
     assert.equal((await metrics()).has(sample), false, 'closed after --release-after-ms 2000');
     for (const d of layerDigests) assert.ok((await metrics()).has(`lazyroot_layer_uses{digest="${d}",format="gzip"}`), `podman's layer ${d} stays open`);
     assert.equal(await readFile(join(layerDir, 'diff', 'idle.txt'), 'utf8'), 'idle\n', 'opened again');
+  });
+
+  test('after a restart of the layer store podman runs the image it pulled again: its layers are found anew by their paths', async () => {
+    await daemon!.stop();
+    assert.deepEqual(await mountsUnder(mnt), [], 'SIGTERM unmounts the layer store');
+    await startDaemon();
+    const r = await podman([...podmanRun, `${registry.host}/${repo}:latest`, '/bin/sh', '-c', 'cat /data/small.txt; exit 4']);
+    assert.equal(r.stdout, 'small file\n', `${r.stderr}\n--- layer store log:\n${daemonOut}`);
+    assert.equal(r.code, 4);
   });
 
   test('an unknown layer is ENOENT; `use` and the release rmdir are answered ENOENT, as containers/storage expects', async () => {
