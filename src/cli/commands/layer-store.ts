@@ -41,6 +41,9 @@ export function registerLayerStore(program: Command, out: Output): void {
     const store = await openStore(global);
     try {
       const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
+      // A bug fails the operation it is in, never the store: dying would leave Podman's containers a dead mount.
+      process.on('uncaughtException', (err) => logger('uncaught exception (the layer store goes on)', err));
+      process.on('unhandledRejection', (err) => logger('unhandled rejection (the layer store goes on)', err));
       const server = await serveLayerStore(store, dir, {
         registry,
         deadlineMs: opts.deadlineMs ?? 30_000,
