@@ -92,11 +92,14 @@ export class RegistryLayerStore implements LayerStoreBackend {
   private readonly closedTotals: Totals = { bytesFetched: 0, requests: 0, fetchMillis: 0, hits: 0 };
   private readonly sweeper: NodeJS.Timeout;
   private readonly idleTicks: number;
+  /** While the store serves, garbage collection leaves the blobs of every image it resolved alone (as a mount daemon's lease). */
+  private readonly lease: string;
 
   constructor(
     private readonly store: Store,
     private readonly options: RegistryLayerStoreOptions = {},
   ) {
+    this.lease = store.db.createLease();
     const releaseAfterMs = options.releaseAfterMs ?? 5 * 60_000;
     const sweepMs = Math.max(100, Math.min(30_000, Math.floor(releaseAfterMs / 2)));
     this.idleTicks = Math.max(1, Math.ceil(releaseAfterMs / sweepMs));
@@ -161,6 +164,7 @@ export class RegistryLayerStore implements LayerStoreBackend {
     for (const slot of [...this.slots.values()]) await this.closeSlot(slot);
     for (const resolved of this.refs.values()) await resolved.then((r) => r.source.close()).catch(() => undefined);
     this.refs.clear();
+    this.store.db.dropLease(this.lease);
   }
 
   /** Closes layers nobody uses and nobody touched for a while: their blob files, caches and trees go. */
@@ -186,7 +190,8 @@ export class RegistryLayerStore implements LayerStoreBackend {
     const resolving = (async (): Promise<ResolvedRef> => {
       const text = `docker://${imageRef}`;
       const { platform, registry } = this.options;
-      const { image } = await pullReference(this.store, text, { ...(platform ? { platform } : {}), ...(registry ? { registry } : {}), fetchLayers: false });
+      const { image } = await pullReference(this.store, text, { ...(platform ? { platform } : {}), ...(registry ? { registry } : {}), fetchLayers: false, lease: this.lease });
+      this.store.db.addToLease(this.lease, this.store.blobsOf(image));
       const source = await openSource(parseReference(text), { tmpDir: this.store.paths.tmp, ...(this.options.registry ? { registry: this.options.registry } : {}) });
       return { image, source };
     })();

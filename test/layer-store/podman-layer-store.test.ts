@@ -275,6 +275,15 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
     assert.equal(r.code, 4);
   });
 
+  test('lazyroot clean while the layer store serves removes nothing it reads: its lease holds the blobs, partial blobs and indexes', async () => {
+    const cleaned = await lazyroot(['--store', store, 'clean', '--threshold-bytes', '0']);
+    assert.equal(cleaned.code, 0, cleaned.stderr);
+    const r = await podman([...podmanRun, `${registry.host}/${repo}:latest`, '/bin/sh', '-c', 'head -c 100000 /data/big.bin | wc -c; cat /etc/motd']);
+    assert.equal(r.stdout.replace(/^\s+/, ''), '100000\nserved by the layer store\n', `${r.stderr}\n--- layer store log:\n${daemonOut}`);
+    assert.equal(r.code, 0);
+    assert.ok((await readdir(join(store, 'indexes', 'sha256'))).length > 0, 'span indexes kept');
+  });
+
   test('an unknown layer is ENOENT; `use` and the release rmdir are answered ENOENT, as containers/storage expects', async () => {
     const ref = Buffer.from(`${registry.host}/${repo}:latest`).toString('base64');
     const unknown = `sha256:${'0'.repeat(64)}`;
