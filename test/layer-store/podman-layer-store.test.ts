@@ -15,6 +15,14 @@ import { spawnProcess, type ManagedProcess } from '../helpers/process.js';
 import { lazyroot, lazyrootBin } from '../helpers/cli.js';
 import { buildEstargzImage } from '../helpers/estargz.js';
 
+/**
+ * `lazyroot layer-store` under the real engine: Debian's podman 4.3.1
+ * (containers/storage 1.43) with its own graphroot/runroot and a storage.conf
+ * naming the layer store (`additionallayerstores = ["MNT:ref"]`), pulling from
+ * a docker-registry on loopback. What the registry's access log says was
+ * fetched is the measure of laziness. Everything started here is stopped by
+ * PID; every mount under the test's directories is unmounted.
+ */
 const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry', 'skopeo', 'podman', 'runc'] });
 if (missing.length && process.env.CI) throw new Error(`CI: layer store tests need ${missing.join(', ')}`);
 
