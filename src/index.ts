@@ -28,6 +28,7 @@ import type { IndexedLayerReport } from './mount/index-image.js';
 import type { BackgroundMount, BackgroundMountOptions } from './mount/background-mount.js';
 import type { MountStats, ServeOptions } from './mount/mount-service.js';
 import type { DaemonMainOptions } from './mount/daemon-main.js';
+import type { LayerStoreServer, ServeLayerStoreOptions } from './layer-store/serve-layer-store.js';
 import type { MountRecord, RootfsRecord } from './store/metadata-db.js';
 import type { CreateOptions, RootfsStats, RootfsSummary, SpecFragment } from './rootfs/rootfs.js';
 import type { CleanOptions, CleanResult } from './rootfs/clean.js';
@@ -142,6 +143,17 @@ export async function mount(store: Store | string | undefined, ref: string, dir:
 export async function serveMount(store: Store, ref: string, dir: string, options: ServeOptions = {}): Promise<void> {
   return (await import('./mount/mount-service.js')).serveMount(store, ref, dir, options);
 }
+
+/**
+ * `lazyroot layer-store DIR`: a Podman/CRI-O additional layer store at `dir`
+ * (storage.conf `additionallayerstores = ["DIR:ref"]`): each image layer
+ * appears on lookup and is served lazily. Resolves once mounted; `close()` unmounts.
+ */
+export async function serveLayerStore(store: Store, dir: string, options: ServeLayerStoreOptions = {}): Promise<LayerStoreServer> {
+  return (await import('./layer-store/serve-layer-store.js')).serveLayerStore(store, dir, options);
+}
+
+export type { LayerStoreServer, ServeLayerStoreOptions };
 
 /** `lazyroot umount DIR`: unmounts and stops the daemon; `stale` when the daemon was gone and the mount was cleaned up. */
 export async function unmount(store: Store, dir: string): Promise<{ stale: boolean; mountpoint: string }> {

@@ -8,6 +8,7 @@ import { registerRootfs } from './commands/rootfs.js';
 import { registerBundle } from './commands/bundle.js';
 import { registerMount } from './commands/mount.js';
 import { registerProfile } from './commands/profile.js';
+import { registerLayerStore } from './commands/layer-store.js';
 import { stdoutOutput, type Output } from './output.js';
 
 /** Exit codes: 0 success, 1 failure, 2 bad usage or bad reference. */
@@ -31,6 +32,7 @@ export function buildProgram(out: Output = stdoutOutput): Command {
   registerBundle(program, out);
   registerMount(program, out);
   registerProfile(program, out);
+  registerLayerStore(program, out);
   return program;
 }
 

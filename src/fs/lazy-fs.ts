@@ -282,7 +282,7 @@ function readOp(
   };
 }
 
-function statOf(node: FsNode): FuseStat {
+export function statOf(node: FsNode): FuseStat {
   // fuse-native carries times as unsigned milliseconds; FuseBinding passes exactTime when it can.
   const ms = Math.max(0, node.mtime * 1000 + Math.floor(node.mtimeNsec / 1e6));
   return {
@@ -302,7 +302,7 @@ function statOf(node: FsNode): FuseStat {
   };
 }
 
-function direntOf(node: FsNode): FuseStat {
+export function direntOf(node: FsNode): FuseStat {
   return { mode: fileTypeBits[node.type], ino: node.ino };
 }
 

@@ -319,7 +319,7 @@ async function untilSettledOr(work: Promise<unknown>, done: () => boolean): Prom
 const defaultReadAheadBytes = 1 << 20;
 const defaultCacheBytes = 64 << 20;
 
-interface MountLayerContext {
+export interface MountLayerContext {
   group: LazyBlobGroup;
   /** Blobs already opened for this mount: an image may use one blob twice. */
   opened: Map<Digest, Promise<LazyBlob>>;
@@ -327,8 +327,8 @@ interface MountLayerContext {
   rangeIgnored: () => boolean;
 }
 
-/** Layer i of the image as a LazyLayer of whatever kind its descriptor says. */
-async function prepareLayer(
+/** Layer i of the image as a LazyLayer of whatever kind its descriptor says (also the layer store's way in). */
+export async function prepareLayer(
   store: Store,
   source: ImageSource,
   image: ImageRecord,

@@ -59,6 +59,8 @@ export interface TestRegistry {
   credentials?: { username: string; password: string };
   /** Requests the registry served, from its access log: `METHOD PATH STATUS`. */
   accessLog(): string[];
+  /** The same requests with the body bytes the registry wrote for each (the log's size field). */
+  accessBytes(): AccessRecord[];
   /** Token auth: the token requests seen, as `GET /token?…` lines (else empty). */
   tokenRequests(): string[];
   /** Uploads a blob (with admin rights); returns its digest. */
@@ -68,6 +70,14 @@ export interface TestRegistry {
   /** Pushes a built image (image-builder's BuiltImage fits): layers, config, then manifest. */
   pushImage(repository: string, reference: string, image: PushableImage): Promise<string>;
   stop(): Promise<void>;
+}
+
+/** One request of the access log, with the bytes of the answer's body. */
+export interface AccessRecord {
+  method: string;
+  path: string;
+  status: number;
+  bytes: number;
 }
 
 /** The parts of an image `pushImage` needs (image-builder's `BuiltImage` has them). */
@@ -208,6 +218,7 @@ async function startOnce(options: RegistryOptions): Promise<TestRegistry> {
       startupMs,
       ...(credentials ? { credentials } : {}),
       accessLog: () => registry.accessLog(),
+      accessBytes: () => registry.accessBytes(),
       tokenRequests: () => tokenServer?.requests.slice() ?? [],
       pushBlob,
       pushManifest,
@@ -231,18 +242,22 @@ async function startOnce(options: RegistryOptions): Promise<TestRegistry> {
 interface WatchedRegistry {
   waitReady(): Promise<void>;
   accessLog(): string[];
+  accessBytes(): AccessRecord[];
   stop(): Promise<void>;
 }
 
 function startRegistryProcess(configPath: string, host: string): WatchedRegistry {
   const proc = spawnProcess('/usr/bin/docker-registry', ['serve', configPath], { name: `docker-registry on ${host}` });
   const access: string[] = [];
+  const records: AccessRecord[] = [];
   const stderrTail: string[] = [];
   // The access log (Apache combined format) goes to stdout:
   // 127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "ua"
   lines(proc.child.stdout, (line) => {
-    const m = /"([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3})/.exec(line);
-    if (m) access.push(`${m[1]} ${m[2]} ${m[3]}`);
+    const m = /"([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3}) (\d+|-)/.exec(line);
+    if (!m) return;
+    access.push(`${m[1]} ${m[2]} ${m[3]}`);
+    records.push({ method: m[1]!, path: m[2]!, status: Number(m[3]), bytes: m[4] === '-' ? 0 : Number(m[4]) });
   });
   lines(proc.child.stderr, (line) => {
     stderrTail.push(line);
@@ -252,6 +267,7 @@ function startRegistryProcess(configPath: string, host: string): WatchedRegistry
   return {
     waitReady: () => proc.waitReady(() => answers(`http://${host}/v2/`), { describe: () => stderrTail.join('\n') }),
     accessLog: () => access.slice(),
+    accessBytes: () => records.slice(),
     stop: () => proc.stop(),
   };
 }

@@ -15,6 +15,8 @@ import type { Store } from '../../store/store.js';
 export interface LazyLayer {
   readonly digest: Digest;
   readonly kind: LazyLayerKind;
+  /** Bytes of the uncompressed tar, when the index knows it (gzip and tar: yes; eStargz: no). */
+  readonly uncompressedSize?: number;
   /** The layer's tar members, whiteouts included, as its index lists them. */
   readonly entries: readonly IndexEntry[];
   /**

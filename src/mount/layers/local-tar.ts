@@ -24,6 +24,7 @@ export async function openLocalTarLayer(context: LayerContext, compression: Comp
   return {
     digest: descriptor.digest,
     kind: 'zstd',
+    uncompressedSize: local.tar.size,
     entries: local.index.entries,
     blob,
     read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),

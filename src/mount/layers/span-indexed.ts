@@ -30,6 +30,7 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
   return {
     digest: descriptor.digest,
     kind,
+    uncompressedSize: index.uncompressedSize,
     entries: index.entries,
     blob,
     read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
