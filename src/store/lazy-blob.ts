@@ -8,6 +8,7 @@ import { commitFile } from './atomic-file.js';
 import { IntervalSet } from './interval-set.js';
 import type { Store } from './store.js';
 import type { LazyBlobGroup } from './lazy-blob-group.js';
+import { isTimedOut, UnansweredRanges } from './unanswered-ranges.js';
 
 export { LazyBlobGroup, type LazyBlobGroupOptions } from './lazy-blob-group.js';
 
@@ -160,8 +161,10 @@ export class LazyBlob {
   private provisional = new IntervalSet();
   private kept = 0;
   private readonly pending = new Map<number, Buffer>();
-  /** Demand fetches under way, by `start-end`. */
-  private readonly inFlight = new Map<string, { start: number; end: number; bytes: Promise<Buffer> }>();
+  /** Demand fetches under way, by `start-end`, with when each was asked. */
+  private readonly inFlight = new Map<string, { start: number; end: number; began: number; bytes: Promise<Buffer> }>();
+  /** Ranges the source left unanswered past the deadline: reads of them wait only a short grace. */
+  private readonly unanswered: UnansweredRanges;
   /**
    * Ranges demand reads are fetching, verifying or writing now (by
    * `start-end`, with when the claim lapses): prefetch leaves them alone. A
@@ -172,7 +175,7 @@ export class LazyBlob {
   /** Whether demand reads walk the blob in order: read-ahead only then. */
   private readonly readAhead = new SequentialReads();
   /** Demand read-ahead requests under way (`fetchRegion`), settled once their units are kept or refused. */
-  private readonly regions: Array<{ start: number; end: number; kept: Promise<void> }> = [];
+  private readonly regions: Array<{ start: number; end: number; began: number; kept: Promise<void> }> = [];
   /** The prefetch request under way (one at most), settled once its units are kept or refused. */
   private prefetching: { start: number; end: number; kept: Promise<void> } | undefined;
   private running = 0;
@@ -209,6 +212,7 @@ export class LazyBlob {
     this.present = IntervalSet.from(store.db.blobRanges(digest));
     this.deadlineMs = options.deadlineMs ?? 30_000;
     this.maxInFlight = options.maxInFlight ?? 8;
+    this.unanswered = new UnansweredRanges(this.deadlineMs);
     this.group = options.group;
     this.tracksUse = this.group?.cacheMaxBytes !== undefined;
   }
@@ -265,10 +269,11 @@ export class LazyBlob {
     }
     if (this.complete || this.present.covers(start, end)) return this.readLocal(start, end);
     this.stats.misses++;
+    const waitMs = this.waitMs(start, end);
     if (this.streamsWhole()) {
       this.group?.readStarted();
       try {
-        await this.withDeadline(this.streamWhole(), start, end);
+        await this.withDeadline(this.streamWhole(), start, end, waitMs);
       } finally {
         this.group?.readEnded();
       }
@@ -279,25 +284,29 @@ export class LazyBlob {
     try {
       // A prefetch request already bringing these bytes: wait for it rather than ask twice.
       const prefetch = this.prefetching;
-      if (prefetch && prefetch.start <= start && end <= prefetch.end) {
+      if (prefetch && prefetch.start <= start && end <= prefetch.end && waitMs === this.deadlineMs) {
         // Within the read's deadline; a prefetch that fails (it is retried later) leaves the read to fetch.
-        await this.withDeadline(prefetch.kept.catch(() => undefined), start, end, 'the prefetch request bringing them');
+        await this.withDeadline(prefetch.kept.catch(() => undefined), start, end, waitMs, 'the prefetch request bringing them');
         if (this.complete || this.present.covers(start, end)) return await this.readLocal(start, end, false);
       }
       const key = `${start}-${end}`;
       let fetch = this.inFlight.get(key);
+      // After a silence, a request older than the grace is likely stuck: ask afresh rather than wait on it.
+      if (fetch && waitMs < this.deadlineMs && Date.now() - fetch.began >= waitMs) fetch = undefined;
       if (!fetch) {
         const claim = { start, end, until: Date.now() + this.deadlineMs + claimGraceMs };
         this.claims.set(key, claim);
-        const bytes = this.fetch(start, end).finally(() => this.inFlight.delete(key));
-        bytes.then(
+        const entry = { start, end, began: Date.now(), bytes: this.fetch(start, end) };
+        entry.bytes = entry.bytes.finally(() => this.inFlight.get(key) === entry && this.inFlight.delete(key));
+        entry.bytes.then(
           () => (claim.until = Date.now() + claimGraceMs), // time enough to verify and confirm
-          () => this.claims.delete(key),
+          () => this.claims.get(key) === claim && this.claims.delete(key),
         );
-        fetch = { start, end, bytes };
+        fetch = entry;
         this.inFlight.set(key, fetch);
       }
-      bytes = await fetch.bytes;
+      // A fetch's own request gives up at the deadline; only a read after a silence waits less.
+      bytes = waitMs < this.deadlineMs ? await this.withDeadline(fetch.bytes, start, end, waitMs) : await fetch.bytes;
     } finally {
       this.group?.readEnded();
     }
@@ -431,17 +440,30 @@ export class LazyBlob {
     return this.completion;
   }
 
-  /** Races `work` against the read deadline; `work` goes on after a timeout. */
-  private async withDeadline(work: Promise<void>, start: number, end: number, waitingFor = 'the whole blob (streamed: the registry ignores Range)'): Promise<void> {
+  /** How long a demand read of [start, end) may wait: the deadline, or a short grace where the source just stayed silent. */
+  private waitMs(start: number, end: number): number {
+    return this.unanswered.empty ? this.deadlineMs : this.unanswered.waitMs(start, end);
+  }
+
+  /**
+   * Races `work` against `waitMs` (the read deadline, or the grace after a
+   * silence); `work` goes on after a timeout. A timeout marks the range
+   * unanswered.
+   */
+  private async withDeadline<T>(work: Promise<T>, start: number, end: number, waitMs: number, waitingFor = 'the whole blob (streamed: the registry ignores Range)'): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([
+      return await Promise.race([
         work,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: ${waitingFor} did not arrive within ${this.deadlineMs} ms`)),
-            this.deadlineMs,
-          );
+          timer = setTimeout(() => {
+            this.unanswered.add(start, end);
+            const why =
+              waitMs < this.deadlineMs
+                ? `no answer within ${waitMs} ms, after the source left them unanswered for ${this.deadlineMs} ms`
+                : `${waitingFor} did not arrive within ${this.deadlineMs} ms`;
+            reject(timedOut(`${this.options.what}: bytes ${start}-${end}: ${why}`));
+          }, waitMs);
         }),
       ]);
     } finally {
@@ -459,6 +481,7 @@ export class LazyBlob {
       return bytes;
     } catch (err) {
       this.stats.failures++;
+      if (isTimedOut(err)) this.unanswered.add(start, end);
       throw err;
     } finally {
       this.stats.fetchMillis += Date.now() - began;
@@ -481,7 +504,7 @@ export class LazyBlob {
             reject(
               outer?.aborted
                 ? (outer.reason as Error)
-                : new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: no answer within ${this.deadlineMs} ms`),
+                : timedOut(`${this.options.what}: bytes ${start}-${end}: no answer within ${this.deadlineMs} ms`),
             ),
           ),
         ),
@@ -489,6 +512,7 @@ export class LazyBlob {
       if (bytes.length !== end - start) {
         throw new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: source sent ${bytes.length} bytes`);
       }
+      this.unanswered.answered(start, end);
       return bytes;
     } finally {
       clearTimeout(timer);
@@ -525,11 +549,20 @@ export class LazyBlob {
    */
   async fetchRegion(units: readonly PrefetchUnit[], start: number, end: number, regionBytes: number): Promise<void> {
     if (this.complete || this.present.covers(start, end) || this.streamsWhole()) return;
-    const waitFor = this.regions.find((r) => r.start <= start && end <= r.end) ?? (this.prefetching && this.prefetching.start <= start && end <= this.prefetching.end ? this.prefetching : undefined);
+    const waitMs = this.waitMs(start, end);
+    // After a silence only a request asked within the grace is worth waiting on; the prefetch's is not.
+    const live = (r: { began: number }) => waitMs === this.deadlineMs || Date.now() - r.began < waitMs;
+    const waitFor =
+      this.regions.find((r) => r.start <= start && end <= r.end && live(r)) ??
+      (this.prefetching && this.prefetching.start <= start && end <= this.prefetching.end && waitMs === this.deadlineMs ? this.prefetching : undefined);
     if (waitFor) {
       this.group?.readStarted();
       try {
-        await this.withDeadline(waitFor.kept.catch(() => undefined), start, end, 'the request bringing them');
+        // A request that failed otherwise leaves the caller's own read to fetch; one the source left unanswered fails it.
+        const settled = waitFor.kept.catch((err: unknown) => {
+          if (isTimedOut(err)) throw err;
+        });
+        await this.withDeadline(settled, start, end, waitMs, 'the request bringing them');
       } finally {
         this.group?.readEnded();
       }
@@ -539,19 +572,22 @@ export class LazyBlob {
     const window = this.regionAround(units, start, end, ahead.window);
     if (!window) return;
     const key = `${window.start}-${window.end}`;
-    this.claims.set(key, { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs });
+    const claim = { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs };
+    this.claims.set(key, claim);
     this.group?.readStarted();
     const kept = this.fetch(window.start, window.end).then((bytes) => this.keepUnits(window.units, window.start, bytes, false));
     ahead.fetched(window.end);
-    const flight = { start: window.start, end: window.end, kept };
+    const flight = { start: window.start, end: window.end, began: Date.now(), kept };
     this.regions.push(flight);
     try {
-      await kept;
-    } catch {
-      // the caller's own read fetches [start, end) and reports what is wrong
+      await (waitMs < this.deadlineMs ? this.withDeadline(kept, start, end, waitMs, 'the request bringing them') : kept);
+    } catch (err) {
+      // No answer within the read's time: fail the read now rather than let its own fetch wait again.
+      if (isTimedOut(err)) throw err;
+      // Otherwise the caller's own read fetches [start, end) and reports what is wrong.
     } finally {
       this.regions.splice(this.regions.indexOf(flight), 1);
-      this.claims.delete(key);
+      if (this.claims.get(key) === claim) this.claims.delete(key);
       this.group?.readEnded();
     }
   }
@@ -901,6 +937,11 @@ class SequentialReads {
     const found = stream;
     return { window: found.window, fetched: (end) => (found.end = Math.max(found.end, end)) };
   }
+}
+
+/** An UNAVAILABLE error for bytes that did not arrive in time. */
+function timedOut(message: string): LazyrootError {
+  return Object.assign(new LazyrootError('UNAVAILABLE', message), { timedOut: true as const });
 }
 
 /** `set` without [from, to). */
