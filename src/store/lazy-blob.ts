@@ -201,6 +201,10 @@ export class LazyBlob {
   persistError: string | undefined;
   /** Why the last prefetch attempt failed, if it did. */
   prefetchError: string | undefined;
+  /** Looks at the whole blob (verified by its digest) before it is promoted: see checkWholeWith. */
+  private wholeCheck: ((path: string) => Promise<void>) | undefined;
+  /** Why the blob's bytes must not be served (its whole check failed): every read fails with it. */
+  private refused: LazyrootError | undefined;
 
   private constructor(
     private readonly store: Store,
@@ -240,6 +244,21 @@ export class LazyBlob {
     return blob;
   }
 
+  /**
+   * Before the blob is promoted to blobs/ (its digest verified), `check`
+   * reads the whole of it at `path`: an eStargz layer compares its tar
+   * stream with the TOC. A check that fails refuses the blob: it is not
+   * promoted, and every read of it fails with that error from then on.
+   */
+  checkWholeWith(check: (path: string) => Promise<void>): void {
+    this.wholeCheck = check;
+  }
+
+  /** The error every read fails with, once the whole check refused the blob. */
+  get refusal(): LazyrootError | undefined {
+    return this.refused;
+  }
+
   get bytesPresent(): number {
     return this.complete ? this.size : this.present.total;
   }
@@ -264,6 +283,7 @@ export class LazyBlob {
   }
 
   async read(start: number, end: number): Promise<Buffer> {
+    if (this.refused) throw this.refused;
     if (start < 0 || end > this.size || end < start) {
       throw new LazyrootError('INVALID_DATA', `${this.options.what}: range ${start}-${end} outside the blob's ${this.size} bytes`);
     }
@@ -319,6 +339,7 @@ export class LazyBlob {
 
   /** BlobRangeReader: [start, end) if it is in blobs/ or a verified range of the partial file (read from disk), else undefined. */
   async readVerified(start: number, end: number): Promise<Buffer | undefined> {
+    if (this.refused) throw this.refused;
     if (start < 0 || end > this.size || end < start) return undefined;
     if (!(this.complete || this.present.covers(start, end))) return undefined;
     return this.readLocal(start, end);
@@ -433,6 +454,8 @@ export class LazyBlob {
         what: `${this.options.what}: streaming the whole blob (the registry ignores Range)`,
       });
       this.stats.bytesStreamed += result.transferred;
+      // In blobs/ it is the image's own blob (its digest matched); this layer still serves none of it if its index lies.
+      await this.runWholeCheck(this.store.blobs.path(this.digest));
       await this.becomeWhole('streamed');
     })().finally(() => {
       this.completion = undefined;
@@ -548,6 +571,7 @@ export class LazyBlob {
    * fetches and fails it the ordinary way. `units` must be in blob order.
    */
   async fetchRegion(units: readonly PrefetchUnit[], start: number, end: number, regionBytes: number): Promise<void> {
+    if (this.refused) throw this.refused;
     if (this.complete || this.present.covers(start, end) || this.streamsWhole()) return;
     const waitMs = this.waitMs(start, end);
     // After a silence only a request asked within the grace is worth waiting on; the prefetch's is not.
@@ -702,6 +726,7 @@ export class LazyBlob {
       failures++;
       this.stats.prefetchFailures++;
       this.prefetchError = (err as Error).message;
+      if (this.refused) throw this.refused;
       if (failures >= maxFailures || (err as LazyrootError).code === 'FAILED_PRECONDITION') throw err;
       await sleep(Math.min(30_000, retryDelayMs * 2 ** (failures - 1)), signal);
     };
@@ -844,6 +869,7 @@ export class LazyBlob {
   /** Every byte is here: hash the whole blob, and on a match move it into blobs/. */
   private promote(): Promise<void> {
     if (this.complete) return Promise.resolve();
+    if (this.refused) return Promise.reject(this.refused);
     this.completion ??= this.promoteNow().finally(() => {
       this.completion = undefined;
     });
@@ -869,12 +895,26 @@ export class LazyBlob {
       this.persist();
       throw new LazyrootError('DIGEST_MISMATCH', `${this.options.what}: assembled blob ${shortDigest(this.digest)} does not match its digest (got ${got})`);
     }
+    await this.runWholeCheck(path);
     await mkdir(dirname(this.store.blobs.path(this.digest)), { recursive: true });
     await commitFile(path, this.store.blobs.path(this.digest));
     // The open handle is the same inode, now in blobs/: keep reading through it.
     this.complete = true;
     this.wholeBy = 'ranges';
     this.settleWhole();
+  }
+
+  /** The whole check, if any, of the blob at `path`; a failure refuses the blob for good (in this process). */
+  private async runWholeCheck(path: string): Promise<void> {
+    if (!this.wholeCheck) return;
+    try {
+      await this.wholeCheck(path);
+    } catch (err) {
+      if ((err as LazyrootError).code === 'UNAVAILABLE') throw err;
+      this.refused = err instanceof LazyrootError ? err : new LazyrootError('INVALID_DATA', `${this.options.what}: ${(err as Error).message}`, { cause: err });
+      this.pending.clear();
+      throw this.refused;
+    }
   }
 
   /** The blob is in blobs/ (streamed, or put there by someone else): read from there from now on. */
