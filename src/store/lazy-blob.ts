@@ -254,11 +254,6 @@ export class LazyBlob {
     this.wholeCheck = check;
   }
 
-  /** The error every read fails with, once the whole check refused the blob. */
-  get refusal(): LazyrootError | undefined {
-    return this.refused;
-  }
-
   get bytesPresent(): number {
     return this.complete ? this.size : this.present.total;
   }
