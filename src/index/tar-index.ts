@@ -55,7 +55,15 @@ export class TarIndexer {
   private failure: unknown;
   private readonly finished: Promise<void>;
 
-  constructor(private readonly what: string) {
+  /**
+   * `observe`, when given, sees each member's entry as it is read, in archive
+   * order, before its data; for a regular file it may return a sink for the
+   * file's bytes (an eStargz check compares them with the TOC's chunks).
+   */
+  constructor(
+    private readonly what: string,
+    private readonly observe?: (entry: IndexEntry) => ((data: Buffer) => void) | void,
+  ) {
     installTarPatches();
     this.extract.on('entry', (header, body, next) => {
       this.member(header as Header, body as unknown as Body).then(
@@ -159,7 +167,8 @@ export class TarIndexer {
       if (!sparse) {
         entry.size = stored;
         entry.dataOffset = dataStart;
-        await consume(body);
+        const sink = this.observe?.(entry);
+        await consume(body, sink || undefined);
       } else {
         // 0.0 and 0.1 carry the map in PAX records; 1.0 at the start of the data.
         const { regions, mapLength } = sparse.mapBytesInData === 0 ? { regions: sparse.regions, mapLength: 0 } : await readSparsePrefix(body, what, header.name);
@@ -168,8 +177,10 @@ export class TarIndexer {
         entry.size = sparse.realSize;
         entry.dataOffset = dataStart + mapLength;
         entry.sparse = regions.filter((r) => r.size > 0).map((r) => ({ offset: r.offset, size: r.size }));
+        this.observe?.(entry);
       }
     } else {
+      this.observe?.(entry);
       await consume(body);
     }
     this.entries.push(entry);

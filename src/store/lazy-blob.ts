@@ -9,6 +9,7 @@ import { writeFully } from './write-fully.js';
 import { IntervalSet } from './interval-set.js';
 import type { Store } from './store.js';
 import type { LazyBlobGroup } from './lazy-blob-group.js';
+import { isTimedOut, UnansweredRanges } from './unanswered-ranges.js';
 
 export { LazyBlobGroup, type LazyBlobGroupOptions } from './lazy-blob-group.js';
 
@@ -178,8 +179,10 @@ export class LazyBlob {
   private provisional = new IntervalSet();
   private kept = 0;
   private readonly pending = new Map<number, Buffer>();
-  /** Demand fetches under way, by `start-end`. */
-  private readonly inFlight = new Map<string, { start: number; end: number; bytes: Promise<Buffer> }>();
+  /** Demand fetches under way, by `start-end`, with when each was asked. */
+  private readonly inFlight = new Map<string, { start: number; end: number; began: number; bytes: Promise<Buffer> }>();
+  /** Ranges the source left unanswered past the deadline: reads of them wait only a short grace. */
+  private readonly unanswered: UnansweredRanges;
   /**
    * Ranges demand reads are fetching, verifying or writing now (by
    * `start-end`, with when the claim lapses): prefetch leaves them alone. A
@@ -190,7 +193,7 @@ export class LazyBlob {
   /** Whether demand reads walk the blob in order: read-ahead only then. */
   private readonly readAhead = new SequentialReads();
   /** Demand read-ahead requests under way (`fetchRegion`), settled once their units are kept or refused. */
-  private readonly regions: Array<{ start: number; end: number; kept: Promise<void> }> = [];
+  private readonly regions: Array<{ start: number; end: number; began: number; kept: Promise<void> }> = [];
   /** The prefetch request under way (one at most), settled once its units are kept or refused. */
   private prefetching: { start: number; end: number; kept: Promise<void> } | undefined;
   private running = 0;
@@ -218,6 +221,10 @@ export class LazyBlob {
   persistError: string | undefined;
   /** Why the last prefetch attempt failed, if it did. */
   prefetchError: string | undefined;
+  /** Looks at the whole blob (verified by its digest) before it is promoted: see checkWholeWith. */
+  private wholeCheck: ((path: string) => Promise<void>) | undefined;
+  /** Why the blob's bytes must not be served (its whole check failed): every read fails with it. */
+  private refused: LazyrootError | undefined;
 
   private constructor(
     private readonly store: Store,
@@ -229,6 +236,7 @@ export class LazyBlob {
     this.present = IntervalSet.from(store.db.blobRanges(digest));
     this.deadlineMs = options.deadlineMs ?? 30_000;
     this.maxInFlight = options.maxInFlight ?? 8;
+    this.unanswered = new UnansweredRanges(this.deadlineMs);
     this.group = options.group;
     this.tracksUse = this.group?.cacheMaxBytes !== undefined;
   }
@@ -256,6 +264,16 @@ export class LazyBlob {
     return blob;
   }
 
+  /**
+   * Before the blob is promoted to blobs/ (its digest verified), `check`
+   * reads the whole of it at `path`: an eStargz layer compares its tar
+   * stream with the TOC. A check that fails refuses the blob: it is not
+   * promoted, and every read of it fails with that error from then on.
+   */
+  checkWholeWith(check: (path: string) => Promise<void>): void {
+    this.wholeCheck = check;
+  }
+
   get bytesPresent(): number {
     return this.complete ? this.size : this.present.total;
   }
@@ -280,16 +298,18 @@ export class LazyBlob {
   }
 
   async read(start: number, end: number): Promise<Buffer> {
+    if (this.refused) throw this.refused;
     if (start < 0 || end > this.size || end < start) {
       throw new LazyrootError('INVALID_DATA', `${this.options.what}: range ${start}-${end} outside the blob's ${this.size} bytes`);
     }
     this.onDemandRange?.(start, end);
     if (this.complete || this.present.covers(start, end)) return this.readLocal(start, end);
     this.stats.misses++;
+    const waitMs = this.waitMs(start, end);
     if (this.streamsWhole()) {
       this.group?.readStarted();
       try {
-        await this.withDeadline(this.streamWhole(), start, end);
+        await this.withDeadline(this.streamWhole(), start, end, waitMs);
       } finally {
         this.group?.readEnded();
       }
@@ -299,26 +319,30 @@ export class LazyBlob {
     let bytes: Buffer;
     try {
       // A request already bringing these bytes (prefetch, a profile, read-ahead): wait for it rather than ask twice.
-      const bringing = this.requestBringing(start, end);
+      const bringing = this.requestBringing(start, end, waitMs);
       if (bringing) {
         // Within the read's deadline; a request that fails (prefetch retries later) leaves the read to fetch.
-        await this.withDeadline(bringing.kept.catch(() => undefined), start, end, 'the request bringing them');
+        await this.withDeadline(bringing.kept.catch(() => undefined), start, end, waitMs, 'the request bringing them');
         if (this.complete || this.present.covers(start, end)) return await this.readLocal(start, end, false);
       }
       const key = `${start}-${end}`;
       let fetch = this.inFlight.get(key);
+      // After a silence, a request older than the grace is likely stuck: ask afresh rather than wait on it.
+      if (fetch && waitMs < this.deadlineMs && Date.now() - fetch.began >= waitMs) fetch = undefined;
       if (!fetch) {
         const claim = { start, end, until: Date.now() + this.deadlineMs + claimGraceMs };
         this.claims.set(key, claim);
-        const bytes = this.fetch(start, end).finally(() => this.inFlight.delete(key));
-        bytes.then(
+        const entry = { start, end, began: Date.now(), bytes: this.fetch(start, end) };
+        entry.bytes = entry.bytes.finally(() => this.inFlight.get(key) === entry && this.inFlight.delete(key));
+        entry.bytes.then(
           () => (claim.until = Date.now() + claimGraceMs), // time enough to verify and confirm
-          () => this.claims.delete(key),
+          () => this.claims.get(key) === claim && this.claims.delete(key),
         );
-        fetch = { start, end, bytes };
+        fetch = entry;
         this.inFlight.set(key, fetch);
       }
-      bytes = await fetch.bytes;
+      // A fetch's own request gives up at the deadline; only a read after a silence waits less.
+      bytes = waitMs < this.deadlineMs ? await this.withDeadline(fetch.bytes, start, end, waitMs) : await fetch.bytes;
     } finally {
       this.group?.readEnded();
     }
@@ -331,6 +355,7 @@ export class LazyBlob {
 
   /** BlobRangeReader: [start, end) if it is in blobs/ or a verified range of the partial file (read from disk), else undefined. */
   async readVerified(start: number, end: number): Promise<Buffer | undefined> {
+    if (this.refused) throw this.refused;
     if (start < 0 || end > this.size || end < start) return undefined;
     this.onDemandRange?.(start, end);
     if (!(this.complete || this.present.covers(start, end))) return undefined;
@@ -446,6 +471,8 @@ export class LazyBlob {
         what: `${this.options.what}: streaming the whole blob (the registry ignores Range)`,
       });
       this.stats.bytesStreamed += result.transferred;
+      // In blobs/ it is the image's own blob (its digest matched); this layer still serves none of it if its index lies.
+      await this.runWholeCheck(this.store.blobs.path(this.digest));
       await this.becomeWhole('streamed');
     })().finally(() => {
       this.completion = undefined;
@@ -453,17 +480,30 @@ export class LazyBlob {
     return this.completion;
   }
 
-  /** Races `work` against the read deadline; `work` goes on after a timeout. */
-  private async withDeadline(work: Promise<void>, start: number, end: number, waitingFor = 'the whole blob (streamed: the registry ignores Range)'): Promise<void> {
+  /** How long a demand read of [start, end) may wait: the deadline, or a short grace where the source just stayed silent. */
+  private waitMs(start: number, end: number): number {
+    return this.unanswered.empty ? this.deadlineMs : this.unanswered.waitMs(start, end);
+  }
+
+  /**
+   * Races `work` against `waitMs` (the read deadline, or the grace after a
+   * silence); `work` goes on after a timeout. A timeout marks the range
+   * unanswered.
+   */
+  private async withDeadline<T>(work: Promise<T>, start: number, end: number, waitMs: number, waitingFor = 'the whole blob (streamed: the registry ignores Range)'): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     try {
-      await Promise.race([
+      return await Promise.race([
         work,
         new Promise<never>((_, reject) => {
-          timer = setTimeout(
-            () => reject(new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: ${waitingFor} did not arrive within ${this.deadlineMs} ms`)),
-            this.deadlineMs,
-          );
+          timer = setTimeout(() => {
+            this.unanswered.add(start, end);
+            const why =
+              waitMs < this.deadlineMs
+                ? `no answer within ${waitMs} ms, after the source left them unanswered for ${this.deadlineMs} ms`
+                : `${waitingFor} did not arrive within ${this.deadlineMs} ms`;
+            reject(timedOut(`${this.options.what}: bytes ${start}-${end}: ${why}`));
+          }, waitMs);
         }),
       ]);
     } finally {
@@ -481,6 +521,7 @@ export class LazyBlob {
       return bytes;
     } catch (err) {
       this.stats.failures++;
+      if (isTimedOut(err)) this.unanswered.add(start, end);
       throw err;
     } finally {
       this.stats.fetchMillis += Date.now() - began;
@@ -503,7 +544,7 @@ export class LazyBlob {
             reject(
               outer?.aborted
                 ? (outer.reason as Error)
-                : new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: no answer within ${this.deadlineMs} ms`),
+                : timedOut(`${this.options.what}: bytes ${start}-${end}: no answer within ${this.deadlineMs} ms`),
             ),
           ),
         ),
@@ -511,6 +552,7 @@ export class LazyBlob {
       if (bytes.length !== end - start) {
         throw new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: source sent ${bytes.length} bytes`);
       }
+      this.unanswered.answered(start, end);
       return bytes;
     } finally {
       clearTimeout(timer);
@@ -546,13 +588,19 @@ export class LazyBlob {
    * fetches and fails it the ordinary way. `units` must be in blob order.
    */
   async fetchRegion(units: readonly PrefetchUnit[], start: number, end: number, regionBytes: number): Promise<void> {
+    if (this.refused) throw this.refused;
     this.onDemandRange?.(start, end);
     if (this.complete || this.present.covers(start, end) || this.streamsWhole()) return;
-    const waitFor = this.requestBringing(start, end);
+    const waitMs = this.waitMs(start, end);
+    const waitFor = this.requestBringing(start, end, waitMs);
     if (waitFor) {
       this.group?.readStarted();
       try {
-        await this.withDeadline(waitFor.kept.catch(() => undefined), start, end, 'the request bringing them');
+        // A request that failed otherwise leaves the caller's own read to fetch; one the source left unanswered fails it.
+        const settled = waitFor.kept.catch((err: unknown) => {
+          if (isTimedOut(err)) throw err;
+        });
+        await this.withDeadline(settled, start, end, waitMs, 'the request bringing them');
       } finally {
         this.group?.readEnded();
       }
@@ -565,27 +613,36 @@ export class LazyBlob {
     const window = this.regionAround(units, start, end, busy ? regionBytes : ahead.window);
     if (!window) return;
     const key = `${window.start}-${window.end}`;
-    this.claims.set(key, { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs });
+    const claim = { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs };
+    this.claims.set(key, claim);
     this.group?.readStarted();
     const kept = this.fetch(window.start, window.end).then((bytes) => this.keepUnits(window.units, window.start, bytes, false));
     ahead.fetched(window.end);
-    const flight = { start: window.start, end: window.end, kept };
+    const flight = { start: window.start, end: window.end, began: Date.now(), kept };
     this.regions.push(flight);
     try {
-      await kept;
-    } catch {
-      // the caller's own read fetches [start, end) and reports what is wrong
+      await (waitMs < this.deadlineMs ? this.withDeadline(kept, start, end, waitMs, 'the request bringing them') : kept);
+    } catch (err) {
+      // No answer within the read's time: fail the read now rather than let its own fetch wait again.
+      if (isTimedOut(err)) throw err;
+      // Otherwise the caller's own read fetches [start, end) and reports what is wrong.
     } finally {
       this.regions.splice(this.regions.indexOf(flight), 1);
-      this.claims.delete(key);
+      if (this.claims.get(key) === claim) this.claims.delete(key);
       this.group?.readEnded();
     }
   }
 
-  /** A read-ahead, profile or prefetch request under way whose bytes include [start, end). */
-  private requestBringing(start: number, end: number): { kept: Promise<void> } | undefined {
+  /**
+   * A read-ahead, profile or prefetch request under way whose bytes include
+   * [start, end) and is worth waiting on for `waitMs`: after a silence of the
+   * source, only one asked within the grace (the prefetch's is not).
+   */
+  private requestBringing(start: number, end: number, waitMs: number): { kept: Promise<void> } | undefined {
+    const fresh = waitMs === this.deadlineMs;
+    const live = (r: { began: number }) => fresh || Date.now() - r.began < waitMs;
     const p = this.prefetching;
-    return this.regions.find((r) => r.start <= start && end <= r.end) ?? (p && p.start <= start && end <= p.end ? p : undefined);
+    return this.regions.find((r) => r.start <= start && end <= r.end && live(r)) ?? (fresh && p && p.start <= start && end <= p.end ? p : undefined);
   }
 
   /**
@@ -644,7 +701,7 @@ export class LazyBlob {
         this.release();
       }
     })().then((bytes) => this.keepUnits(window.units, window.start, bytes, false));
-    const flight = { start: window.start, end: window.end, kept };
+    const flight = { start: window.start, end: window.end, began: Date.now(), kept };
     this.regions.push(flight);
     try {
       await kept;
@@ -776,6 +833,7 @@ export class LazyBlob {
       failures++;
       this.stats.prefetchFailures++;
       this.prefetchError = (err as Error).message;
+      if (this.refused) throw this.refused;
       if (failures >= maxFailures || (err as LazyrootError).code === 'FAILED_PRECONDITION') throw err;
       await sleep(Math.min(30_000, retryDelayMs * 2 ** (failures - 1)), signal);
     };
@@ -920,6 +978,7 @@ export class LazyBlob {
   /** Every byte is here: hash the whole blob, and on a match move it into blobs/. */
   private promote(): Promise<void> {
     if (this.complete) return Promise.resolve();
+    if (this.refused) return Promise.reject(this.refused);
     this.completion ??= this.promoteNow().finally(() => {
       this.completion = undefined;
     });
@@ -945,12 +1004,26 @@ export class LazyBlob {
       this.persist();
       throw new LazyrootError('DIGEST_MISMATCH', `${this.options.what}: assembled blob ${shortDigest(this.digest)} does not match its digest (got ${got})`);
     }
+    await this.runWholeCheck(path);
     await mkdir(dirname(this.store.blobs.path(this.digest)), { recursive: true });
     await commitFile(path, this.store.blobs.path(this.digest));
     // The open handle is the same inode, now in blobs/: keep reading through it.
     this.complete = true;
     this.wholeBy = 'ranges';
     this.settleWhole();
+  }
+
+  /** The whole check, if any, of the blob at `path`; a failure refuses the blob for good (in this process). */
+  private async runWholeCheck(path: string): Promise<void> {
+    if (!this.wholeCheck) return;
+    try {
+      await this.wholeCheck(path);
+    } catch (err) {
+      if ((err as LazyrootError).code === 'UNAVAILABLE') throw err;
+      this.refused = err instanceof LazyrootError ? err : new LazyrootError('INVALID_DATA', `${this.options.what}: ${(err as Error).message}`, { cause: err });
+      this.pending.clear();
+      throw this.refused;
+    }
   }
 
   /** The blob is in blobs/ (streamed, or put there by someone else): read from there from now on. */
@@ -1013,6 +1086,11 @@ class SequentialReads {
     const found = stream;
     return { window: found.window, fetched: (end) => (found.end = Math.max(found.end, end)) };
   }
+}
+
+/** An UNAVAILABLE error for bytes that did not arrive in time. */
+function timedOut(message: string): LazyrootError {
+  return Object.assign(new LazyrootError('UNAVAILABLE', message), { timedOut: true as const });
 }
 
 /** `set` without [from, to). */

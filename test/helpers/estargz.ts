@@ -413,9 +413,16 @@ export interface EstargzImage extends PushableImage {
  */
 export async function buildEstargzImage(
   layers: TarEntry[][],
-  options: { chunkSize?: number; config?: Record<string, unknown> } = {},
+  options: { chunkSize?: number; config?: Record<string, unknown>; editToc?: (toc: BuiltEstargz['toc'], layer: number) => void } = {},
 ): Promise<EstargzImage> {
-  const built = await Promise.all(layers.map((entries) => buildEstargz(entries, options.chunkSize ? { chunkSize: options.chunkSize } : {})));
+  const built = await Promise.all(
+    layers.map((entries, i) =>
+      buildEstargz(entries, {
+        ...(options.chunkSize ? { chunkSize: options.chunkSize } : {}),
+        ...(options.editToc ? { editToc: (toc: BuiltEstargz['toc']) => options.editToc!(toc, i) } : {}),
+      }),
+    ),
+  );
   const config = {
     architecture: 'amd64',
     os: 'linux',

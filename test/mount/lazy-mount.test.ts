@@ -30,9 +30,12 @@ function noise(seed: string, size: number): Buffer {
  * process runs the fault proxy the mount fetches through, so it must keep its
  * event loop free while the read waits (spawnSync here would deadlock).
  */
-function readInChild(path: string): Promise<{ ok: boolean; sha256?: string; error?: string; ms: number }> {
+function readInChild(path: string, how: 'sha256sum' | 'cat' = 'sha256sum'): Promise<{ ok: boolean; sha256?: string; error?: string; ms: number }> {
   const started = Date.now();
-  const child = spawn('sha256sum', [path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child =
+    how === 'cat'
+      ? spawn('sh', ['-c', 'cat "$1" > /dev/null', 'sh', path], { stdio: ['ignore', 'pipe', 'pipe'] })
+      : spawn('sha256sum', [path], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
@@ -148,6 +151,24 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
     assert.equal(failed.ok, false);
     assert.match(failed.error ?? '', /Input\/output error/);
     assert.ok(failed.ms < 15_000, `failed after ${failed.ms} ms`);
+    proxy.setRules([]);
+    assert.equal((await readInChild(join(target, 'data/big.bin'))).sha256, sha(big));
+  });
+
+  test('a stalled read fails within its deadline, the kernel\'s retry of it included; again at once while the stall lasts; after it the same read succeeds', async (t) => {
+    // Regression (issue 12, item 5): the read and the kernel's retry of it each waited a whole deadline.
+    const deadlineMs = 2000;
+    const store = join(work, 'store-stall-once');
+    const target = await mount('estargz', store, ['--deadline-ms', String(deadlineMs), '--no-prefetch']);
+    proxy.setRules([{ path: /\/blobs\//, fault: { kind: 'stall' } }]);
+    const failed = await readInChild(join(target, 'data/big.bin'), 'cat');
+    assert.equal(failed.ok, false);
+    assert.match(failed.error ?? '', /Input\/output error/);
+    assert.ok(failed.ms < 1.5 * deadlineMs, `cat failed after ${failed.ms} ms, deadline ${deadlineMs} ms`);
+    const again = await readInChild(join(target, 'data/big.bin'), 'cat');
+    assert.equal(again.ok, false);
+    assert.ok(again.ms < deadlineMs, `during the stall, cat failed again after ${again.ms} ms: not at once`);
+    t.diagnostic(`deadline ${deadlineMs} ms: cat failed after ${failed.ms} ms, again after ${again.ms} ms`);
     proxy.setRules([]);
     assert.equal((await readInChild(join(target, 'data/big.bin'))).sha256, sha(big));
   });

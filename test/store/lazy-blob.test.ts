@@ -87,6 +87,44 @@ test('a fetch that never answers fails after the deadline, and later reads work'
   await blob.close();
 });
 
+test('regression: a range the source left unanswered fails again within a short grace, not a second deadline; once the source answers it is read', async (t) => {
+  const { store, data } = await setup(t);
+  let stall = true;
+  const blob = await LazyBlob.open(
+    store,
+    sha256(data),
+    data.length,
+    async (s, e) => (stall ? new Promise<Buffer>(() => {}) : Buffer.from(data.subarray(s, e))),
+    { what: 'layer X', deadlineMs: 2000 },
+  );
+  await assert.rejects(blob.read(0, 10), /no answer within 2000 ms/);
+  const started = Date.now();
+  // The kernel's retry of the failed read: asks afresh, waits the grace (a quarter of the deadline), not the deadline.
+  await assert.rejects(blob.read(0, 10), (e: LazyrootError) => e.code === 'UNAVAILABLE' && /no answer within 500 ms, after the source left them unanswered/.test(e.message));
+  assert.ok(Date.now() - started < 1500, `failed again after ${Date.now() - started} ms`);
+  stall = false;
+  assert.ok((await blob.read(0, 10)).equals(data.subarray(0, 10)));
+  await blob.close();
+});
+
+test('regression: a read-ahead request the source leaves unanswered fails the read at its deadline; the read does not wait a second one', async (t) => {
+  const { store, data } = await setup(t);
+  const blob = await LazyBlob.open(store, sha256(data), data.length, async () => new Promise<Buffer>(() => {}), { what: 'layer X', deadlineMs: 1000 });
+  const units = [{ start: 0, end: 4096, verify: async () => undefined }, { start: 4096, end: data.length, verify: async () => undefined }];
+  const started = Date.now();
+  // As an eStargz layer reads: the region around the bytes, then the bytes themselves.
+  await assert.rejects(
+    (async () => {
+      await blob.fetchRegion(units, 0, 10, 1 << 20);
+      return blob.read(0, 4096);
+    })(),
+    /no answer within 1000 ms/,
+  );
+  const took = Date.now() - started;
+  assert.ok(took < 1500, `failed after ${took} ms, deadline 1000 ms`);
+  await blob.close();
+});
+
 test('once every byte is confirmed the blob is verified whole and moved into blobs/', async (t) => {
   const { store, data, fetcher } = await setup(t);
   const digest = sha256(data);

@@ -54,6 +54,12 @@ export interface ReadEstargzFileOptions {
   cache?: EstargzChunkCache;
   /** What the blob is, for messages: `layer sha256:…` (default 'eStargz layer'). */
   what?: string;
+  /**
+   * Given, after a chunk is verified, what its member inflated to past the
+   * chunk when the whole member was inflated (the tar headers after it, up
+   * to 64 KiB): the header check of the next file uses them.
+   */
+  onTail?: (chunk: EstargzMemberChunk, tail: Buffer) => void;
 }
 
 /**
@@ -104,7 +110,7 @@ export async function readEstargzFile(
     else runs.push([i]);
   }
   for (const run of runs) {
-    const fetched = startFetch(entry.path, chunks, run, blob, cache, what);
+    const fetched = startFetch(entry.path, chunks, run, blob, cache, what, options.onTail);
     run.forEach((i, j) => {
       pending[i - first] = fetched[j];
     });
@@ -153,6 +159,7 @@ function startFetch(
   blob: BlobRangeReader,
   cache: EstargzChunkCache,
   what: string,
+  onTail: ReadEstargzFileOptions['onTail'],
 ): Array<Promise<Buffer>> {
   const firstChunk = chunks[run[0]!]!;
   const rangeStart = firstChunk.compressedStart;
@@ -175,7 +182,7 @@ function startFetch(
     const promise = fetched
       .then(async ({ bytes, trusted }) => {
         const member = bytes.subarray(chunk.compressedStart - rangeStart, chunk.compressedEnd - rangeStart);
-        const data = await verifiedChunk(member, chunk, i, path, what, trusted);
+        const data = await verifiedChunk(member, chunk, i, path, what, trusted, onTail);
         cache.set(digest, data);
         return data;
       })
@@ -195,7 +202,15 @@ function startFetch(
 }
 
 /** The chunk's bytes inflated from its member, checked against its digest unless the member was `trusted` (verified on ingest). */
-async function verifiedChunk(member: Buffer, chunk: EstargzMemberChunk, index: number, path: string, what: string, trusted = false): Promise<Buffer> {
+async function verifiedChunk(
+  member: Buffer,
+  chunk: EstargzMemberChunk,
+  index: number,
+  path: string,
+  what: string,
+  trusted = false,
+  onTail?: ReadEstargzFileOptions['onTail'],
+): Promise<Buffer> {
   const inner = chunk.innerOffset ?? 0;
   const label = `${what}: ${JSON.stringify(path)}: chunk ${index} (file bytes ${chunk.offset}–${chunk.offset + chunk.size}, blob bytes ${chunk.compressedStart}–${chunk.compressedEnd})`;
   let inflated: Buffer;
@@ -208,11 +223,18 @@ async function verifiedChunk(member: Buffer, chunk: EstargzMemberChunk, index: n
   let data = inflated.subarray(inner, inner + chunk.size);
   // Cache only the chunk, not the tar headers inflated after it.
   if (inflated.length - data.length > Math.max(64 * 1024, data.length)) data = Buffer.from(data);
-  if (trusted) return data;
-  const got = `${digestAlgorithm(chunk.chunkDigest)}:${createHash(digestAlgorithm(chunk.chunkDigest)).update(data).digest('hex')}`;
-  if (got !== chunk.chunkDigest) throw new DigestMismatchError(label, chunk.chunkDigest, got);
+  if (!trusted) {
+    const got = `${digestAlgorithm(chunk.chunkDigest)}:${createHash(digestAlgorithm(chunk.chunkDigest)).update(data).digest('hex')}`;
+    if (got !== chunk.chunkDigest) throw new DigestMismatchError(label, chunk.chunkDigest, got);
+  }
+  const tail = inflated.length - inner - chunk.size;
+  // Only a member inflated whole (not stopped early by the streaming path) has all its tail.
+  if (onTail && tail <= maxTail && inflated.length < inner + chunk.size + oneShotSlack) onTail(chunk, Buffer.from(inflated.subarray(inner + chunk.size)));
   return data;
 }
+
+/** Tails (the tar headers after a chunk) handed to `onTail` are at most this long. */
+const maxTail = 64 * 1024;
 
 /** What a member may inflate to past the chunk (the tar headers after it) before it is read as a stream. */
 const oneShotSlack = 1 << 20;

@@ -6,6 +6,7 @@ import { digestAlgorithm, isDigest, parseDigest, type Digest } from '../../oci/d
 import { normalizeEntryPath } from '../../oci/entry-path.js';
 import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
 import { maxFooterSize, parseEstargzFooter, type EstargzFooter } from './footer.js';
+import { checksumOk, octal, parsePax, tarName } from './tar-header.js';
 
 const gunzip = promisify(gunzipCallback);
 
@@ -160,51 +161,6 @@ async function extractTocJson(member: Buffer, maxBytes: number, what: string): P
     }
     offset = dataStart + Math.ceil(size / 512) * 512;
   }
-}
-
-function checksumOk(header: Buffer): boolean {
-  const stored = octal(header.subarray(148, 156));
-  let sum = 0;
-  for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 0x20 : header[i]!;
-  return stored === sum;
-}
-
-function octal(field: Buffer): number {
-  if (field[0]! & 0x80) {
-    // base-256 (GNU): big-endian, the top bit of the first byte flags it
-    let value = field[0]! & 0x7f;
-    for (let i = 1; i < field.length; i++) value = value * 256 + field[i]!;
-    return value;
-  }
-  const text = field.toString('latin1').replace(/\0.*$/s, '').trim();
-  return text === '' ? 0 : /^[0-7]+$/.test(text) ? Number.parseInt(text, 8) : Number.NaN;
-}
-
-function tarName(header: Buffer): string {
-  const cString = (b: Buffer): string => {
-    const nul = b.indexOf(0);
-    return (nul < 0 ? b : b.subarray(0, nul)).toString('utf8');
-  };
-  const name = cString(header.subarray(0, 100));
-  const isUstar = header.subarray(257, 262).toString('latin1') === 'ustar';
-  const prefix = isUstar ? cString(header.subarray(345, 500)) : '';
-  return prefix ? `${prefix}/${name}` : name;
-}
-
-function parsePax(data: Buffer): Record<string, string> {
-  const records: Record<string, string> = {};
-  let rest = data;
-  while (rest.length > 0) {
-    const space = rest.indexOf(0x20);
-    if (space < 0) break;
-    const length = Number.parseInt(rest.subarray(0, space).toString('ascii'), 10);
-    if (!length || length > rest.length) break;
-    const record = rest.subarray(space + 1, length - 1);
-    const eq = record.indexOf(0x3d);
-    if (eq > 0) records[record.subarray(0, eq).toString('utf8')] = record.subarray(eq + 1).toString('utf8');
-    rest = rest.subarray(length);
-  }
-  return records;
 }
 
 /** `what` may be a Place: its text is built only here, when there is an error to report. */

@@ -2,8 +2,13 @@ import { LazyrootError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import { readEstargzIndex, type EstargzIndex, type EstargzMemberChunk } from '../../index/estargz/toc.js';
 import { EstargzChunkCache, readEstargzFile } from '../../index/estargz/reader.js';
+import { EstargzHeaderCheck } from '../../index/estargz/header-check.js';
+import { checkTocAgainstTar } from '../../index/estargz/toc-check.js';
 import type { BlobRangeReader, IndexEntry } from '../../index/types.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
+import { createReadStream } from 'node:fs';
+import { createGunzip } from 'node:zlib';
+import { pipeline } from 'node:stream';
 import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
 import { withGaps } from './prefetch-units.js';
 import { readCached, tocCachePath, writeCachedLater } from '../mount-cache.js';
@@ -31,23 +36,43 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   const index = cached ? { entries: cached.entries, chunks: new Map(cached.chunks), prefetch: cached.prefetch } : await readEstargzIndex(indexReader, { tocDigest, what, ...(context.maxTocRecords !== undefined ? { maxTocRecords: context.maxTocRecords } : {}) });
   if (!cached) writeCachedLater(context.store, cachePath, tocDigest, { entries: index.entries, chunks: [...index.chunks], prefetch: index.prefetch } satisfies CachedToc, context.log);
   const cache = new EstargzChunkCache(context.cacheBytes, context.decodedCache);
+  // The TOC is trusted by its digest, but it must also agree with the tar stream `create` unpacks:
+  // each file's tar header before its bytes are served, the whole stream before the blob is promoted.
+  const headers = new EstargzHeaderCheck(index, blob, what, context.log);
+  const onTail = (chunk: EstargzMemberChunk, tail: Buffer) => headers.noteTail(chunk, tail);
+  blob.checkWholeWith(async (path) => {
+    const tar = pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), createGunzip(), () => undefined);
+    try {
+      await checkTocAgainstTar(tar, index, what);
+    } catch (err) {
+      context.log?.(`${what}: refused: the TOC disagrees with the layer's tar stream`, err);
+      throw err;
+    } finally {
+      tar.destroy();
+    }
+    headers.markWholeChecked();
+  });
   const digest = context.descriptor.digest;
   let inBlobOrder: PrefetchUnit[] | undefined;
-  const units = () => (inBlobOrder ??= memberUnits(index, blob.size, what, cache));
+  const units = () => (inBlobOrder ??= memberUnits(index, blob.size, what, cache, onTail));
   return {
     digest,
     kind: 'estargz',
     entries: index.entries,
     blob,
     async read(entry, position, length) {
-      const chunks = index.chunks.get(entry.sourcePath ?? entry.path) ?? [];
+      const path = entry.sourcePath ?? entry.path;
+      const chunks = index.chunks.get(path) ?? [];
       if (context.readAheadBytes > 0 && !blob.isComplete) {
         // Small files lie side by side in the blob: fetch the region around the chunks this read
-        // needs, not the chunks alone (their own read below then finds them kept).
+        // needs, not the chunks alone (their own read below then finds them kept); a read of the
+        // file's start brings the member holding its tar header along while that is unchecked.
         const [from, to] = compressedRange(chunks, position, position + length, cache);
-        if (from < to) await blob.fetchRegion(units(), from, to, context.readAheadBytes);
+        const headerFrom = from === chunks[0]?.compressedStart ? headers.bytesFrom(path) : undefined;
+        if (from < to) await blob.fetchRegion(units(), Math.min(from, headerFrom ?? from), to, context.readAheadBytes);
       }
-      return readEstargzFile(entry, chunks, position, length, blob, { cache, what });
+      const [data] = await Promise.all([readEstargzFile(entry, chunks, position, length, blob, { cache, what, onTail }), headers.check(path)]);
+      return data;
     },
     prefetchUnits: () => {
       // The prioritized region (entries before `.prefetch.landmark`, which the blob holds first) comes first.
@@ -86,7 +111,13 @@ function compressedRange(chunks: readonly EstargzMemberChunk[], start: number, e
  * lie between or after the members: they become unverified units that only
  * the whole blob's digest vouches for.
  */
-function memberUnits(index: Pick<EstargzIndex, 'chunks'>, size: number, what: string, decoded: EstargzChunkCache): PrefetchUnit[] {
+function memberUnits(
+  index: Pick<EstargzIndex, 'chunks'>,
+  size: number,
+  what: string,
+  decoded: EstargzChunkCache,
+  onTail: (chunk: EstargzMemberChunk, tail: Buffer) => void,
+): PrefetchUnit[] {
   const members = new Map<number, { end: number; chunks: Array<{ path: string; chunk: EstargzMemberChunk }> }>();
   for (const [path, chunks] of index.chunks) {
     for (const chunk of chunks) {
@@ -114,7 +145,7 @@ function memberUnits(index: Pick<EstargzIndex, 'chunks'>, size: number, what: st
           },
         };
         const entry: IndexEntry = { path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: chunk.offset + chunk.size, mtime: 0 };
-        const data = await readEstargzFile(entry, [chunk], chunk.offset, chunk.size, view, { cache, what });
+        const data = await readEstargzFile(entry, [chunk], chunk.offset, chunk.size, view, { cache, what, onTail });
         if (!used) throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(path)}: chunk at ${chunk.offset} was not checked against the fetched bytes`);
         // Inflated and checked now: the read that asked for this region (or comes soon) need not inflate it again.
         decoded.set(chunk.chunkDigest, data);

@@ -1,0 +1,77 @@
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Readable } from 'node:stream';
+import { gunzipSync } from 'node:zlib';
+import { EstargzHeaderCheck } from '../../src/index/estargz/header-check.js';
+import { checkTocAgainstTar } from '../../src/index/estargz/toc-check.js';
+import { readEstargzIndex } from '../../src/index/estargz/toc.js';
+import { buildEstargz, incompressible, memoryBlobReader, type BuildEstargzOptions } from '../helpers/estargz.js';
+import { dir, file, symlink, type TarEntry } from '../helpers/tar-builder.js';
+
+const KiB = 1024;
+const longName = `d/${'n'.repeat(150)}.txt`; // past ustar's 100 bytes: a PAX path
+const entries: TarEntry[] = [
+  dir('d'),
+  file('d/a.txt', 'the 28 bytes of data/a.txt.\n'),
+  file('d/b.bin', incompressible(20 * KiB + 7, 'b')),
+  symlink('d/link', 'a.txt'),
+  file('d/empty', ''),
+  file(longName, 'long\n'),
+  file('d/c.txt', 'c\n'),
+];
+
+async function layer(options: BuildEstargzOptions = { chunkSize: 8 * KiB }) {
+  const built = await buildEstargz(entries, options);
+  const index = await readEstargzIndex(memoryBlobReader(built.blob));
+  return { built, index, check: new EstargzHeaderCheck(index, memoryBlobReader(built.blob), 'layer X') };
+}
+
+/** b.bin said to be a.txt's 28 bytes (a.txt's member and digest); a.txt said to be empty. */
+const lie: BuildEstargzOptions['editToc'] = (toc) => {
+  const a = toc.entries.find((e) => e.name === 'd/a.txt')!;
+  const b = toc.entries.find((e) => e.name === 'd/b.bin')!;
+  for (let i = toc.entries.length - 1; i >= 0; i--) if (toc.entries[i]!.type === 'chunk' && toc.entries[i]!.name === 'd/b.bin') toc.entries.splice(i, 1);
+  Object.assign(b, { size: 28, offset: a.offset, chunkDigest: a.chunkDigest, digest: a.digest });
+  delete b.chunkSize;
+  a.size = 0;
+  delete a.offset;
+  delete a.chunkDigest;
+  delete a.digest;
+};
+
+test('an honest eStargz layer: every file\'s tar header agrees with the TOC, and the whole tar stream too', async () => {
+  for (const options of [{ chunkSize: 8 * KiB }, { chunkSize: 8 * KiB, minChunkSize: 64 * KiB }]) {
+    const { built, index, check } = await layer(options);
+    for (const [path] of index.chunks) await check.check(path);
+    await checkTocAgainstTar(Readable.from([gunzipSync(built.blob)]), index, 'layer X');
+  }
+});
+
+test('regression: a TOC pointing a file at another file\'s bytes (with their chunk digest) fails that file, and the whole-stream check', async () => {
+  const { built, index, check } = await layer({ chunkSize: 8 * KiB, editToc: lie });
+  await assert.rejects(check.check('d/b.bin'), /"d\/b\.bin": the TOC disagrees with the layer's tar stream: the tar header before its bytes names "d\/a\.txt"/);
+  await check.check('d/c.txt'); // the files it tells the truth about are served
+  await check.check(longName);
+  await assert.rejects(checkTocAgainstTar(Readable.from([gunzipSync(built.blob)]), index, 'layer X'), /the TOC disagrees with the layer's tar stream: entry 1 "d\/a\.txt": the tar has 28 bytes, the TOC 0/);
+});
+
+test('the whole-stream check compares file bytes with the chunk digests, and the entries\' order and kinds', async () => {
+  // Same names and sizes, but the TOC's digest for c.txt is of other bytes.
+  const { built, index } = await layer({
+    chunkSize: 8 * KiB,
+    editToc: (toc) => {
+      const c = toc.entries.find((e) => e.name === 'd/c.txt')!;
+      const a = toc.entries.find((e) => e.name === 'd/a.txt')!;
+      c.chunkDigest = a.chunkDigest;
+      c.digest = a.digest;
+    },
+  });
+  await assert.rejects(checkTocAgainstTar(Readable.from([gunzipSync(built.blob)]), index, 'layer X'), /"d\/c\.txt": chunk 0 \(file bytes 0-2\) is sha256:[0-9a-f]+ in the tar/);
+  const swapped = await layer({
+    chunkSize: 8 * KiB,
+    editToc: (toc) => {
+      toc.entries.find((e) => e.name === 'd/link')!.linkName = 'c.txt';
+    },
+  });
+  await assert.rejects(checkTocAgainstTar(Readable.from([gunzipSync(swapped.built.blob)]), swapped.index, 'layer X'), /"d\/link": the tar links to "a\.txt", the TOC to "c\.txt"/);
+});
