@@ -226,6 +226,11 @@ export class LazyBlob {
   /** Why the blob's bytes must not be served (its whole check failed): every read fails with it. */
   private refused: LazyrootError | undefined;
 
+  /** Why the blob is refused (its whole check failed), if it is: readers holding decoded bytes of it must fail too. */
+  get refusal(): LazyrootError | undefined {
+    return this.refused;
+  }
+
   private constructor(
     private readonly store: Store,
     readonly digest: Digest,

@@ -61,6 +61,8 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
     entries: index.entries,
     blob,
     async read(entry, position, length) {
+      // A refused layer serves nothing, not even chunks decoded before it was refused.
+      if (blob.refusal) throw blob.refusal;
       const path = entry.sourcePath ?? entry.path;
       const chunks = index.chunks.get(path) ?? [];
       if (context.readAheadBytes > 0 && !blob.isComplete) {
