@@ -7,6 +7,7 @@ import { registerRmi } from './commands/rmi.js';
 import { registerRootfs } from './commands/rootfs.js';
 import { registerBundle } from './commands/bundle.js';
 import { registerMount } from './commands/mount.js';
+import { registerSnapshotter } from './commands/snapshotter.js';
 import { stdoutOutput, type Output } from './output.js';
 
 /** Exit codes: 0 success, 1 failure, 2 bad usage or bad reference. */
@@ -29,6 +30,7 @@ export function buildProgram(out: Output = stdoutOutput): Command {
   registerRootfs(program, out);
   registerBundle(program, out);
   registerMount(program, out);
+  registerSnapshotter(program, out);
   return program;
 }
 
