@@ -168,7 +168,7 @@ export class Snapshotter {
       filter((path) => {
         const [field, ...rest] = path;
         if (field === 'name' && rest.length === 0) return s.key;
-        if (field === 'parent' && rest.length === 0) return s.parent ?? undefined;
+        if (field === 'parent' && rest.length === 0) return s.parent ?? ''; // containerd's adaptor: an empty parent is "", present
         if (field === 'kind' && rest.length === 0) return s.kind;
         if (field === 'labels' && rest.length > 0) return s.labels[rest.join('.')];
         return undefined;
