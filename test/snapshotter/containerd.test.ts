@@ -133,3 +133,30 @@ describe('lazyroot snapshotter under containerd', () => {
     assert.deepEqual(await lazyMountsUnder(world), []);
   });
 });
+
+test('a container keeps reading while the snapshotter restarts; the new one resumes with every snapshot', async (t) => {
+  if (!requireOrSkip(t, needs)) return;
+  const registry = await startRegistry();
+  t.after(() => registry.stop());
+  const world = await startSnapshotterWorld();
+  t.after(() => world.stop());
+  await registry.pushImage('restart/busybox', 'v1', await buildEstargzImage(await busyboxEntries(), { config: imageConfig }));
+  const ref = `${registry.host}/restart/busybox:v1`;
+  await world.ctr(['image', 'rpull', '--plain-http', '--snapshotter', 'lazyroot', ref]);
+
+  // The container reads before, across and after the restart.
+  const container = world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `restart-${process.pid}`, '/bin/sh', '-c', 'cat /etc/motd; sleep 3; cat /etc/motd; ls /bin | wc -l']);
+  for (let i = 0; i < 200 && (await lazyMountsUnder(world)).length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+  const before = world.snapshotterPid();
+  await world.restartSnapshotter();
+  assert.notEqual(world.snapshotterPid(), before);
+  const out = await container;
+  assert.equal(out.code, 0, out.stderr);
+  assert.equal(out.stdout, `${motd}${motd}5\n`);
+
+  assert.equal(snapshotLines(await world.ctr(['snapshots', '--snapshotter', 'lazyroot', 'ls'])).length, 2);
+  const again = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `restart2-${process.pid}`]);
+  assert.equal(again.stdout, motd, again.stderr);
+  await world.ctr(['images', 'rm', '--sync', ref]);
+  assert.deepEqual(await lazyMountsUnder(world), []);
+});
