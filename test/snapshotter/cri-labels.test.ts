@@ -7,6 +7,7 @@ import { promisify } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import { chainIds } from '../../src/oci/chain-id.js';
 import { loadSnapshotsService } from '../../src/snapshotter/service.js';
+import { lazyroot } from '../helpers/cli.js';
 import { buildEstargzImage } from '../helpers/estargz.js';
 import { startRegistry } from '../helpers/registry.js';
 import { requireOrSkip } from '../helpers/requirements.js';
@@ -66,6 +67,12 @@ test('the CRI label set (sent the way the CRI plugin sends it) is served lazily:
   const plain = await snapshots.call('Prepare', { key: 'no-ref', parent: '', labels: { 'containerd.io/snapshot/cri.image-ref': ref } });
   assert.equal(plain.mounts[0].type, 'bind');
   await snapshots.call('Remove', { key: 'no-ref' });
+
+  // clean sees what containerd references: the image stays while its snapshots do.
+  const cleaned = await lazyroot(['--store', world.store, 'clean']);
+  assert.equal(cleaned.code, 0, cleaned.stderr);
+  const images = await lazyroot(['--store', world.store, '--json', 'images']);
+  assert.equal((JSON.parse(images.stdout) as unknown[]).length, 1, 'clean removed an image remote snapshots use');
 
   const { mounts } = await snapshots.call('Prepare', { key: 'container', parent: chain[chain.length - 1], labels: {} });
   assert.equal(mounts.length, 1);
