@@ -72,7 +72,11 @@ test('the CRI label set (sent the way the CRI plugin sends it) is served lazily:
   const cleaned = await lazyroot(['--store', world.store, 'clean']);
   assert.equal(cleaned.code, 0, cleaned.stderr);
   const images = await lazyroot(['--store', world.store, '--json', 'images']);
-  assert.equal((JSON.parse(images.stdout) as unknown[]).length, 1, 'clean removed an image remote snapshots use');
+  const stored = JSON.parse(images.stdout) as Array<{ id: string }>;
+  assert.equal(stored.length, 1, 'clean removed an image remote snapshots use');
+  const rmi = await lazyroot(['--store', world.store, 'rmi', stored[0]!.id]);
+  assert.equal(rmi.code, 1);
+  assert.match(rmi.stderr, /containerd's snapshot sha256:[0-9a-f]+ is served from it/);
 
   const { mounts } = await snapshots.call('Prepare', { key: 'container', parent: chain[chain.length - 1], labels: {} });
   assert.equal(mounts.length, 1);
