@@ -4,6 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { LazyrootError } from '../errors.js';
 import type { RegistryOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
+import { CallCounter, metricsText, startMetricsServer } from './metrics.js';
 import { RemoteLayers, type Logger } from './remote-layers.js';
 import { loadSnapshotsService, snapshotsHandlers } from './service.js';
 import { Snapshotter } from './snapshotter.js';
@@ -14,11 +15,15 @@ export interface SnapshotterOptions {
   registry?: RegistryOptions;
   /** Background download of the rest of remote layers once mounted (default true). */
   prefetch?: boolean;
+  /** `HOST:PORT` for a Prometheus text endpoint (GET /metrics); port 0 picks one. */
+  metricsAddress?: string;
   logger?: Logger;
 }
 
 export interface RunningSnapshotter {
   address: string;
+  /** The port /metrics is served on, when asked for. */
+  metricsPort?: number;
   /** Stops accepting calls and waits for those in flight. Lazy mounts stay (their daemons are their own processes). */
   stop(): Promise<void>;
 }
@@ -39,7 +44,8 @@ export async function startSnapshotter(store: Store, options: SnapshotterOptions
   });
   const snapshotter = new Snapshotter(store, remote, log);
   const server = new grpc.Server();
-  server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter, log));
+  const calls = new CallCounter();
+  server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter, log, calls));
   await mkdir(dirname(options.address), { recursive: true });
   // A socket file left by a previous run (nothing listens on it: we are starting).
   await rm(options.address, { force: true });
@@ -48,10 +54,13 @@ export async function startSnapshotter(store: Store, options: SnapshotterOptions
       err ? reject(new LazyrootError('UNAVAILABLE', `snapshotter: cannot listen on ${options.address}: ${err.message}`, { cause: err })) : resolve(),
     ),
   );
+  const metrics = options.metricsAddress ? await startMetricsServer(options.metricsAddress, () => metricsText(store, remote, calls), log) : undefined;
   return {
     address: options.address,
+    ...(metrics ? { metricsPort: metrics.port } : {}),
     stop: () =>
       new Promise<void>((resolve) => {
+        metrics?.server.close();
         const force = setTimeout(() => server.forceShutdown(), 5000);
         server.tryShutdown(() => {
           clearTimeout(force);

@@ -3,6 +3,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { isLazyrootError } from '../errors.js';
 import type { SnapshotRecord } from '../store/snapshot-table.js';
+import type { CallCounter } from './metrics.js';
 import type { Logger } from './remote-layers.js';
 import type { Snapshotter } from './snapshotter.js';
 
@@ -70,16 +71,20 @@ function info(s: SnapshotRecord): Record<string, unknown> {
 type Req = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
 /** The handlers, one per RPC; every error is answered as a status, and unexpected ones are logged. */
-export function snapshotsHandlers(snapshotter: Snapshotter, log: Logger): grpc.UntypedServiceImplementation {
+export function snapshotsHandlers(snapshotter: Snapshotter, log: Logger, calls?: CallCounter): grpc.UntypedServiceImplementation {
   const unary =
     (name: string, fn: (req: Req) => Promise<unknown> | unknown): grpc.handleUnaryCall<Req, unknown> =>
     (call, callback) => {
       Promise.resolve()
         .then(() => fn(call.request))
         .then(
-          (reply) => callback(null, reply),
+          (reply) => {
+            calls?.add(name, 'OK');
+            callback(null, reply);
+          },
           (err: unknown) => {
             const status = toStatus(err);
+            calls?.add(name, grpc.status[status.code!] ?? String(status.code));
             if (status.code === grpc.status.UNKNOWN || status.code === grpc.status.UNAVAILABLE) log(`${name} ${call.request.key ?? ''}`, err);
             callback(status, null);
           },
@@ -107,7 +112,9 @@ export function snapshotsHandlers(snapshotter: Snapshotter, log: Logger): grpc.U
         // containerd's own service sends batches of 100.
         for (let i = 0; i < all.length; i += 100) call.write({ info: all.slice(i, i + 100).map(info) });
         call.end();
+        calls?.add('List', 'OK');
       } catch (err) {
+        calls?.add('List', grpc.status[toStatus(err).code!] ?? 'UNKNOWN');
         call.destroy(Object.assign(new Error(toStatus(err).details), toStatus(err)));
       }
     }) as grpc.handleServerStreamingCall<Req, unknown>,

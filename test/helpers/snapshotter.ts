@@ -30,6 +30,8 @@ export interface SnapshotterWorld {
   socket: string;
   containerd: Containerd;
   snapshotterPid(): number;
+  /** GET /metrics of the running snapshotter (Prometheus text). */
+  metrics(): Promise<string>;
   /** The snapshotter's stderr so far. */
   log(): Promise<string>;
   /** `ctr-remote --address CONTAINERD …`, rejecting with stderr on failure. */
@@ -44,7 +46,7 @@ async function startSnapshotterProcess(store: string, socket: string, logPath: s
   const logFd = openSync(logPath, 'a');
   let proc: ManagedProcess;
   try {
-    proc = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'snapshotter', '--address', socket], {
+    proc = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'snapshotter', '--address', socket, '--metrics-address', '127.0.0.1:0'], {
       stdio: ['ignore', logFd, logFd],
       name: `lazyroot snapshotter on ${socket}`,
     });
@@ -89,6 +91,14 @@ export async function startSnapshotterWorld(): Promise<SnapshotterWorld> {
     containerd,
     snapshotterPid: () => snapshotter.pid,
     log: () => readFile(logPath, 'utf8'),
+    async metrics() {
+      const ports = [...(await readFile(logPath, 'utf8')).matchAll(/metrics on port (\d+)/g)];
+      const port = ports[ports.length - 1]?.[1];
+      if (!port) throw new Error('the snapshotter logged no metrics port');
+      const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+      if (response.status !== 200) throw new Error(`GET /metrics: ${response.status} ${await response.text()}`);
+      return response.text();
+    },
     ctr: containerd.ctr,
     ctrStatus,
     async restartSnapshotter() {

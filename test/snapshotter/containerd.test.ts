@@ -79,6 +79,10 @@ describe('lazyroot snapshotter under containerd', () => {
     const failing = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `esgz3-${process.pid}`, '/bin/sh', '-c', 'ls /bin >/dev/null && exit 3']);
     assert.equal(failing.code, 3, failing.stderr);
     assert.equal((await lazyMountsUnder(world)).length, 1, 'one lazy mount serves the image');
+    const metrics = await world.metrics();
+    assert.match(metrics, /^lazyroot_snapshotter_calls_total\{method="Prepare",code="ALREADY_EXISTS"\} 2$/m);
+    assert.match(metrics, /^lazyroot_mount_bytes_served_total\{mountpoint="[^"]+"\} [1-9]\d*$/m);
+    assert.equal(metrics.match(/^lazyroot_layer_fetched_ratio\{/gm)?.length, 2, metrics);
     // Layer bytes came by range requests from lazyroot, never as whole-blob GETs by containerd.
     const layerGets = registry.accessLog().filter((l) => image.layerDigests.some((d) => l.includes(d)) && l.startsWith('GET'));
     assert.ok(layerGets.length > 0, 'the FUSE mount read the layers from the registry');

@@ -7,6 +7,7 @@ import type { Output } from '../output.js';
 interface SnapshotterFlags extends RegistryFlags {
   address: string;
   prefetch?: boolean;
+  metricsAddress?: string;
 }
 
 export function registerSnapshotter(program: Command, out: Output): void {
@@ -14,6 +15,7 @@ export function registerSnapshotter(program: Command, out: Output): void {
     .command('snapshotter')
     .description("serve containerd's snapshots API (a proxy snapshotter) on a unix socket, until SIGTERM or SIGINT")
     .requiredOption('--address <socket>', 'unix socket containerd connects to ([proxy_plugins.lazyroot] address)')
+    .option('--metrics-address <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port)')
     .option('--no-prefetch', 'do not download the rest of remote layers in the background')
     .option('--insecure', 'allow plain HTTP and unverified TLS to registries')
     .option('--creds <user:password>', 'registry credentials')
@@ -28,8 +30,10 @@ export function registerSnapshotter(program: Command, out: Output): void {
         address: opts.address,
         registry: registryOptionsFrom(opts),
         ...(opts.prefetch === false ? { prefetch: false } : {}),
+        ...(opts.metricsAddress ? { metricsAddress: opts.metricsAddress } : {}),
         logger,
       });
+      if (running.metricsPort !== undefined) logger(`metrics on port ${running.metricsPort}`);
       if (!global.quiet) logger(`listening on ${running.address} (store ${store.paths.root})`);
       await new Promise<void>((resolve) => {
         process.once('SIGTERM', resolve);
