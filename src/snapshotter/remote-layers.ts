@@ -3,6 +3,7 @@ import { join } from 'node:path';
 import { LazyrootError } from '../errors.js';
 import { tocDigestAnnotation } from '../index/estargz/toc.js';
 import { digestHex, shortDigest, type Digest } from '../oci/digest.js';
+import { compressionOf } from '../oci/media-types.js';
 import { mountInBackground } from '../mount/background-mount.js';
 import { unmountLazy } from '../mount/mount-service.js';
 import type { ImageRecord } from '../store/metadata-db.js';
@@ -61,9 +62,9 @@ export class RemoteLayers {
    * The store image and layer position that serve `request` lazily, or
    * undefined when this layer must take the ordinary path (the reason is
    * logged): the image cannot be resolved, the labels disagree with it, or
-   * one of its layers has nothing to read lazily by (no eStargz TOC, no span
-   * index, not in the store) — a whole image goes one way, so that no remote
-   * chain ever has an ordinary layer in its middle.
+   * one of its layers cannot be read lazily (zstd, unknown kinds) — a whole
+   * image goes one way, so that no remote chain ever has an ordinary layer in
+   * its middle.
    */
   async resolve(request: RemoteLayerRequest): Promise<RemoteLayerRef | undefined> {
     const what = `layer ${shortDigest(request.layerDigest)} of ${request.reference}`;
@@ -85,7 +86,7 @@ export class RemoteLayers {
     }
     for (const chainId of image.chainIds) {
       if (!(await this.lazilyReadable(chainId))) {
-        this.log(`${what}: not served remotely: layer ${shortDigest(chainId)} of the image has no eStargz TOC, no span index and is not in the store`);
+        this.log(`${what}: not served remotely: layer ${shortDigest(chainId)} of the image is neither eStargz, gzip, tar nor in the store`);
         return undefined;
       }
     }
@@ -106,10 +107,19 @@ export class RemoteLayers {
     return image;
   }
 
+  /**
+   * Whether the lazy mount can serve a layer without containerd downloading
+   * it: eStargz (its TOC), a span index in the store, the blob in the store,
+   * or any gzip or uncompressed tar — the mount daemon streams one of those
+   * once, building its index as the bytes pass (a read waits for its bytes),
+   * and keeps it. zstd and unknown kinds are not: containerd pulls them.
+   */
   private async lazilyReadable(chainId: Digest): Promise<boolean> {
     const blob = this.store.db.layer(chainId)?.blobs[0];
     if (!blob) return false;
     if (blob.annotations?.[tocDigestAnnotation]) return true;
+    const compression = compressionOf(blob.mediaType);
+    if (compression === 'gzip' || compression === 'none') return true;
     if (await access(this.store.paths.index(blob.digest)).then(() => true, () => false)) return true;
     return this.store.blobs.has(blob.digest, blob.size);
   }

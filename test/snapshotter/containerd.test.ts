@@ -8,7 +8,7 @@ import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { requireOrSkip } from '../helpers/requirements.js';
 import { busyboxImageSpec } from '../helpers/sample-images.js';
 import { startSnapshotterWorld, type SnapshotterWorld } from '../helpers/snapshotter.js';
-import { dir, file, symlink, type TarEntry } from '../helpers/tar-builder.js';
+import { buildTar, dir, file, symlink, type TarEntry } from '../helpers/tar-builder.js';
 
 /**
  * `lazyroot snapshotter` as containerd 1.6's proxy snapshotter, with the real
@@ -161,6 +161,70 @@ test('a container keeps reading while the snapshotter restarts; the new one resu
   assert.equal(snapshotLines(await world.ctr(['snapshots', '--snapshotter', 'lazyroot', 'ls'])).length, 2);
   const again = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `restart2-${process.pid}`]);
   assert.equal(again.stdout, motd, again.stderr);
+  await world.ctr(['images', 'rm', '--sync', ref]);
+  assert.deepEqual(await lazyMountsUnder(world), []);
+});
+
+test('rpull of a plain gzip image with no span index is served by the lazy mount; a zstd image takes the ordinary path; both run', async (t) => {
+  if (!requireOrSkip(t, needs)) return;
+  const registry = await startRegistry();
+  t.after(() => registry.stop());
+  const world = await startSnapshotterWorld();
+  t.after(() => world.stop());
+  const gzip = buildImage(await busyboxImageSpec());
+  await registry.pushImage('gzip/busybox', 'v1', gzip);
+  const zstdSpec = await busyboxImageSpec();
+  // A first layer of its own, so that no chain ID is shared with the gzip image (containerd would find those).
+  zstdSpec.layers = [{ tar: await buildTar([file('zstd-image', 'z\n')]), compression: 'zstd' as const }, ...zstdSpec.layers].map((l) => ({ ...l, compression: 'zstd' as const }));
+  await registry.pushImage('zstd/busybox', 'v1', buildImage(zstdSpec));
+
+  const gzipRef = `${registry.host}/gzip/busybox:v1`;
+  await world.ctr(['image', 'rpull', '--plain-http', '--snapshotter', 'lazyroot', gzipRef]);
+  const content = await world.ctr(['content', 'ls', '-q']);
+  for (const layer of gzip.layers) assert.doesNotMatch(content, new RegExp(layer.descriptor.digest), 'containerd fetched a gzip layer');
+  const zstdRef = `${registry.host}/zstd/busybox:v1`;
+  await world.ctr(['image', 'rpull', '--plain-http', '--snapshotter', 'lazyroot', zstdRef]);
+  const snapshots = await snapshotsOf(world);
+  assert.equal(snapshots.filter((s) => s.remote?.ref === gzipRef).length, 2, JSON.stringify(snapshots));
+  assert.equal(snapshots.filter((s) => s.remote === null).length, 3, JSON.stringify(snapshots));
+  assert.match(await world.log(), /not served remotely: layer sha256:[0-9a-f]+ of the image is neither eStargz, gzip, tar nor in the store/);
+
+  for (const [i, ref] of [gzipRef, zstdRef].entries()) {
+    const out = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `kinds${i}-${process.pid}`]);
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(out.stdout, motd);
+  }
+});
+
+test('a lazy mount whose daemon was killed is mounted again for the next container', async (t) => {
+  if (!requireOrSkip(t, needs)) return;
+  const registry = await startRegistry();
+  t.after(() => registry.stop());
+  const world = await startSnapshotterWorld();
+  t.after(() => world.stop());
+  await registry.pushImage('killed/busybox', 'v1', await buildEstargzImage(await busyboxEntries(), { config: imageConfig }));
+  const ref = `${registry.host}/killed/busybox:v1`;
+  await world.ctr(['image', 'rpull', '--plain-http', '--snapshotter', 'lazyroot', ref]);
+  const first = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `killed1-${process.pid}`]);
+  assert.equal(first.stdout, motd, first.stderr);
+
+  const [mountpoint] = await lazyMountsUnder(world);
+  assert.ok(mountpoint);
+  const stats = await lazyroot(['--store', world.store, '--json', 'mount', '--stats', mountpoint]);
+  const pid = (JSON.parse(stats.stdout) as { pid?: number }).pid;
+  assert.ok(pid, stats.stdout + stats.stderr);
+  process.kill(pid, 'SIGKILL'); // the FUSE daemon the snapshotter started for this test's store
+  for (let i = 0; i < 200; i++) {
+    try {
+      process.kill(pid, 0);
+      await new Promise((r) => setTimeout(r, 10));
+    } catch {
+      break;
+    }
+  }
+  const again = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `killed2-${process.pid}`]);
+  assert.equal(again.code, 0, again.stderr);
+  assert.equal(again.stdout, motd);
   await world.ctr(['images', 'rm', '--sync', ref]);
   assert.deepEqual(await lazyMountsUnder(world), []);
 });
