@@ -124,6 +124,11 @@ export class RemoteLayers {
     return this.store.blobs.has(blob.digest, blob.size);
   }
 
+  /** Whether the snapshot is the top layer of the image it was recorded with. */
+  isTopOfImage(snapshot: SnapshotRecord): boolean {
+    return snapshot.remote !== null && this.store.db.imageById(snapshot.remote.imageId)?.topChainId === snapshot.key;
+  }
+
   /**
    * The directory serving remote snapshot `snapshot` and every layer below
    * it: the lazy mount of a store image whose top layer is that chain,
@@ -171,14 +176,17 @@ export class RemoteLayers {
   /** Unmounts the lazy mount of an image no snapshot uses any more. */
   async release(imageId: Digest): Promise<void> {
     if (this.store.db.snapshots.ofImage(imageId).length > 0) return;
+    // A mount still being made (ahead of a container) is finished first, then undone.
+    await this.mounting.get(imageId)?.catch(() => undefined);
     // Other images whose top chain a snapshot of this image was mounted through are released by Cleanup.
     const mountpoint = this.mountpointOf(imageId);
     if (!this.store.db.mountAt(mountpoint)) return;
     await unmountLazy(this.store, mountpoint);
   }
 
-  /** Mount points of images that no snapshot names. */
-  unusedMounts(): string[] {
+  /** Mount points of images that no snapshot names (after the mounts being made are done). */
+  async unusedMounts(): Promise<string[]> {
+    await Promise.allSettled(this.mounting.values());
     const used = new Set(this.store.db.snapshots.list().flatMap((s) => (s.remote ? [this.mountpointOf(s.remote.imageId)] : [])));
     // An image mounted because its top chain is a snapshot recorded with another image.
     const keys = new Set(this.store.db.snapshots.list().map((s) => s.key));

@@ -57,7 +57,12 @@ export class Snapshotter {
       this.parentOf(parent);
       const remote = await this.remote.resolve(request);
       if (remote) {
-        this.table.insert({ key: request.chainId, parent: parent || null, kind: 'committed', labels, remote });
+        const committed = this.table.insert({ key: request.chainId, parent: parent || null, kind: 'committed', labels, remote });
+        // The image's top layer: start its lazy mount now, while containerd finishes the pull, so
+        // that the container's Prepare finds it ready (stargz mounts during Prepare too).
+        if (committed && this.remote.isTopOfImage(committed)) {
+          this.remote.lowerDirFor(committed).catch((err) => this.log(`remote snapshot ${committed.key}: mounting ahead (the container's Prepare tries again)`, err));
+        }
         this.log(`remote snapshot ${request.chainId}: layer ${remote.layerPosition + 1} of ${remote.ref} (${request.labelSet} labels), served lazily`);
         throw new LazyrootError('ALREADY_EXISTS', `target snapshot ${request.chainId} already exists (served remotely)`);
       }
@@ -190,7 +195,7 @@ export class Snapshotter {
     for (const name of await readdir(dir).catch(() => [] as string[])) {
       if (!ids.has(name)) await rm(join(dir, name), { recursive: true, force: true });
     }
-    for (const mountpoint of this.remote.unusedMounts()) {
+    for (const mountpoint of await this.remote.unusedMounts()) {
       await this.remote.unmount(mountpoint).catch((err) => this.log(`cleanup: unmounting ${mountpoint}`, err));
     }
   }

@@ -130,10 +130,10 @@ export class Store {
       const lastName = image.names.length <= 1 || !image.names.includes(text);
       const user = lastName ? this.db.rootfsInUse().find((r) => r.imageId === image.id) : undefined;
       if (user) throw new LazyrootError('IN_USE', `image ${text}: in use by rootfs ${user.id} (delete it first)`);
-      const mount = lastName ? this.db.listMounts().find((m) => m.alive && m.imageId === image.id) : undefined;
-      if (mount) throw new LazyrootError('IN_USE', `image ${text}: mounted at ${mount.mountpoint} (umount it first)`);
       const snapshot = lastName ? this.db.snapshots.ofImage(image.id)[0] : undefined;
       if (snapshot) throw new LazyrootError('IN_USE', `image ${text}: containerd's snapshot ${snapshot.key} is served from it (lazyroot snapshotter; remove the image in containerd first)`);
+      const mount = lastName ? this.db.listMounts().find((m) => m.alive && m.imageId === image.id) : undefined;
+      if (mount) throw new LazyrootError('IN_USE', `image ${text}: mounted at ${mount.mountpoint} (umount it first)`);
       let imageRemoved: boolean;
       if (image.names.includes(text)) {
         imageRemoved = this.db.untagOrRemove(text) !== undefined;
