@@ -33,11 +33,16 @@ export interface RemoteLayersOptions {
  * two images share is fetched once, whichever mount reads it). So a
  * container's overlay gets one lowerdir, one daemon per image rather than
  * per layer, and no whiteouts to translate into overlayfs's format. The
- * mount is made when a snapshot on top of the image first needs it and lives
- * in its own process (`mount-daemon`), so a restart of the snapshotter leaves
- * running containers alone. The cost: a remote chain is served only as the
- * top of some store image (the case of every container and every `ctr run`);
- * a prefix of an image no other image ends with answers FAILED_PRECONDITION.
+ * mount is started when the image's top layer is committed (during the pull)
+ * or when a snapshot on top of it first needs it, and lives in its own process
+ * (`mount-daemon`), so a restart of the snapshotter leaves running containers
+ * alone. Measured (34.6 MB eStargz image, loopback, a loaded 2-core machine):
+ * rpull 0.3–0.7 s, `ctr run /bin/true` 1.0–1.5 s with 1.05 MB fetched for
+ * the reads (busybox), against `ctr images pull` 1.0 s + run 0.3 s that
+ * download it all. The cost: a remote chain is served only as the top of some
+ * store image (the case of every container and every `ctr run`); a prefix of
+ * an image no other image ends with answers FAILED_PRECONDITION (an ordinary
+ * layer pulled on top of such a prefix fails).
  */
 export class RemoteLayers {
   private readonly mounting = new Map<Digest, Promise<string>>();
