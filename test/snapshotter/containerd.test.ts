@@ -149,8 +149,10 @@ test('a container keeps reading while the snapshotter restarts; the new one resu
   await world.ctr(['image', 'rpull', '--plain-http', '--snapshotter', 'lazyroot', ref]);
 
   // The container reads before, across and after the restart.
-  const container = world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `restart-${process.pid}`, '/bin/sh', '-c', 'cat /etc/motd; sleep 3; cat /etc/motd; ls /bin | wc -l']);
-  for (let i = 0; i < 200 && (await lazyMountsUnder(world)).length === 0; i++) await new Promise((r) => setTimeout(r, 25));
+  const id = `restart-${process.pid}`;
+  const container = world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, id, '/bin/sh', '-c', 'cat /etc/motd; sleep 3; cat /etc/motd; ls /bin | wc -l']);
+  // Restart once the task runs (its rootfs mounted), not while containerd is still preparing it.
+  for (let i = 0; i < 400 && !(await world.ctr(['tasks', 'ls', '-q'])).split('\n').includes(id); i++) await new Promise((r) => setTimeout(r, 25));
   const before = world.snapshotterPid();
   await world.restartSnapshotter();
   assert.notEqual(world.snapshotterPid(), before);
