@@ -54,6 +54,8 @@ export async function startSnapshotter(store: Store, options: SnapshotterOptions
       err ? reject(new LazyrootError('UNAVAILABLE', `snapshotter: cannot listen on ${options.address}: ${err.message}`, { cause: err })) : resolve(),
     ),
   );
+  // Lazy mounts whose daemons are gone (reboot, kill -9) come back in the background.
+  remote.remountAll().catch((err) => log('mounting remote snapshots again', err));
   const metrics = options.metricsAddress ? await startMetricsServer(options.metricsAddress, () => metricsText(store, remote, calls), log) : undefined;
   return {
     address: options.address,

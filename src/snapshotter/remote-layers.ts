@@ -178,6 +178,23 @@ export class RemoteLayers {
     return mountpoint;
   }
 
+  /**
+   * On start: mounts again, one after the other, the images whose top layer
+   * is a remote snapshot and whose mount is gone (a reboot, a killed daemon);
+   * mounts still served are left alone. A failure (a registry unreachable) is
+   * logged and fails only that image's Mounts later, never the start.
+   */
+  async remountAll(): Promise<void> {
+    for (const snapshot of this.store.db.snapshots.list()) {
+      if (!snapshot.remote || !this.isTopOfImage(snapshot)) continue;
+      if (this.store.db.mountAt(this.mountpointOf(snapshot.remote.imageId))?.alive) continue;
+      await this.lowerDirFor(snapshot).then(
+        (mountpoint) => this.log(`remote snapshot ${snapshot.key}: mounted again at ${mountpoint}`),
+        (err) => this.log(`remote snapshot ${snapshot.key}: cannot mount it again (its Mounts will say why)`, err),
+      );
+    }
+  }
+
   /** Unmounts the lazy mount of an image no snapshot uses any more. */
   async release(imageId: Digest): Promise<void> {
     if (this.store.db.snapshots.ofImage(imageId).length > 0) return;

@@ -198,7 +198,7 @@ test('rpull of a plain gzip image with no span index is served by the lazy mount
   }
 });
 
-test('a lazy mount whose daemon was killed is mounted again for the next container', async (t) => {
+test('a lazy mount whose daemon was killed is mounted again by the next snapshotter start, and serves the next container', async (t) => {
   if (!requireOrSkip(t, needs)) return;
   const registry = await startRegistry();
   t.after(() => registry.stop());
@@ -224,6 +224,17 @@ test('a lazy mount whose daemon was killed is mounted again for the next contain
       break;
     }
   }
+  await world.restartSnapshotter();
+  // Served again: by a new daemon, or by kernel overlayfs once prefetch had brought every layer into the store.
+  let served: string | undefined;
+  for (let i = 0; i < 400 && !served; i++) {
+    const now = await lazyroot(['--store', world.store, '--json', 'mount', '--stats', mountpoint]);
+    const stats = now.code === 0 ? (JSON.parse(now.stdout) as { pid?: number; driver: string }) : undefined;
+    if (stats?.driver === 'overlay' || (stats?.pid && stats.pid !== pid)) served = `${stats.driver} ${stats.pid ?? ''}`;
+    else await new Promise((r) => setTimeout(r, 25));
+  }
+  assert.ok(served, `no new daemon serves ${mountpoint} after the start: ${await world.log()}`);
+  assert.match(await world.log(), /mounted again at/);
   const again = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `killed2-${process.pid}`]);
   assert.equal(again.code, 0, again.stderr);
   assert.equal(again.stdout, motd);
