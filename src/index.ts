@@ -29,6 +29,8 @@ import type { BackgroundMount, BackgroundMountOptions } from './mount/background
 import type { MountStats, ServeOptions } from './mount/mount-service.js';
 import type { DaemonMainOptions } from './mount/daemon-main.js';
 import type { LayerStoreServer, ServeLayerStoreOptions } from './layer-store/serve-layer-store.js';
+import type { RunningSnapshotter, SnapshotterOptions } from './snapshotter/daemon.js';
+import type { SnapshotRecord } from './store/snapshot-table.js';
 import type { MountRecord, RootfsRecord } from './store/metadata-db.js';
 import type { CreateOptions, RootfsStats, RootfsSummary, SpecFragment } from './rootfs/rootfs.js';
 import type { CleanOptions, CleanResult } from './rootfs/clean.js';
@@ -46,6 +48,8 @@ export type { IndexedLayerReport } from './mount/index-image.js';
 export type { BackgroundMount, BackgroundMountOptions } from './mount/background-mount.js';
 export type { MountStats, ServeOptions } from './mount/mount-service.js';
 export type { DaemonMainOptions } from './mount/daemon-main.js';
+export type { SnapshotterOptions, RunningSnapshotter } from './snapshotter/daemon.js';
+export type { SnapshotRecord, SnapshotKind } from './store/snapshot-table.js';
 export type { LazyMountOptions, LazyMountStats, LazyLayerStats } from './mount/lazy-mount.js';
 export type { Mount } from './mount/mounts.js';
 export type { AccessProfile, ProfileLayer } from './mount/access-profile.js';
@@ -176,6 +180,23 @@ export async function listMounts(store: Store): Promise<MountRecord[]> {
  */
 export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<void> {
   return (await import('./mount/daemon-main.js')).runMountDaemon(options);
+}
+
+// ── containerd ───────────────────────────────────────────────────────────────
+
+/**
+ * `lazyroot snapshotter`: containerd's snapshots service (a proxy
+ * snapshotter) on a unix socket, serving layers that carry stargz or CRI
+ * labels lazily and the rest as ordinary overlay directories. Resolves once
+ * it listens; `stop()` ends it (lazy mounts stay with their own daemons).
+ */
+export async function startSnapshotter(store: Store, options: SnapshotterOptions): Promise<RunningSnapshotter> {
+  return (await import('./snapshotter/daemon.js')).startSnapshotter(store, options);
+}
+
+/** The snapshots `lazyroot snapshotter` holds for containerd (`lazyroot snapshots`). */
+export async function listSnapshots(store: Store): Promise<SnapshotRecord[]> {
+  return store.db.snapshots.list();
 }
 
 // ── rootfses ─────────────────────────────────────────────────────────────────

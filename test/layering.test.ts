@@ -36,6 +36,8 @@ const ownedPackages: Record<string, string> = {
   'fuse-native': 'fs',
   commander: 'cli',
   'cli-progress': 'cli',
+  '@grpc/grpc-js': 'snapshotter',
+  '@grpc/proto-loader': 'snapshotter',
 };
 
 /** The rows of design.md's layering table, top first; each row's entries in the order written (`src/rootfs/`, `src/bundle/`). */

@@ -9,6 +9,7 @@ import { registerBundle } from './commands/bundle.js';
 import { registerMount } from './commands/mount.js';
 import { registerProfile } from './commands/profile.js';
 import { registerLayerStore } from './commands/layer-store.js';
+import { registerSnapshotter } from './commands/snapshotter.js';
 import { stdoutOutput, type Output } from './output.js';
 
 /** Exit codes: 0 success, 1 failure, 2 bad usage or bad reference. */
@@ -33,6 +34,7 @@ export function buildProgram(out: Output = stdoutOutput): Command {
   registerMount(program, out);
   registerProfile(program, out);
   registerLayerStore(program, out);
+  registerSnapshotter(program, out);
   return program;
 }
 

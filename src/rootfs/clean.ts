@@ -44,7 +44,8 @@ export async function cleanStore(store: Store, options: CleanOptions = {}): Prom
     // Live mounts use their image too: a lazy mount its blobs, an overlay mount its layer dirs.
     const mounts = store.db.listMounts().filter((m) => m.alive);
     const usedLayers = new Set([...inUse.flatMap((r) => r.layerDirs), ...mounts.flatMap((m) => m.layerDirs)]);
-    const usedImages = new Set([...inUse.map((r) => r.imageId), ...mounts.map((m) => m.imageId)]);
+    // …and so do containerd's remote snapshots (`lazyroot snapshotter`), mounted or not.
+    const usedImages = new Set([...inUse.map((r) => r.imageId), ...mounts.map((m) => m.imageId), ...store.db.snapshots.imageIds()]);
     const removedLayers: string[] = [];
     for (const name of await readdir(store.paths.layers).catch(() => [] as string[])) {
       const tmp = /\.tmp-(\d+)-[0-9a-f]+$/.exec(name);

@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto';
 import Database from 'better-sqlite3';
 import type { Digest } from '../oci/digest.js';
 import { migrations } from './schema.js';
+import { SnapshotTable } from './snapshot-table.js';
 
 export interface LayerBlobRecord {
   digest: Digest;
@@ -109,6 +110,8 @@ interface ImageRow {
 export class MetadataDb {
   private readonly db: Database.Database;
   private readonly stmt;
+  /** State of `lazyroot snapshotter` (containerd's snapshots). */
+  readonly snapshots: SnapshotTable;
 
   constructor(path: string) {
     this.db = new Database(path, { timeout: 30_000 });
@@ -126,6 +129,7 @@ export class MetadataDb {
     this.db.pragma('synchronous = NORMAL');
     this.db.pragma('foreign_keys = ON');
     this.migrate();
+    this.snapshots = new SnapshotTable(this.db);
     const db = this.db;
     this.stmt = {
       insertImage: db.prepare(

@@ -126,4 +126,24 @@ export const migrations: readonly string[] = [
   ALTER TABLE mounts ADD COLUMN driver TEXT NOT NULL DEFAULT 'fuse';
   ALTER TABLE mounts ADD COLUMN layer_dirs TEXT NOT NULL DEFAULT '[]';
   `,
+  `
+  -- Snapshots of \`lazyroot snapshotter\` (containerd's snapshots service).
+  -- An ordinary snapshot is a directory snapshotter/snapshots/<id>/ (fs/, work/);
+  -- a remote one (image_id set) is layer \`layer_position\` of a store image,
+  -- served lazily by a FUSE mount of that image. The image row stays while a
+  -- snapshot names it, so clean never removes what containerd references.
+  CREATE TABLE snapshots (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,            -- containerd's key (active, view) or name (committed)
+    parent TEXT,                         -- key of the committed parent
+    kind TEXT NOT NULL,                  -- 'active' | 'view' | 'committed'
+    labels TEXT NOT NULL DEFAULT '{}',   -- JSON
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    image_id TEXT,
+    layer_position INTEGER,
+    ref TEXT                             -- the reference the remote image is fetched by
+  ) STRICT;
+  CREATE INDEX snapshots_by_parent ON snapshots(parent);
+  `,
 ];

@@ -121,7 +121,8 @@ export class Store {
   /**
    * Removes a name (rmi). When no name is left the image goes, and with it
    * every layer, blob, partial blob and layer index that no other image, and
-   * no running process, uses. An image a rootfs or a live mount uses stays.
+   * no running process, uses. An image a rootfs, a live mount or a snapshot of
+   * `lazyroot snapshotter` uses stays.
    */
   async removeImage(text: string): Promise<RemovedImage> {
     return withLock(this.paths.storeLock, 'store', async () => {
@@ -129,6 +130,8 @@ export class Store {
       const lastName = image.names.length <= 1 || !image.names.includes(text);
       const user = lastName ? this.db.rootfsInUse().find((r) => r.imageId === image.id) : undefined;
       if (user) throw new LazyrootError('IN_USE', `image ${text}: in use by rootfs ${user.id} (delete it first)`);
+      const snapshot = lastName ? this.db.snapshots.ofImage(image.id)[0] : undefined;
+      if (snapshot) throw new LazyrootError('IN_USE', `image ${text}: containerd's snapshot ${snapshot.key} is served from it (lazyroot snapshotter; remove the image in containerd first)`);
       const mount = lastName ? this.db.listMounts().find((m) => m.alive && m.imageId === image.id) : undefined;
       if (mount) throw new LazyrootError('IN_USE', `image ${text}: mounted at ${mount.mountpoint} (umount it first)`);
       let imageRemoved: boolean;

@@ -1,0 +1,123 @@
+import { createServer, type Server } from 'node:http';
+import { LazyrootError } from '../errors.js';
+import { mountStats, type MountStats } from '../mount/mount-service.js';
+import type { Store } from '../store/store.js';
+import type { RemoteLayers } from './remote-layers.js';
+
+/** gRPC calls answered, by method and status code name: the snapshotter's own counters. */
+export class CallCounter {
+  private readonly counts = new Map<string, number>();
+  add(method: string, code: string): void {
+    const key = `${method}\u0000${code}`;
+    this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+  }
+  entries(): Array<{ method: string; code: string; count: number }> {
+    return [...this.counts].map(([key, count]) => {
+      const [method, code] = key.split('\u0000') as [string, string];
+      return { method, code, count };
+    });
+  }
+}
+
+const esc = (v: string): string => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"').replace(/\n/g, '\\n');
+
+/**
+ * The Prometheus text exposition of the snapshotter and of the lazy mounts it
+ * made. The mounts' numbers live in their own daemons (separate processes):
+ * each is asked for fresh stats (`mount --stats`'s SIGUSR1) at scrape time.
+ * Per layer: bytes fetched on demand and in the background, requests, cache
+ * hits and misses, failures, fetch time, and the fraction of the blob fetched
+ * — the "is it actually lazy?" number.
+ */
+export async function metricsText(store: Store, remote: RemoteLayers, calls: CallCounter): Promise<string> {
+  const out: string[] = [];
+  const family = (name: string, type: 'counter' | 'gauge', help: string): void => {
+    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
+  };
+  const line = (name: string, labels: Record<string, string>, value: number): void => {
+    const l = Object.entries(labels).map(([k, v]) => `${k}="${esc(v)}"`).join(',');
+    out.push(`${name}${l ? `{${l}}` : ''} ${Number.isFinite(value) ? value : 0}`);
+  };
+
+  family('lazyroot_snapshotter_calls_total', 'counter', 'gRPC calls answered, by method and status code');
+  for (const c of calls.entries()) line('lazyroot_snapshotter_calls_total', { method: c.method, code: c.code }, c.count);
+  family('lazyroot_snapshots', 'gauge', 'snapshots held for containerd, by kind and whether served lazily');
+  const counts = new Map<string, number>();
+  for (const s of store.db.snapshots.list()) {
+    const key = `${s.kind}\u0000${s.remote ? 'remote' : 'dir'}`;
+    counts.set(key, (counts.get(key) ?? 0) + 1);
+  }
+  for (const [key, n] of counts) {
+    const [kind, served] = key.split('\u0000') as [string, string];
+    line('lazyroot_snapshots', { kind, served }, n);
+  }
+
+  const mounts: MountStats[] = [];
+  let scrapeErrors = 0;
+  for (const record of store.db.listMounts()) {
+    if (!record.alive || !record.mountpoint.startsWith(`${remote.mountsDir}/`)) continue;
+    try {
+      mounts.push(await mountStats(store, record.mountpoint));
+    } catch (err) {
+      if (!(err instanceof LazyrootError)) throw err;
+      scrapeErrors++;
+    }
+  }
+  family('lazyroot_mounts', 'gauge', 'lazy mounts serving remote snapshots');
+  line('lazyroot_mounts', {}, mounts.length);
+  family('lazyroot_metrics_mount_errors', 'gauge', 'lazy mounts whose daemon gave no stats at this scrape');
+  line('lazyroot_metrics_mount_errors', {}, scrapeErrors);
+  const perMount: Array<[string, string, (m: MountStats) => number]> = [
+    ['lazyroot_mount_bytes_served_total', 'bytes read by containers through the mount', (m) => m.fs.bytesServed],
+    ['lazyroot_mount_reads_total', 'FUSE reads', (m) => m.fs.reads],
+    ['lazyroot_mount_read_errors_total', 'FUSE reads answered with an error (timeouts included)', (m) => m.fs.errors],
+  ];
+  for (const [name, help, value] of perMount) {
+    family(name, 'counter', help);
+    for (const m of mounts) line(name, { mountpoint: m.mountpoint }, value(m));
+  }
+  const perLayer: Array<[string, 'counter' | 'gauge', string, (l: MountStats['layers'][number]) => number]> = [
+    ['lazyroot_layer_bytes_fetched_total', 'counter', 'bytes fetched from the registry for reads', (l) => l.bytesFetched],
+    ['lazyroot_layer_bytes_prefetched_total', 'counter', 'bytes fetched in the background', (l) => l.bytesPrefetched],
+    ['lazyroot_layer_fetch_requests_total', 'counter', 'range requests for reads', (l) => l.requests],
+    ['lazyroot_layer_fetch_seconds_total', 'counter', 'time spent fetching for reads (with requests_total: the mean latency)', (l) => l.fetchMillis / 1000],
+    ['lazyroot_layer_cache_hits_total', 'counter', 'reads served from bytes already in the store', (l) => l.hits],
+    ['lazyroot_layer_cache_misses_total', 'counter', 'reads that had to fetch', (l) => l.misses],
+    ['lazyroot_layer_fetch_failures_total', 'counter', 'failed fetches', (l) => l.failures],
+    ['lazyroot_layer_fetched_ratio', 'gauge', 'fraction of the layer blob present in the store', (l) => (l.size > 0 ? l.present / l.size : 1)],
+  ];
+  for (const [name, type, help, value] of perLayer) {
+    family(name, type, help);
+    for (const m of mounts) for (const l of m.layers) line(name, { mountpoint: m.mountpoint, layer: l.digest, format: l.format }, value(l));
+  }
+  return `${out.join('\n')}\n`;
+}
+
+/** Serves GET /metrics on `address` (`HOST:PORT`, or `:PORT` for loopback). */
+export async function startMetricsServer(address: string, text: () => Promise<string>, log: (m: string, e?: unknown) => void): Promise<{ server: Server; port: number }> {
+  const colon = address.lastIndexOf(':');
+  const host = colon > 0 ? address.slice(0, colon) : '127.0.0.1';
+  const port = Number(address.slice(colon + 1));
+  if (colon < 0 || !Number.isInteger(port) || port < 0 || port > 65535) {
+    throw new LazyrootError('INVALID_ARGUMENT', `--metrics-address ${address}: expected HOST:PORT`);
+  }
+  const server = createServer((req, res) => {
+    if (req.method !== 'GET' || (req.url ?? '/').split('?')[0] !== '/metrics') {
+      res.writeHead(404).end('not found: GET /metrics\n');
+      return;
+    }
+    text().then(
+      (body) => res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' }).end(body),
+      (err: unknown) => {
+        log('metrics', err);
+        res.writeHead(500).end(`${(err as Error).message}\n`);
+      },
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err) => reject(new LazyrootError('UNAVAILABLE', `--metrics-address ${address}: ${err.message}`, { cause: err })));
+    server.listen(port, host, resolve);
+  });
+  const bound = server.address();
+  return { server, port: typeof bound === 'object' && bound ? bound.port : port };
+}

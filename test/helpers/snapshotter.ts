@@ -1,0 +1,123 @@
+/**
+ * `lazyroot snapshotter` for tests: the real CLI as a child process, with its
+ * own store and socket under a temp dir, wired into a private containerd
+ * (estargz.ts's startContainerd, `[proxy_plugins.lazyroot]`):
+ *
+ *   const env = await startSnapshotterWorld();
+ *   after(() => env.stop());
+ *   await env.ctr(['image', 'rpull', '--plain-http', '--snapshotter', 'lazyroot', ref]);
+ *
+ * `stop()` ends containerd and the snapshotter by their PIDs, unmounts what
+ * is left under its dirs (lazy mounts' daemons exit with their mount), and
+ * removes the dirs. `restartSnapshotter()` stops and starts the snapshotter
+ * alone (the FUSE daemons, their own processes, keep serving).
+ */
+import { execFile } from 'node:child_process';
+import { closeSync, existsSync, openSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { lazyroot, lazyrootBin } from './cli.js';
+import { startContainerd, type Containerd } from './estargz.js';
+import { spawnProcess, type ManagedProcess } from './process.js';
+
+const run = promisify(execFile);
+
+export interface SnapshotterWorld {
+  dir: string;
+  store: string;
+  socket: string;
+  containerd: Containerd;
+  snapshotterPid(): number;
+  /** GET /metrics of the running snapshotter (Prometheus text). */
+  metrics(): Promise<string>;
+  /** The snapshotter's stderr so far. */
+  log(): Promise<string>;
+  /** `ctr-remote --address CONTAINERD …`, rejecting with stderr on failure. */
+  ctr(args: string[]): Promise<string>;
+  /** The same, resolving with the exit code and both outputs. */
+  ctrStatus(args: string[]): Promise<{ code: number; stdout: string; stderr: string }>;
+  restartSnapshotter(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+async function startSnapshotterProcess(store: string, socket: string, logPath: string): Promise<ManagedProcess> {
+  const logFd = openSync(logPath, 'a');
+  let proc: ManagedProcess;
+  try {
+    proc = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'snapshotter', '--address', socket, '--metrics-address', '127.0.0.1:0'], {
+      stdio: ['ignore', logFd, logFd],
+      name: `lazyroot snapshotter on ${socket}`,
+    });
+  } finally {
+    closeSync(logFd);
+  }
+  await proc.waitReady(async () => (await readFile(logPath, 'utf8').catch(() => '')).includes(`listening on ${socket}`), {
+    timeoutMs: 20_000,
+    intervalMs: 20,
+    describe: () => readFile(logPath, 'utf8').catch(() => ''),
+  });
+  return proc;
+}
+
+export async function startSnapshotterWorld(): Promise<SnapshotterWorld> {
+  const dir = await mkdtemp(join(tmpdir(), 'lazyroot-snap-'));
+  const store = join(dir, 'store');
+  const socket = join(dir, 'snapshotter.sock');
+  const logPath = join(dir, 'snapshotter.log');
+  let snapshotter = await startSnapshotterProcess(store, socket, logPath);
+  let containerd: Containerd;
+  try {
+    containerd = await startContainerd({ proxySnapshotters: { lazyroot: socket } });
+  } catch (err) {
+    await snapshotter.stop();
+    throw err;
+  }
+  const ctrStatus = async (args: string[]) => {
+    try {
+      const { stdout, stderr } = await run('ctr-remote', ['--address', containerd.address, ...args], { maxBuffer: 16 << 20 });
+      return { code: 0, stdout, stderr };
+    } catch (err) {
+      const e = err as Error & { code?: number; stdout?: string; stderr?: string };
+      if (typeof e.code !== 'number') throw err;
+      return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
+    }
+  };
+  return {
+    dir,
+    store,
+    socket,
+    containerd,
+    snapshotterPid: () => snapshotter.pid,
+    log: () => readFile(logPath, 'utf8'),
+    async metrics() {
+      const ports = [...(await readFile(logPath, 'utf8')).matchAll(/metrics on port (\d+)/g)];
+      const port = ports[ports.length - 1]?.[1];
+      if (!port) throw new Error('the snapshotter logged no metrics port');
+      const response = await fetch(`http://127.0.0.1:${port}/metrics`);
+      if (response.status !== 200) throw new Error(`GET /metrics: ${response.status} ${await response.text()}`);
+      return response.text();
+    },
+    ctr: containerd.ctr,
+    ctrStatus,
+    async restartSnapshotter() {
+      await snapshotter.stop();
+      snapshotter = await startSnapshotterProcess(store, socket, logPath);
+    },
+    async stop() {
+      await containerd.stop().catch(() => undefined);
+      await snapshotter.stop();
+      // Lazy mounts the snapshotter made: `lazyroot umount` stops each one's daemon (by the PID the store recorded).
+      const mounts = join(store, 'snapshotter', 'mounts');
+      if (existsSync(mounts)) {
+        const info = await readFile('/proc/self/mountinfo', 'utf8');
+        for (const line of info.split('\n')) {
+          const point = line.split(' ')[4];
+          if (point?.startsWith(`${mounts}/`)) await lazyroot(['--store', store, 'umount', point]);
+        }
+      }
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
