@@ -35,6 +35,12 @@ const headerSlack = 8 << 20;
  * end exactly where F's bytes begin. One check per file per mount; a file
  * that fails it fails every read (INVALID_DATA → EIO), logged once.
  */
+/**
+ * Compressed bytes a check may fetch for a file's header (the member before
+ * its first chunk); past it the file is left to the whole-stream check.
+ */
+const maxHeaderFetch = 64 << 10;
+
 export class EstargzHeaderCheck {
   private readonly done = new Map<string, Promise<void>>();
   /** What chunks' members inflated to past the chunk, as reads and read-aheads saw them: the next file's headers. */
@@ -89,7 +95,8 @@ export class EstargzHeaderCheck {
     const first = this.index.chunks.get(path)?.[0];
     if (!first) return undefined;
     const at = this.position(first);
-    return at > 0 ? this.chunkOrder()[at - 1]!.chunk.compressedStart : 0;
+    const from = at > 0 ? this.chunkOrder()[at - 1]!.chunk.compressedStart : 0;
+    return first.compressedStart - from > maxHeaderFetch ? undefined : from;
   }
 
   private async checkNow(path: string): Promise<void> {
@@ -112,6 +119,9 @@ export class EstargzHeaderCheck {
     }
     // The uncompressed bytes from the previous chunk's member up to the file's first byte.
     const from = previous?.chunk.compressedStart ?? 0;
+    // That member holds the previous file's last chunk too, up to a whole chunk (4 MiB): fetching it for
+    // a small file would cost more than the file. Such a file is left to the whole-stream check at promotion.
+    if (first.compressedStart - from > maxHeaderFetch) return;
     const limit = (previous ? (previous.chunk.innerOffset ?? 0) + previous.chunk.size : 0) + headerSlack;
     const head = from < first.compressedStart ? await this.inflate(from, first.compressedStart, limit, path) : Buffer.alloc(0);
     const inner = first.innerOffset ?? 0;
