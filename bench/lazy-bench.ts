@@ -4,6 +4,7 @@ import { existsSync } from 'node:fs';
 import { loadavg } from 'node:os';
 import { basename, join } from 'node:path';
 import { convertToEstargz, startContainerd, type Containerd } from '../test/helpers/estargz.js';
+import { startSnapshotterWorld } from '../test/helpers/snapshotter.js';
 import { pushToRegistry } from '../test/helpers/image-builder.js';
 import { dropCaches, median, timeCommand } from './measure.js';
 import { stargzDaemonBinary, startStargzPeer, writeStargzConfig } from './stargz-peer.js';
@@ -166,6 +167,12 @@ const variants: Variant[] = [
 ];
 const goalVariants = variants.filter((v) => v.goal);
 
+/** lazyroot as containerd's proxy snapshotter (`lazyroot snapshotter`), pulled with ctr-remote's label set, as stargz is. */
+const snapshotterVariants: Array<{ name: string; repoTag: Variant['repoTag']; prebuiltIndex: boolean }> = [
+  { name: 'eStargz', repoTag: 'estargz', prebuiltIndex: false },
+  { name: 'gzip + span index', repoTag: 'gzip', prebuiltIndex: true },
+];
+
 // ---- the standby mount daemon, kept in a directory of the bench's own
 
 /** The live standby daemons' pids in `dir` (pid files of processes still running). */
@@ -253,6 +260,8 @@ interface LazyStartOptions {
   floor: boolean;
   /** Run containerd + stargz-snapshotter in the same rounds (this daemon binary, stargz-peer.ts) and compare with it. */
   stargzBinary?: string;
+  /** Run containerd + `lazyroot snapshotter` in the same rounds. */
+  snapshotter?: boolean;
   /** Measure the mount daemon's own CPU time at the first and second mount of the eStargz image. */
   daemonCpu: boolean;
   /** Added to the title (the emulated network as measured). */
@@ -316,6 +325,12 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
   const stargzConfig = opts.stargzBinary ? await writeStargzConfig(stargzDir, host) : undefined;
 
   const loadAtStart = loadavg()[0]!.toFixed(2);
+  // What containerd runs with stargz and with lazyroot's snapshotter: (a) rootfs visible, (b) /bin/true, (c) python3.
+  const stargzWorkloads: Array<{ key: 'a' | 'b' | 'c'; argv: string[] }> = [
+    { key: 'a', argv: ['ls', '/usr/bin'] },
+    { key: 'b', argv: ['/bin/true'] },
+    { key: 'c', argv: PYTHON_COMMAND },
+  ];
   const freshStore = async (prefix: string, v?: Variant): Promise<string> => {
     const store = await mkdtemp(join(ctx.workDir, prefix));
     if (v?.prebuiltIndex) await cp(images.indexesDir, join(store, 'indexes'), { recursive: true });
@@ -397,12 +412,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
       // stargz keeps fetching whole layers in the background afterwards: bytes are counted when the workload is done.
       if (opts.stargzBinary) {
         const esgzRef = `${host}/${images.estargz}`;
-        const workloads: Array<{ key: 'a' | 'b' | 'c'; argv: string[] }> = [
-          { key: 'a', argv: ['ls', '/usr/bin'] },
-          { key: 'b', argv: ['/bin/true'] },
-          { key: 'c', argv: PYTHON_COMMAND },
-        ];
-        for (const w of workloads) {
+        for (const w of stargzWorkloads) {
           const peer = await startStargzPeer(opts.stargzBinary, stargzConfig!, stargzDir);
           try {
             await dropCaches();
@@ -423,6 +433,44 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
             throw new Error(`${(err as Error).message}\nstargz daemon log (last lines):\n${tail}`, { cause: err });
           } finally {
             await peer.stop();
+          }
+        }
+      }
+
+      // containerd + lazyroot snapshotter, the same way: a fresh snapshotter store (the span indexes copied in for
+      // gzip) and containerd per workload, a standby mount daemon waiting (lazyroot's default, as a long-lived
+      // snapshotter has one), cache dropped; `ctr-remote image rpull --snapshotter lazyroot` + `ctr run --rm`.
+      if (opts.snapshotter) {
+        for (const sv of snapshotterVariants) {
+          const refSv = `${host}/${images[sv.repoTag]}`;
+          for (const w of stargzWorkloads) {
+            await ensureStandby(ctx.lazyrootBin, standbyDir);
+            const world = await startSnapshotterWorld({
+              env: { ...process.env, LAZYROOT_STANDBY_DIR: standbyDir },
+              ...(sv.prebuiltIndex ? { prepareStore: (store: string) => cp(images.indexesDir, join(store, 'indexes'), { recursive: true }) } : {}),
+            });
+            try {
+              await dropCaches();
+              relay.take();
+              let bytes = 0;
+              const address = world.containerd.address;
+              const pull = await timeCommand(['ctr-remote', '--address', address, 'image', 'rpull', '--plain-http', '--snapshotter', 'lazyroot', refSv]);
+              const runArgv = ['ctr', '--address', address, 'run', '--rm', '--snapshotter', 'lazyroot', refSv, `lzs-${process.pid}-${round}-${w.key}`, ...w.argv];
+              const key = `${w.key}:snapshotter:${sv.name}`;
+              if (w.key === 'b') {
+                const r = await timeCommand(runArgv);
+                add(key, { seconds: pull.seconds + r.seconds, bytes: relay.take().down });
+              } else {
+                const output = w.key === 'a' ? { outputDone: listingOf(usrBin!) } : { expectStdout: EXPECTED };
+                const r = await timeCommand(runArgv, { ...output, onOutput: () => (bytes = relay.take().down) });
+                add(key, { seconds: pull.seconds + r.outputSeconds!, exitSeconds: pull.seconds + r.seconds, bytes });
+              }
+            } catch (err) {
+              const tail = (await world.log().catch(() => '')).split('\n').slice(-15).join('\n');
+              throw new Error(`${(err as Error).message}\nlazyroot snapshotter log (last lines):\n${tail}`, { cause: err });
+            } finally {
+              await world.stop();
+            }
           }
         }
       }
@@ -598,13 +646,15 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
     const sgCells: string[][] = [
       ['containerd + stargz-snapshotter: ctr-remote image rpull + ctr run --rm (peer)', sA.toFixed(3), sB.toFixed(2), sC.toFixed(2), mib(sBytes)],
     ];
-    for (const v of variants) {
-      const a = med(`a:${v.name}`);
-      const b = med(`b:${v.name}`);
-      const c = med(`c:${v.name}`);
-      const bytes = med(`c:${v.name}`, (s) => s.bytes);
-      sgCells.push([`lazyroot, ${v.name}`, `${a.toFixed(3)} (${times(a, sA)})`, `${b.toFixed(2)} (${times(b, sB)})`, `${c.toFixed(2)} (${times(c, sC)})`, `${mib(bytes)} (${times(bytes, sBytes)})`]);
-    }
+    const row = (label: string, key: string) => {
+      const a = med(`a:${key}`);
+      const b = med(`b:${key}`);
+      const c = med(`c:${key}`);
+      const bytes = med(`c:${key}`, (s) => s.bytes);
+      sgCells.push([label, `${a.toFixed(3)} (${times(a, sA)})`, `${b.toFixed(2)} (${times(b, sB)})`, `${c.toFixed(2)} (${times(c, sC)})`, `${mib(bytes)} (${times(bytes, sBytes)})`]);
+    };
+    if (opts.snapshotter) for (const sv of snapshotterVariants) row(`containerd + lazyroot snapshotter, ${sv.name}: ctr-remote image rpull + ctr run --rm`, `snapshotter:${sv.name}`);
+    for (const v of variants) row(`lazyroot, ${v.name}`, v.name);
     tables.push(
       `Lazy start vs containerd's stargz-snapshotter, ${label}: same image (eStargz for stargz), same rounds; median of ${ctx.rounds} cold rounds; ` +
         `(× stargz) = lazyroot ÷ stargz, under 1 is faster / fewer bytes. (a) lazyroot mount + ls /usr/bin | rpull + ctr run ls /usr/bin listed; ` +
@@ -624,6 +674,16 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
       `  gzip + prebuilt span index ≤ 1.0× stargz (python3): ${vs(`c:${gzi.name}`, sC, 1.0)}`,
       ...variants.filter((v) => v.profile).map((v) => `  ${v.name}: python3 ≤ 0.6× stargz: ${vs(`c:${v.name}`, sC, 0.6)}`),
     );
+    if (opts.snapshotter) {
+      for (const sv of snapshotterVariants) {
+        const key = `snapshotter:${sv.name}`;
+        const bytes = med(`c:${key}`, (s) => s.bytes);
+        goals.push(
+          `  containerd + lazyroot snapshotter, ${sv.name}, ≤ 0.7× stargz: python3 ${vs(`c:${key}`, sC, 0.7)}; /bin/true ${vs(`b:${key}`, sB, 0.7)}; rootfs visible ${vs(`a:${key}`, sA, 0.7)}; ` +
+            `bytes ${mib(bytes)} vs ${mib(sBytes)} ${mark(bytes <= sBytes)}`,
+        );
+      }
+    }
   }
 
   if (opts.daemonCpu) {
@@ -651,7 +711,7 @@ export async function lazyBench(ctx: BenchContext, images: LazyImages): Promise<
   const [name, port] = ctx.registryHost.split(':');
   const relay = await startRelay({ host: '127.0.0.1', port: 0 }, { host: name!, port: Number(port) });
   try {
-    return await lazyStart(ctx, images, relay.address, relay, 'loopback registry', { floor: true, daemonCpu: true, ...(stargzBinary ? { stargzBinary } : {}) });
+    return await lazyStart(ctx, images, relay.address, relay, 'loopback registry', { floor: true, daemonCpu: true, snapshotter: process.env.BENCH_SNAPSHOTTER !== '0', ...(stargzBinary ? { stargzBinary } : {}) });
   } finally {
     await relay.close();
   }

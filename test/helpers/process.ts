@@ -22,6 +22,8 @@ export interface SpawnOptions {
   name?: string;
   /** How long `stop()` waits after SIGTERM before SIGKILL (default 5000 ms). */
   graceMs?: number;
+  /** Default: this process's environment. */
+  env?: NodeJS.ProcessEnv;
 }
 
 export interface ReadyOptions {
@@ -60,7 +62,7 @@ process.on('exit', () => {
 export function spawnProcess(command: string, args: string[], options: SpawnOptions = {}): ManagedProcess {
   const name = options.name ?? command;
   const graceMs = options.graceMs ?? 5000;
-  const child = spawn(command, args, { stdio: options.stdio ?? ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(command, args, { stdio: options.stdio ?? ['ignore', 'pipe', 'pipe'], ...(options.env ? { env: options.env } : {}) });
   let status: string | undefined;
   const exited = new Promise<void>((resolve) => {
     child.on('exit', (code, signal) => {

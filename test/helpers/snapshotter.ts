@@ -14,7 +14,7 @@
  */
 import { execFile } from 'node:child_process';
 import { closeSync, existsSync, openSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -42,13 +42,21 @@ export interface SnapshotterWorld {
   stop(): Promise<void>;
 }
 
-async function startSnapshotterProcess(store: string, socket: string, logPath: string): Promise<ManagedProcess> {
+export interface SnapshotterWorldOptions {
+  /** Runs on the empty store before the snapshotter starts (the bench copies span indexes in). */
+  prepareStore?: (store: string) => Promise<void>;
+  /** The snapshotter's environment (default: this process's). */
+  env?: NodeJS.ProcessEnv;
+}
+
+async function startSnapshotterProcess(store: string, socket: string, logPath: string, env?: NodeJS.ProcessEnv): Promise<ManagedProcess> {
   const logFd = openSync(logPath, 'a');
   let proc: ManagedProcess;
   try {
     proc = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'snapshotter', '--address', socket, '--metrics-address', '127.0.0.1:0'], {
       stdio: ['ignore', logFd, logFd],
       name: `lazyroot snapshotter on ${socket}`,
+      ...(env ? { env } : {}),
     });
   } finally {
     closeSync(logFd);
@@ -61,12 +69,16 @@ async function startSnapshotterProcess(store: string, socket: string, logPath: s
   return proc;
 }
 
-export async function startSnapshotterWorld(): Promise<SnapshotterWorld> {
+export async function startSnapshotterWorld(options: SnapshotterWorldOptions = {}): Promise<SnapshotterWorld> {
   const dir = await mkdtemp(join(tmpdir(), 'lazyroot-snap-'));
   const store = join(dir, 'store');
   const socket = join(dir, 'snapshotter.sock');
   const logPath = join(dir, 'snapshotter.log');
-  let snapshotter = await startSnapshotterProcess(store, socket, logPath);
+  if (options.prepareStore) {
+    await mkdir(store, { recursive: true });
+    await options.prepareStore(store);
+  }
+  let snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env);
   let containerd: Containerd;
   try {
     containerd = await startContainerd({ proxySnapshotters: { lazyroot: socket } });
@@ -103,7 +115,7 @@ export async function startSnapshotterWorld(): Promise<SnapshotterWorld> {
     ctrStatus,
     async restartSnapshotter() {
       await snapshotter.stop();
-      snapshotter = await startSnapshotterProcess(store, socket, logPath);
+      snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env);
     },
     async stop() {
       await containerd.stop().catch(() => undefined);
