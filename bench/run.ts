@@ -9,6 +9,7 @@ import { lazyBench, lazyBenchEmulated, prepareLazyImages, type LazyImages } from
 import { readThroughputBench } from './read-throughput-bench.js';
 import { readersBench } from './readers-bench.js';
 import { bigTocBench } from './bigtoc-bench.js';
+import { podmanBench } from './podman-bench.js';
 import type { BenchContext, BenchRow } from './types.js';
 
 const repoRoot = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -35,7 +36,7 @@ async function main(): Promise<void> {
       lazyrootBin: join(dirname(fileURLToPath(import.meta.url)), 'cli.js'),
       rounds,
     };
-    // BENCH_ONLY=pull,create,lazy,read,netns,readers,bigtoc picks scenarios (default: all).
+    // BENCH_ONLY=pull,create,lazy,read,netns,readers,bigtoc,podman picks scenarios (default: all).
     const only = process.env.BENCH_ONLY ? new Set(process.env.BENCH_ONLY.split(',').map((s) => s.trim())) : undefined;
     const wanted = (name: string) => !only || only.has(name);
     const rows: BenchRow[] = [];
@@ -52,7 +53,7 @@ async function main(): Promise<void> {
     if (wanted('pull')) rows.push(...(await step('pull', () => pullBench(ctx))));
     if (wanted('create')) rows.push(...(await step('create + run', () => createRunBench(ctx))));
     let images: LazyImages | undefined;
-    if (wanted('lazy') || wanted('netns') || wanted('readers')) images = await step('lazy images', () => prepareLazyImages(ctx));
+    if (wanted('lazy') || wanted('netns') || wanted('readers') || wanted('podman')) images = await step('lazy images', () => prepareLazyImages(ctx));
     if (wanted('lazy')) {
       const r = await step('lazy start, loopback', () => lazyBench(ctx, images!));
       tables.push(r.table);
@@ -71,6 +72,11 @@ async function main(): Promise<void> {
     }
     if (wanted('bigtoc')) {
       const r = await step('big eStargz TOC', () => bigTocBench(ctx));
+      tables.push(r.table);
+      goals.push(...r.goals);
+    }
+    if (wanted('podman')) {
+      const r = await step('podman, additional layer store', () => podmanBench(ctx, images!));
       tables.push(r.table);
       goals.push(...r.goals);
     }
