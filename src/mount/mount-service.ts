@@ -11,7 +11,7 @@ import { canonicalMountpoint } from './mountpoint.js';
 import { flushCacheWrites } from './mount-cache.js';
 import { unmount } from './mounts.js';
 import type { MountRecord } from '../store/metadata-db.js';
-import { mountImageLazily, type LazyMountOptions, type LazyMountStats } from './lazy-mount.js';
+import type { LazyMountOptions, LazyMountStats } from './lazy-mount.js';
 
 function statsPath(store: Store, mountpoint: string): string {
   return join(store.paths.mountsDir, `${createHash('sha256').update(mountpoint).digest('hex').slice(0, 16)}.json`);
@@ -56,6 +56,8 @@ async function serveLeased(store: Store, ref: string, mountpoint: string, lease:
       options.onReady?.(undefined, 'overlay');
       return;
     }
+    // Loaded here, in the daemon: the front ends that import this module (create/run --lazy, umount) never need it.
+    const { mountImageLazily } = await import('./lazy-mount.js');
     mount = await mountImageLazily(store, ref, mountpoint, { ...options, lease });
     store.db.addToLease(lease, store.blobsOf(mount.image));
   } catch (err) {

@@ -3,7 +3,6 @@ import { join } from 'node:path';
 import { LazyrootError } from '../errors.js';
 import type { ImageRecord } from '../store/metadata-db.js';
 import type { Store } from '../store/store.js';
-import { ensureLayersUnpacked } from '../unpack/layer-cache.js';
 import { mountsUnder, overlayMount, performMount } from './mounts.js';
 
 /**
@@ -14,6 +13,8 @@ import { mountsUnder, overlayMount, performMount } from './mounts.js';
  */
 export async function mountImageOnOverlay(store: Store, image: ImageRecord, mountpoint: string): Promise<string[]> {
   if ((await mountsUnder(mountpoint)).includes(mountpoint)) throw new LazyrootError('IN_USE', `mount ${mountpoint}: something is mounted there already`);
+  // The unpacker (tar, zstd, worker threads) loads only when this path is taken.
+  const { ensureLayersUnpacked } = await import('../unpack/layer-cache.js');
   const layers = await ensureLayersUnpacked(store, image);
   const lowers = layers.map((l) => l.link).reverse();
   // overlayfs without an upper dir wants two lower dirs at least.

@@ -11,7 +11,7 @@ import type { ImageRecord, RootfsRecord } from '../store/metadata-db.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
 import type { IdMapping } from '../unpack/id-mapping.js';
-import { ensureLayersUnpacked, layerDirName } from '../unpack/layer-cache.js';
+import { layerDirName } from '../unpack/layer-dir-name.js';
 import { diskUsage } from './disk-usage.js';
 import { processesRootedAt } from './rootfs-users.js';
 
@@ -128,7 +128,7 @@ export async function createRootfs(store: Store, ref: string, id: string, option
     }
     const layers = lazy
       ? []
-      : await ensureLayersUnpacked(store, chosen, { ...(options.mapping ? { mapping: options.mapping } : {}), ...(options.onLayer ? { onLayer: options.onLayer } : {}) });
+      : await (await import('../unpack/layer-cache.js')).ensureLayersUnpacked(store, chosen, { ...(options.mapping ? { mapping: options.mapping } : {}), ...(options.onLayer ? { onLayer: options.onLayer } : {}) });
     for (const d of [paths.upper, paths.work, target]) await mkdir(d, { recursive: true, mode: 0o755 });
     // overlayfs shows the upper dir's owner, mode and times on the merged root: take
     // the image's (mapped) root's, or a container in a user namespace cannot write to /.

@@ -3,14 +3,15 @@ import { mkdir, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/p
 import { join } from 'node:path';
 import { DigestMismatchError, LazyrootError } from '../errors.js';
 import { createDecompressor } from '../oci/compression.js';
-import { digestHex, shortDigest, type Digest } from '../oci/digest.js';
+import { shortDigest, type Digest } from '../oci/digest.js';
 import { compressionOf, type Compression } from '../oci/media-types.js';
 import { tocDigestAnnotation } from '../index/estargz/toc.js';
 import { syncDir } from '../store/atomic-file.js';
 import { withLock } from '../store/lock.js';
 import type { ImageRecord, LayerBlobRecord, LayerRecord } from '../store/metadata-db.js';
 import type { Store } from '../store/store.js';
-import { isIdentity, mappingKey, type IdMapping } from './id-mapping.js';
+import type { IdMapping } from './id-mapping.js';
+import { layerDirName } from './layer-dir-name.js';
 import { LayerTarReader, type LayerTar } from './layer-tar-reader.js';
 import { unpackLayer, unpackLayerTar } from './unpack-layer.js';
 
@@ -24,12 +25,7 @@ export interface UnpackedLayer {
   link: string;
 }
 
-/** A layer's directory name: its chain ID, plus the ID mapping its owners were mapped with. */
-export function layerDirName(chainId: Digest, mapping?: IdMapping): string {
-  const hex = digestHex(chainId);
-  if (isIdentity(mapping)) return hex;
-  return `${hex}-map-${createHash('sha256').update(mappingKey(mapping!)).digest('hex').slice(0, 12)}`;
-}
+export { layerDirName };
 
 const readyMarker = 'ready';
 
