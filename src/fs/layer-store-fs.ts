@@ -5,7 +5,7 @@ import type { FuseOperations, FuseStat } from 'fuse-native';
 import { LazyrootError } from '../errors.js';
 import { createToErrno, type FsLogger } from './errno.js';
 import { FuseBinding } from './fuse-binding.js';
-import { direntOf, statOf, type FsStats, type MountedTree } from './lazy-fs.js';
+import { answerRead, direntOf, statOf, type FsStats, type MountedTree } from './lazy-fs.js';
 import { cleanStaleMount, mountpointState } from './stale-mount.js';
 import { keepFuseDescriptorsPrivate } from './fuse-descriptors.js';
 import type { FsNode, FsTree } from './tree.js';
@@ -291,44 +291,8 @@ function layerStoreOps(backend: LayerStoreBackend, counters: FsStats, toErrno: (
         counters.bytesServed += length;
         return cb(length);
       }
-      counters.reads++;
-      counters.inFlight++;
-      let answered = false;
-      const failRead = (err: unknown) => {
-        counters.errors++;
-        cb(toErrno(err, `read ${path} [${position}, ${position + length})`));
-      };
-      const timer = setTimeout(() => {
-        answered = true;
-        counters.inFlight--;
-        counters.timeouts++;
-        failRead(new LazyrootError('UNAVAILABLE', `no bytes after ${readTimeoutMs} ms`));
-      }, readTimeoutMs);
-      let pending: Promise<Buffer>;
-      try {
-        pending = h.kind === 'blob' ? h.layer.readBlob(position, position + length) : h.layer.readFile(h.node!, position, length);
-      } catch (err) {
-        pending = Promise.reject(err);
-      }
-      pending.then(
-        (data) => {
-          if (answered) return;
-          answered = true;
-          clearTimeout(timer);
-          counters.inFlight--;
-          if (data.length < length) return failRead(new LazyrootError('SIZE_MISMATCH', `the layer gave ${data.length} of ${length} bytes`));
-          data.copy(buf, 0, 0, length);
-          counters.bytesServed += length;
-          cb(length);
-        },
-        (err: unknown) => {
-          if (answered) return;
-          answered = true;
-          clearTimeout(timer);
-          counters.inFlight--;
-          failRead(err);
-        },
-      );
+      const read = () => (h.kind === 'blob' ? h.layer.readBlob(position, position + length) : h.layer.readFile(h.node!, position, length));
+      answerRead(read, buf, length, cb, counters, readTimeoutMs, (err) => toErrno(err, `read ${path} [${position}, ${position + length})`));
     },
     readlink(path, cb) {
       withTarget(path, cb, (_layer, target) => {

@@ -239,47 +239,64 @@ function readOp(
     if (position >= node.size || len === 0) return cb(0);
     const length = Math.min(len, node.size - position);
 
-    counters.reads++;
-    counters.inFlight++;
-    let answered = false;
-    const fail = (err: unknown): void => {
-      counters.errors++;
-      cb(toErrno(err, `read ${path} [${position}, ${position + length})`));
-    };
-    // After the answer fuse-native detaches `buf`: a late reader can no longer write into fuse's memory.
-    const timer = setTimeout(() => {
-      answered = true;
-      counters.inFlight--;
-      counters.timeouts++;
-      fail(new LazyrootError('UNAVAILABLE', `no bytes after ${timeoutMs} ms`));
-    }, timeoutMs);
-
-    let pending: Promise<Buffer>;
-    try {
-      pending = reader.read(node, position, length);
-    } catch (err) {
-      pending = Promise.reject(err);
-    }
-    pending.then(
-      (data) => {
-        if (answered) return;
-        answered = true;
-        clearTimeout(timer);
-        counters.inFlight--;
-        if (data.length < length) return fail(new LazyrootError('SIZE_MISMATCH', `the reader gave ${data.length} of ${length} bytes`));
-        data.copy(buf, 0, 0, length);
-        counters.bytesServed += length;
-        cb(length);
-      },
-      (err: unknown) => {
-        if (answered) return;
-        answered = true;
-        clearTimeout(timer);
-        counters.inFlight--;
-        fail(err);
-      },
-    );
+    answerRead(() => reader.read(node, position, length), buf, length, cb, counters, timeoutMs, (err) => toErrno(err, `read ${path} [${position}, ${position + length})`));
   };
+}
+
+/**
+ * Answers a FUSE read with what `read()` resolves to, copied into fuse's
+ * `buf`, or an errno: within `timeoutMs` (then EIO via UNAVAILABLE, and a
+ * late answer is dropped), a short answer as EIO (the kernel would read it as
+ * EOF and zero-fill), counted in `counters`. Shared by every lazy filesystem.
+ */
+export function answerRead(
+  read: () => Promise<Buffer>,
+  buf: Buffer,
+  length: number,
+  cb: (result: number) => void,
+  counters: FsStats,
+  timeoutMs: number,
+  errnoOf: (err: unknown) => number,
+): void {
+  counters.reads++;
+  counters.inFlight++;
+  let answered = false;
+  const fail = (err: unknown): void => {
+    counters.errors++;
+    cb(errnoOf(err));
+  };
+  // After the answer fuse-native detaches `buf`: a late reader can no longer write into fuse's memory.
+  const timer = setTimeout(() => {
+    answered = true;
+    counters.inFlight--;
+    counters.timeouts++;
+    fail(new LazyrootError('UNAVAILABLE', `no bytes after ${timeoutMs} ms`));
+  }, timeoutMs);
+  let pending: Promise<Buffer>;
+  try {
+    pending = read();
+  } catch (err) {
+    pending = Promise.reject(err);
+  }
+  pending.then(
+    (data) => {
+      if (answered) return;
+      answered = true;
+      clearTimeout(timer);
+      counters.inFlight--;
+      if (data.length < length) return fail(new LazyrootError('SIZE_MISMATCH', `the reader gave ${data.length} of ${length} bytes`));
+      data.copy(buf, 0, 0, length);
+      counters.bytesServed += length;
+      cb(length);
+    },
+    (err: unknown) => {
+      if (answered) return;
+      answered = true;
+      clearTimeout(timer);
+      counters.inFlight--;
+      fail(err);
+    },
+  );
 }
 
 export function statOf(node: FsNode): FuseStat {
