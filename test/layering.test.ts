@@ -27,6 +27,8 @@ const supplement: Array<{ entries: string[]; after?: string; why: string }> = [
   { entries: ['errors.ts', 'native.ts', 'process-alive.ts'], why: 'shared by every folder: the error type, the N-API addon, a pid check' },
   { entries: ['unpack'], after: 'union', why: 'safe layer unpacking into overlay-format diffs, the per-chain-ID layer cache' },
   { entries: ['index.ts'], after: 'bundle', why: 'the library API: above the CLI, below everything it exports' },
+  // Placed after index.ts's entry, so it goes in between bundle and index.ts, which exports both.
+  { entries: ['layer-store', 'snapshotter'], after: 'bundle', why: "the engines' front ends (Podman's additional layer store, containerd's proxy snapshotter), over mount/ and store/" },
 ];
 
 /** Packages only one folder may use (style.md, "Layering you can check"). */

@@ -33,8 +33,15 @@ export async function readCached<T>(path: string, key: string): Promise<T | unde
   }
 }
 
-/** Cache writes scheduled and not done yet: `flushCacheWrites` runs them at once. */
+/** Cache writes scheduled and not started yet: `flushCacheWrites` runs them at once. */
 const scheduled = new Map<NodeJS.Timeout, () => Promise<void>>();
+/** Cache writes under way: an unmount waits for them, so no temp file is left half-written by an exit. */
+const running = new Set<Promise<void>>();
+
+function track(write: Promise<void>): Promise<void> {
+  running.add(write);
+  return write.finally(() => running.delete(write));
+}
 
 /** Writes the cache file in the background, shortly after the mount is ready; failures cost only the next mount's speed. */
 export function writeCachedLater<T>(store: Store, path: string, key: string, value: T, log?: (message: string, error: unknown) => void): void {
@@ -48,17 +55,17 @@ export function writeCachedLater<T>(store: Store, path: string, key: string, val
   };
   const timer = setTimeout(() => {
     scheduled.delete(timer);
-    void write();
+    void track(write());
   }, 300).unref();
   scheduled.set(timer, write);
 }
 
-/** Runs the cache writes still waiting (an unmount soon after the mount): the next mount finds them. */
+/** Runs the cache writes still waiting and waits for those under way (an unmount soon after the mount): the next mount finds them. */
 export async function flushCacheWrites(): Promise<void> {
   const writes = [...scheduled];
   scheduled.clear();
   for (const [timer] of writes) clearTimeout(timer);
-  await Promise.all(writes.map(([, write]) => write()));
+  await Promise.all([...running, ...writes.map(([, write]) => track(write()))]);
 }
 
 export const tocCachePath = (store: Store, blob: Digest): string => `${store.paths.index(blob)}.toc`;

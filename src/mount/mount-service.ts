@@ -90,14 +90,14 @@ async function serveLeased(store: Store, ref: string, mountpoint: string, lease:
     },
   );
   if (!unmounted) options.logger?.(`unmount ${mountpoint}: gave up waiting; the daemon exits anyway`, undefined);
-  // The lease goes before the record: `umount` returns once the record is gone, and a `clean`
-  // right after must find nothing of this mount's held.
+  // Caches of this mount not written yet (an unmount right after the mount): written now, so the
+  // next mount finds them, and before the record goes: `umount` returns once it is gone, and an
+  // `rmi` or `clean` right after must not race a cache file (or its temp file) into the store.
+  await flushCacheWrites();
+  // The lease goes before the record: a `clean` right after `umount` must find nothing of this mount's held.
   store.db.dropLease(lease);
   store.db.forgetMount(mountpoint);
   await rm(stats, { force: true });
-  // Caches of this mount not written yet (an unmount right after the mount): written now, after
-  // the unmount, so `umount` need not wait for them and the next mount still finds them.
-  await flushCacheWrites();
 }
 
 /** Stats a running mount daemon wrote (`lazyroot mount --stats DIR`). */

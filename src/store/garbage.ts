@@ -93,5 +93,19 @@ export async function collectGarbage(paths: StorePaths, db: MetadataDb, blobStor
     if (file.suffix !== '.tree' && file.suffix !== '.profile') indexes.add(file.digest);
   }
   garbage.indexes = [...indexes];
+  await sweepTempFiles(paths.tmp);
   return garbage;
+}
+
+/**
+ * Removes the temp files of whole-file writes (`writeFileAtomic`: `NAME.PID.RAND.tmp`) whose
+ * writer is gone: a process killed between writing and renaming leaves one behind, and nothing
+ * else would ever remove it. Downloads (`.download`) stay: the next pull resumes them.
+ */
+async function sweepTempFiles(tmpDir: string): Promise<void> {
+  for (const name of await readdir(tmpDir).catch(() => [] as string[])) {
+    const m = /\.(\d+)\.[0-9a-f]{8}\.tmp$/.exec(name);
+    if (!m || processAlive(Number(m[1]))) continue;
+    await rm(join(tmpDir, name), { force: true });
+  }
 }

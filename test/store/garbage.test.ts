@@ -142,6 +142,11 @@ describe('garbage collection of partial blobs, range rows and indexes (no mounts
       const deadTemp = `${store.paths.index(orphan)}.tar.${deadPid}.tmp`;
       const strayBlob = store.paths.blob(orphan);
       for (const path of [liveTemp, deadTemp, strayBlob]) await writeFile(path, 'x');
+      // Whole-file writes (a mount's tree cache, stats) go through tmp/ as NAME.PID.RAND.tmp; a download resumes.
+      const liveWholeFile = join(store.paths.tmp, `${hex(imageId)}.tree.${process.pid}.0a1b2c3d.tmp`);
+      const deadWholeFile = join(store.paths.tmp, `${hex(imageId)}.tree.${deadPid}.0a1b2c3d.tmp`);
+      const download = store.paths.blobDownload(orphan);
+      for (const path of [liveWholeFile, deadWholeFile, download]) await writeFile(path, 'x');
       store.db.setBlobRanges(fakeDigest('rows only'), [[0, 5]]);
 
       const { images, garbage } = await store.pruneImages(new Set([imageId]));
@@ -155,6 +160,9 @@ describe('garbage collection of partial blobs, range rows and indexes (no mounts
       }
       for (const path of [...Object.values(files(orphan)), deadTemp, strayBlob]) assert.equal(await exists(path), false, `${path} goes`);
       assert.ok(await exists(liveTemp), 'a temp file whose writer is alive stays');
+      assert.equal(await exists(deadWholeFile), false, "a whole-file write's temp file whose writer is gone goes");
+      assert.ok(await exists(liveWholeFile), "a whole-file write's temp file whose writer is alive stays");
+      assert.ok(await exists(download), 'a download in progress stays (the next pull resumes it)');
       assert.deepEqual(store.db.rangeDigests().sort(), [kept, leased].sort());
 
       // The lease dropped (its mount ended): the next collection takes the leased layer too.
