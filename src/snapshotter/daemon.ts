@@ -18,6 +18,8 @@ export interface SnapshotterOptions {
   /** `HOST:PORT` for a Prometheus text endpoint (GET /metrics); port 0 picks one. */
   metricsAddress?: string;
   logger?: Logger;
+  /** One line per gRPC call, with its outcome and time (`--trace`). */
+  trace?: (line: string) => void;
 }
 
 export interface RunningSnapshotter {
@@ -45,7 +47,7 @@ export async function startSnapshotter(store: Store, options: SnapshotterOptions
   const snapshotter = new Snapshotter(store, remote, log);
   const server = new grpc.Server();
   const calls = new CallCounter();
-  server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter, log, calls));
+  server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter, log, calls, options.trace));
   await mkdir(dirname(options.address), { recursive: true });
   // A socket file left by a previous run (nothing listens on it: we are starting).
   await rm(options.address, { force: true });

@@ -47,13 +47,15 @@ export interface SnapshotterWorldOptions {
   prepareStore?: (store: string) => Promise<void>;
   /** The snapshotter's environment (default: this process's). */
   env?: NodeJS.ProcessEnv;
+  /** More arguments for `lazyroot snapshotter` (`--trace`). */
+  args?: string[];
 }
 
-async function startSnapshotterProcess(store: string, socket: string, logPath: string, env?: NodeJS.ProcessEnv): Promise<ManagedProcess> {
+async function startSnapshotterProcess(store: string, socket: string, logPath: string, env?: NodeJS.ProcessEnv, args: string[] = []): Promise<ManagedProcess> {
   const logFd = openSync(logPath, 'a');
   let proc: ManagedProcess;
   try {
-    proc = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'snapshotter', '--address', socket, '--metrics-address', '127.0.0.1:0'], {
+    proc = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'snapshotter', '--address', socket, '--metrics-address', '127.0.0.1:0', ...args], {
       stdio: ['ignore', logFd, logFd],
       name: `lazyroot snapshotter on ${socket}`,
       ...(env ? { env } : {}),
@@ -78,7 +80,7 @@ export async function startSnapshotterWorld(options: SnapshotterWorldOptions = {
     await mkdir(store, { recursive: true });
     await options.prepareStore(store);
   }
-  let snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env);
+  let snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env, options.args);
   let containerd: Containerd;
   try {
     containerd = await startContainerd({ proxySnapshotters: { lazyroot: socket } });
@@ -115,7 +117,7 @@ export async function startSnapshotterWorld(options: SnapshotterWorldOptions = {
     ctrStatus,
     async restartSnapshotter() {
       await snapshotter.stop();
-      snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env);
+      snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env, options.args);
     },
     async stop() {
       await containerd.stop().catch(() => undefined);

@@ -58,7 +58,7 @@ describe('lazyroot snapshotter under containerd', () => {
 
   test('ctr-remote rpull of an eStargz image fetches no layer into containerd; ctr run prints and relays the exit code; images rm + GC removes snapshots and mounts', async (t) => {
     if (!requireOrSkip(t, needs)) return;
-    const world = await startSnapshotterWorld();
+    const world = await startSnapshotterWorld({ args: ['--trace'] });
     t.after(() => world.stop());
     const image = await buildEstargzImage(await busyboxEntries(), { config: imageConfig });
     await registry.pushImage('esgz/busybox', 'v1', image);
@@ -81,6 +81,11 @@ describe('lazyroot snapshotter under containerd', () => {
     assert.equal((await lazyMountsUnder(world)).length, 1, 'one lazy mount serves the image');
     const metrics = await world.metrics();
     assert.match(metrics, /^lazyroot_snapshotter_calls_total\{method="Prepare",code="ALREADY_EXISTS"\} 2$/m);
+    // Call latency: a histogram per method whose +Inf bucket counts every call of it, and --trace's line per call.
+    const prepares = metrics.match(/^lazyroot_snapshotter_call_seconds_count\{method="Prepare"\} (\d+)$/m);
+    assert.ok(prepares && Number(prepares[1]) >= 3, metrics);
+    assert.match(metrics, new RegExp(`^lazyroot_snapshotter_call_seconds_bucket\\{method="Prepare",le="\\+Inf"\\} ${prepares[1]}$`, 'm'));
+    assert.match(await world.log(), /lazyroot snapshotter: \d{4}-\d\d-\d\dT[\d:.]+Z Prepare .+: ALREADY_EXISTS in \d+\.\d ms/);
     assert.match(metrics, /^lazyroot_mount_bytes_served_total\{mountpoint="[^"]+"\} [1-9]\d*$/m);
     assert.equal(metrics.match(/^lazyroot_layer_fetched_ratio\{/gm)?.length, 2, metrics);
     // Layer bytes came by range requests from lazyroot, never as whole-blob GETs by containerd.
