@@ -144,6 +144,27 @@ export class RemoteLayers {
    */
   async lowerDirFor(snapshot: SnapshotRecord): Promise<string> {
     const { image, layerCount, mountpoint } = this.mountFor(snapshot);
+    return this.startMount(image, mountpoint, layerCount);
+  }
+
+  /**
+   * Starts the whole image's lazy mount at the first of its layers containerd
+   * asks for, not when its top layer is committed: the TOCs are read and the
+   * tree built while containerd goes through the other layers, so the
+   * container's Prepare finds the mount ready sooner. Not when the image's
+   * top chain is an ordinary snapshot already (nothing would use the mount).
+   */
+  mountAhead(imageId: Digest): void {
+    const image = this.store.db.imageById(imageId);
+    if (!image?.topChainId) return;
+    const top = this.store.db.snapshots.get(image.topChainId);
+    if (top && !top.remote) return;
+    this.startMount(image, this.mountpointOf(image.id), undefined).catch((err) =>
+      this.log(`image ${shortDigest(image.id)}: mounting ahead (the container's Prepare tries again)`, err),
+    );
+  }
+
+  private startMount(image: ImageRecord, mountpoint: string, layerCount: number | undefined): Promise<string> {
     let pending = this.mounting.get(mountpoint);
     if (!pending) {
       pending = this.ensureMounted(image, mountpoint, layerCount).finally(() => this.mounting.delete(mountpoint));
