@@ -70,7 +70,10 @@ async function serveLeased(store: Store, ref: string, mountpoint: string, lease:
   store.db.recordMount(mountpoint, process.pid, mount.image.id);
   const stats = statsPath(store, mountpoint);
   await mkdir(store.paths.mountsDir, { recursive: true });
-  const writeStats = () => writeFileAtomic(stats, JSON.stringify({ mountpoint, pid: process.pid, image: mount.image.names[0], ...mount.stats() }), store.paths.tmp).catch(() => undefined);
+  // Not durable: the numbers of a live daemon, rewritten every second (and before the mount is
+  // announced ready, where two fsyncs would only delay it).
+  const writeStats = () =>
+    writeFileAtomic(stats, JSON.stringify({ mountpoint, pid: process.pid, image: mount.image.names[0], ...mount.stats() }), store.paths.tmp, { durable: false }).catch(() => undefined);
   await writeStats();
   options.onReady?.();
   const timer = setInterval(() => void writeStats(), 1000);
