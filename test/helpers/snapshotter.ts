@@ -49,6 +49,8 @@ export interface SnapshotterWorldOptions {
   env?: NodeJS.ProcessEnv;
   /** More arguments for `lazyroot snapshotter` (`--trace`). */
   args?: string[];
+  /** containerd's CRI plugin on, pulling with lazyroot (startContainerd's `cri`), these registries over plain HTTP. */
+  cri?: { plainHttp?: string[] };
 }
 
 async function startSnapshotterProcess(store: string, socket: string, logPath: string, env?: NodeJS.ProcessEnv, args: string[] = []): Promise<ManagedProcess> {
@@ -83,7 +85,7 @@ export async function startSnapshotterWorld(options: SnapshotterWorldOptions = {
   let snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env, options.args);
   let containerd: Containerd;
   try {
-    containerd = await startContainerd({ proxySnapshotters: { lazyroot: socket } });
+    containerd = await startContainerd({ proxySnapshotters: { lazyroot: socket }, ...(options.cri ? { cri: { snapshotter: 'lazyroot', ...options.cri } } : {}) });
   } catch (err) {
     await snapshotter.stop();
     throw err;
