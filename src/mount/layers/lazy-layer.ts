@@ -43,7 +43,7 @@ export interface LazyLayer {
 /** A file entry of a layer, possibly renamed by the union (`sourcePath` is then its path in the layer). */
 export type LayerFile = IndexEntry & { sourcePath?: string };
 
-export type LazyLayerKind = 'estargz' | 'gzip' | 'tar' | 'zstd';
+export type LazyLayerKind = 'estargz' | 'zstd-chunked' | 'gzip' | 'tar' | 'zstd';
 
 export interface LazyLayerStats {
   digest: Digest;
