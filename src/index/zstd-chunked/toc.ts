@@ -119,7 +119,8 @@ interface PendingFile {
 export function indexFromZstdChunkedToc(toc: unknown, dataEnd: number, what: string, maxRecords = defaultMaxTocRecords): { entries: IndexEntry[]; chunks: Map<string, EstargzChunk[]> } {
   if (!isObject(toc)) throw invalid(what, 'the zstd:chunked TOC is not a JSON object');
   if (toc.version !== 1) throw new LazyrootError('UNSUPPORTED', `${what}: zstd:chunked TOC version ${JSON.stringify(toc.version)} is not supported (only 1)`);
-  const list = toc.entries;
+  // An empty layer's TOC says `"entries": null` (a nil Go slice).
+  const list = toc.entries === null ? [] : toc.entries;
   if (!Array.isArray(list)) throw invalid(what, 'the zstd:chunked TOC has no "entries" array');
   if (list.length > maxRecords) {
     throw new LazyrootError('RESOURCE_EXHAUSTED', `${what}: the zstd:chunked TOC lists ${list.length} entries and chunks, more than the limit of ${maxRecords} (--max-toc-records)`);
