@@ -78,8 +78,9 @@ function addTotals(to: Totals, from: Totals): void {
  * The additional layer store's backend: a reference names an image in a
  * registry (resolved with the store's pull path: manifest and config only,
  * recorded in the store), a compressed digest names one of its layers, opened
- * through the same lazy layers as `lazyroot mount` (eStargz, gzip or tar with
- * a span index, plain gzip streamed once and indexed, zstd fetched whole) and
+ * through the same lazy layers as `lazyroot mount` (eStargz, zstd:chunked,
+ * gzip or tar with a span index, plain gzip streamed once and indexed, plain
+ * zstd fetched whole) and
  * the same partial blobs, so bytes fetched by either are kept once and
  * verified. Layers are keyed by digest: two images sharing a layer share it
  * here. A layer with no outstanding `use` is closed after `releaseAfterMs`

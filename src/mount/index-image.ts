@@ -5,11 +5,12 @@ import { openSource } from '../source/open-source.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
 import { tocDigestAnnotation } from '../index/estargz/toc.js';
+import { zstdChunkedAnnotations } from '../index/zstd-chunked/format.js';
 import { loadOrBuildIndex } from './layers/span-indexed.js';
 
 export interface IndexedLayerReport {
   digest: string;
-  format: 'gzip' | 'tar' | 'estargz' | 'unsupported';
+  format: 'gzip' | 'tar' | 'estargz' | 'zstd-chunked' | 'unsupported';
   entries?: number;
   checkpoints?: number;
   seconds?: number;
@@ -18,7 +19,7 @@ export interface IndexedLayerReport {
 /**
  * `lazyroot index REF`: builds (or finds) the span index of every gzip and
  * uncompressed layer of an image, so a later `mount` reads them lazily at once.
- * eStargz layers carry their own TOC and need none.
+ * eStargz and zstd:chunked layers carry their own TOC and need none.
  */
 export async function indexImage(store: Store, ref: string, options: ReferenceOptions & { spanBytes?: number } = {}): Promise<IndexedLayerReport[]> {
   const image = store.findImage(ref) ?? (await pullReference(store, ref, { ...options, fetchLayers: false })).image;
@@ -30,6 +31,7 @@ export async function indexImage(store: Store, ref: string, options: ReferenceOp
         const layer = store.db.layer(chainId)!;
         const blob = layer.blobs[0]!;
         if (blob.annotations?.[tocDigestAnnotation]) return { digest: blob.digest, format: 'estargz' };
+        if (zstdChunkedAnnotations(blob.annotations) && compressionOf(blob.mediaType) === 'zstd') return { digest: blob.digest, format: 'zstd-chunked' };
         const compression = compressionOf(blob.mediaType);
         if (compression !== 'gzip' && compression !== 'none') return { digest: blob.digest, format: 'unsupported' };
         const started = Date.now();

@@ -2,6 +2,7 @@ import { access, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LazyrootError } from '../errors.js';
 import { tocDigestAnnotation } from '../index/estargz/toc.js';
+import { zstdChunkedAnnotations } from '../index/zstd-chunked/format.js';
 import { digestHex, shortDigest, type Digest } from '../oci/digest.js';
 import { compressionOf } from '../oci/media-types.js';
 import { mountInBackground } from '../mount/background-mount.js';
@@ -91,7 +92,7 @@ export class RemoteLayers {
     }
     for (const chainId of image.chainIds) {
       if (!(await this.lazilyReadable(chainId))) {
-        this.log(`${what}: not served remotely: layer ${shortDigest(chainId)} of the image is neither eStargz, gzip, tar nor in the store`);
+        this.log(`${what}: not served remotely: layer ${shortDigest(chainId)} of the image is neither eStargz, zstd:chunked, gzip, tar nor in the store`);
         return undefined;
       }
     }
@@ -114,10 +115,11 @@ export class RemoteLayers {
 
   /**
    * Whether the lazy mount can serve a layer without containerd downloading
-   * it: eStargz (its TOC), a span index in the store, the blob in the store,
-   * or any gzip or uncompressed tar — the mount daemon streams one of those
-   * once, building its index as the bytes pass (a read waits for its bytes),
-   * and keeps it. zstd and unknown kinds are not: containerd pulls them.
+   * it: eStargz or zstd:chunked (their TOCs), a span index in the store, the
+   * blob in the store, or any gzip or uncompressed tar — the mount daemon
+   * streams one of those once, building its index as the bytes pass (a read
+   * waits for its bytes), and keeps it. Plain zstd and unknown kinds are
+   * not: containerd pulls them.
    */
   private async lazilyReadable(chainId: Digest): Promise<boolean> {
     const blob = this.store.db.layer(chainId)?.blobs[0];
@@ -125,6 +127,8 @@ export class RemoteLayers {
     if (blob.annotations?.[tocDigestAnnotation]) return true;
     const compression = compressionOf(blob.mediaType);
     if (compression === 'gzip' || compression === 'none') return true;
+    // zstd:chunked: its own TOC, files read by their frames.
+    if (compression === 'zstd' && zstdChunkedAnnotations(blob.annotations)) return true;
     if (await access(this.store.paths.index(blob.digest)).then(() => true, () => false)) return true;
     return this.store.blobs.has(blob.digest, blob.size);
   }

@@ -234,7 +234,7 @@ test('rpull of a plain gzip image with no span index is served by the lazy mount
   const snapshots = await snapshotsOf(world);
   assert.equal(snapshots.filter((s) => s.remote?.ref === gzipRef).length, 2, JSON.stringify(snapshots));
   assert.equal(snapshots.filter((s) => s.remote === null).length, 3, JSON.stringify(snapshots));
-  assert.match(await world.log(), /not served remotely: layer sha256:[0-9a-f]+ of the image is neither eStargz, gzip, tar nor in the store/);
+  assert.match(await world.log(), /not served remotely: layer sha256:[0-9a-f]+ of the image is neither eStargz, zstd:chunked, gzip, tar nor in the store/);
 
   for (const [i, ref] of [gzipRef, zstdRef].entries()) {
     const out = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `kinds${i}-${process.pid}`]);
