@@ -19,6 +19,7 @@ import { readZstdChunkedIndex, type ReadZstdChunkedIndexOptions } from '../../sr
 import { ZstdChunkedReader } from '../../src/index/zstd-chunked/reader.js';
 import { decodeFrames } from '../../src/index/zstd-chunked/frames.js';
 import { checkZstdChunkedTocAgainstTar } from '../../src/index/zstd-chunked/tar-check.js';
+import { ZstdChunkedHeaderCheck } from '../../src/index/zstd-chunked/header-check.js';
 import { manifestChecksumAnnotation, manifestPositionAnnotation } from '../../src/index/zstd-chunked/format.js';
 import { TarIndexer } from '../../src/index/tar-index.js';
 import type { BlobRangeReader, IndexEntry } from '../../src/index/types.js';
@@ -233,5 +234,43 @@ describe('zstd:chunked TOC against the tar stream', () => {
     });
     const lie2 = await readZstdChunkedIndex(memoryBlob(lyingChunk.blob), options(lyingChunk));
     await assert.rejects(checkZstdChunkedTocAgainstTar(Readable.from([tar]), lie2, 'l'), /"etc\/hostname": chunk 0/);
+  });
+});
+
+describe('zstd:chunked tar headers checked before a file is served', () => {
+  async function check(edit?: (entries: Array<Record<string, unknown>>) => void, chunkSize?: number) {
+    const tar = await buildTar([...tarEntries(), file('data/after', 'after\n'), file('data/b.txt', 'b'.repeat(5001))]);
+    const layer = zstdChunked(tar, { ...(chunkSize ? { chunkSize } : {}), ...(edit ? { editToc: (toc) => edit(toc.entries as Array<Record<string, unknown>>) } : {}) });
+    const index = await readZstdChunkedIndex(memoryBlob(layer.blob), options(layer));
+    const blob = memoryBlob(layer.blob);
+    const logged: string[] = [];
+    const headers = new ZstdChunkedHeaderCheck(index, { readUnverified: (s, e) => blob.read(s, e) }, 'layer sha256:test', (m) => logged.push(m));
+    return { headers, index, logged };
+  }
+
+  test('an honest layer: every file with data passes', async () => {
+    const { headers, index } = await check(undefined, 8192);
+    for (const e of index.entries) if (e.type === 'file') await headers.check(e.path);
+  });
+
+  test('a TOC lying about a mode, an owner or a size refuses that file only, logged once', async () => {
+    const { headers, logged } = await check((e) => {
+      e.find((x) => x.name === 'data/after')!.mode = 0o4755;
+    });
+    await assert.rejects(headers.check('data/after'), /"data\/after": refused: the TOC disagrees with the layer's tar stream: entry "data\/after": the tar has mode 644, the TOC 4755/);
+    await assert.rejects(headers.check('data/after'));
+    assert.equal(logged.length, 1);
+    await headers.check('data/b.txt');
+    await headers.check('etc/hostname');
+  });
+
+  test('a TOC pointing a file at another file\'s frames (with their digest) is refused: the header there names the other file', async () => {
+    const { headers, index } = await check((e) => {
+      const a = e.find((x) => x.name === 'etc/hostname')!;
+      const b = e.find((x) => x.name === 'data/b.txt')!;
+      Object.assign(b, { size: a.size, offset: a.offset, endOffset: a.endOffset, digest: a.digest });
+    });
+    assert.equal(index.chunks.get('data/b.txt')![0]!.compressedStart, index.chunks.get('etc/hostname')![0]!.compressedStart);
+    await assert.rejects(headers.check('data/b.txt'), /refused: the TOC disagrees/);
   });
 });

@@ -39,7 +39,21 @@ export function decodeFrames(frames: Uint8Array, expected: number): Buffer {
   return out;
 }
 
-/** Walks the frames' headers and blocks: they must tile `frames` exactly, with sane windows and sizes. */
+/** The bytes `frames` decode to, at most `max` of them (more is an error): for frames whose size the TOC does not give (tar headers). */
+export function decodeFramesUpTo(frames: Uint8Array, max: number): Buffer {
+  checkFrames(frames, max);
+  const parts: Uint8Array[] = [];
+  let written = 0;
+  const decoder = new Decompress((data) => {
+    if (written + data.length > max) throw new Error(`the frames decode to more than the ${max} bytes expected`);
+    parts.push(data.length > 0 ? Buffer.from(data) : data);
+    written += data.length;
+  });
+  decoder.push(frames, true);
+  return Buffer.concat(parts, written);
+}
+
+/** Walks the frames' headers and blocks: they must tile `frames` exactly, with sane windows and declared sizes (at most `expected` in all). */
 export function checkFrames(frames: Uint8Array, expected: number): void {
   const view = new DataView(frames.buffer, frames.byteOffset, frames.byteLength);
   const n = frames.length;

@@ -5,6 +5,7 @@ import { createDecompressor } from '../../oci/compression.js';
 import { readZstdChunkedIndex, type ZstdChunkedIndex } from '../../index/zstd-chunked/toc.js';
 import { verifyChunk, ZstdChunkedReader } from '../../index/zstd-chunked/reader.js';
 import { checkZstdChunkedTocAgainstTar } from '../../index/zstd-chunked/tar-check.js';
+import { ZstdChunkedHeaderCheck } from '../../index/zstd-chunked/header-check.js';
 import type { BlobRangeReader, EstargzChunk } from '../../index/types.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
 import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
@@ -31,7 +32,9 @@ export async function openZstdChunkedLayer(context: LayerContext, annotations: {
   });
   const reader = new ZstdChunkedReader(blob, context.decodedCache, context.cacheBytes, what);
   // The TOC is trusted by its checksum, but it must also agree with the tar stream `create`
-  // unpacks: checked over the whole blob before it is promoted.
+  // unpacks: each file's tar headers before its bytes are served, the whole stream before the
+  // blob is promoted.
+  const headers = new ZstdChunkedHeaderCheck(index, blob, what, context.log);
   blob.checkWholeWith(async (path) => {
     const tar = pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), createDecompressor('zstd'), () => undefined);
     try {
@@ -42,6 +45,7 @@ export async function openZstdChunkedLayer(context: LayerContext, annotations: {
     } finally {
       tar.destroy();
     }
+    headers.markWholeChecked();
   });
   const digest = context.descriptor.digest;
   let inBlobOrder: PrefetchUnit[] | undefined;
@@ -57,11 +61,14 @@ export async function openZstdChunkedLayer(context: LayerContext, annotations: {
       const chunks = index.chunks.get(path) ?? [];
       if (context.readAheadBytes > 0 && !blob.isComplete) {
         // Small files lie side by side in the blob: fetch the region around the chunks this read
-        // needs (their own read below then finds them kept).
+        // needs (their own read below then finds them kept); a read of the file's start brings
+        // the frame holding its tar header along while that is unchecked.
         const [from, to] = compressedRange(chunks, position, position + length, reader);
-        if (from < to) await blob.fetchRegion(units(), from, to, context.readAheadBytes);
+        const headerFrom = from === chunks[0]?.compressedStart ? headers.bytesFrom(path) : undefined;
+        if (from < to) await blob.fetchRegion(units(), Math.min(from, headerFrom ?? from), to, context.readAheadBytes);
       }
-      return reader.read(entry, chunks, position, length);
+      const [data] = await Promise.all([reader.read(entry, chunks, position, length), headers.check(path)]);
+      return data;
     },
     prefetchUnits: () => units(),
     fetchAhead: (ranges, options) => blob.fetchAhead(units(), ranges, options),
