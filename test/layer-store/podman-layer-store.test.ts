@@ -6,7 +6,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { startRegistry, type TestRegistry } from '../helpers/registry.js';
-import { pushToRegistry, writeOciLayout, type ImageSpec } from '../helpers/image-builder.js';
+import { buildImage, pushToRegistry, writeOciLayout, type ImageSpec } from '../helpers/image-builder.js';
 import { buildTar, dir, file, opaque, symlink, whiteout } from '../helpers/tar-builder.js';
 import { busyboxImageSpec } from '../helpers/sample-images.js';
 import { diffTreesReport, snapshotTree } from '../helpers/tree-snapshot.js';
@@ -14,6 +14,7 @@ import { missingRequirements } from '../helpers/requirements.js';
 import { spawnProcess, type ManagedProcess } from '../helpers/process.js';
 import { lazyroot, lazyrootBin } from '../helpers/cli.js';
 import { buildEstargzImage } from '../helpers/estargz.js';
+import { zstdChunked } from '../helpers/zstd-chunked.js';
 
 /**
  * `lazyroot layer-store` under the real engine: Debian's podman 4.3.1
@@ -222,6 +223,37 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
     assert.ok(fetched < size / 4, `fetched ${fetched} of ${size}`);
     const m = await metrics();
     assert.ok(m.has(`lazyroot_layer_fetched_ratio{digest="${image.layerDigests[0]}",format="estargz"}`));
+  });
+
+  test('a zstd:chunked image (its own TOC, no index needed) runs through the layer store, fetching a small part of its blob', async () => {
+    const busybox = await readFile('/bin/busybox');
+    const tar = await buildTar([
+      dir('bin'),
+      file('bin/busybox', busybox, { mode: 0o755 }),
+      ...['sh', 'cat', 'true'].map((a) => symlink(`bin/${a}`, 'busybox')),
+      dir('data'),
+      file('data/big.bin', noise('zchk', 4 << 20)),
+      dir('etc'),
+      file('etc/motd', 'zstd:chunked through the layer store\n'),
+    ]);
+    // The test writer's blob (containers/storage's layout): podman's own are mounted in test/mount/zstd-chunked.test.ts.
+    const chunked = zstdChunked(tar, { chunkSize: 256 * 1024 });
+    const image = buildImage({ layers: [{ tar, compression: 'zstd', blob: chunked.blob, annotations: chunked.annotations }], config: { config: { Cmd: ['/bin/cat', '/etc/motd'], Env: ['PATH=/bin'] } } });
+    await registry.pushImage('lazy/zchunked', 'latest', image);
+    const before = registry.accessBytes().length;
+    const r = await podman([...podmanRun, `${registry.host}/lazy/zchunked:latest`]);
+    assert.equal(r.stdout, 'zstd:chunked through the layer store\n', `${r.stderr}\n--- layer store log:\n${daemonOut}`);
+    assert.equal(r.code, 0);
+    const fetched = registry
+      .accessBytes()
+      .slice(before)
+      .filter((a) => a.method === 'GET' && a.path.endsWith(image.layerDigests[0]!))
+      .reduce((n, a) => n + a.bytes, 0);
+    const size = image.layers[0]!.blob.length;
+    console.log(`layer store: podman (zstd:chunked, cat /etc/motd) fetched ${fetched} of ${size} layer blob bytes (${((100 * fetched) / size).toFixed(1)}%)`);
+    assert.ok(fetched < size / 4, `fetched ${fetched} of ${size}`);
+    const m = await metrics();
+    assert.ok(m.has(`lazyroot_layer_fetched_ratio{digest="${image.layerDigests[0]}",format="zstd-chunked"}`));
   });
 
   test("each layer's diff/ equals lazyroot's own overlay-format unpack of that layer; info and blob as containers/storage reads them", async () => {
