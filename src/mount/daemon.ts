@@ -29,6 +29,7 @@ export interface StartOptions {
  * spawned with the request on an extra pipe (fd 3).
  */
 export async function startMountDaemon(request: MountRequest, options: StartOptions = {}): Promise<DaemonReady> {
+  if (servedHere) return servedHere(request);
   const timeoutMs = options.readyTimeoutMs ?? 120_000;
   const claimed = await claimStandby(request, timeoutMs);
   if (claimed !== undefined) return claimed;
@@ -51,6 +52,17 @@ export async function startMountDaemon(request: MountRequest, options: StartOpti
     child.unref();
     log.end();
   }
+}
+
+let servedHere: ((request: MountRequest) => Promise<DaemonReady>) | undefined;
+
+/**
+ * In a standby that runs a whole `run --lazy` for a front end
+ * (bundle/run-handoff.ts): the run's lazy mount is served by this process,
+ * which is warm already, instead of being handed to yet another daemon.
+ */
+export function serveMountsInThisProcess(serve: (request: MountRequest) => Promise<DaemonReady>): void {
+  servedHere = serve;
 }
 
 /** The daemon's log: appended lines with a timestamp. */

@@ -79,7 +79,13 @@ function registerMountDaemon(program: Command): void {
     .command('mount-daemon', { hidden: true })
     .option('--standby', 'load everything, then wait for a request on the standby socket')
     .action(async (opts: { standby?: boolean }) => {
-      await runMountDaemon({ ...(opts.standby ? { standby: true } : {}), bin: process.argv[1]! });
+      // A standby may be handed a whole `run --lazy` (cli/run-handoff-client.ts); the runner lives in bundle/.
+      const runner = () => import('../../bundle/run-handoff.js');
+      await runMountDaemon({
+        ...(opts.standby ? { standby: true } : {}),
+        bin: process.argv[1]!,
+        runner: { preload: runner, serve: async (request, channel) => (await runner()).serveRun(request, channel) },
+      });
       // Unmounted (or given up on): end now, whatever native threads libfuse may still hold.
       process.exit(0);
     });
