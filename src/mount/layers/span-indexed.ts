@@ -22,7 +22,12 @@ import { withGaps } from './prefetch-units.js';
 export async function openSpanIndexedLayer(context: LayerContext, compression: 'gzip' | 'none'): Promise<LazyLayer> {
   const { store, source, descriptor, what } = context;
   let indexedBytes = 0;
-  const index = await loadOrBuildIndex(store, source, descriptor, compression, what, context.diffId, { keepBlob: true, onDownloaded: (n) => (indexedBytes += n) });
+  const remote = context.remoteIndex;
+  const index = await loadOrBuildIndex(store, source, descriptor, compression, what, context.diffId, {
+    keepBlob: true,
+    onDownloaded: (n) => (indexedBytes += n),
+    ...(remote ? { remote: () => remote.indexFor(descriptor, context.diffId, compression, what) } : {}),
+  });
   const blob = await context.openBlob();
   const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes, cache: context.decodedCache });
   const layer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
@@ -79,7 +84,9 @@ async function exists(path: string): Promise<boolean> {
  * that uses the blob. `lazyroot index` builds them ahead of time. With
  * `keepBlob` the streamed blob is also stored in blobs/ (verified by
  * `BlobStore.ingest`) instead of being thrown away: a prefetching mount has
- * the whole layer then and nothing more to fetch for it.
+ * the whole layer then and nothing more to fetch for it. With `remote`, an
+ * index pushed to the registry by another machine (remote-index.ts) is tried
+ * before the layer is streamed, and kept like one built here.
  */
 export async function loadOrBuildIndex(
   store: Store,
@@ -88,10 +95,16 @@ export async function loadOrBuildIndex(
   compression: 'gzip' | 'none',
   what: string,
   diffId: Digest,
-  options: { keepBlob?: boolean; spanBytes?: number; onDownloaded?: (bytes: number) => void } = {},
+  options: { keepBlob?: boolean; spanBytes?: number; onDownloaded?: (bytes: number) => void; remote?: () => Promise<LayerIndex | undefined> } = {},
 ): Promise<LayerIndex> {
   const path = store.paths.index(descriptor.digest);
   if (await exists(path)) return readIndexFile(path);
+  const fromRegistry = await options.remote?.();
+  if (fromRegistry) {
+    await mkdir(dirname(path), { recursive: true });
+    await writeIndexFile(path, fromRegistry, { tmpDir: store.paths.tmp });
+    return fromRegistry;
+  }
   const local = await store.blobs.has(descriptor.digest, descriptor.size);
   const buildOptions = { what, expectDigest: descriptor.digest, expectDiffId: diffId, ...(options.spanBytes !== undefined ? { spanBytes: options.spanBytes } : {}) };
   let index: LayerIndex;
