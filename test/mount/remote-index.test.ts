@@ -98,7 +98,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
       { tar: layer2, compression: 'gzip' as const },
     ];
     // One image per case: same layers, another config (so another manifest, another subject).
-    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob']) {
+    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries']) {
       const image = buildImage({ layers, config: { config: { Cmd: ['/bin/sh'], Labels: { case: tag } } } });
       images.set(tag, image);
       await registry.pushImage('remote/app', tag, image);
@@ -289,6 +289,28 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.match(log, /has no index for this layer; streaming it/);
     // Only what was checked is kept: the stored index of layer 1 is its own.
     assert.equal(decodeIndex(await readFile(join(store, 'indexes', 'sha256', l1!.descriptor.digest.slice(7)))).blobDigest, l1!.descriptor.digest);
+    await umount(store, target);
+  });
+
+  test('hostile artifact, honest spans but a file pointed at another file\'s bytes: that file is EIO (its tar header disagrees), the others are served', async () => {
+    const [l1, l2] = honest.layers;
+    const lying = decodeIndex(indexFiles.get(l1!.descriptor.digest)!);
+    const helloEntry = lying.entries.find((e) => e.path === 'etc/hello.txt')!;
+    const words = lying.entries.find((e) => e.path === 'etc/words.txt')!;
+    helloEntry.dataOffset = words.dataOffset! + 4096;
+    await pushArtifact('lying-entries', [
+      { bytes: encodeIndex(lying), annotatedLayer: l1!.descriptor.digest },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest },
+    ]);
+    const store = join(work, 'store-lying-entries');
+    const target = await mountAt(store, 'lying-entries');
+    const read = await readInChild(join(target, 'etc/hello.txt'));
+    assert.equal(read.ok, false, 'bytes of words.txt must not be served as hello.txt');
+    assert.match(read.error ?? '', /Input\/output error/);
+    const other = await readInChild(join(target, 'etc/words.txt'));
+    assert.equal(other.ok, true, other.error);
+    assert.equal((await stats(store, target)).bytesIndexed, 0);
+    assert.match(await daemonLog(store), /"etc\/hello.txt": refused: the span index disagrees with the layer's tar stream/);
     await umount(store, target);
   });
 

@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { access, mkdir } from 'node:fs/promises';
+import { access, mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { DigestMismatchError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
@@ -9,8 +9,10 @@ import type { PrefetchUnit } from '../../store/lazy-blob.js';
 import { spanStart } from '../../index/gzip-native.js';
 import { LayerRangeReader } from '../../index/gzip-reader.js';
 import { readIndexFile, writeIndexFile } from '../../index/index-file.js';
+import { SpanIndexHeaderCheck } from '../../index/span-header-check.js';
+import { writeFileAtomic } from '../../store/atomic-file.js';
 import { buildGzipIndex, buildTarIndex, LayerIndexBuilder, type LayerIndex } from '../../index/layer-index.js';
-import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
+import { blobLayerStats, type LayerContext, type LayerFile, type LazyLayer } from './lazy-layer.js';
 import { withGaps } from './prefetch-units.js';
 
 /**
@@ -32,13 +34,23 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
   const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes, cache: context.decodedCache });
   const layer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
   const kind = compression === 'gzip' ? 'gzip' : 'tar';
+  // An index from the registry is believed about a file only once the tar header before its bytes agrees.
+  const headers = (await exists(remoteIndexMarker(store, descriptor.digest)))
+    ? new SpanIndexHeaderCheck(index, (start, end) => reader.readUncompressed(layer, start, end), what, context.log)
+    : undefined;
+  const read = headers
+    ? async (entry: LayerFile, position: number, length: number) => {
+        await headers.check(entry, entry.sourcePath ?? entry.path);
+        return reader.readFileRange(entry, position, length, layer);
+      }
+    : (entry: LayerFile, position: number, length: number) => reader.readFileRange(entry, position, length, layer);
   return {
     digest: descriptor.digest,
     kind,
     uncompressedSize: index.uncompressedSize,
     entries: index.entries,
     blob,
-    read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
+    read,
     prefetchUnits: () => spanPrefetchUnits(index, blob.size, what),
     fetchAhead: (ranges, options) => blob.fetchAhead(spanPrefetchUnits(index, blob.size, what), ranges, options),
     priorityRanges: [],
@@ -102,6 +114,8 @@ export async function loadOrBuildIndex(
   const fromRegistry = await options.remote?.();
   if (fromRegistry) {
     await mkdir(dirname(path), { recursive: true });
+    // Marked before it is in place: a remote index is never taken for one built here.
+    await writeFileAtomic(remoteIndexMarker(store, descriptor.digest), '', store.paths.tmp);
     await writeIndexFile(path, fromRegistry, { tmpDir: store.paths.tmp });
     return fromRegistry;
   }
@@ -121,5 +135,15 @@ export async function loadOrBuildIndex(
   }
   await mkdir(dirname(path), { recursive: true });
   await writeIndexFile(path, index, { tmpDir: store.paths.tmp });
+  await rm(remoteIndexMarker(store, descriptor.digest), { force: true });
   return index;
+}
+
+/**
+ * Beside an index that came from the registry (`indexes/<alg>/<hex>.remote`):
+ * its files are checked against their tar headers before they are served
+ * (SpanIndexHeaderCheck). Removed with the index by garbage collection.
+ */
+export function remoteIndexMarker(store: Store, digest: Digest): string {
+  return `${store.paths.index(digest)}.remote`;
 }
