@@ -232,6 +232,24 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.deepEqual(lookups, []);
   });
 
+  test('create --lazy takes the indexes from the registry too; with --no-remote-index it streams the layers', async () => {
+    for (const [id, flags, indexed] of [
+      ['with-artifact', [], 0],
+      ['without', ['--no-remote-index'], imageBytes(honest)],
+    ] as const) {
+      const store = join(work, `store-create-${id}`);
+      const created = await lazyroot(['--store', store, 'create', '--lazy', ...flags, ref('v1'), id]);
+      assert.equal(created.code, 0, created.stderr);
+      try {
+        assert.deepEqual(await readInChild(join(store, 'rootfs', id, 'merged', 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+        assert.equal((await stats(store, join(store, 'rootfs', id, 'lower'))).bytesIndexed, indexed);
+      } finally {
+        const deleted = await lazyroot(['--store', store, 'delete', id]);
+        assert.equal(deleted.code, 0, deleted.stderr);
+      }
+    }
+  });
+
   test('hostile artifact, wrong span digests: the index is taken, and reading through it is EIO, never wrong bytes', async () => {
     const [l1, l2] = honest.layers;
     const lying = decodeIndex(indexFiles.get(l1!.descriptor.digest)!);

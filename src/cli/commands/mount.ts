@@ -149,7 +149,7 @@ export function registerMount(program: Command, out: Output): void {
       }
       if (!dir) throw missingDir();
       // The daemon's stderr is its log file (mount-daemon.log).
-      const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
+      const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}${error === undefined ? '' : `: ${(error as Error)?.message ?? String(error)}`}\n`);
       await serveMount(store, ref, dir, { ...mountOptions(opts), logger });
     } finally {
       store.close();
