@@ -20,6 +20,7 @@ const maxHeaderBytes = 8 << 20;
  */
 export class SpanIndexHeaderCheck {
   private readonly done = new Map<string, Promise<void>>();
+  private wholeChecked = false;
   /** Data starts (sorted) and where each one's data ends, rounded to the tar block. */
   private starts: Float64Array | undefined;
   private ends: Float64Array | undefined;
@@ -34,7 +35,7 @@ export class SpanIndexHeaderCheck {
   /** Resolves once the tar header before `entry`'s bytes names it; rejects (every time) if not. `path`: its path in the layer. */
   check(entry: IndexEntry, path: string): Promise<void> {
     const at = entry.dataOffset;
-    if (at === undefined || entry.size === 0) return Promise.resolve();
+    if (at === undefined || entry.size === 0 || this.wholeChecked) return Promise.resolve();
     const key = `${at}\0${path}`;
     let done = this.done.get(key);
     if (!done) {
@@ -46,6 +47,12 @@ export class SpanIndexHeaderCheck {
       this.done.set(key, done);
     }
     return done;
+  }
+
+  /** The whole index agrees with the whole tar stream (the blob is complete): nothing is left to check per file. */
+  markWholeChecked(): void {
+    this.wholeChecked = true;
+    this.done.clear();
   }
 
   private async checkNow(at: number, path: string, entry: IndexEntry): Promise<void> {

@@ -186,13 +186,15 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     // The merged tree of an image is derived once and read back by later mounts.
     const treeKey = layers.map((l) => l.digest).join(',');
     const treePath = treeCachePath(store, image.id);
-    let merged = await readCached<MergedEntry[]>(treePath, treeKey);
+    // Not from, nor into, the cache while an index from the registry is unchecked: a lying one must not outlive its removal.
+    const cacheable = layers.every((l) => !l.uncheckedIndex);
+    let merged = cacheable ? await readCached<MergedEntry[]>(treePath, treeKey) : undefined;
     if (!merged) {
       merged = mergeLayers(
         layers.map((l) => l.entries),
         (i) => `layer ${i + 1}/${layers.length} ${shortDigest(layers[i]!.digest)}`,
       );
-      writeCachedLater(store, treePath, treeKey, merged, options.logger);
+      if (cacheable) writeCachedLater(store, treePath, treeKey, merged, options.logger);
     }
     const tree = buildTree(merged);
     const reader = {

@@ -2,7 +2,7 @@ import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { access, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { access, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeIndex, encodeIndex } from '../../src/index/index-file.js';
@@ -98,7 +98,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
       { tar: layer2, compression: 'gzip' as const },
     ];
     // One image per case: same layers, another config (so another manifest, another subject).
-    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries']) {
+    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode']) {
       const image = buildImage({ layers, config: { config: { Cmd: ['/bin/sh'], Labels: { case: tag } } } });
       images.set(tag, image);
       await registry.pushImage('remote/app', tag, image);
@@ -115,10 +115,10 @@ describe('span indexes shared through the registry (index --push; mounts on anot
   const ref = (tag: string) => `docker://${registry.host}/remote/app:${tag}`;
   const imageBytes = (image: BuiltImage) => image.layers.reduce((n, l) => n + l.blob.length, 0);
 
-  async function mountAt(store: string, tag: string, extra: string[] = []): Promise<string> {
+  async function mountAt(store: string, tag: string, extra: string[] = [], prefetch = false): Promise<string> {
     const target = join(work, `mnt-${mounted.length}`);
     await mkdir(target, { recursive: true });
-    const r = await lazyroot(['--store', store, 'mount', '--no-prefetch', ...extra, ref(tag), target]);
+    const r = await lazyroot(['--store', store, 'mount', ...(prefetch ? ['--prefetch-delay-ms', '0'] : ['--no-prefetch']), ...extra, ref(tag), target]);
     assert.equal(r.code, 0, r.stderr);
     mounted.push({ target, store });
     return target;
@@ -330,6 +330,48 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.equal((await stats(store, target)).bytesIndexed, 0);
     assert.match(await daemonLog(store), /"etc\/hello.txt": refused: the span index disagrees with the layer's tar stream/);
     await umount(store, target);
+  });
+
+  test('once prefetch has the whole layer, a registry index is checked whole: the honest one is then trusted as if built here', async () => {
+    const store = join(work, 'store-whole-honest');
+    const target = await mountAt(store, 'v1', [], true);
+    const marker = (l: BuiltImage['layers'][number]) => join(store, 'indexes', 'sha256', `${l.descriptor.digest.slice(7)}.remote`);
+    await access(marker(honest.layers[0]!)); // from the registry: marked until checked
+    const began = Date.now();
+    let s: MountStats & { complete?: boolean };
+    do {
+      await new Promise((r) => setTimeout(r, 200));
+      s = await stats(store, target);
+    } while (!s.complete && Date.now() - began < 60_000);
+    assert.equal(s.complete, true, 'prefetch completed the layers');
+    for (const l of honest.layers) await assert.rejects(access(marker(l)), 'the marker goes once the whole layer agreed');
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    await umount(store, target);
+  });
+
+  test('hostile artifact, honest offsets but lying metadata (a setuid root file): once the layer is whole the mount refuses it and the index goes', async () => {
+    const [l1, l2] = honest.layers;
+    const lying = decodeIndex(indexFiles.get(l1!.descriptor.digest)!);
+    Object.assign(lying.entries.find((e) => e.path === 'etc/hello.txt')!, { mode: 0o4755, uid: 0, gid: 0 });
+    await pushArtifact('lying-mode', [
+      { bytes: encodeIndex(lying), annotatedLayer: l1!.descriptor.digest },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest },
+    ]);
+    const store = join(work, 'store-lying-mode');
+    const target = await mountAt(store, 'lying-mode', [], true);
+    const began = Date.now();
+    while (!/disagrees with the layer's tar stream: entry \d+/.test(await daemonLog(store)) && Date.now() - began < 60_000) await new Promise((r) => setTimeout(r, 200));
+    assert.match(await daemonLog(store), /refused: the span index from the registry disagrees with the layer's tar stream: entry \d+: the index has \{"path":"etc\/hello.txt","type":"file","mode":2541/);
+    const read = await readInChild(join(target, 'etc/hello.txt'));
+    assert.equal(read.ok, false, 'the layer is refused once found out');
+    assert.match(read.error ?? '', /Input\/output error/);
+    await assert.rejects(access(join(store, 'indexes', 'sha256', l1!.descriptor.digest.slice(7))), 'the lying index is removed');
+    await umount(store, target);
+    // The next mount of the same store shows the layer as it is: nothing derived from the lie was kept.
+    const again = await mountAt(store, 'lying-mode', ['--no-remote-index']);
+    assert.equal((await stat(join(again, 'etc/hello.txt'))).mode & 0o7777, 0o644);
+    assert.deepEqual(await readInChild(join(again, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    await umount(store, again);
   });
 
   test('index --push errors name what is at fault and exit 1', async () => {

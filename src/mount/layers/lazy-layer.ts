@@ -37,6 +37,12 @@ export interface LazyLayer {
   readonly priorityRanges: ReadonlyArray<readonly [number, number]>;
   /** The blob behind the layer: bytes present, fetch statistics, prefetch. */
   readonly blob: LazyBlob;
+  /**
+   * Its index came from the registry and has not been checked against the
+   * whole layer yet: what is derived from its entries (the merged tree) must
+   * not be kept for later mounts.
+   */
+  readonly uncheckedIndex?: boolean;
   stats(): LazyLayerStats;
   close(): Promise<void>;
 }

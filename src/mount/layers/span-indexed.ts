@@ -1,14 +1,16 @@
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { access, mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { DigestMismatchError } from '../../errors.js';
+import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import type { ImageSource } from '../../source/image-source.js';
 import type { Store } from '../../store/store.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
 import { spanStart } from '../../index/gzip-native.js';
 import { LayerRangeReader } from '../../index/gzip-reader.js';
-import { readIndexFile, writeIndexFile } from '../../index/index-file.js';
+import { decodeIndex, encodeIndex, readIndexFile, writeIndexFile } from '../../index/index-file.js';
+import type { IndexEntry } from '../../index/types.js';
 import { SpanIndexHeaderCheck } from '../../index/span-header-check.js';
 import { writeFileAtomic } from '../../store/atomic-file.js';
 import { buildGzipIndex, buildTarIndex, LayerIndexBuilder, type LayerIndex } from '../../index/layer-index.js';
@@ -38,6 +40,26 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
   const headers = (await exists(remoteIndexMarker(store, descriptor.digest)))
     ? new SpanIndexHeaderCheck(index, (start, end) => reader.readUncompressed(layer, start, end), what, context.log)
     : undefined;
+  if (headers) {
+    // What no per-file check sees (directories, modes, owners, links) is checked once the blob is whole:
+    // the index built from the complete layer must be the one the registry gave, else this mount's
+    // reads fail and the stored index goes (the next mount builds its own).
+    blob.checkWholeWith(async (path) => {
+      const stream = createReadStream(path, { highWaterMark: 1 << 20 });
+      const options = { what, expectDigest: descriptor.digest, expectDiffId: context.diffId };
+      const built = decodeIndex(encodeIndex(compression === 'gzip' ? await buildGzipIndex(stream, options) : await buildTarIndex(stream, options)));
+      const why = entriesDisagree(index.entries, built.entries);
+      if (why) {
+        await rm(store.paths.index(descriptor.digest), { force: true });
+        await rm(remoteIndexMarker(store, descriptor.digest), { force: true });
+        const err = new LazyrootError('INVALID_DATA', `${what}: refused: the span index from the registry disagrees with the layer's tar stream: ${why}; it is removed from the store`);
+        context.log?.(`${what}: refused`, err);
+        throw err;
+      }
+      await rm(remoteIndexMarker(store, descriptor.digest), { force: true });
+      headers.markWholeChecked();
+    });
+  }
   const read = headers
     ? async (entry: LayerFile, position: number, length: number) => {
         await headers.check(entry, entry.sourcePath ?? entry.path);
@@ -54,9 +76,21 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
     prefetchUnits: () => spanPrefetchUnits(index, blob.size, what),
     fetchAhead: (ranges, options) => blob.fetchAhead(spanPrefetchUnits(index, blob.size, what), ranges, options),
     priorityRanges: [],
+    ...(headers ? { uncheckedIndex: true } : {}),
     stats: () => blobLayerStats(kind, descriptor.digest, blob, indexedBytes),
     close: () => blob.close(),
   };
+}
+
+/** The first entry where two indexes of one layer differ, or undefined. */
+function entriesDisagree(given: readonly IndexEntry[], built: readonly IndexEntry[]): string | undefined {
+  const n = Math.max(given.length, built.length);
+  for (let i = 0; i < n; i++) {
+    const a = given[i] ? JSON.stringify(given[i]) : undefined;
+    const b = built[i] ? JSON.stringify(built[i]) : undefined;
+    if (a !== b) return `entry ${i}: the index has ${a ?? 'nothing'}, the tar ${b ?? 'nothing'}`;
+  }
+  return undefined;
 }
 
 /**
