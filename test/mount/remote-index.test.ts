@@ -336,7 +336,6 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const store = join(work, 'store-whole-honest');
     const target = await mountAt(store, 'v1', [], true);
     const marker = (l: BuiltImage['layers'][number]) => join(store, 'indexes', 'sha256', `${l.descriptor.digest.slice(7)}.remote`);
-    await access(marker(honest.layers[0]!)); // from the registry: marked until checked
     const began = Date.now();
     let s: MountStats & { complete?: boolean };
     do {
@@ -346,6 +345,8 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.equal(s.complete, true, 'prefetch completed the layers');
     for (const l of honest.layers) await assert.rejects(access(marker(l)), 'the marker goes once the whole layer agreed');
     assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    assert.doesNotMatch(await daemonLog(store), /refused/);
+    assert.equal(s.bytesIndexed, 0, 'the indexes came from the registry (marked until checked)');
     await umount(store, target);
   });
 
@@ -372,6 +373,29 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.equal((await stat(join(again, 'etc/hello.txt'))).mode & 0o7777, 0o644);
     assert.deepEqual(await readInChild(join(again, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     await umount(store, again);
+  });
+
+  test('the access profile, when one is recorded, goes into the artifact and is kept by the machine that finds it', async () => {
+    const storeA = join(work, 'store-a');
+    const recording = await mountAt(storeA, 'v1', ['--record', '--record-ms', '1000']);
+    assert.deepEqual(await readInChild(join(recording, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    const profileOf = (store: string) => join(store, 'indexes', 'sha256', `${honest.configDigest.slice(7)}.profile`);
+    const began = Date.now();
+    while (!(await access(profileOf(storeA)).then(() => true, () => false)) && Date.now() - began < 15_000) await new Promise((r) => setTimeout(r, 200));
+    await umount(storeA, recording);
+    const pushed = await lazyroot(['--store', storeA, '--json', 'index', '--push', ref('v1')]);
+    assert.equal(pushed.code, 0, pushed.stderr);
+    const report = JSON.parse(pushed.stdout) as PushJson;
+    assert.equal(report.profile, true);
+    assert.equal(report.indexes, 2);
+    const text = await lazyroot(['--store', storeA, 'index', '--push', ref('v1')]);
+    assert.match(text.stdout, /pushed 2 span indexes and the access profile \(.*\) to 127\.0\.0\.1:\d+\/remote\/app as sha256:[0-9a-f]{64}, subject sha256:[0-9a-f]{64}, listed under tag sha256-[0-9a-f]{64} \(the registry has no referrers API\)/);
+
+    const storeG = join(work, 'store-g');
+    const target = await mountAt(storeG, 'v1');
+    assert.deepEqual(await readFile(profileOf(storeG)), await readFile(profileOf(storeA)));
+    assert.equal((await stats(storeG, target)).bytesIndexed, 0);
+    await umount(storeG, target);
   });
 
   test('index --push errors name what is at fault and exit 1', async () => {
