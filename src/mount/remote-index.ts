@@ -31,8 +31,6 @@ import { parseProfile, profilePath, writeProfile } from './access-profile.js';
  */
 export class RemoteIndexes {
   private found: Promise<FoundArtifact | undefined> | undefined;
-  /** Referrer lookups made (one per image at most): tests and stats read it. */
-  lookups = 0;
 
   constructor(
     private readonly store: Store,
@@ -77,7 +75,6 @@ export class RemoteIndexes {
   private async lookUp(): Promise<FoundArtifact | undefined> {
     const { source, image } = this;
     if (!source.referrers || !source.fetchVerified) return undefined;
-    this.lookups++;
     const subject = image.manifestDigest;
     const candidates = newestFirst(await source.referrers(subject, { artifactType: lazyrootIndexArtifactType }));
     const layerDigests = new Set(image.chainIds.flatMap((c) => this.store.db.layer(c)?.blobs.map((b) => b.digest) ?? []));

@@ -91,10 +91,14 @@ export class RegistryPusher {
       return new URL(value, response.url);
     });
     location.searchParams.set('digest', digest);
-    await this.requestUrl('PUT', location, `${named}: upload`, { 'content-type': 'application/octet-stream' }, bytes, async (response) => {
+    const finish = async (response: TransportResponse) => {
       if (response.status !== 201) throw await this.failure(response, `${named}: upload`, 'PUT');
       await discard(response.body);
-    });
+    };
+    const headers = { 'content-type': 'application/octet-stream', 'content-length': String(bytes.length) };
+    // An upload URL on another host (a storage service) gets no credentials of ours.
+    if (location.origin !== (await this.baseUrl()).origin) await this.transport.request({ method: 'PUT', url: location, headers, what: `${named}: upload`, body: bytes }, finish);
+    else await this.requestUrl('PUT', location, `${named}: upload`, headers, bytes, finish);
     return true;
   }
 
