@@ -17,6 +17,7 @@ import type { LazyLayer, LazyLayerStats, RemoteIndexLookup } from './layers/lazy
 import { RemoteIndexes } from './remote-index.js';
 import { fetchProfileAhead, ProfileRecorder, readProfile, writeProfile } from './access-profile.js';
 import { openLazyLayer } from './layers/open-layer.js';
+import { imagePrefix, isPrefix } from './image-prefix.js';
 
 export type { LazyLayerStats } from './layers/lazy-layer.js';
 
@@ -73,6 +74,13 @@ export interface LazyMountOptions extends ReferenceOptions {
    * them (remote-index.ts). Default true.
    */
   remoteIndex?: boolean;
+  /**
+   * Serve only the image's first N layers (image-prefix.ts): the containerd
+   * snapshotter's mount of a lazily served chain that no image ends with.
+   * No access profile is read or recorded and no merged tree cached for such
+   * a mount: both belong to the whole image. Default: every layer.
+   */
+  layerCount?: number;
 }
 
 export interface LazyMountStats {
@@ -132,7 +140,9 @@ export interface LazyMount {
 export async function mountImageLazily(store: Store, ref: string, mountpoint: string, options: LazyMountOptions = {}): Promise<LazyMount> {
   const startedAt = performance.now();
   const startCpu = process.cpuUsage();
-  const image = store.findImage(ref) ?? (await pullReference(store, ref, { ...options, fetchLayers: false })).image;
+  const whole = store.findImage(ref) ?? (await pullReference(store, ref, { ...options, fetchLayers: false })).image;
+  const image = imagePrefix(whole, options.layerCount);
+  const wholeImage = !isPrefix(image, whole);
   const name = image.names[0];
   if (!name) throw new LazyrootError('FAILED_PRECONDITION', `image ${shortDigest(image.id)} has no name to fetch its layers by`);
   const source = await openSource(parseReference(name.startsWith('tarball:') ? name.slice(8) : name), {
@@ -164,8 +174,8 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       opened,
       decodedCache,
       rangeIgnored: () => rangeSupport() === 'ignored',
-      // Looked up once for the image, when the first layer without an index asks.
-      ...(options.remoteIndex !== false ? { remoteIndexes: new RemoteIndexes(store, source, image, options.logger) } : {}),
+      // Looked up once for the image (the whole one: the artifact's subject), when the first layer without an index asks.
+      ...(options.remoteIndex !== false ? { remoteIndexes: new RemoteIndexes(store, source, whole, options.logger) } : {}),
     };
     const [firstId, ...others] = image.chainIds;
     if (firstId) {
@@ -180,14 +190,14 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     group.enforceBound();
     // What the workload will read first goes out now, while the tree is being built and mounted.
     const fetchesAhead = options.profile !== false && options.prefetch !== false;
-    const profile = await readProfile(store, image.id, options.logger);
+    const profile = wholeImage ? await readProfile(store, image.id, options.logger) : undefined;
     let profileBytes = 0;
     const ahead = fetchesAhead ? fetchProfileAhead(layers, profile, stopPrefetch.signal, aheadBudget(group)).then((n) => void (profileBytes = n)) : Promise.resolve();
     // The merged tree of an image is derived once and read back by later mounts.
     const treeKey = layers.map((l) => l.digest).join(',');
     const treePath = treeCachePath(store, image.id);
     // Not from, nor into, the cache while an index from the registry is unchecked: a lying one must not outlive its removal.
-    const cacheable = layers.every((l) => !l.uncheckedIndex);
+    const cacheable = wholeImage && layers.every((l) => !l.uncheckedIndex);
     let merged = cacheable ? await readCached<MergedEntry[]>(treePath, treeKey) : undefined;
     if (!merged) {
       merged = mergeLayers(
@@ -214,7 +224,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     const mountTime = { mountMillis: Math.round(performance.now() - startedAt), mountCpuMillis: Math.round((cpu.user + cpu.system) / 1000) };
     let prefetchMillis: number | undefined;
     const prefetching = options.prefetch === false ? Promise.resolve() : prefetchAll();
-    const recording = recordProfile(store, image.id, layers, (options.record ?? !profile) ? (options.recordMillis ?? 10_000) : undefined, options.logger);
+    const recording = recordProfile(store, image.id, layers, wholeImage && (options.record ?? !profile) ? (options.recordMillis ?? 10_000) : undefined, options.logger);
 
     /**
      * Every layer's blob in the background. While the registry's Range

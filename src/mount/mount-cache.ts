@@ -48,7 +48,8 @@ export function writeCachedLater<T>(store: Store, path: string, key: string, val
   const write = async () => {
     try {
       await mkdir(dirname(path), { recursive: true });
-      await writeFileAtomic(path, JSON.stringify({ version, key, value } satisfies Envelope<T>), store.paths.tmp);
+      // Not durable: a file torn by a power cut fails to parse and is derived again (readCached).
+      await writeFileAtomic(path, JSON.stringify({ version, key, value } satisfies Envelope<T>), store.paths.tmp, { durable: false });
     } catch (err) {
       log?.(`caching ${path}`, err);
     }

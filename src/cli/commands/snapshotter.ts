@@ -9,6 +9,7 @@ interface SnapshotterFlags extends RegistryFlags {
   prefetch?: boolean;
   remoteIndex?: boolean;
   metricsAddress?: string;
+  trace?: boolean;
 }
 
 export function registerSnapshotter(program: Command, out: Output): void {
@@ -19,6 +20,7 @@ export function registerSnapshotter(program: Command, out: Output): void {
     .option('--metrics-address <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port)')
     .option('--no-prefetch', 'do not download the rest of remote layers in the background')
     .option('--no-remote-index', 'do not look in the registry for span indexes pushed by `index --push`: a gzip layer without a local index is streamed once to build one')
+    .option('--trace', 'log every gRPC call with its outcome and time (stderr, timestamped)')
     .option('--insecure', 'allow plain HTTP and unverified TLS to registries')
     .option('--creds <user:password>', 'registry credentials')
     .option('--authfile <file>', 'registry auth file (default: containers auth.json, then ~/.docker/config.json)')
@@ -34,6 +36,7 @@ export function registerSnapshotter(program: Command, out: Output): void {
         ...(opts.prefetch === false ? { prefetch: false } : {}),
         ...(opts.remoteIndex === false ? { remoteIndex: false } : {}),
         ...(opts.metricsAddress ? { metricsAddress: opts.metricsAddress } : {}),
+        ...(opts.trace ? { trace: (line: string) => process.stderr.write(`lazyroot snapshotter: ${new Date().toISOString()} ${line}\n`) } : {}),
         logger,
       });
       if (running.metricsPort !== undefined) logger(`metrics on port ${running.metricsPort}`);
