@@ -13,7 +13,8 @@ import { mergeLayers, type MergedEntry } from '../union/merge.js';
 import { readCached, treeCachePath, writeCachedLater } from './mount-cache.js';
 import { buildTree, type FsNode } from '../fs/tree.js';
 import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
-import type { LazyLayer, LazyLayerStats } from './layers/lazy-layer.js';
+import type { LazyLayer, LazyLayerStats, RemoteIndexLookup } from './layers/lazy-layer.js';
+import { RemoteIndexes } from './remote-index.js';
 import { fetchProfileAhead, ProfileRecorder, readProfile, writeProfile } from './access-profile.js';
 import { openLazyLayer } from './layers/open-layer.js';
 import { imagePrefix, isPrefix } from './image-prefix.js';
@@ -67,6 +68,12 @@ export interface LazyMountOptions extends ReferenceOptions {
   record?: boolean;
   /** How long a recording runs once the mount is ready (or until unmounted). Default 10 s. */
   recordMillis?: number;
+  /**
+   * Before streaming a gzip or tar layer that has no index in the store, look
+   * for span indexes pushed to the registry (`lazyroot index --push`) and use
+   * them (remote-index.ts). Default true.
+   */
+  remoteIndex?: boolean;
   /**
    * Serve only the image's first N layers (image-prefix.ts): the containerd
    * snapshotter's mount of a lazily served chain that no image ends with.
@@ -162,7 +169,14 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     // except that the first goes alone until the registry's first answer shows whether it
     // honours Range: if it does not, each other layer streams its blob once instead of also
     // paying for a whole-blob answer to a ranged request.
-    const context = { group, opened, decodedCache, rangeIgnored: () => rangeSupport() === 'ignored' };
+    const context: MountLayerContext = {
+      group,
+      opened,
+      decodedCache,
+      rangeIgnored: () => rangeSupport() === 'ignored',
+      // Looked up once for the image (the whole one: the artifact's subject), when the first layer without an index asks.
+      ...(options.remoteIndex !== false ? { remoteIndexes: new RemoteIndexes(store, source, whole, options.logger) } : {}),
+    };
     const [firstId, ...others] = image.chainIds;
     if (firstId) {
       const first = prepareLayer(store, source, image, 0, firstId, options, context);
@@ -182,13 +196,15 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     // The merged tree of an image is derived once and read back by later mounts.
     const treeKey = layers.map((l) => l.digest).join(',');
     const treePath = treeCachePath(store, image.id);
-    let merged = wholeImage ? await readCached<MergedEntry[]>(treePath, treeKey) : undefined;
+    // Not from, nor into, the cache while an index from the registry is unchecked: a lying one must not outlive its removal.
+    const cacheable = wholeImage && layers.every((l) => !l.uncheckedIndex);
+    let merged = cacheable ? await readCached<MergedEntry[]>(treePath, treeKey) : undefined;
     if (!merged) {
       merged = mergeLayers(
         layers.map((l) => l.entries),
         (i) => `layer ${i + 1}/${layers.length} ${shortDigest(layers[i]!.digest)}`,
       );
-      if (wholeImage) writeCachedLater(store, treePath, treeKey, merged, options.logger);
+      if (cacheable) writeCachedLater(store, treePath, treeKey, merged, options.logger);
     }
     const tree = buildTree(merged);
     const reader = {
@@ -335,6 +351,8 @@ export interface MountLayerContext {
   opened: Map<Digest, Promise<LazyBlob>>;
   decodedCache: LRUCache<string, Buffer>;
   rangeIgnored: () => boolean;
+  /** The registry's span indexes for the image (none: layers without an index are streamed). */
+  remoteIndexes?: RemoteIndexLookup;
 }
 
 /** Layer i of the image as a LazyLayer of whatever kind its descriptor says (also the layer store's way in). */
@@ -368,5 +386,5 @@ export async function prepareLayer(
     context.opened.set(descriptor.digest, blob);
     return blob;
   };
-  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? defaultCacheBytes, decodedCache: context.decodedCache, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes, ...(options.logger ? { log: options.logger } : {}), ...(options.maxTocRecords !== undefined ? { maxTocRecords: options.maxTocRecords } : {}) });
+  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? defaultCacheBytes, decodedCache: context.decodedCache, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes, ...(options.logger ? { log: options.logger } : {}), ...(options.maxTocRecords !== undefined ? { maxTocRecords: options.maxTocRecords } : {}), ...(context.remoteIndexes ? { remoteIndex: context.remoteIndexes } : {}) });
 }

@@ -63,6 +63,10 @@ export interface ImageSource {
   openBlob(descriptor: Descriptor, offset?: number, options?: FetchOptions): Promise<Readable>;
   /** Optional capability: bytes [start, end) of a blob. Probed, not assumed. */
   readRange?(descriptor: Descriptor, start: number, end: number, options?: FetchOptions): Promise<Buffer>;
+  /** Optional capability: the artifacts whose `subject` is manifest `subject` (OCI referrers). Probed, not assumed. */
+  referrers?(subject: Digest, options?: FetchOptions & { artifactType?: string }): Promise<Descriptor[]>;
+  /** Optional capability: a small manifest or blob (at most `limit` bytes), verified against its descriptor. */
+  fetchVerified?(kind: 'manifest' | 'blob', descriptor: Descriptor, limit: number, options?: FetchOptions): Promise<Buffer>;
   close(): Promise<void>;
 }
 

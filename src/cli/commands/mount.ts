@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { LazyrootError, indexImage, mount, mountStats, runMountDaemon, serveMount, unmount } from '../../index.js';
+import { LazyrootError, indexImage, mount, pushImageIndexes, mountStats, runMountDaemon, serveMount, unmount } from '../../index.js';
 import { formatBytes } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
@@ -19,6 +19,7 @@ type MountFlags = RegistryFlags & {
   profile?: boolean;
   record?: boolean;
   recordMs?: number;
+  remoteIndex?: boolean;
 };
 const int = (v: string) => Number.parseInt(v, 10);
 
@@ -45,6 +46,7 @@ function mountOptions(opts: MountFlags) {
     ...(opts.profile === false ? { profile: false } : {}),
     ...(opts.record !== undefined ? { record: opts.record } : {}),
     ...(opts.recordMs !== undefined ? { recordMillis: opts.recordMs } : {}),
+    ...(opts.remoteIndex === false ? { remoteIndex: false } : {}),
   };
 }
 
@@ -110,6 +112,7 @@ export function registerMount(program: Command, out: Output): void {
     .option('--record', 'record which ranges reads need in the first seconds as the image\'s access profile, replacing the one it has (default: only when it has none)')
     .option('--no-record', 'never record an access profile')
     .option('--record-ms <ms>', 'how long a recording runs after the mount is ready', int, 10_000)
+    .option('--no-remote-index', 'do not look in the registry for span indexes pushed by `index --push`: a gzip layer without a local index is streamed once to build one')
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image');
   addRegistryFlags(mountCommand);
   registerMountDaemon(program);
@@ -152,7 +155,7 @@ export function registerMount(program: Command, out: Output): void {
       }
       if (!dir) throw missingDir();
       // The daemon's stderr is its log file (mount-daemon.log).
-      const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
+      const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}${error === undefined ? '' : `: ${(error as Error)?.message ?? String(error)}`}\n`);
       await serveMount(store, ref, dir, { ...mountOptions(opts), logger });
     } finally {
       store.close();
@@ -177,25 +180,39 @@ export function registerMount(program: Command, out: Output): void {
 
   const index = program
     .command('index')
-    .description('build the span index of every gzip/uncompressed layer of an image, ahead of a lazy mount')
+    .description('build the span index of every gzip/uncompressed layer of an image, ahead of a lazy mount; with --push, share them through the registry')
     .argument('<ref>', 'image')
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image')
-    .option('--span-bytes <n>', 'compressed bytes between checkpoints: the fetch granularity of a lazy read (default 524288)', bytesFlag('--span-bytes'));
+    .option('--span-bytes <n>', 'compressed bytes between checkpoints: the fetch granularity of a lazy read (default 524288)', bytesFlag('--span-bytes'))
+    .option('--push', "push the indexes (and the image's access profile, when recorded) to the image's repository as an OCI artifact whose subject is the image manifest (referrers API, or the sha256-<hex> tag where the registry has none); other machines then mount the image lazily without streaming its layers")
+    .option('--no-remote-index', 'do not take indexes pushed to the registry: build each missing one by streaming its layer');
   addRegistryFlags(index);
-  index.action(async (ref: string, opts: RegistryFlags & { platform?: string; spanBytes?: number }, command: Command) => {
+  index.action(async (ref: string, opts: RegistryFlags & { platform?: string; spanBytes?: number; push?: boolean; remoteIndex?: boolean }, command: Command) => {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
     try {
-      const report = await indexImage(store, ref, {
+      const options = {
         registry: registryOptionsFrom(opts),
         ...(opts.platform ? { platform: opts.platform } : {}),
         ...(opts.spanBytes !== undefined ? { spanBytes: opts.spanBytes } : {}),
-      });
+        ...(opts.remoteIndex === false ? { remoteIndex: false } : {}),
+        warn: (message: string, error?: unknown) => process.stderr.write(`lazyroot: warning: ${message}${error === undefined ? '' : `: ${(error as Error)?.message ?? String(error)}`}\n`),
+      };
+      const layerLine = (l: Awaited<ReturnType<typeof indexImage>>[number]) =>
+        `${l.digest.slice(0, 19)}  ${l.format}${l.entries !== undefined ? `  ${l.entries} entries, ${l.checkpoints} checkpoints, ${l.seconds!.toFixed(2)} s${l.from && l.from !== 'built' ? ` (from the ${l.from})` : ''}` : ''}`;
+      if (opts.push) {
+        const pushed = await pushImageIndexes(store, ref, options);
+        if (global.json) return out.json(pushed);
+        if (global.quiet) return;
+        for (const l of pushed.layers) out.text(layerLine(l));
+        const where = pushed.via === 'referrers-api' ? 'listed by its referrers API' : `listed under tag ${pushed.tag} (the registry has no referrers API)`;
+        out.text(`pushed ${pushed.indexes} span index${pushed.indexes === 1 ? '' : 'es'}${pushed.profile ? ' and the access profile' : ''} (${formatBytes(pushed.bytes)}) to ${pushed.repository} as ${pushed.digest}, subject ${pushed.subject}, ${where}`);
+        return;
+      }
+      const report = await indexImage(store, ref, options);
       if (global.json) return out.json(report);
       if (global.quiet) return;
-      for (const l of report) {
-        out.text(`${l.digest.slice(0, 19)}  ${l.format}${l.entries !== undefined ? `  ${l.entries} entries, ${l.checkpoints} checkpoints, ${l.seconds!.toFixed(2)} s` : ''}`);
-      }
+      for (const l of report) out.text(layerLine(l));
     } finally {
       store.close();
     }

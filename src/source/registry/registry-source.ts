@@ -12,6 +12,7 @@ import type { FetchOptions, ImageSource, ResolvedImage } from '../image-source.j
 import { Authenticator } from './auth.js';
 import { blobStream, discard, readLimited, sliceOf } from './body.js';
 import { findCredentials, type Credentials } from './credentials.js';
+import { fetchVerified, listReferrers, type RegistryGet } from './referrers.js';
 import { apiHostFor, schemesFor } from './endpoint.js';
 import { RegistryError, errorForStatus, redactUrl } from './registry-error.js';
 import { Transport, describeNetworkError, headerValue, isTlsOrConnectError, type TransportResponse } from './transport.js';
@@ -197,6 +198,20 @@ export class RegistrySource implements ImageSource {
     });
     options.onProgress?.(bytes.length);
     return bytes;
+  }
+
+  /** OCI referrers of a manifest: the referrers API, or the `sha256-<hex>` tag where there is none (referrers.ts). */
+  async referrers(subject: Digest, options: FetchOptions & { artifactType?: string } = {}): Promise<Descriptor[]> {
+    return (await listReferrers(this.getter(options.signal), this.name, subject, options)).descriptors;
+  }
+
+  /** A small manifest or blob, verified against its descriptor (referrers.ts). */
+  fetchVerified(kind: 'manifest' | 'blob', descriptor: Descriptor, limit: number, options: FetchOptions = {}): Promise<Buffer> {
+    return fetchVerified(this.getter(options.signal), this.name, kind, descriptor, limit);
+  }
+
+  private getter(signal: AbortSignal | undefined): RegistryGet {
+    return (path, what, headers, consume) => this.request('GET', path, what, headers, signal, consume);
   }
 
   async close(): Promise<void> {

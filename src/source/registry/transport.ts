@@ -16,7 +16,7 @@ export interface TransportOptions {
 }
 
 export interface TransportRequest {
-  method: 'GET' | 'HEAD';
+  method: 'GET' | 'HEAD' | 'POST' | 'PUT';
   url: URL;
   headers?: Record<string, string>;
   /** Names what is being fetched, for errors: `127.0.0.1:5000/app:v1: manifest`. */
@@ -24,6 +24,8 @@ export interface TransportRequest {
   signal?: AbortSignal | undefined;
   /** Overrides the policy's retry count (0 for a probe that has a fallback). */
   retries?: number;
+  /** A request body (uploads, manifest PUTs): a buffer, so that a retry can send it again. */
+  body?: Buffer;
 }
 
 export type ResponseHeaders = Record<string, string | string[] | undefined>;
@@ -170,12 +172,14 @@ export class Transport {
   private async followRedirects(req: TransportRequest, attempt: number, at: { url: URL }): Promise<TransportResponse> {
     let url = req.url;
     let method = req.method;
+    let body = req.body;
     const headers: Record<string, string> = { 'user-agent': this.userAgent, ...req.headers };
     for (let hops = 0; ; hops++) {
       this.checkScheme(req, url);
       const response = await request(url, {
         method,
         headers,
+        ...(body !== undefined ? { body } : {}),
         dispatcher: this.agent,
         signal: req.signal ?? null,
         headersTimeout: this.timeoutMs,
@@ -200,7 +204,10 @@ export class Transport {
         delete headers.authorization;
         delete headers.Authorization;
       }
-      if (response.statusCode === 303 && method !== 'HEAD') method = 'GET';
+      if (response.statusCode === 303 && method !== 'HEAD') {
+        method = 'GET';
+        body = undefined;
+      }
       url = next;
       at.url = next;
     }
