@@ -62,7 +62,7 @@ export async function serveRun(request: RunRequest, channel: Duplex): Promise<vo
         }),
     );
     const code = await runImage(store, request.ref, {
-      lazy: request.deadlineMs !== undefined ? { deadlineMs: request.deadlineMs } : {},
+      lazy: { ...(request.deadlineMs !== undefined ? { deadlineMs: request.deadlineMs } : {}), ...(request.remoteIndex === false ? { remoteIndex: false } : {}) },
       registry: request.insecure ? { insecure: true } : {},
       args: request.args,
       stdio: { stdin, stdout: relay(Frame.Stdout), stderr: relay(Frame.Stderr) },

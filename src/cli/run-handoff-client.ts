@@ -10,7 +10,7 @@ import { standbyEnabled, standbyPaths, standbyPid } from '../mount/standby.js';
  * cold start), it hands the whole run to the standby (bundle/run-handoff.ts)
  * and relays the container's stdio, the caller's signals and the exit code.
  * Only the plain form is handed over (`--store`, `-q`, `--lazy`,
- * `--insecure`, `--deadline-ms`), and only when no stdio is a terminal (a
+ * `--insecure`, `--no-remote-index`, `--deadline-ms`), and only when no stdio is a terminal (a
  * relayed stream is a pipe to the container). Anything else, no standby, or
  * a standby that declines: undefined, and the caller runs the full CLI.
  * `LAZYROOT_HANDOFF=0` turns it off.
@@ -27,6 +27,7 @@ export async function tryRunHandoff(argv: readonly string[]): Promise<number | u
     args: run.args,
     ...(run.insecure ? { insecure: true } : {}),
     ...(run.deadlineMs !== undefined ? { deadlineMs: run.deadlineMs } : {}),
+    ...(run.remoteIndex ? {} : { remoteIndex: false }),
     env: { ...process.env },
     logFile: join(store, 'mount-daemon.log'),
     cwd: process.cwd(),
@@ -117,10 +118,11 @@ interface RunArgs {
   ref: string;
   args: string[];
   insecure: boolean;
+  remoteIndex: boolean;
   deadlineMs?: number;
 }
 
-/** `[--store DIR] [-q] run --lazy [--insecure] [--deadline-ms N] REF [-- CMD…]`, or undefined for anything else. */
+/** `[--store DIR] [-q] run --lazy [--insecure] [--no-remote-index] [--deadline-ms N] REF [-- CMD…]`, or undefined for anything else. */
 export function parseRunArgs(args: readonly string[]): RunArgs | undefined {
   let i = 0;
   let store: string | undefined;
@@ -133,11 +135,13 @@ export function parseRunArgs(args: readonly string[]): RunArgs | undefined {
   if (args[i++] !== 'run') return undefined;
   let lazy = false;
   let insecure = false;
+  let remoteIndex = true;
   let deadline: string | undefined;
   for (; i < args.length && args[i]!.startsWith('-'); i++) {
     const a = args[i]!;
     if (a === '--lazy') lazy = true;
     else if (a === '--insecure') insecure = true;
+    else if (a === '--no-remote-index') remoteIndex = false;
     else if (a === '--deadline-ms' && i + 1 < args.length) deadline = args[++i];
     else if (a.startsWith('--deadline-ms=')) deadline = a.slice('--deadline-ms='.length);
     else return undefined; // `--`, --help, flags the plain form does not take: the CLI decides
@@ -152,5 +156,5 @@ export function parseRunArgs(args: readonly string[]): RunArgs | undefined {
   let rest = args.slice(i);
   if (rest[0] === '--') rest = rest.slice(1);
   else if (rest.some((a) => a.startsWith('-'))) return undefined;
-  return { ...(store !== undefined ? { store } : {}), ref, args: rest, insecure, ...(deadlineMs !== undefined ? { deadlineMs } : {}) };
+  return { ...(store !== undefined ? { store } : {}), ref, args: rest, insecure, remoteIndex, ...(deadlineMs !== undefined ? { deadlineMs } : {}) };
 }

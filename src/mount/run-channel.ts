@@ -18,6 +18,8 @@ export interface RunRequest {
   args: string[];
   insecure?: boolean;
   deadlineMs?: number;
+  /** false: no lookup of span indexes pushed to the registry (`--no-remote-index`). */
+  remoteIndex?: boolean;
   /** The caller's environment: registry credentials are found through it. */
   env: Record<string, string | undefined>;
   /** Where the runner logs (the standby's own log is /dev/null). */
