@@ -12,6 +12,7 @@ export interface RegistryFlags {
   insecure?: boolean;
   creds?: string;
   authfile?: string;
+  hostsDir?: string;
 }
 
 export function openStore(options: GlobalOptions): Promise<Store> {
@@ -22,6 +23,7 @@ export function openStore(options: GlobalOptions): Promise<Store> {
 export function registryOptionsFrom(flags: RegistryFlags): RegistryOptions {
   const options: RegistryOptions = {};
   if (flags.insecure) options.insecure = true;
+  if (flags.hostsDir) options.hostsDir = flags.hostsDir;
   if (flags.authfile) {
     readFileSync(flags.authfile); // fail early, naming the file, if it cannot be read
     options.authFile = flags.authfile;

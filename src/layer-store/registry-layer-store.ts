@@ -199,7 +199,9 @@ export class RegistryLayerStore implements LayerStoreBackend {
       const { platform, registry } = this.options;
       const { image } = await pullReference(this.store, text, { ...(platform ? { platform } : {}), ...(registry ? { registry } : {}), fetchLayers: false, lease: this.lease });
       this.store.db.addToLease(this.lease, this.store.blobsOf(image));
-      const source = await openSource(parseReference(text), { tmpDir: this.store.paths.tmp, ...(this.options.registry ? { registry: this.options.registry } : {}) });
+      const logger = this.options.logger;
+      const registryOptions = { ...this.options.registry, ...(logger ? { onMirrorSkipped: (message: string) => logger(message, undefined) } : {}) };
+      const source = await openSource(parseReference(text), { tmpDir: this.store.paths.tmp, registry: registryOptions });
       return { image, source };
     })();
     resolving.catch(() => {
@@ -225,7 +227,7 @@ export class RegistryLayerStore implements LayerStoreBackend {
     }
     if (i < 0) throw new LazyrootError('NOT_FOUND', `layer store: image ${imageRef} (${shortDigest(resolved.image.id)}) has no layer ${slot.digest}`);
     const { image, source } = resolved;
-    const context: MountLayerContext = { group: this.group, opened: this.opened, decodedCache: this.decodedCache, rangeIgnored: () => (source as { rangeSupport?: string }).rangeSupport === 'ignored' };
+    const context: MountLayerContext = { group: this.group, opened: this.opened, decodedCache: this.decodedCache };
     const lazy = await prepareLayer(this.store, source, image, i, image.chainIds[i]!, {
       cacheBytes: this.options.cacheBytes ?? defaultCacheBytes,
       ...(this.options.deadlineMs !== undefined ? { deadlineMs: this.options.deadlineMs } : {}),
