@@ -77,6 +77,8 @@ export class RegistrySource implements ImageSource {
   /** The upstream's scheme(s) to try and API root: the registry itself, or a hosts.toml's `server`. */
   private readonly schemes: Scheme[];
   private readonly apiPath: string;
+  /** A hosts.toml `server`'s `header` table, sent with every request to the upstream. */
+  private readonly upstreamHeaders: Record<string, string> = {};
   /** Mirrors from the registry's hosts.toml, in the order written (the upstream is asked after them). */
   private readonly mirrors: MirrorHost[] = [];
   /** Which mirror gave the last answer for a request path (absent: the upstream did). */
@@ -99,6 +101,7 @@ export class RegistrySource implements ImageSource {
       this.host = upstream.host;
       this.schemes = [upstream.scheme];
       this.apiPath = upstream.apiPath;
+      this.upstreamHeaders = upstream.headers;
     }
     this.transport = new Transport({
       retry: {
@@ -413,7 +416,7 @@ export class RegistrySource implements ImageSource {
     }
     const base = await this.baseUrl(signal);
     const url = new URL(`${this.apiPath}/${this.reference.repository}/${path}`, base);
-    return this.auth.request({ method, url, headers, what, signal }, this.scope, consume);
+    return this.auth.request({ method, url, headers: { ...this.upstreamHeaders, ...headers }, what, signal }, this.scope, consume);
   }
 
   /** The registry's base URL, HTTPS or (for loopback and insecure registries) HTTP, found once. */
