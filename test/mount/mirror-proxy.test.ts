@@ -233,6 +233,7 @@ describe('lazy mounts through a pull-through cache configured as a mirror', { sk
       // The command's own --hosts-dir (after the command's name).
       const r = await lazyroot(['--store', store, 'pull', '--hosts-dir', hosts, ref('gzip')]);
       assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stderr.match(/registry mirror http:\/\/127\.0\.0\.1:\d+ for 127\.0\.0\.1:\d+: sent bytes that failed verification/g)?.length, 1, `told once: ${r.stderr}`);
       assert.ok(gzipDigests.every((d) => relay.log.slice(mark).some((l) => l.includes(`/blobs/${d}`))), 'each layer was first asked of the mirror');
       const run = await lazyroot(['--store', store, 'images', '--json']);
       assert.equal(run.code, 0, run.stderr);
