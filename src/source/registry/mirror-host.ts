@@ -31,6 +31,8 @@ export interface MirrorHostOptions {
   onSkip?: (message: string) => void;
 }
 
+/** Bound on a mirror's silence (waiting for headers, or mid-body): two tries stay under a read's 30 s deadline. */
+const mirrorTimeoutMs = 10_000;
 /** How long a mirror that could not be reached at all is left alone before it is tried again. */
 const downForMs = 30_000;
 
@@ -67,7 +69,8 @@ export class MirrorHost {
     this.transport = new Transport({
       // A mirror is one of several hosts: one quick retry, then the next host.
       retry: { retries: 1, baseDelayMs: 100, maxDelayMs: 500 },
-      requestTimeoutMs: options.requestTimeoutMs,
+      // A mirror that stalls must be passed over well within a lazy read's deadline (30 s by default).
+      requestTimeoutMs: Math.min(options.requestTimeoutMs, mirrorTimeoutMs),
       userAgent: options.userAgent,
       insecure: options.insecure,
       skipVerify: host.skipVerify,

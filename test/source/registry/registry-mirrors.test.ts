@@ -138,6 +138,24 @@ test('a mirror that is down is passed over, told once, counted; the upstream ser
   assert.equal(s.mirrorStats()[0]!.failures, 1, 'then left alone');
 });
 
+test('a mirror that stalls is passed over after its timeout and left alone; the upstream serves', { skip }, async () => {
+  const dir = await hostsDir('stalling', `[host."http://${relay.host}"]\n`);
+  const layer = image.layers[0]!;
+  relay.setRules([{ method: 'GET', path: /\/blobs\//, fault: { kind: 'stall' } }]);
+  try {
+    const s = source(dir, { requestTimeoutMs: 300 });
+    const began = Date.now();
+    assert.ok((await s.readRange(layer.descriptor, 0, 64)).equals(layer.blob.subarray(0, 64)));
+    assert.ok(Date.now() - began < 5000, `passed over in ${Date.now() - began} ms`);
+    assert.equal(s.mirrorStats()[0]!.failures, 1);
+    const relayed = relay.log.length;
+    assert.ok((await s.readRange(image.layers[0]!.descriptor, 64, 128)).equals(layer.blob.subarray(64, 128)));
+    assert.equal(relay.log.length, relayed, 'left alone after it stalled');
+  } finally {
+    relay.setRules([]);
+  }
+});
+
 test('a mirror that answers 5xx or 404 for a blob is passed over for that blob', { skip }, async () => {
   const dir = await hostsDir('failing', `[host."http://${relay.host}"]\n`);
   const layer = image.layers[0]!;
