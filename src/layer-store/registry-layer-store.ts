@@ -204,7 +204,9 @@ export class RegistryLayerStore implements LayerStoreBackend {
       const { platform, registry } = this.options;
       const { image } = await pullReference(this.store, text, { ...(platform ? { platform } : {}), ...(registry ? { registry } : {}), fetchLayers: false, lease: this.lease });
       this.store.db.addToLease(this.lease, this.store.blobsOf(image));
-      const source = await openSource(parseReference(text), { tmpDir: this.store.paths.tmp, ...(this.options.registry ? { registry: this.options.registry } : {}) });
+      const logger = this.options.logger;
+      const registryOptions = { ...this.options.registry, ...(logger ? { onMirrorSkipped: (message: string) => logger(message, undefined) } : {}) };
+      const source = await openSource(parseReference(text), { tmpDir: this.store.paths.tmp, registry: registryOptions });
       return { image, source, ...(this.options.remoteIndex !== false ? { remote: new RemoteIndexes(this.store, source, image, this.options.logger) } : {}) };
     })();
     resolving.catch(() => {
@@ -234,7 +236,6 @@ export class RegistryLayerStore implements LayerStoreBackend {
       group: this.group,
       opened: this.opened,
       decodedCache: this.decodedCache,
-      rangeIgnored: () => (source as { rangeSupport?: string }).rangeSupport === 'ignored',
       ...(resolved.remote ? { remoteIndexes: resolved.remote } : {}),
     };
     const lazy = await prepareLayer(this.store, source, image, i, image.chainIds[i]!, {

@@ -1,7 +1,8 @@
-import { LazyrootError } from '../errors.js';
+import { LazyrootError, isLazyrootError } from '../errors.js';
 import { shortDigest, type Digest } from '../oci/digest.js';
 import { parseReference } from '../reference/reference.js';
 import type { ImageSource } from '../source/image-source.js';
+import type { MirrorStats } from '../source/registry/mirror-host.js';
 import { openSource } from '../source/open-source.js';
 import type { LRUCache } from 'lru-cache';
 import { decodedBytesCache } from '../index/gzip-reader.js';
@@ -96,6 +97,8 @@ export interface LazyMountStats {
   bytesIndexed: number;
   imageBytes: number;
   rangeSupport: string;
+  /** The registry's mirrors (hosts.toml), in the order tried: answers used, failures, lies. */
+  mirrors?: MirrorStats[];
   /** Every layer is in blobs/. */
   complete: boolean;
   prefetch: boolean;
@@ -147,7 +150,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
   if (!name) throw new LazyrootError('FAILED_PRECONDITION', `image ${shortDigest(image.id)} has no name to fetch its layers by`);
   const source = await openSource(parseReference(name.startsWith('tarball:') ? name.slice(8) : name), {
     tmpDir: store.paths.tmp,
-    ...(options.registry ? { registry: options.registry } : {}),
+    registry: { ...options.registry, ...(options.logger ? { onMirrorSkipped: (message: string) => options.logger!(message, undefined) } : {}) },
   });
   const layers: LazyLayer[] = [];
   const group = new LazyBlobGroup(options.cacheMaxBytes !== undefined ? { cacheMaxBytes: options.cacheMaxBytes } : {});
@@ -173,7 +176,6 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       group,
       opened,
       decodedCache,
-      rangeIgnored: () => rangeSupport() === 'ignored',
       // Looked up once for the image (the whole one: the artifact's subject), when the first layer without an index asks.
       ...(options.remoteIndex !== false ? { remoteIndexes: new RemoteIndexes(store, source, whole, options.logger) } : {}),
     };
@@ -267,6 +269,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
           bytesIndexed: sum((l) => l.bytesIndexed),
           imageBytes: sum((l) => l.size),
           rangeSupport: rangeSupport(),
+          ...((source as MirroredSource).mirrorStats?.().length ? { mirrors: (source as MirroredSource).mirrorStats!() } : {}),
           complete: per.every((l) => l.complete),
           prefetch: options.prefetch !== false,
           ...(prefetchMillis !== undefined ? { prefetchMillis } : {}),
@@ -350,7 +353,6 @@ export interface MountLayerContext {
   /** Blobs already opened for this mount: an image may use one blob twice. */
   opened: Map<Digest, Promise<LazyBlob>>;
   decodedCache: LRUCache<string, Buffer>;
-  rangeIgnored: () => boolean;
   /** The registry's span indexes for the image (none: layers without an index are streamed). */
   remoteIndexes?: RemoteIndexLookup;
 }
@@ -375,16 +377,61 @@ export async function prepareLayer(
   const openBlob = async (): Promise<LazyBlob> => {
     const known = context.opened.get(descriptor.digest);
     if (known) return known;
-    const blob = LazyBlob.open(store, descriptor.digest, descriptor.size, (start, end, signal) => readRange(descriptor, start, end, { signal }), {
+    const blob = LazyBlob.open(store, descriptor.digest, descriptor.size, (start, end, signal, onWholeBlob) => readRange(descriptor, start, end, { signal, onWholeBlob }), {
       what,
       mediaType: descriptor.mediaType,
       group: context.group,
       openStream: (offset, signal) => source.openBlob(descriptor, offset, { signal }),
-      rangeIgnored: context.rangeIgnored,
       ...(options.deadlineMs !== undefined ? { deadlineMs: options.deadlineMs } : {}),
     });
     context.opened.set(descriptor.digest, blob);
     return blob;
   };
-  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? defaultCacheBytes, decodedCache: context.decodedCache, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes, ...(options.logger ? { log: options.logger } : {}), ...(options.maxTocRecords !== undefined ? { maxTocRecords: options.maxTocRecords } : {}), ...(context.remoteIndexes ? { remoteIndex: context.remoteIndexes } : {}) });
+  const open = () =>
+    openLazyLayer({
+      store,
+      source,
+      group: context.group,
+      openBlob,
+      what,
+      descriptor,
+      diffId: record.diffId,
+      cacheBytes: options.cacheBytes ?? defaultCacheBytes,
+      decodedCache: context.decodedCache,
+      readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes,
+      ...(options.logger ? { log: options.logger } : {}),
+      ...(options.maxTocRecords !== undefined ? { maxTocRecords: options.maxTocRecords } : {}),
+      ...(context.remoteIndexes ? { remoteIndex: context.remoteIndexes } : {}),
+    });
+  // Bytes that fail verification (or do not even decode) and came from a registry mirror: the source passes
+  // that mirror over for this blob, and the read is tried again (from the next host; the upstream last, and
+  // what fails from the upstream fails as it always did).
+  const passedOver = (err: unknown): boolean =>
+    (isLazyrootError(err, 'DIGEST_MISMATCH') || isLazyrootError(err, 'INVALID_DATA')) && (source as MirroredSource).distrust?.(descriptor.digest, err) === true;
+  let layer: LazyLayer;
+  for (;;) {
+    try {
+      layer = await open();
+      break;
+    } catch (err) {
+      if (!passedOver(err)) throw err;
+    }
+  }
+  const read = layer.read;
+  layer.read = async (entry, position, length) => {
+    for (;;) {
+      try {
+        return await read(entry, position, length);
+      } catch (err) {
+        if (!passedOver(err)) throw err;
+      }
+    }
+  };
+  return layer;
+}
+
+/** A registry source with mirrors (RegistrySource): told when a blob's bytes were wrong. */
+interface MirroredSource {
+  distrust?(digest: Digest, err: unknown): boolean;
+  mirrorStats?(): MirrorStats[];
 }

@@ -48,6 +48,15 @@ export interface FetchOptions {
   signal?: AbortSignal;
   /** Called with the count of bytes as they arrive (for progress). */
   onProgress?: (bytes: number) => void;
+  /**
+   * readRange: when the source answers with the whole blob instead of the
+   * range (a pull-through cache on a miss, a registry without Range), it is
+   * handed over here, from byte 0, to be kept (verified by its digest), and
+   * the range is still returned, taken from it as it passes. The receiver
+   * must read the stream (or destroy it): the range waits on it. Without
+   * this the rest of the blob is dropped.
+   */
+  onWholeBlob?: (blob: Readable) => void;
 }
 
 /**

@@ -128,7 +128,7 @@ export function registerMount(program: Command, out: Output): void {
           return out.text(`mount ${stats.mountpoint}: kernel overlayfs, read-only (every layer was in the store); image ${formatBytes(stats.imageBytes)}, nothing fetched`);
         }
         const layerState = (l: (typeof stats.layers)[number]): string => {
-          if (l.source === 'streamed') return 'streamed whole (registry ignores Range)';
+          if (l.source === 'streamed') return 'kept whole (the registry answered a range with the whole blob)';
           if (l.complete) return 'complete';
           return `prefetch ${l.prefetch}${l.prefetchError ? ` (${l.prefetchError})` : ''}`;
         };
@@ -143,6 +143,9 @@ export function registerMount(program: Command, out: Output): void {
               `${stats.prefetchMillis !== undefined ? ` (completed ${(stats.prefetchMillis / 1000).toFixed(1)} s after mounting)` : ''}; ` +
               `partial bytes kept ${formatBytes(stats.partialBytes)}${stats.cacheMaxBytes !== undefined ? ` (bound ${formatBytes(stats.cacheMaxBytes)})` : ''}`,
             `served ${formatBytes(stats.fs.bytesServed)} in ${stats.fs.reads} reads; ${stats.fs.errors} errors`,
+            ...(stats.mirrors ?? []).map(
+              (m) => `  mirror ${m.mirror}: ${m.served} answers used, ${m.failures} failed, ${m.lies} with wrong bytes${m.lastError ? ` (last: ${m.lastError})` : ''}`,
+            ),
             ...stats.layers.map(
               (l) =>
                 `  ${l.digest.slice(0, 19)} ${l.format.padEnd(7)} present ${formatBytes(l.present)}/${formatBytes(l.size)}  hits ${l.hits}  misses ${l.misses}  ` +

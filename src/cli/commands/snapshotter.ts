@@ -24,6 +24,7 @@ export function registerSnapshotter(program: Command, out: Output): void {
     .option('--insecure', 'allow plain HTTP and unverified TLS to registries')
     .option('--creds <user:password>', 'registry credentials')
     .option('--authfile <file>', 'registry auth file (default: containers auth.json, then ~/.docker/config.json)')
+    .option('--hosts-dir <dir>', 'registry mirrors: <dir>/<registry>/hosts.toml, as containerd (default: $LAZYROOT_HOSTS_DIR or /etc/lazyroot/certs.d)')
     .action(async (opts: SnapshotterFlags, cmd: Command) => {
       const global = cmd.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);

@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import tls from 'node:tls';
 import { Agent, request } from 'undici';
 import { isLazyrootError } from '../../errors.js';
 import { discard, readLimited } from './body.js';
@@ -13,6 +14,12 @@ export interface TransportOptions {
   userAgent?: string;
   /** Allow plain HTTP to any host and accept any TLS certificate. */
   insecure?: boolean;
+  /** Accept any TLS certificate (a hosts.toml `skip_verify`), without allowing plain HTTP. */
+  skipVerify?: boolean;
+  /** Plain HTTP is allowed to this host (`host[:port]`): a hosts.toml entry that says `http://`. */
+  httpHost?: string;
+  /** PEM CA certificates to trust besides the system's (a hosts.toml `ca`). */
+  ca?: string[];
 }
 
 export interface TransportRequest {
@@ -119,17 +126,20 @@ export class Transport {
   private readonly timeoutMs: number;
   private readonly userAgent: string;
   private readonly insecure: boolean;
+  private readonly httpHost: string | undefined;
 
   constructor(options: TransportOptions = {}) {
     this.retry = options.retry ?? defaultRetryPolicy;
     this.timeoutMs = options.requestTimeoutMs ?? 30_000;
     this.userAgent = options.userAgent ?? 'lazyroot';
     this.insecure = options.insecure ?? false;
+    this.httpHost = options.httpHost;
+    const ca = options.ca?.length ? { ca: [...tls.rootCertificates, ...options.ca] } : {};
     this.agent = new Agent({
       keepAliveTimeout: 30_000,
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,
-      connect: { timeout: this.timeoutMs, rejectUnauthorized: !this.insecure },
+      connect: { timeout: this.timeoutMs, rejectUnauthorized: !(this.insecure || options.skipVerify), ...ca },
     });
   }
 
@@ -215,7 +225,7 @@ export class Transport {
 
   private checkScheme(req: TransportRequest, url: URL): void {
     if (url.protocol === 'https:') return;
-    if (url.protocol === 'http:' && schemesFor(url.host, this.insecure).includes('http')) return;
+    if (url.protocol === 'http:' && (url.host === this.httpHost || schemesFor(url.host, this.insecure).includes('http'))) return;
     throw new RegistryError(
       'FAILED_PRECONDITION',
       `${req.what}: refusing ${url.protocol.replace(':', '')} to ${url.host}: plain HTTP is only used for loopback or insecure registries`,
