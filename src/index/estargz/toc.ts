@@ -63,7 +63,7 @@ export interface EstargzPrefetch {
 export interface EstargzIndex {
   /** Every tar entry of the layer but the TOC itself and the landmarks, in blob order. */
   entries: IndexEntry[];
-  /** Regular file path → its chunks, by file offset, tiling the file (empty for empty files). */
+  /** Regular file path → its chunks, by file offset, tiling the file (none for empty files). */
   chunks: Map<string, EstargzMemberChunk[]>;
   /** sha256 of the TOC JSON, as computed from the bytes read. */
   tocDigest: Digest;
@@ -111,13 +111,7 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
     if (check !== want) throw new DigestMismatchError(`${what}: TOC ${tocTarName}`, want, check);
   }
 
-  let toc: unknown;
-  try {
-    toc = JSON.parse(tocJson.toString('utf8'));
-  } catch (err) {
-    throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
-  }
-  return { ...indexFromToc(toc, tocOffset, what, options.maxTocRecords ?? defaultMaxTocRecords), tocDigest: got, tocOffset, footer };
+  return { ...indexFromTocJson(tocJson, tocOffset, what, options.maxTocRecords ?? defaultMaxTocRecords), tocDigest: got, tocOffset, footer };
 }
 
 // ---- the TOC's gzip member: one tar entry named stargz.index.json
@@ -192,6 +186,8 @@ interface PendingFile {
   fileDigest?: string;
   /** A landmark's chunks are read and checked, then dropped. */
   landmark: boolean;
+  /** Its index in the entries (landmarks: where they would be). */
+  entryIndex: number;
   chunks: PendingChunk[];
 }
 
@@ -221,38 +217,224 @@ const entryTypes: Record<string, IndexEntry['type'] | undefined> = {
 /** A parsed TOC (`stargz.index.json`) as index entries and chunk lists; `tocOffset` is where the TOC starts in the blob. */
 export function indexFromToc(toc: unknown, tocOffset: number, what: string, maxRecords = defaultMaxTocRecords): Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'> {
   if (!isObject(toc)) throw invalid(what, `TOC ${tocTarName} is not a JSON object`);
-  if (toc.version !== 1) {
-    throw new LazyrootError('UNSUPPORTED', `${what}: TOC version ${JSON.stringify(toc.version)} is not supported (only 1)`);
-  }
+  checkVersion(toc.version, what);
   if (!Array.isArray(toc.entries)) throw invalid(what, `TOC ${tocTarName} has no "entries" array`);
-  if (toc.entries.length > maxRecords) {
-    throw new LazyrootError('RESOURCE_EXHAUSTED', `${what}: the TOC lists ${toc.entries.length} entries and chunks, more than the limit of ${maxRecords} (--max-toc-records)`);
+  checkRecordCount(toc.entries.length, maxRecords, what);
+  const builder = new TocIndexBuilder(tocOffset, what);
+  const records = toc.entries as unknown[];
+  for (let i = 0; i < records.length; i++) builder.add(records[i], i);
+  return builder.finish();
+}
+
+function checkVersion(version: unknown, what: string): void {
+  if (version !== 1) throw new LazyrootError('UNSUPPORTED', `${what}: TOC version ${JSON.stringify(version)} is not supported (only 1)`);
+}
+
+function checkRecordCount(count: number, maxRecords: number, what: string): void {
+  if (count > maxRecords) {
+    throw new LazyrootError('RESOURCE_EXHAUSTED', `${what}: the TOC lists ${count} entries and chunks, more than the limit of ${maxRecords} (--max-toc-records)`);
+  }
+}
+
+/**
+ * The TOC JSON (as read, not yet decoded) mapped to index entries a batch of
+ * records at a time: the whole TOC never exists as one JavaScript string nor
+ * as one tree of parsed objects (together about 3× the index they become).
+ * A JSON shape the splitter does not expect (a TOC whose "entries" precede its
+ * "version", a repeated key, malformed JSON) goes through JSON.parse whole,
+ * so errors and results are those of the plain path.
+ */
+export function indexFromTocJson(json: Buffer, tocOffset: number, what: string, maxRecords = defaultMaxTocRecords): Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'> {
+  const shape = splitToc(json);
+  if (!shape) {
+    let toc: unknown;
+    try {
+      toc = JSON.parse(json.toString('utf8'));
+    } catch (err) {
+      throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
+    }
+    return indexFromToc(toc, tocOffset, what, maxRecords);
+  }
+  checkVersion(shape.version, what);
+  checkRecordCount(shape.count, maxRecords, what);
+  const builder = new TocIndexBuilder(tocOffset, what);
+  let index = 0;
+  for (const [start, end] of shape.batches) {
+    let records: unknown[];
+    try {
+      records = JSON.parse(`[${json.toString('utf8', start, end)}]`) as unknown[];
+    } catch (err) {
+      throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
+    }
+    for (let i = 0; i < records.length; i++) builder.add(records[i], index++);
+  }
+  return builder.finish();
+}
+
+/** TOC records parsed at once by indexFromTocJson. */
+const recordsPerBatch = 2048;
+
+/**
+ * The top level of a TOC, `{"version": 1, "entries": [record, …]}`, found
+ * without decoding it: the version's value, and the byte ranges of the
+ * entries array in batches of `recordsPerBatch` records (each range is the
+ * records and the commas between them). Undefined when the JSON has another
+ * shape, or is not JSON: the caller parses it whole then.
+ */
+function splitToc(json: Buffer): { version: unknown; count: number; batches: Array<[number, number]> } | undefined {
+  const n = json.length;
+  let i = skipSpace(json, 0);
+  if (json[i] !== 0x7b) return undefined; // {
+  i = skipSpace(json, i + 1);
+  let version: unknown;
+  let sawVersion = false;
+  let count = -1;
+  const batches: Array<[number, number]> = [];
+  if (json[i] === 0x7d) return undefined; // {}: let JSON.parse's path report it
+  for (;;) {
+    if (json[i] !== 0x22) return undefined;
+    const keyEnd = skipString(json, i);
+    if (keyEnd < 0) return undefined;
+    const key = json.toString('utf8', i + 1, keyEnd - 1);
+    if (key.includes('\\')) return undefined; // an escaped key: rare, let JSON.parse decode it
+    i = skipSpace(json, keyEnd);
+    if (json[i] !== 0x3a) return undefined; // :
+    i = skipSpace(json, i + 1);
+    if (key === 'entries') {
+      if (!sawVersion || count >= 0 || json[i] !== 0x5b) return undefined; // [
+      count = 0;
+      i = skipSpace(json, i + 1);
+      let batchStart = i;
+      let inBatch = 0;
+      if (json[i] === 0x5d) {
+        i++;
+      } else {
+        for (;;) {
+          const end = skipValue(json, i);
+          if (end < 0) return undefined;
+          count++;
+          inBatch++;
+          i = skipSpace(json, end);
+          if (inBatch === recordsPerBatch || json[i] === 0x5d) {
+            batches.push([batchStart, end]);
+            inBatch = 0;
+          }
+          if (json[i] === 0x5d) {
+            i++;
+            break;
+          }
+          if (json[i] !== 0x2c) return undefined; // ,
+          i = skipSpace(json, i + 1);
+          if (inBatch === 0) batchStart = i;
+        }
+      }
+    } else {
+      const end = skipValue(json, i);
+      if (end < 0) return undefined;
+      if (key === 'version') {
+        if (sawVersion) return undefined;
+        sawVersion = true;
+        try {
+          version = JSON.parse(json.toString('utf8', i, end));
+        } catch {
+          return undefined;
+        }
+      }
+      i = end;
+    }
+    i = skipSpace(json, i);
+    if (json[i] === 0x2c) {
+      i = skipSpace(json, i + 1);
+      continue;
+    }
+    if (json[i] !== 0x7d) return undefined; // }
+    if (skipSpace(json, i + 1) !== n || count < 0) return undefined;
+    return { version, count, batches };
+  }
+}
+
+function skipSpace(json: Buffer, i: number): number {
+  for (;;) {
+    const c = json[i];
+    if (c !== 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) return i;
+    i++;
+  }
+}
+
+/** `i` is at a string's opening quote: the index after its closing quote, or -1. */
+function skipString(json: Buffer, i: number): number {
+  let at = i + 1;
+  for (;;) {
+    const quote = json.indexOf(0x22, at);
+    if (quote < 0) return -1;
+    let backslashes = 0;
+    while (json[quote - 1 - backslashes] === 0x5c) backslashes++;
+    if (backslashes % 2 === 0) return quote + 1;
+    at = quote + 1;
+  }
+}
+
+/**
+ * `i` is at a value: the index just after it, or -1. Brackets are only
+ * counted, not matched: JSON.parse of the value checks it.
+ */
+function skipValue(json: Buffer, i: number): number {
+  const n = json.length;
+  let depth = 0;
+  while (i < n) {
+    const c = json[i]!;
+    if (c === 0x22) {
+      i = skipString(json, i);
+      if (i < 0) return -1;
+      if (depth === 0) return i;
+      continue;
+    }
+    if (c === 0x7b || c === 0x5b) depth++;
+    else if (c === 0x7d || c === 0x5d) {
+      if (depth === 0) return i; // a scalar ends at its container's close
+      if (--depth === 0) return i + 1;
+    } else if (depth === 0 && (c === 0x2c || c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d)) return i;
+    i++;
+  }
+  return depth === 0 ? i : -1;
+}
+
+/** Maps TOC records, in order, to index entries and chunk lists. */
+class TocIndexBuilder {
+  private readonly entries: IndexEntry[] = [];
+  private readonly prefetch: EstargzPrefetch = { landmark: 'none', paths: [], compressedEnd: 0 };
+  /** Every chunk in TOC order: their compressed ends are settled in one backward pass. */
+  private readonly allChunks: PendingChunk[] = [];
+  /** Regular files with data (their chunks are checked and mapped at the end) and landmarks. */
+  private readonly files: PendingFile[] = [];
+  private current: PendingFile | undefined;
+  private readonly at: Place;
+
+  constructor(
+    private readonly tocOffset: number,
+    private readonly what: string,
+  ) {
+    this.at = new Place(what);
   }
 
-  const entries: IndexEntry[] = [];
-  const chunks = new Map<string, EstargzMemberChunk[]>();
-  const prefetch: EstargzPrefetch = { landmark: 'none', paths: [], compressedEnd: 0 };
-  /** Every chunk in TOC order: their compressed ends are settled in one backward pass. */
-  const allChunks: PendingChunk[] = [];
-  const files: PendingFile[] = [];
-  let current: PendingFile | undefined;
-
-  const at = new Place(what);
-  toc.entries.forEach((raw: unknown, index: number) => {
+  add(raw: unknown, index: number): void {
+    const { at, what, tocOffset } = this;
     at.index = index;
     if (!isObject(raw)) throw invalid(at, 'is not an object');
     const type = raw.type;
     if (type === 'chunk') {
+      const current = this.current;
       if (!current) throw invalid(at, 'is a chunk that follows no regular file');
       if (raw.name !== undefined && raw.name !== '' && normalizeEntryPath(str(raw.name, at, 'name'), what) !== current.path) {
         throw invalid(at, `is a chunk of ${JSON.stringify(raw.name)} after the entries of ${JSON.stringify(current.path)}`);
       }
       const chunk = pendingChunk(raw, index, at, tocOffset);
+      if (current.chunks.length === 0 && !current.landmark) this.files.push(current); // an empty file's chunks: finishChunks refuses them
       current.chunks.push(chunk);
-      allChunks.push(chunk);
+      this.allChunks.push(chunk);
       return;
     }
-    current = undefined;
+    this.current = undefined;
     if (typeof type !== 'string' || entryTypes[type] === undefined) {
       throw new LazyrootError('UNSUPPORTED', `${at}: unknown entry type ${JSON.stringify(type)}`);
     }
@@ -286,49 +468,70 @@ export function indexFromToc(toc: unknown, tocOffset: number, what: string, maxR
     if (xattrs) entry.xattrs = xattrs;
 
     if (entryType === 'file') {
-      const file: PendingFile = { path, size: entry.size, landmark: isLandmark, chunks: [] };
+      const file: PendingFile = { path, size: entry.size, landmark: isLandmark, chunks: [], entryIndex: this.entries.length };
       if (typeof raw.digest === 'string' && raw.digest !== '') file.fileDigest = raw.digest;
       if (entry.size > 0) {
         const chunk = pendingChunk(raw, index, at, tocOffset);
         if (chunk.fileOffset !== 0) throw invalid(at, `the first chunk of ${JSON.stringify(path)} starts at file offset ${chunk.fileOffset}`);
         file.chunks.push(chunk);
-        allChunks.push(chunk);
+        this.allChunks.push(chunk);
       }
-      files.push(file);
-      current = file;
+      // Empty files (most of a big TOC, often) are kept only while chunks may follow them.
+      if (file.chunks.length > 0 || isLandmark) this.files.push(file);
+      this.current = file;
     }
 
     if (isLandmark) {
       if (path === prefetchLandmark) {
-        prefetch.landmark = 'prefetch';
-        prefetch.paths = entries.map((e) => e.path);
-      } else if (prefetch.landmark === 'none') {
-        prefetch.landmark = 'no-prefetch';
+        this.prefetch.landmark = 'prefetch';
+        this.prefetch.paths = this.entries.map((e) => e.path);
+      } else if (this.prefetch.landmark === 'none') {
+        this.prefetch.landmark = 'no-prefetch';
       }
       return;
     }
-    entries.push(entry);
-  });
-
-  // A chunk's gzip member ends where the next member starts: the next chunk
-  // offset that opens a member (innerOffset 0), else the TOC.
-  let nextMember = tocOffset;
-  for (let i = allChunks.length - 1; i >= 0; i--) {
-    const chunk = allChunks[i]!;
-    chunk.compressedEnd = nextMember;
-    if (chunk.innerOffset === 0) nextMember = chunk.compressedStart;
+    this.entries.push(entry);
   }
 
-  const fileAt = new Place(what);
-  for (const file of files) {
-    const list = finishChunks(file, fileAt);
-    if (file.landmark) {
-      if (file.path === prefetchLandmark && list[0]) prefetch.compressedEnd = list[0].compressedStart;
-      continue;
+  finish(): Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'> {
+    const { allChunks, prefetch } = this;
+    // A chunk's gzip member ends where the next member starts: the next chunk
+    // offset that opens a member (innerOffset 0), else the TOC.
+    let nextMember = this.tocOffset;
+    for (let i = allChunks.length - 1; i >= 0; i--) {
+      const chunk = allChunks[i]!;
+      chunk.compressedEnd = nextMember;
+      if (chunk.innerOffset === 0) nextMember = chunk.compressedStart;
     }
-    chunks.set(file.path, list);
+    allChunks.length = 0;
+
+    // Only files with data have a chunk list: an empty file reads as no chunks.
+    const chunks = new Map<string, EstargzMemberChunk[]>();
+    /** Which entry each chunk list belongs to: a later entry of the same path replaces it. */
+    const owner = new Map<string, number>();
+    const fileAt = new Place(this.what);
+    for (const file of this.files) {
+      const list = finishChunks(file, fileAt);
+      if (file.landmark) {
+        if (file.path === prefetchLandmark && list[0]) prefetch.compressedEnd = list[0].compressedStart;
+        continue;
+      }
+      chunks.set(file.path, list);
+      owner.set(file.path, file.entryIndex);
+    }
+    this.files.length = 0;
+    // A path listed again as an empty file after a file with data: the later, empty file's (no) chunks.
+    if (owner.size > 0) {
+      const { entries } = this;
+      for (let i = 0; i < entries.length; i++) {
+        const e = entries[i]!;
+        if (e.type !== 'file') continue;
+        const own = owner.get(e.path);
+        if (own !== undefined && own < i) chunks.delete(e.path);
+      }
+    }
+    return { entries: this.entries, chunks, prefetch };
   }
-  return { entries, chunks, prefetch };
 }
 
 function pendingChunk(raw: Record<string, unknown>, index: number, at: Place, tocOffset: number): PendingChunk {
