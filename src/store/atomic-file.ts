@@ -29,10 +29,18 @@ export async function commitFile(tmpPath: string, finalPath: string): Promise<vo
  * fsync, rename. Readers see the old file or the new one, never a torn one.
  */
 export async function writeFileAtomic(finalPath: string, data: Uint8Array | string, tmpDir: string): Promise<void> {
+  await writeFileAtomicFrom(finalPath, [data], tmpDir);
+}
+
+/**
+ * writeFileAtomic of a file given as pieces, written one after another: a
+ * big file made of many small strings never exists whole in memory.
+ */
+export async function writeFileAtomicFrom(finalPath: string, pieces: Iterable<Uint8Array | string>, tmpDir: string): Promise<void> {
   const tmpPath = join(tmpDir, `${basename(finalPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   const handle = await open(tmpPath, 'wx');
   try {
-    await handle.writeFile(data);
+    for (const piece of pieces) await handle.writeFile(piece);
     await handle.sync();
   } catch (err) {
     await handle.close();
