@@ -107,27 +107,41 @@ export function mergeLayerTree(layers: ReadonlyArray<readonly IndexEntry[]>, wha
   tree.set('', { entry: implicitDir(''), layer: -1, index: -1 });
   /** Nodes a hardlink of some layer put at a second path. */
   const linked = new Set<Node>();
-  const children = new Map<string, Set<string>>([['', new Set()]]);
+  /**
+   * Each directory's paths below it, made the first time something is
+   * removed (a whiteout, an opaque directory, a path put again), then kept
+   * up: a layer that only adds (a single-layer image, the bottom layer)
+   * needs none.
+   */
+  let children: Map<string, Set<string>> | undefined;
+  const childrenIndex = (): Map<string, Set<string>> => {
+    if (children) return children;
+    children = new Map([['', new Set()]]);
+    for (const [path, node] of tree) if (path !== '' && node.entry.type === 'dir') children.set(path, new Set());
+    for (const path of tree.keys()) if (path !== '') children.get(parentOf(path))!.add(path);
+    return children;
+  };
 
   /** Removes `path` and everything below it; `hidden` collects what was there. */
   const removeSubtree = (path: string, hidden?: Map<string, Node>): void => {
-    const kids = children.get(path);
+    const index = childrenIndex();
+    const kids = index.get(path);
     if (kids) for (const k of [...kids]) removeSubtree(k, hidden);
     const node = tree.get(path);
     if (hidden && node) hidden.set(path, node);
-    children.delete(path);
+    index.delete(path);
     tree.delete(path);
-    children.get(parentOf(path))?.delete(path);
+    index.get(parentOf(path))?.delete(path);
   };
   const put = (path: string, node: Node): void => {
     tree.set(path, node);
+    if (!children) return;
     children.get(parentOf(path))!.add(path);
     if (node.entry.type === 'dir' && !children.has(path)) children.set(path, new Set());
   };
 
   layers.forEach((entries, layer) => {
     const name = what(layer);
-    const ownPaths = new Set<string>(); // entries this layer has put (they may not be hidden by its own whiteouts)
     const whiteouts: string[] = [];
     const opaques: string[] = [];
     for (const e of entries) {
@@ -165,7 +179,8 @@ export function mergeLayerTree(layers: ReadonlyArray<readonly IndexEntry[]>, wha
           pending.unshift(...target.split('/'));
           continue;
         }
-        if (node && node.layer === layer && ownPaths.has(prefix)) {
+        // Not a directory, and put by this very layer (every node of this layer is one of its own entries or links).
+        if (node && node.layer === layer) {
           throw hostile(name, entryName, `has a parent ${JSON.stringify(prefix)} that is not a directory`);
         }
         if (node) removeSubtree(prefix); // a lower file under a new directory: the directory wins
@@ -181,7 +196,7 @@ export function mergeLayerTree(layers: ReadonlyArray<readonly IndexEntry[]>, wha
     const hidden = new Map<string, Node>();
     for (const dir of opaques) {
       const resolved = ensureDir(dir, `${dir}/.wh..wh..opq`);
-      for (const k of [...(children.get(resolved) ?? [])]) removeSubtree(k, hidden);
+      for (const k of [...(childrenIndex().get(resolved) ?? [])]) removeSubtree(k, hidden);
     }
     for (const target of whiteouts) {
       const parent = ensureDir(parentOf(target), target);
@@ -198,9 +213,11 @@ export function mergeLayerTree(layers: ReadonlyArray<readonly IndexEntry[]>, wha
         tree.set('', { entry: { ...e, type: 'dir' }, layer, index: -1 });
         continue;
       }
-      const parent = ensureDir(parentOf(e.path), e.path);
-      const base = e.path.slice(e.path.lastIndexOf('/') + 1);
-      const path = parent ? `${parent}/${base}` : base;
+      const slash = e.path.lastIndexOf('/');
+      const rel = slash < 0 ? '' : e.path.slice(0, slash);
+      const parent = ensureDir(rel, e.path);
+      // Mostly the parent is where the entry says: its own path string, not a copy of it.
+      const path = parent === rel ? e.path : parent ? `${parent}/${e.path.slice(slash + 1)}` : e.path.slice(slash + 1);
       const existing = tree.get(path);
       if (e.type === 'hardlink') {
         const target = tree.get(e.linkname ?? '') ?? hidden.get(e.linkname ?? '');
@@ -210,12 +227,10 @@ export function mergeLayerTree(layers: ReadonlyArray<readonly IndexEntry[]>, wha
         if (existing) removeSubtree(path);
         put(path, target);
         linked.add(target);
-        ownPaths.add(path);
         continue;
       }
       if (existing && !(e.type === 'dir' && existing.entry.type === 'dir')) removeSubtree(path);
       put(path, { entry: e, layer, index });
-      ownPaths.add(path);
     }
   });
 

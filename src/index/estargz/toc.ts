@@ -119,7 +119,12 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
 async function extractTocJson(member: Buffer, maxBytes: number, what: string): Promise<Buffer> {
   let tar: Buffer;
   try {
-    tar = await gunzip(member, { maxOutputLength: maxBytes });
+    // The member's trailer says what it inflates to (ISIZE, mod 2^32): one output buffer of that
+    // size, not 16 KiB pieces joined at the end (which holds the TOC twice at the peak). A wrong
+    // claim costs only the joining.
+    const claimed = member.length >= 18 ? member.readUInt32LE(member.length - 4) : 0;
+    const chunkSize = Math.min(Math.max(claimed + 1, 64 * 1024), maxBytes + 1);
+    tar = await gunzip(member, { maxOutputLength: maxBytes, chunkSize });
   } catch (err) {
     const tooBig = err instanceof RangeError || /maxOutputLength|buffer/i.test(String((err as Error).message));
     throw new LazyrootError(
