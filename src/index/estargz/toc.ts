@@ -277,7 +277,7 @@ export function indexFromTocJson(json: Buffer, tocOffset: number, what: string, 
 }
 
 /** TOC records parsed at once by indexFromTocJson. */
-const recordsPerBatch = 2048;
+const recordsPerBatch = 256;
 
 /**
  * The top level of a TOC, `{"version": 1, "entries": [record, …]}`, found
