@@ -12,6 +12,7 @@ import type { Store } from '../store/store.js';
 import { mergeLayerTree, type MergedTree } from '../union/merge.js';
 import type { IndexEntry } from '../index/types.js';
 import { readCached, treeCachePath, writeCachedLater } from './mount-cache.js';
+import { collectFromEntries, collectGarbage } from './daemon-memory.js';
 import { buildTree, type FsNode } from '../fs/tree.js';
 import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
 import type { LazyLayer, LazyLayerStats } from './layers/lazy-layer.js';
@@ -173,13 +174,18 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     // The merged tree of an image is derived once and read back by later mounts.
     const treeKey = `rows:${layers.map((l) => `${l.digest}/${l.entries.length}`).join(',')}`;
     const treePath = treeCachePath(store, image.id);
+    // Many entries: each stage (layer indexes, merge, tree) starts without the last one's garbage (daemon-memory.ts).
+    const many = layers.reduce((n, l) => n + l.entries.length, 0) >= collectFromEntries;
+    if (many) collectGarbage();
     const tree = treeFromCache(await readCached<CachedTree>(treePath, treeKey), layers) ?? buildTree(mergeAndCache());
+    if (many) collectGarbage();
     function mergeAndCache(): MergedTree {
       const merged = mergeLayerTree(
         layers.map((l) => l.entries),
         (i) => `layer ${i + 1}/${layers.length} ${shortDigest(layers[i]!.digest)}`,
       );
       writeCachedLater(store, treePath, treeKey, cachedTree(merged), options.logger);
+      if (many) collectGarbage();
       return merged;
     }
     const reader = {

@@ -2,6 +2,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Digest } from '../oci/digest.js';
 import { writeFileAtomicFrom } from '../store/atomic-file.js';
+import { collectGarbage } from './daemon-memory.js';
 import type { Store } from '../store/store.js';
 
 /**
@@ -35,7 +36,7 @@ export async function readCached<T>(path: string, key: string): Promise<T | unde
 }
 
 /** About how many characters of JSON text jsonPieces hands out at a time. */
-const pieceChars = 1 << 20;
+const pieceChars = 64 << 10;
 
 /**
  * The text JSON.stringify(value) would give, in pieces of about `pieceChars`
@@ -56,6 +57,13 @@ export function* jsonPieces(value: unknown): Generator<string> {
     }
   }
   if (buffered.length) yield buffered.join('');
+}
+
+function* counted<T>(items: Iterable<T>, each: () => void): Generator<T> {
+  for (const item of items) {
+    each();
+    yield item;
+  }
 }
 
 function* walk(value: unknown): Generator<string> {
@@ -100,7 +108,10 @@ export function writeCachedLater<T>(store: Store, path: string, key: string, val
   const write = async () => {
     try {
       await mkdir(dirname(path), { recursive: true });
-      await writeFileAtomicFrom(path, jsonPieces({ version, key, value } satisfies Envelope<T>), store.paths.tmp);
+      let pieces = 0;
+      await writeFileAtomicFrom(path, counted(jsonPieces({ version, key, value } satisfies Envelope<T>), () => pieces++), store.paths.tmp);
+      // A big file's text was garbage as soon as written: drop it now, not at the heap's next growth.
+      if (pieces > 16) collectGarbage();
     } catch (err) {
       log?.(`caching ${path}`, err);
     }
