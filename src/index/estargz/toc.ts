@@ -7,6 +7,7 @@ import { normalizeEntryPath } from '../../oci/entry-path.js';
 import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
 import { maxFooterSize, parseEstargzFooter, type EstargzFooter } from './footer.js';
 import { checksumOk, octal, parsePax, tarName } from './tar-header.js';
+import { parseBatch, skipSpace, skipString, skipValue, splitJsonArray, type SplitArray } from '../json-split.js';
 
 const gunzip = promisify(gunzipCallback);
 
@@ -267,7 +268,7 @@ export function indexFromTocJson(json: Buffer, tocOffset: number, what: string, 
   for (const [start, end] of shape.batches) {
     let records: unknown[];
     try {
-      records = JSON.parse(`[${json.toString('utf8', start, end)}]`) as unknown[];
+      records = parseBatch(json, [start, end]);
     } catch (err) {
       throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
     }
@@ -282,9 +283,9 @@ const recordsPerBatch = 256;
 /**
  * The top level of a TOC, `{"version": 1, "entries": [record, …]}`, found
  * without decoding it: the version's value, and the byte ranges of the
- * entries array in batches of `recordsPerBatch` records (each range is the
- * records and the commas between them). Undefined when the JSON has another
- * shape, or is not JSON: the caller parses it whole then.
+ * entries array in batches of `recordsPerBatch` records (json-split.ts).
+ * Undefined when the JSON has another shape, or is not JSON: the caller
+ * parses it whole then.
  */
 function splitToc(json: Buffer): { version: unknown; count: number; batches: Array<[number, number]> } | undefined {
   const n = json.length;
@@ -293,8 +294,7 @@ function splitToc(json: Buffer): { version: unknown; count: number; batches: Arr
   i = skipSpace(json, i + 1);
   let version: unknown;
   let sawVersion = false;
-  let count = -1;
-  const batches: Array<[number, number]> = [];
+  let entries: SplitArray | undefined;
   if (json[i] === 0x7d) return undefined; // {}: let JSON.parse's path report it
   for (;;) {
     if (json[i] !== 0x22) return undefined;
@@ -306,33 +306,10 @@ function splitToc(json: Buffer): { version: unknown; count: number; batches: Arr
     if (json[i] !== 0x3a) return undefined; // :
     i = skipSpace(json, i + 1);
     if (key === 'entries') {
-      if (!sawVersion || count >= 0 || json[i] !== 0x5b) return undefined; // [
-      count = 0;
-      i = skipSpace(json, i + 1);
-      let batchStart = i;
-      let inBatch = 0;
-      if (json[i] === 0x5d) {
-        i++;
-      } else {
-        for (;;) {
-          const end = skipValue(json, i);
-          if (end < 0) return undefined;
-          count++;
-          inBatch++;
-          i = skipSpace(json, end);
-          if (inBatch === recordsPerBatch || json[i] === 0x5d) {
-            batches.push([batchStart, end]);
-            inBatch = 0;
-          }
-          if (json[i] === 0x5d) {
-            i++;
-            break;
-          }
-          if (json[i] !== 0x2c) return undefined; // ,
-          i = skipSpace(json, i + 1);
-          if (inBatch === 0) batchStart = i;
-        }
-      }
+      if (!sawVersion || entries) return undefined;
+      entries = splitJsonArray(json, i, recordsPerBatch);
+      if (!entries) return undefined;
+      i = entries.end;
     } else {
       const end = skipValue(json, i);
       if (end < 0) return undefined;
@@ -353,55 +330,9 @@ function splitToc(json: Buffer): { version: unknown; count: number; batches: Arr
       continue;
     }
     if (json[i] !== 0x7d) return undefined; // }
-    if (skipSpace(json, i + 1) !== n || count < 0) return undefined;
-    return { version, count, batches };
+    if (skipSpace(json, i + 1) !== n || !entries) return undefined;
+    return { version, count: entries.count, batches: entries.batches };
   }
-}
-
-function skipSpace(json: Buffer, i: number): number {
-  for (;;) {
-    const c = json[i];
-    if (c !== 0x20 && c !== 0x09 && c !== 0x0a && c !== 0x0d) return i;
-    i++;
-  }
-}
-
-/** `i` is at a string's opening quote: the index after its closing quote, or -1. */
-function skipString(json: Buffer, i: number): number {
-  let at = i + 1;
-  for (;;) {
-    const quote = json.indexOf(0x22, at);
-    if (quote < 0) return -1;
-    let backslashes = 0;
-    while (json[quote - 1 - backslashes] === 0x5c) backslashes++;
-    if (backslashes % 2 === 0) return quote + 1;
-    at = quote + 1;
-  }
-}
-
-/**
- * `i` is at a value: the index just after it, or -1. Brackets are only
- * counted, not matched: JSON.parse of the value checks it.
- */
-function skipValue(json: Buffer, i: number): number {
-  const n = json.length;
-  let depth = 0;
-  while (i < n) {
-    const c = json[i]!;
-    if (c === 0x22) {
-      i = skipString(json, i);
-      if (i < 0) return -1;
-      if (depth === 0) return i;
-      continue;
-    }
-    if (c === 0x7b || c === 0x5b) depth++;
-    else if (c === 0x7d || c === 0x5d) {
-      if (depth === 0) return i; // a scalar ends at its container's close
-      if (--depth === 0) return i + 1;
-    } else if (depth === 0 && (c === 0x2c || c === 0x20 || c === 0x09 || c === 0x0a || c === 0x0d)) return i;
-    i++;
-  }
-  return depth === 0 ? i : -1;
 }
 
 /** Maps TOC records, in order, to index entries and chunk lists. */
