@@ -245,3 +245,29 @@ test('the TOC JSON read in batches maps as JSON.parse of the whole would, whatev
   assert.throws(() => indexFromTocJson(Buffer.from('{"version":1}'), 1e9, 'L'), /has no "entries" array/);
   assert.throws(() => indexFromTocJson(Buffer.from(JSON.stringify(toc)), 1e9, 'L', 100), /the TOC lists 5002 entries and chunks, more than the limit of 100/);
 });
+
+test('a TOC read as it inflates reports what the plain read would, in the same order', async () => {
+  const entries = [dir('d'), ...Array.from({ length: 700 }, (_, i) => file(`d/f${i}`, i % 3 ? '' : `file ${i}\n`))];
+  const bad = (edit: (toc: { version: number; entries: Array<Record<string, unknown>> }) => void) => buildEstargz(entries, { editToc: edit });
+  const wrong = `sha256:${'0'.repeat(64)}`;
+  // A record it refuses, deep in the TOC: named with its index; a wrong digest is reported before it.
+  const hostile = await bad((toc) => void (toc.entries[600]!.name = '../escape'));
+  await assert.rejects(readEstargzIndex(memoryBlobReader(hostile.blob), { what: 'layer L' }), (err: unknown) => isLazyrootError(err, 'HOSTILE_ARCHIVE'));
+  await assert.rejects(readEstargzIndex(memoryBlobReader(hostile.blob), { what: 'layer L', tocDigest: wrong }), (err: unknown) => isLazyrootError(err, 'DIGEST_MISMATCH'));
+  const notObject = await bad((toc) => void (toc.entries[650] = 7 as unknown as Record<string, unknown>));
+  await assert.rejects(readEstargzIndex(memoryBlobReader(notObject.blob), { what: 'layer L' }), /layer L: TOC entry 650: is not an object/);
+  // Past the record limit, the limit is what is reported, whatever else is wrong.
+  await assert.rejects(readEstargzIndex(memoryBlobReader(hostile.blob), { what: 'layer L', maxTocRecords: 100 }), (err: unknown) => isLazyrootError(err, 'RESOURCE_EXHAUSTED'));
+  const v2 = await bad((toc) => void (toc.version = 2));
+  await assert.rejects(readEstargzIndex(memoryBlobReader(v2.blob), { what: 'layer L' }), (err: unknown) => isLazyrootError(err, 'UNSUPPORTED'));
+  await assert.rejects(readEstargzIndex(memoryBlobReader(v2.blob), { what: 'layer L', tocDigest: wrong }), (err: unknown) => isLazyrootError(err, 'DIGEST_MISMATCH'));
+  // The plain TOC maps as the whole-JSON path maps it (sha512 digests checked too).
+  const plain = await buildEstargz(entries);
+  const streamed = await readEstargzIndex(memoryBlobReader(plain.blob), { tocDigest: plain.tocDigest });
+  const whole = indexFromToc(JSON.parse(plain.tocJson.toString('utf8')), plain.tocOffset, 'eStargz layer');
+  assert.deepEqual(streamed.entries, whole.entries);
+  assert.deepEqual([...streamed.chunks], [...whole.chunks]);
+  const { createHash } = await import('node:crypto');
+  const sha512 = `sha512:${createHash('sha512').update(plain.tocJson).digest('hex')}`;
+  assert.equal((await readEstargzIndex(memoryBlobReader(plain.blob), { tocDigest: sha512 })).entries.length, entries.length);
+});

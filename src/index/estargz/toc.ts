@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { promisify } from 'node:util';
-import { gunzip as gunzipCallback } from 'node:zlib';
+import { createGunzip, gunzip as gunzipCallback } from 'node:zlib';
 import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import { digestAlgorithm, isDigest, parseDigest, type Digest } from '../../oci/digest.js';
 import { normalizeEntryPath } from '../../oci/entry-path.js';
@@ -104,7 +104,16 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
   const tocOffset = footer.tocOffset;
 
   const member = await blob.read(tocOffset, size - footer.footerSize);
-  const tocJson = await extractTocJson(member, options.maxTocBytes ?? defaultMaxTocBytes, `${what}: TOC at offset ${tocOffset}`);
+  const maxTocBytes = options.maxTocBytes ?? defaultMaxTocBytes;
+  const maxRecords = options.maxTocRecords ?? defaultMaxTocRecords;
+  try {
+    const streamed = await indexFromTocMember(member, maxTocBytes, what, tocOffset, maxRecords, want);
+    return { ...streamed.index, tocDigest: streamed.got, tocOffset, footer };
+  } catch (err) {
+    if (!(err instanceof NotPlain)) throw err;
+    // Not the plain shape: read it the plain way, whose results and errors are the reference.
+  }
+  const tocJson = await extractTocJson(member, maxTocBytes, `${what}: TOC at offset ${tocOffset}`);
 
   const got = `sha256:${createHash('sha256').update(tocJson).digest('hex')}`;
   if (want !== undefined) {
@@ -112,7 +121,295 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
     if (check !== want) throw new DigestMismatchError(`${what}: TOC ${tocTarName}`, want, check);
   }
 
-  return { ...indexFromTocJson(tocJson, tocOffset, what, options.maxTocRecords ?? defaultMaxTocRecords), tocDigest: got, tocOffset, footer };
+  return { ...indexFromTocJson(tocJson, tocOffset, what, maxRecords), tocDigest: got, tocOffset, footer };
+}
+
+// ---- the TOC read as it inflates: the plain case, in bounded memory
+
+/**
+ * Thrown by the streaming reader for anything but the plain case (a gzip or
+ * tar oddity, JSON of another shape, a TOC past its size bound): the caller
+ * then reads the TOC the plain way.
+ */
+class NotPlain extends Error {}
+
+/** Inflated TOC bytes handed over at a time. */
+const inflateChunk = 256 << 10;
+
+/**
+ * The TOC of the gzip member `member`, mapped while it inflates: the tar
+ * header, then the JSON a few records at a time (TocJsonStream), hashed as it
+ * passes. Neither the inflated TOC nor its JSON text is ever whole in memory:
+ * at 1,000,000 entries that is 133 MiB. Throws NotPlain for the cases the
+ * plain path reads and reports; otherwise its errors are the plain path's,
+ * in the same order (a digest mismatch first).
+ */
+async function indexFromTocMember(member: Buffer, maxBytes: number, what: string, tocOffset: number, maxRecords: number, want: Digest | undefined): Promise<{ index: Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'>; got: Digest }> {
+  const sha256 = createHash('sha256');
+  const other = want !== undefined && digestAlgorithm(want) !== 'sha256' ? createHash(digestAlgorithm(want)) : undefined;
+  const json = new TocJsonStream(tocOffset, what, maxRecords);
+  const gz = createGunzip({ chunkSize: inflateChunk });
+  /** Tar bytes until the TOC entry's data starts; then undefined. */
+  let head: Buffer | undefined = Buffer.alloc(0);
+  /** JSON bytes still to come. */
+  let left = 0;
+  let inflated = 0;
+  try {
+    gz.end(member);
+    for await (const out of gz as AsyncIterable<Buffer>) {
+      inflated += out.length;
+      if (inflated > maxBytes) throw new NotPlain();
+      let chunk = out;
+      if (head !== undefined) {
+        head = Buffer.concat([head, chunk]);
+        const at = tocEntryIn(head);
+        if (!at) {
+          if (head.length > 1 << 20) throw new NotPlain();
+          continue;
+        }
+        chunk = head.subarray(at.dataStart);
+        left = at.size;
+        head = undefined;
+      }
+      if (left > 0 && chunk.length > 0) {
+        const data = chunk.length > left ? chunk.subarray(0, left) : chunk;
+        left -= data.length;
+        sha256.update(data);
+        other?.update(data);
+        json.push(data);
+      }
+    }
+  } catch (err) {
+    gz.destroy();
+    if (err instanceof NotPlain) throw err;
+    throw new NotPlain(); // a gzip error: the plain path names it
+  }
+  if (head !== undefined || left > 0) throw new NotPlain();
+  json.end();
+  const got: Digest = `sha256:${sha256.digest('hex')}`;
+  if (want !== undefined) {
+    const check = other ? `${digestAlgorithm(want)}:${other.digest('hex')}` : got;
+    if (check !== want) throw new DigestMismatchError(`${what}: TOC ${tocTarName}`, want, check);
+  }
+  return { index: json.result(), got };
+}
+
+/** Where the TOC entry's data starts in the tar bytes so far, and its size; undefined until its header is there. */
+function tocEntryIn(tar: Buffer): { dataStart: number; size: number } | undefined {
+  let offset = 0;
+  let pax: Record<string, string> = {};
+  for (;;) {
+    if (offset + 512 > tar.length) return undefined;
+    const header = tar.subarray(offset, offset + 512);
+    if (header.every((b) => b === 0) || !checksumOk(header)) throw new NotPlain();
+    const typeflag = String.fromCharCode(header[156]!);
+    const size = pax.size !== undefined ? Number(pax.size) : octal(header.subarray(124, 136));
+    if (!Number.isSafeInteger(size) || size < 0) throw new NotPlain();
+    const dataStart = offset + 512;
+    if (typeflag === 'x' || typeflag === 'g') {
+      if (dataStart + size > tar.length) return undefined;
+      if (typeflag === 'x') pax = parsePax(tar.subarray(dataStart, dataStart + size));
+      offset = dataStart + Math.ceil(size / 512) * 512;
+      continue;
+    }
+    const name = pax.path ?? tarName(header);
+    if ((typeflag !== '0' && typeflag !== '\0') || name.replace(/^(\.\/)+/, '') !== tocTarName) throw new NotPlain();
+    return { dataStart, size };
+  }
+}
+
+type JsonState = 'open' | 'key' | 'value' | 'afterValue' | 'element' | 'afterElement' | 'end';
+
+/**
+ * splitToc over JSON that arrives in pieces: `{"version": 1, "entries":
+ * [record, …]}` (other keys allowed, "version" before "entries"), records
+ * mapped `recordsPerBatch` at a time; only the bytes of an unfinished token
+ * are kept between pieces. Errors the plain path would report after the
+ * digest check (version, the record limit, a record it refuses) wait for
+ * `result()`; once one is known, records are only counted.
+ */
+class TocJsonStream {
+  private pending: Buffer = Buffer.alloc(0);
+  private pos = 0;
+  private state: JsonState = 'open';
+  private key = '';
+  private sawVersion = false;
+  private version: unknown;
+  private sawEntries = false;
+  private firstElement = true;
+  private count = 0;
+  /** Records of the current batch: bytes [batchStart, batchEnd) of `pending`. */
+  private batchStart = -1;
+  private batchEnd = -1;
+  private inBatch = 0;
+  private builder: TocIndexBuilder | undefined;
+  private failure: unknown;
+
+  constructor(
+    tocOffset: number,
+    private readonly what: string,
+    private readonly maxRecords: number,
+  ) {
+    this.builder = new TocIndexBuilder(tocOffset, what);
+  }
+
+  push(data: Buffer): void {
+    this.flush();
+    this.pending = this.pos < this.pending.length ? Buffer.concat([this.pending.subarray(this.pos), data]) : data;
+    this.pos = 0;
+    this.run(false);
+    this.flush();
+  }
+
+  end(): void {
+    this.run(true);
+    this.flush();
+    if (this.state !== 'end' || skipSpace(this.pending, this.pos) !== this.pending.length) throw new NotPlain();
+  }
+
+  /** The index, or the first error the plain path would have reported. */
+  result(): Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'> {
+    checkVersion(this.version, this.what);
+    checkRecordCount(this.count, this.maxRecords, this.what);
+    if (this.failure !== undefined) throw this.failure;
+    return this.builder!.finish();
+  }
+
+  private run(final: boolean): void {
+    const buf = this.pending;
+    const n = buf.length;
+    for (;;) {
+      const i = skipSpace(buf, this.pos);
+      if (i >= n) return;
+      const c = buf[i]!;
+      switch (this.state) {
+        case 'open':
+          if (c !== 0x7b) throw new NotPlain(); // {
+          this.pos = i + 1;
+          this.state = 'key';
+          break;
+        case 'key': {
+          if (c !== 0x22) throw new NotPlain(); // "key" : (an object's close comes in afterValue)
+          const keyEnd = skipString(buf, i);
+          if (keyEnd < 0) return this.more(final);
+          const colon = skipSpace(buf, keyEnd);
+          if (colon >= n) return this.more(final);
+          if (buf[colon] !== 0x3a) throw new NotPlain();
+          this.key = buf.toString('utf8', i + 1, keyEnd - 1);
+          if (this.key.includes('\\')) throw new NotPlain();
+          this.pos = colon + 1;
+          this.state = 'value';
+          break;
+        }
+        case 'value':
+          if (this.key === 'entries') {
+            if (!this.sawVersion || this.sawEntries || c !== 0x5b) throw new NotPlain(); // [
+            this.sawEntries = true;
+            this.startEntries();
+            this.pos = i + 1;
+            this.state = 'element';
+          } else {
+            const end = skipValue(buf, i);
+            if (end < 0 || end >= n) return this.more(final);
+            if (this.key === 'version') {
+              if (this.sawVersion) throw new NotPlain();
+              this.sawVersion = true;
+              try {
+                this.version = JSON.parse(buf.toString('utf8', i, end));
+              } catch {
+                throw new NotPlain();
+              }
+            }
+            this.pos = end;
+            this.state = 'afterValue';
+          }
+          break;
+        case 'afterValue':
+          if (c === 0x2c) this.state = 'key';
+          else if (c === 0x7d && this.sawEntries) this.state = 'end';
+          else throw new NotPlain();
+          this.pos = i + 1;
+          break;
+        case 'element': {
+          if (c === 0x5d && this.firstElement) {
+            this.pos = i + 1;
+            this.state = 'afterValue';
+            break;
+          }
+          const end = skipValue(buf, i);
+          if (end < 0 || end >= n) return this.more(final);
+          if (end === i) throw new NotPlain();
+          this.record(i, end);
+          this.pos = end;
+          this.state = 'afterElement';
+          break;
+        }
+        case 'afterElement':
+          if (c === 0x2c) {
+            this.firstElement = false;
+            this.state = 'element';
+          } else if (c === 0x5d) {
+            this.flush();
+            this.state = 'afterValue';
+          } else {
+            throw new NotPlain();
+          }
+          this.pos = i + 1;
+          break;
+        case 'end':
+          throw new NotPlain();
+      }
+    }
+  }
+
+  /** The token at `pos` runs past the bytes so far: wait for more, unless there are none. */
+  private more(final: boolean): void {
+    if (final) throw new NotPlain();
+  }
+
+  private startEntries(): void {
+    try {
+      checkVersion(this.version, this.what);
+    } catch {
+      this.stopMapping(undefined);
+    }
+  }
+
+  private record(start: number, end: number): void {
+    this.count++;
+    if (this.count > this.maxRecords) this.stopMapping(undefined);
+    if (!this.builder) return;
+    if (this.inBatch === 0) this.batchStart = start;
+    this.batchEnd = end;
+    if (++this.inBatch === recordsPerBatch) this.flush();
+  }
+
+  /** Maps the records of the batch so far (before `pending` is replaced). */
+  private flush(): void {
+    if (this.inBatch === 0) return;
+    const first = this.count - this.inBatch;
+    const range: [number, number] = [this.batchStart, this.batchEnd];
+    this.inBatch = 0;
+    if (!this.builder) return;
+    let records: unknown[];
+    try {
+      records = parseBatch(this.pending, range);
+    } catch {
+      throw new NotPlain(); // not JSON: the plain path says where
+    }
+    try {
+      for (let k = 0; k < records.length; k++) this.builder.add(records[k], first + k);
+    } catch (err) {
+      this.stopMapping(err);
+    }
+  }
+
+  /** Records are only counted from now on; `err` is reported by result() unless an earlier error is. */
+  private stopMapping(err: unknown): void {
+    if (err !== undefined && this.failure === undefined) this.failure = err;
+    this.builder = undefined;
+    this.inBatch = 0;
+  }
 }
 
 // ---- the TOC's gzip member: one tar entry named stargz.index.json
