@@ -225,6 +225,7 @@ static napi_value js_utimens(napi_env env, napi_callback_info info) {
 
 void register_gzip_index(napi_env env, napi_value exports);
 void register_fuse_times(napi_env env, napi_value exports);
+void register_gzip_member(napi_env env, napi_value exports);
 
 static napi_value init(napi_env env, napi_value exports) {
   napi_property_descriptor props[] = {
@@ -239,6 +240,7 @@ static napi_value init(napi_env env, napi_value exports) {
   napi_define_properties(env, exports, sizeof props / sizeof props[0], props);
   register_gzip_index(env, exports);
   register_fuse_times(env, exports);
+  register_gzip_member(env, exports);
   return exports;
 }
 

@@ -9,10 +9,13 @@ import type { RuntimeSpec } from './runtime-spec.js';
 
 export const configFileName = 'config.json';
 
-/** Writes `config.json` into the bundle directory (created if missing), atomically. */
-export async function writeBundle(dir: string, spec: RuntimeSpec): Promise<void> {
+/**
+ * Writes `config.json` into the bundle directory (created if missing), atomically; `durable: false`
+ * (a bundle `run` removes when the command ends) without the fsyncs that would only delay the start.
+ */
+export async function writeBundle(dir: string, spec: RuntimeSpec, options: { durable?: boolean } = {}): Promise<void> {
   await mkdir(dir, { recursive: true });
-  await writeFileAtomic(join(dir, configFileName), `${JSON.stringify(spec, null, 2)}\n`, dir);
+  await writeFileAtomic(join(dir, configFileName), `${JSON.stringify(spec, null, 2)}\n`, dir, options);
 }
 
 /** Streams to connect to the container; a missing one is /dev/null. */

@@ -21,7 +21,7 @@ export interface BundleOptions extends CreateOptions {
  * image config (entrypoint, cmd, env, working dir, user from the image's own
  * /etc/passwd and /etc/group).
  */
-export async function makeBundle(store: Store, ref: string, dir: string, options: BundleOptions = {}): Promise<{ rootfsId: string; spec: RuntimeSpec }> {
+export async function makeBundle(store: Store, ref: string, dir: string, options: BundleOptions & { ephemeral?: boolean } = {}): Promise<{ rootfsId: string; spec: RuntimeSpec }> {
   const bundleDir = resolve(dir);
   if (options.mapping) await checkTraversable(dirname(bundleDir));
   const rootfsId = options.id ?? `bundle-${randomBytes(6).toString('hex')}`;
@@ -37,7 +37,7 @@ export async function makeBundle(store: Store, ref: string, dir: string, options
       ...(options.args && options.args.length ? { args: options.args } : {}),
       ...(options.mapping ? { uidMappings: options.mapping.uids.map(toSpec), gidMappings: options.mapping.gids.map(toSpec) } : {}),
     });
-    await writeBundle(bundleDir, spec);
+    await writeBundle(bundleDir, spec, { durable: !options.ephemeral });
     return { rootfsId, spec };
   } catch (err) {
     await deleteRootfs(store, rootfsId).catch(() => undefined);
@@ -71,7 +71,7 @@ function toSpec(r: { containerId: number; hostId: number; size: number }) {
 export async function runImage(store: Store, ref: string, options: BundleOptions & { stdio?: RunBundleOptions['stdio']; signal?: AbortSignal } = {}): Promise<number> {
   const name = `run-${randomBytes(6).toString('hex')}`;
   const dir = join(store.paths.tmp, name);
-  const { rootfsId } = await makeBundle(store, ref, dir, { ...options, id: name });
+  const { rootfsId } = await makeBundle(store, ref, dir, { ...options, id: name, ephemeral: true });
   try {
     return await runBundle(dir, name, { ...(options.stdio ? { stdio: options.stdio } : {}), ...(options.signal ? { signal: options.signal } : {}) });
   } finally {

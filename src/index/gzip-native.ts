@@ -34,6 +34,7 @@ export interface GzipNative extends Native {
   GzipIndexer: new (spanBytes?: number, maxUncompressedSpan?: number) => GzipIndexer;
   gzipInflateFrom(compressedOffset: number, bits: number, window: Buffer, compressed: Buffer, skip: number, length: number): Buffer;
   gzipInflateFromAsync(compressedOffset: number, bits: number, window: Buffer, compressed: Buffer, skip: number, length: number): Promise<Buffer>;
+  gzipInflateMemberAsync(member: Buffer, limit: number): Promise<Buffer>;
 }
 
 export function gzipNative(): GzipNative {
@@ -82,4 +83,16 @@ export function inflateFromAsync(checkpoint: CheckpointFields, compressed: Buffe
 /** Where the compressed bytes of the span starting at this checkpoint begin: the byte holding `bits`. */
 export function spanStart(checkpoint: Pick<GzipCheckpoint, 'compressedOffset' | 'bits'>): number {
   return checkpoint.bits ? checkpoint.compressedOffset - 1 : checkpoint.compressedOffset;
+}
+
+/**
+ * A gzip member, and the members right after it, inflated on libuv's thread
+ * pool (native/gzip_member.c), as zlib.gunzip would: their whole output, or
+ * the first `limit` bytes when they inflate to more. Bytes after a member
+ * that do not start another are ignored. Rejects with `code` Z_DATA_ERROR (corrupt, not
+ * gzip) or Z_BUF_ERROR (cut short). An eStargz chunk read is one of these:
+ * one call, no zlib stream object per member.
+ */
+export function inflateMember(member: Buffer, limit: number): Promise<Buffer> {
+  return gzipNative().gzipInflateMemberAsync(member, limit);
 }

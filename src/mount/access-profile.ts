@@ -85,7 +85,9 @@ export function parseProfile(value: unknown, image: Digest): AccessProfile {
 export async function writeProfile(store: Store, profile: AccessProfile): Promise<void> {
   const path = profilePath(store, profile.image);
   await mkdir(dirname(path), { recursive: true });
-  await writeFileAtomic(path, JSON.stringify(profile), store.paths.tmp);
+  // Not durable: written as a mount ends, where fsyncs would delay `umount`; a file torn by a power
+  // cut is ignored with a warning (readProfile) and recorded again by the next mount.
+  await writeFileAtomic(path, JSON.stringify(profile), store.paths.tmp, { durable: false });
 }
 
 export async function removeProfile(store: Store, image: Digest): Promise<boolean> {

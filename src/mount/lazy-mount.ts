@@ -18,6 +18,7 @@ import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
 import type { LazyLayer, LazyLayerStats } from './layers/lazy-layer.js';
 import { fetchProfileAhead, ProfileRecorder, readProfile, writeProfile } from './access-profile.js';
 import { openLazyLayer } from './layers/open-layer.js';
+import { imagePrefix, isPrefix } from './image-prefix.js';
 
 export type { LazyLayerStats } from './layers/lazy-layer.js';
 
@@ -68,6 +69,13 @@ export interface LazyMountOptions extends ReferenceOptions {
   record?: boolean;
   /** How long a recording runs once the mount is ready (or until unmounted). Default 10 s. */
   recordMillis?: number;
+  /**
+   * Serve only the image's first N layers (image-prefix.ts): the containerd
+   * snapshotter's mount of a lazily served chain that no image ends with.
+   * No access profile is read or recorded and no merged tree cached for such
+   * a mount: both belong to the whole image. Default: every layer.
+   */
+  layerCount?: number;
 }
 
 export interface LazyMountStats {
@@ -127,7 +135,9 @@ export interface LazyMount {
 export async function mountImageLazily(store: Store, ref: string, mountpoint: string, options: LazyMountOptions = {}): Promise<LazyMount> {
   const startedAt = performance.now();
   const startCpu = process.cpuUsage();
-  const image = store.findImage(ref) ?? (await pullReference(store, ref, { ...options, fetchLayers: false })).image;
+  const whole = store.findImage(ref) ?? (await pullReference(store, ref, { ...options, fetchLayers: false })).image;
+  const image = imagePrefix(whole, options.layerCount);
+  const wholeImage = !isPrefix(image, whole);
   const name = image.names[0];
   if (!name) throw new LazyrootError('FAILED_PRECONDITION', `image ${shortDigest(image.id)} has no name to fetch its layers by`);
   const source = await openSource(parseReference(name.startsWith('tarball:') ? name.slice(8) : name), {
@@ -168,7 +178,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     group.enforceBound();
     // What the workload will read first goes out now, while the tree is being built and mounted.
     const fetchesAhead = options.profile !== false && options.prefetch !== false;
-    const profile = await readProfile(store, image.id, options.logger);
+    const profile = wholeImage ? await readProfile(store, image.id, options.logger) : undefined;
     let profileBytes = 0;
     const ahead = fetchesAhead ? fetchProfileAhead(layers, profile, stopPrefetch.signal, aheadBudget(group)).then((n) => void (profileBytes = n)) : Promise.resolve();
     // The merged tree of an image is derived once and read back by later mounts.
@@ -177,14 +187,14 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     // Many entries: each stage (layer indexes, merge, tree) starts without the last one's garbage (daemon-memory.ts).
     const many = layers.reduce((n, l) => n + l.entries.length, 0) >= collectFromEntries;
     if (many) collectGarbage();
-    const tree = treeFromCache(await readCached<CachedTree>(treePath, treeKey), layers) ?? buildTree(mergeAndCache());
+    const tree = (wholeImage ? treeFromCache(await readCached<CachedTree>(treePath, treeKey), layers) : undefined) ?? buildTree(mergeAndCache());
     if (many) collectGarbage();
     function mergeAndCache(): MergedTree {
       const merged = mergeLayerTree(
         layers.map((l) => l.entries),
         (i) => `layer ${i + 1}/${layers.length} ${shortDigest(layers[i]!.digest)}`,
       );
-      writeCachedLater(store, treePath, treeKey, cachedTree(merged), options.logger);
+      if (wholeImage) writeCachedLater(store, treePath, treeKey, cachedTree(merged), options.logger);
       if (many) collectGarbage();
       return merged;
     }
@@ -204,7 +214,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     const mountTime = { mountMillis: Math.round(performance.now() - startedAt), mountCpuMillis: Math.round((cpu.user + cpu.system) / 1000) };
     let prefetchMillis: number | undefined;
     const prefetching = options.prefetch === false ? Promise.resolve() : prefetchAll();
-    const recording = recordProfile(store, image.id, layers, (options.record ?? !profile) ? (options.recordMillis ?? 10_000) : undefined, options.logger);
+    const recording = recordProfile(store, image.id, layers, wholeImage && (options.record ?? !profile) ? (options.recordMillis ?? 10_000) : undefined, options.logger);
 
     /**
      * Every layer's blob in the background. While the registry's Range

@@ -109,7 +109,8 @@ export function writeCachedLater<T>(store: Store, path: string, key: string, val
     try {
       await mkdir(dirname(path), { recursive: true });
       let pieces = 0;
-      await writeFileAtomicFrom(path, counted(jsonPieces({ version, key, value } satisfies Envelope<T>), () => pieces++), store.paths.tmp);
+      // Not durable: a file torn by a power cut fails to parse and is derived again (readCached).
+      await writeFileAtomicFrom(path, counted(jsonPieces({ version, key, value } satisfies Envelope<T>), () => pieces++), store.paths.tmp, { durable: false });
       // A big file's text was garbage as soon as written: drop it now, not at the heap's next growth.
       if (pieces > 16) collectGarbage();
     } catch (err) {

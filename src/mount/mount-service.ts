@@ -7,6 +7,7 @@ import type { Store } from '../store/store.js';
 import { cleanStaleMount, mountpointState } from '../fs/stale-mount.js';
 import { mountImageOnOverlay } from './overlay-image.js';
 import { chooseDriver } from './driver.js';
+import { imagePrefix } from './image-prefix.js';
 import { canonicalMountpoint } from './mountpoint.js';
 import { flushCacheWrites } from './mount-cache.js';
 import { unmount } from './mounts.js';
@@ -48,7 +49,8 @@ async function serveLeased(store: Store, ref: string, mountpoint: string, lease:
     if ((await mountpointState(mountpoint)) === 'stale') await cleanStaleMount(mountpoint);
     // Every layer local already (pulled, or promoted by an earlier mount's prefetch): kernel
     // overlayfs, and this daemon has nothing to serve.
-    const local = store.findImage(ref);
+    const found = store.findImage(ref);
+    const local = found && imagePrefix(found, options.layerCount);
     if (local) store.db.addToLease(lease, store.blobsOf(local));
     if (local && (await chooseDriver(store, local)) === 'overlay') {
       const layerDirs = await mountImageOnOverlay(store, local, mountpoint);
@@ -68,7 +70,10 @@ async function serveLeased(store: Store, ref: string, mountpoint: string, lease:
   store.db.recordMount(mountpoint, process.pid, mount.image.id);
   const stats = statsPath(store, mountpoint);
   await mkdir(store.paths.mountsDir, { recursive: true });
-  const writeStats = () => writeFileAtomic(stats, JSON.stringify({ mountpoint, pid: process.pid, image: mount.image.names[0], ...mount.stats() }), store.paths.tmp).catch(() => undefined);
+  // Not durable: the numbers of a live daemon, rewritten every second (and before the mount is
+  // announced ready, where two fsyncs would only delay it).
+  const writeStats = () =>
+    writeFileAtomic(stats, JSON.stringify({ mountpoint, pid: process.pid, image: mount.image.names[0], ...mount.stats() }), store.paths.tmp, { durable: false }).catch(() => undefined);
   await writeStats();
   options.onReady?.();
   const timer = setInterval(() => void writeStats(), 1000);

@@ -2,6 +2,8 @@ import { mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { LazyrootError } from '../errors.js';
+import { packageBin } from '../mount/daemon.js';
+import { spawnStandby } from '../mount/standby.js';
 import type { RegistryOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
 import { CallCounter, metricsText, startMetricsServer } from './metrics.js';
@@ -18,6 +20,8 @@ export interface SnapshotterOptions {
   /** `HOST:PORT` for a Prometheus text endpoint (GET /metrics); port 0 picks one. */
   metricsAddress?: string;
   logger?: Logger;
+  /** One line per gRPC call, with its outcome and time (`--trace`). */
+  trace?: (line: string) => void;
 }
 
 export interface RunningSnapshotter {
@@ -45,7 +49,7 @@ export async function startSnapshotter(store: Store, options: SnapshotterOptions
   const snapshotter = new Snapshotter(store, remote, log);
   const server = new grpc.Server();
   const calls = new CallCounter();
-  server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter, log, calls));
+  server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter, log, calls, options.trace));
   await mkdir(dirname(options.address), { recursive: true });
   // A socket file left by a previous run (nothing listens on it: we are starting).
   await rm(options.address, { force: true });
@@ -56,6 +60,10 @@ export async function startSnapshotter(store: Store, options: SnapshotterOptions
   );
   // Lazy mounts whose daemons are gone (reboot, kill -9) come back in the background.
   remote.remountAll().catch((err) => log('mounting remote snapshots again', err));
+  // A warm standby for the first lazy mount (each mount daemon leaves the next one behind), and
+  // the modules the first Prepare needs to resolve an image, loaded now rather than during it.
+  spawnStandby(packageBin);
+  await import('../source/registry/registry-source.js').catch(() => undefined);
   const metrics = options.metricsAddress ? await startMetricsServer(options.metricsAddress, () => metricsText(store, remote, calls), log) : undefined;
   return {
     address: options.address,

@@ -4,18 +4,36 @@ import { mountStats, type MountStats } from '../mount/mount-service.js';
 import type { Store } from '../store/store.js';
 import type { RemoteLayers } from './remote-layers.js';
 
-/** gRPC calls answered, by method and status code name: the snapshotter's own counters. */
+/** Upper bounds (seconds) of the call latency histogram's buckets. */
+const latencyBuckets = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/** gRPC calls answered, by method and status code name, and how long each method took: the snapshotter's own counters. */
 export class CallCounter {
   private readonly counts = new Map<string, number>();
-  add(method: string, code: string): void {
+  private readonly latency = new Map<string, { buckets: number[]; sum: number; count: number }>();
+
+  add(method: string, code: string, seconds = 0): void {
     const key = `${method}\u0000${code}`;
     this.counts.set(key, (this.counts.get(key) ?? 0) + 1);
+    let h = this.latency.get(method);
+    if (!h) this.latency.set(method, (h = { buckets: latencyBuckets.map(() => 0), sum: 0, count: 0 }));
+    latencyBuckets.forEach((le, i) => {
+      if (seconds <= le) h.buckets[i]!++;
+    });
+    h.sum += seconds;
+    h.count++;
   }
+
   entries(): Array<{ method: string; code: string; count: number }> {
     return [...this.counts].map(([key, count]) => {
       const [method, code] = key.split('\u0000') as [string, string];
       return { method, code, count };
     });
+  }
+
+  /** Per method: cumulative bucket counts (Prometheus `le` semantics), total seconds and calls. */
+  latencies(): Array<{ method: string; buckets: Array<{ le: number; count: number }>; sum: number; count: number }> {
+    return [...this.latency].map(([method, h]) => ({ method, buckets: latencyBuckets.map((le, i) => ({ le, count: h.buckets[i]! })), sum: h.sum, count: h.count }));
   }
 }
 
@@ -31,7 +49,7 @@ const esc = (v: string): string => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"')
  */
 export async function metricsText(store: Store, remote: RemoteLayers, calls: CallCounter): Promise<string> {
   const out: string[] = [];
-  const family = (name: string, type: 'counter' | 'gauge', help: string): void => {
+  const family = (name: string, type: 'counter' | 'gauge' | 'histogram', help: string): void => {
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${type}`);
   };
   const line = (name: string, labels: Record<string, string>, value: number): void => {
@@ -41,6 +59,13 @@ export async function metricsText(store: Store, remote: RemoteLayers, calls: Cal
 
   family('lazyroot_snapshotter_calls_total', 'counter', 'gRPC calls answered, by method and status code');
   for (const c of calls.entries()) line('lazyroot_snapshotter_calls_total', { method: c.method, code: c.code }, c.count);
+  family('lazyroot_snapshotter_call_seconds', 'histogram', 'time to answer a gRPC call, by method');
+  for (const h of calls.latencies()) {
+    for (const b of h.buckets) line('lazyroot_snapshotter_call_seconds_bucket', { method: h.method, le: String(b.le) }, b.count);
+    line('lazyroot_snapshotter_call_seconds_bucket', { method: h.method, le: '+Inf' }, h.count);
+    line('lazyroot_snapshotter_call_seconds_sum', { method: h.method }, h.sum);
+    line('lazyroot_snapshotter_call_seconds_count', { method: h.method }, h.count);
+  }
   family('lazyroot_snapshots', 'gauge', 'snapshots held for containerd, by kind and whether served lazily');
   const counts = new Map<string, number>();
   for (const s of store.db.snapshots.list()) {

@@ -39,10 +39,9 @@ export interface RemoteLayersOptions {
  * alone. Measured (34.6 MB eStargz image, loopback, a loaded 2-core machine):
  * rpull 0.3–0.7 s, `ctr run /bin/true` 1.0–1.5 s with 1.05 MB fetched for
  * the reads (busybox), against `ctr images pull` 1.0 s + run 0.3 s that
- * download it all. The cost: a remote chain is served only as the top of some
- * store image (the case of every container and every `ctr run`); a prefix of
- * an image no other image ends with answers FAILED_PRECONDITION (an ordinary
- * layer pulled on top of such a prefix fails).
+ * download it all. A remote chain that is no image's top (an ordinary layer
+ * pulled over a base that is served lazily) gets a mount of its image's first
+ * layers of its own (`mounts/<image>-<layers>`).
  */
 export class RemoteLayers {
   private readonly mounting = new Map<Digest, Promise<string>>();
@@ -59,8 +58,9 @@ export class RemoteLayers {
     return join(this.store.paths.root, 'snapshotter', 'mounts');
   }
 
-  mountpointOf(imageId: Digest): string {
-    return join(this.mountsDir, digestHex(imageId));
+  /** Where the image's lazy mount is: all its layers, or only the first `layerCount` (a chain no image ends with). */
+  mountpointOf(imageId: Digest, layerCount?: number): string {
+    return join(this.mountsDir, layerCount === undefined ? digestHex(imageId) : `${digestHex(imageId)}-${layerCount}`);
   }
 
   /**
@@ -136,32 +136,60 @@ export class RemoteLayers {
 
   /**
    * The directory serving remote snapshot `snapshot` and every layer below
-   * it: the lazy mount of a store image whose top layer is that chain,
-   * mounted now when it is not (or when its daemon is gone).
+   * it, mounted now when it is not (or when its daemon is gone): the lazy
+   * mount of a store image whose top layer is that chain — one mount serves
+   * every container of the image — or, when no image ends with it (an
+   * ordinary layer pulled over a base that is served lazily), a mount of the
+   * first layers of the image it was recorded with.
    */
   async lowerDirFor(snapshot: SnapshotRecord): Promise<string> {
-    const remote = snapshot.remote!;
-    const recorded = this.store.db.imageById(remote.imageId);
-    const image =
-      recorded && recorded.topChainId === snapshot.key
-        ? recorded
-        : this.store.db.listImages().find((i) => i.topChainId === snapshot.key);
-    if (!image) {
-      throw new LazyrootError(
-        'FAILED_PRECONDITION',
-        `remote snapshot ${snapshot.key}: layer ${remote.layerPosition + 1} of image ${shortDigest(remote.imageId)} is served only as the top of an image, and no image in the store ends with it`,
-      );
-    }
-    let pending = this.mounting.get(image.id);
+    const { image, layerCount, mountpoint } = this.mountFor(snapshot);
+    return this.startMount(image, mountpoint, layerCount);
+  }
+
+  /**
+   * Starts the whole image's lazy mount at the first of its layers containerd
+   * asks for, not when its top layer is committed: the TOCs are read and the
+   * tree built while containerd goes through the other layers, so the
+   * container's Prepare finds the mount ready sooner. Not when the image's
+   * top chain is an ordinary snapshot already (nothing would use the mount).
+   */
+  mountAhead(imageId: Digest): void {
+    const image = this.store.db.imageById(imageId);
+    if (!image?.topChainId) return;
+    const top = this.store.db.snapshots.get(image.topChainId);
+    if (top && !top.remote) return;
+    this.startMount(image, this.mountpointOf(image.id), undefined).catch((err) =>
+      this.log(`image ${shortDigest(image.id)}: mounting ahead (the container's Prepare tries again)`, err),
+    );
+  }
+
+  private startMount(image: ImageRecord, mountpoint: string, layerCount: number | undefined): Promise<string> {
+    let pending = this.mounting.get(mountpoint);
     if (!pending) {
-      pending = this.ensureMounted(image).finally(() => this.mounting.delete(image.id));
-      this.mounting.set(image.id, pending);
+      pending = this.ensureMounted(image, mountpoint, layerCount).finally(() => this.mounting.delete(mountpoint));
+      this.mounting.set(mountpoint, pending);
     }
     return pending;
   }
 
-  private async ensureMounted(image: ImageRecord): Promise<string> {
-    const mountpoint = this.mountpointOf(image.id);
+  /** Which mount serves remote snapshot `snapshot` (lowerDirFor). */
+  private mountFor(snapshot: SnapshotRecord): { image: ImageRecord; layerCount: number | undefined; mountpoint: string } {
+    const remote = snapshot.remote!;
+    const recorded = this.store.db.imageById(remote.imageId);
+    const whole =
+      recorded && recorded.topChainId === snapshot.key
+        ? recorded
+        : this.store.db.listImages().find((i) => i.topChainId === snapshot.key);
+    const image = whole ?? recorded;
+    if (!image || image.chainIds[remote.layerPosition] !== snapshot.key) {
+      throw new LazyrootError('NOT_FOUND', `remote snapshot ${snapshot.key}: image ${shortDigest(remote.imageId)}, which it was served from, is gone from the store`);
+    }
+    const layerCount = whole ? undefined : remote.layerPosition + 1;
+    return { image, layerCount, mountpoint: this.mountpointOf(image.id, layerCount) };
+  }
+
+  private async ensureMounted(image: ImageRecord, mountpoint: string, layerCount: number | undefined): Promise<string> {
     const record = this.store.db.mountAt(mountpoint);
     if (record?.alive) return mountpoint;
     if (record) await unmountLazy(this.store, mountpoint).catch((err) => this.log(`${mountpoint}: cleaning a stale mount`, err));
@@ -171,6 +199,7 @@ export class RemoteLayers {
         ...(this.options.registry ? { registry: this.options.registry } : {}),
         ...(this.options.prefetch === false ? { prefetch: false } : {}),
         ...(this.options.logFile ? { logFile: this.options.logFile } : {}),
+        ...(layerCount !== undefined ? { layerCount } : {}),
       });
     } catch (err) {
       throw new LazyrootError('UNAVAILABLE', `image ${image.names[0] ?? image.id}: cannot mount its layers lazily: ${(err as Error).message}`, { cause: err });
@@ -180,14 +209,22 @@ export class RemoteLayers {
 
   /**
    * On start: mounts again, one after the other, the images whose top layer
-   * is a remote snapshot and whose mount is gone (a reboot, a killed daemon);
+   * is a remote snapshot, and the first layers of images an ordinary snapshot
+   * sits on, whose mount is gone (a reboot, a killed daemon);
    * mounts still served are left alone. A failure (a registry unreachable) is
    * logged and fails only that image's Mounts later, never the start.
    */
   async remountAll(): Promise<void> {
-    for (const snapshot of this.store.db.snapshots.list()) {
-      if (!snapshot.remote || !this.isTopOfImage(snapshot)) continue;
-      if (this.store.db.mountAt(this.mountpointOf(snapshot.remote.imageId))?.alive) continue;
+    const snapshots = this.store.db.snapshots.list();
+    const parentsOfOrdinary = new Set(snapshots.flatMap((s) => (!s.remote && s.parent ? [s.parent] : [])));
+    for (const snapshot of snapshots) {
+      if (!snapshot.remote || !(this.isTopOfImage(snapshot) || parentsOfOrdinary.has(snapshot.key))) continue;
+      try {
+        if (this.store.db.mountAt(this.mountFor(snapshot).mountpoint)?.alive) continue;
+      } catch {
+        // its image is gone: its Mounts will say so
+        continue;
+      }
       await this.lowerDirFor(snapshot).then(
         (mountpoint) => this.log(`remote snapshot ${snapshot.key}: mounted again at ${mountpoint}`),
         (err) => this.log(`remote snapshot ${snapshot.key}: cannot mount it again (its Mounts will say why)`, err),
@@ -195,23 +232,24 @@ export class RemoteLayers {
     }
   }
 
-  /** Unmounts the lazy mount of an image no snapshot uses any more. */
+  /** Unmounts the lazy mounts of an image (whole, or its first layers) once no snapshot uses it. */
   async release(imageId: Digest): Promise<void> {
     if (this.store.db.snapshots.ofImage(imageId).length > 0) return;
+    const whole = this.mountpointOf(imageId);
+    const ofImage = (mountpoint: string) => mountpoint === whole || mountpoint.startsWith(`${whole}-`);
     // A mount still being made (ahead of a container) is finished first, then undone.
-    await this.mounting.get(imageId)?.catch(() => undefined);
+    for (const [mountpoint, pending] of this.mounting) if (ofImage(mountpoint)) await pending.catch(() => undefined);
     // Other images whose top chain a snapshot of this image was mounted through are released by Cleanup.
-    const mountpoint = this.mountpointOf(imageId);
-    if (!this.store.db.mountAt(mountpoint)) return;
-    await unmountLazy(this.store, mountpoint);
+    for (const { mountpoint } of this.store.db.listMounts()) if (ofImage(mountpoint)) await unmountLazy(this.store, mountpoint);
   }
 
   /** Mount points of images that no snapshot names (after the mounts being made are done). */
   async unusedMounts(): Promise<string[]> {
     await Promise.allSettled(this.mounting.values());
-    const used = new Set(this.store.db.snapshots.list().flatMap((s) => (s.remote ? [this.mountpointOf(s.remote.imageId)] : [])));
+    const snapshots = this.store.db.snapshots.list();
+    const used = new Set(snapshots.flatMap((s) => (s.remote ? [this.mountpointOf(s.remote.imageId), this.mountpointOf(s.remote.imageId, s.remote.layerPosition + 1)] : [])));
     // An image mounted because its top chain is a snapshot recorded with another image.
-    const keys = new Set(this.store.db.snapshots.list().map((s) => s.key));
+    const keys = new Set(snapshots.map((s) => s.key));
     for (const image of this.store.db.listImages()) if (image.topChainId && keys.has(image.topChainId)) used.add(this.mountpointOf(image.id));
     return this.store.db
       .listMounts()

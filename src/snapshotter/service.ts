@@ -70,21 +70,29 @@ function info(s: SnapshotRecord): Record<string, unknown> {
 
 type Req = Record<string, any>; // eslint-disable-line @typescript-eslint/no-explicit-any
 
-/** The handlers, one per RPC; every error is answered as a status, and unexpected ones are logged. */
-export function snapshotsHandlers(snapshotter: Snapshotter, log: Logger, calls?: CallCounter): grpc.UntypedServiceImplementation {
+/**
+ * The handlers, one per RPC; every error is answered as a status, and unexpected ones are logged.
+ * `trace` (the daemon's `--trace`) gets one line per call with its outcome and time.
+ */
+export function snapshotsHandlers(snapshotter: Snapshotter, log: Logger, calls?: CallCounter, trace?: (line: string) => void): grpc.UntypedServiceImplementation {
   const unary =
     (name: string, fn: (req: Req) => Promise<unknown> | unknown): grpc.handleUnaryCall<Req, unknown> =>
     (call, callback) => {
+      const started = performance.now();
+      const seconds = () => (performance.now() - started) / 1000;
       Promise.resolve()
         .then(() => fn(call.request))
         .then(
           (reply) => {
-            calls?.add(name, 'OK');
+            calls?.add(name, 'OK', seconds());
+            trace?.(`${name} ${call.request.key ?? call.request.name ?? ''}: OK in ${(seconds() * 1000).toFixed(1)} ms`);
             callback(null, reply);
           },
           (err: unknown) => {
             const status = toStatus(err);
-            calls?.add(name, grpc.status[status.code!] ?? String(status.code));
+            const code = grpc.status[status.code!] ?? String(status.code);
+            calls?.add(name, code, seconds());
+            trace?.(`${name} ${call.request.key ?? call.request.name ?? ''}: ${code} in ${(seconds() * 1000).toFixed(1)} ms`);
             if (status.code === grpc.status.UNKNOWN || status.code === grpc.status.UNAVAILABLE) log(`${name} ${call.request.key ?? ''}`, err);
             callback(status, null);
           },
@@ -112,7 +120,7 @@ export function snapshotsHandlers(snapshotter: Snapshotter, log: Logger, calls?:
         // containerd's own service sends batches of 100.
         for (let i = 0; i < all.length; i += 100) call.write({ info: all.slice(i, i + 100).map(info) });
         call.end();
-        calls?.add('List', 'OK');
+        calls?.add('List', 'OK', 0);
       } catch (err) {
         calls?.add('List', grpc.status[toStatus(err).code!] ?? 'UNKNOWN');
         call.destroy(Object.assign(new Error(toStatus(err).details), toStatus(err)));

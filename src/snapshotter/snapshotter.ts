@@ -58,11 +58,9 @@ export class Snapshotter {
       const remote = await this.remote.resolve(request);
       if (remote) {
         const committed = this.table.insert({ key: request.chainId, parent: parent || null, kind: 'committed', labels, remote });
-        // The image's top layer: start its lazy mount now, while containerd finishes the pull, so
-        // that the container's Prepare finds it ready (stargz mounts during Prepare too).
-        if (committed && this.remote.isTopOfImage(committed)) {
-          this.remote.lowerDirFor(committed).catch((err) => this.log(`remote snapshot ${committed.key}: mounting ahead (the container's Prepare tries again)`, err));
-        }
+        // Start the image's lazy mount now, while containerd goes on with the pull, so that the
+        // container's Prepare finds it ready (stargz mounts during Prepare too).
+        if (committed) this.remote.mountAhead(remote.imageId);
         this.log(`remote snapshot ${request.chainId}: layer ${remote.layerPosition + 1} of ${remote.ref} (${request.labelSet} labels), served lazily`);
         throw new LazyrootError('ALREADY_EXISTS', `target snapshot ${request.chainId} already exists (served remotely)`);
       }

@@ -27,21 +27,24 @@ export async function commitFile(tmpPath: string, finalPath: string): Promise<vo
 /**
  * Writes a whole file atomically: temp file in `tmpDir` (same filesystem),
  * fsync, rename. Readers see the old file or the new one, never a torn one.
+ * `durable: false` skips both fsyncs, for caches whose reader takes a torn
+ * file after a power cut for a miss: the rename stays atomic for processes.
  */
-export async function writeFileAtomic(finalPath: string, data: Uint8Array | string, tmpDir: string): Promise<void> {
-  await writeFileAtomicFrom(finalPath, [data], tmpDir);
+export async function writeFileAtomic(finalPath: string, data: Uint8Array | string, tmpDir: string, options: { durable?: boolean } = {}): Promise<void> {
+  await writeFileAtomicFrom(finalPath, [data], tmpDir, options);
 }
 
 /**
  * writeFileAtomic of a file given as pieces, written one after another: a
  * big file made of many small strings never exists whole in memory.
  */
-export async function writeFileAtomicFrom(finalPath: string, pieces: Iterable<Uint8Array | string>, tmpDir: string): Promise<void> {
+export async function writeFileAtomicFrom(finalPath: string, pieces: Iterable<Uint8Array | string>, tmpDir: string, options: { durable?: boolean } = {}): Promise<void> {
+  const durable = options.durable ?? true;
   const tmpPath = join(tmpDir, `${basename(finalPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   const handle = await open(tmpPath, 'wx');
   try {
     for (const piece of pieces) await handle.writeFile(piece);
-    await handle.sync();
+    if (durable) await handle.sync();
   } catch (err) {
     await handle.close();
     await rm(tmpPath, { force: true });
@@ -54,5 +57,5 @@ export async function writeFileAtomicFrom(finalPath: string, pieces: Iterable<Ui
     await rm(tmpPath, { force: true });
     throw err;
   }
-  await syncDir(dirname(finalPath));
+  if (durable) await syncDir(dirname(finalPath));
 }

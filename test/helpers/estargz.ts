@@ -64,6 +64,12 @@ export interface Containerd {
 export interface ContainerdOptions {
   /** Snapshotters served by other daemons: name → their gRPC unix socket (`[proxy_plugins.NAME] type = "snapshot"`). */
   proxySnapshotters?: Record<string, string>;
+  /**
+   * Enables the CRI plugin (the kubelet's API, on the same socket), pulling with this snapshotter
+   * and passing layer annotations to it (`disable_snapshot_annotations = false`), as Kubernetes
+   * nodes with a lazy-pull snapshotter configure it; `plainHttp` registries are reached over HTTP.
+   */
+  cri?: { snapshotter: string; plainHttp?: string[] };
 }
 
 /** Starts a private containerd (about 50 ms on the dev machine). */
@@ -80,7 +86,7 @@ export async function startContainerd(options: ContainerdOptions = {}): Promise<
       `root = ${JSON.stringify(join(dir, 'root'))}`,
       `state = ${JSON.stringify(join(dir, 'state'))}`,
       'disabled_plugins = [',
-      '  "io.containerd.grpc.v1.cri",',
+      ...(options.cri ? [] : ['  "io.containerd.grpc.v1.cri",']),
       '  "io.containerd.snapshotter.v1.aufs",',
       '  "io.containerd.snapshotter.v1.btrfs",',
       '  "io.containerd.snapshotter.v1.devmapper",',
@@ -97,6 +103,22 @@ export async function startContainerd(options: ContainerdOptions = {}): Promise<
       '[plugins]',
       '  [plugins."io.containerd.internal.v1.opt"]',
       `    path = ${JSON.stringify(join(dir, 'opt'))}`,
+      ...(options.cri
+        ? [
+            '  [plugins."io.containerd.grpc.v1.cri"]',
+            `    sandbox_image = "127.0.0.1:1/none:v1"`,
+            '    [plugins."io.containerd.grpc.v1.cri".containerd]',
+            `      snapshotter = ${JSON.stringify(options.cri.snapshotter)}`,
+            '      disable_snapshot_annotations = false',
+            '    [plugins."io.containerd.grpc.v1.cri".cni]',
+            `      bin_dir = ${JSON.stringify(join(dir, 'cni-bin'))}`,
+            `      conf_dir = ${JSON.stringify(join(dir, 'cni-conf'))}`,
+            ...(options.cri.plainHttp ?? []).flatMap((host) => [
+              `    [plugins."io.containerd.grpc.v1.cri".registry.mirrors.${JSON.stringify(host)}]`,
+              `      endpoint = [${JSON.stringify(`http://${host}`)}]`,
+            ]),
+          ]
+        : []),
       ...Object.entries(options.proxySnapshotters ?? {}).flatMap(([name, socket]) => [
         `[proxy_plugins.${JSON.stringify(name)}]`,
         '  type = "snapshot"',

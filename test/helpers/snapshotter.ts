@@ -47,13 +47,19 @@ export interface SnapshotterWorldOptions {
   prepareStore?: (store: string) => Promise<void>;
   /** The snapshotter's environment (default: this process's). */
   env?: NodeJS.ProcessEnv;
+  /** More arguments for `lazyroot snapshotter` (`--trace`). */
+  args?: string[];
+  /** containerd's CRI plugin on, pulling with lazyroot (startContainerd's `cri`), these registries over plain HTTP. */
+  cri?: { plainHttp?: string[] };
 }
 
-async function startSnapshotterProcess(store: string, socket: string, logPath: string, env?: NodeJS.ProcessEnv): Promise<ManagedProcess> {
+async function startSnapshotterProcess(store: string, socket: string, logPath: string, env?: NodeJS.ProcessEnv, args: string[] = []): Promise<ManagedProcess> {
+  // The log is appended to across restarts: only what this start writes counts.
+  const before = (await readFile(logPath, 'utf8').catch(() => '')).length;
   const logFd = openSync(logPath, 'a');
   let proc: ManagedProcess;
   try {
-    proc = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'snapshotter', '--address', socket, '--metrics-address', '127.0.0.1:0'], {
+    proc = spawnProcess(process.execPath, [lazyrootBin, '--store', store, 'snapshotter', '--address', socket, '--metrics-address', '127.0.0.1:0', ...args], {
       stdio: ['ignore', logFd, logFd],
       name: `lazyroot snapshotter on ${socket}`,
       ...(env ? { env } : {}),
@@ -61,7 +67,7 @@ async function startSnapshotterProcess(store: string, socket: string, logPath: s
   } finally {
     closeSync(logFd);
   }
-  await proc.waitReady(async () => (await readFile(logPath, 'utf8').catch(() => '')).includes(`listening on ${socket}`), {
+  await proc.waitReady(async () => (await readFile(logPath, 'utf8').catch(() => '')).slice(before).includes(`listening on ${socket}`), {
     timeoutMs: 20_000,
     intervalMs: 20,
     describe: () => readFile(logPath, 'utf8').catch(() => ''),
@@ -78,10 +84,10 @@ export async function startSnapshotterWorld(options: SnapshotterWorldOptions = {
     await mkdir(store, { recursive: true });
     await options.prepareStore(store);
   }
-  let snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env);
+  let snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env, options.args);
   let containerd: Containerd;
   try {
-    containerd = await startContainerd({ proxySnapshotters: { lazyroot: socket } });
+    containerd = await startContainerd({ proxySnapshotters: { lazyroot: socket }, ...(options.cri ? { cri: { snapshotter: 'lazyroot', ...options.cri } } : {}) });
   } catch (err) {
     await snapshotter.stop();
     throw err;
@@ -115,7 +121,7 @@ export async function startSnapshotterWorld(options: SnapshotterWorldOptions = {
     ctrStatus,
     async restartSnapshotter() {
       await snapshotter.stop();
-      snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env);
+      snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env, options.args);
     },
     async stop() {
       await containerd.stop().catch(() => undefined);

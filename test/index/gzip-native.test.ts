@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { gunzipSync, gzipSync } from 'node:zlib';
-import { createGzipIndexer, inflateFrom, inflateFromAsync, spanStart, type RawGzipCheckpoint } from '../../src/index/gzip-native.js';
+import { createGzipIndexer, inflateFrom, inflateFromAsync, inflateMember, spanStart, type RawGzipCheckpoint } from '../../src/index/gzip-native.js';
 import { compressibleText, gzipCli, multiMemberGzip } from './layer-fixtures.js';
 
 interface Indexed {
@@ -150,4 +150,23 @@ test('corrupt, truncated and empty gzip data fail naming the compressed offset',
     return true;
   });
   assert.throws(() => inflateFrom(cp, Buffer.from('not gzip at all'), 0, 10), (err: Error & { code?: string }) => err.code === 'Z_DATA_ERROR' && /incorrect header check/.test(err.message));
+});
+
+test('inflateMember: a member whole with the members after it (as zlib.gunzip), or the first `limit` bytes; other bytes after it ignored; corrupt and cut members rejected with their code', async () => {
+  const data = Buffer.from('lazyroot chunk '.repeat(20_000));
+  const member = gzipSync(data);
+  assert.deepEqual(await inflateMember(member, data.length + 10), data);
+  assert.deepEqual(await inflateMember(member, 1000), data.subarray(0, 1000));
+  const next = gzipSync(Buffer.from('the next member'));
+  assert.deepEqual(await inflateMember(Buffer.concat([member, next, next]), 1 << 30), Buffer.concat([data, Buffer.from('the next memberthe next member')]));
+  assert.deepEqual(await inflateMember(Buffer.concat([member, Buffer.from('not gzip')]), 1 << 30), data, 'bytes after the member that start no other are ignored');
+  assert.equal((await inflateMember(gzipSync(Buffer.alloc(0)), 10)).length, 0);
+  // A member that inflates far beyond what is asked for costs only the limit.
+  const bomb = gzipSync(Buffer.alloc(64 << 20));
+  assert.equal((await inflateMember(bomb, 4096)).length, 4096);
+  await assert.rejects(inflateMember(member.subarray(0, member.length - 20), 1 << 30), (err: NodeJS.ErrnoException) => err.code === 'Z_BUF_ERROR' && /ends early/.test(err.message));
+  await assert.rejects(inflateMember(Buffer.from('not a gzip member'), 100), (err: NodeJS.ErrnoException) => err.code === 'Z_DATA_ERROR' && /incorrect header check/.test(err.message));
+  const flipped = Buffer.from(member);
+  flipped[flipped.length - 6]! ^= 0xff; // the CRC
+  await assert.rejects(inflateMember(flipped, 1 << 30), (err: NodeJS.ErrnoException) => err.code === 'Z_DATA_ERROR' && /incorrect data check/.test(err.message));
 });

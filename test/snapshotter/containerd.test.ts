@@ -58,7 +58,7 @@ describe('lazyroot snapshotter under containerd', () => {
 
   test('ctr-remote rpull of an eStargz image fetches no layer into containerd; ctr run prints and relays the exit code; images rm + GC removes snapshots and mounts', async (t) => {
     if (!requireOrSkip(t, needs)) return;
-    const world = await startSnapshotterWorld();
+    const world = await startSnapshotterWorld({ args: ['--trace'] });
     t.after(() => world.stop());
     const image = await buildEstargzImage(await busyboxEntries(), { config: imageConfig });
     await registry.pushImage('esgz/busybox', 'v1', image);
@@ -81,6 +81,11 @@ describe('lazyroot snapshotter under containerd', () => {
     assert.equal((await lazyMountsUnder(world)).length, 1, 'one lazy mount serves the image');
     const metrics = await world.metrics();
     assert.match(metrics, /^lazyroot_snapshotter_calls_total\{method="Prepare",code="ALREADY_EXISTS"\} 2$/m);
+    // Call latency: a histogram per method whose +Inf bucket counts every call of it, and --trace's line per call.
+    const prepares = metrics.match(/^lazyroot_snapshotter_call_seconds_count\{method="Prepare"\} (\d+)$/m);
+    assert.ok(prepares && Number(prepares[1]) >= 3, metrics);
+    assert.match(metrics, new RegExp(`^lazyroot_snapshotter_call_seconds_bucket\\{method="Prepare",le="\\+Inf"\\} ${prepares[1]}$`, 'm'));
+    assert.match(await world.log(), /lazyroot snapshotter: \d{4}-\d\d-\d\dT[\d:.]+Z Prepare .+: ALREADY_EXISTS in \d+\.\d ms/);
     assert.match(metrics, /^lazyroot_mount_bytes_served_total\{mountpoint="[^"]+"\} [1-9]\d*$/m);
     assert.equal(metrics.match(/^lazyroot_layer_fetched_ratio\{/gm)?.length, 2, metrics);
     // Layer bytes came by range requests from lazyroot, never as whole-blob GETs by containerd.
@@ -112,6 +117,46 @@ describe('lazyroot snapshotter under containerd', () => {
     await world.ctr(['images', 'rm', '--sync', ref]);
     assert.deepEqual(snapshotLines(await world.ctr(['snapshots', '--snapshotter', 'lazyroot', 'ls'])), []);
     assert.deepEqual(await snapshotsOf(world), []);
+  });
+
+  test('an ordinary layer over a lazily served chain that no image ends with: a mount of the first layers serves it, and goes with the last snapshot', async (t) => {
+    if (!requireOrSkip(t, needs)) return;
+    const world = await startSnapshotterWorld();
+    t.after(() => world.stop());
+    const [base, motdLayer] = await busyboxEntries();
+    // A and B share their two lower layers (same blobs, so same chain IDs) and differ on top.
+    const a = await buildEstargzImage([base!, motdLayer!, [dir('etc'), file('etc/which', 'a\n')]], { config: imageConfig });
+    const b = await buildEstargzImage([base!, motdLayer!, [dir('etc'), file('etc/which', 'b\n'), file('etc/only-b', 'only b\n')]], { config: imageConfig });
+    assert.deepEqual(b.layerDigests.slice(0, 2), a.layerDigests.slice(0, 2));
+    await registry.pushImage('shared/a', 'v1', a);
+    await registry.pushImage('shared/b', 'v1', b);
+    const refA = `${registry.host}/shared/a:v1`;
+    const refB = `${registry.host}/shared/b:v1`;
+
+    // A lazily: its three chains are remote snapshots, the second no image's top.
+    await world.ctr(['image', 'rpull', '--plain-http', '--snapshotter', 'lazyroot', refA]);
+    // B by plain ctr (no labels): containerd finds the two shared chains and unpacks B's top layer
+    // itself, into an ordinary snapshot whose parent is the second, lazily served chain.
+    await world.ctr(['images', 'pull', '--plain-http', '--snapshotter', 'lazyroot', refB]);
+    const snapshots = await snapshotsOf(world);
+    assert.equal(snapshots.length, 4, JSON.stringify(snapshots));
+    assert.equal(snapshots.filter((s) => s.remote === null).length, 1, "B's own top layer is an ordinary snapshot");
+
+    const out = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', refB, `shared-${process.pid}`, '/bin/sh', '-c', 'cat /etc/which /etc/only-b /etc/motd']);
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(out.stdout, `b\nonly b\n${motd}`);
+    // Two mounts: A's whole (made ahead during its rpull) and A's first two layers, under B's top.
+    const mounts = (await lazyMountsUnder(world)).sort();
+    assert.equal(mounts.length, 2, mounts.join(', '));
+    assert.equal(mounts[1], `${mounts[0]}-2`);
+    const outA = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', refA, `shared-a-${process.pid}`, '/bin/cat', '/etc/which']);
+    assert.equal(outA.code, 0, outA.stderr);
+    assert.equal(outA.stdout, 'a\n');
+
+    await world.ctr(['images', 'rm', '--sync', refB]);
+    await world.ctr(['images', 'rm', '--sync', refA]);
+    assert.deepEqual(await snapshotsOf(world), []);
+    assert.deepEqual(await lazyMountsUnder(world), []);
   });
 
   test('a gzip image with a span index in the lazyroot store is served lazily through the stargz label set', async (t) => {

@@ -8,6 +8,7 @@ interface SnapshotterFlags extends RegistryFlags {
   address: string;
   prefetch?: boolean;
   metricsAddress?: string;
+  trace?: boolean;
 }
 
 export function registerSnapshotter(program: Command, out: Output): void {
@@ -17,6 +18,7 @@ export function registerSnapshotter(program: Command, out: Output): void {
     .requiredOption('--address <socket>', 'unix socket containerd connects to ([proxy_plugins.lazyroot] address)')
     .option('--metrics-address <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port)')
     .option('--no-prefetch', 'do not download the rest of remote layers in the background')
+    .option('--trace', 'log every gRPC call with its outcome and time (stderr, timestamped)')
     .option('--insecure', 'allow plain HTTP and unverified TLS to registries')
     .option('--creds <user:password>', 'registry credentials')
     .option('--authfile <file>', 'registry auth file (default: containers auth.json, then ~/.docker/config.json)')
@@ -31,6 +33,7 @@ export function registerSnapshotter(program: Command, out: Output): void {
         registry: registryOptionsFrom(opts),
         ...(opts.prefetch === false ? { prefetch: false } : {}),
         ...(opts.metricsAddress ? { metricsAddress: opts.metricsAddress } : {}),
+        ...(opts.trace ? { trace: (line: string) => process.stderr.write(`lazyroot snapshotter: ${new Date().toISOString()} ${line}\n`) } : {}),
         logger,
       });
       if (running.metricsPort !== undefined) logger(`metrics on port ${running.metricsPort}`);

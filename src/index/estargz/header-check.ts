@@ -1,12 +1,9 @@
-import { promisify } from 'node:util';
-import { gunzip as gunzipCallback } from 'node:zlib';
 import { LazyrootError } from '../../errors.js';
 import { normalizeEntryPath } from '../../oci/entry-path.js';
 import type { BlobRangeReader, IndexEntry } from '../types.js';
 import { checksumOk, octal, parsePax, tarName } from './tar-header.js';
 import type { EstargzMemberChunk } from './toc.js';
-
-const gunzip = promisify(gunzipCallback);
+import { inflateMember } from '../gzip-native.js';
 
 /** Tails kept at once (a few KiB each): the oldest go first. */
 const maxTails = 1024;
@@ -179,11 +176,14 @@ export class EstargzHeaderCheck {
 
   private async inflate(start: number, end: number, maxBytes: number, path: string): Promise<Buffer> {
     const bytes = (await this.blob.readVerified?.(start, end)) ?? (await this.blob.read(start, end));
+    let out: Buffer;
     try {
-      return await gunzip(bytes, { maxOutputLength: maxBytes });
+      out = await inflateMember(bytes, maxBytes + 1);
     } catch (err) {
       throw Object.assign(this.mismatch(path, `blob bytes ${start}-${end} do not inflate as the TOC says (${(err as Error).message})`), { cause: err });
     }
+    if (out.length > maxBytes) throw this.mismatch(path, `blob bytes ${start}-${end} inflate to more than the ${maxBytes} bytes the TOC allows there`);
+    return out;
   }
 
   private entry(path: string): IndexEntry {

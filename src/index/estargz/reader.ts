@@ -1,10 +1,10 @@
 import { createHash } from 'node:crypto';
-import { createGunzip, gunzip } from 'node:zlib';
 import { LRUCache } from 'lru-cache';
 import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import { digestAlgorithm } from '../../oci/digest.js';
 import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
 import type { EstargzMemberChunk } from './toc.js';
+import { inflateMember } from '../gzip-native.js';
 
 /**
  * Verified, decompressed eStargz chunks, bounded by bytes. Keyed by chunk
@@ -236,53 +236,18 @@ async function verifiedChunk(
 /** Tails (the tar headers after a chunk) handed to `onTail` are at most this long. */
 const maxTail = 64 * 1024;
 
-/** What a member may inflate to past the chunk (the tar headers after it) before it is read as a stream. */
+/** What a member may inflate to past the chunk (the tar headers after it): past this, only the chunk's bytes are kept. */
 const oneShotSlack = 1 << 20;
 
 /**
  * At least the first `need` bytes a gzip member inflates to. A member is a
- * chunk and the few tar headers after it: one zlib call inflates it whole
- * (a stream per chunk cost more than the inflating). One that inflates past
- * `need` + 1 MiB is read as a stream that stops at `need` instead, so a
- * member that inflates without end costs nothing.
+ * chunk and the few tar headers after it: one native call inflates it whole
+ * on the thread pool (zlib.gunzip's stream per chunk cost more than the
+ * inflating). It stops at `need` + 1 MiB, so a member that inflates without
+ * end costs no more than that.
  */
-function inflatePrefix(member: Buffer, need: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    gunzip(member, { maxOutputLength: need + oneShotSlack }, (err, out) => {
-      if (!err) return out.length >= need ? resolve(out) : reject(new Error(`the gzip member inflates to ${out.length} bytes, ${need} expected`));
-      if ((err as NodeJS.ErrnoException).code === 'ERR_BUFFER_TOO_LARGE' || err instanceof RangeError) return inflatePrefixStreaming(member, need).then(resolve, reject);
-      reject(err);
-    });
-  });
-}
-
-/** inflatePrefix for a member that inflates to much more than its chunk: stops at `need`. */
-function inflatePrefixStreaming(member: Buffer, need: number): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const gunzip = createGunzip({ chunkSize: Math.min(Math.max(need, 64 * 1024), 8 * 1024 * 1024) });
-    const parts: Buffer[] = [];
-    let got = 0;
-    let settled = false;
-    gunzip.on('data', (part: Buffer) => {
-      if (settled) return;
-      parts.push(part);
-      got += part.length;
-      if (got >= need) {
-        settled = true;
-        gunzip.destroy();
-        resolve(parts.length === 1 ? parts[0]! : Buffer.concat(parts, got));
-      }
-    });
-    gunzip.on('error', (err) => {
-      if (settled) return;
-      settled = true;
-      reject(err);
-    });
-    gunzip.on('end', () => {
-      if (settled) return;
-      settled = true;
-      reject(new Error(`the gzip member inflates to ${got} bytes, ${need} expected`));
-    });
-    gunzip.end(member);
-  });
+async function inflatePrefix(member: Buffer, need: number): Promise<Buffer> {
+  const out = await inflateMember(member, need + oneShotSlack);
+  if (out.length < need) throw new Error(`the gzip member inflates to ${out.length} bytes, ${need} expected`);
+  return out;
 }
