@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { daemonNodeFlags } from './daemon-memory.js';
 import { createWriteStream } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -36,7 +37,7 @@ export async function startMountDaemon(request: MountRequest, options: StartOpti
 
   const log = createWriteStream(request.logFile, { flags: 'a' });
   await new Promise((r) => log.once('open', r));
-  const child = spawn(process.execPath, [options.bin ?? packageBin, 'mount-daemon'], { detached: true, stdio: ['ignore', log, log, 'pipe'] });
+  const child = spawn(process.execPath, [...daemonNodeFlags, options.bin ?? packageBin, 'mount-daemon'], { detached: true, stdio: ['ignore', log, log, 'pipe'] });
   const channel = child.stdio[3] as Duplex;
   try {
     channel.write(`${JSON.stringify(request)}\n`);

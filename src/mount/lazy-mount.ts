@@ -10,8 +10,10 @@ import { LazyBlob, LazyBlobGroup } from '../store/lazy-blob.js';
 import type { ImageRecord } from '../store/metadata-db.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
-import { mergeLayers, type MergedEntry } from '../union/merge.js';
+import { mergeLayerTree, type MergedTree } from '../union/merge.js';
+import type { IndexEntry } from '../index/types.js';
 import { readCached, treeCachePath, writeCachedLater } from './mount-cache.js';
+import { collectFromEntries, collectGarbage } from './daemon-memory.js';
 import { buildTree, type FsNode } from '../fs/tree.js';
 import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
 import type { LazyLayer, LazyLayerStats, RemoteIndexLookup } from './layers/lazy-layer.js';
@@ -196,23 +198,27 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     let profileBytes = 0;
     const ahead = fetchesAhead ? fetchProfileAhead(layers, profile, stopPrefetch.signal, aheadBudget(group)).then((n) => void (profileBytes = n)) : Promise.resolve();
     // The merged tree of an image is derived once and read back by later mounts.
-    const treeKey = layers.map((l) => l.digest).join(',');
+    const treeKey = `rows:${layers.map((l) => `${l.digest}/${l.entries.length}`).join(',')}`;
     const treePath = treeCachePath(store, image.id);
     // Not from, nor into, the cache while an index from the registry is unchecked: a lying one must not outlive its removal.
     const cacheable = wholeImage && layers.every((l) => !l.uncheckedIndex);
-    let merged = cacheable ? await readCached<MergedEntry[]>(treePath, treeKey) : undefined;
-    if (!merged) {
-      merged = mergeLayers(
+    // Many entries: each stage (layer indexes, merge, tree) starts without the last one's garbage (daemon-memory.ts).
+    const many = layers.reduce((n, l) => n + l.entries.length, 0) >= collectFromEntries;
+    if (many) collectGarbage();
+    const tree = (cacheable ? treeFromCache(await readCached<CachedTree>(treePath, treeKey), layers) : undefined) ?? buildTree(mergeAndCache());
+    if (many) collectGarbage();
+    function mergeAndCache(): MergedTree {
+      const merged = mergeLayerTree(
         layers.map((l) => l.entries),
         (i) => `layer ${i + 1}/${layers.length} ${shortDigest(layers[i]!.digest)}`,
       );
-      if (cacheable) writeCachedLater(store, treePath, treeKey, merged, options.logger);
+      if (cacheable) writeCachedLater(store, treePath, treeKey, cachedTree(merged), options.logger);
+      if (many) collectGarbage();
+      return merged;
     }
-    const tree = buildTree(merged);
     const reader = {
       read(node: FsNode, position: number, length: number): Promise<Buffer> {
-        const entry = node.entry!;
-        return layers[entry.layer]!.read(entry, position, length);
+        return layers[node.layer]!.read(node.entry, position, length);
       },
     };
     const mounted: MountedTree = await mountTree(tree, mountpoint, reader, {
@@ -291,6 +297,56 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
   } catch (err) {
     await closeAll();
     throw err;
+  }
+}
+
+/**
+ * An image's merged tree as its cache file (mount-cache.ts) keeps it: by
+ * reference to the layers' entries, not a copy of them. Row i is the entry
+ * `indexes[i]` of layer `layers[i]`, at that entry's own path unless
+ * `paths[i]` says otherwise; `made` holds the entries the merge made
+ * (implicit directories, the root, further names of hardlinked files) by row.
+ */
+interface CachedTree {
+  layers: number[];
+  indexes: number[];
+  paths: Array<string | null>;
+  made: Array<[number, string, IndexEntry]>;
+}
+
+function cachedTree(merged: MergedTree): CachedTree {
+  const { paths, entries, layers, indexes } = merged;
+  const out: CachedTree = { layers: Array.from(layers), indexes: Array.from(indexes), paths: new Array<string | null>(paths.length).fill(null), made: [] };
+  for (let i = 0; i < paths.length; i++) {
+    if (indexes[i]! < 0) out.made.push([i, paths[i]!, entries[i]!]);
+    else if (paths[i] !== entries[i]!.path) out.paths[i] = paths[i]!;
+  }
+  return out;
+}
+
+/** The tree a cache file describes, over the layers' entries; undefined when it does not fit them (derive it again). */
+function treeFromCache(cached: CachedTree | undefined, layers: readonly LazyLayer[]): ReturnType<typeof buildTree> | undefined {
+  if (!cached) return undefined;
+  try {
+    const n = cached.layers.length;
+    if (cached.indexes.length !== n || cached.paths.length !== n) return undefined;
+    const paths: string[] = new Array(n);
+    const entries: IndexEntry[] = new Array(n);
+    const made = new Map(cached.made.map(([row, path, entry]) => [row, [path, entry] as const]));
+    for (let i = 0; i < n; i++) {
+      const own = made.get(i);
+      if (own) {
+        [paths[i], entries[i]] = own;
+        continue;
+      }
+      const entry = layers[cached.layers[i]!]?.entries[cached.indexes[i]!];
+      if (!entry) return undefined;
+      entries[i] = entry;
+      paths[i] = cached.paths[i] ?? entry.path;
+    }
+    return buildTree({ paths, entries, layers: Int32Array.from(cached.layers), indexes: Int32Array.from(cached.indexes) });
+  } catch {
+    return undefined;
   }
 }
 
