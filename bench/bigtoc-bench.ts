@@ -28,7 +28,8 @@ import { dropCaches, median } from './measure.js';
 import { capture } from './system.js';
 import type { BenchContext } from './types.js';
 
-const SIZES = [200_000, 1_000_000];
+/** BENCH_BIGTOC_FILES=200000 picks sizes (comma-separated); default both. */
+const SIZES = process.env.BENCH_BIGTOC_FILES ? process.env.BENCH_BIGTOC_FILES.split(',').map(Number) : [200_000, 1_000_000];
 const PER_DIR = 1000;
 const TOC_DIGEST = 'containerd.io/snapshot/stargz/toc.digest';
 

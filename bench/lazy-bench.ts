@@ -102,7 +102,8 @@ export async function prepareLazyImages(ctx: BenchContext): Promise<LazyImages> 
   if (missing.length) throw new Error(`bench: ${repo}:esgz has ${missing.length} layers without a TOC digest annotation: not eStargz (delete ${esgz} to convert again)`);
 
   const indexStore = join(ctx.workDir, 'index-store');
-  await capture([process.execPath, ctx.lazyrootBin, '--store', indexStore, '--quiet', 'index', `docker://${ctx.registryHost}/${repo}:v1`], 'lazyroot index');
+  // Built here, and pushed to the registry as the image's index artifact (the "registry index artifact only" variant reads it there).
+  await capture([process.execPath, ctx.lazyrootBin, '--store', indexStore, '--quiet', 'index', '--push', `docker://${ctx.registryHost}/${repo}:v1`], 'lazyroot index --push');
   const indexesDir = join(indexStore, 'indexes');
   const gzip = await manifestOf(ctx.registryHost, `${repo}:v1`);
   const largest = gzip.layers.reduce((a, b) => (b.size > a.size ? b : a));
@@ -155,12 +156,19 @@ interface Variant {
   profile?: boolean;
   /** Checked against the goals. */
   goal: boolean;
+  /**
+   * Gzip without local indexes: take the span indexes from the registry's
+   * index artifact (`index --push`, done by prepareLazyImages). Every other
+   * gzip variant runs with --no-remote-index, so "no index" still means none.
+   */
+  remoteIndex?: boolean;
 }
 
 const variants: Variant[] = [
   { name: 'eStargz (ctr-remote)', repoTag: 'estargz', prebuiltIndex: false, standby: true, goal: true },
   { name: 'gzip + prebuilt index', repoTag: 'gzip', prebuiltIndex: true, standby: true, goal: true },
   { name: 'gzip, no index', repoTag: 'gzip', prebuiltIndex: false, standby: true, goal: true },
+  { name: 'gzip, registry index artifact only', repoTag: 'gzip', prebuiltIndex: false, remoteIndex: true, standby: true, goal: false },
   { name: 'eStargz, no standby daemon', repoTag: 'estargz', prebuiltIndex: false, standby: false, goal: false },
   { name: 'eStargz + recorded profile', repoTag: 'estargz', prebuiltIndex: false, standby: true, profile: true, goal: false },
   { name: 'gzip + index + recorded profile', repoTag: 'gzip', prebuiltIndex: true, standby: true, profile: true, goal: false },
@@ -299,6 +307,8 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
   const node = process.execPath;
   const lz = (store: string, ...args: string[]) => [node, ctx.lazyrootBin, '--store', store, ...args];
   const ref = (v: Variant) => `docker://${host}/${images[v.repoTag]}`;
+  /** Flags of `mount` and `run --lazy` for a variant: the registry's index artifact only where the variant is about it. */
+  const flags = (v: Variant): string[] => (v.repoTag === 'gzip' && !v.remoteIndex ? ['--no-remote-index'] : []);
   const fullRef = `${host}/${images.gzip}`;
   const samples = new Map<string, Sample[]>();
   const add = (key: string, s: Sample) => samples.set(key, [...(samples.get(key) ?? []), s]);
@@ -342,7 +352,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
   for (const v of variants.filter((x) => x.profile)) {
     if (profiles.has(v.repoTag)) continue;
     const store = await freshStore('profile-', { ...v, profile: false });
-    await capture(lz(store, 'run', '--lazy', ref(v), '--', ...PYTHON_COMMAND), `record the access profile of ${v.repoTag}`, { ...envFor(v), LAZYROOT_STANDBY: '0' });
+    await capture(lz(store, 'run', '--lazy', ...flags(v), ref(v), '--', ...PYTHON_COMMAND), `record the access profile of ${v.repoTag}`, { ...envFor(v), LAZYROOT_STANDBY: '0' });
     const recorded = (await readdir(join(store, 'indexes', 'sha256'))).find((n) => n.endsWith('.profile'));
     if (!recorded) throw new Error(`bench: run --lazy of ${ref(v)} recorded no access profile in ${store}`);
     const kept = join(ctx.workDir, `${v.repoTag}-${recorded}`);
@@ -370,7 +380,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
           await dropCaches();
           relay.take();
           const started = process.hrtime.bigint();
-          const m = await timeCommand(lz(storeA, 'mount', ref(v), mountpoint), { env: envFor(v) });
+          const m = await timeCommand(lz(storeA, 'mount', ...flags(v), ref(v), mountpoint), { env: envFor(v) });
           await listUsrBin(mountpoint, `lazyroot mount, ${v.name}`);
           const seconds = elapsed(started);
           // Counted at once: the background prefetch (1 s after ready) must not add to it.
@@ -387,7 +397,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
           await prepare(v);
           await dropCaches();
           relay.take();
-          const m = await timeCommand(lz(storeT, 'run', '--lazy', ref(v), '--', '/bin/true'), { env: envFor(v) });
+          const m = await timeCommand(lz(storeT, 'run', '--lazy', ...flags(v), ref(v), '--', '/bin/true'), { env: envFor(v) });
           add(`b:${v.name}`, { seconds: m.seconds, bytes: relay.take().down });
         } finally {
           await removeStore(ctx.lazyrootBin, storeT);
@@ -400,7 +410,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
           await dropCaches();
           relay.take();
           let bytes = 0;
-          const m = await timeCommand(lz(storeB, 'run', '--lazy', ref(v), '--', ...PYTHON_COMMAND), { env: envFor(v), expectStdout: EXPECTED, onOutput: () => (bytes = relay.take().down) });
+          const m = await timeCommand(lz(storeB, 'run', '--lazy', ...flags(v), ref(v), '--', ...PYTHON_COMMAND), { env: envFor(v), expectStdout: EXPECTED, onOutput: () => (bytes = relay.take().down) });
           add(`c:${v.name}`, { seconds: m.outputSeconds!, exitSeconds: m.seconds, bytes });
         } finally {
           await removeStore(ctx.lazyrootBin, storeB);

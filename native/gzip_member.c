@@ -9,7 +9,8 @@
  * callbacks per chunk): measured, that machinery cost more CPU than the
  * inflating and most of the garbage collection of a cold eStargz mount under
  * 16 readers. Here one call is one zlib stream on the stack, one output
- * allocation grown as needed, and one JS Buffer that takes it over.
+ * allocation grown as needed, and one copy into a JS Buffer (a copy, not an
+ * external buffer: V8 then counts the memory and collects it in time).
  *
  * Stops at the end of the input, at bytes after a member that are not another
  * gzip member (ignored, as zlib.gunzip ignores them), or at `limit`, whichever
@@ -103,12 +104,6 @@ out:
   inflateEnd(&s);
 }
 
-static void free_output(napi_env env, void *data, void *hint) {
-  (void)env;
-  (void)hint;
-  free(data);
-}
-
 static void member_complete(napi_env env, napi_status status, void *data) {
   member_t *m = data;
   napi_value value;
@@ -120,9 +115,7 @@ static void member_complete(napi_env env, napi_status status, void *data) {
     if (m->out_len == 0) {
       void *unused;
       if (napi_create_buffer(env, 0, &unused, &value) != napi_ok) m->error_code = "ENOMEM";
-    } else if (napi_create_external_buffer(env, m->out_len, m->out, free_output, NULL, &value) == napi_ok) {
-      m->out = NULL; /* the Buffer owns it now */
-    } else {
+    } else if (napi_create_buffer_copy(env, m->out_len, m->out, NULL, &value) != napi_ok) {
       m->error_code = "ENOMEM";
       snprintf(m->error, sizeof m->error, "gzip member: out of memory");
     }

@@ -24,7 +24,8 @@ import type { Store } from './store/store.js';
 import type { PullReferenceOptions, ReferenceOptions, ImageInspection, ImageSummary } from './store/operations.js';
 import type { PullResult } from './store/pull.js';
 import type { RemovedImage } from './store/store.js';
-import type { IndexedLayerReport } from './mount/index-image.js';
+import type { IndexedLayerReport, IndexImageOptions } from './mount/index-image.js';
+import type { PushedIndexes } from './mount/index-artifact.js';
 import type { BackgroundMount, BackgroundMountOptions } from './mount/background-mount.js';
 import type { MountStats, ServeOptions } from './mount/mount-service.js';
 import type { DaemonMainOptions } from './mount/daemon-main.js';
@@ -44,7 +45,8 @@ export type { Store, RemovedImage, Garbage } from './store/store.js';
 export type { ImageRecord, LayerRecord, LayerBlobRecord, RootfsRecord, MountRecord } from './store/metadata-db.js';
 export type { PullReferenceOptions, ReferenceOptions, RegistryOptions, ImageInspection, ImageSummary } from './store/operations.js';
 export type { PullResult, PullEvent } from './store/pull.js';
-export type { IndexedLayerReport } from './mount/index-image.js';
+export type { IndexedLayerReport, IndexImageOptions } from './mount/index-image.js';
+export type { PushedIndexes } from './mount/index-artifact.js';
 export type { BackgroundMount, BackgroundMountOptions } from './mount/background-mount.js';
 export type { MountStats, ServeOptions } from './mount/mount-service.js';
 export type { DaemonMainOptions } from './mount/daemon-main.js';
@@ -122,8 +124,17 @@ export async function forgetProfile(store: Store, ref: string): Promise<boolean>
 }
 
 /** `lazyroot index`: builds the span index of each gzip/tar layer ahead of a lazy mount. */
-export async function indexImage(store: Store, ref: string, options: ReferenceOptions & { spanBytes?: number } = {}): Promise<IndexedLayerReport[]> {
+export async function indexImage(store: Store, ref: string, options: IndexImageOptions = {}): Promise<IndexedLayerReport[]> {
   return (await import('./mount/index-image.js')).indexImage(store, ref, options);
+}
+
+/**
+ * `lazyroot index --push`: the span indexes (and access profile) of an image,
+ * pushed to its repository as an OCI artifact whose subject is the image
+ * manifest, for other machines' lazy mounts.
+ */
+export async function pushImageIndexes(store: Store, ref: string, options: IndexImageOptions = {}): Promise<PushedIndexes> {
+  return (await import('./mount/index-artifact.js')).pushImageIndexes(store, ref, options);
 }
 
 // ── mounts ───────────────────────────────────────────────────────────────────

@@ -12,6 +12,7 @@ export interface RegistryFlags {
   insecure?: boolean;
   creds?: string;
   authfile?: string;
+  hostsDir?: string;
 }
 
 export function openStore(options: GlobalOptions): Promise<Store> {
@@ -22,6 +23,9 @@ export function openStore(options: GlobalOptions): Promise<Store> {
 export function registryOptionsFrom(flags: RegistryFlags): RegistryOptions {
   const options: RegistryOptions = {};
   if (flags.insecure) options.insecure = true;
+  if (flags.hostsDir) options.hostsDir = flags.hostsDir;
+  // Once per mirror passed over (a daemon gets the options without it and logs to its own log).
+  options.onMirrorSkipped = (message) => process.stderr.write(`lazyroot: ${message}\n`);
   if (flags.authfile) {
     readFileSync(flags.authfile); // fail early, naming the file, if it cannot be read
     options.authFile = flags.authfile;

@@ -23,8 +23,14 @@ export function buildProgram(out: Output = stdoutOutput): Command {
     .option('--store <dir>', 'store directory (default: $LAZYROOT_STORE or /var/lib/lazyroot)')
     .option('--json', 'machine-readable output on stdout; no progress')
     .option('-q, --quiet', 'no progress, minimal output')
+    .option('--hosts-dir <dir>', 'registry mirrors: <dir>/<registry>/hosts.toml, as containerd (default: $LAZYROOT_HOSTS_DIR or /etc/lazyroot/certs.d)')
     .showHelpAfterError()
     .exitOverride();
+  // The global --hosts-dir reaches every command that reaches a registry (its own --hosts-dir wins).
+  program.hook('preAction', (_program, action) => {
+    const hostsDir = program.opts<{ hostsDir?: string }>().hostsDir;
+    if (hostsDir !== undefined && action.opts<{ hostsDir?: string }>().hostsDir === undefined) action.setOptionValue('hostsDir', hostsDir);
+  });
   registerPull(program, out);
   registerImages(program, out);
   registerInspect(program, out);

@@ -1,5 +1,6 @@
 import { LazyrootError } from '../errors.js';
 import type { IndexEntry } from '../index/types.js';
+import type { MergedTree } from '../union/merge.js';
 
 /**
  * An entry of the merged tree, as the union resolver hands it over: the
@@ -10,35 +11,86 @@ export type TreeEntry = IndexEntry & { layer: number; sourcePath?: string };
 
 export type FsNodeType = 'file' | 'dir' | 'symlink' | 'char' | 'block' | 'fifo';
 
+/** The entry a node reads through: a layer's entry (`sourcePath`, when set, is its path in that layer), or one made for an implicit directory. */
+export type NodeEntry = IndexEntry & { sourcePath?: string };
+
 /**
  * One inode of the mounted tree. Hardlinked paths share one node, so they
- * share `ino` and the kernel sees `nlink` of them.
+ * share `ino` and the kernel sees `nlink` of them. A node keeps only what its
+ * entry does not say (a mount holds one per entry: hundreds of thousands);
+ * the rest is read from the entry.
  */
-export interface FsNode {
-  /** Stable for a given entry list: numbered in path order, the root is 1. */
-  readonly ino: number;
-  readonly type: FsNodeType;
-  /** Permission bits with setuid/setgid/sticky (mode & 0o7777), as in IndexEntry. */
-  readonly mode: number;
-  readonly uid: number;
-  readonly gid: number;
-  /** Regular files: bytes; symlinks: length of the target; others 0. */
-  readonly size: number;
-  /** Whole seconds since the epoch (negative before 1970). */
-  readonly mtime: number;
-  /** Nanoseconds past `mtime`, 0..999 999 999. */
-  readonly mtimeNsec: number;
+export class FsNode {
   /** Paths naming this node; directories: 2 + subdirectories. */
-  readonly nlink: number;
-  /** Linux dev_t of char/block devices (glibc makedev), 0 otherwise. */
-  readonly rdev: number;
-  /** Symlinks: the target as written. */
-  readonly target?: string;
-  readonly xattrs: ReadonlyMap<string, Buffer>;
+  nlink: number;
   /** Directories: name → child. */
-  readonly children?: Map<string, FsNode>;
-  /** The entry the node was made from (for a hardlink group, the real file): where the reader finds the bytes. */
-  readonly entry?: TreeEntry;
+  readonly children: Map<string, FsNode> | undefined;
+  readonly xattrs: ReadonlyMap<string, Buffer>;
+
+  constructor(
+    /** Stable for a given entry list: numbered in path order, the root is 1. */
+    readonly ino: number,
+    /** The entry the node was made from (for a hardlink group, the real file): where the reader finds the bytes. */
+    readonly entry: NodeEntry,
+    /** The layer holding the entry (-1: a directory the merge made up). */
+    readonly layer: number,
+  ) {
+    const dir = entry.type === 'dir';
+    this.nlink = dir ? 2 : 1;
+    this.children = dir ? new Map() : undefined;
+    this.xattrs = decodeXattrs(entry.xattrs);
+  }
+
+  get type(): FsNodeType {
+    return this.entry.type as FsNodeType;
+  }
+
+  /** Permission bits with setuid/setgid/sticky (mode & 0o7777), as in IndexEntry. */
+  get mode(): number {
+    return this.entry.mode & 0o7777;
+  }
+
+  get uid(): number {
+    return this.entry.uid;
+  }
+
+  get gid(): number {
+    return this.entry.gid;
+  }
+
+  /** Regular files: bytes; symlinks: length of the target; others 0. */
+  get size(): number {
+    const e = this.entry;
+    return e.type === 'file' ? e.size : e.type === 'symlink' ? Buffer.byteLength(e.linkname ?? '') : 0;
+  }
+
+  /** Whole seconds since the epoch (negative before 1970). */
+  get mtime(): number {
+    const e = this.entry;
+    if (Number.isInteger(e.mtime) && (e.mtimeNsec ?? 0) < 1e9) return e.mtime;
+    // An entry made by hand may hold fractional seconds.
+    const whole = Math.floor(e.mtime);
+    return whole + Math.floor(((e.mtimeNsec ?? 0) + Math.round((e.mtime - whole) * 1e9)) / 1e9);
+  }
+
+  /** Nanoseconds past `mtime`, 0..999 999 999. */
+  get mtimeNsec(): number {
+    const e = this.entry;
+    if (Number.isInteger(e.mtime) && (e.mtimeNsec ?? 0) < 1e9) return e.mtimeNsec ?? 0;
+    const whole = Math.floor(e.mtime);
+    return ((e.mtimeNsec ?? 0) + Math.round((e.mtime - whole) * 1e9)) % 1e9;
+  }
+
+  /** Linux dev_t of char/block devices (glibc makedev), 0 otherwise. */
+  get rdev(): number {
+    const e = this.entry;
+    return e.type === 'char' || e.type === 'block' ? makeDev(e.devmajor ?? 0, e.devminor ?? 0) : 0;
+  }
+
+  /** Symlinks: the target as written. */
+  get target(): string | undefined {
+    return this.entry.type === 'symlink' ? (this.entry.linkname ?? '') : undefined;
+  }
 }
 
 /** The file-type bits of st_mode for each node type (S_IFREG, S_IFDIR…). */
@@ -60,7 +112,8 @@ export function makeDev(major: number, minor: number): number {
 
 /**
  * A read-only tree of nodes, addressable by path (what FUSE's high-level API
- * passes) and by inode number (what we hand back as the open file handle).
+ * passes, walked down the directories' children) and by inode number (what
+ * we hand back as the open file handle, so reads find their node at once).
  */
 export class FsTree {
   readonly root: FsNode;
@@ -68,12 +121,10 @@ export class FsTree {
   readonly nodeCount: number;
   /** Bytes of all distinct regular files: what statfs reports as used. */
   readonly totalBytes: number;
-  private readonly byPath: Map<string, FsNode>;
   private readonly byIno: Array<FsNode | undefined>;
 
-  constructor(root: FsNode, byPath: Map<string, FsNode>, byIno: Array<FsNode | undefined>) {
+  constructor(root: FsNode, byIno: Array<FsNode | undefined>) {
     this.root = root;
-    this.byPath = byPath;
     this.byIno = byIno;
     let count = 0;
     let bytes = 0;
@@ -88,9 +139,20 @@ export class FsTree {
 
   /** The node at a path: FUSE's `/a/b`, or an entry path `a/b`; `/` and `''` are the root. */
   lookup(path: string): FsNode | undefined {
-    const hit = this.byPath.get(path); // FUSE paths are already canonical: the common case is one Map probe
-    if (hit || path.startsWith('/')) return hit;
-    return this.byPath.get(path === '' ? '/' : `/${path}`);
+    let node = this.root;
+    const n = path.length;
+    let i = path.charCodeAt(0) === 0x2f ? 1 : 0;
+    while (i < n) {
+      let slash = path.indexOf('/', i);
+      if (slash < 0) slash = n;
+      const children = node.children;
+      if (!children) return undefined;
+      const next = children.get(path.slice(i, slash));
+      if (!next) return undefined;
+      node = next;
+      i = slash + 1;
+    }
+    return node;
   }
 
   node(ino: number): FsNode | undefined {
@@ -98,130 +160,134 @@ export class FsTree {
   }
 }
 
-/** While the tree is built, links and subdirectories are still being counted. */
-interface MutableNode extends FsNode {
-  nlink: number;
+/**
+ * Builds the tree from the union resolver's merged tree (mergeLayerTree: its
+ * rows share the layers' entries), or from a list of entries: every path
+ * once, hardlinks as `type: 'hardlink'` entries whose `linkname` names
+ * another path of the list. Parents missing from the list appear as
+ * root-owned 0755 directories, so a partial list still mounts.
+ */
+export function buildTree(merged: MergedTree | readonly TreeEntry[]): FsTree {
+  if (!isEntryList(merged)) return buildFromRows(merged.paths, merged.entries, merged.layers);
+  // Path order makes inode numbers stable: the same list always mounts with the same numbers.
+  let sorted = true;
+  for (let i = 1; i < merged.length && sorted; i++) if (merged[i - 1]!.path >= merged[i]!.path) sorted = false;
+  const list = sorted ? merged : [...merged].sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  for (let i = 1; i < list.length; i++) if (list[i - 1]!.path === list[i]!.path) throw invalid(`path ${JSON.stringify(list[i]!.path)} appears twice`);
+  return buildFromRows(
+    list.map((e) => e.path),
+    list,
+    list.map((e) => e.layer),
+  );
 }
 
-/**
- * Builds the tree from the union resolver's merged list: every path once,
- * hardlinks as `type: 'hardlink'` entries whose `linkname` names another
- * path of the list. Parents missing from the list appear as root-owned 0755
- * directories, so a partial list still mounts.
- */
-export function buildTree(entries: readonly TreeEntry[]): FsTree {
-  const byEntryPath = new Map<string, TreeEntry>();
-  for (const e of entries) {
-    if (byEntryPath.has(e.path)) throw invalid(`path ${JSON.stringify(e.path)} appears twice`);
-    byEntryPath.set(e.path, e);
-  }
+function isEntryList(value: MergedTree | readonly TreeEntry[]): value is readonly TreeEntry[] {
+  return Array.isArray(value);
+}
 
-  // Path order makes inode numbers stable: the same list always mounts with the same numbers.
-  // The union resolver hands its list over sorted already: sort only when it is not.
-  const paths: string[] = [];
-  let sorted = true;
-  for (const e of entries) {
-    if (e.path === '') continue;
-    if (sorted && paths.length > 0 && paths[paths.length - 1]! >= e.path) sorted = false;
-    paths.push(e.path);
-  }
-  if (!sorted) paths.sort();
+/** The tree of rows sorted by path, each path once (`''`, the root, may be among them). */
+function buildFromRows(paths: readonly string[], entries: readonly NodeEntry[], layers: ArrayLike<number>): FsTree {
+  const n = paths.length;
+  for (let i = 1; i < n; i++) if (!(paths[i - 1]! < paths[i]!)) throw invalid(`path ${JSON.stringify(paths[i])} appears twice or out of order`);
   const byIno: Array<FsNode | undefined> = [undefined];
-  const byPath = new Map<string, FsNode>();
+  const newNode = (entry: NodeEntry, layer: number): FsNode => {
+    const node = new FsNode(byIno.length, entry, layer);
+    byIno.push(node);
+    return node;
+  };
 
-  const rootEntry = byEntryPath.get('');
+  const rootRow = n > 0 && paths[0] === '' ? 0 : -1;
+  const rootEntry = rootRow === 0 ? entries[0]! : undefined;
   if (rootEntry && rootEntry.type !== 'dir') throw invalid(`the root entry is a ${rootEntry.type}, not a directory`);
-  const root = newNode(byIno, rootEntry ?? implicitDir(''));
-  byPath.set('/', root);
+  const root = rootEntry ? newNode(rootEntry, layers[0]!) : newNode(implicitDir(''), -1);
 
+  // The directory last found: in path order, most entries sit in the previous one's directory.
+  let lastDirPath = '';
+  let lastDir = root;
   const dirAt = (path: string): FsNode => {
-    const fusePath = `/${path}`;
-    const existing = path === '' ? root : byPath.get(fusePath);
-    if (existing) {
-      if (existing.type !== 'dir') throw invalid(`${JSON.stringify(path)} is a ${existing.type} but has entries below it`);
-      return existing;
-    }
+    if (path === lastDirPath) return lastDir;
+    if (path === '') return root;
     const parent = dirAt(parentOf(path));
-    const dir = newNode(byIno, implicitDir(path));
-    attach(parent, path, dir);
-    byPath.set(fusePath, dir);
+    const name = baseName(path);
+    let dir = parent.children!.get(name);
+    if (dir) {
+      if (dir.type !== 'dir') throw invalid(`${JSON.stringify(path)} is a ${dir.type} but has entries below it`);
+    } else {
+      dir = newNode(implicitDir(path), -1);
+      attach(parent, name, dir, path);
+    }
+    lastDirPath = path;
+    lastDir = dir;
     return dir;
   };
 
   // Real nodes first, then hardlinks onto them: a link may sort before its target.
-  const links: TreeEntry[] = [];
-  for (const path of paths) {
-    const entry = byEntryPath.get(path)!;
+  const links: number[] = [];
+  for (let i = rootRow + 1; i < n; i++) {
+    const entry = entries[i]!;
     if (entry.type === 'hardlink') {
-      links.push(entry);
+      links.push(i);
       continue;
     }
     // Sorted, a path comes before everything below it: its parent is real or implicit already.
-    const node = newNode(byIno, entry);
-    attach(dirAt(parentOf(path)), path, node);
-    byPath.set(`/${path}`, node);
+    const path = paths[i]!;
+    const node = newNode(entry, layers[i]!);
+    attach(dirAt(parentOf(path)), baseName(path), node, path);
+    if (node.children) {
+      lastDirPath = path;
+      lastDir = node;
+    }
   }
 
-  for (const link of links) {
-    const target = resolveLink(link, byEntryPath);
-    const node = byPath.get(`/${target}`) as MutableNode | undefined;
-    if (!node) throw invalid(`hardlink ${JSON.stringify(link.path)}: target ${JSON.stringify(target)} is not in the tree`);
-    if (node.type === 'dir') throw invalid(`hardlink ${JSON.stringify(link.path)}: target ${JSON.stringify(target)} is a directory`);
+  const tree = new FsTree(root, byIno);
+  for (const i of links) {
+    const path = paths[i]!;
+    const target = resolveLink(i, paths, entries);
+    const node = tree.lookup(target);
+    if (!node) throw invalid(`hardlink ${JSON.stringify(path)}: target ${JSON.stringify(target)} is not in the tree`);
+    if (node.type === 'dir') throw invalid(`hardlink ${JSON.stringify(path)}: target ${JSON.stringify(target)} is a directory`);
     node.nlink++;
-    attach(dirAt(parentOf(link.path)), link.path, node);
-    byPath.set(`/${link.path}`, node);
+    attach(dirAt(parentOf(path)), baseName(path), node, path);
   }
-
-  return new FsTree(root, byPath, byIno);
+  return tree;
 }
 
-/** Follows a chain of hardlink entries to the path of the real one. */
-function resolveLink(link: TreeEntry, byEntryPath: Map<string, TreeEntry>): string {
-  const seen = new Set<string>();
-  let current = link;
-  while (current.type === 'hardlink') {
-    if (seen.has(current.path)) throw invalid(`hardlink ${JSON.stringify(link.path)}: links form a cycle`);
-    seen.add(current.path);
-    const target = current.linkname;
-    if (target === undefined) throw invalid(`hardlink ${JSON.stringify(current.path)} has no target`);
-    const next = byEntryPath.get(target);
-    if (!next) throw invalid(`hardlink ${JSON.stringify(link.path)}: target ${JSON.stringify(target)} is not in the tree`);
+/** Row of `path` in sorted `paths`, or -1. */
+function rowOf(paths: readonly string[], path: string): number {
+  let lo = 0;
+  let hi = paths.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const p = paths[mid]!;
+    if (p === path) return mid;
+    if (p < path) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return -1;
+}
+
+/** Follows a chain of hardlink rows to the path of the real one. */
+function resolveLink(row: number, paths: readonly string[], entries: readonly NodeEntry[]): string {
+  const seen = new Set<number>();
+  const linkPath = paths[row]!;
+  let current = row;
+  while (entries[current]!.type === 'hardlink') {
+    if (seen.has(current)) throw invalid(`hardlink ${JSON.stringify(linkPath)}: links form a cycle`);
+    seen.add(current);
+    const target = entries[current]!.linkname;
+    if (target === undefined) throw invalid(`hardlink ${JSON.stringify(paths[current])} has no target`);
+    const next = rowOf(paths, target);
+    if (next < 0) throw invalid(`hardlink ${JSON.stringify(linkPath)}: target ${JSON.stringify(target)} is not in the tree`);
     current = next;
   }
-  return current.path;
+  return paths[current]!;
 }
 
-function newNode(byIno: Array<FsNode | undefined>, entry: TreeEntry): MutableNode {
-  const type = entry.type as FsNodeType;
-  // Whole seconds and nanoseconds (an entry made by hand may hold fractional seconds).
-  const mtime = Math.floor(entry.mtime);
-  const mtimeNsec = (entry.mtimeNsec ?? 0) + Math.round((entry.mtime - mtime) * 1e9);
-  const node: MutableNode = {
-    ino: byIno.length,
-    type,
-    mode: entry.mode & 0o7777,
-    uid: entry.uid,
-    gid: entry.gid,
-    size: type === 'file' ? entry.size : type === 'symlink' ? Buffer.byteLength(entry.linkname ?? '') : 0,
-    mtime: mtime + Math.floor(mtimeNsec / 1e9),
-    mtimeNsec: mtimeNsec % 1e9,
-    nlink: type === 'dir' ? 2 : 1,
-    rdev: type === 'char' || type === 'block' ? makeDev(entry.devmajor ?? 0, entry.devminor ?? 0) : 0,
-    target: type === 'symlink' ? (entry.linkname ?? '') : undefined,
-    xattrs: decodeXattrs(entry.xattrs),
-    children: type === 'dir' ? new Map() : undefined,
-    entry,
-  };
-  byIno.push(node);
-  return node;
-}
-
-function attach(parent: FsNode, path: string, child: FsNode): void {
-  const name = baseName(path);
+function attach(parent: FsNode, name: string, child: FsNode, path: string): void {
   // Only a hardlink can land on a name taken already: by an implicit parent of paths below it.
   if (parent.children!.has(name)) throw invalid(`hardlink ${JSON.stringify(path)} has entries below it`);
   parent.children!.set(name, child);
-  if (child.type === 'dir') (parent as MutableNode).nlink++; // the child's '..'
+  if (child.type === 'dir') parent.nlink++; // the child's '..'
 }
 
 /** Shared by every node without xattrs (nearly all): one empty map, not thousands. */
@@ -234,7 +300,7 @@ function decodeXattrs(xattrs: Record<string, string> | undefined): ReadonlyMap<s
   return map.size ? map : noXattrs;
 }
 
-const implicitDir = (path: string): TreeEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0, layer: -1 });
+const implicitDir = (path: string): NodeEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 });
 
 function parentOf(path: string): string {
   const slash = path.lastIndexOf('/');

@@ -1,3 +1,4 @@
+import { parseBatch, skipSpace, splitJsonArray } from './json-split.js';
 import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
@@ -143,15 +144,28 @@ export function decodeIndex(data: Buffer, what = 'index file'): LayerIndex {
     };
   }
 
-  let tuples: unknown;
+  // The tuples are parsed a batch at a time (json-split.ts): never the whole list as one string and one tree of arrays.
+  let json: Buffer;
   try {
-    tuples = JSON.parse(inflateRawSync(data.subarray(entriesAt, windowsAt)).toString('utf8'));
+    json = inflateRawSync(data.subarray(entriesAt, windowsAt));
   } catch (err) {
     throw bad(`entries: ${(err as Error).message}`);
   }
-  if (!Array.isArray(tuples) || tuples.length !== entryCount) throw bad('entry count mismatch');
+  const split = splitJsonArray(json, skipSpace(json, 0), tuplesPerBatch);
+  const batches: Array<readonly [number, number]> | undefined = split && skipSpace(json, split.end) === json.length ? split.batches : undefined;
+  if (batches && split!.count !== entryCount) throw bad('entry count mismatch');
   const entries: IndexEntry[] = new Array(entryCount);
-  for (let i = 0; i < entryCount; i++) entries[i] = tupleEntry(tuples[i] as EntryTuple, i, bad);
+  let i = 0;
+  for (const batch of batches ?? [undefined]) {
+    let tuples: unknown;
+    try {
+      tuples = batch ? parseBatch(json, batch) : JSON.parse(json.toString('utf8'));
+    } catch (err) {
+      throw bad(`entries: ${(err as Error).message}`);
+    }
+    if (!Array.isArray(tuples) || (!batch && tuples.length !== entryCount)) throw bad('entry count mismatch');
+    for (const tuple of tuples) entries[i] = tupleEntry(tuple as EntryTuple, i++, bad);
+  }
 
   return {
     compression: compressionCode === 1 ? 'gzip' : 'none',
@@ -186,6 +200,9 @@ export async function readIndexFile(path: string): Promise<LayerIndex> {
 }
 
 const empty = Buffer.alloc(0);
+
+/** Entry tuples parsed at once when an index file is read. */
+const tuplesPerBatch = 512;
 
 function entryTuple(e: IndexEntry): unknown[] {
   const t: unknown[] = [

@@ -15,6 +15,7 @@ import { buildTree } from '../fs/tree.js';
 import type { LayerStoreBackend, ServedLayer } from '../fs/layer-store-fs.js';
 import type { LazyLayer, LazyLayerStats } from '../mount/layers/lazy-layer.js';
 import { prepareLayer, type MountLayerContext } from '../mount/lazy-mount.js';
+import { RemoteIndexes } from '../mount/remote-index.js';
 import { layerInfoJson } from './layer-info.js';
 import type { LRUCache } from 'lru-cache';
 import { decodedBytesCache } from '../index/gzip-reader.js';
@@ -31,12 +32,16 @@ export interface RegistryLayerStoreOptions extends ReferenceOptions {
   /** A layer no one uses (no `use` outstanding) is closed after this long without access. Default 5 min. */
   releaseAfterMs?: number;
   logger?: (message: string, error: unknown) => void;
+  /** Look in the registry for span indexes pushed by `index --push` before streaming a gzip layer (default true). */
+  remoteIndex?: boolean;
 }
 
 /** An image the store was asked about, resolved once per reference. */
 interface ResolvedRef {
   image: ImageRecord;
   source: ImageSource;
+  /** The registry's span indexes for the image, looked up once (when a layer has none locally). */
+  remote?: RemoteIndexes;
 }
 
 /** A layer the store serves: opened once per compressed digest, whichever image asked. */
@@ -200,8 +205,10 @@ export class RegistryLayerStore implements LayerStoreBackend {
       const { platform, registry } = this.options;
       const { image } = await pullReference(this.store, text, { ...(platform ? { platform } : {}), ...(registry ? { registry } : {}), fetchLayers: false, lease: this.lease });
       this.store.db.addToLease(this.lease, this.store.blobsOf(image));
-      const source = await openSource(parseReference(text), { tmpDir: this.store.paths.tmp, ...(this.options.registry ? { registry: this.options.registry } : {}) });
-      return { image, source };
+      const logger = this.options.logger;
+      const registryOptions = { ...this.options.registry, ...(logger ? { onMirrorSkipped: (message: string) => logger(message, undefined) } : {}) };
+      const source = await openSource(parseReference(text), { tmpDir: this.store.paths.tmp, registry: registryOptions });
+      return { image, source, ...(this.options.remoteIndex !== false ? { remote: new RemoteIndexes(this.store, source, image, this.options.logger) } : {}) };
     })();
     resolving.catch(() => {
       if (this.refs.get(imageRef) === resolving) this.refs.delete(imageRef);
@@ -226,7 +233,12 @@ export class RegistryLayerStore implements LayerStoreBackend {
     }
     if (i < 0) throw new LazyrootError('NOT_FOUND', `layer store: image ${imageRef} (${shortDigest(resolved.image.id)}) has no layer ${slot.digest}`);
     const { image, source } = resolved;
-    const context: MountLayerContext = { group: this.group, opened: this.opened, decodedCache: this.decodedCache, rangeIgnored: () => (source as { rangeSupport?: string }).rangeSupport === 'ignored' };
+    const context: MountLayerContext = {
+      group: this.group,
+      opened: this.opened,
+      decodedCache: this.decodedCache,
+      ...(resolved.remote ? { remoteIndexes: resolved.remote } : {}),
+    };
     const lazy = await prepareLayer(this.store, source, image, i, image.chainIds[i]!, {
       cacheBytes: this.options.cacheBytes ?? defaultCacheBytes,
       ...(this.options.deadlineMs !== undefined ? { deadlineMs: this.options.deadlineMs } : {}),

@@ -1,7 +1,8 @@
 import { Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
-import { readMountRequest, replyReady } from './daemon-channel.js';
+import { readMountRequest, replyReady, type MountRequest } from './daemon-channel.js';
 import { fileLogger, packageBin } from './daemon.js';
+import { Frame, writeFrame, type RunRequest } from './run-channel.js';
 import { awaitAssignment, spawnStandby } from './standby.js';
 
 // Loaded when used: a standby loads them before it waits, a spawned daemon once it has its request.
@@ -13,6 +14,12 @@ export interface DaemonMainOptions {
   standby?: boolean;
   /** The CLI that runs the standby this daemon leaves behind; default: this package's bin/lazyroot.js. */
   bin?: string;
+  /**
+   * A `run` handed over by a front end (run-channel.ts): the CLI supplies the
+   * runner (bundle/, below this folder), and what it needs loaded before a
+   * standby waits. Without it, run requests are declined.
+   */
+  runner?: { preload(): Promise<unknown>; serve(request: RunRequest, channel: Duplex): Promise<void> };
 }
 
 /**
@@ -28,7 +35,7 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
   let channel: Duplex;
   if (options.standby) {
     // Loaded before the wait: that is the point of a standby.
-    await Promise.all([service(), storeModule(), import('../source/registry/registry-source.js')]);
+    await Promise.all([service(), storeModule(), import('../source/registry/registry-source.js'), options.runner?.preload()]);
     // (Warming V8 up on a made-up TOC as well was measured: no gain in mount time, 0.3–0.5 s of CPU. Not kept.)
     const assigned = await awaitAssignment();
     if (!assigned) return;
@@ -36,15 +43,26 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
   } else {
     channel = new Socket({ fd: 3, readable: true, writable: true });
   }
-  const request = await readMountRequest(channel);
+  const received = (await readMountRequest(channel)) as MountRequest | RunRequest;
   // The caller's environment: auth files and passwords are found through it.
   for (const key of Object.keys(process.env)) delete process.env[key];
-  Object.assign(process.env, request.env);
-  const logger = fileLogger(request.logFile);
+  Object.assign(process.env, received.env);
+  const logger = fileLogger(received.logFile);
   // A bug fails the operation it is in, never the mount: whatever escapes is logged, and the
   // daemon goes on serving.
   process.on('uncaughtException', (err) => logger('uncaught exception (the mount goes on)', err));
   process.on('unhandledRejection', (err) => logger('unhandled rejection (the mount goes on)', err));
+  if ((received as RunRequest).kind === 'run') {
+    // The next command finds a standby too (this one is taken for the whole run).
+    spawnStandby(options.bin ?? packageBin);
+    if (!options.runner) {
+      writeFrame(channel, Frame.Declined, 'this daemon runs no containers');
+      channel.end();
+      return;
+    }
+    return options.runner.serve(received as RunRequest, channel);
+  }
+  const request = received as MountRequest;
   const { Store } = await storeModule();
   const store = await Store.open(request.store);
   try {

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { daemonNodeFlags } from './daemon-memory.js';
 import { createWriteStream } from 'node:fs';
 import type { Duplex } from 'node:stream';
 import { fileURLToPath } from 'node:url';
@@ -29,13 +30,14 @@ export interface StartOptions {
  * spawned with the request on an extra pipe (fd 3).
  */
 export async function startMountDaemon(request: MountRequest, options: StartOptions = {}): Promise<DaemonReady> {
+  if (servedHere) return servedHere(request);
   const timeoutMs = options.readyTimeoutMs ?? 120_000;
   const claimed = await claimStandby(request, timeoutMs);
   if (claimed !== undefined) return claimed;
 
   const log = createWriteStream(request.logFile, { flags: 'a' });
   await new Promise((r) => log.once('open', r));
-  const child = spawn(process.execPath, [options.bin ?? packageBin, 'mount-daemon'], { detached: true, stdio: ['ignore', log, log, 'pipe'] });
+  const child = spawn(process.execPath, [...daemonNodeFlags, options.bin ?? packageBin, 'mount-daemon'], { detached: true, stdio: ['ignore', log, log, 'pipe'] });
   const channel = child.stdio[3] as Duplex;
   try {
     channel.write(`${JSON.stringify(request)}\n`);
@@ -51,6 +53,17 @@ export async function startMountDaemon(request: MountRequest, options: StartOpti
     child.unref();
     log.end();
   }
+}
+
+let servedHere: ((request: MountRequest) => Promise<DaemonReady>) | undefined;
+
+/**
+ * In a standby that runs a whole `run --lazy` for a front end
+ * (bundle/run-handoff.ts): the run's lazy mount is served by this process,
+ * which is warm already, instead of being handed to yet another daemon.
+ */
+export function serveMountsInThisProcess(serve: (request: MountRequest) => Promise<DaemonReady>): void {
+  servedHere = serve;
 }
 
 /** The daemon's log: appended lines with a timestamp. */

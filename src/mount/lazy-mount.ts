@@ -1,7 +1,8 @@
-import { LazyrootError } from '../errors.js';
+import { LazyrootError, isLazyrootError } from '../errors.js';
 import { shortDigest, type Digest } from '../oci/digest.js';
 import { parseReference } from '../reference/reference.js';
 import type { ImageSource } from '../source/image-source.js';
+import type { MirrorStats } from '../source/registry/mirror-host.js';
 import { openSource } from '../source/open-source.js';
 import type { LRUCache } from 'lru-cache';
 import { decodedBytesCache } from '../index/gzip-reader.js';
@@ -9,11 +10,14 @@ import { LazyBlob, LazyBlobGroup } from '../store/lazy-blob.js';
 import type { ImageRecord } from '../store/metadata-db.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
-import { mergeLayers, type MergedEntry } from '../union/merge.js';
+import { mergeLayerTree, type MergedTree } from '../union/merge.js';
+import type { IndexEntry } from '../index/types.js';
 import { readCached, treeCachePath, writeCachedLater } from './mount-cache.js';
+import { collectFromEntries, collectGarbage } from './daemon-memory.js';
 import { buildTree, type FsNode } from '../fs/tree.js';
 import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
-import type { LazyLayer, LazyLayerStats } from './layers/lazy-layer.js';
+import type { LazyLayer, LazyLayerStats, RemoteIndexLookup } from './layers/lazy-layer.js';
+import { RemoteIndexes } from './remote-index.js';
 import { fetchProfileAhead, ProfileRecorder, readProfile, writeProfile } from './access-profile.js';
 import { openLazyLayer } from './layers/open-layer.js';
 import { imagePrefix, isPrefix } from './image-prefix.js';
@@ -68,6 +72,12 @@ export interface LazyMountOptions extends ReferenceOptions {
   /** How long a recording runs once the mount is ready (or until unmounted). Default 10 s. */
   recordMillis?: number;
   /**
+   * Before streaming a gzip or tar layer that has no index in the store, look
+   * for span indexes pushed to the registry (`lazyroot index --push`) and use
+   * them (remote-index.ts). Default true.
+   */
+  remoteIndex?: boolean;
+  /**
    * Serve only the image's first N layers (image-prefix.ts): the containerd
    * snapshotter's mount of a lazily served chain that no image ends with.
    * No access profile is read or recorded and no merged tree cached for such
@@ -89,6 +99,8 @@ export interface LazyMountStats {
   bytesIndexed: number;
   imageBytes: number;
   rangeSupport: string;
+  /** The registry's mirrors (hosts.toml), in the order tried: answers used, failures, lies. */
+  mirrors?: MirrorStats[];
   /** Every layer is in blobs/. */
   complete: boolean;
   prefetch: boolean;
@@ -140,7 +152,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
   if (!name) throw new LazyrootError('FAILED_PRECONDITION', `image ${shortDigest(image.id)} has no name to fetch its layers by`);
   const source = await openSource(parseReference(name.startsWith('tarball:') ? name.slice(8) : name), {
     tmpDir: store.paths.tmp,
-    ...(options.registry ? { registry: options.registry } : {}),
+    registry: { ...options.registry, ...(options.logger ? { onMirrorSkipped: (message: string) => options.logger!(message, undefined) } : {}) },
   });
   const layers: LazyLayer[] = [];
   const group = new LazyBlobGroup(options.cacheMaxBytes !== undefined ? { cacheMaxBytes: options.cacheMaxBytes } : {});
@@ -162,7 +174,13 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     // except that the first goes alone until the registry's first answer shows whether it
     // honours Range: if it does not, each other layer streams its blob once instead of also
     // paying for a whole-blob answer to a ranged request.
-    const context = { group, opened, decodedCache, rangeIgnored: () => rangeSupport() === 'ignored' };
+    const context: MountLayerContext = {
+      group,
+      opened,
+      decodedCache,
+      // Looked up once for the image (the whole one: the artifact's subject), when the first layer without an index asks.
+      ...(options.remoteIndex !== false ? { remoteIndexes: new RemoteIndexes(store, source, whole, options.logger) } : {}),
+    };
     const [firstId, ...others] = image.chainIds;
     if (firstId) {
       const first = prepareLayer(store, source, image, 0, firstId, options, context);
@@ -180,21 +198,27 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     let profileBytes = 0;
     const ahead = fetchesAhead ? fetchProfileAhead(layers, profile, stopPrefetch.signal, aheadBudget(group)).then((n) => void (profileBytes = n)) : Promise.resolve();
     // The merged tree of an image is derived once and read back by later mounts.
-    const treeKey = layers.map((l) => l.digest).join(',');
+    const treeKey = `rows:${layers.map((l) => `${l.digest}/${l.entries.length}`).join(',')}`;
     const treePath = treeCachePath(store, image.id);
-    let merged = wholeImage ? await readCached<MergedEntry[]>(treePath, treeKey) : undefined;
-    if (!merged) {
-      merged = mergeLayers(
+    // Not from, nor into, the cache while an index from the registry is unchecked: a lying one must not outlive its removal.
+    const cacheable = wholeImage && layers.every((l) => !l.uncheckedIndex);
+    // Many entries: each stage (layer indexes, merge, tree) starts without the last one's garbage (daemon-memory.ts).
+    const many = layers.reduce((n, l) => n + l.entries.length, 0) >= collectFromEntries;
+    if (many) collectGarbage();
+    const tree = (cacheable ? treeFromCache(await readCached<CachedTree>(treePath, treeKey), layers) : undefined) ?? buildTree(mergeAndCache());
+    if (many) collectGarbage();
+    function mergeAndCache(): MergedTree {
+      const merged = mergeLayerTree(
         layers.map((l) => l.entries),
         (i) => `layer ${i + 1}/${layers.length} ${shortDigest(layers[i]!.digest)}`,
       );
-      if (wholeImage) writeCachedLater(store, treePath, treeKey, merged, options.logger);
+      if (cacheable) writeCachedLater(store, treePath, treeKey, cachedTree(merged), options.logger);
+      if (many) collectGarbage();
+      return merged;
     }
-    const tree = buildTree(merged);
     const reader = {
       read(node: FsNode, position: number, length: number): Promise<Buffer> {
-        const entry = node.entry!;
-        return layers[entry.layer]!.read(entry, position, length);
+        return layers[node.layer]!.read(node.entry, position, length);
       },
     };
     const mounted: MountedTree = await mountTree(tree, mountpoint, reader, {
@@ -251,6 +275,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
           bytesIndexed: sum((l) => l.bytesIndexed),
           imageBytes: sum((l) => l.size),
           rangeSupport: rangeSupport(),
+          ...((source as MirroredSource).mirrorStats?.().length ? { mirrors: (source as MirroredSource).mirrorStats!() } : {}),
           complete: per.every((l) => l.complete),
           prefetch: options.prefetch !== false,
           ...(prefetchMillis !== undefined ? { prefetchMillis } : {}),
@@ -272,6 +297,56 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
   } catch (err) {
     await closeAll();
     throw err;
+  }
+}
+
+/**
+ * An image's merged tree as its cache file (mount-cache.ts) keeps it: by
+ * reference to the layers' entries, not a copy of them. Row i is the entry
+ * `indexes[i]` of layer `layers[i]`, at that entry's own path unless
+ * `paths[i]` says otherwise; `made` holds the entries the merge made
+ * (implicit directories, the root, further names of hardlinked files) by row.
+ */
+interface CachedTree {
+  layers: number[];
+  indexes: number[];
+  paths: Array<string | null>;
+  made: Array<[number, string, IndexEntry]>;
+}
+
+function cachedTree(merged: MergedTree): CachedTree {
+  const { paths, entries, layers, indexes } = merged;
+  const out: CachedTree = { layers: Array.from(layers), indexes: Array.from(indexes), paths: new Array<string | null>(paths.length).fill(null), made: [] };
+  for (let i = 0; i < paths.length; i++) {
+    if (indexes[i]! < 0) out.made.push([i, paths[i]!, entries[i]!]);
+    else if (paths[i] !== entries[i]!.path) out.paths[i] = paths[i]!;
+  }
+  return out;
+}
+
+/** The tree a cache file describes, over the layers' entries; undefined when it does not fit them (derive it again). */
+function treeFromCache(cached: CachedTree | undefined, layers: readonly LazyLayer[]): ReturnType<typeof buildTree> | undefined {
+  if (!cached) return undefined;
+  try {
+    const n = cached.layers.length;
+    if (cached.indexes.length !== n || cached.paths.length !== n) return undefined;
+    const paths: string[] = new Array(n);
+    const entries: IndexEntry[] = new Array(n);
+    const made = new Map(cached.made.map(([row, path, entry]) => [row, [path, entry] as const]));
+    for (let i = 0; i < n; i++) {
+      const own = made.get(i);
+      if (own) {
+        [paths[i], entries[i]] = own;
+        continue;
+      }
+      const entry = layers[cached.layers[i]!]?.entries[cached.indexes[i]!];
+      if (!entry) return undefined;
+      entries[i] = entry;
+      paths[i] = cached.paths[i] ?? entry.path;
+    }
+    return buildTree({ paths, entries, layers: Int32Array.from(cached.layers), indexes: Int32Array.from(cached.indexes) });
+  } catch {
+    return undefined;
   }
 }
 
@@ -334,7 +409,8 @@ export interface MountLayerContext {
   /** Blobs already opened for this mount: an image may use one blob twice. */
   opened: Map<Digest, Promise<LazyBlob>>;
   decodedCache: LRUCache<string, Buffer>;
-  rangeIgnored: () => boolean;
+  /** The registry's span indexes for the image (none: layers without an index are streamed). */
+  remoteIndexes?: RemoteIndexLookup;
 }
 
 /** Layer i of the image as a LazyLayer of whatever kind its descriptor says (also the layer store's way in). */
@@ -357,16 +433,61 @@ export async function prepareLayer(
   const openBlob = async (): Promise<LazyBlob> => {
     const known = context.opened.get(descriptor.digest);
     if (known) return known;
-    const blob = LazyBlob.open(store, descriptor.digest, descriptor.size, (start, end, signal) => readRange(descriptor, start, end, { signal }), {
+    const blob = LazyBlob.open(store, descriptor.digest, descriptor.size, (start, end, signal, onWholeBlob) => readRange(descriptor, start, end, { signal, onWholeBlob }), {
       what,
       mediaType: descriptor.mediaType,
       group: context.group,
       openStream: (offset, signal) => source.openBlob(descriptor, offset, { signal }),
-      rangeIgnored: context.rangeIgnored,
       ...(options.deadlineMs !== undefined ? { deadlineMs: options.deadlineMs } : {}),
     });
     context.opened.set(descriptor.digest, blob);
     return blob;
   };
-  return openLazyLayer({ store, source, group: context.group, openBlob, what, descriptor, diffId: record.diffId, cacheBytes: options.cacheBytes ?? defaultCacheBytes, decodedCache: context.decodedCache, readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes, ...(options.logger ? { log: options.logger } : {}), ...(options.maxTocRecords !== undefined ? { maxTocRecords: options.maxTocRecords } : {}) });
+  const open = () =>
+    openLazyLayer({
+      store,
+      source,
+      group: context.group,
+      openBlob,
+      what,
+      descriptor,
+      diffId: record.diffId,
+      cacheBytes: options.cacheBytes ?? defaultCacheBytes,
+      decodedCache: context.decodedCache,
+      readAheadBytes: options.readAheadBytes ?? defaultReadAheadBytes,
+      ...(options.logger ? { log: options.logger } : {}),
+      ...(options.maxTocRecords !== undefined ? { maxTocRecords: options.maxTocRecords } : {}),
+      ...(context.remoteIndexes ? { remoteIndex: context.remoteIndexes } : {}),
+    });
+  // Bytes that fail verification (or do not even decode) and came from a registry mirror: the source passes
+  // that mirror over for this blob, and the read is tried again (from the next host; the upstream last, and
+  // what fails from the upstream fails as it always did).
+  const passedOver = (err: unknown): boolean =>
+    (isLazyrootError(err, 'DIGEST_MISMATCH') || isLazyrootError(err, 'INVALID_DATA')) && (source as MirroredSource).distrust?.(descriptor.digest, err) === true;
+  let layer: LazyLayer;
+  for (;;) {
+    try {
+      layer = await open();
+      break;
+    } catch (err) {
+      if (!passedOver(err)) throw err;
+    }
+  }
+  const read = layer.read;
+  layer.read = async (entry, position, length) => {
+    for (;;) {
+      try {
+        return await read(entry, position, length);
+      } catch (err) {
+        if (!passedOver(err)) throw err;
+      }
+    }
+  };
+  return layer;
+}
+
+/** A registry source with mirrors (RegistrySource): told when a blob's bytes were wrong. */
+interface MirroredSource {
+  distrust?(digest: Digest, err: unknown): boolean;
+  mirrorStats?(): MirrorStats[];
 }

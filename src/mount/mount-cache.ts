@@ -1,7 +1,8 @@
 import { mkdir, readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Digest } from '../oci/digest.js';
-import { writeFileAtomic } from '../store/atomic-file.js';
+import { writeFileAtomicFrom } from '../store/atomic-file.js';
+import { collectGarbage } from './daemon-memory.js';
 import type { Store } from '../store/store.js';
 
 /**
@@ -10,7 +11,8 @@ import type { Store } from '../store/store.js';
  * chunks), and an image's merged tree. They live beside the span indexes,
  * `indexes/<alg>/<hex>.toc` (by layer blob) and `.tree` (by image), as plain
  * JSON (V8's own serializer measured 2–4× slower to read back for thousands of
- * small objects). Both are caches of
+ * small objects). They are written in pieces of about `pieceChars` (jsonPieces):
+ * the JSON text of a big tree is never one string. Both are caches of
  * data that was verified when derived (the TOC against its digest): a file
  * that is missing, of another version, or unreadable is derived again, never
  * an error.
@@ -33,6 +35,64 @@ export async function readCached<T>(path: string, key: string): Promise<T | unde
   }
 }
 
+/** About how many characters of JSON text jsonPieces hands out at a time. */
+const pieceChars = 64 << 10;
+
+/**
+ * The text JSON.stringify(value) would give, in pieces of about `pieceChars`
+ * characters: plain objects are written a key at a time and arrays an element
+ * at a time, each element stringified alone (the many small things of a
+ * cache: entries, chunk lists).
+ */
+export function* jsonPieces(value: unknown): Generator<string> {
+  let buffered: string[] = [];
+  let chars = 0;
+  for (const part of walk(value)) {
+    buffered.push(part);
+    chars += part.length;
+    if (chars >= pieceChars) {
+      yield buffered.join('');
+      buffered = [];
+      chars = 0;
+    }
+  }
+  if (buffered.length) yield buffered.join('');
+}
+
+function* counted<T>(items: Iterable<T>, each: () => void): Generator<T> {
+  for (const item of items) {
+    each();
+    yield item;
+  }
+}
+
+function* walk(value: unknown): Generator<string> {
+  if (Array.isArray(value)) {
+    yield '[';
+    for (let i = 0; i < value.length; i++) {
+      // As JSON.stringify: what has no JSON form is null in an array.
+      const text = JSON.stringify(value[i]) as string | undefined;
+      yield i > 0 ? `,${text ?? 'null'}` : (text ?? 'null');
+    }
+    yield ']';
+    return;
+  }
+  if (typeof value === 'object' && value !== null && Object.getPrototypeOf(value) === Object.prototype && !('toJSON' in value)) {
+    yield '{';
+    let first = true;
+    for (const [k, v] of Object.entries(value)) {
+      // As JSON.stringify: a key whose value has no JSON form is left out.
+      if (v === undefined || typeof v === 'function' || typeof v === 'symbol') continue;
+      yield `${first ? '' : ','}${JSON.stringify(k)}:`;
+      first = false;
+      yield* walk(v);
+    }
+    yield '}';
+    return;
+  }
+  yield (JSON.stringify(value) as string | undefined) ?? 'null';
+}
+
 /** Cache writes scheduled and not started yet: `flushCacheWrites` runs them at once. */
 const scheduled = new Map<NodeJS.Timeout, () => Promise<void>>();
 /** Cache writes under way: an unmount waits for them, so no temp file is left half-written by an exit. */
@@ -48,8 +108,11 @@ export function writeCachedLater<T>(store: Store, path: string, key: string, val
   const write = async () => {
     try {
       await mkdir(dirname(path), { recursive: true });
+      let pieces = 0;
       // Not durable: a file torn by a power cut fails to parse and is derived again (readCached).
-      await writeFileAtomic(path, JSON.stringify({ version, key, value } satisfies Envelope<T>), store.paths.tmp, { durable: false });
+      await writeFileAtomicFrom(path, counted(jsonPieces({ version, key, value } satisfies Envelope<T>), () => pieces++), store.paths.tmp, { durable: false });
+      // A big file's text was garbage as soon as written: drop it now, not at the heap's next growth.
+      if (pieces > 16) collectGarbage();
     } catch (err) {
       log?.(`caching ${path}`, err);
     }

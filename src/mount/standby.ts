@@ -7,6 +7,7 @@ import { setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { awaitReady, type DaemonReady, type MountRequest } from './daemon-channel.js';
+import { daemonNodeFlags } from './daemon-memory.js';
 
 /**
  * A warm standby mount daemon. Most of a mount daemon's start is Node loading
@@ -153,7 +154,7 @@ export async function awaitAssignment(idleMs = Number(process.env.LAZYROOT_STAND
 /** Leaves a standby behind for the next mount, unless one is there already or standbys are off. */
 export function spawnStandby(bin: string): void {
   if (!standbyEnabled() || standbyPid() !== undefined) return;
-  const child = spawn(process.execPath, [bin, 'mount-daemon', '--standby'], { detached: true, stdio: 'ignore' });
+  const child = spawn(process.execPath, [...daemonNodeFlags, bin, 'mount-daemon', '--standby'], { detached: true, stdio: 'ignore' });
   child.on('error', () => undefined);
   // It loads at the lowest priority, so the command that just got its mount is not slowed.
   if (child.pid !== undefined) setPriorityQuietly(child.pid, 19);

@@ -33,7 +33,7 @@ export interface CreateOptions extends ReferenceOptions {
    * rootfs/ID/lower (bytes fetched when read), with kernel overlayfs on top
    * for the writable upper. The upper is plain overlayfs format.
    */
-  lazy?: { deadlineMs?: number };
+  lazy?: { deadlineMs?: number; /** false: no lookup of span indexes pushed to the registry. */ remoteIndex?: boolean };
   onLayer?: (index: number, reused: boolean) => void;
 }
 
@@ -74,6 +74,7 @@ export async function createRootfs(store: Store, ref: string, id: string, option
           ...(options.registry ? { registry: options.registry } : {}),
           ...(options.platform ? { platform: options.platform } : {}),
           ...(lazy?.deadlineMs !== undefined ? { deadlineMs: lazy.deadlineMs } : {}),
+          ...(lazy?.remoteIndex === false ? { remoteIndex: false } : {}),
         },
         env: process.env,
         logFile: join(paths.dir, 'mount-daemon.log'),

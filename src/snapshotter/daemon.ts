@@ -17,6 +17,8 @@ export interface SnapshotterOptions {
   registry?: RegistryOptions;
   /** Background download of the rest of remote layers once mounted (default true). */
   prefetch?: boolean;
+  /** Look in the registry for span indexes pushed by `index --push` before streaming a gzip layer (default true). */
+  remoteIndex?: boolean;
   /** `HOST:PORT` for a Prometheus text endpoint (GET /metrics); port 0 picks one. */
   metricsAddress?: string;
   logger?: Logger;
@@ -44,6 +46,7 @@ export async function startSnapshotter(store: Store, options: SnapshotterOptions
   const remote = new RemoteLayers(store, {
     ...(options.registry ? { registry: options.registry } : {}),
     ...(options.prefetch === false ? { prefetch: false } : {}),
+    ...(options.remoteIndex === false ? { remoteIndex: false } : {}),
     logger: log,
   });
   const snapshotter = new Snapshotter(store, remote, log);

@@ -19,6 +19,8 @@ export interface RemoteLayersOptions {
   registry?: RegistryOptions;
   /** Background download of the rest of each layer once mounted (default true, as stargz does). */
   prefetch?: boolean;
+  /** Look in the registry for span indexes pushed by `index --push` before streaming a gzip layer (default true). */
+  remoteIndex?: boolean;
   /** Where the FUSE daemons log (default STORE/mount-daemon.log). */
   logFile?: string;
   logger?: Logger;
@@ -202,6 +204,7 @@ export class RemoteLayers {
       await mountInBackground(this.store, image.id, mountpoint, {
         ...(this.options.registry ? { registry: this.options.registry } : {}),
         ...(this.options.prefetch === false ? { prefetch: false } : {}),
+        ...(this.options.remoteIndex === false ? { remoteIndex: false } : {}),
         ...(this.options.logFile ? { logFile: this.options.logFile } : {}),
         ...(layerCount !== undefined ? { layerCount } : {}),
       });

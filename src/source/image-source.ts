@@ -48,6 +48,15 @@ export interface FetchOptions {
   signal?: AbortSignal;
   /** Called with the count of bytes as they arrive (for progress). */
   onProgress?: (bytes: number) => void;
+  /**
+   * readRange: when the source answers with the whole blob instead of the
+   * range (a pull-through cache on a miss, a registry without Range), it is
+   * handed over here, from byte 0, to be kept (verified by its digest), and
+   * the range is still returned, taken from it as it passes. The receiver
+   * must read the stream (or destroy it): the range waits on it. Without
+   * this the rest of the blob is dropped.
+   */
+  onWholeBlob?: (blob: Readable) => void;
 }
 
 /**
@@ -63,6 +72,10 @@ export interface ImageSource {
   openBlob(descriptor: Descriptor, offset?: number, options?: FetchOptions): Promise<Readable>;
   /** Optional capability: bytes [start, end) of a blob. Probed, not assumed. */
   readRange?(descriptor: Descriptor, start: number, end: number, options?: FetchOptions): Promise<Buffer>;
+  /** Optional capability: the artifacts whose `subject` is manifest `subject` (OCI referrers). Probed, not assumed. */
+  referrers?(subject: Digest, options?: FetchOptions & { artifactType?: string }): Promise<Descriptor[]>;
+  /** Optional capability: a small manifest or blob (at most `limit` bytes), verified against its descriptor. */
+  fetchVerified?(kind: 'manifest' | 'blob', descriptor: Descriptor, limit: number, options?: FetchOptions): Promise<Buffer>;
   close(): Promise<void>;
 }
 

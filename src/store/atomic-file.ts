@@ -31,11 +31,19 @@ export async function commitFile(tmpPath: string, finalPath: string): Promise<vo
  * file after a power cut for a miss: the rename stays atomic for processes.
  */
 export async function writeFileAtomic(finalPath: string, data: Uint8Array | string, tmpDir: string, options: { durable?: boolean } = {}): Promise<void> {
+  await writeFileAtomicFrom(finalPath, [data], tmpDir, options);
+}
+
+/**
+ * writeFileAtomic of a file given as pieces, written one after another: a
+ * big file made of many small strings never exists whole in memory.
+ */
+export async function writeFileAtomicFrom(finalPath: string, pieces: Iterable<Uint8Array | string>, tmpDir: string, options: { durable?: boolean } = {}): Promise<void> {
   const durable = options.durable ?? true;
   const tmpPath = join(tmpDir, `${basename(finalPath)}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`);
   const handle = await open(tmpPath, 'wx');
   try {
-    await handle.writeFile(data);
+    for (const piece of pieces) await handle.writeFile(piece);
     if (durable) await handle.sync();
   } catch (err) {
     await handle.close();

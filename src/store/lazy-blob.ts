@@ -13,8 +13,13 @@ import { isTimedOut, UnansweredRanges } from './unanswered-ranges.js';
 
 export { LazyBlobGroup, type LazyBlobGroupOptions } from './lazy-blob-group.js';
 
-/** Fetches bytes [start, end) of the blob from its source (HTTP Range, a file…). */
-export type RangeFetcher = (start: number, end: number, signal: AbortSignal) => Promise<Buffer>;
+/**
+ * Fetches bytes [start, end) of the blob from its source (HTTP Range, a
+ * file…). A source that answers with the whole blob instead (a pull-through
+ * cache on a miss) hands it to `onWholeBlob`, from byte 0, and still
+ * returns the range.
+ */
+export type RangeFetcher = (start: number, end: number, signal: AbortSignal, onWholeBlob: (blob: Readable) => void) => Promise<Buffer>;
 
 export interface LazyBlobOptions {
   /** A read that has not got its bytes after this long fails (→ EIO), and the mount stays usable. */
@@ -28,12 +33,10 @@ export interface LazyBlobOptions {
   /** The blobs of one mount share a group: demand reads go before prefetch, and the partial-bytes bound. */
   group?: LazyBlobGroup;
   /**
-   * The blob from `offset` to its end, streamed: for a source that answers
-   * Range requests with the whole blob. Used once `rangeIgnored()` says so.
+   * The blob from `offset` to its end, streamed: resumes a whole-blob answer
+   * (see RangeFetcher) that was cut short.
    */
   openStream?: (offset: number, signal: AbortSignal) => Promise<Readable>;
-  /** True once the source is known to ignore Range (registry-source's `rangeSupport === 'ignored'`). */
-  rangeIgnored?: () => boolean;
 }
 
 export interface LazyBlobStats {
@@ -155,9 +158,12 @@ function untilAborted<T>(work: Promise<T>, signal: AbortSignal): Promise<T> {
  * marked present. Concurrent reads of the same range share one fetch. When
  * every byte is present the blob is hashed whole and moved to `blobs/`.
  *
- * Besides demand reads: `prefetch` fetches the rest at low priority; a
- * source that ignores Range gets the blob streamed whole into `blobs/` once
- * (`streamWhole`), and every read is then served from there.
+ * Besides demand reads: `prefetch` fetches the rest at low priority. A
+ * ranged request answered with the whole blob (a registry that ignores
+ * Range, a pull-through cache that has not got the blob yet) is kept whole
+ * in `blobs/` as it arrives (`streamWhole`): read once, the asked range
+ * served from it, every later read of this blob served from there. The
+ * decision is per answer: other blobs, and later requests, ask for ranges.
  */
 export class LazyBlob {
   readonly stats: LazyBlobStats = {
@@ -206,6 +212,8 @@ export class LazyBlob {
   private wholeBy: 'ranges' | 'streamed' | undefined;
   /** A promotion or a whole-blob stream under way. */
   private completion: Promise<void> | undefined;
+  /** The completion under way is a whole-blob download (not a promotion). */
+  private streaming = false;
   private persistTimer: NodeJS.Timeout | undefined;
   private readonly deadlineMs: number;
   private readonly maxInFlight: number;
@@ -353,8 +361,6 @@ export class LazyBlob {
     }
     if (this.pending.size >= maxPending) this.pending.delete(this.pending.keys().next().value!);
     this.pending.set(start, bytes);
-    // That answer may have been the one that showed the source ignores Range: get the whole blob once, now.
-    if (this.streamsWhole()) void this.streamWhole().catch(() => undefined);
     return bytes;
   }
 
@@ -458,27 +464,65 @@ export class LazyBlob {
     this.schedulePersist();
   }
 
+  /** A whole-blob answer is being kept: reads wait for it rather than ask for ranges. */
   private streamsWhole(): boolean {
-    return !this.complete && this.options.openStream !== undefined && this.options.rangeIgnored?.() === true;
+    return !this.complete && this.streaming;
+  }
+
+  /** The source answered a ranged request with the whole blob: keep it (see streamWhole). */
+  private adoptWhole(blob: Readable): void {
+    if (this.complete || this.completion) {
+      // Already whole or being made so: let this answer run out so the range taken from it arrives.
+      blob.resume();
+      return;
+    }
+    const onClose = () => blob.destroy(this.closing.signal.reason as Error);
+    this.closing.signal.addEventListener('abort', onClose, { once: true });
+    blob.once('close', () => this.closing.signal.removeEventListener('abort', onClose));
+    void this.streamWhole(blob).catch(() => undefined);
   }
 
   /**
-   * The source ignores Range: download the whole blob into blobs/ once
-   * (`BlobStore.ingest`: verified against the digest, resumed if cut), then
-   * serve every read from it. Concurrent callers share the download.
+   * Downloads the whole blob into blobs/ once (`BlobStore.ingest`: verified
+   * against the digest, resumed from `openStream` if cut), starting from
+   * `first` (a whole-blob answer to a ranged request) when given, then
+   * serves every read from it. Concurrent callers share the download.
    */
-  streamWhole(): Promise<void> {
-    if (this.complete) return Promise.resolve();
+  streamWhole(first?: Readable): Promise<void> {
+    if (this.complete) {
+      first?.resume();
+      return Promise.resolve();
+    }
     const openStream = this.options.openStream;
-    if (!openStream) return Promise.reject(new LazyrootError('UNSUPPORTED', `${this.options.what}: the source cannot stream the blob`));
+    if (!openStream && !first) return Promise.reject(new LazyrootError('UNSUPPORTED', `${this.options.what}: the source cannot stream the blob`));
+    if (this.completion) first?.resume();
+    let handed = this.completion ? undefined : first;
     this.completion ??= (async () => {
-      const result = await this.store.blobs.ingest(this.digest, this.size, (offset) => openStream(offset, this.closing.signal), {
-        what: `${this.options.what}: streaming the whole blob (the registry ignores Range)`,
-      });
-      this.stats.bytesStreamed += result.transferred;
-      // In blobs/ it is the image's own blob (its digest matched); this layer still serves none of it if its index lies.
-      await this.runWholeCheck(this.store.blobs.path(this.digest));
-      await this.becomeWhole('streamed');
+      this.streaming = true;
+      try {
+        const result = await this.store.blobs.ingest(
+          this.digest,
+          this.size,
+          async (offset) => {
+            if (handed && offset === 0) {
+              const stream = handed;
+              handed = undefined;
+              return stream;
+            }
+            if (!openStream) throw new LazyrootError('UNAVAILABLE', `${this.options.what}: the whole-blob answer was cut at byte ${offset} and the source cannot resume it`);
+            return openStream(offset, this.closing.signal);
+          },
+          { what: `${this.options.what}: keeping the whole blob (the registry answered a range with all of it)` },
+        );
+        this.stats.bytesStreamed += result.transferred;
+        // In blobs/ it is the image's own blob (its digest matched); this layer still serves none of it if its index lies.
+        await this.runWholeCheck(this.store.blobs.path(this.digest));
+        await this.becomeWhole('streamed');
+      } finally {
+        this.streaming = false;
+        // Not taken (the blob was already in blobs/, or an earlier resume): let it run out so the range taken from it arrives.
+        handed?.resume();
+      }
     })().finally(() => {
       this.completion = undefined;
     });
@@ -543,7 +587,7 @@ export class LazyBlob {
     outer?.addEventListener('abort', onOuter, { once: true });
     try {
       const bytes = await Promise.race([
-        this.fetcher(start, end, controller.signal),
+        this.fetcher(start, end, controller.signal, (blob) => this.adoptWhole(blob)),
         new Promise<never>((_, reject) =>
           controller.signal.addEventListener('abort', () =>
             reject(

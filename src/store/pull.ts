@@ -145,14 +145,33 @@ async function ingestLayer(
 ): Promise<LayerOutcome> {
   const compression = compressionOf(layer.mediaType);
   if (compression === undefined) throw new LazyrootError('UNSUPPORTED', `${what}: unsupported media type ${layer.mediaType}`);
-  const hasher = computeDiffId ? new DiffIdHasher(compression) : undefined;
+  let hasher = computeDiffId ? new DiffIdHasher(compression) : undefined;
   emit({ type: 'blob-start', digest: layer.digest, size: layer.size });
   try {
-    const result = await store.blobs.ingest(layer.digest, layer.size, (offset) => source.openBlob(layer, offset), {
-      what,
-      onProgress: (bytes) => emit({ type: 'blob-progress', digest: layer.digest, bytes }),
-      ...(hasher ? { tap: hasher.write } : {}),
-    });
+    const ingest = () =>
+      store.blobs.ingest(layer.digest, layer.size, (offset) => source.openBlob(layer, offset), {
+        what,
+        onProgress: (bytes) => emit({ type: 'blob-progress', digest: layer.digest, bytes }),
+        ...(hasher ? { tap: hasher.write } : {}),
+      });
+    let result: Awaited<ReturnType<typeof ingest>>;
+    for (;;) {
+      try {
+        result = await ingest();
+        break;
+      } catch (err) {
+        // A registry mirror sent the wrong bytes: the source passes it over for this blob; fetch it again
+        // (the next host, the upstream last), with a fresh diff ID hasher (the old one saw the wrong bytes).
+        const distrust = (source as { distrust?: (digest: string, err: unknown) => boolean }).distrust;
+        const zlibCode = (err as NodeJS.ErrnoException | null)?.code;
+        const wrongBytes = (err instanceof LazyrootError && err.code === 'DIGEST_MISMATCH') || (typeof zlibCode === 'string' && zlibCode.startsWith('Z_'));
+        if (!wrongBytes || distrust?.call(source, layer.digest, err) !== true) throw err;
+        if (hasher) {
+          hasher.destroy();
+          hasher = new DiffIdHasher(compression);
+        }
+      }
+    }
     emit({ type: 'blob-done', digest: layer.digest, downloaded: result.downloaded });
     const outcome: LayerOutcome = { downloaded: result.downloaded, transferred: result.transferred };
     if (hasher) {

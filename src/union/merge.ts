@@ -12,19 +12,37 @@ export type MergedEntry = IndexEntry & { layer: number; sourcePath: string };
  * A file's identity in the merged tree. Hardlinks share one node: a link is
  * bound to the content it pointed at when it was made, so replacing or
  * deleting the target path later leaves the link's content alone (as the
- * copy-up in an overlay diff does).
+ * copy-up in an overlay diff does). The entry's own `path` is its path in its
+ * layer's index.
  */
 interface Node {
   entry: IndexEntry;
   layer: number;
-  /** The entry's path in its own layer's index. */
-  sourcePath: string;
+  /** Where `entry` is in its layer's list; -1 for an entry the merge made. */
+  index: number;
+}
+
+/**
+ * The merged tree as columns, one row per visible path, without a copy of
+ * any layer's entry: `entries[i]` is the entry at `paths[i]` as its layer's
+ * index has it (so its `path` is where it sits in that layer, which differs
+ * from `paths[i]` for a file's further hardlinked names and for paths written
+ * through a lower symlink), or one the merge made (implicit directories, the
+ * root, `type: 'hardlink'` rows for further names of a file).
+ */
+export interface MergedTree {
+  /** Every visible path, sorted (`''`, the root, first). */
+  readonly paths: string[];
+  readonly entries: IndexEntry[];
+  /** The layer each row's entry comes from (-1: the implicit root). */
+  readonly layers: Int32Array;
+  /** Where each row's entry is in its layer's list (`layers[i]`); -1 for an entry the merge made. */
+  readonly indexes: Int32Array;
 }
 
 /**
  * A copy of `e` at `path`, field by field: object spread of entries (whose
- * optional fields give them many shapes) takes V8's slow path, and a merge
- * copies thousands of them.
+ * optional fields give them many shapes) takes V8's slow path.
  */
 function mergedEntry(e: IndexEntry, path: string, layer: number, sourcePath: string): MergedEntry {
   const m: MergedEntry = { path, type: e.type, mode: e.mode, uid: e.uid, gid: e.gid, size: e.size, mtime: e.mtime, layer, sourcePath };
@@ -38,7 +56,36 @@ function mergedEntry(e: IndexEntry, path: string, layer: number, sourcePath: str
   return m;
 }
 
+/** A further name of a hardlinked file: a copy of `e` (at its own path) of type hardlink, linking to `first`, the file's first path. */
+function linkEntry(e: IndexEntry, first: string): IndexEntry {
+  const link: IndexEntry = { path: e.path, type: 'hardlink', mode: e.mode, uid: e.uid, gid: e.gid, size: e.size, mtime: e.mtime };
+  if (e.mtimeNsec !== undefined) link.mtimeNsec = e.mtimeNsec;
+  link.linkname = first;
+  if (e.devmajor !== undefined) link.devmajor = e.devmajor;
+  if (e.devminor !== undefined) link.devminor = e.devminor;
+  if (e.xattrs !== undefined) link.xattrs = e.xattrs;
+  if (e.dataOffset !== undefined) link.dataOffset = e.dataOffset;
+  if (e.sparse !== undefined) link.sparse = e.sparse;
+  return link;
+}
+
 const implicitDir = (path: string): IndexEntry => ({ path, type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime: 0 });
+
+/**
+ * mergeLayerTree as one list of entries, each a copy at its merged path with
+ * its layer and `sourcePath` (its path in that layer's index); hardlinks come
+ * out as `type: 'hardlink'` entries whose `linkname` is another returned
+ * path holding the file.
+ */
+export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: (layer: number) => string = (i) => `layer ${i + 1}`): MergedEntry[] {
+  const { paths, entries, layers: layerOf } = mergeLayerTree(layers, what);
+  const out: MergedEntry[] = new Array(paths.length);
+  for (let i = 0; i < paths.length; i++) {
+    const e = entries[i]!;
+    out[i] = mergedEntry(e, paths[i]!, layerOf[i]!, e.path);
+  }
+  return out;
+}
 
 /**
  * Merges layer indexes (bottom layer first) into the tree a container sees,
@@ -55,30 +102,46 @@ const implicitDir = (path: string): IndexEntry => ({ path, type: 'dir', mode: 0o
  * Returns every visible path, sorted; hardlinks come out as `type: 'hardlink'`
  * entries whose `linkname` is another returned path holding the file.
  */
-export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: (layer: number) => string = (i) => `layer ${i + 1}`): MergedEntry[] {
+export function mergeLayerTree(layers: ReadonlyArray<readonly IndexEntry[]>, what: (layer: number) => string = (i) => `layer ${i + 1}`): MergedTree {
   const tree = new Map<string, Node>();
-  tree.set('', { entry: implicitDir(''), layer: -1, sourcePath: '' });
-  const children = new Map<string, Set<string>>([['', new Set()]]);
+  tree.set('', { entry: implicitDir(''), layer: -1, index: -1 });
+  /** Nodes a hardlink of some layer put at a second path. */
+  const linked = new Set<Node>();
+  /**
+   * Each directory's paths below it, made the first time something is
+   * removed (a whiteout, an opaque directory, a path put again), then kept
+   * up: a layer that only adds (a single-layer image, the bottom layer)
+   * needs none.
+   */
+  let children: Map<string, Set<string>> | undefined;
+  const childrenIndex = (): Map<string, Set<string>> => {
+    if (children) return children;
+    children = new Map([['', new Set()]]);
+    for (const [path, node] of tree) if (path !== '' && node.entry.type === 'dir') children.set(path, new Set());
+    for (const path of tree.keys()) if (path !== '') children.get(parentOf(path))!.add(path);
+    return children;
+  };
 
   /** Removes `path` and everything below it; `hidden` collects what was there. */
   const removeSubtree = (path: string, hidden?: Map<string, Node>): void => {
-    const kids = children.get(path);
+    const index = childrenIndex();
+    const kids = index.get(path);
     if (kids) for (const k of [...kids]) removeSubtree(k, hidden);
     const node = tree.get(path);
     if (hidden && node) hidden.set(path, node);
-    children.delete(path);
+    index.delete(path);
     tree.delete(path);
-    children.get(parentOf(path))?.delete(path);
+    index.get(parentOf(path))?.delete(path);
   };
   const put = (path: string, node: Node): void => {
     tree.set(path, node);
+    if (!children) return;
     children.get(parentOf(path))!.add(path);
     if (node.entry.type === 'dir' && !children.has(path)) children.set(path, new Set());
   };
 
   layers.forEach((entries, layer) => {
     const name = what(layer);
-    const ownPaths = new Set<string>(); // entries this layer has put (they may not be hidden by its own whiteouts)
     const whiteouts: string[] = [];
     const opaques: string[] = [];
     for (const e of entries) {
@@ -116,11 +179,12 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
           pending.unshift(...target.split('/'));
           continue;
         }
-        if (node && node.layer === layer && ownPaths.has(prefix)) {
+        // Not a directory, and put by this very layer (every node of this layer is one of its own entries or links).
+        if (node && node.layer === layer) {
           throw hostile(name, entryName, `has a parent ${JSON.stringify(prefix)} that is not a directory`);
         }
         if (node) removeSubtree(prefix); // a lower file under a new directory: the directory wins
-        put(prefix, { entry: implicitDir(prefix), layer, sourcePath: prefix });
+        put(prefix, { entry: implicitDir(prefix), layer, index: -1 });
         done.push(part);
       }
       return done.join('/');
@@ -132,7 +196,7 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
     const hidden = new Map<string, Node>();
     for (const dir of opaques) {
       const resolved = ensureDir(dir, `${dir}/.wh..wh..opq`);
-      for (const k of [...(children.get(resolved) ?? [])]) removeSubtree(k, hidden);
+      for (const k of [...(childrenIndex().get(resolved) ?? [])]) removeSubtree(k, hidden);
     }
     for (const target of whiteouts) {
       const parent = ensureDir(parentOf(target), target);
@@ -141,16 +205,19 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
     }
 
     // 2. Its own entries, in tar order.
-    for (const e of entries) {
+    for (let index = 0; index < entries.length; index++) {
+      const e = entries[index]!;
       const role = classifyEntry(e.path);
       if (role.kind !== 'normal') continue;
       if (e.path === '') {
-        tree.set('', { entry: { ...e, type: 'dir' }, layer, sourcePath: '' });
+        tree.set('', { entry: { ...e, type: 'dir' }, layer, index: -1 });
         continue;
       }
-      const parent = ensureDir(parentOf(e.path), e.path);
-      const base = e.path.slice(e.path.lastIndexOf('/') + 1);
-      const path = parent ? `${parent}/${base}` : base;
+      const slash = e.path.lastIndexOf('/');
+      const rel = slash < 0 ? '' : e.path.slice(0, slash);
+      const parent = ensureDir(rel, e.path);
+      // Mostly the parent is where the entry says: its own path string, not a copy of it.
+      const path = parent === rel ? e.path : parent ? `${parent}/${e.path.slice(slash + 1)}` : e.path.slice(slash + 1);
       const existing = tree.get(path);
       if (e.type === 'hardlink') {
         const target = tree.get(e.linkname ?? '') ?? hidden.get(e.linkname ?? '');
@@ -159,34 +226,33 @@ export function mergeLayers(layers: ReadonlyArray<readonly IndexEntry[]>, what: 
         }
         if (existing) removeSubtree(path);
         put(path, target);
-        ownPaths.add(path);
+        linked.add(target);
         continue;
       }
       if (existing && !(e.type === 'dir' && existing.entry.type === 'dir')) removeSubtree(path);
-      // Made here in its final shape: flattening hands this very object over (no second copy).
-      const merged = mergedEntry(e, path, layer, e.path);
-      put(path, { entry: merged, layer, sourcePath: e.path });
-      ownPaths.add(path);
+      put(path, { entry: e, layer, index });
     }
   });
 
   // Flatten: the first path (in sorted order) of each node holds it; other paths link to it.
   const paths = [...tree.keys()].sort();
+  const entries: IndexEntry[] = new Array(paths.length);
+  const layerOf = new Int32Array(paths.length);
+  const indexes = new Int32Array(paths.length);
   const holder = new Map<Node, string>();
-  const out: MergedEntry[] = [];
-  for (const path of paths) {
+  for (let i = 0; i < paths.length; i++) {
+    const path = paths[i]!;
     const node = tree.get(path)!;
-    const first = holder.get(node);
+    layerOf[i] = node.layer;
+    indexes[i] = node.index;
+    const first = linked.has(node) ? holder.get(node) : undefined;
     if (first === undefined) {
-      holder.set(node, path);
-      const entry = node.entry as IndexEntry & Partial<MergedEntry>;
-      out.push(entry.path === path && entry.layer === node.layer && entry.sourcePath === node.sourcePath ? (entry as MergedEntry) : mergedEntry(node.entry, path, node.layer, node.sourcePath));
+      if (linked.has(node)) holder.set(node, path);
+      entries[i] = node.entry;
     } else {
-      const link = mergedEntry(node.entry, path, node.layer, node.sourcePath);
-      link.type = 'hardlink';
-      link.linkname = first;
-      out.push(link);
+      entries[i] = linkEntry(node.entry, first);
+      indexes[i] = -1;
     }
   }
-  return out;
+  return { paths, entries, layers: layerOf, indexes };
 }

@@ -13,7 +13,8 @@
  * Pushes here go straight over HTTP with admin rights (basic credentials or a
  * token minted by the helper itself), so they work whatever the auth mode; for
  * a push through real tooling use image-builder's `pushToRegistry` (skopeo) on
- * a registry without auth. `stop()` ends only what this helper started (the
+ * a registry without auth. `startRegistry({ proxyRemoteUrl: upstream.url })`
+ * starts a pull-through cache in front of another. `stop()` ends only what this helper started (the
  * registry by its PID, the token server), and removes the temp dir.
  *
  * Needs: docker-registry, openssl (token auth), htpasswd from apache2-utils
@@ -45,6 +46,13 @@ export interface RegistryOptions {
   tokenTtlSeconds?: number;
   /** Token auth: leave `expires_in` out of token answers (clients then assume 60 s). */
   omitExpiresIn?: boolean;
+  /**
+   * Run as a pull-through cache (`proxy: remoteurl:`) of the registry at
+   * this URL (`http://127.0.0.1:PORT`): it answers a Range request for a
+   * blob it has not cached with 200 and the whole blob, 206 once it has it.
+   * Pushes to it are refused.
+   */
+  proxyRemoteUrl?: string;
 }
 
 export interface TestRegistry {
@@ -157,6 +165,7 @@ async function startOnce(options: RegistryOptions): Promise<TestRegistry> {
         `  addr: ${host}`,
         `  secret: ${randomUUID()}`,
         ...(options.schema1 ? ['compatibility:', '  schema1:', '    enabled: true'] : []),
+        ...(options.proxyRemoteUrl ? ['proxy:', `  remoteurl: ${options.proxyRemoteUrl}`] : []),
         '',
       ].join('\n') + authSection,
     );

@@ -54,6 +54,8 @@ export interface SnapshotterWorldOptions {
 }
 
 async function startSnapshotterProcess(store: string, socket: string, logPath: string, env?: NodeJS.ProcessEnv, args: string[] = []): Promise<ManagedProcess> {
+  // The log is appended to across restarts: only what this start writes counts.
+  const before = (await readFile(logPath, 'utf8').catch(() => '')).length;
   const logFd = openSync(logPath, 'a');
   let proc: ManagedProcess;
   try {
@@ -65,7 +67,7 @@ async function startSnapshotterProcess(store: string, socket: string, logPath: s
   } finally {
     closeSync(logFd);
   }
-  await proc.waitReady(async () => (await readFile(logPath, 'utf8').catch(() => '')).includes(`listening on ${socket}`), {
+  await proc.waitReady(async () => (await readFile(logPath, 'utf8').catch(() => '')).slice(before).includes(`listening on ${socket}`), {
     timeoutMs: 20_000,
     intervalMs: 20,
     describe: () => readFile(logPath, 'utf8').catch(() => ''),

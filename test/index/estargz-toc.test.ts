@@ -3,7 +3,7 @@ import { test } from 'node:test';
 import { gzipSync } from 'node:zlib';
 import { isLazyrootError, type ErrorCode } from '../../src/errors.js';
 import { estargzFooter } from '../../src/index/estargz/footer.js';
-import { readEstargzIndex } from '../../src/index/estargz/toc.js';
+import { indexFromToc, indexFromTocJson, readEstargzIndex } from '../../src/index/estargz/toc.js';
 import { buildEstargz, incompressible, memoryBlobReader, type BuildEstargzOptions } from '../helpers/estargz.js';
 import { buildTar, chardev, defaultMtime, dir, fifo, file, hardlink, symlink, whiteout, type TarEntry } from '../helpers/tar-builder.js';
 
@@ -59,7 +59,8 @@ test('entries and chunks from a TOC, in two reads', async () => {
     { path: 'empty', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 0, mtime },
     { path: 'etc/.wh.gone', type: 'file', mode: 0o644, uid: 0, gid: 0, size: 0, mtime },
   ]);
-  assert.deepEqual([...result.chunks.keys()], ['etc/hosts', 'big', 'empty', 'etc/.wh.gone']);
+  // Only files with data have a chunk list (an empty file reads as none: no memory per empty file).
+  assert.deepEqual([...result.chunks.keys()], ['etc/hosts', 'big']);
   const chunks = result.chunks.get('big')!;
   assert.deepEqual(
     chunks.map((c) => [c.offset, c.size]),
@@ -74,7 +75,7 @@ test('entries and chunks from a TOC, in two reads', async () => {
   assert.equal(chunks[1]!.compressedEnd, chunks[2]!.compressedStart);
   assert.equal(result.chunks.get('etc/hosts')![0]!.compressedEnd, chunks[0]!.compressedStart);
   assert.equal(chunks[2]!.compressedEnd, built.tocOffset);
-  assert.deepEqual(result.chunks.get('empty'), []);
+  assert.equal(result.chunks.get('empty'), undefined);
   assert.equal(result.prefetch.landmark, 'none');
 });
 
@@ -206,4 +207,67 @@ test('a TOC with more records than the limit is refused before any is mapped, na
   // At the limit or under it: read as usual.
   const { result } = await index(entries);
   assert.equal(result.entries.length, 31);
+});
+
+test('the TOC JSON read in batches maps as JSON.parse of the whole would, whatever its layout', () => {
+  const digest = (i: number) => `sha256:${i.toString(16).padStart(64, '0')}`;
+  const records: Array<Record<string, unknown>> = [{ name: 'd/', type: 'dir', mode: 0o755 }];
+  for (let i = 0; i < 5000; i++) {
+    // Names with quotes, backslashes, brackets and braces; every seventh file has a byte; some empty files twice.
+    const name = i % 13 === 0 ? `d/q"u\\o]t}e{[${i}` : `d/f${i}`;
+    if (i % 7 === 0) records.push({ name, type: 'reg', mode: 0o644, size: 1, offset: 10 + i, digest: digest(i), chunkDigest: digest(i), modtime: '2024-01-02T03:04:05.5Z' });
+    else records.push({ name, type: 'reg', mode: 0o600, size: 0, xattrs: { 'user.k': 'AA==' } });
+  }
+  records.push({ name: 'd/f7', type: 'reg', mode: 0o644, size: 0 }); // an empty file again over one with data
+  const toc = { version: 1, entries: records };
+  const expected = indexFromToc(JSON.parse(JSON.stringify(toc)), 1e9, 'layer L');
+  assert.equal(expected.chunks.has('d/f7'), false);
+  assert.equal(expected.chunks.has('d/f14'), true);
+  const layouts = {
+    compact: JSON.stringify(toc),
+    tabs: JSON.stringify(toc, null, '\t'),
+    'entries first': JSON.stringify({ entries: records, version: 1 }),
+    'extra keys': JSON.stringify({ version: 1, other: { a: [1, { b: ']' }] }, entries: records, more: 'x' }, null, 1),
+    'windows lines': JSON.stringify(toc, null, 2).replace(/\n/g, '\r\n'),
+  };
+  for (const [layout, text] of Object.entries(layouts)) {
+    const got = indexFromTocJson(Buffer.from(text), 1e9, 'layer L');
+    assert.deepEqual(got.entries, expected.entries, layout);
+    assert.deepEqual([...got.chunks], [...expected.chunks], layout);
+    assert.deepEqual(got.prefetch, expected.prefetch, layout);
+  }
+  assert.deepEqual(indexFromTocJson(Buffer.from('{"version":1,"entries":[]}'), 1e9, 'L').entries, []);
+  // Not JSON, or not a TOC: the errors of the plain path.
+  for (const bad of ['{"version":1,"entries":[{"name":"a","type":"dir"},]}', '{"version":1,"entries":[{"name":"a" "type":"dir"}]}', '{"version":1,"entries":[', '[]{}']) {
+    assert.throws(() => indexFromTocJson(Buffer.from(bad), 1e9, 'layer L'), (err: unknown) => isLazyrootError(err, 'INVALID_DATA') && /^layer L: TOC stargz.index.json is not valid JSON/.test((err as Error).message), bad);
+  }
+  assert.throws(() => indexFromTocJson(Buffer.from('{"version":2,"entries":[]}'), 1e9, 'L'), (err: unknown) => isLazyrootError(err, 'UNSUPPORTED'));
+  assert.throws(() => indexFromTocJson(Buffer.from('{"version":1}'), 1e9, 'L'), /has no "entries" array/);
+  assert.throws(() => indexFromTocJson(Buffer.from(JSON.stringify(toc)), 1e9, 'L', 100), /the TOC lists 5002 entries and chunks, more than the limit of 100/);
+});
+
+test('a TOC read as it inflates reports what the plain read would, in the same order', async () => {
+  const entries = [dir('d'), ...Array.from({ length: 700 }, (_, i) => file(`d/f${i}`, i % 3 ? '' : `file ${i}\n`))];
+  const bad = (edit: (toc: { version: number; entries: Array<Record<string, unknown>> }) => void) => buildEstargz(entries, { editToc: edit });
+  const wrong = `sha256:${'0'.repeat(64)}`;
+  // A record it refuses, deep in the TOC: named with its index; a wrong digest is reported before it.
+  const hostile = await bad((toc) => void (toc.entries[600]!.name = '../escape'));
+  await assert.rejects(readEstargzIndex(memoryBlobReader(hostile.blob), { what: 'layer L' }), (err: unknown) => isLazyrootError(err, 'HOSTILE_ARCHIVE'));
+  await assert.rejects(readEstargzIndex(memoryBlobReader(hostile.blob), { what: 'layer L', tocDigest: wrong }), (err: unknown) => isLazyrootError(err, 'DIGEST_MISMATCH'));
+  const notObject = await bad((toc) => void (toc.entries[650] = 7 as unknown as Record<string, unknown>));
+  await assert.rejects(readEstargzIndex(memoryBlobReader(notObject.blob), { what: 'layer L' }), /layer L: TOC entry 650: is not an object/);
+  // Past the record limit, the limit is what is reported, whatever else is wrong.
+  await assert.rejects(readEstargzIndex(memoryBlobReader(hostile.blob), { what: 'layer L', maxTocRecords: 100 }), (err: unknown) => isLazyrootError(err, 'RESOURCE_EXHAUSTED'));
+  const v2 = await bad((toc) => void (toc.version = 2));
+  await assert.rejects(readEstargzIndex(memoryBlobReader(v2.blob), { what: 'layer L' }), (err: unknown) => isLazyrootError(err, 'UNSUPPORTED'));
+  await assert.rejects(readEstargzIndex(memoryBlobReader(v2.blob), { what: 'layer L', tocDigest: wrong }), (err: unknown) => isLazyrootError(err, 'DIGEST_MISMATCH'));
+  // The plain TOC maps as the whole-JSON path maps it (sha512 digests checked too).
+  const plain = await buildEstargz(entries);
+  const streamed = await readEstargzIndex(memoryBlobReader(plain.blob), { tocDigest: plain.tocDigest });
+  const whole = indexFromToc(JSON.parse(plain.tocJson.toString('utf8')), plain.tocOffset, 'eStargz layer');
+  assert.deepEqual(streamed.entries, whole.entries);
+  assert.deepEqual([...streamed.chunks], [...whole.chunks]);
+  const { createHash } = await import('node:crypto');
+  const sha512 = `sha512:${createHash('sha512').update(plain.tocJson).digest('hex')}`;
+  assert.equal((await readEstargzIndex(memoryBlobReader(plain.blob), { tocDigest: sha512 })).entries.length, entries.length);
 });

@@ -127,3 +127,12 @@ test('damaged, foreign and missing index files are refused clearly', async () =>
   assert.throws(() => encodeIndex({ ...bigIndex(1, 1), blobDigest: 'sha512:abc' }), /not a sha256 digest/);
   assert.equal(decodeIndex(bytes).entries.length, 50);
 });
+
+test('entry tuples are read a batch at a time: names with quotes, brackets, commas and backslashes round-trip', () => {
+  const index = bigIndex(10, 2);
+  const odd = ['a"b', 'c]d', 'e,f', 'g\\h', 'i[j]', 'k\\"]l', '{m}', 'n\u2028o'];
+  index.entries = Array.from({ length: 1500 }, (_, i): IndexEntry => ({ path: `d/${odd[i % odd.length]}${i}`, type: 'file', mode: 0o644, uid: 0, gid: 0, size: i, mtime: 1, dataOffset: i * 512 }));
+  assert.deepEqual(decodeIndex(encodeIndex(index)), index);
+  index.entries = [];
+  assert.deepEqual(decodeIndex(encodeIndex(index)).entries, []);
+});

@@ -8,8 +8,8 @@ import { pushToRegistry, writeOciLayout } from '../helpers/image-builder.js';
 import { busyboxImageSpec } from '../helpers/sample-images.js';
 import { snapshotTree } from '../helpers/tree-snapshot.js';
 import { missingRequirements } from '../helpers/requirements.js';
-import { lazyroot } from '../helpers/cli.js';
-import { execFile } from 'node:child_process';
+import { lazyroot, lazyrootBin } from '../helpers/cli.js';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { processAlive } from '../../src/process-alive.js';
 import { fuseDescriptors } from '../../src/fs/fuse-descriptors.js';
 
@@ -208,5 +208,51 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     assert.equal((await statInChild(join(dir, 'etc/passwd'), 5_000)).ok, true);
     const u = await lazyroot(['--store', fresh, 'umount', dir]);
     assert.equal(u.code, 0, u.stderr);
+  });
+
+  test('run --lazy is handed whole to the warm standby: stdio relayed both ways, the exit code, a signal stops it (130), nothing left; without a standby the CLI runs it', async () => {
+    const runStore = join(work, 'store-run');
+    const env = { ...process.env, LAZYROOT_DEBUG: '1' };
+    /** The CLI with `input` on its stdin (a pipe, as under a shell's `|` or the bench). */
+    const runWith = (args: string[], input: string, onStdout?: (text: string, child: ChildProcess) => void, extraEnv: Record<string, string> = {}) => {
+      const child = spawn(process.execPath, [lazyrootBin, '--store', runStore, ...args], { env: { ...env, ...extraEnv }, stdio: ['pipe', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (c: Buffer) => {
+        stdout += c.toString();
+        onStdout?.(stdout, child);
+      });
+      child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+      child.stdin.end(input);
+      return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolvePromise) => child.on('close', (code) => resolvePromise({ code, stdout, stderr })));
+    };
+    const leftovers = async () => ({
+      rootfses: JSON.parse((await lazyroot(['--store', runStore, '--json', 'list'])).stdout) as unknown[],
+      mounts: (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.includes(runStore)),
+    });
+
+    const standby = await standbyPid();
+    const first = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'read x; echo "got $x"; echo oops >&2; exit 7'], 'hello\n');
+    assert.equal(first.code, 7, first.stderr);
+    assert.equal(first.stdout, 'got hello\n');
+    assert.match(first.stderr, new RegExp(`run handed to the warm standby \\(pid ${standby}\\)`));
+    assert.match(first.stderr, /oops/);
+    assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
+
+    // The runner left a standby for the next command: it takes the next run, which a SIGINT stops.
+    const next = await standbyPid();
+    assert.notEqual(next, standby);
+    const stopped = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'echo started; sleep 60'], '', (out, child) => {
+      if (out.includes('started')) child.kill('SIGINT');
+    });
+    assert.equal(stopped.code, 130, stopped.stderr);
+    assert.match(stopped.stderr, new RegExp(`run handed to the warm standby \\(pid ${next}\\)`));
+    assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
+
+    // Handing over turned off: the CLI itself runs it, the same way.
+    const plain = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'cat; exit 3'], 'piped\n', undefined, { LAZYROOT_HANDOFF: '0' });
+    assert.equal(plain.code, 3);
+    assert.equal(plain.stdout, 'piped\n');
+    assert.doesNotMatch(plain.stderr, /handed/);
   });
 });

@@ -5,7 +5,7 @@ import type { Output } from '../output.js';
 import { addRegistryFlags } from './shared-flags.js';
 import { collect, mappingFrom } from './mapping-flags.js';
 
-type BundleFlags = RegistryFlags & { id?: string; uidMapping?: string[]; gidMapping?: string[]; platform?: string; lazy?: boolean; deadlineMs?: number };
+type BundleFlags = RegistryFlags & { id?: string; uidMapping?: string[]; gidMapping?: string[]; platform?: string; lazy?: boolean; deadlineMs?: number; remoteIndex?: boolean };
 
 function addBundleFlags(cmd: Command): Command {
   addRegistryFlags(cmd);
@@ -14,7 +14,8 @@ function addBundleFlags(cmd: Command): Command {
     .option('--gid-mapping <container:host:size>', 'map file groups (repeatable)', collect)
     .option('--platform <os/arch[/variant]>', 'platform, when the image must be pulled')
     .option('--lazy', 'do not download layers first: the rootfs is a lazy FUSE mount (bytes fetched when read) under a writable overlay')
-    .option('--deadline-ms <ms>', 'with --lazy: a read whose bytes have not arrived after this long fails with EIO', (v) => Number.parseInt(v, 10));
+    .option('--deadline-ms <ms>', 'with --lazy: a read whose bytes have not arrived after this long fails with EIO', (v) => Number.parseInt(v, 10))
+    .option('--no-remote-index', 'with --lazy: do not look in the registry for span indexes pushed by `index --push` (a gzip layer without a local index is streamed once)');
 }
 
 function createOptions(opts: BundleFlags) {
@@ -23,7 +24,7 @@ function createOptions(opts: BundleFlags) {
     registry: registryOptionsFrom(opts),
     ...(opts.platform ? { platform: opts.platform } : {}),
     ...(mapping ? { mapping } : {}),
-    ...(opts.lazy ? { lazy: opts.deadlineMs !== undefined ? { deadlineMs: opts.deadlineMs } : {} } : {}),
+    ...(opts.lazy ? { lazy: { ...(opts.deadlineMs !== undefined ? { deadlineMs: opts.deadlineMs } : {}), ...(opts.remoteIndex === false ? { remoteIndex: false } : {}) } } : {}),
   };
 }
 

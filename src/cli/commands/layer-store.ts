@@ -10,6 +10,7 @@ type LayerStoreFlags = RegistryFlags & {
   releaseAfterMs?: number;
   platform?: string;
   metricsAddress?: string;
+  remoteIndex?: boolean;
 };
 
 function wholeNumber(flag: string): (v: string) => number {
@@ -33,14 +34,15 @@ export function registerLayerStore(program: Command, out: Output): void {
     .option('--cache-bytes <n>', 'decoded spans and chunks kept in memory, all layers together', wholeNumber('--cache-bytes'), 64 << 20)
     .option('--release-after-ms <ms>', 'close a layer Podman no longer uses after this long without access', wholeNumber('--release-after-ms'), 300_000)
     .option('--platform <os/arch[/variant]>', 'platform to pick from multi-platform images (default: this machine)')
-    .option('--metrics-address <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics (bytes fetched and served, per-layer fetched fraction); port 0 picks one');
+    .option('--metrics-address <host:port>', 'serve Prometheus metrics at http://<host:port>/metrics (bytes fetched and served, per-layer fetched fraction); port 0 picks one')
+    .option('--no-remote-index', 'do not look in the registry for span indexes pushed by `index --push`: a gzip layer without a local index is streamed once to build one');
   addRegistryFlags(command);
   command.action(async (dir: string, opts: LayerStoreFlags, cmd: Command) => {
     const global = cmd.optsWithGlobals<GlobalOptions>();
     const registry = registryOptionsFrom(opts);
     const store = await openStore(global);
     try {
-      const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
+      const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}${error === undefined ? '' : `: ${(error as Error)?.message ?? String(error)}`}\n`);
       // A bug fails the operation it is in, never the store: dying would leave Podman's containers a dead mount.
       process.on('uncaughtException', (err) => logger('uncaught exception (the layer store goes on)', err));
       process.on('unhandledRejection', (err) => logger('unhandled rejection (the layer store goes on)', err));
@@ -51,6 +53,7 @@ export function registerLayerStore(program: Command, out: Output): void {
         releaseAfterMs: opts.releaseAfterMs ?? 300_000,
         ...(opts.platform ? { platform: opts.platform } : {}),
         ...(opts.metricsAddress !== undefined ? { metricsAddress: opts.metricsAddress } : {}),
+        ...(opts.remoteIndex === false ? { remoteIndex: false } : {}),
         logger,
       });
       const metrics = server.metricsAddress ? { metrics: `http://${server.metricsAddress}/metrics` } : {};

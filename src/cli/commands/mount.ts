@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { LazyrootError, indexImage, mount, mountStats, runMountDaemon, serveMount, unmount } from '../../index.js';
+import { LazyrootError, indexImage, mount, pushImageIndexes, mountStats, runMountDaemon, serveMount, unmount } from '../../index.js';
 import { formatBytes } from '../format.js';
 import { openStore, registryOptionsFrom, type GlobalOptions, type RegistryFlags } from '../context.js';
 import type { Output } from '../output.js';
@@ -19,6 +19,7 @@ type MountFlags = RegistryFlags & {
   profile?: boolean;
   record?: boolean;
   recordMs?: number;
+  remoteIndex?: boolean;
 };
 const int = (v: string) => Number.parseInt(v, 10);
 
@@ -45,6 +46,7 @@ function mountOptions(opts: MountFlags) {
     ...(opts.profile === false ? { profile: false } : {}),
     ...(opts.record !== undefined ? { record: opts.record } : {}),
     ...(opts.recordMs !== undefined ? { recordMillis: opts.recordMs } : {}),
+    ...(opts.remoteIndex === false ? { remoteIndex: false } : {}),
   };
 }
 
@@ -79,7 +81,13 @@ function registerMountDaemon(program: Command): void {
     .command('mount-daemon', { hidden: true })
     .option('--standby', 'load everything, then wait for a request on the standby socket')
     .action(async (opts: { standby?: boolean }) => {
-      await runMountDaemon({ ...(opts.standby ? { standby: true } : {}), bin: process.argv[1]! });
+      // A standby may be handed a whole `run --lazy` (cli/run-handoff-client.ts); the runner lives in bundle/.
+      const runner = () => import('../../bundle/run-handoff.js');
+      await runMountDaemon({
+        ...(opts.standby ? { standby: true } : {}),
+        bin: process.argv[1]!,
+        runner: { preload: runner, serve: async (request, channel) => (await runner()).serveRun(request, channel) },
+      });
       // Unmounted (or given up on): end now, whatever native threads libfuse may still hold.
       process.exit(0);
     });
@@ -99,11 +107,12 @@ export function registerMount(program: Command, out: Output): void {
     .option('--prefetch-delay-ms <ms>', 'start the background download this long after the mount is ready', int, 1000)
     .option('--cache-max-bytes <n>', 'bound on bytes kept for partly fetched layers; least recently used ranges are dropped past it', bytesFlag('--cache-max-bytes'))
     .option('--read-ahead-bytes <n>', 'a read fetches up to this many blob bytes around what it needs (eStargz: neighbouring files too, each verified); 0: only what it needs (default 1048576)', bytesFlag('--read-ahead-bytes'))
-    .option('--max-toc-records <n>', 'refuse an eStargz layer whose TOC lists more entries and chunks than this (default 2000000; about 2 KiB of daemon memory each)', bytesFlag('--max-toc-records'))
+    .option('--max-toc-records <n>', 'refuse an eStargz layer whose TOC lists more entries and chunks than this (default 2000000; each costs about 0.5 KiB of daemon memory while mounting, 0.3 KiB once mounted)', bytesFlag('--max-toc-records'))
     .option('--no-profile', "do not fetch the image's recorded access profile (nor eStargz prioritized files) ahead of reads")
     .option('--record', 'record which ranges reads need in the first seconds as the image\'s access profile, replacing the one it has (default: only when it has none)')
     .option('--no-record', 'never record an access profile')
     .option('--record-ms <ms>', 'how long a recording runs after the mount is ready', int, 10_000)
+    .option('--no-remote-index', 'do not look in the registry for span indexes pushed by `index --push`: a gzip layer without a local index is streamed once to build one')
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image');
   addRegistryFlags(mountCommand);
   registerMountDaemon(program);
@@ -119,7 +128,7 @@ export function registerMount(program: Command, out: Output): void {
           return out.text(`mount ${stats.mountpoint}: kernel overlayfs, read-only (every layer was in the store); image ${formatBytes(stats.imageBytes)}, nothing fetched`);
         }
         const layerState = (l: (typeof stats.layers)[number]): string => {
-          if (l.source === 'streamed') return 'streamed whole (registry ignores Range)';
+          if (l.source === 'streamed') return 'kept whole (the registry answered a range with the whole blob)';
           if (l.complete) return 'complete';
           return `prefetch ${l.prefetch}${l.prefetchError ? ` (${l.prefetchError})` : ''}`;
         };
@@ -134,6 +143,9 @@ export function registerMount(program: Command, out: Output): void {
               `${stats.prefetchMillis !== undefined ? ` (completed ${(stats.prefetchMillis / 1000).toFixed(1)} s after mounting)` : ''}; ` +
               `partial bytes kept ${formatBytes(stats.partialBytes)}${stats.cacheMaxBytes !== undefined ? ` (bound ${formatBytes(stats.cacheMaxBytes)})` : ''}`,
             `served ${formatBytes(stats.fs.bytesServed)} in ${stats.fs.reads} reads; ${stats.fs.errors} errors`,
+            ...(stats.mirrors ?? []).map(
+              (m) => `  mirror ${m.mirror}: ${m.served} answers used, ${m.failures} failed, ${m.lies} with wrong bytes${m.lastError ? ` (last: ${m.lastError})` : ''}`,
+            ),
             ...stats.layers.map(
               (l) =>
                 `  ${l.digest.slice(0, 19)} ${l.format.padEnd(7)} present ${formatBytes(l.present)}/${formatBytes(l.size)}  hits ${l.hits}  misses ${l.misses}  ` +
@@ -146,7 +158,7 @@ export function registerMount(program: Command, out: Output): void {
       }
       if (!dir) throw missingDir();
       // The daemon's stderr is its log file (mount-daemon.log).
-      const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}: ${(error as Error)?.message ?? String(error)}\n`);
+      const logger = (message: string, error: unknown) => process.stderr.write(`${new Date().toISOString()} ${message}${error === undefined ? '' : `: ${(error as Error)?.message ?? String(error)}`}\n`);
       await serveMount(store, ref, dir, { ...mountOptions(opts), logger });
     } finally {
       store.close();
@@ -171,25 +183,39 @@ export function registerMount(program: Command, out: Output): void {
 
   const index = program
     .command('index')
-    .description('build the span index of every gzip/uncompressed layer of an image, ahead of a lazy mount')
+    .description('build the span index of every gzip/uncompressed layer of an image, ahead of a lazy mount; with --push, share them through the registry')
     .argument('<ref>', 'image')
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image')
-    .option('--span-bytes <n>', 'compressed bytes between checkpoints: the fetch granularity of a lazy read (default 524288)', bytesFlag('--span-bytes'));
+    .option('--span-bytes <n>', 'compressed bytes between checkpoints: the fetch granularity of a lazy read (default 524288)', bytesFlag('--span-bytes'))
+    .option('--push', "push the indexes (and the image's access profile, when recorded) to the image's repository as an OCI artifact whose subject is the image manifest (referrers API, or the sha256-<hex> tag where the registry has none); other machines then mount the image lazily without streaming its layers")
+    .option('--no-remote-index', 'do not take indexes pushed to the registry: build each missing one by streaming its layer');
   addRegistryFlags(index);
-  index.action(async (ref: string, opts: RegistryFlags & { platform?: string; spanBytes?: number }, command: Command) => {
+  index.action(async (ref: string, opts: RegistryFlags & { platform?: string; spanBytes?: number; push?: boolean; remoteIndex?: boolean }, command: Command) => {
     const global = command.optsWithGlobals<GlobalOptions>();
     const store = await openStore(global);
     try {
-      const report = await indexImage(store, ref, {
+      const options = {
         registry: registryOptionsFrom(opts),
         ...(opts.platform ? { platform: opts.platform } : {}),
         ...(opts.spanBytes !== undefined ? { spanBytes: opts.spanBytes } : {}),
-      });
+        ...(opts.remoteIndex === false ? { remoteIndex: false } : {}),
+        warn: (message: string, error?: unknown) => process.stderr.write(`lazyroot: warning: ${message}${error === undefined ? '' : `: ${(error as Error)?.message ?? String(error)}`}\n`),
+      };
+      const layerLine = (l: Awaited<ReturnType<typeof indexImage>>[number]) =>
+        `${l.digest.slice(0, 19)}  ${l.format}${l.entries !== undefined ? `  ${l.entries} entries, ${l.checkpoints} checkpoints, ${l.seconds!.toFixed(2)} s${l.from && l.from !== 'built' ? ` (from the ${l.from})` : ''}` : ''}`;
+      if (opts.push) {
+        const pushed = await pushImageIndexes(store, ref, options);
+        if (global.json) return out.json(pushed);
+        if (global.quiet) return;
+        for (const l of pushed.layers) out.text(layerLine(l));
+        const where = pushed.via === 'referrers-api' ? 'listed by its referrers API' : `listed under tag ${pushed.tag} (the registry has no referrers API)`;
+        out.text(`pushed ${pushed.indexes} span index${pushed.indexes === 1 ? '' : 'es'}${pushed.profile ? ' and the access profile' : ''} (${formatBytes(pushed.bytes)}) to ${pushed.repository} as ${pushed.digest}, subject ${pushed.subject}, ${where}`);
+        return;
+      }
+      const report = await indexImage(store, ref, options);
       if (global.json) return out.json(report);
       if (global.quiet) return;
-      for (const l of report) {
-        out.text(`${l.digest.slice(0, 19)}  ${l.format}${l.entries !== undefined ? `  ${l.entries} entries, ${l.checkpoints} checkpoints, ${l.seconds!.toFixed(2)} s` : ''}`);
-      }
+      for (const l of report) out.text(layerLine(l));
     } finally {
       store.close();
     }

@@ -33,13 +33,14 @@ export function registerRootfs(program: Command, out: Output): void {
     .option('--with-clean', 'run clean first (see --threshold-bytes)')
     .option('--threshold-bytes <n>', 'with --with-clean: clean only when the store uses more than this', parseBytes)
     .option('--platform <os/arch[/variant]>', 'platform, when the image must be pulled')
-    .option('--lazy', 'do not download layers first: a lazy FUSE mount (bytes fetched when read) under a writable overlay');
+    .option('--lazy', 'do not download layers first: a lazy FUSE mount (bytes fetched when read) under a writable overlay')
+    .option('--no-remote-index', 'with --lazy: do not look in the registry for span indexes pushed by `index --push` (a gzip layer without a local index is streamed once)');
   addRegistryFlags(create);
   create.action(
     async (
       ref: string,
       id: string,
-      opts: RegistryFlags & { withoutMount?: boolean; uidMapping?: string[]; gidMapping?: string[]; withClean?: boolean; thresholdBytes?: number; platform?: string; lazy?: boolean },
+      opts: RegistryFlags & { withoutMount?: boolean; uidMapping?: string[]; gidMapping?: string[]; withClean?: boolean; thresholdBytes?: number; platform?: string; lazy?: boolean; remoteIndex?: boolean },
       command: Command,
     ) => {
       const global = command.optsWithGlobals<GlobalOptions>();
@@ -52,7 +53,7 @@ export function registerRootfs(program: Command, out: Output): void {
           ...(opts.platform ? { platform: opts.platform } : {}),
           ...(opts.withoutMount ? { withoutMount: true } : {}),
           ...(mapping ? { mapping } : {}),
-          ...(opts.lazy ? { lazy: {} } : {}),
+          ...(opts.lazy ? { lazy: opts.remoteIndex === false ? { remoteIndex: false } : {} } : {}),
         });
         out.json(spec);
       } finally {

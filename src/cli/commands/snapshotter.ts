@@ -7,6 +7,7 @@ import type { Output } from '../output.js';
 interface SnapshotterFlags extends RegistryFlags {
   address: string;
   prefetch?: boolean;
+  remoteIndex?: boolean;
   metricsAddress?: string;
   trace?: boolean;
 }
@@ -18,10 +19,12 @@ export function registerSnapshotter(program: Command, out: Output): void {
     .requiredOption('--address <socket>', 'unix socket containerd connects to ([proxy_plugins.lazyroot] address)')
     .option('--metrics-address <host:port>', 'serve Prometheus metrics at http://HOST:PORT/metrics (port 0: any free port)')
     .option('--no-prefetch', 'do not download the rest of remote layers in the background')
+    .option('--no-remote-index', 'do not look in the registry for span indexes pushed by `index --push`: a gzip layer without a local index is streamed once to build one')
     .option('--trace', 'log every gRPC call with its outcome and time (stderr, timestamped)')
     .option('--insecure', 'allow plain HTTP and unverified TLS to registries')
     .option('--creds <user:password>', 'registry credentials')
     .option('--authfile <file>', 'registry auth file (default: containers auth.json, then ~/.docker/config.json)')
+    .option('--hosts-dir <dir>', 'registry mirrors: <dir>/<registry>/hosts.toml, as containerd (default: $LAZYROOT_HOSTS_DIR or /etc/lazyroot/certs.d)')
     .action(async (opts: SnapshotterFlags, cmd: Command) => {
       const global = cmd.optsWithGlobals<GlobalOptions>();
       const store = await openStore(global);
@@ -32,6 +35,7 @@ export function registerSnapshotter(program: Command, out: Output): void {
         address: opts.address,
         registry: registryOptionsFrom(opts),
         ...(opts.prefetch === false ? { prefetch: false } : {}),
+        ...(opts.remoteIndex === false ? { remoteIndex: false } : {}),
         ...(opts.metricsAddress ? { metricsAddress: opts.metricsAddress } : {}),
         ...(opts.trace ? { trace: (line: string) => process.stderr.write(`lazyroot snapshotter: ${new Date().toISOString()} ${line}\n`) } : {}),
         logger,

@@ -1,7 +1,6 @@
 import { LazyrootError } from '../../errors.js';
-import { normalizeEntryPath } from '../../oci/entry-path.js';
 import type { BlobRangeReader, IndexEntry } from '../types.js';
-import { checksumOk, octal, parsePax, tarName } from './tar-header.js';
+import { headerBeforeData } from './tar-header.js';
 import type { EstargzMemberChunk } from './toc.js';
 import { inflateMember } from '../gzip-native.js';
 
@@ -135,43 +134,8 @@ export class EstargzHeaderCheck {
 
   /** Walks the tar headers in stream[p…]: the last must be `entry`'s, ending where the stream ends. */
   private walkHeaders(stream: Buffer, p: number, path: string, entry: IndexEntry): void {
-    let pax: Record<string, string> = {};
-    let longName: string | undefined;
-    while (p + 512 <= stream.length) {
-      const header = stream.subarray(p, p + 512);
-      if (!checksumOk(header)) throw this.mismatch(path, `no valid tar header at uncompressed byte ${p} before its data`);
-      const typeflag = String.fromCharCode(header[156]!);
-      const size = pax.size !== undefined ? Number(pax.size) : octal(header.subarray(124, 136));
-      if (!Number.isSafeInteger(size) || size < 0) throw this.mismatch(path, 'a tar header before it has a bad size');
-      const dataEnd = p + 512 + Math.ceil(size / 512) * 512;
-      if (typeflag === 'x' || typeflag === 'g' || typeflag === 'L' || typeflag === 'K') {
-        if (dataEnd > stream.length) break;
-        const data = stream.subarray(p + 512, p + 512 + size);
-        if (typeflag === 'x') pax = parsePax(data);
-        if (typeflag === 'L') longName = cString(data);
-        p = dataEnd;
-        continue;
-      }
-      const name = pax.path ?? longName ?? tarName(header);
-      const hasData = (typeflag === '0' || typeflag === '\0' || typeflag === '7') && !(typeflag === '\0' && name.endsWith('/'));
-      if (p + 512 === stream.length) {
-        // The header right before the file's bytes: it must be the file's.
-        let headerPath: string;
-        try {
-          headerPath = normalizeEntryPath(name, this.what);
-        } catch {
-          headerPath = name;
-        }
-        if (headerPath !== path) throw this.mismatch(path, `the tar header before its bytes names ${JSON.stringify(name)}`);
-        if (!hasData) throw this.mismatch(path, `the tar header before its bytes has type ${JSON.stringify(typeflag)}, not a regular file`);
-        if (size !== entry.size) throw this.mismatch(path, `the tar header says ${size} bytes, the TOC ${entry.size}`);
-        return;
-      }
-      p = hasData ? dataEnd : p + 512;
-      pax = {};
-      longName = undefined;
-    }
-    throw this.mismatch(path, 'no tar header of its own right before its bytes');
+    const why = headerBeforeData(stream, p, path, entry.size, this.what);
+    if (why !== undefined) throw this.mismatch(path, why.replace('the index', 'the TOC'));
   }
 
   private async inflate(start: number, end: number, maxBytes: number, path: string): Promise<Buffer> {
@@ -231,9 +195,4 @@ function sameStart(a: EstargzMemberChunk, b: EstargzMemberChunk): boolean {
 /** Tar padding after a file of `size` bytes. */
 function padding(size: number): number {
   return (512 - (size % 512)) % 512;
-}
-
-function cString(b: Buffer): string {
-  const nul = b.indexOf(0);
-  return (nul < 0 ? b : b.subarray(0, nul)).toString('utf8');
 }

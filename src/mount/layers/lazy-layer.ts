@@ -1,6 +1,7 @@
 import type { LRUCache } from 'lru-cache';
 import type { Digest } from '../../oci/digest.js';
 import type { IndexEntry } from '../../index/types.js';
+import type { LayerIndex } from '../../index/layer-index.js';
 import type { ImageSource } from '../../source/image-source.js';
 import type { FetchAheadOptions, LazyBlob, LazyBlobGroup, PrefetchState, PrefetchUnit } from '../../store/lazy-blob.js';
 import type { Store } from '../../store/store.js';
@@ -36,6 +37,12 @@ export interface LazyLayer {
   readonly priorityRanges: ReadonlyArray<readonly [number, number]>;
   /** The blob behind the layer: bytes present, fetch statistics, prefetch. */
   readonly blob: LazyBlob;
+  /**
+   * Its index came from the registry and has not been checked against the
+   * whole layer yet: what is derived from its entries (the merged tree) must
+   * not be kept for later mounts.
+   */
+  readonly uncheckedIndex?: boolean;
   stats(): LazyLayerStats;
   close(): Promise<void>;
 }
@@ -95,6 +102,13 @@ export interface LayerContext {
   maxTocRecords?: number;
   /** Where what goes wrong in the background is logged. */
   log?: (message: string, error: unknown) => void;
+  /** Span indexes pushed to the registry (remote-index.ts), tried before a layer without an index is streamed. */
+  remoteIndex?: RemoteIndexLookup;
+}
+
+/** Where a layer's index may come from when the store has none: the registry's index artifact. */
+export interface RemoteIndexLookup {
+  indexFor(layer: { digest: Digest; size: number }, diffId: Digest, compression: 'gzip' | 'none', what: string): Promise<LayerIndex | undefined>;
 }
 
 /** The statistics every kind reports the same way, from its blob. */

@@ -1,16 +1,20 @@
 import { createHash } from 'node:crypto';
-import { access, mkdir } from 'node:fs/promises';
+import { createReadStream } from 'node:fs';
+import { access, mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
-import { DigestMismatchError } from '../../errors.js';
+import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import type { ImageSource } from '../../source/image-source.js';
 import type { Store } from '../../store/store.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
 import { spanStart } from '../../index/gzip-native.js';
 import { LayerRangeReader } from '../../index/gzip-reader.js';
-import { readIndexFile, writeIndexFile } from '../../index/index-file.js';
+import { decodeIndex, encodeIndex, readIndexFile, writeIndexFile } from '../../index/index-file.js';
+import type { IndexEntry } from '../../index/types.js';
+import { SpanIndexHeaderCheck } from '../../index/span-header-check.js';
+import { writeFileAtomic } from '../../store/atomic-file.js';
 import { buildGzipIndex, buildTarIndex, LayerIndexBuilder, type LayerIndex } from '../../index/layer-index.js';
-import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
+import { blobLayerStats, type LayerContext, type LayerFile, type LazyLayer } from './lazy-layer.js';
 import { withGaps } from './prefetch-units.js';
 
 /**
@@ -22,24 +26,71 @@ import { withGaps } from './prefetch-units.js';
 export async function openSpanIndexedLayer(context: LayerContext, compression: 'gzip' | 'none'): Promise<LazyLayer> {
   const { store, source, descriptor, what } = context;
   let indexedBytes = 0;
-  const index = await loadOrBuildIndex(store, source, descriptor, compression, what, context.diffId, { keepBlob: true, onDownloaded: (n) => (indexedBytes += n) });
+  const remote = context.remoteIndex;
+  const index = await loadOrBuildIndex(store, source, descriptor, compression, what, context.diffId, {
+    keepBlob: true,
+    onDownloaded: (n) => (indexedBytes += n),
+    ...(remote ? { remote: () => remote.indexFor(descriptor, context.diffId, compression, what) } : {}),
+  });
   const blob = await context.openBlob();
   const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes, cache: context.decodedCache });
   const layer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
   const kind = compression === 'gzip' ? 'gzip' : 'tar';
+  // An index from the registry is believed about a file only once the tar header before its bytes agrees.
+  const headers = (await exists(remoteIndexMarker(store, descriptor.digest)))
+    ? new SpanIndexHeaderCheck(index, (start, end) => reader.readUncompressed(layer, start, end), what, context.log)
+    : undefined;
+  if (headers) {
+    // What no per-file check sees (directories, modes, owners, links) is checked once the blob is whole:
+    // the index built from the complete layer must be the one the registry gave, else this mount's
+    // reads fail and the stored index goes (the next mount builds its own).
+    blob.checkWholeWith(async (path) => {
+      const stream = createReadStream(path, { highWaterMark: 1 << 20 });
+      const options = { what, expectDigest: descriptor.digest, expectDiffId: context.diffId };
+      const built = decodeIndex(encodeIndex(compression === 'gzip' ? await buildGzipIndex(stream, options) : await buildTarIndex(stream, options)));
+      const why = entriesDisagree(index.entries, built.entries);
+      if (why) {
+        await rm(store.paths.index(descriptor.digest), { force: true });
+        await rm(remoteIndexMarker(store, descriptor.digest), { force: true });
+        const err = new LazyrootError('INVALID_DATA', `${what}: refused: the span index from the registry disagrees with the layer's tar stream: ${why}; it is removed from the store`);
+        context.log?.(`${what}: refused`, err);
+        throw err;
+      }
+      await rm(remoteIndexMarker(store, descriptor.digest), { force: true });
+      headers.markWholeChecked();
+    });
+  }
+  const read = headers
+    ? async (entry: LayerFile, position: number, length: number) => {
+        await headers.check(entry, entry.sourcePath ?? entry.path);
+        return reader.readFileRange(entry, position, length, layer);
+      }
+    : (entry: LayerFile, position: number, length: number) => reader.readFileRange(entry, position, length, layer);
   return {
     digest: descriptor.digest,
     kind,
     uncompressedSize: index.uncompressedSize,
     entries: index.entries,
     blob,
-    read: (entry, position, length) => reader.readFileRange(entry, position, length, layer),
+    read,
     prefetchUnits: () => spanPrefetchUnits(index, blob.size, what),
     fetchAhead: (ranges, options) => blob.fetchAhead(spanPrefetchUnits(index, blob.size, what), ranges, options),
     priorityRanges: [],
+    ...(headers ? { uncheckedIndex: true } : {}),
     stats: () => blobLayerStats(kind, descriptor.digest, blob, indexedBytes),
     close: () => blob.close(),
   };
+}
+
+/** The first entry where two indexes of one layer differ, or undefined. */
+function entriesDisagree(given: readonly IndexEntry[], built: readonly IndexEntry[]): string | undefined {
+  const n = Math.max(given.length, built.length);
+  for (let i = 0; i < n; i++) {
+    const a = given[i] ? JSON.stringify(given[i]) : undefined;
+    const b = built[i] ? JSON.stringify(built[i]) : undefined;
+    if (a !== b) return `entry ${i}: the index has ${a ?? 'nothing'}, the tar ${b ?? 'nothing'}`;
+  }
+  return undefined;
 }
 
 /**
@@ -79,7 +130,9 @@ async function exists(path: string): Promise<boolean> {
  * that uses the blob. `lazyroot index` builds them ahead of time. With
  * `keepBlob` the streamed blob is also stored in blobs/ (verified by
  * `BlobStore.ingest`) instead of being thrown away: a prefetching mount has
- * the whole layer then and nothing more to fetch for it.
+ * the whole layer then and nothing more to fetch for it. With `remote`, an
+ * index pushed to the registry by another machine (remote-index.ts) is tried
+ * before the layer is streamed, and kept like one built here.
  */
 export async function loadOrBuildIndex(
   store: Store,
@@ -88,10 +141,18 @@ export async function loadOrBuildIndex(
   compression: 'gzip' | 'none',
   what: string,
   diffId: Digest,
-  options: { keepBlob?: boolean; spanBytes?: number; onDownloaded?: (bytes: number) => void } = {},
+  options: { keepBlob?: boolean; spanBytes?: number; onDownloaded?: (bytes: number) => void; remote?: () => Promise<LayerIndex | undefined> } = {},
 ): Promise<LayerIndex> {
   const path = store.paths.index(descriptor.digest);
   if (await exists(path)) return readIndexFile(path);
+  const fromRegistry = await options.remote?.();
+  if (fromRegistry) {
+    await mkdir(dirname(path), { recursive: true });
+    // Marked before it is in place: a remote index is never taken for one built here.
+    await writeFileAtomic(remoteIndexMarker(store, descriptor.digest), '', store.paths.tmp);
+    await writeIndexFile(path, fromRegistry, { tmpDir: store.paths.tmp });
+    return fromRegistry;
+  }
   const local = await store.blobs.has(descriptor.digest, descriptor.size);
   const buildOptions = { what, expectDigest: descriptor.digest, expectDiffId: diffId, ...(options.spanBytes !== undefined ? { spanBytes: options.spanBytes } : {}) };
   let index: LayerIndex;
@@ -108,5 +169,15 @@ export async function loadOrBuildIndex(
   }
   await mkdir(dirname(path), { recursive: true });
   await writeIndexFile(path, index, { tmpDir: store.paths.tmp });
+  await rm(remoteIndexMarker(store, descriptor.digest), { force: true });
   return index;
+}
+
+/**
+ * Beside an index that came from the registry (`indexes/<alg>/<hex>.remote`):
+ * its files are checked against their tar headers before they are served
+ * (SpanIndexHeaderCheck). Removed with the index by garbage collection.
+ */
+export function remoteIndexMarker(store: Store, digest: Digest): string {
+  return `${store.paths.index(digest)}.remote`;
 }

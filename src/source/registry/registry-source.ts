@@ -1,6 +1,7 @@
 import { createHash } from 'node:crypto';
-import { Readable } from 'node:stream';
-import { DigestMismatchError, LazyrootError } from '../../errors.js';
+import { Readable, Transform } from 'node:stream';
+import { readFileSync } from 'node:fs';
+import { DigestMismatchError, LazyrootError, isLazyrootError } from '../../errors.js';
 import { digestAlgorithm, hasherFor, sha256, type Digest } from '../../oci/digest.js';
 import { parseImageConfig, parseManifest, type ParsedManifest } from '../../oci/manifest.js';
 import { MediaType, manifestAcceptTypes } from '../../oci/media-types.js';
@@ -12,7 +13,10 @@ import type { FetchOptions, ImageSource, ResolvedImage } from '../image-source.j
 import { Authenticator } from './auth.js';
 import { blobStream, discard, readLimited, sliceOf } from './body.js';
 import { findCredentials, type Credentials } from './credentials.js';
-import { apiHostFor, schemesFor } from './endpoint.js';
+import { apiHostFor, schemesFor, type Scheme } from './endpoint.js';
+import { hostsDirFrom, loadRegistryHosts, type HostCapability } from './hosts.js';
+import { MirrorHost, type MirrorStats } from './mirror-host.js';
+import { fetchVerified, listReferrers, type RegistryGet } from './referrers.js';
 import { RegistryError, errorForStatus, redactUrl } from './registry-error.js';
 import { Transport, describeNetworkError, headerValue, isTlsOrConnectError, type TransportResponse } from './transport.js';
 
@@ -34,6 +38,13 @@ export interface RegistrySourceOptions {
   /** Bound on waiting for headers and on silence mid-body (default 30 s). */
   requestTimeoutMs?: number;
   userAgent?: string;
+  /**
+   * Where `<registry>/hosts.toml` files name mirrors (containerd's format):
+   * default LAZYROOT_HOSTS_DIR, else /etc/lazyroot/certs.d.
+   */
+  hostsDir?: string;
+  /** Told once per mirror when it is first passed over (failed, or sent bytes that failed verification). */
+  onMirrorSkipped?: (message: string) => void;
 }
 
 /** Whether the registry honours Range requests, as far as we have seen. */
@@ -64,6 +75,15 @@ export class RegistrySource implements ImageSource {
   private readonly auth: Authenticator;
   private base: Promise<URL> | undefined;
   private range: RangeSupport = 'unknown';
+  /** The upstream's scheme(s) to try and API root: the registry itself, or a hosts.toml's `server`. */
+  private readonly schemes: Scheme[];
+  private readonly apiPath: string;
+  /** A hosts.toml `server`'s `header` table, sent with every request to the upstream. */
+  private readonly upstreamHeaders: Record<string, string> = {};
+  /** Mirrors from the registry's hosts.toml, in the order written (the upstream is asked after them). */
+  private readonly mirrors: MirrorHost[] = [];
+  /** Which mirror gave the last answer for a request path (absent: the upstream did). */
+  private readonly servedBy = new Map<string, MirrorHost>();
 
   constructor(
     private readonly reference: DockerReference,
@@ -73,6 +93,17 @@ export class RegistrySource implements ImageSource {
     this.description = `registry ${this.name}`;
     this.host = apiHostFor(reference.registry);
     this.scope = `repository:${reference.repository}:pull`;
+    this.schemes = schemesFor(this.host, options.insecure ?? false);
+    this.apiPath = '/v2';
+    const env = options.env ?? process.env;
+    const hosts = loadRegistryHosts(reference.registry, hostsDirFrom(this.options.hostsDir, env));
+    const upstream = hosts?.at(-1);
+    if (upstream && !upstream.discoverScheme) {
+      this.host = upstream.host;
+      this.schemes = [upstream.scheme];
+      this.apiPath = upstream.apiPath;
+      this.upstreamHeaders = upstream.headers;
+    }
     this.transport = new Transport({
       retry: {
         retries: options.retries ?? 4,
@@ -82,7 +113,24 @@ export class RegistrySource implements ImageSource {
       requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
       userAgent: options.userAgent ?? 'lazyroot',
       insecure: options.insecure ?? false,
+      ...(upstream && !upstream.discoverScheme
+        ? { skipVerify: upstream.skipVerify, ...(upstream.scheme === 'http' ? { httpHost: upstream.host } : {}), ...(upstream.ca.length ? { ca: upstream.ca.map((p) => readCa(p, reference.registry)) } : {}) }
+        : {}),
     });
+    for (const host of hosts?.slice(0, -1) ?? []) {
+      this.mirrors.push(
+        new MirrorHost(host, {
+          registry: reference.registry,
+          repository: reference.repository,
+          insecure: options.insecure ?? false,
+          ...(options.authFile ? { authFile: options.authFile } : {}),
+          env,
+          requestTimeoutMs: options.requestTimeoutMs ?? 30_000,
+          userAgent: options.userAgent ?? 'lazyroot',
+          ...(options.onMirrorSkipped ? { onSkip: options.onMirrorSkipped } : {}),
+        }),
+      );
+    }
     this.auth = new Authenticator(this.transport, {
       registry: reference.registry,
       credentials: async () => {
@@ -93,9 +141,29 @@ export class RegistrySource implements ImageSource {
     });
   }
 
-  /** Whether Range requests were honoured ('ignored' once a registry answered one with the whole blob). */
+  /** How the last ranged request was answered: 'supported' (206) or 'ignored' (200, the whole blob: a registry without Range, or a pull-through cache on a miss). */
   get rangeSupport(): RangeSupport {
     return this.range;
+  }
+
+  /** What each mirror of the registry's hosts.toml did, in the order they are tried. */
+  mirrorStats(): MirrorStats[] {
+    return this.mirrors.map((m) => ({ ...m.stats }));
+  }
+
+  /**
+   * The caller found bytes of `digest` wrong (a digest mismatch). When a
+   * mirror served them, that mirror is skipped for this blob from now on
+   * and true is returned: asking again reaches the next host. False when the
+   * upstream served them (asking again would not help).
+   */
+  distrust(digest: Digest, err?: unknown): boolean {
+    const path = `blobs/${digest}`;
+    const mirror = this.servedBy.get(path);
+    if (!mirror) return false;
+    this.servedBy.delete(path);
+    mirror.lied(path, err ?? new DigestMismatchError(`${this.name}: blob ${digest}`, digest, 'other bytes'));
+    return true;
   }
 
   /**
@@ -190,8 +258,21 @@ export class RegistrySource implements ImageSource {
         return body;
       }
       if (response.status === 200) {
+        // The whole blob instead of the range: a registry without Range, or a pull-through cache
+        // that does not have the blob yet. The caller may keep all of it rather than ask again.
         this.range = 'ignored';
-        return sliceOf(response.body, start, end, what);
+        if (!options.onWholeBlob) return sliceOf(response.body, start, end, what);
+        const url = redactUrl(response.url);
+        const whole = blobStream(response.body, {
+          expected: descriptor.size,
+          describeError: (err, delivered) =>
+            options.signal?.aborted
+              ? asError(options.signal.reason)
+              : new RegistryError('UNAVAILABLE', `${this.name}: blob ${descriptor.digest}: connection lost after byte ${delivered} of ${descriptor.size} (GET ${url}): ${describeNetworkError(err)}`, { method: 'GET', url, cause: err }),
+        });
+        const slice = sliceAsItPasses(whole, start, end, what);
+        options.onWholeBlob(slice.stream);
+        return slice.bytes;
       }
       throw await this.failure(response, what, 'GET');
     });
@@ -199,8 +280,23 @@ export class RegistrySource implements ImageSource {
     return bytes;
   }
 
+  /** OCI referrers of a manifest: the referrers API, or the `sha256-<hex>` tag where there is none (referrers.ts). */
+  async referrers(subject: Digest, options: FetchOptions & { artifactType?: string } = {}): Promise<Descriptor[]> {
+    return (await listReferrers(this.getter(options.signal), this.name, subject, options)).descriptors;
+  }
+
+  /** A small manifest or blob, verified against its descriptor (referrers.ts). */
+  fetchVerified(kind: 'manifest' | 'blob', descriptor: Descriptor, limit: number, options: FetchOptions = {}): Promise<Buffer> {
+    return fetchVerified(this.getter(options.signal), this.name, kind, descriptor, limit);
+  }
+
+  private getter(signal: AbortSignal | undefined): RegistryGet {
+    return (path, what, headers, consume) => this.request('GET', path, what, headers, signal, consume);
+  }
+
   async close(): Promise<void> {
     await this.transport.close();
+    for (const mirror of this.mirrors) await mirror.close();
   }
 
   // ---- resolving
@@ -266,12 +362,13 @@ export class RegistrySource implements ImageSource {
   /** GETs a manifest by tag or digest; verifies its digest when `expected` is given. */
   private async fetchManifest(reference: string, expected: Digest | undefined, what: string, signal: AbortSignal | undefined): Promise<FetchedManifest> {
     const headers = { accept: manifestAcceptTypes.join(', ') };
-    const { bytes, contentType } = await this.request('GET', `manifests/${reference}`, what, headers, signal, async (response) => {
+    // Checked inside the answer's handling: a mirror whose manifest has the wrong digest is passed over.
+    return this.request('GET', `manifests/${reference}`, what, headers, signal, async (response) => {
       if (response.status !== 200) throw await this.failure(response, what, 'GET');
-      return { bytes: await readLimited(response.body, manifestLimit, what), contentType: headerValue(response.headers, 'content-type') };
+      const bytes = await readLimited(response.body, manifestLimit, what);
+      const digest = manifestDigestOf(bytes, expected, what);
+      return { bytes, digest, parsed: parseManifest(bytes, headerValue(response.headers, 'content-type'), what) };
     });
-    const digest = manifestDigestOf(bytes, expected, what);
-    return { bytes, digest, parsed: parseManifest(bytes, contentType, what) };
   }
 
   private async fetchConfig(descriptor: Descriptor, signal: AbortSignal | undefined): Promise<Buffer> {
@@ -279,16 +376,16 @@ export class RegistrySource implements ImageSource {
     if (descriptor.size > configLimit) {
       throw new LazyrootError('INVALID_MANIFEST', `${what}: ${descriptor.size} bytes is too large for an image config`);
     }
-    const bytes = await this.request('GET', `blobs/${descriptor.digest}`, what, {}, signal, async (response) => {
+    return this.request('GET', `blobs/${descriptor.digest}`, what, {}, signal, async (response) => {
       if (response.status !== 200) throw await this.failure(response, what, 'GET');
-      return readLimited(response.body, descriptor.size, what);
+      const bytes = await readLimited(response.body, descriptor.size, what);
+      if (bytes.length !== descriptor.size) {
+        throw new LazyrootError('SIZE_MISMATCH', `${what}: manifest says ${descriptor.size} bytes, registry sent ${bytes.length}`);
+      }
+      const got = `${digestAlgorithm(descriptor.digest)}:${hasherFor(descriptor.digest).update(bytes).digest('hex')}`;
+      if (got !== descriptor.digest) throw new DigestMismatchError(what, descriptor.digest, got);
+      return bytes;
     });
-    if (bytes.length !== descriptor.size) {
-      throw new LazyrootError('SIZE_MISMATCH', `${what}: manifest says ${descriptor.size} bytes, registry sent ${bytes.length}`);
-    }
-    const got = `${digestAlgorithm(descriptor.digest)}:${hasherFor(descriptor.digest).update(bytes).digest('hex')}`;
-    if (got !== descriptor.digest) throw new DigestMismatchError(what, descriptor.digest, got);
-    return bytes;
   }
 
   private async blobSize(digest: Digest, signal: AbortSignal | undefined): Promise<number> {
@@ -315,9 +412,26 @@ export class RegistrySource implements ImageSource {
     signal: AbortSignal | undefined,
     consume: (response: TransportResponse) => Promise<T>,
   ): Promise<T> {
+    // Mirrors first, in the order written, each for what it may do; the upstream last.
+    const capability = capabilityOf(method, path);
+    if (capability) {
+      for (const mirror of this.mirrors) {
+        if (!mirror.usable(capability, path)) continue;
+        try {
+          const result = await mirror.request(method as 'GET' | 'HEAD', path, what, headers, signal, consume);
+          this.servedBy.set(path, mirror);
+          return result;
+        } catch (err) {
+          if (signal?.aborted) throw err;
+          if (isLazyrootError(err) && err.code === 'DIGEST_MISMATCH') mirror.lied(path, err);
+          else mirror.failed(path, err);
+        }
+      }
+      this.servedBy.delete(path);
+    }
     const base = await this.baseUrl(signal);
-    const url = new URL(`/v2/${this.reference.repository}/${path}`, base);
-    return this.auth.request({ method, url, headers, what, signal }, this.scope, consume);
+    const url = new URL(`${this.apiPath}/${this.reference.repository}/${path}`, base);
+    return this.auth.request({ method, url, headers: { ...this.upstreamHeaders, ...headers }, what, signal }, this.scope, consume);
   }
 
   /** The registry's base URL, HTTPS or (for loopback and insecure registries) HTTP, found once. */
@@ -335,10 +449,10 @@ export class RegistrySource implements ImageSource {
    * real request. HTTPS that fails to connect falls back to HTTP where allowed.
    */
   private async probe(signal: AbortSignal | undefined): Promise<URL> {
-    const schemes = schemesFor(this.host, this.options.insecure ?? false);
+    const schemes = this.schemes;
     for (const [i, scheme] of schemes.entries()) {
       const last = i === schemes.length - 1;
-      const url = new URL(`${scheme}://${this.host}/v2/`);
+      const url = new URL(`${scheme}://${this.host}${this.apiPath}/`);
       try {
         await this.transport.request(
           { method: 'GET', url, what: `${this.name}: ping ${this.host}`, signal, ...(last ? {} : { retries: 0 }) },
@@ -401,6 +515,62 @@ function looksLikeSignedSchema1(bytes: Buffer): boolean {
 function contentRangeStart(value: string | undefined): number | undefined {
   const match = /^bytes\s+(\d+)-\d+\/(?:\d+|\*)$/i.exec(value?.trim() ?? '');
   return match ? Number(match[1]) : undefined;
+}
+
+/** What a request needs of a mirror: `resolve` for manifests, `pull` for blobs; undefined: only the upstream (pushes, other APIs). */
+function capabilityOf(method: string, path: string): HostCapability | undefined {
+  if (method !== 'GET' && method !== 'HEAD') return undefined;
+  if (path.startsWith('manifests/')) return 'resolve';
+  if (path.startsWith('blobs/') && !path.startsWith('blobs/uploads')) return 'pull';
+  return undefined;
+}
+
+function readCa(path: string, registry: string): string {
+  try {
+    return readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new LazyrootError('INVALID_DATA', `registry hosts for ${registry}: server ca ${path}: ${(err as Error).message}`, { temporary: false });
+  }
+}
+
+/**
+ * Collects bytes [start, end) of `body` (which starts at byte 0) as they pass
+ * on to whoever reads `stream`: the range is served from a whole-blob answer
+ * without reading the blob twice. The bytes settle once the range has
+ * passed; `stream` failing or closing before then fails them.
+ */
+function sliceAsItPasses(body: Readable, start: number, end: number, what: string): { stream: Readable; bytes: Promise<Buffer> } {
+  const chunks: Buffer[] = [];
+  let position = 0;
+  let settle: { resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
+  const bytes = new Promise<Buffer>((resolve, reject) => (settle = { resolve, reject }));
+  const done = (err?: Error) => {
+    if (!settle) return;
+    const s = settle;
+    settle = undefined;
+    if (err) s.reject(err);
+    else s.resolve(Buffer.concat(chunks));
+  };
+  const stream = new Transform({
+    transform(chunk: Buffer, _encoding, callback) {
+      if (settle) {
+        const from = Math.max(start - position, 0);
+        const to = Math.min(end - position, chunk.length);
+        if (to > from) chunks.push(Buffer.from(chunk.subarray(from, to)));
+        if (position + chunk.length >= end) done();
+      }
+      position += chunk.length;
+      callback(null, chunk);
+    },
+  });
+  body.on('error', (err) => stream.destroy(err));
+  stream.on('close', () => {
+    done(new LazyrootError('UNAVAILABLE', `${what}: the whole-blob answer ended at byte ${position}, before byte ${end}`));
+    if (!body.destroyed) body.destroy();
+  });
+  stream.on('error', (err) => done(err));
+  body.pipe(stream);
+  return { stream, bytes };
 }
 
 function platformOfConfig(config: ImageConfig): Platform {

@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import tls from 'node:tls';
 import { Agent, request } from 'undici';
 import { isLazyrootError } from '../../errors.js';
 import { discard, readLimited } from './body.js';
@@ -13,10 +14,16 @@ export interface TransportOptions {
   userAgent?: string;
   /** Allow plain HTTP to any host and accept any TLS certificate. */
   insecure?: boolean;
+  /** Accept any TLS certificate (a hosts.toml `skip_verify`), without allowing plain HTTP. */
+  skipVerify?: boolean;
+  /** Plain HTTP is allowed to this host (`host[:port]`): a hosts.toml entry that says `http://`. */
+  httpHost?: string;
+  /** PEM CA certificates to trust besides the system's (a hosts.toml `ca`). */
+  ca?: string[];
 }
 
 export interface TransportRequest {
-  method: 'GET' | 'HEAD';
+  method: 'GET' | 'HEAD' | 'POST' | 'PUT';
   url: URL;
   headers?: Record<string, string>;
   /** Names what is being fetched, for errors: `127.0.0.1:5000/app:v1: manifest`. */
@@ -24,6 +31,8 @@ export interface TransportRequest {
   signal?: AbortSignal | undefined;
   /** Overrides the policy's retry count (0 for a probe that has a fallback). */
   retries?: number;
+  /** A request body (uploads, manifest PUTs): a buffer, so that a retry can send it again. */
+  body?: Buffer;
 }
 
 export type ResponseHeaders = Record<string, string | string[] | undefined>;
@@ -117,17 +126,20 @@ export class Transport {
   private readonly timeoutMs: number;
   private readonly userAgent: string;
   private readonly insecure: boolean;
+  private readonly httpHost: string | undefined;
 
   constructor(options: TransportOptions = {}) {
     this.retry = options.retry ?? defaultRetryPolicy;
     this.timeoutMs = options.requestTimeoutMs ?? 30_000;
     this.userAgent = options.userAgent ?? 'lazyroot';
     this.insecure = options.insecure ?? false;
+    this.httpHost = options.httpHost;
+    const ca = options.ca?.length ? { ca: [...tls.rootCertificates, ...options.ca] } : {};
     this.agent = new Agent({
       keepAliveTimeout: 30_000,
       headersTimeout: this.timeoutMs,
       bodyTimeout: this.timeoutMs,
-      connect: { timeout: this.timeoutMs, rejectUnauthorized: !this.insecure },
+      connect: { timeout: this.timeoutMs, rejectUnauthorized: !(this.insecure || options.skipVerify), ...ca },
     });
   }
 
@@ -170,12 +182,14 @@ export class Transport {
   private async followRedirects(req: TransportRequest, attempt: number, at: { url: URL }): Promise<TransportResponse> {
     let url = req.url;
     let method = req.method;
+    let body = req.body;
     const headers: Record<string, string> = { 'user-agent': this.userAgent, ...req.headers };
     for (let hops = 0; ; hops++) {
       this.checkScheme(req, url);
       const response = await request(url, {
         method,
         headers,
+        ...(body !== undefined ? { body } : {}),
         dispatcher: this.agent,
         signal: req.signal ?? null,
         headersTimeout: this.timeoutMs,
@@ -200,7 +214,10 @@ export class Transport {
         delete headers.authorization;
         delete headers.Authorization;
       }
-      if (response.statusCode === 303 && method !== 'HEAD') method = 'GET';
+      if (response.statusCode === 303 && method !== 'HEAD') {
+        method = 'GET';
+        body = undefined;
+      }
       url = next;
       at.url = next;
     }
@@ -208,7 +225,7 @@ export class Transport {
 
   private checkScheme(req: TransportRequest, url: URL): void {
     if (url.protocol === 'https:') return;
-    if (url.protocol === 'http:' && schemesFor(url.host, this.insecure).includes('http')) return;
+    if (url.protocol === 'http:' && (url.host === this.httpHost || schemesFor(url.host, this.insecure).includes('http'))) return;
     throw new RegistryError(
       'FAILED_PRECONDITION',
       `${req.what}: refusing ${url.protocol.replace(':', '')} to ${url.host}: plain HTTP is only used for loopback or insecure registries`,

@@ -1,0 +1,160 @@
+import { connect, type Socket } from 'node:net';
+import { join, resolve } from 'node:path';
+import { isatty } from 'node:tty';
+import { Frame, readFrames, writeFrame, type RunRequest } from '../mount/run-channel.js';
+import { standbyEnabled, standbyPaths, standbyPid } from '../mount/standby.js';
+
+/**
+ * The front end of `lazyroot run --lazy REF [-- CMD…]` when a warm standby
+ * is waiting: instead of loading the CLI, SQLite and the store (most of a
+ * cold start), it hands the whole run to the standby (bundle/run-handoff.ts)
+ * and relays the container's stdio, the caller's signals and the exit code.
+ * Only the plain form is handed over (`--store`, `-q`, `--lazy`,
+ * `--insecure`, `--no-remote-index`, `--deadline-ms`), and only when no stdio is a terminal (a
+ * relayed stream is a pipe to the container). Anything else, no standby, or
+ * a standby that declines: undefined, and the caller runs the full CLI.
+ * `LAZYROOT_HANDOFF=0` turns it off.
+ */
+export async function tryRunHandoff(argv: readonly string[]): Promise<number | undefined> {
+  if (process.env.LAZYROOT_HANDOFF === '0' || !standbyEnabled()) return undefined;
+  const run = parseRunArgs(argv.slice(2));
+  if (!run || isatty(0) || isatty(1) || isatty(2)) return undefined;
+  const store = resolve(run.store ?? process.env.LAZYROOT_STORE ?? '/var/lib/lazyroot');
+  const request: RunRequest = {
+    kind: 'run',
+    store,
+    ref: run.ref,
+    args: run.args,
+    ...(run.insecure ? { insecure: true } : {}),
+    ...(run.deadlineMs !== undefined ? { deadlineMs: run.deadlineMs } : {}),
+    ...(run.remoteIndex ? {} : { remoteIndex: false }),
+    env: { ...process.env },
+    logFile: join(store, 'mount-daemon.log'),
+    cwd: process.cwd(),
+  };
+  const standby = standbyPid();
+  const channel = await new Promise<Socket | undefined>((done) => {
+    const s = connect(standbyPaths().socket);
+    s.once('connect', () => done(s));
+    s.once('error', () => done(undefined));
+  });
+  if (!channel) return undefined;
+  return relay(channel, request, standby);
+}
+
+function relay(channel: Socket, request: RunRequest, standby: number | undefined): Promise<number | undefined> {
+  return new Promise((done) => {
+    let accepted = false;
+    let finished = false;
+    const finish = (code: number | undefined) => {
+      if (finished) return;
+      finished = true;
+      for (const name of forwarded) process.off(name, onSignal);
+      process.stdin.destroy();
+      channel.destroy();
+      done(code);
+    };
+    const forwarded = ['SIGINT', 'SIGTERM', 'SIGHUP'] as const;
+    const onSignal = (name: NodeJS.Signals) => {
+      if (accepted) writeFrame(channel, Frame.Signal, name);
+    };
+    for (const name of forwarded) process.on(name, onSignal);
+
+    channel.on('error', () => undefined);
+    channel.on('close', () => {
+      if (finished) return;
+      if (accepted) process.stderr.write('lazyroot: the standby running this container went away without its exit status\n');
+      // Not accepted: nothing was done (another caller took the standby); the full CLI runs it.
+      finish(accepted ? 1 : undefined);
+    });
+    let head = '';
+    const onHead = (chunk: Buffer) => {
+      head += chunk.toString('latin1');
+      const nl = head.indexOf('\n');
+      if (nl < 0) return;
+      channel.off('data', onHead);
+      const reply = JSON.parse(head.slice(0, nl)) as { kind: string };
+      if (reply.kind !== 'accepted') return finish(undefined);
+      accepted = true;
+      if (process.env.LAZYROOT_DEBUG) process.stderr.write(`lazyroot: run handed to the warm standby (pid ${standby ?? '?'})\n`);
+      readFrames(channel, onFrame, Buffer.from(head.slice(nl + 1), 'latin1'));
+      forwardStdin(channel);
+    };
+    const onFrame = (type: Frame, payload: Buffer) => {
+      if (type === Frame.Stdout) process.stdout.write(payload);
+      else if (type === Frame.Stderr) process.stderr.write(payload);
+      else if (type === Frame.Declined) {
+        accepted = false;
+        finish(undefined);
+      } else if (type === Frame.Exit) {
+        const result = JSON.parse(payload.toString()) as { code?: number; error?: { code: string; message: string } };
+        if (result.error) process.stderr.write(`lazyroot: ${result.error.message}\n`);
+        finish(result.error ? (['INVALID_ARGUMENT', 'INVALID_REFERENCE'].includes(result.error.code) ? 2 : 1) : (result.code ?? 1));
+      }
+    };
+    channel.on('data', onHead);
+    channel.write(`${JSON.stringify(request)}\n`);
+  });
+}
+
+/** The caller's stdin to the container, paced by the channel. */
+function forwardStdin(channel: Socket): void {
+  const stdin = process.stdin;
+  stdin.on('data', (chunk: Buffer) => {
+    if (!writeFrame(channel, Frame.Stdin, chunk)) {
+      stdin.pause();
+      channel.once('drain', () => stdin.resume());
+    }
+  });
+  const end = () => {
+    if (!channel.destroyed) writeFrame(channel, Frame.StdinEnd);
+  };
+  stdin.once('end', end);
+  stdin.once('error', end);
+}
+
+interface RunArgs {
+  store?: string;
+  ref: string;
+  args: string[];
+  insecure: boolean;
+  remoteIndex: boolean;
+  deadlineMs?: number;
+}
+
+/** `[--store DIR] [-q] run --lazy [--insecure] [--no-remote-index] [--deadline-ms N] REF [-- CMD…]`, or undefined for anything else. */
+export function parseRunArgs(args: readonly string[]): RunArgs | undefined {
+  let i = 0;
+  let store: string | undefined;
+  for (; i < args.length && args[i] !== 'run'; i++) {
+    const a = args[i]!;
+    if (a === '--store' && i + 1 < args.length) store = args[++i];
+    else if (a.startsWith('--store=')) store = a.slice('--store='.length);
+    else if (a !== '-q' && a !== '--quiet') return undefined;
+  }
+  if (args[i++] !== 'run') return undefined;
+  let lazy = false;
+  let insecure = false;
+  let remoteIndex = true;
+  let deadline: string | undefined;
+  for (; i < args.length && args[i]!.startsWith('-'); i++) {
+    const a = args[i]!;
+    if (a === '--lazy') lazy = true;
+    else if (a === '--insecure') insecure = true;
+    else if (a === '--no-remote-index') remoteIndex = false;
+    else if (a === '--deadline-ms' && i + 1 < args.length) deadline = args[++i];
+    else if (a.startsWith('--deadline-ms=')) deadline = a.slice('--deadline-ms='.length);
+    else return undefined; // `--`, --help, flags the plain form does not take: the CLI decides
+  }
+  const ref = args[i++];
+  if (!lazy || !ref || !store?.length && store !== undefined) return undefined;
+  let deadlineMs: number | undefined;
+  if (deadline !== undefined) {
+    deadlineMs = Number(deadline);
+    if (!/^\d+$/.test(deadline) || !(deadlineMs > 0)) return undefined; // the CLI says what is wrong
+  }
+  let rest = args.slice(i);
+  if (rest[0] === '--') rest = rest.slice(1);
+  else if (rest.some((a) => a.startsWith('-'))) return undefined;
+  return { ...(store !== undefined ? { store } : {}), ref, args: rest, insecure, remoteIndex, ...(deadlineMs !== undefined ? { deadlineMs } : {}) };
+}

@@ -1,0 +1,420 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { access, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { decodeIndex, encodeIndex } from '../../src/index/index-file.js';
+import { MediaType } from '../../src/oci/media-types.js';
+import { emptyConfigBytes, emptyConfigDescriptor, layerDigestAnnotation, lazyrootIndexArtifactType, spanIndexMediaType } from '../../src/oci/referrers.js';
+import type { Descriptor } from '../../src/oci/types.js';
+import { parseReference, type DockerReference } from '../../src/reference/reference.js';
+import { RegistryPusher } from '../../src/source/registry/push.js';
+import { buildImage, type BuiltImage } from '../helpers/image-builder.js';
+import { startRegistry, type AccessRecord, type TestRegistry } from '../helpers/registry.js';
+import { buildTar, dir, file } from '../helpers/tar-builder.js';
+import { missingRequirements } from '../helpers/requirements.js';
+import { lazyroot } from '../helpers/cli.js';
+
+const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry'] });
+if (missing.length && process.env.CI) throw new Error(`CI: remote index tests need ${missing.join(', ')}`);
+
+const MiB = 1 << 20;
+const sha = (b: Buffer | string) => createHash('sha256').update(b).digest('hex');
+const digestOf = (b: Buffer) => `sha256:${sha(b)}`;
+
+/**
+ * Text that gzip shrinks to about a third, as it does real images' binaries
+ * and text: words of a small vocabulary in pseudo-random order, so that a
+ * checkpoint's 32 KiB window deflates like the layer does.
+ */
+function text(bytes: number, seed: number): Buffer {
+  let x = seed >>> 0 || 1;
+  const next = () => ((x ^= x << 13), (x ^= x >>> 17), (x ^= x << 5), x >>> 0);
+  const words = Array.from({ length: 1500 }, () => Array.from({ length: 3 + (next() % 7) }, () => String.fromCharCode(97 + (next() % 26))).join(''));
+  const parts: string[] = [];
+  let n = 0;
+  while (n < bytes) {
+    const w = next() % 9 === 0 ? `${next() % 100000}` : words[next() % words.length]!;
+    const piece = next() % 12 === 0 ? `${w}\n` : `${w} `;
+    parts.push(piece);
+    n += piece.length;
+  }
+  return Buffer.from(parts.join('')).subarray(0, bytes);
+}
+
+function readInChild(path: string): Promise<{ ok: boolean; sha256?: string; error?: string }> {
+  const child = spawn('sha256sum', [path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolve) => child.on('close', (code) => resolve(code === 0 ? { ok: true, sha256: stdout.split(' ')[0]! } : { ok: false, error: stderr })));
+}
+
+interface MountStats {
+  bytesIndexed: number;
+  bytesFetched: number;
+  imageBytes: number;
+  layers: Array<{ digest: string; bytesIndexed: number; size: number }>;
+}
+
+interface PushJson {
+  repository: string;
+  subject: string;
+  digest: string;
+  artifactType: string;
+  via: string;
+  tag?: string;
+  indexes: number;
+  profile: boolean;
+  bytes: number;
+  layers: Array<{ digest: string; format: string; from?: string }>;
+}
+
+describe('span indexes shared through the registry (index --push; mounts on another machine use them)', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
+  let work: string;
+  let registry: TestRegistry;
+  const hello = Buffer.from('hello from a machine that never streamed this layer\n');
+  const images = new Map<string, BuiltImage>();
+  let honest: BuiltImage;
+  const mounted: Array<{ target: string; store: string }> = [];
+  /** Index files store A built, by layer digest. */
+  const indexFiles = new Map<string, Buffer>();
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'lazyroot-remote-index-'));
+    registry = await startRegistry();
+    const corpus = text(6 * MiB, 7);
+    // Layer 1: a small file among 6 MiB of text; layer 2: 48 MiB of text in 24 files.
+    const layer1 = await buildTar([dir('etc'), file('etc/hello.txt', hello), file('etc/words.txt', corpus)]);
+    const layer2 = await buildTar([
+      dir('data'),
+      ...Array.from({ length: 24 }, (_, i) => file(`data/part${String(i).padStart(2, '0')}.txt`, Buffer.concat([corpus.subarray((i * 211_111) % corpus.length), corpus]).subarray(0, 2 * MiB))),
+    ]);
+    const layers = [
+      { tar: layer1, compression: 'gzip' as const },
+      { tar: layer2, compression: 'gzip' as const },
+    ];
+    // One image per case: same layers, another config (so another manifest, another subject).
+    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode']) {
+      const image = buildImage({ layers, config: { config: { Cmd: ['/bin/sh'], Labels: { case: tag } } } });
+      images.set(tag, image);
+      await registry.pushImage('remote/app', tag, image);
+    }
+    honest = images.get('v1')!;
+  });
+
+  after(async () => {
+    for (const m of mounted) await lazyroot(['--store', m.store, 'umount', m.target]);
+    await registry?.stop();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  const ref = (tag: string) => `docker://${registry.host}/remote/app:${tag}`;
+  const imageBytes = (image: BuiltImage) => image.layers.reduce((n, l) => n + l.blob.length, 0);
+
+  async function mountAt(store: string, tag: string, extra: string[] = [], prefetch = false): Promise<string> {
+    const target = join(work, `mnt-${mounted.length}`);
+    await mkdir(target, { recursive: true });
+    const r = await lazyroot(['--store', store, 'mount', ...(prefetch ? ['--prefetch-delay-ms', '0'] : ['--no-prefetch']), ...extra, ref(tag), target]);
+    assert.equal(r.code, 0, r.stderr);
+    mounted.push({ target, store });
+    return target;
+  }
+  async function stats(store: string, target: string): Promise<MountStats> {
+    const r = await lazyroot(['--store', store, 'mount', '--stats', '--json', target]);
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout) as MountStats;
+  }
+  async function umount(store: string, target: string): Promise<void> {
+    const r = await lazyroot(['--store', store, 'umount', target]);
+    assert.equal(r.code, 0, r.stderr);
+    mounted.splice(mounted.findIndex((m) => m.target === target), 1);
+  }
+  const daemonLog = (store: string) => readFile(join(store, 'mount-daemon.log'), 'utf8').catch(() => '');
+  /** Whole-blob answers among `records`: a layer GET that sent the blob's every byte. */
+  function wholeBlobGets(records: AccessRecord[], image: BuiltImage): AccessRecord[] {
+    return records.filter((r) => r.method === 'GET' && image.layers.some((l) => r.path.endsWith(`/blobs/${l.descriptor.digest}`) && r.bytes >= l.blob.length));
+  }
+
+  /** Pushes a lazyroot index artifact for `subject` with the given span-index blobs, as `index --push` would (a test's hostile one). */
+  async function pushArtifact(tag: string, entries: Array<{ bytes: Buffer; annotatedLayer: string }>): Promise<void> {
+    const image = images.get(tag)!;
+    const pusher = new RegistryPusher(parseReference(ref(tag)) as DockerReference);
+    try {
+      await pusher.pushBlob(emptyConfigBytes);
+      const layers: Descriptor[] = [];
+      for (const e of entries) {
+        await pusher.pushBlob(e.bytes);
+        layers.push({ mediaType: spanIndexMediaType, digest: digestOf(e.bytes), size: e.bytes.length, annotations: { [layerDigestAnnotation]: e.annotatedLayer } });
+      }
+      const manifest = Buffer.from(
+        JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest, artifactType: lazyrootIndexArtifactType, config: emptyConfigDescriptor, layers, subject: { mediaType: image.manifest.mediaType, digest: image.manifestDigest, size: image.manifestBytes.length } }),
+      );
+      await pusher.pushReferrer(manifest, { mediaType: MediaType.ociManifest, digest: digestOf(manifest), size: manifest.length, artifactType: lazyrootIndexArtifactType }, image.manifestDigest);
+    } finally {
+      await pusher.close();
+    }
+  }
+
+  test('store A pushes its span indexes; store B, with nothing local, mounts the gzip image and reads a small file: no whole-blob GET, under 5 % of the image sent', async (t) => {
+    const storeA = join(work, 'store-a');
+    const pushed = await lazyroot(['--store', storeA, '--json', 'index', '--push', ref('v1')]);
+    assert.equal(pushed.code, 0, pushed.stderr);
+    const report = JSON.parse(pushed.stdout) as PushJson;
+    assert.equal(report.via, 'tag-fallback', 'distribution 2.8 has no referrers API');
+    assert.equal(report.tag, `sha256-${honest.manifestDigest.slice(7)}`);
+    assert.equal(report.subject, honest.manifestDigest);
+    assert.equal(report.artifactType, 'application/vnd.lazyroot.index.v1');
+    assert.equal(report.indexes, 2);
+    assert.deepEqual(report.layers.map((l) => l.from), ['built', 'built']);
+    for (const l of honest.layers) indexFiles.set(l.descriptor.digest, await readFile(join(storeA, 'indexes', 'sha256', l.descriptor.digest.slice(7))));
+
+    // The fallback tag holds an index listing the artifact.
+    const tagged = await fetch(`${registry.url}/v2/remote/app/manifests/${report.tag}`, { headers: { accept: MediaType.ociIndex } });
+    const list = (await tagged.json()) as { manifests: Descriptor[] };
+    assert.deepEqual(list.manifests.map((d) => [d.digest, d.artifactType]), [[report.digest, 'application/vnd.lazyroot.index.v1']]);
+
+    // A second push replaces the entry (one artifact of this type per image), not adds to it.
+    const again = await lazyroot(['--store', storeA, '--json', 'index', '--push', ref('v1')]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.deepEqual(((JSON.parse(again.stdout) as PushJson).layers).map((l) => l.from), ['store', 'store']);
+    const relisted = (await (await fetch(`${registry.url}/v2/remote/app/manifests/${report.tag}`, { headers: { accept: MediaType.ociIndex } })).json()) as { manifests: Descriptor[] };
+    assert.equal(relisted.manifests.length, 1);
+
+    const storeB = join(work, 'store-b');
+    const mark = registry.accessBytes().length;
+    const target = await mountAt(storeB, 'v1');
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    const s = await stats(storeB, target);
+    const records = registry.accessBytes().slice(mark);
+    const sent = records.reduce((n, r) => n + r.bytes, 0);
+    const layerBytes = records.filter((r) => honest.layers.some((l) => r.path.endsWith(`/blobs/${l.descriptor.digest}`))).reduce((n, r) => n + r.bytes, 0);
+    t.diagnostic(`image ${imageBytes(honest)} bytes in layers; store B's mount and read: ${sent} bytes sent by the registry in ${records.length} requests (${((100 * sent) / imageBytes(honest)).toFixed(2)} %), of which ${layerBytes} bytes of layer blobs (${((100 * layerBytes) / imageBytes(honest)).toFixed(2)} %) and ${report.bytes} of index artifact blobs`);
+    assert.deepEqual(wholeBlobGets(records, honest), [], 'no layer was fetched whole');
+    // The image's bytes (its layer blobs) sent: one span. The index artifact's blobs come on top: their
+    // checkpoint windows (32 KiB each, deflated) are ~3 % of a layer of text like this one.
+    assert.ok(layerBytes < 0.05 * imageBytes(honest), `registry sent ${layerBytes} bytes of layer blobs: not under 5 % of the image's ${imageBytes(honest)}`);
+    assert.ok(sent < 0.07 * imageBytes(honest), `registry sent ${sent} bytes in all: not under 7 % of the image's ${imageBytes(honest)}`);
+    assert.ok(records.some((r) => r.path.includes(`/manifests/sha256-${honest.manifestDigest.slice(7)}`)), 'the fallback tag was read');
+    assert.equal(s.bytesIndexed, 0, 'no layer was streamed to build an index');
+    for (const l of honest.layers) {
+      // Kept like a locally built index, byte for byte the one A built.
+      assert.deepEqual(await readFile(join(storeB, 'indexes', 'sha256', l.descriptor.digest.slice(7))), indexFiles.get(l.descriptor.digest));
+    }
+    await umount(storeB, target);
+  });
+
+  test('`index` on a third machine takes the indexes from the registry instead of streaming the layers', async () => {
+    const storeC = join(work, 'store-c');
+    const mark = registry.accessBytes().length;
+    const r = await lazyroot(['--store', storeC, '--json', 'index', ref('v1')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual((JSON.parse(r.stdout) as PushJson['layers']).map((l) => l.from), ['registry', 'registry']);
+    assert.deepEqual(wholeBlobGets(registry.accessBytes().slice(mark), honest), []);
+  });
+
+  test('--no-remote-index does no lookup: mount and index stream the layers', async () => {
+    const storeD = join(work, 'store-d');
+    const mark = registry.accessBytes().length;
+    const target = await mountAt(storeD, 'v1', ['--no-remote-index']);
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    const s = await stats(storeD, target);
+    assert.equal(s.bytesIndexed, imageBytes(honest), 'both layers streamed');
+    await umount(storeD, target);
+    const storeE = join(work, 'store-e');
+    const r = await lazyroot(['--store', storeE, '--json', 'index', '--no-remote-index', ref('v1')]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual((JSON.parse(r.stdout) as PushJson['layers']).map((l) => l.from), ['built', 'built']);
+    const lookups = registry.accessLog().slice(mark).filter((line) => /\/referrers\/|\/manifests\/sha256-/.test(line));
+    assert.deepEqual(lookups, []);
+  });
+
+  test('create --lazy takes the indexes from the registry too; with --no-remote-index it streams the layers', async () => {
+    for (const [id, flags, indexed] of [
+      ['with-artifact', [], 0],
+      ['without', ['--no-remote-index'], imageBytes(honest)],
+    ] as const) {
+      const store = join(work, `store-create-${id}`);
+      const created = await lazyroot(['--store', store, 'create', '--lazy', ...flags, ref('v1'), id]);
+      assert.equal(created.code, 0, created.stderr);
+      try {
+        assert.deepEqual(await readInChild(join(store, 'rootfs', id, 'merged', 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+        assert.equal((await stats(store, join(store, 'rootfs', id, 'lower'))).bytesIndexed, indexed);
+      } finally {
+        const deleted = await lazyroot(['--store', store, 'delete', id]);
+        assert.equal(deleted.code, 0, deleted.stderr);
+      }
+    }
+  });
+
+  test('hostile artifact, wrong span digests: the index is taken, and reading through it is EIO, never wrong bytes', async () => {
+    const [l1, l2] = honest.layers;
+    const lying = decodeIndex(indexFiles.get(l1!.descriptor.digest)!);
+    for (const cp of lying.checkpoints) cp.spanDigest = digestOf(Buffer.from(`not span ${cp.compressedOffset}`));
+    await pushArtifact('spans-digest', [
+      { bytes: encodeIndex(lying), annotatedLayer: l1!.descriptor.digest },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest },
+    ]);
+    const store = join(work, 'store-spans-digest');
+    const target = await mountAt(store, 'spans-digest');
+    const read = await readInChild(join(target, 'etc/hello.txt'));
+    assert.equal(read.ok, false, 'the read must fail');
+    assert.match(read.error ?? '', /Input\/output error/);
+    // Layer 2's honest index serves its files.
+    const part = await readInChild(join(target, 'data/part03.txt'));
+    assert.equal(part.ok, true, part.error);
+    assert.equal((await stats(store, target)).bytesIndexed, 0);
+    assert.match(await daemonLog(store), /digest mismatch/i);
+    await umount(store, target);
+  });
+
+  test('hostile artifact, spans pointing past the blob: refused with a warning, the layer is streamed, reads are right', async () => {
+    const [l1, l2] = honest.layers;
+    const lying = decodeIndex(indexFiles.get(l1!.descriptor.digest)!);
+    lying.checkpoints.at(-1)!.compressedOffset = l1!.blob.length + 4096;
+    await pushArtifact('spans-past', [
+      { bytes: encodeIndex(lying), annotatedLayer: l1!.descriptor.digest },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest },
+    ]);
+    const store = join(work, 'store-spans-past');
+    const target = await mountAt(store, 'spans-past');
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    const s = await stats(store, target);
+    assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, 0], 'layer 1 streamed, layer 2 from the registry');
+    assert.match(await daemonLog(store), /remote index sha256:[0-9a-f]+.*refused: span \d+ starts at byte \d+, outside the blob/);
+    await umount(store, target);
+  });
+
+  test('hostile artifact, an index for another blob: ignored with a warning, the layer is streamed, reads are right', async () => {
+    const [l1, l2] = honest.layers;
+    await pushArtifact('other-blob', [
+      // Layer 2's index, said to be layer 1's.
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l1!.descriptor.digest },
+      // An index naming a blob that is no layer of the image.
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: digestOf(Buffer.from('no such layer')) },
+    ]);
+    const store = join(work, 'store-other-blob');
+    const target = await mountAt(store, 'other-blob');
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    const s = await stats(store, target);
+    assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, l2!.blob.length], 'both streamed: no usable index for either');
+    const log = await daemonLog(store);
+    assert.match(log, new RegExp(`it is the index of blob ${l2!.descriptor.digest}, not of this layer`));
+    assert.match(log, /names blob sha256:[0-9a-f]+, not a layer of the image/);
+    assert.match(log, /has no index for this layer; streaming it/);
+    // Only what was checked is kept: the stored index of layer 1 is its own.
+    assert.equal(decodeIndex(await readFile(join(store, 'indexes', 'sha256', l1!.descriptor.digest.slice(7)))).blobDigest, l1!.descriptor.digest);
+    await umount(store, target);
+  });
+
+  test('hostile artifact, honest spans but a file pointed at another file\'s bytes: that file is EIO (its tar header disagrees), the others are served', async () => {
+    const [l1, l2] = honest.layers;
+    const lying = decodeIndex(indexFiles.get(l1!.descriptor.digest)!);
+    const helloEntry = lying.entries.find((e) => e.path === 'etc/hello.txt')!;
+    const words = lying.entries.find((e) => e.path === 'etc/words.txt')!;
+    helloEntry.dataOffset = words.dataOffset! + 4096;
+    await pushArtifact('lying-entries', [
+      { bytes: encodeIndex(lying), annotatedLayer: l1!.descriptor.digest },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest },
+    ]);
+    const store = join(work, 'store-lying-entries');
+    const target = await mountAt(store, 'lying-entries');
+    const read = await readInChild(join(target, 'etc/hello.txt'));
+    assert.equal(read.ok, false, 'bytes of words.txt must not be served as hello.txt');
+    assert.match(read.error ?? '', /Input\/output error/);
+    const other = await readInChild(join(target, 'etc/words.txt'));
+    assert.equal(other.ok, true, other.error);
+    assert.equal((await stats(store, target)).bytesIndexed, 0);
+    assert.match(await daemonLog(store), /"etc\/hello.txt": refused: the span index disagrees with the layer's tar stream/);
+    await umount(store, target);
+  });
+
+  test('once prefetch has the whole layer, a registry index is checked whole: the honest one is then trusted as if built here', async () => {
+    const store = join(work, 'store-whole-honest');
+    const target = await mountAt(store, 'v1', [], true);
+    const marker = (l: BuiltImage['layers'][number]) => join(store, 'indexes', 'sha256', `${l.descriptor.digest.slice(7)}.remote`);
+    const began = Date.now();
+    let s: MountStats & { complete?: boolean };
+    do {
+      await new Promise((r) => setTimeout(r, 200));
+      s = await stats(store, target);
+    } while (!s.complete && Date.now() - began < 60_000);
+    assert.equal(s.complete, true, 'prefetch completed the layers');
+    for (const l of honest.layers) await assert.rejects(access(marker(l)), 'the marker goes once the whole layer agreed');
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    assert.doesNotMatch(await daemonLog(store), /refused/);
+    assert.equal(s.bytesIndexed, 0, 'the indexes came from the registry (marked until checked)');
+    await umount(store, target);
+  });
+
+  test('hostile artifact, honest offsets but lying metadata (a setuid root file): once the layer is whole the mount refuses it and the index goes', async () => {
+    const [l1, l2] = honest.layers;
+    const lying = decodeIndex(indexFiles.get(l1!.descriptor.digest)!);
+    Object.assign(lying.entries.find((e) => e.path === 'etc/hello.txt')!, { mode: 0o4755, uid: 0, gid: 0 });
+    await pushArtifact('lying-mode', [
+      { bytes: encodeIndex(lying), annotatedLayer: l1!.descriptor.digest },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest },
+    ]);
+    const store = join(work, 'store-lying-mode');
+    const target = await mountAt(store, 'lying-mode', [], true);
+    const began = Date.now();
+    while (!/disagrees with the layer's tar stream: entry \d+/.test(await daemonLog(store)) && Date.now() - began < 60_000) await new Promise((r) => setTimeout(r, 200));
+    assert.match(await daemonLog(store), /refused: the span index from the registry disagrees with the layer's tar stream: entry \d+: the index has \{"path":"etc\/hello.txt","type":"file","mode":2541/);
+    const read = await readInChild(join(target, 'etc/hello.txt'));
+    assert.equal(read.ok, false, 'the layer is refused once found out');
+    assert.match(read.error ?? '', /Input\/output error/);
+    await assert.rejects(access(join(store, 'indexes', 'sha256', l1!.descriptor.digest.slice(7))), 'the lying index is removed');
+    await umount(store, target);
+    // The next mount of the same store shows the layer as it is: nothing derived from the lie was kept.
+    const again = await mountAt(store, 'lying-mode', ['--no-remote-index']);
+    assert.equal((await stat(join(again, 'etc/hello.txt'))).mode & 0o7777, 0o644);
+    assert.deepEqual(await readInChild(join(again, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    await umount(store, again);
+  });
+
+  test('the access profile, when one is recorded, goes into the artifact and is kept by the machine that finds it', async () => {
+    const storeA = join(work, 'store-a');
+    const recording = await mountAt(storeA, 'v1', ['--record', '--record-ms', '1000']);
+    assert.deepEqual(await readInChild(join(recording, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    const profileOf = (store: string) => join(store, 'indexes', 'sha256', `${honest.configDigest.slice(7)}.profile`);
+    const began = Date.now();
+    while (!(await access(profileOf(storeA)).then(() => true, () => false)) && Date.now() - began < 15_000) await new Promise((r) => setTimeout(r, 200));
+    await umount(storeA, recording);
+    const pushed = await lazyroot(['--store', storeA, '--json', 'index', '--push', ref('v1')]);
+    assert.equal(pushed.code, 0, pushed.stderr);
+    const report = JSON.parse(pushed.stdout) as PushJson;
+    assert.equal(report.profile, true);
+    assert.equal(report.indexes, 2);
+    const text = await lazyroot(['--store', storeA, 'index', '--push', ref('v1')]);
+    assert.match(text.stdout, /pushed 2 span indexes and the access profile \(.*\) to 127\.0\.0\.1:\d+\/remote\/app as sha256:[0-9a-f]{64}, subject sha256:[0-9a-f]{64}, listed under tag sha256-[0-9a-f]{64} \(the registry has no referrers API\)/);
+
+    const storeG = join(work, 'store-g');
+    const target = await mountAt(storeG, 'v1');
+    assert.deepEqual(await readFile(profileOf(storeG)), await readFile(profileOf(storeA)));
+    assert.equal((await stats(storeG, target)).bytesIndexed, 0);
+    await umount(storeG, target);
+  });
+
+  test('index --push errors name what is at fault and exit 1', async () => {
+    // An image that did not come from a registry has nowhere to go.
+    const layout = join(work, 'layout');
+    const { writeOciLayout } = await import('../helpers/image-builder.js');
+    await writeOciLayout(layout, [{ layers: [{ tar: await buildTar([file('a', 'a')]), compression: 'gzip' }], refName: 'v1' }]);
+    const local = await lazyroot(['--store', join(work, 'store-layout'), 'index', '--push', `oci:${layout}:v1`]);
+    assert.equal(local.code, 1);
+    assert.match(local.stderr, /index --push oci:.*did not come from a registry.*nowhere to push/);
+    // A registry that is not there.
+    const gone = await lazyroot(['--store', join(work, 'store-a'), 'index', '--push', 'docker://127.0.0.1:1/remote/app:v1']);
+    assert.equal(gone.code, 1);
+    assert.match(gone.stderr, /127\.0\.0\.1:1/);
+    // Help lists the flags.
+    const help = await lazyroot(['index', '--help']);
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /--push/);
+    assert.match(help.stdout, /--no-remote-index/);
+    await access(join(work, 'store-a', 'indexes'));
+  });
+});
