@@ -1,11 +1,15 @@
 import { connect, type Socket } from 'node:net';
 import { join, resolve } from 'node:path';
 import { isatty } from 'node:tty';
+import { mkdir } from 'node:fs/promises';
+import type { MountRequest } from '../mount/daemon-channel.js';
+import { canonicalMountpoint } from '../mount/mountpoint.js';
 import { Frame, readFrames, writeFrame, type RunRequest } from '../mount/run-channel.js';
-import { standbyEnabled, standbyPaths, standbyPid } from '../mount/standby.js';
+import { claimStandby, standbyEnabled, standbyPaths, standbyPid } from '../mount/standby.js';
 
 /**
- * The front end of `lazyroot run --lazy REF [-- CMD…]` when a warm standby
+ * The front end of `lazyroot run --lazy REF [-- CMD…]` (and of a plain
+ * `lazyroot mount REF DIR`, below) when a warm standby
  * is waiting: instead of loading the CLI, SQLite and the store (most of a
  * cold start), it hands the whole run to the standby (bundle/run-handoff.ts)
  * and relays the container's stdio, the caller's signals and the exit code.
@@ -17,6 +21,8 @@ import { standbyEnabled, standbyPaths, standbyPid } from '../mount/standby.js';
  */
 export async function tryRunHandoff(argv: readonly string[]): Promise<number | undefined> {
   if (process.env.LAZYROOT_HANDOFF === '0' || !standbyEnabled()) return undefined;
+  const mount = parseMountArgs(argv.slice(2));
+  if (mount) return handMountOver(mount);
   const run = parseRunArgs(argv.slice(2));
   if (!run || isatty(0) || isatty(1) || isatty(2)) return undefined;
   const store = resolve(run.store ?? process.env.LAZYROOT_STORE ?? '/var/lib/lazyroot');
@@ -157,4 +163,107 @@ export function parseRunArgs(args: readonly string[]): RunArgs | undefined {
   if (rest[0] === '--') rest = rest.slice(1);
   else if (rest.some((a) => a.startsWith('-'))) return undefined;
   return { ...(store !== undefined ? { store } : {}), ref, args: rest, insecure, remoteIndex, ...(deadlineMs !== undefined ? { deadlineMs } : {}) };
+}
+
+interface MountArgs {
+  store?: string;
+  json: boolean;
+  quiet: boolean;
+  ref: string;
+  dir: string;
+  insecure: boolean;
+  prefetch: boolean;
+  remoteIndex: boolean;
+  deadlineMs?: number;
+}
+
+/**
+ * `lazyroot mount REF DIR` in its plain form, handed straight to the standby
+ * as the library's background mount would hand it (the same request, the
+ * same defaults as the CLI's), with the CLI's output. Undefined when no
+ * standby took it: the full CLI then mounts (and starts a daemon).
+ */
+async function handMountOver(args: MountArgs): Promise<number | undefined> {
+  const store = resolve(args.store ?? process.env.LAZYROOT_STORE ?? '/var/lib/lazyroot');
+  let mountpoint: string;
+  try {
+    await mkdir(store, { recursive: true, mode: 0o711 });
+    mountpoint = await canonicalMountpoint(args.dir);
+  } catch {
+    return undefined; // the CLI says what is wrong
+  }
+  const request: MountRequest = {
+    store,
+    ref: args.ref,
+    mountpoint,
+    options: {
+      registry: args.insecure ? { insecure: true } : {},
+      deadlineMs: args.deadlineMs ?? 30_000,
+      cacheBytes: 64 << 20,
+      prefetch: args.prefetch,
+      prefetchDelayMs: 1000,
+      ...(args.remoteIndex ? {} : { remoteIndex: false }),
+    },
+    env: { ...process.env },
+    logFile: join(store, 'mount-daemon.log'),
+  };
+  const standby = standbyPid();
+  let ready;
+  try {
+    ready = await claimStandby(request, 120_000);
+  } catch (err) {
+    const e = err as { code?: string; message: string };
+    if (args.json) process.stdout.write(`${JSON.stringify({ error: { code: e.code ?? 'INTERNAL', message: e.message } })}\n`);
+    process.stderr.write(`lazyroot: ${e.message}\n`);
+    return e.code === 'INVALID_ARGUMENT' || e.code === 'INVALID_REFERENCE' ? 2 : 1;
+  }
+  if (!ready) return undefined;
+  if (process.env.LAZYROOT_DEBUG) process.stderr.write(`lazyroot: mount handed to the warm standby (pid ${standby ?? '?'})\n`);
+  const { pid, driver } = ready;
+  if (args.json) process.stdout.write(`${JSON.stringify({ mountpoint, pid, driver })}\n`);
+  else if (!args.quiet) {
+    const how = driver === 'overlay' ? 'kernel overlayfs: every layer is in the store' : `lazy FUSE mount, daemon pid ${pid}`;
+    process.stdout.write(`mounted ${args.ref} at ${mountpoint} (${how}; unmount with: lazyroot umount ${args.dir})\n`);
+  }
+  return 0;
+}
+
+/** `[--store DIR] [-q|--json] mount [--no-prefetch] [--insecure] [--no-remote-index] [--deadline-ms N] REF DIR`, or undefined for anything else. */
+export function parseMountArgs(args: readonly string[]): MountArgs | undefined {
+  let i = 0;
+  let store: string | undefined;
+  let json = false;
+  let quiet = false;
+  for (; i < args.length && args[i] !== 'mount'; i++) {
+    const a = args[i]!;
+    if (a === '--store' && i + 1 < args.length) store = args[++i];
+    else if (a.startsWith('--store=')) store = a.slice('--store='.length);
+    else if (a === '-q' || a === '--quiet') quiet = true;
+    else if (a === '--json') json = true;
+    else return undefined;
+  }
+  if (args[i++] !== 'mount') return undefined;
+  let insecure = false;
+  let prefetch = true;
+  let remoteIndex = true;
+  let deadline: string | undefined;
+  const positional: string[] = [];
+  for (; i < args.length; i++) {
+    const a = args[i]!;
+    if (!a.startsWith('-')) positional.push(a);
+    else if (a === '--insecure') insecure = true;
+    else if (a === '--no-prefetch') prefetch = false;
+    else if (a === '--no-remote-index') remoteIndex = false;
+    else if (a === '--deadline-ms' && i + 1 < args.length) deadline = args[++i];
+    else if (a.startsWith('--deadline-ms=')) deadline = a.slice('--deadline-ms='.length);
+    else return undefined; // --stats, --foreground, --help, other flags: the CLI
+  }
+  if (positional.length !== 2 || store === '') return undefined;
+  let deadlineMs: number | undefined;
+  if (deadline !== undefined) {
+    deadlineMs = Number(deadline);
+    if (!/^\d+$/.test(deadline) || !(deadlineMs > 0)) return undefined;
+  }
+  const [ref, dir] = positional as [string, string];
+  return { ...(store !== undefined ? { store } : {}), json, quiet, ref, dir, insecure, prefetch, remoteIndex, ...(deadlineMs !== undefined ? { deadlineMs } : {}) };
 }

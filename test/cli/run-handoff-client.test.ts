@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseRunArgs } from '../../src/cli/run-handoff-client.js';
+import { parseMountArgs, parseRunArgs } from '../../src/cli/run-handoff-client.js';
 
 test('only the plain form of run --lazy is handed to a standby; anything else is left to the CLI', () => {
   assert.deepEqual(parseRunArgs(['run', '--lazy', 'docker://r/i:1']), { ref: 'docker://r/i:1', args: [], insecure: false, remoteIndex: true });
@@ -27,5 +27,23 @@ test('only the plain form of run --lazy is handed to a standby; anything else is
     ['--store', '', 'run', '--lazy', 'img'],
   ]) {
     assert.equal(parseRunArgs(args), undefined, args.join(' '));
+  }
+});
+
+test('only the plain form of mount is handed to a standby', () => {
+  assert.deepEqual(parseMountArgs(['--json', 'mount', '--no-prefetch', 'img', 'dir']), { json: true, quiet: false, ref: 'img', dir: 'dir', insecure: false, prefetch: false, remoteIndex: true });
+  assert.deepEqual(parseMountArgs(['--store', '/s', '-q', 'mount', 'img', '--insecure', 'dir', '--deadline-ms', '9']), {
+    store: '/s',
+    json: false,
+    quiet: true,
+    ref: 'img',
+    dir: 'dir',
+    insecure: true,
+    prefetch: true,
+    remoteIndex: true,
+    deadlineMs: 9,
+  });
+  for (const args of [['mount', 'img'], ['mount', '--stats', 'dir'], ['mount', '--foreground', 'img', 'dir'], ['mount', '--creds', 'u:p', 'img', 'dir'], ['mount', 'img', 'dir', 'extra'], ['umount', 'dir']]) {
+    assert.equal(parseMountArgs(args), undefined, args.join(' '));
   }
 });

@@ -249,6 +249,22 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     assert.match(stopped.stderr, new RegExp(`run handed to the warm standby \\(pid ${next}\\)`));
     assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
 
+    // A plain `mount` goes straight to the standby too, with the CLI's output.
+    const mountStandby = await standbyPid();
+    const dir = join(work, 'handed');
+    await mkdir(dir);
+    // (a store of its own: the runs above brought every layer into theirs, which would make it overlayfs)
+    const mountStore = join(work, 'store-handed');
+    const mounted = await runWith(['--json', '--store', mountStore, 'mount', '--no-prefetch', ref, dir], '');
+    try {
+      assert.equal(mounted.code, 0, mounted.stderr);
+      assert.match(mounted.stderr, new RegExp(`mount handed to the warm standby \\(pid ${mountStandby}\\)`));
+      assert.deepEqual(JSON.parse(mounted.stdout), { mountpoint: dir, pid: mountStandby, driver: 'fuse' });
+      assert.ok((await readFile(join(dir, 'etc/motd'), 'utf8')).length > 0);
+    } finally {
+      assert.equal((await lazyroot(['--store', mountStore, 'umount', dir])).code, 0);
+    }
+
     // Handing over turned off: the CLI itself runs it, the same way.
     const plain = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'cat; exit 3'], 'piped\n', undefined, { LAZYROOT_HANDOFF: '0' });
     assert.equal(plain.code, 3);
