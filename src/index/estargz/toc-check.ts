@@ -1,8 +1,7 @@
-import { createHash, type Hash } from 'node:crypto';
 import type { Readable } from 'node:stream';
 import { LazyrootError } from '../../errors.js';
-import { digestAlgorithm } from '../../oci/digest.js';
 import { TarIndexer } from '../tar-index.js';
+import { chunkChecker, entryDifference } from '../toc-tar-compare.js';
 import type { IndexEntry } from '../types.js';
 import { noPrefetchLandmark, prefetchLandmark, tocTarName, type EstargzMemberChunk } from './toc.js';
 
@@ -39,7 +38,7 @@ export async function checkTocAgainstTar(
     }
     const want = expected[next++];
     if (!want) throw mismatch(`the tar has ${JSON.stringify(entry.path)} after the TOC's last entry`);
-    const differs = difference(want, entry);
+    const differs = entryDifference(want, entry);
     if (differs) throw mismatch(`entry ${next - 1} ${JSON.stringify(want.path)}: ${differs}`);
     if (entry.type !== 'file' || entry.size === 0) return;
     const chunks = index.chunks.get(want.path) ?? [];
@@ -53,41 +52,4 @@ export async function checkTocAgainstTar(
   if (failure) throw failure;
   if (next !== expected.length) throw mismatch(`the TOC lists ${expected.length} entries, the tar ${next} (next: ${JSON.stringify(expected[next]!.path)})`);
   if (!tocSeen) throw mismatch(`no ${tocTarName} entry at the end of the tar`);
-}
-
-/** What differs between the TOC's entry and the tar's, or undefined. */
-function difference(want: IndexEntry, got: IndexEntry): string | undefined {
-  if (want.path !== got.path) return `the tar has ${JSON.stringify(got.path)} there`;
-  if (want.type !== got.type) return `the tar has a ${got.type}, the TOC a ${want.type}`;
-  if (want.type === 'file' && got.sparse) return 'the tar has a sparse file';
-  if (want.type === 'file' && want.size !== got.size) return `the tar has ${got.size} bytes, the TOC ${want.size}`;
-  if ((want.linkname ?? '') !== (got.linkname ?? '')) return `the tar links to ${JSON.stringify(got.linkname)}, the TOC to ${JSON.stringify(want.linkname)}`;
-  if (want.mode !== got.mode) return `the tar has mode ${got.mode.toString(8)}, the TOC ${want.mode.toString(8)}`;
-  if (want.uid !== got.uid || want.gid !== got.gid) return `the tar has owner ${got.uid}:${got.gid}, the TOC ${want.uid}:${want.gid}`;
-  return undefined;
-}
-
-/** A sink for a file's bytes that hashes them chunk by chunk and reports a chunk whose digest differs. */
-function chunkChecker(chunks: readonly EstargzMemberChunk[], fail: (why: string) => void): (data: Buffer) => void {
-  let i = 0;
-  let at = 0;
-  let hash: Hash | undefined;
-  return (data) => {
-    let off = 0;
-    while (off < data.length) {
-      const chunk = chunks[i];
-      if (!chunk) return fail(`the tar has more bytes than its chunks cover (${at}+)`);
-      hash ??= createHash(digestAlgorithm(chunk.chunkDigest));
-      const take = Math.min(data.length - off, chunk.offset + chunk.size - at);
-      hash.update(data.subarray(off, off + take));
-      off += take;
-      at += take;
-      if (at === chunk.offset + chunk.size) {
-        const got = `${digestAlgorithm(chunk.chunkDigest)}:${hash.digest('hex')}`;
-        hash = undefined;
-        if (got !== chunk.chunkDigest) return fail(`chunk ${i} (file bytes ${chunk.offset}-${at}) is ${got} in the tar, ${chunk.chunkDigest} in the TOC`);
-        i++;
-      }
-    }
-  };
 }
