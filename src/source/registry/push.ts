@@ -7,11 +7,12 @@ import type { DockerReference } from '../../reference/reference.js';
 import { Authenticator } from './auth.js';
 import { discard, readLimited } from './body.js';
 import { findCredentials } from './credentials.js';
+import { answerError, probeScheme } from './answers.js';
 import { apiHostFor, schemesFor } from './endpoint.js';
 import { listReferrers, type Referrers } from './referrers.js';
-import { errorForStatus, RegistryError } from './registry-error.js';
+import { RegistryError } from './registry-error.js';
 import type { RegistrySourceOptions } from './registry-source.js';
-import { headerValue, isTlsOrConnectError, Transport, type TransportResponse } from './transport.js';
+import { headerValue, Transport, type TransportResponse } from './transport.js';
 
 /** What pushing a referrer did. */
 export interface PushedReferrer {
@@ -26,7 +27,6 @@ export interface PushedReferrer {
 }
 
 const manifestLimit = 4 << 20;
-const errorBodyLimit = 64 << 10;
 
 /**
  * Writes to one repository of a registry: blob uploads (POST, then a
@@ -182,38 +182,11 @@ export class RegistryPusher {
     return this.base;
   }
 
-  private async probe(): Promise<URL> {
-    const schemes = schemesFor(this.host, this.options.insecure ?? false);
-    for (const [i, scheme] of schemes.entries()) {
-      const last = i === schemes.length - 1;
-      try {
-        await this.transport.request({ method: 'GET', url: new URL(`${scheme}://${this.host}/v2/`), what: `${this.name}: ping ${this.host}`, ...(last ? {} : { retries: 0 }) }, async (response) => {
-          if (response.status === 401) this.auth.learn(response.headers);
-          await discard(response.body);
-        });
-        return new URL(`${scheme}://${this.host}/`);
-      } catch (err) {
-        if (last || !isTlsOrConnectError((err as Error).cause)) throw err;
-      }
-    }
-    throw new Error('unreachable: no scheme to try');
+  private probe(): Promise<URL> {
+    return probeScheme(this.transport, this.auth, { host: this.host, schemes: schemesFor(this.host, this.options.insecure ?? false), what: `${this.name}: ping ${this.host}` });
   }
 
-  private async failure(response: TransportResponse, what: string, method: string): Promise<RegistryError> {
-    let body: Buffer = Buffer.alloc(0);
-    try {
-      body = await readLimited(response.body, errorBodyLimit, what);
-    } catch {
-      response.body.destroy();
-    }
-    const error = errorForStatus(what, method, response.url, response.status, body, response.attempts);
-    if (error.code !== 'UNAUTHORIZED') return error;
-    return new RegistryError('UNAUTHORIZED', `${error.message}; pushing needs push rights to ${this.reference.repository}: ${await this.auth.refusalHint()}`, {
-      status: response.status,
-      method,
-      url: error.url,
-      registryCodes: error.registryCodes,
-      temporary: false,
-    });
+  private failure(response: TransportResponse, what: string, method: string): Promise<RegistryError> {
+    return answerError(response, what, method, async () => `pushing needs push rights to ${this.reference.repository}: ${await this.auth.refusalHint()}`);
   }
 }

@@ -4,7 +4,8 @@ import { MediaType } from '../../oci/media-types.js';
 import { parseReferrersIndex, referrersTagFor } from '../../oci/referrers.js';
 import type { Descriptor } from '../../oci/types.js';
 import { discard, readLimited } from './body.js';
-import { errorForStatus } from './registry-error.js';
+import { answerError } from './answers.js';
+import type { RegistryError } from './registry-error.js';
 import type { TransportResponse } from './transport.js';
 
 /**
@@ -28,7 +29,6 @@ export interface Referrers {
 }
 
 const indexLimit = 4 << 20;
-const errorBodyLimit = 64 << 10;
 
 /** The referrers of `subject` in the repository `get` reaches; `name` names the repository in errors. */
 export async function listReferrers(get: RegistryGet, name: string, subject: Digest, options: ReferrersOptions = {}): Promise<Referrers> {
@@ -79,12 +79,6 @@ export async function fetchVerified(get: RegistryGet, name: string, kind: 'manif
   return bytes;
 }
 
-async function failure(response: TransportResponse, what: string) {
-  let body: Buffer = Buffer.alloc(0);
-  try {
-    body = await readLimited(response.body, errorBodyLimit, what);
-  } catch {
-    response.body.destroy();
-  }
-  return errorForStatus(what, 'GET', response.url, response.status, body, response.attempts);
+function failure(response: TransportResponse, what: string): Promise<RegistryError> {
+  return answerError(response, what, 'GET');
 }

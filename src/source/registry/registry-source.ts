@@ -17,8 +17,9 @@ import { apiHostFor, schemesFor, type Scheme } from './endpoint.js';
 import { hostsDirFrom, loadRegistryHosts, type HostCapability } from './hosts.js';
 import { MirrorHost, type MirrorStats } from './mirror-host.js';
 import { fetchVerified, listReferrers, type RegistryGet } from './referrers.js';
-import { RegistryError, errorForStatus, redactUrl } from './registry-error.js';
-import { Transport, describeNetworkError, headerValue, isTlsOrConnectError, type TransportResponse } from './transport.js';
+import { answerError, probeScheme } from './answers.js';
+import { RegistryError, redactUrl } from './registry-error.js';
+import { Transport, describeNetworkError, headerValue, type TransportResponse } from './transport.js';
 
 export interface RegistrySourceOptions {
   /** Allow plain HTTP (after HTTPS fails) and accept any TLS certificate. */
@@ -52,7 +53,6 @@ export type RangeSupport = 'unknown' | 'supported' | 'ignored';
 
 // Manifests are small; containerd refuses more than 4 MiB too.
 const manifestLimit = 4 << 20;
-const errorBodyLimit = 64 << 10;
 const configLimit = 16 << 20;
 
 interface FetchedManifest {
@@ -443,49 +443,14 @@ export class RegistrySource implements ImageSource {
     return this.base;
   }
 
-  /**
-   * Pings `/v2/` with each allowed scheme: any HTTP answer settles the scheme,
-   * and a 401 tells the authenticator what the registry wants before the first
-   * real request. HTTPS that fails to connect falls back to HTTP where allowed.
-   */
-  private async probe(signal: AbortSignal | undefined): Promise<URL> {
-    const schemes = this.schemes;
-    for (const [i, scheme] of schemes.entries()) {
-      const last = i === schemes.length - 1;
-      const url = new URL(`${scheme}://${this.host}${this.apiPath}/`);
-      try {
-        await this.transport.request(
-          { method: 'GET', url, what: `${this.name}: ping ${this.host}`, signal, ...(last ? {} : { retries: 0 }) },
-          async (response) => {
-            if (response.status === 401) this.auth.learn(response.headers);
-            await discard(response.body);
-          },
-        );
-        return new URL(`${scheme}://${this.host}/`);
-      } catch (err) {
-        if (last || !isTlsOrConnectError((err as Error).cause)) throw err;
-      }
-    }
-    throw new Error('unreachable: no scheme to try');
+  /** The scheme the registry speaks (answers.ts probeScheme). */
+  private probe(signal: AbortSignal | undefined): Promise<URL> {
+    return probeScheme(this.transport, this.auth, { host: this.host, schemes: this.schemes, apiPath: this.apiPath, what: `${this.name}: ping ${this.host}`, ...(signal ? { signal } : {}) });
   }
 
   /** The error for an unexpected answer, with the registry's own words. */
-  private async failure(response: TransportResponse, what: string, method: string): Promise<RegistryError> {
-    let body: Buffer = Buffer.alloc(0);
-    try {
-      body = await readLimited(response.body, errorBodyLimit, what);
-    } catch {
-      response.body.destroy();
-    }
-    const error = errorForStatus(what, method, response.url, response.status, body, response.attempts);
-    if (error.code !== 'UNAUTHORIZED') return error;
-    return new RegistryError('UNAUTHORIZED', `${error.message}; ${await this.auth.refusalHint()}`, {
-      status: response.status,
-      method,
-      url: error.url,
-      registryCodes: error.registryCodes,
-      temporary: false,
-    });
+  private failure(response: TransportResponse, what: string, method: string): Promise<RegistryError> {
+    return answerError(response, what, method, () => this.auth.refusalHint());
   }
 }
 
