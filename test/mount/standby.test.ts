@@ -249,6 +249,14 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     assert.match(stopped.stderr, new RegExp(`run handed to the warm standby \\(pid ${next}\\)`));
     assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
 
+    // A run that fails in the standby fails as the CLI's would: its message, exit 1, nothing left.
+    const failing = await standbyPid();
+    const unknown = await runWith(['run', '--lazy', ref.replace(/:latest$/, ':no-such-tag'), '--', 'true'], '');
+    assert.equal(unknown.code, 1, unknown.stderr);
+    assert.match(unknown.stderr, new RegExp(`run handed to the warm standby \\(pid ${failing}\\)`));
+    assert.match(unknown.stderr, /^lazyroot: .*no-such-tag/m);
+    assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
+
     // A plain `mount` goes straight to the standby too, with the CLI's output.
     const mountStandby = await standbyPid();
     const dir = join(work, 'handed');
