@@ -243,8 +243,10 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     async function prefetchAll(): Promise<void> {
       group.holdPrefetch(options.prefetchDelayMs ?? 1000);
       const { signal } = stopPrefetch;
-      // Incomplete blobs first: the first one is the probe of the registry's Range support.
-      const unique = layers.filter((l, i) => layers.findIndex((o) => o.blob === l.blob) === i).sort((a, b) => Number(a.blob.isComplete) - Number(b.blob.isComplete));
+      // Incomplete blobs first, smallest first: the first one is the probe of the registry's Range support.
+      const unique = layers
+        .filter((l, i) => layers.findIndex((o) => o.blob === l.blob) === i)
+        .sort((a, b) => Number(a.blob.isComplete) - Number(b.blob.isComplete) || a.blob.size - b.blob.size);
       let first: Promise<void> | undefined;
       const one = async (layer: LazyLayer, i: number): Promise<void> => {
         if (i > 0 && first) await untilSettledOr(first, () => rangeSupport() !== 'unknown' || signal.aborted);
@@ -255,8 +257,17 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
         }
       };
       if (unique.length === 0) return;
-      first = one(unique[0]!, 0);
-      await Promise.all([first, ...unique.slice(1).map((l, i) => one(l, i + 1))]);
+      // Under --cache-max-bytes, a blob that fits in the room left is prefetched before the next
+      // starts: it completes and leaves the bound, instead of a bigger one taking the room first.
+      const room = () => (options.cacheMaxBytes === undefined ? Infinity : options.cacheMaxBytes - group.partialBytes);
+      const started: Array<Promise<void>> = [];
+      for (const [i, layer] of unique.entries()) {
+        const prefetching = one(layer, i);
+        if (i === 0) first = prefetching;
+        if (options.cacheMaxBytes !== undefined && !layer.blob.isComplete && layer.blob.size <= room()) await prefetching;
+        else started.push(prefetching);
+      }
+      await Promise.all(started);
       if (unique.every((l) => l.blob.isComplete)) prefetchMillis = Date.now() - readyAt;
     }
 
