@@ -25,6 +25,7 @@ const designPath = resolve(repoRoot, '../shared/design.md');
  */
 const supplement: Array<{ entries: string[]; after?: string; why: string }> = [
   { entries: ['errors.ts', 'native.ts', 'process-alive.ts'], why: 'shared by every folder: the error type, the N-API addon, a pid check' },
+  { entries: ['trace.ts'], why: 'LAZYROOT_TRACE: the phases of a mount or run, from any folder' },
   { entries: ['unpack'], after: 'union', why: 'safe layer unpacking into overlay-format diffs, the per-chain-ID layer cache' },
   { entries: ['index.ts'], after: 'bundle', why: 'the library API: above the CLI, below everything it exports' },
   // Placed after index.ts's entry, so it goes in between bundle and index.ts, which exports both.

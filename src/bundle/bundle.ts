@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { tracePhase } from '../trace.js';
 import { mkdir, readFile, rm, rmdir } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -65,6 +66,7 @@ export async function runBundle(dir: string, id: string, options: RunBundleOptio
   await rm(logPath, { force: true });
 
   const stdio = options.stdio ?? 'inherit';
+  tracePhase('runc: spawn');
   const child = spawn(runc, ['--root', runcRoot, '--log', logPath, '--log-format', 'json', 'run', '--bundle', bundle, id], {
     stdio: stdioFor(stdio),
   });

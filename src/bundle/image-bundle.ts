@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto';
+import { tracePhase } from '../trace.js';
 import { rm, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
 import { LazyrootError } from '../errors.js';
@@ -25,8 +26,10 @@ export async function makeBundle(store: Store, ref: string, dir: string, options
   const bundleDir = resolve(dir);
   if (options.mapping) await checkTraversable(dirname(bundleDir));
   const rootfsId = options.id ?? `bundle-${randomBytes(6).toString('hex')}`;
+  tracePhase('bundle: creating the rootfs');
   const { rootfs, spec: fragment } = await createRootfs(store, ref, rootfsId, { ...options, mountPoint: join(bundleDir, 'rootfs') });
   try {
+    tracePhase('bundle: rootfs ready');
     const image = store.db.imageById(rootfs.imageId)!;
     const config = await store.configOf(image);
     const user = await resolveUser(config.config?.User, fragment.root.path, { image: image.names[0] ?? image.id });
@@ -38,6 +41,7 @@ export async function makeBundle(store: Store, ref: string, dir: string, options
       ...(options.mapping ? { uidMappings: options.mapping.uids.map(toSpec), gidMappings: options.mapping.gids.map(toSpec) } : {}),
     });
     await writeBundle(bundleDir, spec, { durable: !options.ephemeral });
+    tracePhase('bundle: written');
     return { rootfsId, spec };
   } catch (err) {
     await deleteRootfs(store, rootfsId).catch(() => undefined);
@@ -75,7 +79,9 @@ export async function runImage(store: Store, ref: string, options: BundleOptions
   try {
     return await runBundle(dir, name, { ...(options.stdio ? { stdio: options.stdio } : {}), ...(options.signal ? { signal: options.signal } : {}) });
   } finally {
+    tracePhase('run: runc exited');
     await deleteRootfs(store, rootfsId);
+    tracePhase('run: rootfs deleted');
     await rm(dir, { recursive: true, force: true });
   }
 }

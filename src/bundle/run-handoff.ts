@@ -1,4 +1,5 @@
 import { constants } from 'node:os';
+import { tracePhase } from '../trace.js';
 import { PassThrough, Writable, type Duplex } from 'node:stream';
 import { LazyrootError, type ErrorCode } from '../errors.js';
 import { fileLogger, serveMountsInThisProcess } from '../mount/daemon.js';
@@ -17,7 +18,8 @@ import { runImage } from './image-bundle.js';
  * loaded them before it was asked. When the run is over (container gone,
  * rootfs unmounted and deleted) it reports the exit code and ends.
  */
-export async function serveRun(request: RunRequest, channel: Duplex): Promise<void> {
+export async function serveRun(request: RunRequest, channel: Duplex, done?: () => void): Promise<void> {
+  tracePhase('standby: run request');
   const logger = fileLogger(request.logFile);
   const stopped = new AbortController();
   let signalName: string | undefined;
@@ -61,6 +63,7 @@ export async function serveRun(request: RunRequest, channel: Duplex): Promise<vo
           mounts.push(serving.catch((err: unknown) => logger(`mount ${mount.mountpoint}`, err)));
         }),
     );
+    tracePhase('standby: store open');
     const code = await runImage(store, request.ref, {
       lazy: { ...(request.deadlineMs !== undefined ? { deadlineMs: request.deadlineMs } : {}), ...(request.remoteIndex === false ? { remoteIndex: false } : {}) },
       registry: request.insecure ? { insecure: true } : {},
@@ -76,10 +79,12 @@ export async function serveRun(request: RunRequest, channel: Duplex): Promise<vo
     if (!signum) logger('run', err);
   }
   // runImage returns once the rootfs is unmounted and deleted: the caller may go on at once.
+  tracePhase('standby: run over');
   if (!channel.destroyed) {
     writeFrame(channel, Frame.Exit, JSON.stringify(result));
     channel.end();
   }
+  done?.();
   // This process ends when its mount's service has wound down (caches written, lease dropped).
   await Promise.all(mounts);
   store?.close();

@@ -1,4 +1,5 @@
 import { connect, type Socket } from 'node:net';
+import { tracePhase } from '../trace.js';
 import { join, resolve } from 'node:path';
 import { isatty } from 'node:tty';
 import { mkdir } from 'node:fs/promises';
@@ -20,6 +21,7 @@ import { claimStandby, standbyEnabled, standbyPaths, standbyPid } from '../mount
  * `LAZYROOT_HANDOFF=0` turns it off.
  */
 export async function tryRunHandoff(argv: readonly string[]): Promise<number | undefined> {
+  tracePhase('cli: started');
   if (process.env.LAZYROOT_HANDOFF === '0' || !standbyEnabled()) return undefined;
   const mount = parseMountArgs(argv.slice(2));
   if (mount) return handMountOver(mount);
@@ -93,6 +95,7 @@ function relay(channel: Socket, request: RunRequest, standby: number | undefined
         accepted = false;
         finish(undefined);
       } else if (type === Frame.Exit) {
+        tracePhase('cli: exit status received');
         const result = JSON.parse(payload.toString()) as { code?: number; error?: { code: string; message: string } };
         if (result.error) process.stderr.write(`lazyroot: ${result.error.message}\n`);
         finish(result.error ? (['INVALID_ARGUMENT', 'INVALID_REFERENCE'].includes(result.error.code) ? 2 : 1) : (result.code ?? 1));

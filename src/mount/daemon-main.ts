@@ -7,7 +7,13 @@ import { awaitAssignment, spawnStandby } from './standby.js';
 
 // Loaded when used: a standby loads them before it waits, a spawned daemon once it has its request.
 const service = () => import('./mount-service.js');
+// The lazy path's own modules (layers, FUSE, fuse-native and libfuse): mount-service loads them on
+// first use, which in a standby would be during the mount it was kept warm for.
+const lazyMount = () => import('./lazy-mount.js');
 const storeModule = () => import('../store/store.js');
+
+/** How long after its mount is ready a daemon leaves the next standby. */
+const standbyDelayMs = 1000;
 
 export interface DaemonMainOptions {
   /** Load everything, then wait for a request on the standby socket (standby.ts) instead of fd 3. */
@@ -19,7 +25,7 @@ export interface DaemonMainOptions {
    * runner (bundle/, below this folder), and what it needs loaded before a
    * standby waits. Without it, run requests are declined.
    */
-  runner?: { preload(): Promise<unknown>; serve(request: RunRequest, channel: Duplex): Promise<void> };
+  runner?: { preload(): Promise<unknown>; serve(request: RunRequest, channel: Duplex, /** Called once the caller has the exit status. */ done?: () => void): Promise<void> };
 }
 
 /**
@@ -35,7 +41,10 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
   let channel: Duplex;
   if (options.standby) {
     // Loaded before the wait: that is the point of a standby.
-    await Promise.all([service(), storeModule(), import('../source/registry/registry-source.js'), options.runner?.preload()]);
+    await Promise.all([service(), lazyMount(), storeModule(), import('../source/registry/registry-source.js'), options.runner?.preload()]);
+    // The first Date of a process loads time zone data (pages of the node binary not read yet
+    // after a cold start: ~30 ms measured), which a mount's first access profile would pay.
+    void new Date().toISOString();
     // (Warming V8 up on a made-up TOC as well was measured: no gain in mount time, 0.3–0.5 s of CPU. Not kept.)
     const assigned = await awaitAssignment();
     if (!assigned) return;
@@ -53,31 +62,42 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
   process.on('uncaughtException', (err) => logger('uncaught exception (the mount goes on)', err));
   process.on('unhandledRejection', (err) => logger('unhandled rejection (the mount goes on)', err));
   if ((received as RunRequest).kind === 'run') {
-    // The next command finds a standby too (this one is taken for the whole run).
-    spawnStandby(options.bin ?? packageBin);
     if (!options.runner) {
       writeFrame(channel, Frame.Declined, 'this daemon runs no containers');
       channel.end();
       return;
     }
-    return options.runner.serve(received as RunRequest, channel);
+    // The next command finds a standby too (this one is taken for the whole run), started once
+    // the run is over: loading one while the container starts costs it (CPU, and disk after a
+    // cold boot: 50-150 ms measured on /bin/true).
+    return options.runner.serve(received as RunRequest, channel, () => spawnStandby(options.bin ?? packageBin));
   }
   const request = received as MountRequest;
   const { Store } = await storeModule();
   const store = await Store.open(request.store);
+  // The next standby, once the mount's first reads are past (as for a run, above), or when the
+  // mount ends sooner.
+  let standbyTimer: NodeJS.Timeout | undefined;
+  const leaveStandby = () => {
+    clearTimeout(standbyTimer);
+    standbyTimer = undefined;
+    spawnStandby(options.bin ?? packageBin);
+  };
   try {
     await (await service()).serveMount(store, request.ref, request.mountpoint, {
       ...request.options,
       logger,
       onReady: (error, driver) => {
         replyReady(channel, error, driver);
-        if (!error) spawnStandby(options.bin ?? packageBin);
+        if (!error) standbyTimer = setTimeout(leaveStandby, standbyDelayMs);
       },
     });
+    if (standbyTimer) leaveStandby();
   } catch (err) {
     logger('mount daemon stopped', err);
     throw err;
   } finally {
+    clearTimeout(standbyTimer);
     store.close();
   }
 }

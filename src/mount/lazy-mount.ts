@@ -1,4 +1,5 @@
 import { LazyrootError, isLazyrootError } from '../errors.js';
+import { tracePhase } from '../trace.js';
 import { shortDigest, type Digest } from '../oci/digest.js';
 import { parseReference } from '../reference/reference.js';
 import type { ImageSource } from '../source/image-source.js';
@@ -145,6 +146,7 @@ export interface LazyMount {
 export async function mountImageLazily(store: Store, ref: string, mountpoint: string, options: LazyMountOptions = {}): Promise<LazyMount> {
   const startedAt = performance.now();
   const startCpu = process.cpuUsage();
+  tracePhase('lazy: start');
   const whole = store.findImage(ref) ?? (await pullReference(store, ref, { ...options, fetchLayers: false })).image;
   const image = imagePrefix(whole, options.layerCount);
   const wholeImage = !isPrefix(image, whole);
@@ -154,6 +156,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     tmpDir: store.paths.tmp,
     registry: { ...options.registry, ...(options.logger ? { onMirrorSkipped: (message: string) => options.logger!(message, undefined) } : {}) },
   });
+  tracePhase('lazy: image resolved');
   const layers: LazyLayer[] = [];
   const group = new LazyBlobGroup(options.cacheMaxBytes !== undefined ? { cacheMaxBytes: options.cacheMaxBytes } : {});
   const rangeSupport = (): string => (source as { rangeSupport?: string }).rangeSupport ?? 'local';
@@ -170,10 +173,9 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     await source.close().catch(() => undefined);
   };
   try {
-    // Layers are prepared at once (each is a TOC fetch or an index read, mostly waiting on I/O),
-    // except that the first goes alone until the registry's first answer shows whether it
-    // honours Range: if it does not, each other layer streams its blob once instead of also
-    // paying for a whole-blob answer to a ranged request.
+    // Layers are prepared at once (each is a TOC fetch or an index read, mostly waiting on I/O).
+    // A registry that ignores Range costs nothing extra: each layer's first ranged request is
+    // answered with the whole blob, which is kept (LazyBlob's onWholeBlob), one request per blob.
     const context: MountLayerContext = {
       group,
       opened,
@@ -181,15 +183,8 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       // Looked up once for the image (the whole one: the artifact's subject), when the first layer without an index asks.
       ...(options.remoteIndex !== false ? { remoteIndexes: new RemoteIndexes(store, source, whole, options.logger) } : {}),
     };
-    const [firstId, ...others] = image.chainIds;
-    if (firstId) {
-      const first = prepareLayer(store, source, image, 0, firstId, options, context);
-      const rest = others.map(async (chainId, i) => {
-        await untilSettledOr(first, () => rangeSupport() !== 'unknown');
-        return prepareLayer(store, source, image, i + 1, chainId, options, context);
-      });
-      layers.push(...(await Promise.all([first, ...rest])));
-    }
+    layers.push(...(await Promise.all(image.chainIds.map((chainId, i) => prepareLayer(store, source, image, i, chainId, options, context)))));
+    tracePhase('lazy: layer indexes ready');
     // A lower bound than a previous run's: trim what that run kept.
     group.enforceBound();
     // What the workload will read first goes out now, while the tree is being built and mounted.
@@ -216,6 +211,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       if (many) collectGarbage();
       return merged;
     }
+    tracePhase('lazy: merged tree built');
     const reader = {
       read(node: FsNode, position: number, length: number): Promise<Buffer> {
         return layers[node.layer]!.read(node.entry, position, length);
@@ -227,6 +223,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       fsName: `lazyroot:${name}`,
       ...(options.logger ? { logger: options.logger } : {}),
     });
+    tracePhase('lazy: fuse mounted');
     const readyAt = Date.now();
     const cpu = process.cpuUsage(startCpu);
     const mountTime = { mountMillis: Math.round(performance.now() - startedAt), mountCpuMillis: Math.round((cpu.user + cpu.system) / 1000) };
@@ -251,6 +248,8 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       const one = async (layer: LazyLayer, i: number): Promise<void> => {
         if (i > 0 && first) await untilSettledOr(first, () => rangeSupport() !== 'unknown' || signal.aborted);
         try {
+          // The plan (a walk over every entry) is made once the mount's first reads have had their turn.
+          await group.untilUnheld(signal);
           await layer.blob.prefetch(layer.prefetchUnits(), { signal });
         } catch (err) {
           if (!signal.aborted) options.logger?.(`prefetch of ${layer.blob.digest} stopped`, err);
@@ -299,9 +298,12 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       },
       unmount: async () => {
         await recording.finish();
+        tracePhase('lazy: profile written');
         stopPrefetch.abort();
         await Promise.all([prefetching.catch(() => undefined), ahead]);
+        tracePhase('lazy: prefetch stopped');
         await mounted.unmount();
+        tracePhase('lazy: fuse unmounted');
         await closeAll();
       },
     };

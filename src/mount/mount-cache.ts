@@ -66,13 +66,20 @@ function* counted<T>(items: Iterable<T>, each: () => void): Generator<T> {
   }
 }
 
+/** Array elements stringified together: one string per few hundred small objects, not one each. */
+const elementsPerPiece = 256;
+
 function* walk(value: unknown): Generator<string> {
   if (Array.isArray(value)) {
+    if (value.length === 0) {
+      yield '[]';
+      return;
+    }
     yield '[';
-    for (let i = 0; i < value.length; i++) {
-      // As JSON.stringify: what has no JSON form is null in an array.
-      const text = JSON.stringify(value[i]) as string | undefined;
-      yield i > 0 ? `,${text ?? 'null'}` : (text ?? 'null');
+    for (let i = 0; i < value.length; i += elementsPerPiece) {
+      // As JSON.stringify (it is JSON.stringify, of a slice): what has no JSON form is null in an array.
+      const text = JSON.stringify(value.slice(i, i + elementsPerPiece));
+      yield `${i > 0 ? ',' : ''}${text.slice(1, -1)}`;
     }
     yield ']';
     return;
@@ -103,7 +110,14 @@ function track(write: Promise<void>): Promise<void> {
   return write.finally(() => running.delete(write));
 }
 
-/** Writes the cache file in the background, shortly after the mount is ready; failures cost only the next mount's speed. */
+/**
+ * How long after the mount its caches are written: past a container's start
+ * (its first reads are served by this process's one thread), or at unmount,
+ * whichever comes first.
+ */
+const cacheWriteDelayMs = 2_000;
+
+/** Writes the cache file in the background, a while after the mount is ready; failures cost only the next mount's speed. */
 export function writeCachedLater<T>(store: Store, path: string, key: string, value: T, log?: (message: string, error: unknown) => void): void {
   const write = async () => {
     try {
@@ -120,7 +134,7 @@ export function writeCachedLater<T>(store: Store, path: string, key: string, val
   const timer = setTimeout(() => {
     scheduled.delete(timer);
     void track(write());
-  }, 300).unref();
+  }, cacheWriteDelayMs).unref();
   scheduled.set(timer, write);
 }
 

@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto';
+import { tracePhase } from '../trace.js';
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LazyrootError } from '../errors.js';
@@ -67,6 +68,7 @@ async function serveLeased(store: Store, ref: string, mountpoint: string, lease:
     options.onReady?.({ code: e.code ?? 'UNAVAILABLE', message: e.message });
     throw err;
   }
+  tracePhase('mount: ready');
   store.db.recordMount(mountpoint, process.pid, mount.image.id);
   const stats = statsPath(store, mountpoint);
   await mkdir(store.paths.mountsDir, { recursive: true });
@@ -84,6 +86,7 @@ async function serveLeased(store: Store, ref: string, mountpoint: string, lease:
     process.once('SIGTERM', resolveStop);
     process.once('SIGINT', resolveStop);
   });
+  tracePhase('mount: unmount asked');
   clearInterval(timer);
   process.off('SIGUSR1', onStatsRequest);
   // A mount someone detached already (`umount -l`) can leave libfuse's unmount waiting for
@@ -98,7 +101,9 @@ async function serveLeased(store: Store, ref: string, mountpoint: string, lease:
   // Caches of this mount not written yet (an unmount right after the mount): written now, so the
   // next mount finds them, and before the record goes: `umount` returns once it is gone, and an
   // `rmi` or `clean` right after must not race a cache file (or its temp file) into the store.
+  tracePhase('mount: unmounted');
   await flushCacheWrites();
+  tracePhase('mount: caches written');
   // The lease goes before the record: a `clean` right after `umount` must find nothing of this mount's held.
   store.db.dropLease(lease);
   store.db.forgetMount(mountpoint);

@@ -1,4 +1,5 @@
 import { chmod, chown, mkdir, rm, stat } from 'node:fs/promises';
+import { tracePhase } from '../trace.js';
 import { join } from 'node:path';
 import { startMountDaemon } from '../mount/daemon.js';
 import { unmountLazy } from '../mount/mount-service.js';
@@ -87,7 +88,9 @@ export async function createRootfs(store: Store, ref: string, id: string, option
     if (store.db.rootfs(id)) throw new LazyrootError('ALREADY_EXISTS', `rootfs ${id}: already exists`);
     await mkdir(paths.lazyLower, { recursive: true });
     try {
+      tracePhase('create: lazy lower requested');
       await startLazyLower(ref);
+      tracePhase('create: lazy lower ready');
     } catch (err) {
       await rm(paths.dir, { recursive: true, force: true });
       throw err instanceof LazyrootError ? err.withContext(`create rootfs ${id}`) : err;
@@ -185,10 +188,13 @@ export async function deleteRootfs(store: Store, id: string, options: { force?: 
       throw new LazyrootError('IN_USE', `rootfs ${id}: in use by process ${user.pid} (${user.name})${more.length ? ` and ${more.length} more` : ''}, whose root is ${root}: stop it first, or delete --force`);
     }
   }
+  tracePhase('delete: not in use');
   if (record.mountPoint) for (const point of await mountsUnder(record.mountPoint)) await unmount(point);
+  tracePhase('delete: overlay unmounted');
   for (const point of await mountsUnder(paths.merged)) await unmount(point);
   // A lazy rootfs's FUSE lower is served by a daemon: stop it through its record.
   if (record.driver === 'fuse' && (await mountsUnder(paths.lazyLower)).length) await unmountLazy(store, paths.lazyLower);
+  tracePhase('delete: lazy unmounted');
   for (const point of await mountsUnder(paths.dir)) await unmount(point);
   await rm(paths.dir, { recursive: true, force: true });
   store.db.deleteRootfs(id);

@@ -58,6 +58,14 @@ export class LazyBlobGroup {
     this.heldUntil = Math.max(this.heldUntil, Date.now() + ms);
   }
 
+  /** Resolves once no hold keeps prefetch back (work that only prefetch needs waits for it too). */
+  async untilUnheld(signal: AbortSignal): Promise<void> {
+    for (let held = this.heldUntil - Date.now(); held > 0; held = this.heldUntil - Date.now()) {
+      signal.throwIfAborted();
+      await this.changed(signal, held);
+    }
+  }
+
   /** Demand reads waiting for bytes from the network now. */
   get waitingReads(): number {
     return this.readsWaiting;

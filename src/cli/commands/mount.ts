@@ -86,7 +86,7 @@ function registerMountDaemon(program: Command): void {
       await runMountDaemon({
         ...(opts.standby ? { standby: true } : {}),
         bin: process.argv[1]!,
-        runner: { preload: runner, serve: async (request, channel) => (await runner()).serveRun(request, channel) },
+        runner: { preload: runner, serve: async (request, channel, done) => (await runner()).serveRun(request, channel, done) },
       });
       // Unmounted (or given up on): end now, whatever native threads libfuse may still hold.
       process.exit(0);

@@ -106,6 +106,8 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
   const member = await blob.read(tocOffset, size - footer.footerSize);
   const maxTocBytes = options.maxTocBytes ?? defaultMaxTocBytes;
   const maxRecords = options.maxTocRecords ?? defaultMaxTocRecords;
+  const whole = await smallTocJson(member, Math.min(maxTocBytes, wholeTocBytes), what);
+  if (whole) return { ...indexFromWholeToc(whole, tocOffset, what, maxRecords, want), tocOffset, footer };
   try {
     const streamed = await indexFromTocMember(member, maxTocBytes, what, tocOffset, maxRecords, want);
     return { ...streamed.index, tocDigest: streamed.got, tocOffset, footer };
@@ -122,6 +124,47 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
   }
 
   return { ...indexFromTocJson(tocJson, tocOffset, what, maxRecords), tocDigest: got, tocOffset, footer };
+}
+
+// ---- a small TOC: inflated and parsed whole
+
+/**
+ * Past this many inflated bytes a TOC is read as it inflates (below). Under
+ * it, one JSON.parse of the whole text (native code) beats tokenizing it in
+ * JavaScript, and the parsed tree is a few tens of MiB at most.
+ */
+const wholeTocBytes = 16 << 20;
+
+/**
+ * The TOC JSON of `member` when its gzip trailer claims a tar of at most
+ * `limit` bytes (ISIZE) and inflating proves it; undefined for anything else (a big TOC, a claim
+ * that lies, a gzip or tar oddity): the other paths read those and name their
+ * faults.
+ */
+async function smallTocJson(member: Buffer, limit: number, what: string): Promise<Buffer | undefined> {
+  const claimed = member.length >= 18 ? member.readUInt32LE(member.length - 4) : Infinity;
+  if (claimed > limit) return undefined;
+  try {
+    return await extractTocJson(member, limit, what);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The plain path's result from the whole TOC JSON: the digest checked first, then JSON.parse and mapping. */
+function indexFromWholeToc(json: Buffer, tocOffset: number, what: string, maxRecords: number, want: Digest | undefined): Omit<EstargzIndex, 'tocOffset' | 'footer'> {
+  const got: Digest = `sha256:${createHash('sha256').update(json).digest('hex')}`;
+  if (want !== undefined) {
+    const check = digestAlgorithm(want) === 'sha256' ? got : `sha512:${createHash('sha512').update(json).digest('hex')}`;
+    if (check !== want) throw new DigestMismatchError(`${what}: TOC ${tocTarName}`, want, check);
+  }
+  let toc: unknown;
+  try {
+    toc = JSON.parse(json.toString('utf8'));
+  } catch (err) {
+    throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
+  }
+  return { ...indexFromToc(toc, tocOffset, what, maxRecords), tocDigest: got };
 }
 
 // ---- the TOC read as it inflates: the plain case, in bounded memory

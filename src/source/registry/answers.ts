@@ -38,12 +38,24 @@ export async function answerError(response: TransportResponse, what: string, met
  * registry wants before the first real request. A scheme that fails to
  * connect (or TLS that fails) gives way to the next, where allowed.
  */
+/**
+ * Schemes already settled in this process, by host and API path: a mount
+ * opens a second source for the registry its image was resolved from, and a
+ * snapshotter or standby many over its life; each would otherwise pay one
+ * ping (two where https is tried first and refused).
+ */
+const settledSchemes = new Map<string, string>();
+
 export async function probeScheme(
   transport: Transport,
   auth: Authenticator,
   target: { host: string; schemes: readonly string[]; apiPath?: string; what: string; signal?: AbortSignal },
 ): Promise<URL> {
   const { host, schemes, what, signal } = target;
+  const key = `${schemes.join(',')} ${host}${target.apiPath ?? '/v2'}`;
+  const settled = settledSchemes.get(key);
+  // The authenticator learns what the registry wants from the first real request's 401 then.
+  if (settled) return new URL(`${settled}://${host}/`);
   for (const [i, scheme] of schemes.entries()) {
     const last = i === schemes.length - 1;
     try {
@@ -54,6 +66,7 @@ export async function probeScheme(
           await discard(response.body);
         },
       );
+      settledSchemes.set(key, scheme);
       return new URL(`${scheme}://${host}/`);
     } catch (err) {
       if (last || !isTlsOrConnectError((err as Error).cause)) throw err;

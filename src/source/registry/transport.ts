@@ -1,4 +1,5 @@
 import type { Readable } from 'node:stream';
+import { tracePhase, tracing } from '../../trace.js';
 import tls from 'node:tls';
 import { Agent, request } from 'undici';
 import { isLazyrootError } from '../../errors.js';
@@ -186,6 +187,8 @@ export class Transport {
     const headers: Record<string, string> = { 'user-agent': this.userAgent, ...req.headers };
     for (let hops = 0; ; hops++) {
       this.checkScheme(req, url);
+      const traced = tracing();
+      if (traced) tracePhase(`registry: ${method} ${redactUrl(url)}${headers.range ? ` ${headers.range}` : ''}`);
       const response = await request(url, {
         method,
         headers,
@@ -195,6 +198,7 @@ export class Transport {
         headersTimeout: this.timeoutMs,
         bodyTimeout: this.timeoutMs,
       });
+      if (traced) tracePhase(`registry: ${response.statusCode} for ${method} ${redactUrl(url)}`);
       const location = headerValue(response.headers, 'location');
       if (!redirectStatuses.has(response.statusCode) || location === undefined) {
         return { status: response.statusCode, headers: response.headers, body: response.body, url, attempts: attempt };
