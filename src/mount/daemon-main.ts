@@ -1,4 +1,6 @@
 import { Socket } from 'node:net';
+import type { LazyrootError } from '../errors.js';
+import type { Store } from '../store/store.js';
 import type { Duplex } from 'node:stream';
 import { readMountRequest, replyReady, type MountRequest } from './daemon-channel.js';
 import { fileLogger, packageBin } from './daemon.js';
@@ -74,7 +76,14 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
   }
   const request = received as MountRequest;
   const { Store } = await storeModule();
-  const store = await Store.open(request.store);
+  let store: Store;
+  try {
+    store = await Store.open(request.store);
+  } catch (err) {
+    // Told to the caller first: the log may be on the very disk that is full.
+    replyReady(channel, { code: (err as LazyrootError).code ?? 'UNAVAILABLE', message: (err as Error).message });
+    throw err;
+  }
   // The next standby, once the mount's first reads are past (as for a run, above), or when the
   // mount ends sooner.
   let standbyTimer: NodeJS.Timeout | undefined;

@@ -1,4 +1,5 @@
 import { LazyrootError, isLazyrootError } from '../errors.js';
+import { isTimedOut } from '../store/unanswered-ranges.js';
 import { tracePhase } from '../trace.js';
 import { shortDigest, type Digest } from '../oci/digest.js';
 import { parseReference } from '../reference/reference.js';
@@ -478,12 +479,20 @@ export async function prepareLayer(
   const passedOver = (err: unknown): boolean =>
     (isLazyrootError(err, 'DIGEST_MISMATCH') || isLazyrootError(err, 'INVALID_DATA')) && (source as MirroredSource).distrust?.(descriptor.digest, err) === true;
   let layer: LazyLayer;
-  for (;;) {
+  for (let timeouts = 0, refused = 0; ; ) {
     try {
       layer = await open();
       break;
     } catch (err) {
-      if (!passedOver(err)) throw err;
+      if (passedOver(err)) continue;
+      // A request the source left unanswered (a stall) is asked once more before the mount fails:
+      // afresh, waiting only the short grace of a range that went unanswered (unanswered-ranges.ts).
+      if (isTimedOut(err) && timeouts++ < 1) continue;
+      // The footer and TOC as they arrived do not parse, or miss their digest: bytes damaged on the
+      // way are likelier than a damaged blob, so they are fetched once more (nothing of them was
+      // kept as verified); the second answer's fault is the mount's.
+      if ((isLazyrootError(err, 'INVALID_DATA') || isLazyrootError(err, 'DIGEST_MISMATCH')) && refused++ < 1) continue;
+      throw err;
     }
   }
   const read = layer.read;

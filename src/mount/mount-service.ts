@@ -33,15 +33,40 @@ export interface ServeOptions extends LazyMountOptions {
  * unmount and exit. Resolves when the mount is gone.
  */
 export async function serveMount(store: Store, ref: string, dir: string, options: ServeOptions = {}): Promise<void> {
-  const mountpoint = await canonicalMountpoint(dir);
-  // While this process serves the mount, a lease holds its image's blobs: garbage collection
-  // leaves its partial blobs, indexes and promoted blobs alone, from the moment the image is known.
-  const lease = store.db.createLease();
+  // Whatever fails before the mount is ready is the caller's answer (a full disk can fail the very
+  // first write, the lease): the caller never waits for a reply that cannot come.
+  let answered = false;
+  const onReady: NonNullable<ServeOptions['onReady']> = (error, driver) => {
+    if (answered) return;
+    answered = true;
+    options.onReady?.(error, driver);
+  };
   try {
-    await serveLeased(store, ref, mountpoint, lease, options);
-  } finally {
-    store.db.dropLease(lease);
+    const mountpoint = await canonicalMountpoint(dir);
+    // While this process serves the mount, a lease holds its image's blobs: garbage collection
+    // leaves its partial blobs, indexes and promoted blobs alone, from the moment the image is known.
+    const lease = store.db.createLease();
+    try {
+      await serveLeased(store, ref, mountpoint, lease, { ...options, onReady });
+    } finally {
+      try {
+        store.db.dropLease(lease);
+      } catch (err) {
+        // (a full disk): the lease of a process that is gone counts for nothing (metadata-db.ts).
+        options.logger?.(`dropping lease ${lease}`, err);
+      }
+    }
+  } catch (err) {
+    const failure = asStoreFailure(err);
+    onReady({ code: (failure as LazyrootError).code ?? 'UNAVAILABLE', message: (failure as Error).message });
+    throw failure;
   }
+}
+
+/** SQLite's "database or disk is full" said as what it is. */
+function asStoreFailure(err: unknown): unknown {
+  if ((err as { code?: string }).code !== 'SQLITE_FULL') return err;
+  return new LazyrootError('RESOURCE_EXHAUSTED', `the store's disk is full (${(err as Error).message}); free some space and try again`, { cause: err });
 }
 
 async function serveLeased(store: Store, ref: string, mountpoint: string, lease: string, options: ServeOptions): Promise<void> {

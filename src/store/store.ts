@@ -36,16 +36,25 @@ export class Store {
 
   static async open(root: string = process.env.LAZYROOT_STORE ?? defaultStoreRoot): Promise<Store> {
     const paths = new StorePaths(root);
-    // 0711: traversable but not listable, so a container in a user namespace can reach its rootfs.
-    for (const dir of [paths.root, paths.tmp]) {
-      await mkdir(dir, { recursive: true, mode: 0o711 });
-      await chmod(dir, 0o711);
+    try {
+      // 0711: traversable but not listable, so a container in a user namespace can reach its rootfs.
+      for (const dir of [paths.root, paths.tmp]) {
+        await mkdir(dir, { recursive: true, mode: 0o711 });
+        await chmod(dir, 0o711);
+      }
+      await mkdir(paths.locks, { recursive: true, mode: 0o700 });
+      // The directories content lives in exist from the start: garbage collection empties them and
+      // leaves them, so a store that has held an image and given it back is the size it was.
+      for (const dir of paths.skeleton) await mkdir(dir, { recursive: true });
+      return new Store(paths, new MetadataDb(paths.database));
+    } catch (err) {
+      // SQLite needs a little room even to open (its shared-memory index after a crash): said as what it is.
+      const code = (err as { code?: string }).code;
+      if (code === 'SQLITE_FULL' || code === 'ENOSPC' || code === 'EDQUOT') {
+        throw new LazyrootError('RESOURCE_EXHAUSTED', `store ${paths.root}: the store's disk is full (${(err as Error).message}); free some space and try again`, { cause: err });
+      }
+      throw err;
     }
-    await mkdir(paths.locks, { recursive: true, mode: 0o700 });
-    // The directories content lives in exist from the start: garbage collection empties them and
-    // leaves them, so a store that has held an image and given it back is the size it was.
-    for (const dir of paths.skeleton) await mkdir(dir, { recursive: true });
-    return new Store(paths, new MetadataDb(paths.database));
   }
 
   close(): void {

@@ -21,12 +21,16 @@ export interface FaultRule {
   fault: Fault;
   /** How many matching requests get the fault (default: all). */
   times?: number;
+  /** Only every Nth matching request (the Nth, 2Nth, …) gets it (default: each). */
+  every?: number;
 }
 
 export interface FaultProxy {
   host: string;
   /** Request lines seen, e.g. `GET /v2/x/blobs/sha256:… range=bytes=10-`. */
   log: string[];
+  /** The faults given so far, by kind. */
+  injected: Record<string, number>;
   /** Replaces the rules (counts restart). */
   setRules(rules: FaultRule[]): void;
   close(): Promise<void>;
@@ -34,16 +38,21 @@ export interface FaultProxy {
 
 export async function startFaultProxy(targetHost: string, initial: FaultRule[] = []): Promise<FaultProxy> {
   const [targetName, targetPort] = splitHost(targetHost);
-  let rules = initial.map((r) => ({ ...r, used: 0 }));
+  let rules = initial.map((r) => ({ ...r, used: 0, seen: 0 }));
   const log: string[] = [];
+  const injected: Record<string, number> = {};
   const sockets = new Set<Socket>();
 
   const pick = (req: IncomingMessage) => {
-    const rule = rules.find(
-      (r) => (!r.method || r.method === req.method) && r.path.test(req.url ?? '') && (r.times === undefined || r.used < r.times),
-    );
-    if (rule) rule.used++;
-    return rule?.fault;
+    const rule = rules.find((r) => {
+      if ((r.method && r.method !== req.method) || !r.path.test(req.url ?? '') || (r.times !== undefined && r.used >= r.times)) return false;
+      r.seen++;
+      return r.every === undefined || r.seen % r.every === 0;
+    });
+    if (!rule) return undefined;
+    rule.used++;
+    injected[rule.fault.kind] = (injected[rule.fault.kind] ?? 0) + 1;
+    return rule.fault;
   };
 
   const server: Server = createServer((req: IncomingMessage, res: ServerResponse) => {
@@ -108,8 +117,9 @@ export async function startFaultProxy(targetHost: string, initial: FaultRule[] =
   return {
     host: proxyHost(),
     log,
+    injected,
     setRules(next) {
-      rules = next.map((r) => ({ ...r, used: 0 }));
+      rules = next.map((r) => ({ ...r, used: 0, seen: 0 }));
     },
     close: () =>
       new Promise<void>((resolve) => {

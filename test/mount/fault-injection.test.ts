@@ -1,0 +1,225 @@
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile, spawn } from 'node:child_process';
+import { cp, mkdir, mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+import { startRegistry, type TestRegistry } from '../helpers/registry.js';
+import { startFaultProxy, type FaultProxy, type FaultRule } from '../helpers/fault-proxy.js';
+import { pushToRegistry, writeOciLayout } from '../helpers/image-builder.js';
+import { buildTar, dir, file, hardlink, symlink, whiteout, type TarEntry } from '../helpers/tar-builder.js';
+import { buildEstargzImage, incompressible } from '../helpers/estargz.js';
+import { diffTreesReport, snapshotTree } from '../helpers/tree-snapshot.js';
+import { umociUnpack } from '../helpers/umoci.js';
+import { missingRequirements } from '../helpers/requirements.js';
+import { lazyroot } from '../helpers/cli.js';
+
+/**
+ * Issue 12's fault-injection run: a whole-tree sha256sum of a lazy mount
+ * while the registry's answers are cut (connection resets), corrupted and
+ * stalled, the store's disk is full, and the mount daemon is killed -9 half
+ * way; compared file by file with `umoci unpack` of the same image. Every
+ * read gives the right bytes or fails (EIO, or ENOTCONN for the killed
+ * daemon's readers): never wrong bytes. Then, faults gone and space freed,
+ * every file reads right and the tree equals umoci's. The counts of each
+ * run (faults injected, failed reads, repeated requests) are printed as test
+ * diagnostics.
+ */
+
+const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry', 'umoci', 'skopeo'] });
+if (missing.length && process.env.CI) throw new Error(`CI: fault-injection tests need ${missing.join(', ')}`);
+
+const MiB = 1 << 20;
+const run = promisify(execFile);
+
+/** sha256sum in a child: this process runs the proxy the mount fetches through, so its loop stays free. */
+function hashInChild(path: string): Promise<{ hash?: string; error?: string }> {
+  const child = spawn('sha256sum', [path], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolve) => child.on('close', (code) => resolve(code === 0 ? { hash: stdout.split(' ')[0]! } : { error: stderr.trim() })));
+}
+
+/** Runs `work` over `items`, `width` at a time. */
+async function inParallel<T>(items: readonly T[], width: number, work: (item: T, index: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: width }, async () => {
+      while (next < items.length) {
+        const i = next++;
+        await work(items[i]!, i);
+      }
+    }),
+  );
+}
+
+/** Three layers: busybox, many small files and a few big ones, then whiteouts, a replaced file and a hardlink. */
+async function imageLayers(): Promise<TarEntry[][]> {
+  const busybox = await readFile('/bin/busybox');
+  const small: TarEntry[] = [dir('many')];
+  for (let d = 0; d < 8; d++) {
+    small.push(dir(`many/d${d}`));
+    for (let f = 0; f < 24; f++) small.push(file(`many/d${d}/f${f}.txt`, incompressible(300 + ((d * 24 + f) * 811) % 12_000, `small-${d}-${f}`)));
+  }
+  return [
+    [dir('bin'), file('bin/busybox', busybox, { mode: 0o755 }), symlink('bin/sh', 'busybox'), dir('etc'), file('etc/passwd', 'root:x:0:0:root:/root:/bin/sh\n')],
+    [...small, dir('big'), ...[0, 1, 2].map((i) => file(`big/b${i}.bin`, incompressible(2 * MiB + i * 4099, `big-${i}`))), file('etc/gone', 'whited out above\n')],
+    [dir('etc'), whiteout('etc/gone'), file('etc/passwd', 'root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000::/:/bin/sh\n'), hardlink('many/d0/again.txt', 'many/d0/f0.txt')],
+  ];
+}
+
+/** Faults on the registry's blob answers, interleaved: resets, corrupted bytes, and a few stalls (EIO at the deadline). */
+const faults: FaultRule[] = [
+  { method: 'GET', path: /\/blobs\//, every: 5, times: 24, fault: { kind: 'reset-after', bytes: 200 } },
+  { method: 'GET', path: /\/blobs\//, every: 7, times: 12, fault: { kind: 'corrupt', atByte: 40 } },
+  { method: 'GET', path: /\/blobs\//, every: 19, times: 3, fault: { kind: 'stall', afterBytes: 100 } },
+];
+
+describe('fault injection: a whole-tree sha256sum of a lazy mount against umoci unpack', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
+  let work: string;
+  let registry: TestRegistry;
+  let proxy: FaultProxy;
+  /** Regular files of umoci's tree: path → sha256. */
+  let expected: Map<string, string>;
+  let umociRoot: string;
+  const disks: string[] = [];
+  const mounts: Array<{ store: string; target: string }> = [];
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'lazyroot-faults-'));
+    registry = await startRegistry();
+    proxy = await startFaultProxy(registry.host);
+    const layers = await imageLayers();
+    // The same layers twice: gzip (with a span index) and eStargz (the project's own builder).
+    await writeOciLayout(join(work, 'layout'), [{ layers: await Promise.all(layers.map(async (l) => ({ tar: await buildTar(l), compression: 'gzip' as const }))), config: { config: { Cmd: ['/bin/sh'] } }, refName: 'v1' }]);
+    await pushToRegistry(join(work, 'layout'), 'faults/app:gzip', registry.host, { layoutRef: 'v1' });
+    await registry.pushImage('faults/app', 'estargz', await buildEstargzImage(layers, { config: { Cmd: ['/bin/sh'] } }));
+    umociRoot = await umociUnpack(join(work, 'layout'), 'v1', join(work, 'umoci'));
+    expected = new Map((await snapshotTree(umociRoot)).filter((e) => e.type === 'file').map((e) => [e.path, e.sha256!]));
+    assert.ok(expected.size > 190, `the image has ${expected.size} files`);
+  });
+
+  after(async () => {
+    proxy?.setRules([]);
+    for (const m of mounts) await lazyroot(['--store', m.store, 'umount', m.target]);
+    for (const d of disks) await run('umount', [d]).catch(() => undefined);
+    await proxy?.close();
+    await registry?.stop();
+    await rm(work, { recursive: true, force: true });
+  });
+
+  for (const variant of ['estargz', 'gzip'] as const) {
+    test(`${variant}: resets, corrupt ranges, stalls, a full disk and kill -9 give right bytes or EIO, never wrong bytes; then every file is right`, async (t) => {
+      // The store on a small filesystem of its own, nearly filled: prefetch and the range map run out of space.
+      const disk = join(work, `disk-${variant}`);
+      await mkdir(disk);
+      await run('mount', ['-t', 'tmpfs', '-o', 'size=48m', `lazyroot-test-faults-${variant}`, disk]);
+      disks.push(disk);
+      const store = join(disk, 'store');
+      const ref = `docker://${proxy.host}/faults/app:${variant}`;
+      if (variant === 'gzip') {
+        // The span index, built in a scratch store straight from the registry, as a machine that indexed the image earlier has it.
+        const scratch = join(work, 'scratch');
+        const indexed = await lazyroot(['--store', scratch, 'index', '-q', `docker://${registry.host}/faults/app:${variant}`]);
+        assert.equal(indexed.code, 0, indexed.stderr);
+        await cp(join(scratch, 'indexes'), join(store, 'indexes'), { recursive: true });
+        await rm(scratch, { recursive: true, force: true });
+      }
+      const target = join(work, `mnt-${variant}`);
+      await mkdir(target);
+      const mount = async () => {
+        const r = await lazyroot(['--store', store, '--json', 'mount', '--deadline-ms', '1500', '--prefetch-delay-ms', '200', ref, target]);
+        const log = r.code === 0 ? '' : await readFile(join(store, 'mount-daemon.log'), 'utf8').catch(() => '(no daemon log)');
+        assert.equal(r.code, 0, `${r.stderr}\nthe daemon's log, last lines:\n${log.split('\n').slice(-30).join('\n')}`);
+        return (JSON.parse(r.stdout) as { pid: number }).pid;
+      };
+      let pid = await mount();
+      mounts.push({ store, target });
+      // What is left of the disk, but about 1 MiB: far less than the image.
+      const free = await statfs(disk);
+      await writeFile(join(disk, 'filler'), Buffer.alloc(Math.max(0, Number(free.bavail) * free.bsize - MiB)));
+
+      const requestsBefore = proxy.log.length;
+      proxy.setRules(faults);
+      t.after(() => proxy.setRules([]));
+      const files = [...expected.keys()];
+      const outcome = { right: 0, failed: 0, wrong: [] as string[], errors: new Map<string, number>() };
+      let fullDiskMount = '';
+      /** Held while the daemon is killed and mounted again: the other readers wait rather than race through the list. */
+      let gate: Promise<void> | undefined;
+      await inParallel(files, 4, async (path, i) => {
+        await gate;
+        // Half way: the daemon killed -9. A mount on the full disk answers at once: mounted, or
+        // refused saying the disk is full (SQLite needs a little room to open). Space freed, the
+        // next mount of the directory recovers it, and the walk goes on.
+        if (i === Math.floor(files.length / 2)) {
+          let open = () => undefined as void;
+          gate = new Promise<void>((r) => (open = r));
+          process.kill(pid, 'SIGKILL');
+          await new Promise((r) => setTimeout(r, 200));
+          const started = Date.now();
+          const onFullDisk = await lazyroot(['--store', store, '--json', 'mount', '--deadline-ms', '1500', ref, target]);
+          fullDiskMount = onFullDisk.code === 0 ? 'mounted' : onFullDisk.stderr.trim();
+          assert.ok(Date.now() - started < 30_000, `a mount on the full disk answered in ${Date.now() - started} ms`);
+          if (onFullDisk.code === 0) {
+            pid = (JSON.parse(onFullDisk.stdout) as { pid: number }).pid;
+          } else {
+            assert.equal(onFullDisk.code, 1);
+            assert.match(onFullDisk.stderr, /the store's disk is full/);
+            await rm(join(disk, 'filler'));
+            pid = await mount();
+          }
+          open();
+        }
+        const got = await hashInChild(join(target, path));
+        if (got.hash === expected.get(path)) outcome.right++;
+        else if (got.hash !== undefined) outcome.wrong.push(path);
+        else {
+          outcome.failed++;
+          const why = /Input\/output error/.test(got.error!)
+            ? 'EIO'
+            : /Transport endpoint/.test(got.error!)
+              ? 'ENOTCONN'
+              : /connection abort/.test(got.error!)
+                ? 'ECONNABORTED'
+                : got.error!;
+          outcome.errors.set(why, (outcome.errors.get(why) ?? 0) + 1);
+        }
+      });
+      proxy.setRules([]);
+      const blobRequests = proxy.log.slice(requestsBefore).filter((l) => l.includes('/blobs/'));
+      const repeated = blobRequests.length - new Set(blobRequests).size;
+      const stats = JSON.parse((await lazyroot(['--store', store, '--json', 'mount', '--stats', target])).stdout) as { layers: Array<{ failures: number; prefetchFailures: number }> };
+      t.diagnostic(
+        `${variant}, pass 1 (faults, full disk, kill -9 at file ${Math.floor(files.length / 2)}; the mount on the full disk: ${fullDiskMount}): ${files.length} files, ${outcome.right} right, ${outcome.failed} failed ` +
+          `(${[...outcome.errors].map(([k, v]) => `${k} ${v}`).join(', ') || 'none'}), ${outcome.wrong.length} wrong; faults injected ${JSON.stringify(proxy.injected)}; ` +
+          `${blobRequests.length} blob requests, ${repeated} of them repeats (retries); the second daemon's failed reads ${stats.layers.reduce((n, l) => n + l.failures, 0)}, prefetch retries ${stats.layers.reduce((n, l) => n + l.prefetchFailures, 0)}`,
+      );
+      assert.deepEqual(outcome.wrong, [], 'no file read wrong bytes');
+      // EIO from a live daemon; ENOTCONN and ECONNABORTED are the killed daemon's readers (in flight, or just after).
+      for (const why of outcome.errors.keys()) assert.ok(['EIO', 'ENOTCONN', 'ECONNABORTED'].includes(why), `a failed read says EIO (or ENOTCONN for the killed daemon), not: ${why}`);
+      assert.ok(outcome.right > files.length / 2, `most reads succeed despite the faults (${outcome.right} of ${files.length})`);
+      for (const kind of ['reset-after', 'corrupt', 'stall']) assert.ok((proxy.injected[kind] ?? 0) > 0, `some ${kind} faults were injected: ${JSON.stringify(proxy.injected)}`);
+
+      // Pass 2: faults gone, space freed. Every file right, and the whole tree equals umoci's.
+      await rm(join(disk, 'filler'), { force: true });
+      const second = { right: 0, other: [] as string[] };
+      await inParallel(files, 4, async (path) => {
+        const got = await hashInChild(join(target, path));
+        if (got.hash === expected.get(path)) second.right++;
+        else second.other.push(`${path}: ${got.hash ?? got.error}`);
+      });
+      t.diagnostic(`${variant}, pass 2 (no faults, space freed): ${second.right} of ${files.length} right`);
+      assert.deepEqual(second.other, []);
+      const report = diffTreesReport(await snapshotTree(target), await snapshotTree(umociRoot));
+      assert.deepEqual(report.differences.map((d) => d.message), []);
+
+      const u = await lazyroot(['--store', store, 'umount', target]);
+      assert.equal(u.code, 0, u.stderr);
+      mounts.splice(mounts.findIndex((m) => m.target === target), 1);
+    });
+  }
+});
