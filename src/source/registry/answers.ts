@@ -44,7 +44,7 @@ export async function answerError(response: TransportResponse, what: string, met
  * snapshotter or standby many over its life; each would otherwise pay one
  * ping (two where https is tried first and refused).
  */
-const settledSchemes = new Map<string, string>();
+const settledSchemes = new Map<string, { scheme: string; challenge?: TransportResponse['headers'] }>();
 
 export async function probeScheme(
   transport: Transport,
@@ -54,19 +54,27 @@ export async function probeScheme(
   const { host, schemes, what, signal } = target;
   const key = `${schemes.join(',')} ${host}${target.apiPath ?? '/v2'}`;
   const settled = settledSchemes.get(key);
-  // The authenticator learns what the registry wants from the first real request's 401 then.
-  if (settled) return new URL(`${settled}://${host}/`);
+  if (settled) {
+    // What the ping's 401 taught the first authenticator, this one learns too: concurrent first
+    // requests then share one token fetch instead of each meeting the 401.
+    if (settled.challenge) auth.learn(settled.challenge);
+    return new URL(`${settled.scheme}://${host}/`);
+  }
+  let challenge: TransportResponse['headers'] | undefined;
   for (const [i, scheme] of schemes.entries()) {
     const last = i === schemes.length - 1;
     try {
       await transport.request(
         { method: 'GET', url: new URL(`${scheme}://${host}${target.apiPath ?? '/v2'}/`), what, ...(signal ? { signal } : {}), ...(last ? {} : { retries: 0 }) },
         async (response) => {
-          if (response.status === 401) auth.learn(response.headers);
+          if (response.status === 401) {
+            auth.learn(response.headers);
+            challenge = response.headers;
+          }
           await discard(response.body);
         },
       );
-      settledSchemes.set(key, scheme);
+      settledSchemes.set(key, { scheme, ...(challenge ? { challenge } : {}) });
       return new URL(`${scheme}://${host}/`);
     } catch (err) {
       if (last || !isTlsOrConnectError((err as Error).cause)) throw err;
