@@ -27,7 +27,14 @@ export interface Native {
    * (native/fuse_times.c): getattr answers may then carry exact times.
    */
   fuseExactTimes(): boolean;
+  /** mount(2) on libuv's thread pool (native/mount_calls.c); rejects with the errno's name as `code`. */
+  mountAsync(source: string | null, target: string, fstype: string | null, flags: number, data: string | null): Promise<void>;
+  /** umount2(2) on libuv's thread pool; `flags` e.g. MNT_DETACH. */
+  umountAsync(target: string, flags: number): Promise<void>;
 }
+
+/** umount2's lazy flag: detached now, gone once no longer busy (`umount -l`, `fusermount -z`). */
+export const MNT_DETACH = 2;
 
 export const S_IFIFO = 0o010000;
 export const S_IFCHR = 0o020000;

@@ -1,7 +1,7 @@
 import { constants } from 'node:os';
 import Fuse from 'fuse-native';
 import type { FuseOperations, FuseOptions, FuseSignal, FuseStat } from 'fuse-native';
-import { native } from '../native.js';
+import { MNT_DETACH, native } from '../native.js';
 
 const { ERANGE, ENODATA } = constants.errno;
 
@@ -132,3 +132,20 @@ function millis(time: number | Date | undefined): number {
   const ms = time === undefined ? Date.now() : typeof time === 'number' ? time : time.getTime();
   return Math.max(0, Math.floor(ms));
 }
+
+/**
+ * fuse-native unmounts (and clears a dead mount before mounting) with
+ * `exec('fusermount -uz MNT')`: a shell and fusermount forked from this big
+ * process. As root, umount2(MNT_DETACH) is the same lazy unmount without
+ * either (native/mount_calls.c); others keep fusermount, which is setuid.
+ */
+const unmountByFusermount = Fuse.unmount.bind(Fuse);
+Fuse.unmount = (mountpoint: string, cb: (err: Error | null) => void): void => {
+  if (process.getuid?.() !== 0) return unmountByFusermount(mountpoint, cb);
+  native()
+    .umountAsync(mountpoint, MNT_DETACH)
+    .then(
+      () => cb(null),
+      (err: Error) => cb(err),
+    );
+};
