@@ -122,6 +122,14 @@ export async function startSnapshotterWorld(options: SnapshotterWorldOptions = {
     async restartSnapshotter() {
       await snapshotter.stop();
       snapshotter = await startSnapshotterProcess(store, socket, logPath, options.env, options.args);
+      // containerd redials a proxy plugin with a backoff: until it has, its calls fail at once with the
+      // old connection's error ("connection refused"). Wait until it reaches the new process.
+      for (let i = 0; ; i++) {
+        const probe = await ctrStatus(['snapshots', '--snapshotter', 'lazyroot', 'ls']);
+        if (probe.code === 0) break;
+        if (i >= 200) throw new Error(`containerd does not reach the restarted snapshotter: ${probe.stderr}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
     },
     async stop() {
       await containerd.stop().catch(() => undefined);

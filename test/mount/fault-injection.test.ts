@@ -1,7 +1,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
-import { cp, mkdir, mkdtemp, readFile, rm, statfs, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -41,6 +41,20 @@ function hashInChild(path: string): Promise<{ hash?: string; error?: string }> {
   child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
   child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
   return new Promise((resolve) => child.on('close', (code) => resolve(code === 0 ? { hash: stdout.split(' ')[0]! } : { error: stderr.trim() })));
+}
+
+/** Writes `path` until its filesystem is full, then gives `room` bytes back. */
+async function fillAllBut(path: string, room: number): Promise<void> {
+  const handle = await open(path, 'w');
+  const block = Buffer.alloc(MiB);
+  let written = 0;
+  try {
+    for (;;) written += (await handle.write(block)).bytesWritten;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+  }
+  await handle.truncate(Math.max(0, written - room));
+  await handle.close();
 }
 
 /** Runs `work` over `items`, `width` at a time. */
@@ -138,9 +152,9 @@ describe('fault injection: a whole-tree sha256sum of a lazy mount against umoci 
       };
       let pid = await mount();
       mounts.push({ store, target });
-      // What is left of the disk, but about 1 MiB: far less than the image.
-      const free = await statfs(disk);
-      await writeFile(join(disk, 'filler'), Buffer.alloc(Math.max(0, Number(free.bavail) * free.bsize - MiB)));
+      // What is left of the disk, but about 1 MiB: far less than the image. (Filled until full, then
+      // 1 MiB given back: prefetch is writing to the same disk meanwhile.)
+      await fillAllBut(join(disk, 'filler'), MiB);
 
       const requestsBefore = proxy.log.length;
       proxy.setRules(faults);
