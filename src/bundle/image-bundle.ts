@@ -80,7 +80,9 @@ export async function runImage(store: Store, ref: string, options: BundleOptions
     return await runBundle(dir, name, { ...(options.stdio ? { stdio: options.stdio } : {}), ...(options.signal ? { signal: options.signal } : {}) });
   } finally {
     tracePhase('run: runc exited');
-    await deleteRootfs(store, rootfsId);
+    // Not asked whether a process still uses it (a walk over /proc): `runc run` has returned, and
+    // with the container's init its PID namespace and every process in it are gone.
+    await deleteRootfs(store, rootfsId, { force: true });
     tracePhase('run: rootfs deleted');
     await rm(dir, { recursive: true, force: true });
   }

@@ -86,7 +86,18 @@ export interface LazyMountOptions extends ReferenceOptions {
    * a mount: both belong to the whole image. Default: every layer.
    */
   layerCount?: number;
+  /**
+   * Files (entry paths) read whole as soon as the merged tree is known, while
+   * the FUSE and overlay mounts are being made: what a caller will read
+   * before anything else (`run` reads /etc/passwd and /etc/group to build the
+   * container's user). Missing paths, and anything but a regular file, are
+   * passed over.
+   */
+  readAtMount?: string[];
 }
+
+/** The most of a readAtMount file read ahead: past it, the file is read when asked for. */
+const readAtMountMaxBytes = 1 << 20;
 
 export interface LazyMountStats {
   fs: FsStats;
@@ -218,6 +229,12 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
         return layers[node.layer]!.read(node.entry, position, length);
       },
     };
+    // Their bytes come in while the mounts are made; the reads that ask for them find them there
+    // (or join the same fetch). A failure here is left for those reads to meet.
+    for (const path of options.readAtMount ?? []) {
+      const node = tree.lookup(path);
+      if (node?.entry.type === 'file' && node.entry.size > 0 && node.entry.size <= readAtMountMaxBytes) void reader.read(node, 0, node.entry.size).catch(() => undefined);
+    }
     const mounted: MountedTree = await mountTree(tree, mountpoint, reader, {
       ...(options.allowOther !== undefined ? { allowOther: options.allowOther } : {}),
       timeoutMs: (options.deadlineMs ?? 30_000) + 5_000,

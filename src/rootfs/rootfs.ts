@@ -76,6 +76,8 @@ export async function createRootfs(store: Store, ref: string, id: string, option
           ...(options.platform ? { platform: options.platform } : {}),
           ...(lazy?.deadlineMs !== undefined ? { deadlineMs: lazy.deadlineMs } : {}),
           ...(lazy?.remoteIndex === false ? { remoteIndex: false } : {}),
+          // What a bundle reads first (bundle/user.ts), fetched while the mounts are made.
+          readAtMount: ['etc/passwd', 'etc/group'],
         },
         env: process.env,
         logFile: join(paths.dir, 'mount-daemon.log'),

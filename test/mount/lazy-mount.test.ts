@@ -122,10 +122,10 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
     await rm(work, { recursive: true, force: true });
   });
 
-  async function mount(tag: string, store: string, extra: string[] = []): Promise<string> {
+  async function mount(tag: string, store: string, extra: string[] = [], repository = 'lazy/app'): Promise<string> {
     const target = join(work, `mnt-${tag}-${mounted.length}`);
     await mkdir(target, { recursive: true });
-    const r = await lazyroot(['--store', store, 'mount', ...extra, `docker://${proxy.host}/lazy/app:${tag}`, target]);
+    const r = await lazyroot(['--store', store, 'mount', ...extra, `docker://${proxy.host}/${repository}:${tag}`, target]);
     assert.equal(r.code, 0, r.stderr);
     mounted.push({ target, store });
     return target;
@@ -243,6 +243,31 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
       assert.equal(wrote.code, 5, wrote.stderr);
       assert.equal(wrote.stdout, 'new\nsmall file\n');
       assert.deepEqual(JSON.parse((await lazyroot(['--store', store, 'list', '--json'])).stdout), []);
+    }
+  });
+
+  test('create --lazy reads /etc/passwd and /etc/group while the mounts are made (what the bundle reads first); a plain mount reads nothing', async () => {
+    const sample = await busyboxImageSpec('users');
+    await writeOciLayout(join(work, 'layout-users'), [sample]);
+    await pushToRegistry(join(work, 'layout-users'), 'lazy/users:gzip', registry.host, { layoutRef: 'users' });
+    const ref = `docker://${proxy.host}/lazy/users:gzip`;
+    const fetched = async (store: string, dir: string) => ((await stats(store, dir)) as { bytesFetched: number }).bytesFetched;
+    // gzip with its span index in the store: the mount itself fetches nothing.
+    const plainStore = join(work, 'store-plain-users');
+    assert.equal((await lazyroot(['--store', plainStore, 'index', '-q', ref])).code, 0);
+    const target = await mount('gzip', plainStore, ['--no-prefetch'], 'lazy/users');
+    assert.equal(await fetched(plainStore, target), 0, 'a plain mount fetches nothing before it is read');
+    const store = join(work, 'store-users');
+    assert.equal((await lazyroot(['--store', store, 'index', '-q', ref])).code, 0);
+    const created = await lazyroot(['--store', store, 'create', '--lazy', ref, 'users']);
+    assert.equal(created.code, 0, created.stderr);
+    try {
+      const lower = join(store, 'rootfs', 'users', 'lower');
+      assert.ok((await fetched(store, lower)) > 0, 'the spans holding /etc/passwd and /etc/group came in with the mount');
+      const root = (JSON.parse(created.stdout) as { root: { path: string } }).root.path;
+      assert.match(await readFileFs(join(root, 'etc/passwd'), 'utf8'), /^root:x:0:0:/);
+    } finally {
+      assert.equal((await lazyroot(['--store', store, 'delete', 'users'])).code, 0);
     }
   });
 
