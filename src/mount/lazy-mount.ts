@@ -502,9 +502,12 @@ export async function prepareLayer(
       break;
     } catch (err) {
       if (passedOver(err)) continue;
-      // A request the source left unanswered (a stall) is asked once more before the mount fails:
-      // afresh, waiting only the short grace of a range that went unanswered (unanswered-ranges.ts).
-      if (isTimedOut(err) && timeouts++ < 1) continue;
+      // A request the source left unanswered (a stall) is asked once more, afresh and with a whole
+      // deadline, before the mount fails.
+      if (isTimedOut(err) && timeouts++ < 1) {
+        (await context.opened.get(descriptor.digest)?.catch(() => undefined))?.forgetUnanswered();
+        continue;
+      }
       // The footer and TOC as they arrived do not parse, or miss their digest: bytes damaged on the
       // way are likelier than a damaged blob, so they are fetched once more (nothing of them was
       // kept as verified); the second answer's fault is the mount's.

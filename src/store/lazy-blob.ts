@@ -382,6 +382,15 @@ export class LazyBlob {
   }
 
   /** Reads bytes the caller cannot verify piecewise (an eStargz footer and TOC) and keeps them provisionally. */
+  /**
+   * Ranges the source left unanswered are forgotten: a caller that asks again
+   * on purpose (a mount retrying its footer and TOC, not the kernel retrying
+   * a read) waits a whole deadline for them.
+   */
+  forgetUnanswered(): void {
+    this.unanswered.clear();
+  }
+
   async readUnverified(start: number, end: number): Promise<Buffer> {
     const bytes = await this.read(start, end);
     if (this.pending.get(start) === bytes) {

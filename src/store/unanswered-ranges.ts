@@ -39,6 +39,11 @@ export class UnansweredRanges {
     if (this.ranges.length > maxRanges) this.ranges.shift();
   }
 
+  /** Everything forgotten: the next read of any range waits a whole deadline again. */
+  clear(): void {
+    this.ranges.length = 0;
+  }
+
   /** The source answered for [start, end): ranges overlapping it are forgotten. */
   answered(start: number, end: number): void {
     if (this.ranges.length === 0) return;
