@@ -219,6 +219,30 @@ describe('zstd:chunked images pushed by podman mount lazily', { skip: missing.le
     await unmount(target);
   });
 
+  test('a second mount of the image reads its TOC from the store: not one blob request, the same tree', async () => {
+    const store = join(work, 'store-second');
+    const ref = `docker://${registry.host}/zc/big:v1`;
+    // Metadata only (find stats entries; it reads no file's bytes).
+    const listing = (dir: string) =>
+      new Promise<string>((resolve, reject) =>
+        execFile('find', [dir, '-printf', '%P %y %m %U %G %s %T@ %l\\n'], { maxBuffer: 64 << 20 }, (err, out) => (err ? reject(err) : resolve(out.split('\n').sort().join('\n')))),
+      );
+    const first = await mount(store, ref);
+    const tree = await listing(first);
+    await unmount(first); // writes the parsed TOC to the store, if the mount had not yet
+    const blobGets = () => registry.accessLog().filter((line) => /^GET \/v2\/zc\/big\/blobs\//.test(line));
+    // The registry logs as it answers: let the first mount's lines arrive.
+    await new Promise((r) => setTimeout(r, 300));
+    const before = blobGets().length;
+    const second = await mount(store, ref);
+    assert.equal(await listing(second), tree);
+    await new Promise((r) => setTimeout(r, 300));
+    assert.deepEqual(blobGets().slice(before), [], 'the second mount fetched no footer and no TOC');
+    const [layer] = await layerStats(store, second);
+    assert.equal(layer!.bytesFetched, 0);
+    await unmount(second);
+  });
+
   test('with prefetch the blob is fetched whole, checked against the TOC, and promoted', async () => {
     const store = join(work, 'store-prefetch');
     const target = await mount(store, `docker://${registry.host}/zc/big:v1`, []);
