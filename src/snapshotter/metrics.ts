@@ -45,7 +45,8 @@ const esc = (v: string): string => v.replace(/\\/g, '\\\\').replace(/"/g, '\\"')
  * each is asked for fresh stats (`mount --stats`'s SIGUSR1) at scrape time.
  * Per layer: bytes fetched on demand and in the background, requests, cache
  * hits and misses, failures, fetch time, and the fraction of the blob fetched
- * — the "is it actually lazy?" number.
+ * — the "is it actually lazy?" number. Per registry mirror: answers used,
+ * failures and lies.
  */
 export async function metricsText(store: Store, remote: RemoteLayers, calls: CallCounter): Promise<string> {
   const out: string[] = [];
@@ -114,6 +115,16 @@ export async function metricsText(store: Store, remote: RemoteLayers, calls: Cal
   for (const [name, type, help, value] of perLayer) {
     family(name, type, help);
     for (const m of mounts) for (const l of m.layers) line(name, { mountpoint: m.mountpoint, layer: l.digest, format: l.format }, value(l));
+  }
+  // Registry mirrors (hosts.toml), as each mount's daemon used them: the upstream is not among them.
+  const perMirror: Array<[string, string, (m: NonNullable<MountStats['mirrors']>[number]) => number]> = [
+    ['lazyroot_mirror_answers_total', 'answers taken from a registry mirror', (m) => m.served],
+    ['lazyroot_mirror_failures_total', 'requests a mirror failed (connection, 5xx, 404), after which the next host was asked', (m) => m.failures],
+    ['lazyroot_mirror_lies_total', 'bytes from a mirror that failed verification; it is passed over for that blob', (m) => m.lies],
+  ];
+  for (const [name, help, value] of perMirror) {
+    family(name, 'counter', help);
+    for (const m of mounts) for (const mirror of m.mirrors ?? []) line(name, { mountpoint: m.mountpoint, mirror: mirror.mirror }, value(mirror));
   }
   return `${out.join('\n')}\n`;
 }

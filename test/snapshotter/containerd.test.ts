@@ -1,6 +1,9 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { freePort } from '../helpers/free-port.js';
 import { lazyroot } from '../helpers/cli.js';
 import { buildEstargzImage } from '../helpers/estargz.js';
 import { buildImage } from '../helpers/image-builder.js';
@@ -157,6 +160,28 @@ describe('lazyroot snapshotter under containerd', () => {
     await world.ctr(['images', 'rm', '--sync', refA]);
     assert.deepEqual(await snapshotsOf(world), []);
     assert.deepEqual(await lazyMountsUnder(world), []);
+  });
+
+  test('a registry mirror (hosts.toml, --hosts-dir) that is down is passed over, and its failures are in /metrics', async (t) => {
+    if (!requireOrSkip(t, needs)) return;
+    const hosts = await mkdtemp(join(tmpdir(), 'lazyroot-hosts-'));
+    t.after(() => rm(hosts, { recursive: true, force: true }));
+    const down = `127.0.0.1:${await freePort()}`;
+    await mkdir(join(hosts, registry.host), { recursive: true });
+    await writeFile(join(hosts, registry.host, 'hosts.toml'), `server = "${registry.url}"\n\n[host."http://${down}"]\n  capabilities = ["pull", "resolve"]\n`);
+    const world = await startSnapshotterWorld({ args: ['--hosts-dir', hosts] });
+    t.after(() => world.stop());
+    await registry.pushImage('mirrored/busybox', 'v1', await buildEstargzImage(await busyboxEntries(), { config: imageConfig }));
+    const ref = `${registry.host}/mirrored/busybox:v1`;
+    await world.ctr(['image', 'rpull', '--plain-http', '--snapshotter', 'lazyroot', ref]);
+    const out = await world.ctrStatus(['run', '--rm', '--snapshotter', 'lazyroot', ref, `mirrored-${process.pid}`]);
+    assert.equal(out.code, 0, out.stderr);
+    assert.equal(out.stdout, motd);
+    const metrics = await world.metrics();
+    const failures = metrics.match(new RegExp(`^lazyroot_mirror_failures_total\\{mountpoint="[^"]+",mirror="http://${down.replace(/\./g, '\\.')}"\\} (\\d+)$`, 'm'));
+    assert.ok(failures && Number(failures[1]) > 0, metrics);
+    assert.match(metrics, new RegExp(`^lazyroot_mirror_answers_total\\{mountpoint="[^"]+",mirror="http://${down.replace(/\./g, '\\.')}"\\} 0$`, 'm'));
+    await world.ctr(['images', 'rm', '--sync', ref]);
   });
 
   test('a gzip image with a span index in the lazyroot store is served lazily through the stargz label set', async (t) => {
