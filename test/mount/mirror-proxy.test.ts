@@ -193,6 +193,37 @@ describe('lazy mounts through a pull-through cache configured as a mirror', { sk
     for (const [d, n] of afterAll) assert.ok(n >= 1 && n <= 2, `${d}: upstream sent it ${n} times`);
   });
 
+  test('two stores mounting at once through a cold cache: both read the right bytes, each keeps each blob once, the upstream sends each at most a few times', async () => {
+    // A cache of its own, cold: neither store finds anything in it yet.
+    const coldCache = await startRegistry({ proxyRemoteUrl: upstream.url });
+    try {
+      const hosts = await hostsDir('cold-concurrent', coldCache.host);
+      const before = await upstreamBlobGets(stargz.layerDigests);
+      const stores = [join(work, 'store-concurrent-a'), join(work, 'store-concurrent-b')];
+      const targets = stores.map((_, i) => join(work, `mnt-concurrent-${i}`));
+      await Promise.all(
+        stores.map(async (store, i) => {
+          await mkdir(targets[i]!, { recursive: true });
+          const r = await lazyroot(['--store', store, '--hosts-dir', hosts, 'mount', '--no-prefetch', ref('estargz'), targets[i]!]);
+          assert.equal(r.code, 0, r.stderr);
+          mounted.push({ target: targets[i]!, store });
+        }),
+      );
+      await Promise.all(targets.map((t) => readAllExpected(t)));
+      for (const [i, store] of stores.entries()) {
+        const s = await stats(store, targets[i]!);
+        assert.ok(s.bytesStreamed + s.bytesFetched <= s.imageBytes * 1.05, `store ${i}: ${s.bytesStreamed} streamed + ${s.bytesFetched} fetched of ${s.imageBytes}: each blob kept once`);
+        assert.equal(s.mirrors?.[0]?.failures, 0, JSON.stringify(s.mirrors));
+        await umount(store, targets[i]!);
+      }
+      const after = await upstreamBlobGets(stargz.layerDigests);
+      // Each store's miss may reach the upstream (twice each: distribution's proxy stores one copy and streams another).
+      for (const [d, n] of after) assert.ok(n - before.get(d)! <= 4, `${d}: the upstream sent it ${n - before.get(d)!} more times`);
+    } finally {
+      await coldCache.stop();
+    }
+  });
+
   test('a mirror that is down is passed over (counted in mount --stats) and the upstream serves the right bytes', async () => {
     const hosts = await hostsDir('down', `127.0.0.1:${await freePort()}`);
     const store = join(work, 'store-down');
