@@ -35,8 +35,12 @@ export async function readCached<T>(path: string, key: string): Promise<T | unde
   }
 }
 
-/** About how many characters of JSON text jsonPieces hands out at a time. */
-const pieceChars = 64 << 10;
+/**
+ * About how many characters of JSON text jsonPieces hands out at a time: few
+ * writes for an image's caches (a 2 MB TOC in 2, measured 5-10 ms less than
+ * at 64 KiB), and still never the whole text of a tree of a million entries.
+ */
+const pieceChars = 1 << 20;
 
 /**
  * The text JSON.stringify(value) would give, in pieces of about `pieceChars`
