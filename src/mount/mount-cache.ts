@@ -151,4 +151,25 @@ export async function flushCacheWrites(): Promise<void> {
 }
 
 export const tocCachePath = (store: Store, blob: Digest): string => `${store.paths.index(blob)}.toc`;
+
+/**
+ * A layer's parsed TOC (eStargz, zstd:chunked): read back from the store when
+ * an earlier mount kept it under the same `key` (the digest the TOC was
+ * checked against), else `parse`d and kept for the next mount. Its chunk map
+ * is kept as [path, chunks] pairs.
+ */
+export async function cachedLayerIndex<T extends { chunks: Map<string, unknown[]> }>(
+  store: Store,
+  blob: Digest,
+  key: string,
+  parse: () => Promise<T>,
+  log?: (message: string, error: unknown) => void,
+): Promise<T> {
+  const path = tocCachePath(store, blob);
+  const cached = await readCached<Omit<T, 'chunks'> & { chunks: Array<[string, unknown[]]> }>(path, key);
+  if (cached) return { ...cached, chunks: new Map(cached.chunks) } as unknown as T;
+  const index = await parse();
+  writeCachedLater(store, path, key, { ...index, chunks: [...index.chunks] }, log);
+  return index;
+}
 export const treeCachePath = (store: Store, image: Digest): string => `${store.paths.index(image)}.tree`;

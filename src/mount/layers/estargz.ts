@@ -11,14 +11,7 @@ import { createGunzip } from 'node:zlib';
 import { pipeline } from 'node:stream';
 import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
 import { withGaps } from './prefetch-units.js';
-import { readCached, tocCachePath, writeCachedLater } from '../mount-cache.js';
-
-/** The parsed TOC as a later mount reads it back (mount-cache.ts). */
-interface CachedToc {
-  entries: IndexEntry[];
-  chunks: Array<[string, EstargzMemberChunk[]]>;
-  prefetch: EstargzIndex['prefetch'];
-}
+import { cachedLayerIndex } from '../mount-cache.js';
 
 /**
  * An eStargz layer: the footer and TOC are read by two range requests (and
@@ -31,10 +24,14 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   // The footer and TOC are checked as a whole (the TOC digest), not piecewise: kept, but only
   // the whole blob's digest lets them count as verified.
   const indexReader: BlobRangeReader = { size: blob.size, read: (start, end) => blob.readUnverified(start, end) };
-  const cachePath = tocCachePath(context.store, context.descriptor.digest);
-  const cached = await readCached<CachedToc>(cachePath, tocDigest);
-  const index = cached ? { entries: cached.entries, chunks: new Map(cached.chunks), prefetch: cached.prefetch } : await readEstargzIndex(indexReader, { tocDigest, what, ...(context.maxTocRecords !== undefined ? { maxTocRecords: context.maxTocRecords } : {}) });
-  if (!cached) writeCachedLater(context.store, cachePath, tocDigest, { entries: index.entries, chunks: [...index.chunks], prefetch: index.prefetch } satisfies CachedToc, context.log);
+  // A later mount reads the parsed TOC back from the store, keyed by the TOC digest it was checked against.
+  const index = await cachedLayerIndex(
+    context.store,
+    context.descriptor.digest,
+    tocDigest,
+    () => readEstargzIndex(indexReader, { tocDigest, what, ...(context.maxTocRecords !== undefined ? { maxTocRecords: context.maxTocRecords } : {}) }),
+    context.log,
+  );
   const cache = new EstargzChunkCache(context.cacheBytes, context.decodedCache);
   // The TOC is trusted by its digest, but it must also agree with the tar stream `create` unpacks:
   // each file's tar header before its bytes are served, the whole stream before the blob is promoted.

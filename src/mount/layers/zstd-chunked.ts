@@ -6,19 +6,11 @@ import { readZstdChunkedIndex, type ZstdChunkedIndex } from '../../index/zstd-ch
 import { verifyChunk, ZstdChunkedReader } from '../../index/zstd-chunked/reader.js';
 import { checkZstdChunkedTocAgainstTar } from '../../index/zstd-chunked/tar-check.js';
 import { ZstdChunkedHeaderCheck } from '../../index/zstd-chunked/header-check.js';
-import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../../index/types.js';
+import type { BlobRangeReader, EstargzChunk } from '../../index/types.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
 import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
 import { withGaps } from './prefetch-units.js';
-import { readCached, tocCachePath, writeCachedLater } from '../mount-cache.js';
-
-/** The parsed TOC as a later mount reads it back (mount-cache.ts). */
-interface CachedZstdToc {
-  entries: IndexEntry[];
-  chunks: Array<[string, EstargzChunk[]]>;
-  position: ZstdChunkedIndex['position'];
-  checksum: ZstdChunkedIndex['checksum'];
-}
+import { cachedLayerIndex } from '../mount-cache.js';
 
 /**
  * A zstd:chunked layer (containers/storage, `podman push --compression-format
@@ -33,23 +25,20 @@ export async function openZstdChunkedLayer(context: LayerContext, annotations: {
   // The TOC is checked as a whole (the checksum annotation), not piecewise: kept, but only the
   // whole blob's digest lets its bytes count as verified.
   const indexReader: BlobRangeReader = { size: blob.size, read: (start, end) => blob.readUnverified(start, end) };
-  // A later mount reads the parsed TOC back from the store (mount-cache.ts), keyed by the checksum
-  // annotation the TOC was checked against when parsed.
-  const cachePath = tocCachePath(context.store, context.descriptor.digest);
-  const cacheKey = `zstd:chunked ${annotations.checksum}`;
-  const cached = await readCached<CachedZstdToc>(cachePath, cacheKey);
-  const index: ZstdChunkedIndex = cached
-    ? { entries: cached.entries, chunks: new Map(cached.chunks), position: cached.position, checksum: cached.checksum }
-    : await readZstdChunkedIndex(indexReader, {
+  // A later mount reads the parsed TOC back from the store, keyed by the checksum annotation it was checked against.
+  const index = await cachedLayerIndex(
+    context.store,
+    context.descriptor.digest,
+    `zstd:chunked ${annotations.checksum}`,
+    () =>
+      readZstdChunkedIndex(indexReader, {
         checksum: annotations.checksum,
         ...(annotations.position !== undefined ? { position: annotations.position } : {}),
         what,
         ...(context.maxTocRecords !== undefined ? { maxTocRecords: context.maxTocRecords } : {}),
-      });
-  if (!cached) {
-    const value: CachedZstdToc = { entries: index.entries, chunks: [...index.chunks], position: index.position, checksum: index.checksum };
-    writeCachedLater(context.store, cachePath, cacheKey, value, context.log);
-  }
+      }),
+    context.log,
+  );
   const reader = new ZstdChunkedReader(blob, context.decodedCache, context.cacheBytes, what);
   // The TOC is trusted by its checksum, but it must also agree with the tar stream `create`
   // unpacks: each file's tar headers before its bytes are served, the whole stream before the
