@@ -9,7 +9,7 @@ import { startRegistry, type TestRegistry } from '../helpers/registry.js';
 import { startFaultProxy, type FaultProxy, type FaultRule } from '../helpers/fault-proxy.js';
 import { pushToRegistry, writeOciLayout } from '../helpers/image-builder.js';
 import { buildTar, dir, file, hardlink, symlink, whiteout, type TarEntry } from '../helpers/tar-builder.js';
-import { buildEstargzImage, incompressible } from '../helpers/estargz.js';
+import { buildEstargzImage, incompressible, type EstargzImage } from '../helpers/estargz.js';
 import { diffTreesReport, snapshotTree } from '../helpers/tree-snapshot.js';
 import { umociUnpack } from '../helpers/umoci.js';
 import { missingRequirements } from '../helpers/requirements.js';
@@ -99,6 +99,7 @@ describe('fault injection: a whole-tree sha256sum of a lazy mount against umoci 
   /** Regular files of umoci's tree: path → sha256. */
   let expected: Map<string, string>;
   let umociRoot: string;
+  let esgz: EstargzImage;
   const disks: string[] = [];
   const mounts: Array<{ store: string; target: string }> = [];
 
@@ -110,7 +111,8 @@ describe('fault injection: a whole-tree sha256sum of a lazy mount against umoci 
     // The same layers twice: gzip (with a span index) and eStargz (the project's own builder).
     await writeOciLayout(join(work, 'layout'), [{ layers: await Promise.all(layers.map(async (l) => ({ tar: await buildTar(l), compression: 'gzip' as const }))), config: { config: { Cmd: ['/bin/sh'] } }, refName: 'v1' }]);
     await pushToRegistry(join(work, 'layout'), 'faults/app:gzip', registry.host, { layoutRef: 'v1' });
-    await registry.pushImage('faults/app', 'estargz', await buildEstargzImage(layers, { config: { Cmd: ['/bin/sh'] } }));
+    esgz = await buildEstargzImage(layers, { config: { Cmd: ['/bin/sh'] } });
+    await registry.pushImage('faults/app', 'estargz', esgz);
     umociRoot = await umociUnpack(join(work, 'layout'), 'v1', join(work, 'umoci'));
     expected = new Map((await snapshotTree(umociRoot)).filter((e) => e.type === 'file').map((e) => [e.path, e.sha256!]));
     assert.ok(expected.size > 190, `the image has ${expected.size} files`);
@@ -123,6 +125,52 @@ describe('fault injection: a whole-tree sha256sum of a lazy mount against umoci 
     await proxy?.close();
     await registry?.stop();
     await rm(work, { recursive: true, force: true });
+  });
+
+  test('a layer whose footer arrives damaged, or not at all, is asked for once more: the mount comes up and reads right', async () => {
+    for (const fault of [{ kind: 'corrupt', atByte: 10 }, { kind: 'stall' }] as const) {
+      const store = join(work, `store-once-${fault.kind}`);
+      const target = join(work, `mnt-once-${fault.kind}`);
+      await mkdir(target);
+      // The first request for the first layer: its footer.
+      proxy.setRules([{ method: 'GET', path: new RegExp(`/blobs/${esgz.layerDigests[0]}`), times: 1, fault }]);
+      try {
+        const r = await lazyroot(['--store', store, 'mount', '--no-prefetch', '--deadline-ms', '1500', `docker://${proxy.host}/faults/app:estargz`, target]);
+        assert.equal(r.code, 0, `${fault.kind}: ${r.stderr}`);
+        mounts.push({ store, target });
+      } finally {
+        proxy.setRules([]);
+      }
+      assert.equal(proxy.injected[fault.kind] !== undefined, true);
+      const got = await hashInChild(join(target, 'etc/passwd'));
+      assert.equal(got.hash, expected.get('etc/passwd'), got.error);
+      assert.equal((await lazyroot(['--store', store, 'umount', target])).code, 0);
+      mounts.splice(mounts.findIndex((m) => m.target === target), 1);
+    }
+  });
+
+  test('a mount on a store whose disk is full from the start fails at once, saying so (exit 1), and works once there is room', async () => {
+    const disk = join(work, 'disk-full-at-open');
+    await mkdir(disk);
+    await run('mount', ['-t', 'tmpfs', '-o', 'size=2m', 'lazyroot-test-full-open', disk]);
+    disks.push(disk);
+    await fillAllBut(join(disk, 'filler'), 0);
+    const store = join(disk, 'store');
+    const target = join(work, 'mnt-full-at-open');
+    await mkdir(target);
+    const ref = `docker://${proxy.host}/faults/app:estargz`;
+    const started = Date.now();
+    const refused = await lazyroot(['--store', store, 'mount', '--no-prefetch', ref, target]);
+    assert.equal(refused.code, 1, refused.stderr);
+    assert.match(refused.stderr, /the store's disk is full/);
+    assert.ok(Date.now() - started < 30_000, `answered in ${Date.now() - started} ms`);
+    await rm(join(disk, 'filler'));
+    const mounted = await lazyroot(['--store', store, 'mount', '--no-prefetch', ref, target]);
+    assert.equal(mounted.code, 0, mounted.stderr);
+    mounts.push({ store, target });
+    assert.equal((await hashInChild(join(target, 'etc/passwd'))).hash, expected.get('etc/passwd'));
+    assert.equal((await lazyroot(['--store', store, 'umount', target])).code, 0);
+    mounts.splice(mounts.findIndex((m) => m.target === target), 1);
   });
 
   for (const variant of ['estargz', 'gzip'] as const) {
