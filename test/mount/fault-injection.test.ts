@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { cp, mkdir, mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -14,6 +14,7 @@ import { diffTreesReport, snapshotTree } from '../helpers/tree-snapshot.js';
 import { umociUnpack } from '../helpers/umoci.js';
 import { missingRequirements } from '../helpers/requirements.js';
 import { lazyroot } from '../helpers/cli.js';
+import { hashInChild } from '../helpers/hash-in-child.js';
 
 /**
  * Issue 12's fault-injection run: a whole-tree sha256sum of a lazy mount
@@ -32,16 +33,6 @@ if (missing.length && process.env.CI) throw new Error(`CI: fault-injection tests
 
 const MiB = 1 << 20;
 const run = promisify(execFile);
-
-/** sha256sum in a child: this process runs the proxy the mount fetches through, so its loop stays free. */
-function hashInChild(path: string): Promise<{ hash?: string; error?: string }> {
-  const child = spawn('sha256sum', [path], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  return new Promise((resolve) => child.on('close', (code) => resolve(code === 0 ? { hash: stdout.split(' ')[0]! } : { error: stderr.trim() })));
-}
 
 /** Writes `path` until its filesystem is full, then gives `room` bytes back. */
 async function fillAllBut(path: string, room: number): Promise<void> {

@@ -1,6 +1,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, rm, statfs, writeFile } from 'node:fs/promises';
@@ -12,6 +12,7 @@ import { dir, file, symlink, type TarEntry } from '../helpers/tar-builder.js';
 import { buildEstargzImage, incompressible } from '../helpers/estargz.js';
 import { missingRequirements } from '../helpers/requirements.js';
 import { lazyroot } from '../helpers/cli.js';
+import { hashInChild } from '../helpers/hash-in-child.js';
 
 const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry'] });
 if (missing.length && process.env.CI) throw new Error(`CI: full-disk tests need ${missing.join(', ')}`);
@@ -20,16 +21,6 @@ const MiB = 1 << 20;
 const run = promisify(execFile);
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** sha256sum in a child (this process serves the registry): the hash, or the error sha256sum printed. */
-function hashInChild(path: string): Promise<{ hash?: string; error?: string }> {
-  const child = spawn('sha256sum', [path], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
-  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  return new Promise((resolve) => child.on('close', (code) => resolve(code === 0 ? { hash: stdout.split(' ')[0]! } : { error: stderr.trim() })));
-}
 
 interface Stats {
   complete: boolean;

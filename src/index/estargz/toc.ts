@@ -116,14 +116,27 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
     // Not the plain shape: read it the plain way, whose results and errors are the reference.
   }
   const tocJson = await extractTocJson(member, maxTocBytes, `${what}: TOC at offset ${tocOffset}`);
+  const tocDigest = checkedTocDigest(tocJson, want, what);
+  return { ...indexFromTocJson(tocJson, tocOffset, what, maxRecords), tocDigest, tocOffset, footer };
+}
 
-  const got = `sha256:${createHash('sha256').update(tocJson).digest('hex')}`;
+/** The sha256 of the TOC JSON; when the annotation names a digest, it must match (DigestMismatchError). */
+function checkedTocDigest(json: Buffer, want: Digest | undefined, what: string): Digest {
+  const got: Digest = `sha256:${createHash('sha256').update(json).digest('hex')}`;
   if (want !== undefined) {
-    const check = digestAlgorithm(want) === 'sha256' ? got : `sha512:${createHash('sha512').update(tocJson).digest('hex')}`;
+    const check = digestAlgorithm(want) === 'sha256' ? got : `sha512:${createHash('sha512').update(json).digest('hex')}`;
     if (check !== want) throw new DigestMismatchError(`${what}: TOC ${tocTarName}`, want, check);
   }
+  return got;
+}
 
-  return { ...indexFromTocJson(tocJson, tocOffset, what, maxRecords), tocDigest: got, tocOffset, footer };
+/** JSON.parse of the whole TOC, a failure said as INVALID_DATA naming the TOC. */
+function parseTocJson(json: Buffer, what: string): unknown {
+  try {
+    return JSON.parse(json.toString('utf8'));
+  } catch (err) {
+    throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
+  }
 }
 
 // ---- a small TOC: inflated and parsed whole
@@ -153,18 +166,8 @@ async function smallTocJson(member: Buffer, limit: number, what: string): Promis
 
 /** The plain path's result from the whole TOC JSON: the digest checked first, then JSON.parse and mapping. */
 function indexFromWholeToc(json: Buffer, tocOffset: number, what: string, maxRecords: number, want: Digest | undefined): Omit<EstargzIndex, 'tocOffset' | 'footer'> {
-  const got: Digest = `sha256:${createHash('sha256').update(json).digest('hex')}`;
-  if (want !== undefined) {
-    const check = digestAlgorithm(want) === 'sha256' ? got : `sha512:${createHash('sha512').update(json).digest('hex')}`;
-    if (check !== want) throw new DigestMismatchError(`${what}: TOC ${tocTarName}`, want, check);
-  }
-  let toc: unknown;
-  try {
-    toc = JSON.parse(json.toString('utf8'));
-  } catch (err) {
-    throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
-  }
-  return { ...indexFromToc(toc, tocOffset, what, maxRecords), tocDigest: got };
+  const tocDigest = checkedTocDigest(json, want, what);
+  return { ...indexFromToc(parseTocJson(json, what), tocOffset, what, maxRecords), tocDigest };
 }
 
 // ---- the TOC read as it inflates: the plain case, in bounded memory
@@ -592,15 +595,7 @@ function checkRecordCount(count: number, maxRecords: number, what: string): void
  */
 export function indexFromTocJson(json: Buffer, tocOffset: number, what: string, maxRecords = defaultMaxTocRecords): Omit<EstargzIndex, 'tocDigest' | 'tocOffset' | 'footer'> {
   const shape = splitToc(json);
-  if (!shape) {
-    let toc: unknown;
-    try {
-      toc = JSON.parse(json.toString('utf8'));
-    } catch (err) {
-      throw new LazyrootError('INVALID_DATA', `${what}: TOC ${tocTarName} is not valid JSON (${(err as Error).message})`, { cause: err });
-    }
-    return indexFromToc(toc, tocOffset, what, maxRecords);
-  }
+  if (!shape) return indexFromToc(parseTocJson(json, what), tocOffset, what, maxRecords);
   checkVersion(shape.version, what);
   checkRecordCount(shape.count, maxRecords, what);
   const builder = new TocIndexBuilder(tocOffset, what);
