@@ -202,7 +202,7 @@ function startFetch(
 }
 
 /** The chunk's bytes inflated from its member, checked against its digest unless the member was `trusted` (verified on ingest). */
-async function verifiedChunk(
+export async function verifiedChunk(
   member: Buffer,
   chunk: EstargzMemberChunk,
   index: number,

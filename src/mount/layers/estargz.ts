@@ -1,10 +1,9 @@
-import { LazyrootError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import { readEstargzIndex, type EstargzIndex, type EstargzMemberChunk } from '../../index/estargz/toc.js';
-import { EstargzChunkCache, readEstargzFile } from '../../index/estargz/reader.js';
+import { EstargzChunkCache, readEstargzFile, verifiedChunk } from '../../index/estargz/reader.js';
 import { EstargzHeaderCheck } from '../../index/estargz/header-check.js';
 import { checkTocAgainstTar } from '../../index/estargz/toc-check.js';
-import type { BlobRangeReader, IndexEntry } from '../../index/types.js';
+import type { BlobRangeReader } from '../../index/types.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
 import { createReadStream } from 'node:fs';
 import { createGunzip } from 'node:zlib';
@@ -117,35 +116,22 @@ function memberUnits(
   decoded: EstargzChunkCache,
   onTail: (chunk: EstargzMemberChunk, tail: Buffer) => void,
 ): PrefetchUnit[] {
-  const members = new Map<number, { end: number; chunks: Array<{ path: string; chunk: EstargzMemberChunk }> }>();
+  const members = new Map<number, { end: number; chunks: Array<{ path: string; chunk: EstargzMemberChunk; index: number }> }>();
   for (const [path, chunks] of index.chunks) {
-    for (const chunk of chunks) {
+    chunks.forEach((chunk, i) => {
       let member = members.get(chunk.compressedStart);
       if (!member) members.set(chunk.compressedStart, (member = { end: chunk.compressedEnd, chunks: [] }));
       member.end = Math.max(member.end, chunk.compressedEnd);
-      member.chunks.push({ path, chunk });
-    }
+      member.chunks.push({ path, chunk, index: i });
+    });
   }
-  // A cache of one byte, cleared before each chunk: a chunk is never taken from it, so every
-  // chunk's bytes are the fetched ones and are inflated and checked.
-  const cache = new EstargzChunkCache(1);
+  // Every chunk's bytes are the fetched ones (never a cached or in-flight copy): inflated and checked.
   const units: PrefetchUnit[] = [...members].map(([start, member]) => ({
     start,
     end: member.end,
     verify: async (bytes) => {
-      for (const { path, chunk } of member.chunks) {
-        cache.clear();
-        let used = false;
-        const view: BlobRangeReader = {
-          size,
-          read: async (s, e) => {
-            used = true;
-            return bytes.subarray(s - start, e - start);
-          },
-        };
-        const entry: IndexEntry = { path, type: 'file', mode: 0o644, uid: 0, gid: 0, size: chunk.offset + chunk.size, mtime: 0 };
-        const data = await readEstargzFile(entry, [chunk], chunk.offset, chunk.size, view, { cache, what, onTail });
-        if (!used) throw new LazyrootError('INVALID_ARGUMENT', `${what}: ${JSON.stringify(path)}: chunk at ${chunk.offset} was not checked against the fetched bytes`);
+      for (const { path, chunk, index: i } of member.chunks) {
+        const data = await verifiedChunk(bytes.subarray(chunk.compressedStart - start, chunk.compressedEnd - start), chunk, i, path, what, false, onTail);
         // Inflated and checked now: the read that asked for this region (or comes soon) need not inflate it again.
         decoded.set(chunk.chunkDigest, data);
       }
