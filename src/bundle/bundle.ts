@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import { tracePhase } from '../trace.js';
-import { mkdir, readFile, rm, rmdir } from 'node:fs/promises';
+import { access, mkdir, readFile, rm, rmdir } from 'node:fs/promises';
 import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
@@ -70,6 +70,7 @@ export async function runBundle(dir: string, id: string, options: RunBundleOptio
   const child = spawn(runc, ['--root', runcRoot, '--log', logPath, '--log-format', 'json', 'run', '--bundle', bundle, id], {
     stdio: stdioFor(stdio),
   });
+  tracePhase('runc: spawned');
   if (typeof stdio === 'object') connect(child, stdio);
 
   let aborted = false;
@@ -89,7 +90,10 @@ export async function runBundle(dir: string, id: string, options: RunBundleOptio
     return exitCode;
   } finally {
     signal?.removeEventListener('abort', onAbort);
-    await runcQuiet(runc, ['--root', runcRoot, 'delete', '--force', id]);
+    // `runc run` removes its container when it returns; state left behind (runc killed, or failed
+    // half-way) is deleted here. Not asked when there is none: that is another runc start, and a
+    // fork of this process, on every run's way out (20-50 ms measured).
+    if (await exists(join(runcRoot, id))) await runcQuiet(runc, ['--root', runcRoot, 'delete', '--force', id]);
     await rm(logPath, { force: true });
     if (options.runcRoot === undefined) await rmdir(runcRoot).catch(() => undefined); // only if empty
   }
@@ -141,6 +145,13 @@ function runcQuiet(runc: string, args: string[]): Promise<void> {
     child.once('error', () => resolvePromise());
     child.once('close', () => resolvePromise());
   });
+}
+
+function exists(path: string): Promise<boolean> {
+  return access(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** The last error runc logged, if any: runc's own failure, not the container's exit status. */
