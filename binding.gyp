@@ -5,6 +5,12 @@
       "sources": ["native/lazyroot_native.c", "native/gzip_index.c", "native/gzip_member.c", "native/fuse_times.c", "native/mount_calls.c"],
       "libraries": ["-ldl"],
       "cflags": ["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    },
+    {
+      "target_name": "lazyroot-front",
+      "type": "executable",
+      "sources": ["native/front.c"],
+      "cflags": ["-O2", "-Wall", "-Wextra"]
     }
   ]
 }

@@ -304,8 +304,7 @@ function listingOf(names: string[]): { done: (stdout: string) => boolean; check:
  *       runc, having printed exactly "1".
  */
 async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, relay: Relay, label: string, opts: LazyStartOptions): Promise<LazyStartResult> {
-  const node = process.execPath;
-  const lz = (store: string, ...args: string[]) => [node, ctx.lazyrootBin, '--store', store, ...args];
+  const lz = (store: string, ...args: string[]) => [ctx.lazyrootCommand, '--store', store, ...args];
   const ref = (v: Variant) => `docker://${host}/${images[v.repoTag]}`;
   /** Flags of `mount` and `run --lazy` for a variant: the registry's index artifact only where the variant is about it. */
   const flags = (v: Variant): string[] => (v.repoTag === 'gzip' && !v.remoteIndex ? ['--no-remote-index'] : []);
@@ -367,7 +366,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
       // The floor under every lazyroot row: a Node start and the CLI's modules, cold.
       if (opts.floor) {
         await dropCaches();
-        add('floor', { ...(await timeCommand([node, ctx.lazyrootBin, '--version'])), bytes: 0 });
+        add('floor', { ...(await timeCommand([process.execPath, ctx.lazyrootBin, '--version'])), bytes: 0 });
       }
 
       for (const v of variants) {

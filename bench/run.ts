@@ -34,6 +34,7 @@ async function main(): Promise<void> {
       workDir,
       // The CLI built with this file (same output dir), not whatever bin/lazyroot.js's dist holds now.
       lazyrootBin: join(dirname(fileURLToPath(import.meta.url)), 'cli.js'),
+      lazyrootCommand: join(repoRoot, 'bin', 'lazyroot'),
       rounds,
     };
     // BENCH_ONLY=pull,create,lazy,read,netns,readers,bigtoc,podman picks scenarios (default: all).

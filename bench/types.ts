@@ -5,6 +5,13 @@ export interface BenchContext {
   cacheDir: string;
   workDir: string;
   lazyrootBin: string;
+  /**
+   * The `lazyroot` command as package.json installs it (bin/lazyroot: the
+   * native front end, which hands a plain `run --lazy` to a warm standby and
+   * runs this checkout's bin/lazyroot.js for everything else): what a user
+   * types, so what the lazy-start rows time.
+   */
+  lazyrootCommand: string;
   rounds: number;
 }
 

@@ -1,6 +1,5 @@
 import { processAlive } from '../process-alive.js';
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { connect, createServer, type Socket } from 'node:net';
 import { setPriority, tmpdir } from 'node:os';
@@ -32,8 +31,9 @@ export function standbyEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
 export function standbyPaths(env: NodeJS.ProcessEnv = process.env): { dir: string; socket: string; pidFile: string } {
   const uid = process.getuid?.() ?? 0;
   const dir = env.LAZYROOT_STANDBY_DIR ?? (uid === 0 ? '/run/lazyroot' : join(tmpdir(), `lazyroot-${uid}`));
-  const self = fileURLToPath(import.meta.url);
-  const stamp = createHash('sha256').update(`${self}:${statSync(self).mtimeMs}`).digest('hex').slice(0, 12);
+  // This file's inode and mtime (ms), in hex: native/front.c finds the socket the same way.
+  const self = statSync(fileURLToPath(import.meta.url), { bigint: true });
+  const stamp = `${self.ino.toString(16)}-${(self.mtimeNs / 1_000_000n).toString(16)}`;
   return { dir, socket: join(dir, `standby-${stamp}.sock`), pidFile: join(dir, `standby-${stamp}.pid`) };
 }
 

@@ -16,6 +16,8 @@ import { fileURLToPath } from 'node:url';
 
 /** bin/lazyroot.js, from dist/test/helpers/. */
 export const lazyrootBin = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot.js');
+/** bin/lazyroot: the `lazyroot` command, the native front end (native/front.c) that runs bin/lazyroot.js for all but a plain `run --lazy`. */
+export const nativeFrontEnd = resolve(dirname(fileURLToPath(import.meta.url)), '../../../bin/lazyroot');
 
 export interface CliRun {
   code: number | null;

@@ -8,7 +8,7 @@ import { pushToRegistry, writeOciLayout } from '../helpers/image-builder.js';
 import { busyboxImageSpec } from '../helpers/sample-images.js';
 import { snapshotTree } from '../helpers/tree-snapshot.js';
 import { missingRequirements } from '../helpers/requirements.js';
-import { lazyroot, lazyrootBin } from '../helpers/cli.js';
+import { lazyroot, lazyrootBin, nativeFrontEnd } from '../helpers/cli.js';
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { processAlive } from '../../src/process-alive.js';
 import { fuseDescriptors } from '../../src/fs/fuse-descriptors.js';
@@ -210,73 +210,84 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     assert.equal(u.code, 0, u.stderr);
   });
 
-  test('run --lazy is handed whole to the warm standby: stdio relayed both ways, the exit code, a signal stops it (130), nothing left; without a standby the CLI runs it', async () => {
-    const runStore = join(work, 'store-run');
-    const env = { ...process.env, LAZYROOT_DEBUG: '1' };
-    /** The CLI with `input` on its stdin (a pipe, as under a shell's `|` or the bench). */
-    const runWith = (args: string[], input: string, onStdout?: (text: string, child: ChildProcess) => void, extraEnv: Record<string, string> = {}) => {
-      const child = spawn(process.execPath, [lazyrootBin, '--store', runStore, ...args], { env: { ...env, ...extraEnv }, stdio: ['pipe', 'pipe', 'pipe'] });
-      let stdout = '';
-      let stderr = '';
-      child.stdout.on('data', (c: Buffer) => {
-        stdout += c.toString();
-        onStdout?.(stdout, child);
+  for (const frontEnd of ['native', 'node'] as const) {
+    test(`run --lazy is handed whole to the warm standby (${frontEnd === 'native' ? 'bin/lazyroot, the native front end' : 'node bin/lazyroot.js'}): stdio relayed both ways, the exit code, a signal stops it (130), nothing left; without a standby the CLI runs it`, async () => {
+      const runStore = join(work, `store-run-${frontEnd}`);
+      const env = { ...process.env, LAZYROOT_DEBUG: '1' };
+      const command = frontEnd === 'native' ? [nativeFrontEnd] : [process.execPath, lazyrootBin];
+      /** The CLI with `input` on its stdin (a pipe, as under a shell's `|` or the bench). */
+      const runWith = (args: string[], input: string, onStdout?: (text: string, child: ChildProcess) => void, extraEnv: Record<string, string> = {}) => {
+        const child = spawn(command[0]!, [...command.slice(1), '--store', runStore, ...args], { env: { ...env, ...extraEnv }, stdio: ['pipe', 'pipe', 'pipe'] });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.on('data', (c: Buffer) => {
+          stdout += c.toString();
+          onStdout?.(stdout, child);
+        });
+        child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+        child.stdin.end(input);
+        return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolvePromise) => child.on('close', (code) => resolvePromise({ code, stdout, stderr })));
+      };
+      const leftovers = async () => ({
+        rootfses: JSON.parse((await lazyroot(['--store', runStore, '--json', 'list'])).stdout) as unknown[],
+        mounts: (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.includes(runStore)),
       });
-      child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-      child.stdin.end(input);
-      return new Promise<{ code: number | null; stdout: string; stderr: string }>((resolvePromise) => child.on('close', (code) => resolvePromise({ code, stdout, stderr })));
-    };
-    const leftovers = async () => ({
-      rootfses: JSON.parse((await lazyroot(['--store', runStore, '--json', 'list'])).stdout) as unknown[],
-      mounts: (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.includes(runStore)),
+
+      const standby = await standbyPid();
+      const first = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'read x; echo "got $x"; echo oops >&2; exit 7'], 'hello\n');
+      assert.equal(first.code, 7, first.stderr);
+      assert.equal(first.stdout, 'got hello\n');
+      assert.match(first.stderr, new RegExp(`run handed to the warm standby \\(pid ${standby}\\)`));
+      assert.match(first.stderr, /oops/);
+      assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
+
+      // The runner left a standby for the next command: it takes the next run, which a SIGINT stops.
+      const next = await standbyPid();
+      assert.notEqual(next, standby);
+      const stopped = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'echo started; sleep 60'], '', (out, child) => {
+        if (out.includes('started')) child.kill('SIGINT');
+      });
+      assert.equal(stopped.code, 130, stopped.stderr);
+      assert.match(stopped.stderr, new RegExp(`run handed to the warm standby \\(pid ${next}\\)`));
+      assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
+
+      // A run that fails in the standby fails as the CLI's would: its message, exit 1, nothing left.
+      const failing = await standbyPid();
+      const unknown = await runWith(['run', '--lazy', ref.replace(/:latest$/, ':no-such-tag'), '--', 'true'], '');
+      assert.equal(unknown.code, 1, unknown.stderr);
+      assert.match(unknown.stderr, new RegExp(`run handed to the warm standby \\(pid ${failing}\\)`));
+      assert.match(unknown.stderr, /^lazyroot: .*no-such-tag/m);
+      assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
+
+      // A plain `mount` goes straight to the standby too, with the CLI's output.
+      const mountStandby = await standbyPid();
+      const dir = join(work, `handed-${frontEnd}`);
+      await mkdir(dir);
+      // (a store of its own: the runs above brought every layer into theirs, which would make it overlayfs)
+      const mountStore = join(work, `store-handed-${frontEnd}`);
+      const mounted = await runWith(['--json', '--store', mountStore, 'mount', '--no-prefetch', ref, dir], '');
+      try {
+        assert.equal(mounted.code, 0, mounted.stderr);
+        assert.match(mounted.stderr, new RegExp(`mount handed to the warm standby \\(pid ${mountStandby}\\)`));
+        assert.deepEqual(JSON.parse(mounted.stdout), { mountpoint: dir, pid: mountStandby, driver: 'fuse' });
+        assert.ok((await readFile(join(dir, 'etc/motd'), 'utf8')).length > 0);
+      } finally {
+        assert.equal((await lazyroot(['--store', mountStore, 'umount', dir])).code, 0);
+      }
+
+      // Handing over turned off: the CLI itself runs it, the same way.
+      const plain = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'cat; exit 3'], 'piped\n', undefined, { LAZYROOT_HANDOFF: '0' });
+      assert.equal(plain.code, 3);
+      assert.equal(plain.stdout, 'piped\n');
+      assert.doesNotMatch(plain.stderr, /handed/);
+
+      // Anything but a plain run is the Node CLI, whichever front end was typed: its output, its exit codes.
+      const images = await runWith(['--json', 'images'], '');
+      assert.equal(images.code, 0, images.stderr);
+      assert.ok(Array.isArray(JSON.parse(images.stdout)));
+      const usage = await runWith(['run', '--lazy', '--no-such-flag', ref], '');
+      assert.equal(usage.code, 2, usage.stderr);
+      assert.match(usage.stderr, /no-such-flag/);
     });
-
-    const standby = await standbyPid();
-    const first = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'read x; echo "got $x"; echo oops >&2; exit 7'], 'hello\n');
-    assert.equal(first.code, 7, first.stderr);
-    assert.equal(first.stdout, 'got hello\n');
-    assert.match(first.stderr, new RegExp(`run handed to the warm standby \\(pid ${standby}\\)`));
-    assert.match(first.stderr, /oops/);
-    assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
-
-    // The runner left a standby for the next command: it takes the next run, which a SIGINT stops.
-    const next = await standbyPid();
-    assert.notEqual(next, standby);
-    const stopped = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'echo started; sleep 60'], '', (out, child) => {
-      if (out.includes('started')) child.kill('SIGINT');
-    });
-    assert.equal(stopped.code, 130, stopped.stderr);
-    assert.match(stopped.stderr, new RegExp(`run handed to the warm standby \\(pid ${next}\\)`));
-    assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
-
-    // A run that fails in the standby fails as the CLI's would: its message, exit 1, nothing left.
-    const failing = await standbyPid();
-    const unknown = await runWith(['run', '--lazy', ref.replace(/:latest$/, ':no-such-tag'), '--', 'true'], '');
-    assert.equal(unknown.code, 1, unknown.stderr);
-    assert.match(unknown.stderr, new RegExp(`run handed to the warm standby \\(pid ${failing}\\)`));
-    assert.match(unknown.stderr, /^lazyroot: .*no-such-tag/m);
-    assert.deepEqual(await leftovers(), { rootfses: [], mounts: [] });
-
-    // A plain `mount` goes straight to the standby too, with the CLI's output.
-    const mountStandby = await standbyPid();
-    const dir = join(work, 'handed');
-    await mkdir(dir);
-    // (a store of its own: the runs above brought every layer into theirs, which would make it overlayfs)
-    const mountStore = join(work, 'store-handed');
-    const mounted = await runWith(['--json', '--store', mountStore, 'mount', '--no-prefetch', ref, dir], '');
-    try {
-      assert.equal(mounted.code, 0, mounted.stderr);
-      assert.match(mounted.stderr, new RegExp(`mount handed to the warm standby \\(pid ${mountStandby}\\)`));
-      assert.deepEqual(JSON.parse(mounted.stdout), { mountpoint: dir, pid: mountStandby, driver: 'fuse' });
-      assert.ok((await readFile(join(dir, 'etc/motd'), 'utf8')).length > 0);
-    } finally {
-      assert.equal((await lazyroot(['--store', mountStore, 'umount', dir])).code, 0);
-    }
-
-    // Handing over turned off: the CLI itself runs it, the same way.
-    const plain = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'cat; exit 3'], 'piped\n', undefined, { LAZYROOT_HANDOFF: '0' });
-    assert.equal(plain.code, 3);
-    assert.equal(plain.stdout, 'piped\n');
-    assert.doesNotMatch(plain.stderr, /handed/);
-  });
+  }
 });
