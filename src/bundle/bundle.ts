@@ -1,12 +1,12 @@
-import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { tracePhase } from '../trace.js';
 import { access, mkdir, readFile, rm, rmdir } from 'node:fs/promises';
-import { constants as osConstants } from 'node:os';
 import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { LazyrootError } from '../errors.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
 import type { RuntimeSpec } from './runtime-spec.js';
+import { spawnRunc, type RuncProcess, type StdioChoice } from './runc-process.js';
 
 export const configFileName = 'config.json';
 
@@ -67,9 +67,15 @@ export async function runBundle(dir: string, id: string, options: RunBundleOptio
 
   const stdio = options.stdio ?? 'inherit';
   tracePhase('runc: spawn');
-  const child = spawn(runc, ['--root', runcRoot, '--log', logPath, '--log-format', 'json', 'run', '--bundle', bundle, id], {
-    stdio: stdioFor(stdio),
-  });
+  let child: RuncProcess;
+  try {
+    child = spawnRunc(runc, ['--root', runcRoot, '--log', logPath, '--log-format', 'json', 'run', '--bundle', bundle, id], stdioFor(stdio));
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException;
+    throw e.code === 'ENOENT'
+      ? new LazyrootError('FAILED_PRECONDITION', `${what}: ${runc} not found (is runc installed?)`, { cause: err })
+      : new LazyrootError('FAILED_PRECONDITION', `${what}: cannot start ${runc}: ${e.message}`, { cause: err });
+  }
   tracePhase('runc: spawned');
   if (typeof stdio === 'object') connect(child, stdio);
 
@@ -81,7 +87,7 @@ export async function runBundle(dir: string, id: string, options: RunBundleOptio
   signal?.addEventListener('abort', onAbort, { once: true });
 
   try {
-    const exitCode = await exitOf(child, what, runc);
+    const exitCode = await child.closed;
     if (aborted) throw abortError(what, signal?.reason);
     if (exitCode !== 0) {
       const runcError = await runcErrorIn(logPath);
@@ -99,13 +105,13 @@ export async function runBundle(dir: string, id: string, options: RunBundleOptio
   }
 }
 
-function stdioFor(stdio: 'inherit' | 'ignore' | RunStdio): StdioOptions {
-  if (typeof stdio === 'string') return stdio;
+function stdioFor(stdio: 'inherit' | 'ignore' | RunStdio): [StdioChoice, StdioChoice, StdioChoice] {
+  if (typeof stdio === 'string') return [stdio, stdio, stdio];
   return [stdio.stdin ? 'pipe' : 'ignore', stdio.stdout ? 'pipe' : 'ignore', stdio.stderr ? 'pipe' : 'ignore'];
 }
 
 /** Copies between the caller's streams and runc's pipes, which the container writes to directly. */
-function connect(child: ChildProcess, stdio: RunStdio): void {
+function connect(child: RuncProcess, stdio: RunStdio): void {
   if (stdio.stdin && child.stdin) {
     child.stdin.on('error', () => undefined); // the container may exit without reading all of it
     stdio.stdin.pipe(child.stdin);
@@ -114,27 +120,10 @@ function connect(child: ChildProcess, stdio: RunStdio): void {
   if (stdio.stderr && child.stderr) child.stderr.pipe(stdio.stderr, { end: false });
 }
 
-/** Resolves once runc has exited and its output is drained. */
-function exitOf(child: ChildProcess, what: string, runc: string): Promise<number> {
-  return new Promise((resolvePromise, reject) => {
-    child.once('error', (err: NodeJS.ErrnoException) => {
-      reject(
-        err.code === 'ENOENT'
-          ? new LazyrootError('FAILED_PRECONDITION', `${what}: ${runc} not found (is runc installed?)`, { cause: err })
-          : new LazyrootError('FAILED_PRECONDITION', `${what}: cannot start ${runc}: ${err.message}`, { cause: err }),
-      );
-    });
-    child.once('close', (code, signalName) => {
-      if (code !== null) resolvePromise(code);
-      else resolvePromise(128 + (signalName ? (osConstants.signals[signalName] ?? 0) : 0));
-    });
-  });
-}
-
 /** SIGKILL the container; if runc has not returned soon after, kill runc itself (delete --force then cleans up). */
-async function killContainer(runc: string, runcRoot: string, id: string, child: ChildProcess): Promise<void> {
+async function killContainer(runc: string, runcRoot: string, id: string, child: RuncProcess): Promise<void> {
   const timer = setTimeout(() => child.kill('SIGKILL'), killGraceMs).unref();
-  child.once('close', () => clearTimeout(timer));
+  void child.closed.finally(() => clearTimeout(timer));
   await runcQuiet(runc, ['--root', runcRoot, 'kill', id, 'KILL']);
 }
 
