@@ -12,6 +12,14 @@
  * allocation grown as needed, and one copy into a JS Buffer (a copy, not an
  * external buffer: V8 then counts the memory and collects it in time).
  *
+ * gzipInflateMemberHashAsync(member, limit, from, length) -> Promise<[Buffer, hex]>:
+ * the same, and the SHA-256 of output bytes [from, from + length) computed on
+ * the same pool thread (an empty string when the output is shorter). An
+ * eStargz chunk is checked against its digest as it is inflated: hashing on
+ * the event loop was 30 ms of a cold start that fetched 15 MB ahead (its
+ * recorded profile), time the mount and the container's first reads waited.
+ * SHA-256 is OpenSSL's, which Node carries and exports to addons.
+ *
  * Stops at the end of the input, at bytes after a member that are not another
  * gzip member (ignored, as zlib.gunzip ignores them), or at `limit`, whichever
  * is first; the caller checks the length it needed. Errors carry
@@ -24,6 +32,7 @@
 #include <string.h>
 #include <node_api.h>
 #include <zlib.h>
+#include <openssl/sha.h>
 
 #define MODE_GZIP 31 /* 15 + 16: gzip header and trailer */
 
@@ -38,6 +47,10 @@ typedef struct {
   napi_async_work work;
   napi_deferred deferred;
   napi_ref input_ref;
+  int hash; /* 1: SHA-256 of out[hash_from, hash_from + hash_len) into digest */
+  size_t hash_from, hash_len;
+  int hashed;
+  unsigned char digest[SHA256_DIGEST_LENGTH];
 } member_t;
 
 static void member_run(napi_env env, void *data) {
@@ -96,6 +109,10 @@ static void member_run(napi_env env, void *data) {
     goto out;
   }
   inflateEnd(&s);
+  if (m->hash && m->out_len >= m->hash_from && m->out_len - m->hash_from >= m->hash_len) {
+    SHA256(m->out + m->hash_from, m->hash_len, m->digest);
+    m->hashed = 1;
+  }
   return;
 nomem:
   m->error_code = "ENOMEM";
@@ -127,6 +144,16 @@ static void member_complete(napi_env env, napi_status status, void *data) {
     napi_create_error(env, c, msg, &err);
     napi_set_named_property(env, err, "code", c);
     napi_reject_deferred(env, m->deferred, err);
+  } else if (m->hash) {
+    napi_value pair, hex;
+    char text[SHA256_DIGEST_LENGTH * 2 + 1] = "";
+    if (m->hashed)
+      for (int i = 0; i < SHA256_DIGEST_LENGTH; i++) snprintf(text + 2 * i, 3, "%02x", m->digest[i]);
+    napi_create_array_with_length(env, 2, &pair);
+    napi_create_string_latin1(env, text, NAPI_AUTO_LENGTH, &hex);
+    napi_set_element(env, pair, 0, value);
+    napi_set_element(env, pair, 1, hex);
+    napi_resolve_deferred(env, m->deferred, pair);
   } else {
     napi_resolve_deferred(env, m->deferred, value);
   }
@@ -136,10 +163,10 @@ static void member_complete(napi_env env, napi_status status, void *data) {
   free(m);
 }
 
-static napi_value js_inflate_member_async(napi_env env, napi_callback_info info) {
-  size_t argc = 2;
-  napi_value argv[2], promise, name;
-  double limit;
+static napi_value start_member(napi_env env, napi_callback_info info, int hash) {
+  size_t argc = 4;
+  napi_value argv[4], promise, name;
+  double limit, from = 0, length = 0;
   void *p;
   member_t *m = calloc(1, sizeof *m);
   if (!m) {
@@ -147,11 +174,16 @@ static napi_value js_inflate_member_async(napi_env env, napi_callback_info info)
     return NULL;
   }
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 2 || napi_get_buffer_info(env, argv[0], &p, &m->in_len) != napi_ok ||
-      napi_get_value_double(env, argv[1], &limit) != napi_ok || !(limit >= 0) || limit > (double)(SIZE_MAX / 4)) {
+      napi_get_value_double(env, argv[1], &limit) != napi_ok || !(limit >= 0) || limit > (double)(SIZE_MAX / 4) ||
+      (hash && (argc < 4 || napi_get_value_double(env, argv[2], &from) != napi_ok || napi_get_value_double(env, argv[3], &length) != napi_ok || !(from >= 0) ||
+                !(length >= 0) || from + length > limit))) {
     free(m);
-    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "gzipInflateMemberAsync(member: Buffer, limit: number): bad arguments");
+    napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "gzipInflateMember[Hash]Async(member: Buffer, limit: number[, from: number, length: number]): bad arguments");
     return NULL;
   }
+  m->hash = hash;
+  m->hash_from = (size_t)from;
+  m->hash_len = (size_t)length;
   m->in = p;
   m->limit = (size_t)limit;
   if (napi_create_promise(env, &m->deferred, &promise) != napi_ok) goto fail;
@@ -166,9 +198,14 @@ fail:
   return NULL; /* m leaks here only if N-API itself is failing */
 }
 
+static napi_value js_inflate_member_async(napi_env env, napi_callback_info info) { return start_member(env, info, 0); }
+
+static napi_value js_inflate_member_hash_async(napi_env env, napi_callback_info info) { return start_member(env, info, 1); }
+
 void register_gzip_member(napi_env env, napi_value exports) {
   napi_property_descriptor fns[] = {
     {"gzipInflateMemberAsync", NULL, js_inflate_member_async, NULL, NULL, NULL, napi_default, NULL},
+    {"gzipInflateMemberHashAsync", NULL, js_inflate_member_hash_async, NULL, NULL, NULL, napi_default, NULL},
   };
-  napi_define_properties(env, exports, 1, fns);
+  napi_define_properties(env, exports, 2, fns);
 }

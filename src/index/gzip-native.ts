@@ -35,6 +35,7 @@ export interface GzipNative extends Native {
   gzipInflateFrom(compressedOffset: number, bits: number, window: Buffer, compressed: Buffer, skip: number, length: number): Buffer;
   gzipInflateFromAsync(compressedOffset: number, bits: number, window: Buffer, compressed: Buffer, skip: number, length: number): Promise<Buffer>;
   gzipInflateMemberAsync(member: Buffer, limit: number): Promise<Buffer>;
+  gzipInflateMemberHashAsync(member: Buffer, limit: number, from: number, length: number): Promise<[Buffer, string]>;
 }
 
 export function gzipNative(): GzipNative {
@@ -95,4 +96,12 @@ export function spanStart(checkpoint: Pick<GzipCheckpoint, 'compressedOffset' | 
  */
 export function inflateMember(member: Buffer, limit: number): Promise<Buffer> {
   return gzipNative().gzipInflateMemberAsync(member, limit);
+}
+
+/**
+ * {@link inflateMember}, and the SHA-256 (hex) of output bytes [from, from +
+ * length), computed on the same pool thread: '' when the output is shorter.
+ */
+export function inflateMemberHashed(member: Buffer, limit: number, from: number, length: number): Promise<[Buffer, string]> {
+  return gzipNative().gzipInflateMemberHashAsync(member, limit, from, length);
 }

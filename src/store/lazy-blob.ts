@@ -199,7 +199,7 @@ export class LazyBlob {
   /** Whether demand reads walk the blob in order: read-ahead only then. */
   private readonly readAhead = new SequentialReads();
   /** Demand read-ahead requests under way (`fetchRegion`), settled once their units are kept or refused. */
-  private readonly regions: Array<{ start: number; end: number; began: number; kept: Promise<void> }> = [];
+  private readonly regions: Array<{ start: number; end: number; began: number; kept: Promise<void>; ahead?: boolean }> = [];
   /** The prefetch request under way (one at most), settled once its units are kept or refused. */
   private prefetching: { start: number; end: number; kept: Promise<void> } | undefined;
   private running = 0;
@@ -667,7 +667,8 @@ export class LazyBlob {
     const ahead = this.readAhead.next(start, regionBytes);
     // Many demand reads of this blob waiting at once (a parallel tree walk, many small files): each
     // brings its whole region along, as a gzip span would; one reader alone (a program starting) fetches only what it needs.
-    const busy = this.regions.length + this.inFlight.size >= busyReads;
+    // (Requests fetching ahead — a profile, a prioritized region — are not readers: they do not make it busy.)
+    const busy = this.regions.filter((r) => !r.ahead).length + this.inFlight.size >= busyReads;
     const window = this.regionAround(units, start, end, busy ? regionBytes : ahead.window);
     if (!window) return;
     const key = `${window.start}-${window.end}`;
@@ -717,7 +718,7 @@ export class LazyBlob {
    */
   async fetchAhead(units: readonly PrefetchUnit[], ranges: ReadonlyArray<readonly [number, number]>, options: FetchAheadOptions): Promise<void> {
     if (this.complete || this.streamsWhole()) return;
-    const windows = this.windowsFor(units, ranges, options.gapBytes ?? 128 << 10, options.windowBytes ?? 4 << 20);
+    const windows = this.windowsFor(units, ranges, options.gapBytes ?? 128 << 10, options.windowBytes ?? 512 << 10);
     await Promise.all(windows.map((w) => this.fetchAheadWindow(w, options.signal)));
   }
 
@@ -759,7 +760,7 @@ export class LazyBlob {
         this.release();
       }
     })().then((bytes) => this.keepUnits(window.units, window.start, bytes));
-    const flight = { start: window.start, end: window.end, began: Date.now(), kept };
+    const flight = { start: window.start, end: window.end, began: Date.now(), kept, ahead: true };
     this.regions.push(flight);
     try {
       await kept;

@@ -4,7 +4,7 @@ import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import { digestAlgorithm } from '../../oci/digest.js';
 import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
 import type { EstargzMemberChunk } from './toc.js';
-import { inflateMember } from '../gzip-native.js';
+import { inflateMember, inflateMemberHashed } from '../gzip-native.js';
 
 /**
  * Verified, decompressed eStargz chunks, bounded by bytes. Keyed by chunk
@@ -213,9 +213,15 @@ export async function verifiedChunk(
 ): Promise<Buffer> {
   const inner = chunk.innerOffset ?? 0;
   const label = `${what}: ${JSON.stringify(path)}: chunk ${index} (file bytes ${chunk.offset}–${chunk.offset + chunk.size}, blob bytes ${chunk.compressedStart}–${chunk.compressedEnd})`;
+  const algorithm = digestAlgorithm(chunk.chunkDigest);
+  // A SHA-256 chunk is hashed where it is inflated, off the event loop (native/gzip_member.c).
+  const hashHere = !trusted && algorithm === 'sha256';
   let inflated: Buffer;
+  let hex = '';
   try {
-    inflated = await inflatePrefix(member, inner + chunk.size);
+    if (hashHere) [inflated, hex] = await inflateMemberHashed(member, inner + chunk.size + oneShotSlack, inner, chunk.size);
+    else inflated = await inflateMember(member, inner + chunk.size + oneShotSlack);
+    if (inflated.length < inner + chunk.size) throw new Error(`the gzip member inflates to ${inflated.length} bytes, ${inner + chunk.size} expected`);
   } catch (err) {
     // Bytes that do not even inflate are not the chunk the TOC describes.
     throw Object.assign(new DigestMismatchError(label, chunk.chunkDigest, `undecodable gzip data: ${(err as Error).message}`), { cause: err });
@@ -224,7 +230,7 @@ export async function verifiedChunk(
   // Cache only the chunk, not the tar headers inflated after it.
   if (inflated.length - data.length > Math.max(64 * 1024, data.length)) data = Buffer.from(data);
   if (!trusted) {
-    const got = `${digestAlgorithm(chunk.chunkDigest)}:${createHash(digestAlgorithm(chunk.chunkDigest)).update(data).digest('hex')}`;
+    const got = `${algorithm}:${hashHere ? hex : createHash(algorithm).update(data).digest('hex')}`;
     if (got !== chunk.chunkDigest) throw new DigestMismatchError(label, chunk.chunkDigest, got);
   }
   const tail = inflated.length - inner - chunk.size;
@@ -236,18 +242,11 @@ export async function verifiedChunk(
 /** Tails (the tar headers after a chunk) handed to `onTail` are at most this long. */
 const maxTail = 64 * 1024;
 
-/** What a member may inflate to past the chunk (the tar headers after it): past this, only the chunk's bytes are kept. */
-const oneShotSlack = 1 << 20;
-
 /**
- * At least the first `need` bytes a gzip member inflates to. A member is a
- * chunk and the few tar headers after it: one native call inflates it whole
- * on the thread pool (zlib.gunzip's stream per chunk cost more than the
- * inflating). It stops at `need` + 1 MiB, so a member that inflates without
- * end costs no more than that.
+ * What a member may inflate to past the chunk (the tar headers after it). A
+ * member is a chunk and the few tar headers after it: one native call
+ * inflates it whole on the thread pool (zlib.gunzip's stream per chunk cost
+ * more than the inflating), stopping this far past the chunk, so a member
+ * that inflates without end costs no more than that.
  */
-async function inflatePrefix(member: Buffer, need: number): Promise<Buffer> {
-  const out = await inflateMember(member, need + oneShotSlack);
-  if (out.length < need) throw new Error(`the gzip member inflates to ${out.length} bytes, ${need} expected`);
-  return out;
-}
+const oneShotSlack = 1 << 20;
