@@ -116,6 +116,9 @@ export async function awaitAssignment(idleMs = Number(process.env.LAZYROOT_STAND
     server.listen(socket, () => resolve(true));
   });
   if (!listening) return undefined;
+  // Loaded (and warmed up) at the lowest priority; waiting at the normal one: a niced standby on a
+  // busy machine took up to 0.7 s to notice its caller (measured). Root may raise it back; others stay niced.
+  setThreadsPriority(0);
   writeFileSync(pidFile, String(process.pid));
   const release = () => {
     server.close();
@@ -145,7 +148,6 @@ export async function awaitAssignment(idleMs = Number(process.env.LAZYROOT_STAND
       clearTimeout(idle);
       process.off('SIGTERM', stop);
       release();
-      setThreadsPriority(0); // a mount daemon now (root may raise it back; others stay niced)
       resolve(conn);
     });
   });
