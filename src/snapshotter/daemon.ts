@@ -4,6 +4,7 @@ import * as grpc from '@grpc/grpc-js';
 import { LazyrootError } from '../errors.js';
 import { packageBin } from '../mount/daemon.js';
 import { spawnStandby } from '../mount/standby.js';
+import { warmUp } from '../mount/warm-up.js';
 import type { RegistryOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
 import { CallCounter, metricsText, startMetricsServer } from './metrics.js';
@@ -53,6 +54,9 @@ export async function startSnapshotter(store: Store, options: SnapshotterOptions
   const server = new grpc.Server();
   const calls = new CallCounter();
   server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter, log, calls, options.trace));
+  // Warmed up before it listens, as a standby is (mount/warm-up.ts): containerd's first Prepare
+  // (resolving an image, the store, the registry client) would otherwise run V8's first-run code.
+  if (process.env.LAZYROOT_WARM_UP !== '0') await warmUp();
   await mkdir(dirname(options.address), { recursive: true });
   // A socket file left by a previous run (nothing listens on it: we are starting).
   await rm(options.address, { force: true });
