@@ -7,6 +7,8 @@
  * is the protocol): one JSON request line, an `accepted` line, then frames
  * (type byte, 4-byte big-endian length, payload) carrying the container's
  * stdout and stderr, the caller's stdin and signals, and the exit status.
+ * A plain `lazyroot mount REF DIR` goes to it the same way (a mount request,
+ * then `ready` or `error`; src/mount/daemon-channel.ts), with the CLI's output.
  * Everything else, and that when no standby takes it, is the Node CLI, exec'd
  * in place of this process with the same argv.
  *
@@ -14,7 +16,8 @@
  * 90-130 ms on a 2-core machine (more with a cold page cache), which is most
  * of what a lazily started container's start costs on top of runc. This
  * process starts in about a millisecond and loads nothing; it must stay small
- * and agree with parseRunArgs in run-handoff-client.ts on what a plain run is.
+ * and agree with parseRunArgs and parseMountArgs in run-handoff-client.ts on
+ * what a plain run and mount are, and with handMountOver on what it prints.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -340,6 +343,188 @@ static int relay(int sock, buf_t *in) {
   return 1;
 }
 
+/* ---- a plain `mount REF DIR` (parseMountArgs and handMountOver in run-handoff-client.ts) */
+
+typedef struct {
+  const char *store, *ref, *dir, *deadline;
+  int json, quiet, insecure, prefetch, remote_index;
+} mount_t;
+
+static int parse_mount(int argc, char **argv, mount_t *m) {
+  int i = 1, positional = 0;
+  memset(m, 0, sizeof *m);
+  m->prefetch = m->remote_index = 1;
+  for (; i < argc && strcmp(argv[i], "mount") != 0; i++) {
+    const char *a = argv[i];
+    if (!strcmp(a, "--store") && i + 1 < argc) m->store = argv[++i];
+    else if (!strncmp(a, "--store=", 8)) m->store = a + 8;
+    else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) m->quiet = 1;
+    else if (!strcmp(a, "--json")) m->json = 1;
+    else return 0;
+  }
+  if (i >= argc || strcmp(argv[i++], "mount")) return 0;
+  for (; i < argc; i++) {
+    const char *a = argv[i];
+    if (a[0] != '-') {
+      if (positional == 0) m->ref = a;
+      else if (positional == 1) m->dir = a;
+      positional++;
+    } else if (!strcmp(a, "--insecure")) m->insecure = 1;
+    else if (!strcmp(a, "--no-prefetch")) m->prefetch = 0;
+    else if (!strcmp(a, "--no-remote-index")) m->remote_index = 0;
+    else if (!strcmp(a, "--deadline-ms") && i + 1 < argc) m->deadline = argv[++i];
+    else if (!strncmp(a, "--deadline-ms=", 14)) m->deadline = a + 14;
+    else return 0; /* --stats, --foreground, --help, other flags: the CLI */
+  }
+  if (positional != 2 || (m->store && !*m->store)) return 0;
+  if (m->deadline && (!digits_only(m->deadline) || strtoull(m->deadline, NULL, 10) == 0 || strlen(m->deadline) > 15)) return 0;
+  return 1;
+}
+
+/* canonicalMountpoint (src/mount/mountpoint.ts): absolute, every symlink resolved, the last component's too, never stat'ed through. */
+static int canonical_mountpoint(const char *cwd, const char *dir, char *out, size_t size, int hops) {
+  char absolute[PATH_MAX];
+  resolve_path(cwd, dir, absolute, sizeof absolute);
+  if (!strcmp(absolute, "/")) return snprintf(out, size, "/") > 0 ? 0 : -1;
+  char *slash = strrchr(absolute, '/');
+  char parent_path[PATH_MAX], parent[PATH_MAX];
+  snprintf(parent_path, sizeof parent_path, "%.*s", slash == absolute ? 1 : (int)(slash - absolute), absolute);
+  if (!realpath(parent_path, parent)) return snprintf(out, size, "%s", absolute) < (int)size ? 0 : -1; /* a missing parent: the CLI reports it */
+  char path[PATH_MAX * 2];
+  snprintf(path, sizeof path, "%s/%s", strcmp(parent, "/") ? parent : "", slash + 1);
+  struct stat st;
+  if (lstat(path, &st) != 0 || !S_ISLNK(st.st_mode)) return snprintf(out, size, "%s", path) < (int)size ? 0 : -1;
+  if (hops >= 40) return -1;
+  char target[PATH_MAX];
+  ssize_t n = readlink(path, target, sizeof target - 1);
+  if (n <= 0) return -1;
+  target[n] = '\0';
+  return canonical_mountpoint(parent, target, out, size, hops + 1);
+}
+
+static int mkdir_p(const char *path, mode_t mode) {
+  char partial[PATH_MAX];
+  size_t n = strlen(path);
+  if (n >= sizeof partial) return -1;
+  for (size_t i = 1; i <= n; i++) {
+    if (path[i] != '/' && path[i] != '\0') continue;
+    snprintf(partial, sizeof partial, "%.*s", (int)i, path);
+    if (mkdir(partial, mode) != 0 && errno != EEXIST) return -1;
+  }
+  return 0;
+}
+
+/* ---- the caller's environment, as a JSON object (credentials are found through it) */
+
+static void buf_env(buf_t *b) {
+  buf_str(b, "{");
+  int first = 1;
+  for (char **e = environ; *e; e++) {
+    char *eq = strchr(*e, '=');
+    if (!eq || eq == *e) continue;
+    if (!first) buf_str(b, ",");
+    first = 0;
+    *eq = '\0';
+    buf_json(b, *e);
+    *eq = '=';
+    buf_str(b, ":");
+    buf_json(b, eq + 1);
+  }
+  buf_str(b, "}");
+}
+
+/* One line from the standby into `in` (0-terminated, without the newline), what follows it kept; -1 at its end. */
+static int read_line(int sock, buf_t *in, char **line, size_t *used) {
+  if (*used) {
+    memmove(in->data, in->data + *used, in->len - *used);
+    in->len -= *used;
+    *used = 0;
+  }
+  char *nl;
+  while (!(nl = in->len ? memchr(in->data, '\n', in->len) : NULL)) {
+    buf_grow(in, 4096);
+    ssize_t got = read(sock, in->data + in->len, 4096);
+    if (got < 0 && errno == EINTR) continue;
+    if (got <= 0) return -1;
+    in->len += (size_t)got;
+  }
+  *nl = '\0';
+  *line = in->data;
+  *used = (size_t)(nl - in->data) + 1;
+  return 0;
+}
+
+static int hand_mount_over(int sock, const mount_t *m, const char *store, const char *mountpoint, const char *standby_pid) {
+  buf_t req = {0};
+  buf_str(&req, "{\"store\":");
+  buf_json(&req, store);
+  buf_str(&req, ",\"ref\":");
+  buf_json(&req, m->ref);
+  buf_str(&req, ",\"mountpoint\":");
+  buf_json(&req, mountpoint);
+  char options[256];
+  snprintf(options, sizeof options, ",\"options\":{\"registry\":%s,\"deadlineMs\":%llu,\"cacheBytes\":%d,\"prefetch\":%s,\"prefetchDelayMs\":1000%s},\"env\":",
+           m->insecure ? "{\"insecure\":true}" : "{}", m->deadline ? strtoull(m->deadline, NULL, 10) : 30000ULL, 64 << 20, m->prefetch ? "true" : "false",
+           m->remote_index ? "" : ",\"remoteIndex\":false");
+  buf_str(&req, options);
+  buf_env(&req);
+  char log[PATH_MAX + 32];
+  snprintf(log, sizeof log, "%s/mount-daemon.log", strcmp(store, "/") ? store : "");
+  buf_str(&req, ",\"logFile\":");
+  buf_json(&req, log);
+  buf_str(&req, "}\n");
+  signal(SIGPIPE, SIG_IGN);
+  buf_t in = {0};
+  char *line;
+  size_t used = 0;
+  /* Nothing accepted (another caller took this standby): the Node CLI mounts it. */
+  if (write_all(sock, req.data, req.len) != 0 || read_line(sock, &in, &line, &used) != 0 || strcmp(line, "{\"kind\":\"accepted\"}") != 0) {
+    close(sock);
+    exec_node();
+  }
+  /* Accepted: its failure is the mount's. The standby answers within its own bounds (the CLI's is 120 s). */
+  char code[64] = "UNAVAILABLE", message[8192] = "mount daemon closed its channel before it was ready";
+  if (read_line(sock, &in, &line, &used) == 0) {
+    if (strstr(line, "\"kind\":\"ready\"")) {
+      char driver[32] = "fuse";
+      json_string_after(line, "\"driver\":\"", driver, sizeof driver);
+      const char *pid = strstr(line, "\"pid\":");
+      if (getenv("LAZYROOT_DEBUG")) fprintf(stderr, "lazyroot: mount handed to the warm standby (pid %s)\n", standby_pid);
+      if (m->json) {
+        buf_t out = {0};
+        buf_str(&out, "{\"mountpoint\":");
+        buf_json(&out, mountpoint);
+        if (pid) {
+          char number[32];
+          snprintf(number, sizeof number, ",\"pid\":%d", atoi(pid + 6));
+          buf_str(&out, number);
+        }
+        buf_str(&out, ",\"driver\":");
+        buf_json(&out, driver);
+        buf_str(&out, "}\n");
+        write_all(1, out.data, out.len);
+      } else if (!m->quiet) {
+        if (!strcmp(driver, "overlay")) printf("mounted %s at %s (kernel overlayfs: every layer is in the store; unmount with: lazyroot umount %s)\n", m->ref, mountpoint, m->dir);
+        else printf("mounted %s at %s (lazy FUSE mount, daemon pid %d; unmount with: lazyroot umount %s)\n", m->ref, mountpoint, pid ? atoi(pid + 6) : 0, m->dir);
+      }
+      return 0;
+    }
+    json_string_after(line, "\"code\":\"", code, sizeof code);
+    json_string_after(line, "\"message\":\"", message, sizeof message);
+  }
+  if (m->json) {
+    buf_t out = {0};
+    buf_str(&out, "{\"error\":{\"code\":");
+    buf_json(&out, code);
+    buf_str(&out, ",\"message\":");
+    buf_json(&out, message);
+    buf_str(&out, "}}\n");
+    write_all(1, out.data, out.len);
+  }
+  fprintf(stderr, "lazyroot: %s\n", message);
+  return !strcmp(code, "INVALID_ARGUMENT") || !strcmp(code, "INVALID_REFERENCE") ? 2 : 1;
+}
+
 int main(int argc, char **argv) {
   saved_argv = argv;
   trace("cli: started");
@@ -359,8 +544,22 @@ int main(int argc, char **argv) {
 
   const char *handoff = getenv("LAZYROOT_HANDOFF");
   const char *standby = getenv("LAZYROOT_STANDBY");
+  if ((handoff && !strcmp(handoff, "0")) || (standby && !strcmp(standby, "0"))) exec_node();
   run_t run;
-  if ((handoff && !strcmp(handoff, "0")) || (standby && !strcmp(standby, "0")) || !parse_run(argc, argv, &run) || isatty(0) || isatty(1) || isatty(2)) exec_node();
+  mount_t mnt;
+  /* A run relays its stdio as pipes: never with a terminal on them. */
+  int is_run = parse_run(argc, argv, &run) && !isatty(0) && !isatty(1) && !isatty(2);
+  int is_mount = !is_run && parse_mount(argc, argv, &mnt);
+  if (!is_run && !is_mount) exec_node();
+
+  char cwd[PATH_MAX];
+  if (!getcwd(cwd, sizeof cwd)) exec_node();
+  const char *store_arg = (is_run ? run.store : mnt.store) ? (is_run ? run.store : mnt.store) : getenv("LAZYROOT_STORE") ? getenv("LAZYROOT_STORE") : "/var/lib/lazyroot";
+  char store[PATH_MAX];
+  resolve_path(cwd, store_arg, store, sizeof store);
+  char mountpoint[PATH_MAX];
+  /* What cannot be made or resolved here, the CLI reports. */
+  if (is_mount && (mkdir_p(store, 0711) != 0 || canonical_mountpoint(cwd, mnt.dir, mountpoint, sizeof mountpoint, 0) != 0)) exec_node();
 
   char sock_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
   if (standby_socket(sock_path, sizeof sock_path) != 0) exec_node();
@@ -381,12 +580,7 @@ int main(int argc, char **argv) {
   struct sockaddr_un addr = {.sun_family = AF_UNIX};
   memcpy(addr.sun_path, sock_path, strlen(sock_path) + 1);
   if (sock < 0 || connect(sock, (struct sockaddr *)&addr, sizeof addr) != 0) exec_node();
-
-  char cwd[PATH_MAX];
-  if (!getcwd(cwd, sizeof cwd)) exec_node();
-  const char *store_arg = run.store ? run.store : getenv("LAZYROOT_STORE") ? getenv("LAZYROOT_STORE") : "/var/lib/lazyroot";
-  char store[PATH_MAX];
-  resolve_path(cwd, store_arg, store, sizeof store);
+  if (is_mount) return hand_mount_over(sock, &mnt, store, mountpoint, standby_pid);
 
   buf_t req = {0};
   buf_str(&req, "{\"kind\":\"run\",\"store\":");
@@ -406,20 +600,9 @@ int main(int argc, char **argv) {
     buf_str(&req, number);
   }
   if (!run.remote_index) buf_str(&req, ",\"remoteIndex\":false");
-  buf_str(&req, ",\"env\":{");
-  int first = 1;
-  for (char **e = environ; *e; e++) {
-    char *eq = strchr(*e, '=');
-    if (!eq || eq == *e) continue;
-    if (!first) buf_str(&req, ",");
-    first = 0;
-    *eq = '\0';
-    buf_json(&req, *e);
-    *eq = '=';
-    buf_str(&req, ":");
-    buf_json(&req, eq + 1);
-  }
-  buf_str(&req, "},\"logFile\":");
+  buf_str(&req, ",\"env\":");
+  buf_env(&req);
+  buf_str(&req, ",\"logFile\":");
   char log[PATH_MAX + 32];
   snprintf(log, sizeof log, "%s/mount-daemon.log", strcmp(store, "/") ? store : "");
   buf_json(&req, log);
@@ -427,32 +610,16 @@ int main(int argc, char **argv) {
   buf_json(&req, cwd);
   buf_str(&req, "}\n");
   signal(SIGPIPE, SIG_IGN);
-  if (write_all(sock, req.data, req.len) != 0) {
-    close(sock);
-    exec_node();
-  }
-
   /* The reply line: `accepted`, or anything else (another caller took this standby): the Node CLI runs it. */
   buf_t in = {0};
-  char *nl = NULL;
-  while (!nl) {
-    buf_grow(&in, 4096);
-    ssize_t got = read(sock, in.data + in.len, 4096);
-    if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) {
-      close(sock);
-      exec_node();
-    }
-    in.len += (size_t)got;
-    nl = memchr(in.data, '\n', in.len);
-  }
-  size_t line = (size_t)(nl - in.data) + 1;
-  if (strncmp(in.data, "{\"kind\":\"accepted\"}", 19) != 0) {
+  char *line;
+  size_t used = 0;
+  if (write_all(sock, req.data, req.len) != 0 || read_line(sock, &in, &line, &used) != 0 || strcmp(line, "{\"kind\":\"accepted\"}") != 0) {
     close(sock);
     exec_node();
   }
   if (getenv("LAZYROOT_DEBUG")) fprintf(stderr, "lazyroot: run handed to the warm standby (pid %s)\n", standby_pid);
-  memmove(in.data, in.data + line, in.len - line);
-  in.len -= line;
+  memmove(in.data, in.data + used, in.len - used);
+  in.len -= used;
   return relay(sock, &in);
 }

@@ -100,7 +100,9 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
       logger,
       onReady: (error, driver) => {
         replyReady(channel, error, driver);
-        if (!error) standbyTimer = setTimeout(leaveStandby, standbyDelayMs);
+        // A mount that failed leaves the next standby at once: the command after it is not cold.
+        if (error) leaveStandby();
+        else standbyTimer = setTimeout(leaveStandby, standbyDelayMs);
       },
     });
     if (standbyTimer) leaveStandby();

@@ -274,6 +274,14 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
       } finally {
         assert.equal((await lazyroot(['--store', mountStore, 'umount', dir])).code, 0);
       }
+      // Its failure is the CLI's: the error as JSON on stdout, the message on stderr, exit 1; the
+      // standby it used leaves the next one all the same.
+      const failingMount = await standbyPid();
+      const notFound = await runWith(['--json', '--store', mountStore, 'mount', ref.replace(/:latest$/, ':no-such-tag'), dir], '');
+      assert.equal(notFound.code, 1, notFound.stderr);
+      assert.notEqual(await standbyPid(), failingMount);
+      assert.equal((JSON.parse(notFound.stdout) as { error: { code: string } }).error.code, 'NOT_FOUND');
+      assert.match(notFound.stderr, /^lazyroot: .*no-such-tag/m);
 
       // Handing over turned off: the CLI itself runs it, the same way.
       const plain = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'cat; exit 3'], 'piped\n', undefined, { LAZYROOT_HANDOFF: '0' });
