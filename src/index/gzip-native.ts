@@ -36,6 +36,7 @@ export interface GzipNative extends Native {
   gzipInflateFromAsync(compressedOffset: number, bits: number, window: Buffer, compressed: Buffer, skip: number, length: number): Promise<Buffer>;
   gzipInflateMemberAsync(member: Buffer, limit: number): Promise<Buffer>;
   gzipInflateMemberHashAsync(member: Buffer, limit: number, from: number, length: number): Promise<[Buffer, string]>;
+  gzipCheckChunksAsync(bytes: Buffer, spec: Float64Array, digests: Buffer, tailMax: number): Promise<[Buffer, Float64Array, Uint8Array]>;
 }
 
 export function gzipNative(): GzipNative {
@@ -102,6 +103,19 @@ export function inflateMember(member: Buffer, limit: number): Promise<Buffer> {
  * {@link inflateMember}, and the SHA-256 (hex) of output bytes [from, from +
  * length), computed on the same pool thread: '' when the output is shorter.
  */
+/**
+ * Many gzip-member chunks of one fetched range checked in one pool job
+ * (native/gzip_member.c, gzipCheckChunksAsync): chunk k is the member
+ * bytes[spec[4k], spec[4k+1]), its data [spec[4k+2], +spec[4k+3]) of what the
+ * member inflates to, `digests` its SHA-256s (32 bytes each). Returns all
+ * that the members inflated to (each up to its chunk plus `tailMax`) in one
+ * buffer, where each begins and how long it is (at[2k], at[2k+1]), and
+ * whether each chunk was whole and matched.
+ */
+export function checkChunks(bytes: Buffer, spec: Float64Array, digests: Buffer, tailMax: number): Promise<[Buffer, Float64Array, Uint8Array]> {
+  return gzipNative().gzipCheckChunksAsync(bytes, spec, digests, tailMax);
+}
+
 export function inflateMemberHashed(member: Buffer, limit: number, from: number, length: number): Promise<[Buffer, string]> {
   return gzipNative().gzipInflateMemberHashAsync(member, limit, from, length);
 }

@@ -5,7 +5,7 @@ import type { Duplex } from 'node:stream';
 import { readMountRequest, replyReady, type MountRequest } from './daemon-channel.js';
 import { fileLogger, packageBin } from './daemon.js';
 import { Frame, writeFrame, type RunRequest } from './run-channel.js';
-import { awaitAssignment, spawnStandby } from './standby.js';
+import { awaitAssignment, claimStarting, spawnStandby, standbyPaths } from './standby.js';
 
 // Loaded when used: a standby loads them before it waits, a spawned daemon once it has its request.
 const service = () => import('./mount-service.js');
@@ -42,6 +42,8 @@ export interface DaemonMainOptions {
 export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<void> {
   let channel: Duplex;
   if (options.standby) {
+    // One standby on its way at a time: mounts ending meanwhile start no other.
+    if (!claimStarting()) return;
     // Loaded before the wait: that is the point of a standby.
     await Promise.all([service(), lazyMount(), storeModule(), import('../source/registry/registry-source.js'), options.runner?.preload()]);
     // The first Date of a process loads time zone data (pages of the node binary not read yet
@@ -49,7 +51,7 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
     void new Date().toISOString();
     // Then a mount of a made-up image, so the real one runs compiled code (warm-up.ts).
     // (Parsing a made-up TOC alone was measured earlier: no gain. The whole mount is what counts.)
-    if (process.env.LAZYROOT_WARM_UP !== '0') await (await import('./warm-up.js')).warmUp();
+    if (process.env.LAZYROOT_WARM_UP !== '0') await (await import('./warm-up.js')).warmUp(standbyPaths().dir);
     const assigned = await awaitAssignment();
     if (!assigned) return;
     channel = assigned;

@@ -28,13 +28,55 @@ export function standbyEnabled(env: NodeJS.ProcessEnv = process.env): boolean {
   return env.LAZYROOT_STANDBY !== '0';
 }
 
-export function standbyPaths(env: NodeJS.ProcessEnv = process.env): { dir: string; socket: string; pidFile: string } {
+export function standbyPaths(env: NodeJS.ProcessEnv = process.env): { dir: string; socket: string; pidFile: string; startingFile: string } {
   const uid = process.getuid?.() ?? 0;
   const dir = env.LAZYROOT_STANDBY_DIR ?? (uid === 0 ? '/run/lazyroot' : join(tmpdir(), `lazyroot-${uid}`));
   // This file's inode and mtime (ms), in hex: native/front.c finds the socket the same way.
   const self = statSync(fileURLToPath(import.meta.url), { bigint: true });
   const stamp = `${self.ino.toString(16)}-${(self.mtimeNs / 1_000_000n).toString(16)}`;
-  return { dir, socket: join(dir, `standby-${stamp}.sock`), pidFile: join(dir, `standby-${stamp}.pid`) };
+  return { dir, socket: join(dir, `standby-${stamp}.sock`), pidFile: join(dir, `standby-${stamp}.pid`), startingFile: join(dir, `standby-${stamp}.starting`) };
+}
+
+/** The pid of a live standby still loading and warming up, if there is one. */
+function startingPid(): number | undefined {
+  try {
+    const pid = Number(readFileSync(standbyPaths().startingFile, 'utf8'));
+    return Number.isInteger(pid) && pid > 0 && processAlive(pid) ? pid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * In a new standby, before it loads and warms up (a second or so): marks it
+ * as the one on its way, so that mounts ending meanwhile do not start more
+ * (spawnStandby). False when another live one is on its way already: this
+ * one should end at once. A marker left by a dead one is taken over.
+ */
+export function claimStarting(): boolean {
+  const { dir, startingFile } = standbyPaths();
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      writeFileSync(startingFile, String(process.pid), { flag: 'wx' });
+      process.once('exit', releaseStarting);
+      return true;
+    } catch {
+      if (startingPid() !== undefined) return false;
+      rmSync(startingFile, { force: true }); // its standby died on the way
+    }
+  }
+  return false;
+}
+
+/** The marker of claimStarting, removed if it is this process's. */
+export function releaseStarting(): void {
+  try {
+    const { startingFile } = standbyPaths();
+    if (readFileSync(startingFile, 'utf8').trim() === String(process.pid)) rmSync(startingFile, { force: true });
+  } catch {
+    // gone already
+  }
 }
 
 function setPriorityQuietly(pid: number, priority: number): void {
@@ -120,6 +162,7 @@ export async function awaitAssignment(idleMs = Number(process.env.LAZYROOT_STAND
   // busy machine took up to 0.7 s to notice its caller (measured). Root may raise it back; others stay niced.
   setThreadsPriority(0);
   writeFileSync(pidFile, String(process.pid));
+  releaseStarting();
   const release = () => {
     server.close();
     // Only ours: a newer standby may have taken the names already.
@@ -155,7 +198,7 @@ export async function awaitAssignment(idleMs = Number(process.env.LAZYROOT_STAND
 
 /** Leaves a standby behind for the next mount, unless one is there already or standbys are off. */
 export function spawnStandby(bin: string): void {
-  if (!standbyEnabled() || standbyPid() !== undefined) return;
+  if (!standbyEnabled() || standbyPid() !== undefined || startingPid() !== undefined) return;
   const child = spawn(process.execPath, [...daemonNodeFlags, bin, 'mount-daemon', '--standby'], { detached: true, stdio: 'ignore' });
   child.on('error', () => undefined);
   // It loads at the lowest priority, so the command that just got its mount is not slowed.

@@ -1,5 +1,4 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { processAlive } from '../process-alive.js';
 import { unmount } from './mounts.js';
@@ -23,13 +22,14 @@ import { unmount } from './mounts.js';
  * one leaves its directory (and a dead FUSE mount in it) behind: the next
  * warm-up removes those of processes that are gone.
  */
-export async function warmUp(): Promise<void> {
+export async function warmUp(under: string): Promise<void> {
   const saved = process.env.LAZYROOT_TRACE;
   delete process.env.LAZYROOT_TRACE; // the warm-up's phases are nobody's trace
   let dir: string | undefined;
   try {
-    await removeAbandoned();
-    dir = await mkdtemp(join(tmpdir(), `${prefix}${process.pid}-`));
+    await mkdir(under, { recursive: true, mode: 0o700 });
+    await removeAbandoned(under);
+    dir = await mkdtemp(join(under, `${prefix}${process.pid}-`));
     await mountTwice(dir);
   } catch {
     // warmth lost, nothing else
@@ -39,10 +39,15 @@ export async function warmUp(): Promise<void> {
   }
 }
 
-const prefix = 'lazyroot-warm-';
+const prefix = 'warm-';
 
 async function mountTwice(dir: string): Promise<void> {
-  const [{ Store }, { mountImageLazily }, { serveWarmImage }] = await Promise.all([import('../store/store.js'), import('./lazy-mount.js'), import('./warm-image.js')]);
+  const [{ Store }, { mountImageLazily }, { serveWarmImage }, { flushCacheWrites }] = await Promise.all([
+    import('../store/store.js'),
+    import('./lazy-mount.js'),
+    import('./warm-image.js'),
+    import('./mount-cache.js'),
+  ]);
   const image = await serveWarmImage();
   const store = await Store.open(join(dir, 'store'));
   try {
@@ -60,6 +65,8 @@ async function mountTwice(dir: string): Promise<void> {
         await readTree(mountpoint, image.files);
       } finally {
         await mounted.unmount();
+        // Written now, as serveMount does at unmount: a write still scheduled would make its directories again after the removal.
+        await flushCacheWrites();
       }
     }
   } finally {
@@ -78,11 +85,11 @@ async function readTree(root: string, files: readonly string[]): Promise<void> {
 }
 
 /** Warm-up directories of standbys that died in one: their dead FUSE mounts unmounted, then removed. */
-async function removeAbandoned(): Promise<void> {
-  for (const name of await readdir(tmpdir())) {
+async function removeAbandoned(under: string): Promise<void> {
+  for (const name of await readdir(under)) {
     const pid = name.startsWith(prefix) ? Number(name.slice(prefix.length).split('-')[0]) : NaN;
     if (!Number.isInteger(pid) || pid === process.pid || processAlive(pid)) continue;
-    const dir = join(tmpdir(), name);
+    const dir = join(under, name);
     for (const entry of await readdir(dir).catch(() => [])) {
       if (entry.startsWith('mnt')) await unmount(join(dir, entry)).catch(() => undefined);
     }

@@ -56,7 +56,7 @@ export async function startSnapshotter(store: Store, options: SnapshotterOptions
   server.addService(loadSnapshotsService(), snapshotsHandlers(snapshotter, log, calls, options.trace));
   // Warmed up before it listens, as a standby is (mount/warm-up.ts): containerd's first Prepare
   // (resolving an image, the store, the registry client) would otherwise run V8's first-run code.
-  if (process.env.LAZYROOT_WARM_UP !== '0') await warmUp();
+  if (process.env.LAZYROOT_WARM_UP !== '0') await warmUp(store.paths.tmp);
   await mkdir(dirname(options.address), { recursive: true });
   // A socket file left by a previous run (nothing listens on it: we are starting).
   await rm(options.address, { force: true });

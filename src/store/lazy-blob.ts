@@ -70,6 +70,13 @@ export interface PrefetchUnit {
   start: number;
   end: number;
   verify?: (bytes: Buffer) => Promise<void>;
+  /**
+   * Checks many units of one fetched buffer (which begins at blob offset
+   * `from`) at once, as `verify` would each: what failed, per unit
+   * (undefined: it passed). Units that share this function are checked
+   * together (an eStargz layer's members: one native call, not one per chunk).
+   */
+  checkMany?: (units: readonly PrefetchUnit[], bytes: Buffer, from: number) => Promise<unknown[]>;
 }
 
 export interface PrefetchOptions {
@@ -810,14 +817,26 @@ export class LazyBlob {
    * region's hops (measured), where together they take a few.
    */
   private async keepUnits(units: readonly PrefetchUnit[], from: number, bytes: Buffer): Promise<void> {
-    const outcomes = await Promise.allSettled(units.map((u) => u.verify?.(bytes.subarray(u.start - from, u.end - from))));
+    const failures = new Map<PrefetchUnit, unknown>();
+    const many = units.find((u) => u.checkMany)?.checkMany;
+    const together = many ? units.filter((u) => u.checkMany === many) : [];
+    const alone = many ? units.filter((u) => u.checkMany !== many) : units;
+    await Promise.all([
+      together.length
+        ? many!(together, bytes, from).then(
+            (errors) => errors.forEach((e, i) => e !== undefined && failures.set(together[i]!, e)),
+            (err: unknown) => together.forEach((u) => failures.set(u, err)),
+          )
+        : undefined,
+      ...alone.map((u) => u.verify?.(bytes.subarray(u.start - from, u.end - from)).catch((err: unknown) => void failures.set(u, err))),
+    ]);
     await this.keepRuns(
-      units.filter((_, i) => outcomes[i]!.status === 'fulfilled'),
+      units.filter((u) => !failures.has(u)),
       from,
       bytes,
     );
-    const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
-    if (failed) throw failed.reason;
+    const failed = units.find((u) => failures.has(u));
+    if (failed) throw failures.get(failed);
   }
 
   /**

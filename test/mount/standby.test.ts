@@ -136,6 +136,35 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     assert.ok(processAlive(firstPid));
   });
 
+  test("a standby's warm-up leaves nothing behind, and removes what a standby killed during one left (its dead mount unmounted)", async () => {
+    // What a standby killed mid warm-up leaves: its directory, a mount still in it.
+    const dead = spawn('true');
+    await new Promise((r) => dead.once('exit', r));
+    const abandoned = join(standbyDir(), `warm-${dead.pid}-test`);
+    await mkdir(join(abandoned, 'mnt0'), { recursive: true });
+    await new Promise<void>((resolve, reject) => execFile('mount', ['-t', 'tmpfs', 'tmpfs', join(abandoned, 'mnt0')], (err) => (err ? reject(err) : resolve())));
+    const mountsUnder = async (dir: string) => (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').filter((l) => l.split(' ')[4]?.startsWith(dir));
+    try {
+      assert.equal((await mountsUnder(abandoned)).length, 1);
+      // The next standby (the mount's daemon leaves one) warms up and cleans up before it waits.
+      const dir = join(work, 'warm-check');
+      await mkdir(dir);
+      const mounted = await lazyroot(['--store', join(work, 'store-warm'), '--json', 'mount', '--no-prefetch', ref, dir]);
+      assert.equal(mounted.code, 0, mounted.stderr);
+      try {
+        const next = await standbyPid();
+        assert.notEqual(next, (JSON.parse(mounted.stdout) as { pid: number }).pid);
+        assert.deepEqual((await readdir(standbyDir())).filter((n) => n.startsWith('warm-')), [], 'no warm-up directory left, the abandoned one removed');
+        assert.deepEqual(await mountsUnder(standbyDir()), [], 'no mount left under the standby directory');
+      } finally {
+        assert.equal((await lazyroot(['--store', join(work, 'store-warm'), 'umount', dir])).code, 0);
+      }
+    } finally {
+      await new Promise<void>((resolve) => execFile('umount', [join(abandoned, 'mnt0')], () => resolve()));
+      await rm(abandoned, { recursive: true, force: true });
+    }
+  });
+
   test('a standby killed with SIGKILL leaves a dead socket: the next mount starts its own daemon', async () => {
     // The first test read every file, so its store holds the whole image now (a mount there
     // would be overlayfs): a fresh store, indexed ahead, keeps these mounts lazy.

@@ -4,7 +4,7 @@ import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import { digestAlgorithm } from '../../oci/digest.js';
 import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
 import type { EstargzMemberChunk } from './toc.js';
-import { inflateMember, inflateMemberHashed } from '../gzip-native.js';
+import { checkChunks, inflateMember, inflateMemberHashed } from '../gzip-native.js';
 
 /**
  * Verified, decompressed eStargz chunks, bounded by bytes. Keyed by chunk
@@ -237,6 +237,48 @@ export async function verifiedChunk(
   // Only a member inflated whole (not stopped early by the streaming path) has all its tail.
   if (onTail && tail <= maxTail && inflated.length < inner + chunk.size + oneShotSlack) onTail(chunk, Buffer.from(inflated.subarray(inner + chunk.size)));
   return data;
+}
+
+/** A chunk of a fetched range, for checkChunksOf. */
+export interface FetchedChunk {
+  path: string;
+  chunk: EstargzMemberChunk;
+  /** Its place among its file's chunks (for messages). */
+  index: number;
+}
+
+/**
+ * verifiedChunk for many chunks of one fetched range (`bytes`, from blob
+ * offset `from`) in one native call (gzip-native.ts checkChunks): each
+ * chunk's bytes, or the error verifiedChunk would have thrown. SHA-256
+ * chunks only; the caller checks others one by one.
+ */
+export async function checkChunksOf(bytes: Buffer, from: number, chunks: readonly FetchedChunk[], what: string, onTail?: ReadEstargzFileOptions['onTail']): Promise<Array<Buffer | Error>> {
+  const spec = new Float64Array(chunks.length * 4);
+  const digests = Buffer.alloc(chunks.length * 32);
+  chunks.forEach(({ chunk }, k) => {
+    spec[4 * k] = chunk.compressedStart - from;
+    spec[4 * k + 1] = chunk.compressedEnd - from;
+    spec[4 * k + 2] = chunk.innerOffset ?? 0;
+    spec[4 * k + 3] = chunk.size;
+    digests.write(chunk.chunkDigest.slice('sha256:'.length), 32 * k, 32, 'hex');
+  });
+  const [out, at, ok] = await checkChunks(bytes, spec, digests, maxTail);
+  return chunks.map(({ path, chunk, index }, k) => {
+    const inner = chunk.innerOffset ?? 0;
+    const start = at[2 * k]!;
+    const length = at[2 * k + 1]!;
+    if (!ok[k]) {
+      const label = `${what}: ${JSON.stringify(path)}: chunk ${index} (file bytes ${chunk.offset}–${chunk.offset + chunk.size}, blob bytes ${chunk.compressedStart}–${chunk.compressedEnd})`;
+      const got = length < inner + chunk.size ? `undecodable gzip data: the member inflates to ${length} bytes, ${inner + chunk.size} expected` : 'other bytes';
+      return new DigestMismatchError(label, chunk.chunkDigest, got);
+    }
+    // Copied out: a cached chunk must not hold the whole range's output alive.
+    const data = Buffer.from(out.subarray(start + inner, start + inner + chunk.size));
+    // Only a member inflated whole (short of the limit) has all its tail.
+    if (onTail && length < inner + chunk.size + maxTail) onTail(chunk, Buffer.from(out.subarray(start + inner + chunk.size, start + length)));
+    return data;
+  });
 }
 
 /** Tails (the tar headers after a chunk) handed to `onTail` are at most this long. */

@@ -1,6 +1,6 @@
 import type { Digest } from '../../oci/digest.js';
 import { readEstargzIndex, type EstargzIndex, type EstargzMemberChunk } from '../../index/estargz/toc.js';
-import { EstargzChunkCache, readEstargzFile, verifiedChunk } from '../../index/estargz/reader.js';
+import { checkChunksOf, EstargzChunkCache, readEstargzFile, verifiedChunk, type FetchedChunk } from '../../index/estargz/reader.js';
 import { EstargzHeaderCheck } from '../../index/estargz/header-check.js';
 import { checkTocAgainstTar } from '../../index/estargz/toc-check.js';
 import type { BlobRangeReader } from '../../index/types.js';
@@ -125,10 +125,40 @@ function memberUnits(
       member.chunks.push({ path, chunk, index: i });
     });
   }
+  const chunksOf = new WeakMap<PrefetchUnit, FetchedChunk[]>();
+  // The members of one fetched range, checked in one native call; a member with a chunk digest
+  // other than SHA-256 is checked alone (verify, below).
+  const checkMany = async (batch: readonly PrefetchUnit[], bytes: Buffer, from: number): Promise<unknown[]> => {
+    const errors: unknown[] = new Array(batch.length).fill(undefined);
+    const native: FetchedChunk[] = [];
+    const owner: number[] = [];
+    await Promise.all(
+      batch.map(async (unit, i) => {
+        const chunks = chunksOf.get(unit) ?? [];
+        if (chunks.every((c) => /^sha256:[0-9a-f]{64}$/.test(c.chunk.chunkDigest))) {
+          for (const c of chunks) native.push(c), owner.push(i);
+        } else {
+          errors[i] = await unit.verify!(bytes.subarray(unit.start - from, unit.end - from)).then(
+            () => undefined,
+            (err: unknown) => err,
+          );
+        }
+      }),
+    );
+    if (native.length === 0) return errors;
+    const results = await checkChunksOf(bytes, from, native, what, onTail);
+    results.forEach((result, k) => {
+      if (result instanceof Error) errors[owner[k]!] ??= result;
+      // Inflated and checked now: the read that asked for this region (or comes soon) need not inflate it again.
+      else decoded.set(native[k]!.chunk.chunkDigest, result);
+    });
+    return errors;
+  };
   // Every chunk's bytes are the fetched ones (never a cached or in-flight copy): inflated and checked.
   const units: PrefetchUnit[] = [...members].map(([start, member]) => ({
     start,
     end: member.end,
+    checkMany,
     verify: async (bytes) => {
       for (const { path, chunk, index: i } of member.chunks) {
         const data = await verifiedChunk(bytes.subarray(chunk.compressedStart - start, chunk.compressedEnd - start), chunk, i, path, what, false, onTail);
@@ -137,5 +167,6 @@ function memberUnits(
       }
     },
   }));
+  for (const [i, member] of [...members.values()].entries()) chunksOf.set(units[i]!, member.chunks);
   return withGaps(units, size);
 }
