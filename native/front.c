@@ -454,6 +454,29 @@ static int read_line(int sock, buf_t *in, char **line, size_t *used) {
   return 0;
 }
 
+/*
+ * Ends a request (`logFile`, and the caller's `cwd` for a run), sends it, and
+ * reads the standby's first line into `in`: `accepted`, or else (another caller
+ * took this standby, or it went away) the Node CLI does it all instead.
+ */
+static void send_request(int sock, buf_t *req, const char *store, const char *cwd, buf_t *in, size_t *used) {
+  char log[PATH_MAX + 32];
+  snprintf(log, sizeof log, "%s/mount-daemon.log", strcmp(store, "/") ? store : "");
+  buf_str(req, ",\"logFile\":");
+  buf_json(req, log);
+  if (cwd) {
+    buf_str(req, ",\"cwd\":");
+    buf_json(req, cwd);
+  }
+  buf_str(req, "}\n");
+  signal(SIGPIPE, SIG_IGN);
+  char *line;
+  if (write_all(sock, req->data, req->len) != 0 || read_line(sock, in, &line, used) != 0 || strcmp(line, "{\"kind\":\"accepted\"}") != 0) {
+    close(sock);
+    exec_node();
+  }
+}
+
 static int hand_mount_over(int sock, const mount_t *m, const char *store, const char *mountpoint, const char *standby_pid) {
   buf_t req = {0};
   buf_str(&req, "{\"store\":");
@@ -468,20 +491,10 @@ static int hand_mount_over(int sock, const mount_t *m, const char *store, const 
            m->remote_index ? "" : ",\"remoteIndex\":false");
   buf_str(&req, options);
   buf_env(&req);
-  char log[PATH_MAX + 32];
-  snprintf(log, sizeof log, "%s/mount-daemon.log", strcmp(store, "/") ? store : "");
-  buf_str(&req, ",\"logFile\":");
-  buf_json(&req, log);
-  buf_str(&req, "}\n");
-  signal(SIGPIPE, SIG_IGN);
   buf_t in = {0};
   char *line;
   size_t used = 0;
-  /* Nothing accepted (another caller took this standby): the Node CLI mounts it. */
-  if (write_all(sock, req.data, req.len) != 0 || read_line(sock, &in, &line, &used) != 0 || strcmp(line, "{\"kind\":\"accepted\"}") != 0) {
-    close(sock);
-    exec_node();
-  }
+  send_request(sock, &req, store, NULL, &in, &used);
   /* Accepted: its failure is the mount's. The standby answers within its own bounds (the CLI's is 120 s). */
   char code[64] = "UNAVAILABLE", message[8192] = "mount daemon closed its channel before it was ready";
   if (read_line(sock, &in, &line, &used) == 0) {
@@ -602,22 +615,9 @@ int main(int argc, char **argv) {
   if (!run.remote_index) buf_str(&req, ",\"remoteIndex\":false");
   buf_str(&req, ",\"env\":");
   buf_env(&req);
-  buf_str(&req, ",\"logFile\":");
-  char log[PATH_MAX + 32];
-  snprintf(log, sizeof log, "%s/mount-daemon.log", strcmp(store, "/") ? store : "");
-  buf_json(&req, log);
-  buf_str(&req, ",\"cwd\":");
-  buf_json(&req, cwd);
-  buf_str(&req, "}\n");
-  signal(SIGPIPE, SIG_IGN);
-  /* The reply line: `accepted`, or anything else (another caller took this standby): the Node CLI runs it. */
   buf_t in = {0};
-  char *line;
   size_t used = 0;
-  if (write_all(sock, req.data, req.len) != 0 || read_line(sock, &in, &line, &used) != 0 || strcmp(line, "{\"kind\":\"accepted\"}") != 0) {
-    close(sock);
-    exec_node();
-  }
+  send_request(sock, &req, store, cwd, &in, &used);
   if (getenv("LAZYROOT_DEBUG")) fprintf(stderr, "lazyroot: run handed to the warm standby (pid %s)\n", standby_pid);
   memmove(in.data, in.data + used, in.len - used);
   in.len -= used;
