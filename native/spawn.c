@@ -6,7 +6,7 @@
  * afterwards. posix_spawn(3) in glibc clones with CLONE_VM|CLONE_VFORK: the
  * child borrows the parent's memory until it execs, whatever the size.
  *
- *   spawnProcess(file, args, env, fds) -> pid   (fds: [stdin, stdout, stderr], -1 for /dev/null)
+ *   spawnProcess(args, env, fds) -> pid         (args[0] found on PATH; fds: [stdin, stdout, stderr], -1 for /dev/null)
  *   waitProcess(pid) -> Promise<[exitCode | null, signal | null]>
  *   makePipe() -> [fd, fd]                       (a connected socket pair, both close-on-exec:
  *                                                 as libuv gives children, so that ending our side
@@ -71,23 +71,17 @@ static void free_array(char **a) {
 }
 
 static napi_value js_spawn(napi_env env, napi_callback_info info) {
-  size_t argc = 4;
-  napi_value argv[4], result;
-  char **file = NULL, **args = NULL, **envp = NULL;
+  size_t argc = 3;
+  napi_value argv[3], result = NULL;
+  char **args = NULL, **envp = NULL;
   int fds[3];
-  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 4) goto bad;
-  {
-    napi_value wrapped;
-    /* the file as a one-element array, to reuse string_array */
-    if (napi_create_array_with_length(env, 1, &wrapped) != napi_ok || napi_set_element(env, wrapped, 0, argv[0]) != napi_ok) goto bad;
-    file = string_array(env, wrapped);
-  }
-  args = string_array(env, argv[1]);
-  envp = string_array(env, argv[2]);
-  if (!file || !args || !envp || !args[0]) goto bad;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 3) goto bad;
+  args = string_array(env, argv[0]);
+  envp = string_array(env, argv[1]);
+  if (!args || !envp || !args[0]) goto bad;
   for (uint32_t i = 0; i < 3; i++) {
     napi_value v;
-    if (napi_get_element(env, argv[3], i, &v) != napi_ok || napi_get_value_int32(env, v, &fds[i]) != napi_ok) goto bad;
+    if (napi_get_element(env, argv[2], i, &v) != napi_ok || napi_get_value_int32(env, v, &fds[i]) != napi_ok) goto bad;
   }
 
   posix_spawn_file_actions_t actions;
@@ -107,24 +101,18 @@ static napi_value js_spawn(napi_env env, napi_callback_info info) {
   posix_spawnattr_setsigdefault(&attr, &every);
   posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF);
   pid_t pid;
-  int rc = posix_spawnp(&pid, file[0], &actions, &attr, args, envp);
+  int rc = posix_spawnp(&pid, args[0], &actions, &attr, args, envp);
   posix_spawn_file_actions_destroy(&actions);
   posix_spawnattr_destroy(&attr);
-  if (rc != 0) {
-    napi_throw(env, errno_error(env, rc, file[0]));
-    result = NULL;
-  } else {
-    napi_create_int32(env, pid, &result);
-  }
-  free_array(file);
+  if (rc != 0) napi_throw(env, errno_error(env, rc, args[0]));
+  else napi_create_int32(env, pid, &result);
   free_array(args);
   free_array(envp);
   return result;
 bad:
-  free_array(file);
   free_array(args);
   free_array(envp);
-  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "spawnProcess(file, args: string[], env: string[], fds: [in, out, err]): bad arguments");
+  napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "spawnProcess(args: string[], env: string[], fds: [in, out, err]): bad arguments");
   return NULL;
 }
 

@@ -1,12 +1,13 @@
 import { spawn } from 'node:child_process';
 import { tracePhase } from '../trace.js';
-import { access, mkdir, readFile, rm, rmdir } from 'node:fs/promises';
+import { mkdir, readFile, rm, rmdir } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import type { Readable, Writable } from 'node:stream';
 import { LazyrootError } from '../errors.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
 import type { RuntimeSpec } from './runtime-spec.js';
 import { spawnRunc, type RuncProcess, type StdioChoice } from './runc-process.js';
+import { pathExists } from '../store/path-exists.js';
 
 export const configFileName = 'config.json';
 
@@ -99,7 +100,7 @@ export async function runBundle(dir: string, id: string, options: RunBundleOptio
     // `runc run` removes its container when it returns; state left behind (runc killed, or failed
     // half-way) is deleted here. Not asked when there is none: that is another runc start, and a
     // fork of this process, on every run's way out (20-50 ms measured).
-    if (await exists(join(runcRoot, id))) await runcQuiet(runc, ['--root', runcRoot, 'delete', '--force', id]);
+    if (await pathExists(join(runcRoot, id))) await runcQuiet(runc, ['--root', runcRoot, 'delete', '--force', id]);
     await rm(logPath, { force: true });
     if (options.runcRoot === undefined) await rmdir(runcRoot).catch(() => undefined); // only if empty
   }
@@ -136,12 +137,6 @@ function runcQuiet(runc: string, args: string[]): Promise<void> {
   });
 }
 
-function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
 
 /** The last error runc logged, if any: runc's own failure, not the container's exit status. */
 async function runcErrorIn(logPath: string): Promise<string | undefined> {

@@ -23,7 +23,7 @@ export interface RuncProcess {
 }
 
 interface SpawnNative extends Native {
-  spawnProcess(file: string, args: string[], env: string[], fds: [number, number, number]): number;
+  spawnProcess(args: string[], env: string[], fds: [number, number, number]): number;
   waitProcess(pid: number): Promise<[number | null, number | null]>;
   makePipe(): [number, number];
 }
@@ -48,7 +48,7 @@ export function spawnRunc(file: string, args: readonly string[], stdio: readonly
       }
     });
     const env = Object.entries(process.env).flatMap(([k, v]) => (v === undefined ? [] : [`${k}=${v}`]));
-    const pid = addon.spawnProcess(file, [file, ...args], env, childFds);
+    const pid = addon.spawnProcess([file, ...args], env, childFds);
     for (const fd of childFds) if (fd > 2) closeSync(fd);
     const stdin = ours[0] !== undefined ? new Socket({ fd: ours[0], readable: false, writable: true }) : undefined;
     const stdout = ours[1] !== undefined ? new Socket({ fd: ours[1], readable: true, writable: false }) : undefined;

@@ -1,4 +1,5 @@
-import { access, mkdir } from 'node:fs/promises';
+import { mkdir } from 'node:fs/promises';
+import { pathExists } from '../store/path-exists.js';
 import { join } from 'node:path';
 import { LazyrootError } from '../errors.js';
 import { tocDigestAnnotation } from '../index/estargz/toc.js';
@@ -131,7 +132,7 @@ export class RemoteLayers {
     if (compression === 'gzip' || compression === 'none') return true;
     // zstd:chunked: its own TOC, files read by their frames.
     if (compression === 'zstd' && zstdChunkedAnnotations(blob.annotations)) return true;
-    if (await access(this.store.paths.index(blob.digest)).then(() => true, () => false)) return true;
+    if (await pathExists(this.store.paths.index(blob.digest))) return true;
     return this.store.blobs.has(blob.digest, blob.size);
   }
 

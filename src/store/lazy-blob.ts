@@ -675,7 +675,9 @@ export class LazyBlob {
     // Many demand reads of this blob waiting at once (a parallel tree walk, many small files): each
     // brings its whole region along, as a gzip span would; one reader alone (a program starting) fetches only what it needs.
     // (Requests fetching ahead — a profile, a prioritized region — are not readers: they do not make it busy.)
-    const busy = this.regions.filter((r) => !r.ahead).length + this.inFlight.size >= busyReads;
+    let reading = this.inFlight.size;
+    for (const r of this.regions) if (!r.ahead) reading++;
+    const busy = reading >= busyReads;
     const window = this.regionAround(units, start, end, busy ? regionBytes : ahead.window);
     if (!window) return;
     const key = `${window.start}-${window.end}`;

@@ -1,5 +1,5 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readlink, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readlink, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { DigestMismatchError, LazyrootError } from '../errors.js';
 import { createDecompressor } from '../oci/compression.js';
@@ -14,6 +14,7 @@ import type { IdMapping } from './id-mapping.js';
 import { layerDirName } from './layer-dir-name.js';
 import { LayerTarReader, type LayerTar } from './layer-tar-reader.js';
 import { unpackLayer, unpackLayerTar } from './unpack-layer.js';
+import { pathExists } from '../store/path-exists.js';
 
 export interface UnpackedLayer {
   chainId: Digest;
@@ -29,12 +30,6 @@ export { layerDirName };
 
 const readyMarker = 'ready';
 
-async function exists(path: string): Promise<boolean> {
-  return stat(path).then(
-    () => true,
-    () => false,
-  );
-}
 
 /**
  * Makes sure every layer of an image is unpacked, bottom-up, once per chain ID
@@ -50,7 +45,7 @@ export async function ensureLayersUnpacked(
   const out: UnpackedLayer[] = [];
   const lowers: string[] = [];
   const dirs = image.chainIds.map((chainId) => store.paths.layerDir(layerDirName(chainId, options.mapping)));
-  const isReady = (i: number) => exists(join(dirs[i]!, readyMarker));
+  const isReady = (i: number) => pathExists(join(dirs[i]!, readyMarker));
   const tars = new TarSource(store);
   try {
     for (const [i, chainId] of image.chainIds.entries()) {

@@ -1,5 +1,5 @@
 import { LazyrootError } from '../../errors.js';
-import type { BlobRangeReader, IndexEntry } from '../types.js';
+import type { BlobRangeReader } from '../types.js';
 import { headerBeforeData } from './tar-header.js';
 import type { EstargzMemberChunk } from './toc.js';
 import { inflateMember } from '../gzip-native.js';
@@ -46,7 +46,7 @@ export class EstargzHeaderCheck {
   private wholeChecked = false;
 
   constructor(
-    private readonly index: { entries: readonly IndexEntry[]; chunks: ReadonlyMap<string, readonly EstargzMemberChunk[]> },
+    private readonly index: { chunks: ReadonlyMap<string, readonly EstargzMemberChunk[]> },
     private readonly blob: BlobRangeReader,
     private readonly what: string,
     private readonly log?: (message: string, error: unknown) => void,

@@ -212,7 +212,7 @@ export async function verifiedChunk(
   onTail?: ReadEstargzFileOptions['onTail'],
 ): Promise<Buffer> {
   const inner = chunk.innerOffset ?? 0;
-  const label = `${what}: ${JSON.stringify(path)}: chunk ${index} (file bytes ${chunk.offset}–${chunk.offset + chunk.size}, blob bytes ${chunk.compressedStart}–${chunk.compressedEnd})`;
+  const label = chunkLabel(what, path, index, chunk);
   const algorithm = digestAlgorithm(chunk.chunkDigest);
   // A SHA-256 chunk is hashed where it is inflated, off the event loop (native/gzip_member.c).
   const hashHere = !trusted && algorithm === 'sha256';
@@ -237,6 +237,11 @@ export async function verifiedChunk(
   // Only a member inflated whole (not stopped early by the streaming path) has all its tail.
   if (onTail && tail <= maxTail && inflated.length < inner + chunk.size + oneShotSlack) onTail(chunk, Buffer.from(inflated.subarray(inner + chunk.size)));
   return data;
+}
+
+/** How a chunk is named in errors: layer, file, chunk number, file and blob bytes. */
+function chunkLabel(what: string, path: string, index: number, chunk: EstargzMemberChunk): string {
+  return `${what}: ${JSON.stringify(path)}: chunk ${index} (file bytes ${chunk.offset}–${chunk.offset + chunk.size}, blob bytes ${chunk.compressedStart}–${chunk.compressedEnd})`;
 }
 
 /** A chunk of a fetched range, for checkChunksOf. */
@@ -269,7 +274,7 @@ export async function checkChunksOf(bytes: Buffer, from: number, chunks: readonl
     const start = at[2 * k]!;
     const length = at[2 * k + 1]!;
     if (!ok[k]) {
-      const label = `${what}: ${JSON.stringify(path)}: chunk ${index} (file bytes ${chunk.offset}–${chunk.offset + chunk.size}, blob bytes ${chunk.compressedStart}–${chunk.compressedEnd})`;
+      const label = chunkLabel(what, path, index, chunk);
       const got = length < inner + chunk.size ? `undecodable gzip data: the member inflates to ${length} bytes, ${inner + chunk.size} expected` : 'other bytes';
       return new DigestMismatchError(label, chunk.chunkDigest, got);
     }

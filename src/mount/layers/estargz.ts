@@ -102,9 +102,10 @@ function compressedRange(chunks: readonly EstargzMemberChunk[], start: number, e
 
 /**
  * The units of an eStargz layer, in blob order: one per gzip member holding
- * file chunks, verified by running every chunk in it through
- * readEstargzFile (inflate, check chunkDigest) against the fetched bytes.
- * Each chunk checked is kept in `decoded`, the layer's chunk cache.
+ * file chunks, each chunk inflated and checked against its chunkDigest from
+ * the fetched bytes (the members of one range together, checkChunksOf; a
+ * member with a digest other than SHA-256 alone, verifiedChunk). Each chunk
+ * checked is kept in `decoded`, the layer's chunk cache.
  * Tar headers of entries without data, the landmarks, the TOC and the footer
  * lie between or after the members: they become unverified units that only
  * the whole blob's digest vouches for.
@@ -126,47 +127,35 @@ function memberUnits(
     });
   }
   const chunksOf = new WeakMap<PrefetchUnit, FetchedChunk[]>();
-  // The members of one fetched range, checked in one native call; a member with a chunk digest
-  // other than SHA-256 is checked alone (verify, below).
+  // The SHA-256 members of one fetched range, checked in one native call (others: verify, alone).
   const checkMany = async (batch: readonly PrefetchUnit[], bytes: Buffer, from: number): Promise<unknown[]> => {
+    const chunks = batch.flatMap((unit) => chunksOf.get(unit)!);
+    const owner = batch.flatMap((unit, i) => chunksOf.get(unit)!.map(() => i));
     const errors: unknown[] = new Array(batch.length).fill(undefined);
-    const native: FetchedChunk[] = [];
-    const owner: number[] = [];
-    await Promise.all(
-      batch.map(async (unit, i) => {
-        const chunks = chunksOf.get(unit) ?? [];
-        if (chunks.every((c) => /^sha256:[0-9a-f]{64}$/.test(c.chunk.chunkDigest))) {
-          for (const c of chunks) native.push(c), owner.push(i);
-        } else {
-          errors[i] = await unit.verify!(bytes.subarray(unit.start - from, unit.end - from)).then(
-            () => undefined,
-            (err: unknown) => err,
-          );
-        }
-      }),
-    );
-    if (native.length === 0) return errors;
-    const results = await checkChunksOf(bytes, from, native, what, onTail);
-    results.forEach((result, k) => {
+    (await checkChunksOf(bytes, from, chunks, what, onTail)).forEach((result, k) => {
       if (result instanceof Error) errors[owner[k]!] ??= result;
       // Inflated and checked now: the read that asked for this region (or comes soon) need not inflate it again.
-      else decoded.set(native[k]!.chunk.chunkDigest, result);
+      else decoded.set(chunks[k]!.chunk.chunkDigest, result);
     });
     return errors;
   };
   // Every chunk's bytes are the fetched ones (never a cached or in-flight copy): inflated and checked.
-  const units: PrefetchUnit[] = [...members].map(([start, member]) => ({
-    start,
-    end: member.end,
-    checkMany,
-    verify: async (bytes) => {
-      for (const { path, chunk, index: i } of member.chunks) {
-        const data = await verifiedChunk(bytes.subarray(chunk.compressedStart - start, chunk.compressedEnd - start), chunk, i, path, what, false, onTail);
-        // Inflated and checked now: the read that asked for this region (or comes soon) need not inflate it again.
-        decoded.set(chunk.chunkDigest, data);
-      }
-    },
-  }));
-  for (const [i, member] of [...members.values()].entries()) chunksOf.set(units[i]!, member.chunks);
+  const units = [...members].map(([start, member]): PrefetchUnit => {
+    const unit: PrefetchUnit = {
+      start,
+      end: member.end,
+      verify: async (bytes) => {
+        for (const { path, chunk, index: i } of member.chunks) {
+          const data = await verifiedChunk(bytes.subarray(chunk.compressedStart - start, chunk.compressedEnd - start), chunk, i, path, what, false, onTail);
+          decoded.set(chunk.chunkDigest, data);
+        }
+      },
+    };
+    if (member.chunks.every((c) => /^sha256:[0-9a-f]{64}$/.test(c.chunk.chunkDigest))) {
+      unit.checkMany = checkMany;
+      chunksOf.set(unit, member.chunks);
+    }
+    return unit;
+  });
   return withGaps(units, size);
 }

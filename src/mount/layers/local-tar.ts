@@ -1,5 +1,5 @@
 import { createReadStream, createWriteStream } from 'node:fs';
-import { access, mkdir, open, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { LazyrootError } from '../../errors.js';
@@ -13,6 +13,7 @@ import { buildTarIndex, type LayerIndex } from '../../index/layer-index.js';
 import type { BlobRangeReader } from '../../index/types.js';
 import { LayerRangeReader } from '../../index/gzip-reader.js';
 import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
+import { pathExists } from '../../store/path-exists.js';
 
 /** A zstd (or other unseekable) layer as a LazyLayer: fetched whole before the mount, then read locally. */
 export async function openLocalTarLayer(context: LayerContext, compression: Compression): Promise<LazyLayer> {
@@ -59,7 +60,7 @@ export async function localTarLayer(
   const tarPath = `${store.paths.index(descriptor.digest)}.tar`;
   await mkdir(dirname(tarPath), { recursive: true });
   let downloaded = 0;
-  if (!(await exists(tarPath))) {
+  if (!(await pathExists(tarPath))) {
     ({ transferred: downloaded } = await store.blobs.ingest(descriptor.digest, descriptor.size, (offset) => source.openBlob(descriptor, offset), { what }));
     const tmp = `${tarPath}.${process.pid}.tmp`;
     try {
@@ -71,7 +72,7 @@ export async function localTarLayer(
     }
   }
   let index: LayerIndex;
-  if (await exists(indexPath)) index = await readIndexFile(indexPath);
+  if (await pathExists(indexPath)) index = await readIndexFile(indexPath);
   else {
     index = await buildTarIndex(createReadStream(tarPath), { what, expectDiffId: diffId });
     await writeIndexFile(indexPath, index, { tmpDir: store.paths.tmp });
@@ -93,9 +94,3 @@ export async function localTarLayer(
   };
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { access, mkdir, rm } from 'node:fs/promises';
+import { mkdir, rm } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
@@ -16,6 +16,7 @@ import { writeFileAtomic } from '../../store/atomic-file.js';
 import { buildGzipIndex, buildTarIndex, LayerIndexBuilder, type LayerIndex } from '../../index/layer-index.js';
 import { blobLayerStats, type LayerContext, type LayerFile, type LazyLayer } from './lazy-layer.js';
 import { withGaps } from './prefetch-units.js';
+import { pathExists } from '../../store/path-exists.js';
 
 /**
  * A gzip or uncompressed tar layer read through its span index: the stored
@@ -37,7 +38,7 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
   const layer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
   const kind = compression === 'gzip' ? 'gzip' : 'tar';
   // An index from the registry is believed about a file only once the tar header before its bytes agrees.
-  const headers = (await exists(remoteIndexMarker(store, descriptor.digest)))
+  const headers = (await pathExists(remoteIndexMarker(store, descriptor.digest)))
     ? new SpanIndexHeaderCheck(index, (start, end) => reader.readUncompressed(layer, start, end), what, context.log)
     : undefined;
   if (headers) {
@@ -117,12 +118,6 @@ function spanPrefetchUnits(index: LayerIndex, size: number, what: string): Prefe
   return withGaps(units, size);
 }
 
-async function exists(path: string): Promise<boolean> {
-  return access(path).then(
-    () => true,
-    () => false,
-  );
-}
 
 /**
  * The layer's span index from the store, or built now by streaming the layer
@@ -144,7 +139,7 @@ export async function loadOrBuildIndex(
   options: { keepBlob?: boolean; spanBytes?: number; onDownloaded?: (bytes: number) => void; remote?: () => Promise<LayerIndex | undefined> } = {},
 ): Promise<LayerIndex> {
   const path = store.paths.index(descriptor.digest);
-  if (await exists(path)) return readIndexFile(path);
+  if (await pathExists(path)) return readIndexFile(path);
   const fromRegistry = await options.remote?.();
   if (fromRegistry) {
     await mkdir(dirname(path), { recursive: true });
