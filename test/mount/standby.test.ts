@@ -180,6 +180,19 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     process.kill(victim, 'SIGKILL');
     await until('the standby to die', async () => (processAlive(victim) ? undefined : true));
     assert.ok((await readdir(standbyDir())).some((n) => n.endsWith('.sock')), 'the dead standby left its socket');
+    // The native front end, finding nobody at that socket, runs the Node CLI in its place: the same run, its output and exit code.
+    const viaCli = await new Promise<{ code: number | null; stdout: string; stderr: string }>((resolvePromise) => {
+      const child = spawn(nativeFrontEnd, ['--store', join(work, 'store-fallback'), 'run', '--lazy', ref, '--', 'sh', '-c', 'echo via-cli; exit 4'], { env: { ...process.env, LAZYROOT_DEBUG: '1' }, stdio: ['pipe', 'pipe', 'pipe'] });
+      let stdout = '';
+      let stderr = '';
+      child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+      child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+      child.stdin.end();
+      child.on('close', (code) => resolvePromise({ code, stdout, stderr }));
+    });
+    assert.equal(viaCli.code, 4, viaCli.stderr);
+    assert.equal(viaCli.stdout, 'via-cli\n');
+    assert.doesNotMatch(viaCli.stderr, /handed to the warm standby/);
     const mounted = await lazyroot(['--store', fresh, '--json', 'mount', '--no-prefetch', ref, join(work, 'c')]);
     assert.equal(mounted.code, 0, mounted.stderr);
     const pid = (JSON.parse(mounted.stdout) as { pid: number }).pid;
