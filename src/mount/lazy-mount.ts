@@ -502,16 +502,17 @@ export async function prepareLayer(
       break;
     } catch (err) {
       if (passedOver(err)) continue;
-      // A request the source left unanswered (a stall) is asked once more, afresh and with a whole
-      // deadline, before the mount fails.
-      if (isTimedOut(err) && timeouts++ < 1) {
+      // A request the source left unanswered (a stall) is asked again, afresh and with a whole
+      // deadline, twice before the mount fails: a flaky link's resets and their back-off eat into
+      // one deadline, and a mount that fails costs its user more than a retry does.
+      if (isTimedOut(err) && timeouts++ < 2) {
         (await context.opened.get(descriptor.digest)?.catch(() => undefined))?.forgetUnanswered();
         continue;
       }
       // The footer and TOC as they arrived do not parse, or miss their digest: bytes damaged on the
-      // way are likelier than a damaged blob, so they are fetched once more (nothing of them was
-      // kept as verified); the second answer's fault is the mount's.
-      if ((isLazyrootError(err, 'INVALID_DATA') || isLazyrootError(err, 'DIGEST_MISMATCH')) && refused++ < 1) continue;
+      // way are likelier than a damaged blob, so they are fetched again (nothing of them was kept
+      // as verified), twice; the third answer's fault is the blob's.
+      if ((isLazyrootError(err, 'INVALID_DATA') || isLazyrootError(err, 'DIGEST_MISMATCH')) && refused++ < 2) continue;
       throw err;
     }
   }

@@ -221,6 +221,8 @@ export class LazyBlob {
   private completion: Promise<void> | undefined;
   /** The completion under way is a whole-blob download (not a promotion). */
   private streaming = false;
+  /** Bytes of whole-blob answers not kept because ranged ones had been (see adoptWhole). */
+  private declinedWholeBytes = 0;
   private persistTimer: NodeJS.Timeout | undefined;
   private readonly deadlineMs: number;
   private readonly maxInFlight: number;
@@ -485,17 +487,29 @@ export class LazyBlob {
     return !this.complete && this.streaming;
   }
 
-  /** The source answered a ranged request with the whole blob: keep it (see streamWhole). */
-  private adoptWhole(blob: Readable): void {
-    if (this.complete || this.completion) {
-      // Already whole or being made so: let this answer run out so the range taken from it arrives.
+  /**
+   * The source answered a ranged request with the whole blob: keep it (see
+   * streamWhole), and say so. An answer not kept flows on until the range
+   * taken from it has arrived (the request then drops it).
+   *
+   * Not kept when the blob is whole or being made so, nor when bytes of it
+   * were kept from ranged answers already: the source does Range for it (a
+   * pull-through cache answers 200 only while it is still fetching the blob
+   * itself), and keeping the answer would download again what is kept. Each
+   * answer not kept costs its bytes up to `end`; once those add up to the
+   * blob's size, the source has stopped doing Range for it and the next is
+   * kept.
+   */
+  private adoptWhole(blob: Readable, end: number): boolean {
+    if (this.complete || this.completion || (this.kept > 0 && (this.declinedWholeBytes += end) <= this.size)) {
       blob.resume();
-      return;
+      return false;
     }
     const onClose = () => blob.destroy(this.closing.signal.reason as Error);
     this.closing.signal.addEventListener('abort', onClose, { once: true });
     blob.once('close', () => this.closing.signal.removeEventListener('abort', onClose));
     void this.streamWhole(blob).catch(() => undefined);
+    return true;
   }
 
   /**
@@ -581,9 +595,7 @@ export class LazyBlob {
     const began = Date.now();
     this.stats.requests++;
     try {
-      const bytes = await this.request(start, end, undefined);
-      this.stats.bytesFetched += bytes.length;
-      return bytes;
+      return await this.request(start, end, undefined, 'bytesFetched');
     } catch (err) {
       this.stats.failures++;
       if (isTimedOut(err)) this.unanswered.add(start, end);
@@ -594,16 +606,21 @@ export class LazyBlob {
     }
   }
 
-  /** One request for [start, end) with the deadline; `outer` aborts it too. */
-  private async request(start: number, end: number, outer: AbortSignal | undefined): Promise<Buffer> {
+  /**
+   * One request for [start, end) with the deadline; `outer` aborts it too.
+   * Its bytes count in `counter`, unless they came out of a whole-blob answer
+   * that is kept (bytesStreamed counts that answer once).
+   */
+  private async request(start: number, end: number, outer: AbortSignal | undefined, counter: 'bytesFetched' | 'bytesPrefetched'): Promise<Buffer> {
     outer?.throwIfAborted();
     const controller = new AbortController();
     const timer = setTimeout(() => controller.abort(), this.deadlineMs);
     const onOuter = () => controller.abort();
     outer?.addEventListener('abort', onOuter, { once: true });
+    let whole: { blob: Readable; kept: boolean } | undefined;
     try {
       const bytes = await Promise.race([
-        this.fetcher(start, end, controller.signal, (blob) => this.adoptWhole(blob)),
+        this.fetcher(start, end, controller.signal, (blob) => (whole = { blob, kept: this.adoptWhole(blob, end) })),
         new Promise<never>((_, reject) =>
           controller.signal.addEventListener('abort', () =>
             reject(
@@ -618,10 +635,14 @@ export class LazyBlob {
         throw new LazyrootError('UNAVAILABLE', `${this.options.what}: bytes ${start}-${end}: source sent ${bytes.length} bytes`);
       }
       this.unanswered.answered(start, end);
+      if (!whole?.kept) this.stats[counter] += bytes.length;
       return bytes;
     } finally {
       clearTimeout(timer);
       outer?.removeEventListener('abort', onOuter);
+      // A whole-blob answer not kept (the blob is whole, or being made so, already): the range is
+      // taken from it, the rest is not worth the transfer.
+      if (whole && !whole.kept) whole.blob.destroy();
     }
   }
 
@@ -762,9 +783,7 @@ export class LazyBlob {
       await this.slot();
       try {
         this.stats.prefetchRequests++;
-        const bytes = await this.request(window.start, window.end, signal);
-        this.stats.bytesPrefetched += bytes.length;
-        return bytes;
+        return await this.request(window.start, window.end, signal, 'bytesPrefetched');
       } finally {
         this.release();
       }
@@ -966,8 +985,7 @@ export class LazyBlob {
         this.prefetchState = 'running';
         const work = (async () => {
           this.stats.prefetchRequests++;
-          const bytes = await this.request(window.start, window.end, signal);
-          this.stats.bytesPrefetched += bytes.length;
+          const bytes = await this.request(window.start, window.end, signal, 'bytesPrefetched');
           await this.keepUnits(window.units, window.start, bytes);
         })();
         this.prefetching = { start: window.start, end: window.end, kept: work };

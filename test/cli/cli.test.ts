@@ -163,15 +163,14 @@ describe('lazyroot CLI', { skip: missing.length ? `needs ${missing.join(', ')}` 
 
   test('two pulls of the same image at once both succeed, and each blob is downloaded once', async () => {
     const store = join(work, 'store-concurrent');
-    const before = registry.accessLog().length;
+    const before = (await registry.accessLog()).length;
     const [a, b] = await Promise.all([lazyroot(['pull', '--json', '--store', store, ref]), lazyroot(['pull', '--json', '--store', store, ref])]);
     assert.equal(a.code, 0, a.stderr);
     assert.equal(b.code, 0, b.stderr);
     const built = buildImage(spec);
     const transferred = [a, b].map((r) => (JSON.parse(r.stdout) as { bytesTransferred: number }).bytesTransferred);
     assert.equal(transferred[0]! + transferred[1]!, built.layers.reduce((n, l) => n + l.blob.length, 0), 'the layers were fetched once between them');
-    const blobGets = registry
-      .accessLog()
+    const blobGets = (await registry.accessLog())
       .slice(before)
       .filter((l) => /^GET \S+\/blobs\/sha256:/.test(l) && built.layerDigests.some((d) => l.includes(d)));
     assert.equal(blobGets.length, 3, blobGets.join('\n'));

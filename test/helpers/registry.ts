@@ -8,7 +8,7 @@
  *   const registry = await startRegistry({ auth: 'token' });
  *   after(() => registry.stop());
  *   await registry.pushImage('app', 'v1', buildImage(spec));   // image-builder.ts
- *   registry.accessLog()   // ['GET /v2/ 401', 'GET /v2/app/manifests/v1 200', …]
+ *   await registry.accessLog()   // ['GET /v2/ 401', 'GET /v2/app/manifests/v1 200', …]
  *
  * Pushes here go straight over HTTP with admin rights (basic credentials or a
  * token minted by the helper itself), so they work whatever the auth mode; for
@@ -65,10 +65,15 @@ export interface TestRegistry {
   startupMs: number;
   /** The first configured user, when auth is on. */
   credentials?: { username: string; password: string };
-  /** Requests the registry served, from its access log: `METHOD PATH STATUS`. */
-  accessLog(): string[];
+  /**
+   * Requests the registry served, from its access log: `METHOD PATH STATUS`.
+   * Async because the log reaches us through a pipe after the answer reaches
+   * the client: it first waits for a marker request of its own to be logged,
+   * so every request answered before the call is in the list.
+   */
+  accessLog(): Promise<string[]>;
   /** The same requests with the body bytes the registry wrote for each (the log's size field). */
-  accessBytes(): AccessRecord[];
+  accessBytes(): Promise<AccessRecord[]>;
   /** Token auth: the token requests seen, as `GET /token?…` lines (else empty). */
   tokenRequests(): string[];
   /** Uploads a blob (with admin rights); returns its digest. */
@@ -250,8 +255,8 @@ async function startOnce(options: RegistryOptions): Promise<TestRegistry> {
 
 interface WatchedRegistry {
   waitReady(): Promise<void>;
-  accessLog(): string[];
-  accessBytes(): AccessRecord[];
+  accessLog(): Promise<string[]>;
+  accessBytes(): Promise<AccessRecord[]>;
   stop(): Promise<void>;
 }
 
@@ -262,9 +267,22 @@ function startRegistryProcess(configPath: string, host: string): WatchedRegistry
   const stderrTail: string[] = [];
   // The access log (Apache combined format) goes to stdout:
   // 127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "ua"
+  // Marker requests (GET /v2/?lazyroot-log-marker=N) are answered by the
+  // registry like any other; seeing one logged means every request answered
+  // before it was sent has been logged too. They never show in the lists.
+  let markers = 0;
+  const markersSeen = new Set<number>();
+  const markerWaiters = new Map<number, () => void>();
   lines(proc.child.stdout, (line) => {
     const m = /"([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3}) (\d+|-)/.exec(line);
     if (!m) return;
+    const marker = /[?&]lazyroot-log-marker=(\d+)/.exec(m[2]!);
+    if (marker) {
+      const n = Number(marker[1]);
+      markersSeen.add(n);
+      markerWaiters.get(n)?.();
+      return;
+    }
     access.push(`${m[1]} ${m[2]} ${m[3]}`);
     records.push({ method: m[1]!, path: m[2]!, status: Number(m[3]), bytes: m[4] === '-' ? 0 : Number(m[4]) });
   });
@@ -273,10 +291,31 @@ function startRegistryProcess(configPath: string, host: string): WatchedRegistry
     if (stderrTail.length > 30) stderrTail.shift();
   });
 
+  const logged = async (): Promise<void> => {
+    const n = ++markers;
+    const seen = new Promise<void>((resolve, reject) => {
+      if (markersSeen.has(n)) return resolve();
+      const timer = setTimeout(() => reject(new Error(`docker-registry on ${host}: marker request ${n} not logged within 10 s`)), 10_000);
+      markerWaiters.set(n, () => {
+        clearTimeout(timer);
+        resolve();
+      });
+    });
+    const answered = await fetch(`http://${host}/v2/?lazyroot-log-marker=${n}`);
+    await answered.arrayBuffer();
+    await seen.finally(() => markerWaiters.delete(n));
+  };
+
   return {
     waitReady: () => proc.waitReady(() => answers(`http://${host}/v2/`), { describe: () => stderrTail.join('\n') }),
-    accessLog: () => access.slice(),
-    accessBytes: () => records.slice(),
+    accessLog: async () => {
+      await logged();
+      return access.slice();
+    },
+    accessBytes: async () => {
+      await logged();
+      return records.slice();
+    },
     stop: () => proc.stop(),
   };
 }

@@ -153,12 +153,12 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
   const podman = (args: string[]) => run('podman', [...podmanGlobal, '--tmpdir', join(podmanRoot, 'tmp'), ...args], podmanEnv);
 
   test('podman runs a plain-gzip image through the layer store: output and exit code, a small part of the blobs fetched', async () => {
-    const before = registry.accessBytes().length;
+    const before = (await registry.accessBytes()).length;
     const r = await podman([...podmanRun, `${registry.host}/${repo}:latest`, '/bin/sh', '-c', 'cat /etc/motd /data/small.txt; test -e /data/gone.txt || echo gone; ls /data/old; /bin/true; exit 3']);
     assert.equal(r.stdout, 'served by the layer store\nsmall file\ngone\nb\n', `${r.stderr}\n--- layer store log:\n${daemonOut}`);
     assert.equal(r.code, 3, r.stderr);
 
-    const blobGets = registry.accessBytes().slice(before).filter((a) => a.method === 'GET' && /\/blobs\/sha256:/.test(a.path));
+    const blobGets = (await registry.accessBytes()).slice(before).filter((a) => a.method === 'GET' && /\/blobs\/sha256:/.test(a.path));
     const layerBytes = blobGets.filter((a) => layerDigests.some((d) => a.path.endsWith(d))).reduce((n, a) => n + a.bytes, 0);
     const total = layerSizes.reduce((n, s) => n + s, 0);
     const perLayer = layerDigests.map((d, i) => `${d.slice(7, 19)} ${blobGets.filter((a) => a.path.endsWith(d)).reduce((n, a) => n + a.bytes, 0)}/${layerSizes[i]}`);
@@ -209,12 +209,11 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
       { config: { Cmd: ['/bin/cat', '/etc/motd'], Env: ['PATH=/bin'] } },
     );
     await registry.pushImage('lazy/esgz', 'latest', image);
-    const before = registry.accessBytes().length;
+    const before = (await registry.accessBytes()).length;
     const r = await podman([...podmanRun, `${registry.host}/lazy/esgz:latest`]);
     assert.equal(r.stdout, 'estargz through the layer store\n', `${r.stderr}\n--- layer store log:\n${daemonOut}`);
     assert.equal(r.code, 0);
-    const fetched = registry
-      .accessBytes()
+    const fetched = (await registry.accessBytes())
       .slice(before)
       .filter((a) => a.method === 'GET' && a.path.endsWith(image.layerDigests[0]!))
       .reduce((n, a) => n + a.bytes, 0);
@@ -240,12 +239,11 @@ describe('lazyroot layer-store under Debian podman 4.3', { skip: missing.length 
     const chunked = zstdChunked(tar, { chunkSize: 256 * 1024 });
     const image = buildImage({ layers: [{ tar, compression: 'zstd', blob: chunked.blob, annotations: chunked.annotations }], config: { config: { Cmd: ['/bin/cat', '/etc/motd'], Env: ['PATH=/bin'] } } });
     await registry.pushImage('lazy/zchunked', 'latest', image);
-    const before = registry.accessBytes().length;
+    const before = (await registry.accessBytes()).length;
     const r = await podman([...podmanRun, `${registry.host}/lazy/zchunked:latest`]);
     assert.equal(r.stdout, 'zstd:chunked through the layer store\n', `${r.stderr}\n--- layer store log:\n${daemonOut}`);
     assert.equal(r.code, 0);
-    const fetched = registry
-      .accessBytes()
+    const fetched = (await registry.accessBytes())
       .slice(before)
       .filter((a) => a.method === 'GET' && a.path.endsWith(image.layerDigests[0]!))
       .reduce((n, a) => n + a.bytes, 0);

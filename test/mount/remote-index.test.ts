@@ -185,11 +185,11 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.equal(relisted.manifests.length, 1);
 
     const storeB = join(work, 'store-b');
-    const mark = registry.accessBytes().length;
+    const mark = (await registry.accessBytes()).length;
     const target = await mountAt(storeB, 'v1');
     assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     const s = await stats(storeB, target);
-    const records = registry.accessBytes().slice(mark);
+    const records = (await registry.accessBytes()).slice(mark);
     const sent = records.reduce((n, r) => n + r.bytes, 0);
     const layerBytes = records.filter((r) => honest.layers.some((l) => r.path.endsWith(`/blobs/${l.descriptor.digest}`))).reduce((n, r) => n + r.bytes, 0);
     t.diagnostic(`image ${imageBytes(honest)} bytes in layers; store B's mount and read: ${sent} bytes sent by the registry in ${records.length} requests (${((100 * sent) / imageBytes(honest)).toFixed(2)} %), of which ${layerBytes} bytes of layer blobs (${((100 * layerBytes) / imageBytes(honest)).toFixed(2)} %) and ${report.bytes} of index artifact blobs`);
@@ -209,16 +209,16 @@ describe('span indexes shared through the registry (index --push; mounts on anot
 
   test('`index` on a third machine takes the indexes from the registry instead of streaming the layers', async () => {
     const storeC = join(work, 'store-c');
-    const mark = registry.accessBytes().length;
+    const mark = (await registry.accessBytes()).length;
     const r = await lazyroot(['--store', storeC, '--json', 'index', ref('v1')]);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual((JSON.parse(r.stdout) as PushJson['layers']).map((l) => l.from), ['registry', 'registry']);
-    assert.deepEqual(wholeBlobGets(registry.accessBytes().slice(mark), honest), []);
+    assert.deepEqual(wholeBlobGets((await registry.accessBytes()).slice(mark), honest), []);
   });
 
   test('--no-remote-index does no lookup: mount and index stream the layers', async () => {
     const storeD = join(work, 'store-d');
-    const mark = registry.accessBytes().length;
+    const mark = (await registry.accessBytes()).length;
     const target = await mountAt(storeD, 'v1', ['--no-remote-index']);
     assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     const s = await stats(storeD, target);
@@ -228,7 +228,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const r = await lazyroot(['--store', storeE, '--json', 'index', '--no-remote-index', ref('v1')]);
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual((JSON.parse(r.stdout) as PushJson['layers']).map((l) => l.from), ['built', 'built']);
-    const lookups = registry.accessLog().slice(mark).filter((line) => /\/referrers\/|\/manifests\/sha256-/.test(line));
+    const lookups = (await registry.accessLog()).slice(mark).filter((line) => /\/referrers\/|\/manifests\/sha256-/.test(line));
     assert.deepEqual(lookups, []);
   });
 

@@ -72,7 +72,7 @@ describe('a token that expires during a lazy mount is renewed without failing re
     // Reads go through the thread pool: this process's event loop stays free for the token server.
     assert.ok((await readFile(join(target, 'data/first.bin'))).equals(first), 'first file');
     const tokensBefore = registry.tokenRequests().length;
-    const logBefore = registry.accessLog().length;
+    const logBefore = (await registry.accessLog()).length;
     await sleep(2 * tokenTtlSeconds * 1000);
 
     let read: Buffer;
@@ -93,7 +93,7 @@ describe('a token that expires during a lazy mount is renewed without failing re
     assert.equal((await lazyroot(['--store', store, 'umount', target])).code, 0);
     mounted.splice(mounted.findIndex((m) => m.target === target), 1);
     const layer = image.layerDigests[0]!;
-    return registry.accessLog().slice(logBefore).filter((line) => line.startsWith(`GET /v2/renew/app/blobs/${layer} `));
+    return (await registry.accessLog()).slice(logBefore).filter((line) => line.startsWith(`GET /v2/renew/app/blobs/${layer} `));
   }
 
   test('expires_in given: the token is renewed before the read, no request leaves with a dead one', async () => {

@@ -92,7 +92,7 @@ describe('lazyroot snapshotter under containerd', () => {
     assert.match(metrics, /^lazyroot_mount_bytes_served_total\{mountpoint="[^"]+"\} [1-9]\d*$/m);
     assert.equal(metrics.match(/^lazyroot_layer_fetched_ratio\{/gm)?.length, 2, metrics);
     // Layer bytes came by range requests from lazyroot, never as whole-blob GETs by containerd.
-    const layerGets = registry.accessLog().filter((l) => image.layerDigests.some((d) => l.includes(d)) && l.startsWith('GET'));
+    const layerGets = (await registry.accessLog()).filter((l) => image.layerDigests.some((d) => l.includes(d)) && l.startsWith('GET'));
     assert.ok(layerGets.length > 0, 'the FUSE mount read the layers from the registry');
 
     await world.ctr(['images', 'rm', '--sync', ref]);

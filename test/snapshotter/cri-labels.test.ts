@@ -91,7 +91,7 @@ test('the CRI label set (sent the way the CRI plugin sends it) is served lazily:
   } finally {
     await run('umount', [target]);
   }
-  const layerGets = registry.accessLog().filter((l) => l.startsWith('GET') && image.layerDigests.some((d) => l.includes(d)));
+  const layerGets = (await registry.accessLog()).filter((l) => l.startsWith('GET') && image.layerDigests.some((d) => l.includes(d)));
   assert.ok(layerGets.length > 0, 'read from the registry by the lazy mount');
 
   await snapshots.call('Remove', { key: 'container' });

@@ -48,6 +48,6 @@ test('containerd + lazyroot snapshotter: a gzip image with an index artifact in 
   const stats = await lazyroot(['--store', world.store, '--json', 'mount', '--stats', mountpoint]);
   assert.equal(stats.code, 0, stats.stderr);
   assert.equal((JSON.parse(stats.stdout) as { bytesIndexed: number }).bytesIndexed, 0, 'no layer was streamed to build an index');
-  assert.ok(registry.accessLog().some((l) => l.includes(`/manifests/sha256-${image.manifestDigest.slice(7)}`)), 'the fallback tag was read');
+  assert.ok((await registry.accessLog()).some((l) => l.includes(`/manifests/sha256-${image.manifestDigest.slice(7)}`)), 'the fallback tag was read');
   await world.ctr(['images', 'rm', '--sync', ref]);
 });

@@ -5,7 +5,7 @@ import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { PassThrough, Readable } from 'node:stream';
+import { PassThrough, Readable, Transform } from 'node:stream';
 import { Store } from '../../src/store/store.js';
 import { LazyBlob, LazyBlobGroup, type PrefetchUnit, type RangeFetcher } from '../../src/store/lazy-blob.js';
 import { sha256 } from '../../src/oci/digest.js';
@@ -332,6 +332,71 @@ test('a source that answers a ranged request with the whole blob: that answer is
   assert.equal(blob.stats.bytesStreamed, data.length);
   assert.ok((await readFile(store.blobs.path(digest))).equals(data));
   assert.equal(store.db.knownBlobs().filter((b) => b.digest === digest).length, 1);
+  await blob.close();
+});
+
+test('a whole-blob answer after ranged ones (a pull-through cache still fetching the blob) is not kept: its range is taken and the rest dropped, until such answers cost a blob\'s size', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(2 * MiB);
+  const digest = sha256(data);
+  let answerWhole = false;
+  /** How far into each whole answer its reader got before dropping it. */
+  const wholeRead: number[] = [];
+  const blob = await LazyBlob.open(
+    store,
+    digest,
+    data.length,
+    async (s, e, _signal, onWhole) => {
+      if (!answerWhole) return Buffer.from(data.subarray(s, e));
+      // Streamed in 64 KiB chunks as a socket would; the range is taken as the answer passes to its reader (as RegistrySource does).
+      let sent = 0;
+      const socket = new Readable({
+        read() {
+          setImmediate(() => {
+            if (sent >= data.length) return void this.push(null);
+            this.push(data.subarray(sent, sent + 64 * 1024));
+            sent += 64 * 1024;
+          });
+        },
+      });
+      let settle!: { resolve: (b: Buffer) => void; reject: (e: Error) => void };
+      const taken = new Promise<Buffer>((resolve, reject) => (settle = { resolve, reject }));
+      const chunks: Buffer[] = [];
+      let at = 0;
+      const passing = new Transform({
+        transform(chunk: Buffer, _encoding, callback) {
+          chunks.push(chunk);
+          at += chunk.length;
+          if (at >= e) settle.resolve(Buffer.concat(chunks).subarray(s, e));
+          callback(null, chunk);
+        },
+      });
+      passing.on('close', () => {
+        wholeRead.push(sent);
+        socket.destroy();
+        settle.reject(new Error('dropped before the range'));
+      });
+      socket.pipe(passing);
+      onWhole(passing);
+      return taken;
+    },
+    { what: 'layer', mediaType, openStream: async () => assert.fail('the blob is never asked for whole') },
+  );
+  // A ranged answer first, kept.
+  assert.ok((await blob.readUnverified(0, 4096)).equals(data.subarray(0, 4096)));
+  answerWhole = true;
+  // Whole answers now: each gives its range, the blob is not downloaded again.
+  for (const [s, e] of [[MiB, MiB + 100], [100_000, 100_100]] as const) assert.ok((await blob.read(s, e)).equals(data.subarray(s, e)));
+  assert.equal(blob.stats.bytesStreamed, 0);
+  assert.equal(blob.stats.bytesFetched, 4096 + 200);
+  assert.equal(blob.isComplete, false);
+  assert.ok(wholeRead.every((n) => n < data.length), `the rest of each answer was dropped: ${wholeRead.join(', ')}`);
+  // Answers not kept have cost a blob's size by now: the source no longer does Range for it, and the next is kept.
+  assert.ok((await blob.read(2 * MiB - 10, 2 * MiB)).equals(data.subarray(2 * MiB - 10)));
+  await blob.read(5, 10);
+  assert.equal(blob.isComplete, true);
+  assert.equal(blob.completedBy, 'streamed');
+  assert.equal(blob.stats.bytesStreamed, data.length);
   await blob.close();
 });
 

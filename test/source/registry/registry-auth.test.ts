@@ -187,7 +187,7 @@ describe('token expiry', { concurrency: true }, () => {
     const layer = resolved.manifest.layers[0]!;
     assert.equal(sha256(await readAll(await s.openBlob(layer))), layer.digest);
     assert.equal(told.tokenRequests().length, 2);
-    assert.ok(!told.accessLog().includes(`GET /v2/app/blobs/${layer.digest} 401`), 'no request left with a dead token');
+    assert.ok(!(await told.accessLog()).includes(`GET /v2/app/blobs/${layer.digest} 401`), 'no request left with a dead token');
   });
 
   test('a token that dies mid-pull (no expires_in: assumed 60 s) is refreshed on the 401', async () => {
@@ -196,7 +196,7 @@ describe('token expiry', { concurrency: true }, () => {
     await new Promise((r) => setTimeout(r, 2500));
     const layer = resolved.manifest.layers[0]!;
     assert.equal(sha256(await readAll(await s.openBlob(layer))), layer.digest);
-    const blobRequests = silent.accessLog().filter((line) => line.startsWith(`GET /v2/app/blobs/${layer.digest}`));
+    const blobRequests = (await silent.accessLog()).filter((line) => line.startsWith(`GET /v2/app/blobs/${layer.digest}`));
     assert.deepEqual(blobRequests, [`GET /v2/app/blobs/${layer.digest} 401`, `GET /v2/app/blobs/${layer.digest} 200`]);
     assert.equal(silent.tokenRequests().length, 2);
   });

@@ -82,7 +82,7 @@ test('anonymous pull: manifest, config and every blob, verified against what was
     assert.deepEqual(bytes, image.layers[i]!.blob);
   }
   // Loopback registry without TLS: HTTPS was tried, then plain HTTP remembered.
-  assert.ok(registry.accessLog().includes('GET /v2/library/hello/manifests/v1 200'));
+  assert.ok((await registry.accessLog()).includes('GET /v2/library/hello/manifests/v1 200'));
 });
 
 test('an image pushed by skopeo from an OCI layout pulls the same', async (t) => {
@@ -103,7 +103,7 @@ test('an image pushed by skopeo from an OCI layout pulls the same', async (t) =>
 test('by digest: the manifest bytes are verified against the digest asked for', async () => {
   const resolved = await source(`library/hello@${image.manifestDigest}`).resolve(amd64);
   assert.equal(resolved.manifestDigest, image.manifestDigest);
-  assert.ok(registry.accessLog().includes(`GET /v2/library/hello/manifests/${image.manifestDigest} 200`));
+  assert.ok((await registry.accessLog()).includes(`GET /v2/library/hello/manifests/${image.manifestDigest} 200`));
 });
 
 test('unknown tag: NOT_FOUND naming the registry, repository and tag', async () => {
@@ -227,7 +227,7 @@ test('schema1: a signed manifest resolves to converted layers, then builds a sch
   assert.equal(built.config.history?.length, 3);
   assert.equal(built.manifest.config.digest, sha256(built.configBytes));
   // Sizes came from HEAD requests: schema1 has none.
-  assert.ok(registry.accessLog().includes(`HEAD /v2/legacy/blobs/${sha256(appBlob)} 200`));
+  assert.ok((await registry.accessLog()).includes(`HEAD /v2/legacy/blobs/${sha256(appBlob)} 200`));
 
   const byDigest = await source(`legacy@${registryDigest}`).resolve(amd64);
   assert.equal(byDigest.manifestDigest, registryDigest);
