@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import { LazyrootError } from '../errors.js';
 import type { LazyBlob } from './lazy-blob.js';
 
@@ -12,6 +13,11 @@ export interface LazyBlobGroupOptions {
   quietMs?: number;
   /** Prefetch requests in flight at once across the group (one per blob at most). Default 4. */
   prefetchConcurrency?: number;
+  /**
+   * Promoting a completed blob (its whole hash and TOC check) waits until no
+   * blob of the group has been read for this long. Default 250 ms.
+   */
+  pauseMs?: number;
   /**
    * Under sustained demand reads, a prefetch that has waited this long may
    * still send one request at a time: prefetch makes progress under load,
@@ -42,6 +48,9 @@ export class LazyBlobGroup {
   private reserved = 0;
   private readonly listeners = new Set<() => void>();
   private tick = 0;
+  /** Reads of the group's blobs, hits too (see untilReadsPause). */
+  private reads = 0;
+  private readonly pauseMs: number;
 
   constructor(options: LazyBlobGroupOptions = {}) {
     if (options.cacheMaxBytes !== undefined && !(Number.isSafeInteger(options.cacheMaxBytes) && options.cacheMaxBytes >= 0)) {
@@ -51,6 +60,7 @@ export class LazyBlobGroup {
     this.quietMs = options.quietMs ?? 100;
     this.prefetchConcurrency = Math.max(1, options.prefetchConcurrency ?? 4);
     this.starveMs = options.starveMs ?? 100;
+    this.pauseMs = options.pauseMs ?? 250;
   }
 
   /** Keeps prefetch requests from starting for `ms` from now (the mount's first reads go first). */
@@ -87,6 +97,23 @@ export class LazyBlobGroup {
   leave(blob: LazyBlob): void {
     this.blobs.delete(blob);
     this.notify();
+  }
+
+  /** @internal A read of one of the group's blobs (hit or miss): counted, nothing more, on the read path. */
+  noteRead(): void {
+    this.reads++;
+  }
+
+  /**
+   * Resolves once no blob of the group has been read for `pauseMs`: work that
+   * can wait (checking and promoting a completed blob) waits for the readers
+   * it would take CPU from. Rejects on abort.
+   */
+  async untilReadsPause(signal: AbortSignal): Promise<void> {
+    for (let seen = -1; seen !== this.reads; ) {
+      seen = this.reads;
+      await delay(this.pauseMs, undefined, { signal });
+    }
   }
 
   /** @internal A demand read started waiting for the network. */

@@ -325,6 +325,7 @@ export class LazyBlob {
       throw new LazyrootError('INVALID_DATA', `${this.options.what}: range ${start}-${end} outside the blob's ${this.size} bytes`);
     }
     this.onDemandRange?.(start, end);
+    this.group?.noteRead();
     if (this.complete || this.present.covers(start, end)) return this.readLocal(start, end);
     this.stats.misses++;
     const waitMs = this.waitMs(start, end);
@@ -378,6 +379,7 @@ export class LazyBlob {
     if (this.refused) throw this.refused;
     if (start < 0 || end > this.size || end < start) return undefined;
     this.onDemandRange?.(start, end);
+    this.group?.noteRead();
     if (!(this.complete || this.present.covers(start, end))) return undefined;
     return this.readLocal(start, end);
   }
@@ -1086,6 +1088,9 @@ export class LazyBlob {
       await this.becomeWhole('ranges', true);
       return;
     }
+    // Every byte is served from the partial file meanwhile: the whole hash and check (a second
+    // or so of CPU for a big layer) wait for a pause in the mount's reads rather than slow them.
+    await this.group?.untilReadsPause(this.closing.signal);
     const path = this.store.paths.partialBlob(this.digest);
     const hash = hasherFor(this.digest);
     for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);

@@ -400,6 +400,34 @@ test('a whole-blob answer after ranged ones (a pull-through cache still fetching
   await blob.close();
 });
 
+test('a blob completed while its group is being read is checked and promoted only once the reads pause; its bytes are served meanwhile', async (t) => {
+  const store = await openStore(t);
+  const group = new LazyBlobGroup({ pauseMs: 150 });
+  const data = randomBytes(MiB);
+  const src = source(data);
+  let checks = 0;
+  const blob = await LazyBlob.open(store, sha256(data), data.length, src.fetcher, { what: 'layer', group });
+  blob.checkWholeWith(async () => void checks++);
+  const half = data.length / 2;
+  for (const [s, e] of [[0, half], [half, data.length]] as const) {
+    assert.ok((await blob.read(s, e)).equals(data.subarray(s, e)));
+    blob.confirm(s, e);
+  }
+  // Reads go on (hits, every 30 ms): every byte is kept, but the whole hash and check wait.
+  for (let i = 0; i < 15; i++) {
+    await sleep(30);
+    assert.ok((await blob.read(i * 1000, i * 1000 + 10)).equals(data.subarray(i * 1000, i * 1000 + 10)));
+  }
+  assert.equal(blob.isComplete, false, 'not promoted while reads go on');
+  assert.equal(checks, 0);
+  // The reads stop: promoted after the pause.
+  for (let i = 0; i < 100 && !blob.isComplete; i++) await sleep(20);
+  assert.equal(blob.isComplete, true);
+  assert.equal(checks, 1);
+  assert.ok((await readFile(store.blobs.path(sha256(data)))).equals(data));
+  await blob.close();
+});
+
 test('cache bound: least recently used ranges are evicted, evicted ranges are fetched again, complete blobs are never touched', async (t) => {
   const store = await openStore(t);
   const group = new LazyBlobGroup({ cacheMaxBytes: 2 * MiB });

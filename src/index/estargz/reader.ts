@@ -212,7 +212,8 @@ export async function verifiedChunk(
   onTail?: ReadEstargzFileOptions['onTail'],
 ): Promise<Buffer> {
   const inner = chunk.innerOffset ?? 0;
-  const label = chunkLabel(what, path, index, chunk);
+  // Named only when something is wrong: a string per chunk read was garbage on the hot path.
+  const label = () => chunkLabel(what, path, index, chunk);
   const algorithm = digestAlgorithm(chunk.chunkDigest);
   // A SHA-256 chunk is hashed where it is inflated, off the event loop (native/gzip_member.c).
   const hashHere = !trusted && algorithm === 'sha256';
@@ -224,14 +225,14 @@ export async function verifiedChunk(
     if (inflated.length < inner + chunk.size) throw new Error(`the gzip member inflates to ${inflated.length} bytes, ${inner + chunk.size} expected`);
   } catch (err) {
     // Bytes that do not even inflate are not the chunk the TOC describes.
-    throw Object.assign(new DigestMismatchError(label, chunk.chunkDigest, `undecodable gzip data: ${(err as Error).message}`), { cause: err });
+    throw Object.assign(new DigestMismatchError(label(), chunk.chunkDigest, `undecodable gzip data: ${(err as Error).message}`), { cause: err });
   }
   let data = inflated.subarray(inner, inner + chunk.size);
   // Cache only the chunk, not the tar headers inflated after it.
   if (inflated.length - data.length > Math.max(64 * 1024, data.length)) data = Buffer.from(data);
   if (!trusted) {
     const got = `${algorithm}:${hashHere ? hex : createHash(algorithm).update(data).digest('hex')}`;
-    if (got !== chunk.chunkDigest) throw new DigestMismatchError(label, chunk.chunkDigest, got);
+    if (got !== chunk.chunkDigest) throw new DigestMismatchError(label(), chunk.chunkDigest, got);
   }
   const tail = inflated.length - inner - chunk.size;
   // Only a member inflated whole (not stopped early by the streaming path) has all its tail.

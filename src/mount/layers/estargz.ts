@@ -2,12 +2,9 @@ import type { Digest } from '../../oci/digest.js';
 import { readEstargzIndex, type EstargzIndex, type EstargzMemberChunk } from '../../index/estargz/toc.js';
 import { checkChunksOf, EstargzChunkCache, readEstargzFile, verifiedChunk, type FetchedChunk } from '../../index/estargz/reader.js';
 import { EstargzHeaderCheck } from '../../index/estargz/header-check.js';
-import { checkTocAgainstTar } from '../../index/estargz/toc-check.js';
+import { checkTocOffThread } from '../../index/toc-check-thread.js';
 import type { BlobRangeReader } from '../../index/types.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
-import { createReadStream } from 'node:fs';
-import { createGunzip } from 'node:zlib';
-import { pipeline } from 'node:stream';
 import { blobLayerStats, type LayerContext, type LazyLayer } from './lazy-layer.js';
 import { withGaps } from './prefetch-units.js';
 import { cachedLayerIndex } from '../mount-cache.js';
@@ -37,14 +34,11 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   const headers = new EstargzHeaderCheck(index, blob, what, context.log);
   const onTail = (chunk: EstargzMemberChunk, tail: Buffer) => headers.noteTail(chunk, tail);
   blob.checkWholeWith(async (path) => {
-    const tar = pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), createGunzip(), () => undefined);
     try {
-      await checkTocAgainstTar(tar, index, what);
+      await checkTocOffThread({ kind: 'estargz', path, index: { entries: index.entries, chunks: index.chunks }, what });
     } catch (err) {
       context.log?.(`${what}: refused: the TOC disagrees with the layer's tar stream`, err);
       throw err;
-    } finally {
-      tar.destroy();
     }
     headers.markWholeChecked();
   });

@@ -1,10 +1,7 @@
-import { createReadStream } from 'node:fs';
-import { pipeline } from 'node:stream';
 import { LazyrootError } from '../../errors.js';
-import { createDecompressor } from '../../oci/compression.js';
 import { readZstdChunkedIndex, type ZstdChunkedIndex } from '../../index/zstd-chunked/toc.js';
 import { verifyChunk, ZstdChunkedReader } from '../../index/zstd-chunked/reader.js';
-import { checkZstdChunkedTocAgainstTar } from '../../index/zstd-chunked/tar-check.js';
+import { checkTocOffThread } from '../../index/toc-check-thread.js';
 import { ZstdChunkedHeaderCheck } from '../../index/zstd-chunked/header-check.js';
 import type { BlobRangeReader, EstargzChunk } from '../../index/types.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
@@ -45,14 +42,11 @@ export async function openZstdChunkedLayer(context: LayerContext, annotations: {
   // blob is promoted.
   const headers = new ZstdChunkedHeaderCheck(index, blob, what, context.log);
   blob.checkWholeWith(async (path) => {
-    const tar = pipeline(createReadStream(path, { highWaterMark: 1 << 20 }), createDecompressor('zstd'), () => undefined);
     try {
-      await checkZstdChunkedTocAgainstTar(tar, index, what);
+      await checkTocOffThread({ kind: 'zstd-chunked', path, index: { entries: index.entries, chunks: index.chunks }, what });
     } catch (err) {
       context.log?.(`${what}: refused: the TOC disagrees with the layer's tar stream`, err);
       throw err;
-    } finally {
-      tar.destroy();
     }
     headers.markWholeChecked();
   });
