@@ -19,11 +19,20 @@ export type TocCheckResult = { ok: true } | { ok: false; message: string; code?:
  * event loop that time was taken from the mount's readers, who are still
  * reading when a blob completes. Resolves when the tar agrees with the TOC;
  * rejects with the check's own error (INVALID_DATA naming the first
- * disagreement) when it does not.
+ * disagreement) when it does not, and with UNAVAILABLE when `signal` stops
+ * it first.
  */
-export function checkTocOffThread(job: TocCheckJob): Promise<void> {
+export function checkTocOffThread(job: TocCheckJob, signal?: AbortSignal): Promise<void> {
   return new Promise<void>((resolve, reject) => {
+    if (signal?.aborted) return reject(new LazyrootError('UNAVAILABLE', `${job.what}: the TOC check was stopped before it began`));
     const worker = new Worker(new URL('./toc-check-worker.js', import.meta.url), { workerData: job });
+    // A closing mount does not wait for the check: the worker ends, and the check is not done (not failed).
+    const stop = () => {
+      reject(new LazyrootError('UNAVAILABLE', `${job.what}: the TOC check was stopped (the mount is closing)`));
+      void worker.terminate();
+    };
+    signal?.addEventListener('abort', stop, { once: true });
+    worker.once('exit', () => signal?.removeEventListener('abort', stop));
     worker.once('message', (result: TocCheckResult) => {
       if (result.ok) resolve();
       else reject(new LazyrootError((result.code ?? 'INVALID_DATA') as ErrorCode, result.message));

@@ -219,6 +219,8 @@ export class LazyBlob {
   private wholeBy: 'ranges' | 'streamed' | undefined;
   /** A promotion or a whole-blob stream under way. */
   private completion: Promise<void> | undefined;
+  /** A promotion waiting for the mount's reads to pause (see promote). */
+  private promotion: Promise<void> | undefined;
   /** The completion under way is a whole-blob download (not a promotion). */
   private streaming = false;
   /** Bytes of whole-blob answers not kept because ranged ones had been (see adoptWhole). */
@@ -239,7 +241,7 @@ export class LazyBlob {
   /** Why the last prefetch attempt failed, if it did. */
   prefetchError: string | undefined;
   /** Looks at the whole blob (verified by its digest) before it is promoted: see checkWholeWith. */
-  private wholeCheck: ((path: string) => Promise<void>) | undefined;
+  private wholeCheck: ((path: string, signal: AbortSignal) => Promise<void>) | undefined;
   /** Why the blob's bytes must not be served (its whole check failed): every read fails with it. */
   private refused: LazyrootError | undefined;
 
@@ -292,7 +294,7 @@ export class LazyBlob {
    * stream with the TOC. A check that fails refuses the blob: it is not
    * promoted, and every read of it fails with that error from then on.
    */
-  checkWholeWith(check: (path: string) => Promise<void>): void {
+  checkWholeWith(check: (path: string, signal: AbortSignal) => Promise<void>): void {
     this.wholeCheck = check;
   }
 
@@ -1072,14 +1074,28 @@ export class LazyBlob {
     }
   }
 
-  /** Every byte is here: hash the whole blob, and on a match move it into blobs/. */
+  /**
+   * Every byte is here: once the mount's reads pause, hash the whole blob,
+   * and on a match move it into blobs/. The whole hash and check (a second or
+   * so of CPU for a big layer) would slow readers still reading; every byte
+   * is served from the partial file meanwhile. Nothing is held while it waits
+   * (eviction, unverified keeps): if bytes were dropped by then, it does
+   * nothing, and the keep that restores them promotes again.
+   */
   private promote(): Promise<void> {
     if (this.complete) return Promise.resolve();
     if (this.refused) return Promise.reject(this.refused);
-    this.completion ??= this.promoteNow().finally(() => {
-      this.completion = undefined;
+    this.promotion ??= (async () => {
+      await this.group?.untilReadsPause(this.closing.signal);
+      if (this.complete || !this.keptCovers(0, this.size)) return;
+      this.completion ??= this.promoteNow().finally(() => {
+        this.completion = undefined;
+      });
+      await this.completion;
+    })().finally(() => {
+      this.promotion = undefined;
     });
-    return this.completion;
+    return this.promotion;
   }
 
   private async promoteNow(): Promise<void> {
@@ -1088,9 +1104,6 @@ export class LazyBlob {
       await this.becomeWhole('ranges', true);
       return;
     }
-    // Every byte is served from the partial file meanwhile: the whole hash and check (a second
-    // or so of CPU for a big layer) wait for a pause in the mount's reads rather than slow them.
-    await this.group?.untilReadsPause(this.closing.signal);
     const path = this.store.paths.partialBlob(this.digest);
     const hash = hasherFor(this.digest);
     for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
@@ -1117,7 +1130,7 @@ export class LazyBlob {
   private async runWholeCheck(path: string): Promise<void> {
     if (!this.wholeCheck) return;
     try {
-      await this.wholeCheck(path);
+      await this.wholeCheck(path, this.closing.signal);
     } catch (err) {
       if ((err as LazyrootError).code === 'UNAVAILABLE') throw err;
       this.refused = err instanceof LazyrootError ? err : new LazyrootError('INVALID_DATA', `${this.options.what}: ${(err as Error).message}`, { cause: err });

@@ -1,3 +1,4 @@
+import { isLazyrootError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import { readEstargzIndex, type EstargzIndex, type EstargzMemberChunk } from '../../index/estargz/toc.js';
 import { checkChunksOf, EstargzChunkCache, readEstargzFile, verifiedChunk, type FetchedChunk } from '../../index/estargz/reader.js';
@@ -33,11 +34,12 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   // each file's tar header before its bytes are served, the whole stream before the blob is promoted.
   const headers = new EstargzHeaderCheck(index, blob, what, context.log);
   const onTail = (chunk: EstargzMemberChunk, tail: Buffer) => headers.noteTail(chunk, tail);
-  blob.checkWholeWith(async (path) => {
+  blob.checkWholeWith(async (path, signal) => {
     try {
-      await checkTocOffThread({ kind: 'estargz', path, index: { entries: index.entries, chunks: index.chunks }, what });
+      await checkTocOffThread({ kind: 'estargz', path, index: { entries: index.entries, chunks: index.chunks }, what }, signal);
     } catch (err) {
-      context.log?.(`${what}: refused: the TOC disagrees with the layer's tar stream`, err);
+      // UNAVAILABLE: stopped (the mount is closing) or the worker failed; the check is not done, nothing is refused.
+      if (!isLazyrootError(err, 'UNAVAILABLE')) context.log?.(`${what}: refused: the TOC disagrees with the layer's tar stream`, err);
       throw err;
     }
     headers.markWholeChecked();

@@ -1,4 +1,4 @@
-import { LazyrootError } from '../../errors.js';
+import { isLazyrootError, LazyrootError } from '../../errors.js';
 import { readZstdChunkedIndex, type ZstdChunkedIndex } from '../../index/zstd-chunked/toc.js';
 import { verifyChunk, ZstdChunkedReader } from '../../index/zstd-chunked/reader.js';
 import { checkTocOffThread } from '../../index/toc-check-thread.js';
@@ -41,11 +41,12 @@ export async function openZstdChunkedLayer(context: LayerContext, annotations: {
   // unpacks: each file's tar headers before its bytes are served, the whole stream before the
   // blob is promoted.
   const headers = new ZstdChunkedHeaderCheck(index, blob, what, context.log);
-  blob.checkWholeWith(async (path) => {
+  blob.checkWholeWith(async (path, signal) => {
     try {
-      await checkTocOffThread({ kind: 'zstd-chunked', path, index: { entries: index.entries, chunks: index.chunks }, what });
+      await checkTocOffThread({ kind: 'zstd-chunked', path, index: { entries: index.entries, chunks: index.chunks }, what }, signal);
     } catch (err) {
-      context.log?.(`${what}: refused: the TOC disagrees with the layer's tar stream`, err);
+      // UNAVAILABLE: stopped (the mount is closing) or the worker failed; the check is not done, nothing is refused.
+      if (!isLazyrootError(err, 'UNAVAILABLE')) context.log?.(`${what}: refused: the TOC disagrees with the layer's tar stream`, err);
       throw err;
     }
     headers.markWholeChecked();
