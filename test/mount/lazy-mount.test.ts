@@ -201,7 +201,8 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
     assert.match(failed.error ?? '', /Input\/output error/);
     assert.ok(failed.ms < 15_000, `failed after ${failed.ms} ms`);
     proxy.setRules([]);
-    assert.equal((await readInChild(join(target, 'data/big.bin'))).sha256, sha(big));
+    const again = await readInChild(join(target, 'data/big.bin'));
+    assert.equal(again.sha256, sha(big), `${again.error}\n${await readFileFs(join(store, 'mount-daemon.log'), 'utf8').catch(() => '')}`);
   });
 
   test('a stalled read fails within its deadline, the kernel\'s retry of it included; again at once while the stall lasts; after it the same read succeeds', async (t) => {
@@ -219,7 +220,8 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
     assert.ok(again.ms < deadlineMs, `during the stall, cat failed again after ${again.ms} ms: not at once`);
     t.diagnostic(`deadline ${deadlineMs} ms: cat failed after ${failed.ms} ms, again after ${again.ms} ms`);
     proxy.setRules([]);
-    assert.equal((await readInChild(join(target, 'data/big.bin'))).sha256, sha(big));
+    const after = await readInChild(join(target, 'data/big.bin'));
+    assert.equal(after.sha256, sha(big), `${after.error}\n${await readFileFs(join(store, 'mount-daemon.log'), 'utf8').catch(() => '')}`);
   });
 
   test('bytes corrupted by the source are refused: EIO, never wrong data', async () => {
