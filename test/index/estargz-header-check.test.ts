@@ -75,3 +75,31 @@ test('the whole-stream check compares file bytes with the chunk digests, and the
   });
   await assert.rejects(checkTocAgainstTar(Readable.from([gunzipSync(swapped.built.blob)]), swapped.index, 'layer X'), /"d\/link": the tar links to "a\.txt", the TOC to "c\.txt"/);
 });
+
+test('regression: header bytes damaged on the way (they do not inflate) fail that read only; the next read checks again and serves the file', async () => {
+  const { built, index } = await layer();
+  // c.txt's header lies in the member before its first chunk (the long-named file's): damage that member once.
+  const first = index.chunks.get('d/c.txt')![0]!;
+  const before = [...index.chunks.values()].flat().find((c) => c.compressedEnd === first.compressedStart)!;
+  const honest = memoryBlobReader(built.blob);
+  let damaged = 0;
+  const flaky = {
+    size: honest.size,
+    async read(start: number, end: number) {
+      const bytes = await honest.read(start, end);
+      if (damaged === 0 && start <= before.compressedStart + 12 && before.compressedStart + 12 < end) {
+        damaged++;
+        bytes[before.compressedStart + 12 - start]! ^= 0xff;
+      }
+      return bytes;
+    },
+  };
+  const check = new EstargzHeaderCheck(index, flaky, 'layer X');
+  await assert.rejects(check.check('d/c.txt'), (err: Error & { code?: string }) => {
+    assert.equal(err.code, 'UNAVAILABLE');
+    assert.match(err.message, /layer X: "d\/c\.txt": blob bytes \d+-\d+, fetched for the tar header before its bytes, do not inflate \(damaged on the way\?\)/);
+    return true;
+  });
+  assert.equal(damaged, 1);
+  await check.check('d/c.txt');
+});

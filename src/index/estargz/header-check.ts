@@ -138,11 +138,18 @@ export class EstargzHeaderCheck {
   }
 
   private async inflate(start: number, end: number, maxBytes: number, path: string): Promise<Buffer> {
-    const bytes = (await this.blob.readVerified?.(start, end)) ?? (await this.blob.read(start, end));
+    const verified = await this.blob.readVerified?.(start, end);
+    const bytes = verified ?? (await this.blob.read(start, end));
     let out: Buffer;
     try {
       out = await inflateMember(bytes, maxBytes + 1);
     } catch (err) {
+      // Bytes just fetched (not verified in the store) that do not inflate were likelier damaged on
+      // the way (gzip's CRC caught it) than lied about: this read fails, the next checks again.
+      // Verified bytes that do not inflate are the TOC's fault: the file is refused.
+      if (!verified) {
+        throw new LazyrootError('UNAVAILABLE', `${this.what}: ${JSON.stringify(path)}: blob bytes ${start}-${end}, fetched for the tar header before its bytes, do not inflate (damaged on the way?): ${(err as Error).message}`, { cause: err });
+      }
       throw Object.assign(this.mismatch(path, `blob bytes ${start}-${end} do not inflate as the TOC says (${(err as Error).message})`), { cause: err });
     }
     if (out.length > maxBytes) throw this.mismatch(path, `blob bytes ${start}-${end} inflate to more than the ${maxBytes} bytes the TOC allows there`);

@@ -1,4 +1,4 @@
-import { LazyrootError } from '../../errors.js';
+import { isLazyrootError, LazyrootError } from '../../errors.js';
 import { normalizeEntryPath } from '../../oci/entry-path.js';
 import { checksumOk, octal, parsePax, tarName } from '../estargz/tar-header.js';
 import type { EstargzChunk, IndexEntry } from '../types.js';
@@ -30,7 +30,7 @@ export class ZstdChunkedHeaderCheck {
 
   constructor(
     index: { entries: readonly IndexEntry[]; chunks: ReadonlyMap<string, readonly EstargzChunk[]> },
-    private readonly blob: { readUnverified(start: number, end: number): Promise<Buffer> },
+    private readonly blob: { readUnverified(start: number, end: number): Promise<Buffer>; readVerified?(start: number, end: number): Promise<Buffer | undefined> },
     private readonly what: string,
     private readonly log?: (message: string, error: unknown) => void,
   ) {
@@ -66,7 +66,10 @@ export class ZstdChunkedHeaderCheck {
       if (!plan) return Promise.resolve(); // an empty file: no bytes to serve
       result = this.run(path, plan);
       // Refused once, refused for good (and logged once); the rejection is handled by every reader.
-      result.catch(() => undefined);
+      // Bytes that did not come, or came damaged, are no refusal: the next read checks again.
+      result.catch((err: unknown) => {
+        if ((err as LazyrootError).code === 'UNAVAILABLE' && this.results.get(path) === result) this.results.delete(path);
+      });
       this.results.set(path, result);
     }
     return result;
@@ -75,15 +78,21 @@ export class ZstdChunkedHeaderCheck {
   private async run(path: string, plan: Plan): Promise<void> {
     try {
       if (plan.end <= plan.start) throw new Error(`no frame of tar headers before its data (blob bytes ${plan.start}–${plan.end})`);
-      const frames = await this.blob.readUnverified(plan.start, plan.end);
+      const verified = await this.blob.readVerified?.(plan.start, plan.end);
+      const frames = verified ?? (await this.blob.readUnverified(plan.start, plan.end));
       let tar: Buffer;
       try {
         tar = decodeFramesUpTo(frames, plan.padding + plan.entries.length * 64 * 1024 + (1 << 20));
       } catch (err) {
+        // Just fetched and not verified: likelier damaged on the way than lied about (see the eStargz check).
+        if (!verified) {
+          throw new LazyrootError('UNAVAILABLE', `${this.what}: ${JSON.stringify(path)}: blob bytes ${plan.start}–${plan.end}, fetched for the tar headers before its bytes, do not decode (damaged on the way?): ${(err as Error).message}`, { cause: err });
+        }
         throw new Error(`the frame of tar headers (blob bytes ${plan.start}–${plan.end}) does not decode: ${(err as Error).message}`, { cause: err });
       }
       compareHeaders(tar, plan, this.what);
     } catch (err) {
+      if (isLazyrootError(err, 'UNAVAILABLE')) throw err;
       const refusal = new LazyrootError('INVALID_DATA', `${this.what}: ${JSON.stringify(path)}: refused: the TOC disagrees with the layer's tar stream: ${(err as Error).message}`, { cause: err });
       this.log?.(refusal.message, err);
       throw refusal;
