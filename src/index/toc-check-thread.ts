@@ -39,14 +39,16 @@ export function checkTocOffThread(job: TocCheckJob, signal?: AbortSignal): Promi
       void worker.terminate();
     };
     signal?.addEventListener('abort', stop, { once: true });
-    worker.once('exit', () => signal?.removeEventListener('abort', stop));
     worker.once('message', (result: TocCheckResult) => {
       if (result.ok) resolve();
       else reject(new LazyrootError((result.code ?? 'INVALID_DATA') as ErrorCode, result.message));
     });
     worker.once('error', (err) => reject(new LazyrootError('UNAVAILABLE', `${job.what}: the TOC check's worker failed: ${err.message}`, { cause: err })));
-    // After an answer this changes nothing (a promise settles once).
-    worker.once('exit', (code) => reject(new LazyrootError('UNAVAILABLE', `${job.what}: the TOC check's worker exited (code ${code}) without an answer`)));
+    worker.once('exit', (code) => {
+      signal?.removeEventListener('abort', stop);
+      // After an answer this changes nothing (a promise settles once).
+      reject(new LazyrootError('UNAVAILABLE', `${job.what}: the TOC check's worker exited (code ${code}) without an answer`));
+    });
   });
 }
 

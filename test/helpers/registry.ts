@@ -269,9 +269,9 @@ function startRegistryProcess(configPath: string, host: string): WatchedRegistry
   // 127.0.0.1 - - [date] "GET /v2/ HTTP/1.1" 200 2 "" "ua"
   // Marker requests (GET /v2/?lazyroot-log-marker=N) are answered by the
   // registry like any other; seeing one logged means every request answered
-  // before it was sent has been logged too. They never show in the lists.
+  // before it was sent has been logged too. They never show in the lists. A marker's waiter is
+  // set before its request is sent, so its line cannot come first.
   let markers = 0;
-  const markersSeen = new Set<number>();
   const markerWaiters = new Map<number, () => void>();
   lines(proc.child.stdout, (line) => {
     const m = /"([A-Z]+) (\S+) HTTP\/[\d.]+" (\d{3}) (\d+|-)/.exec(line);
@@ -279,7 +279,6 @@ function startRegistryProcess(configPath: string, host: string): WatchedRegistry
     const marker = /[?&]lazyroot-log-marker=(\d+)/.exec(m[2]!);
     if (marker) {
       const n = Number(marker[1]);
-      markersSeen.add(n);
       markerWaiters.get(n)?.();
       return;
     }
@@ -294,7 +293,6 @@ function startRegistryProcess(configPath: string, host: string): WatchedRegistry
   const logged = async (): Promise<void> => {
     const n = ++markers;
     const seen = new Promise<void>((resolve, reject) => {
-      if (markersSeen.has(n)) return resolve();
       const timer = setTimeout(() => reject(new Error(`docker-registry on ${host}: marker request ${n} not logged within 10 s`)), 10_000);
       markerWaiters.set(n, () => {
         clearTimeout(timer);
