@@ -1,9 +1,13 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Readable } from 'node:stream';
 import { gunzipSync } from 'node:zlib';
 import { EstargzHeaderCheck } from '../../src/index/estargz/header-check.js';
 import { checkTocAgainstTar } from '../../src/index/estargz/toc-check.js';
+import { checkTocOffThread } from '../../src/index/toc-check-thread.js';
 import { readEstargzIndex } from '../../src/index/estargz/toc.js';
 import { buildEstargz, incompressible, memoryBlobReader, type BuildEstargzOptions } from '../helpers/estargz.js';
 import { dir, file, symlink, type TarEntry } from '../helpers/tar-builder.js';
@@ -102,4 +106,32 @@ test('regression: header bytes damaged on the way (they do not inflate) fail tha
   });
   assert.equal(damaged, 1);
   await check.check('d/c.txt');
+});
+
+test('the whole-stream check on a worker thread: an honest blob passes, a lying TOC is INVALID_DATA with the check\'s message, a stopped check is UNAVAILABLE', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'lazyroot-toc-check-'));
+  try {
+    const honest = await layer();
+    const honestPath = join(dir, 'honest');
+    await writeFile(honestPath, honest.built.blob);
+    const job = (path: string, index: typeof honest.index) => ({ kind: 'estargz' as const, path, index: { entries: index.entries, chunks: index.chunks }, what: 'layer X' });
+    await checkTocOffThread(job(honestPath, honest.index));
+
+    const lying = await layer({ chunkSize: 8 * KiB, editToc: lie });
+    const lyingPath = join(dir, 'lying');
+    await writeFile(lyingPath, lying.built.blob);
+    await assert.rejects(checkTocOffThread(job(lyingPath, lying.index)), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'INVALID_DATA');
+      assert.match(err.message, /layer X: the TOC disagrees with the layer's tar stream: entry 1 "d\/a\.txt": the tar has 28 bytes, the TOC 0/);
+      return true;
+    });
+
+    const stopped = new AbortController();
+    const running = checkTocOffThread(job(honestPath, honest.index), stopped.signal);
+    stopped.abort();
+    await assert.rejects(running, (err: Error & { code?: string }) => err.code === 'UNAVAILABLE' && /the TOC check was stopped/.test(err.message));
+    await assert.rejects(checkTocOffThread(job(honestPath, honest.index), stopped.signal), /stopped before it began/);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
 });

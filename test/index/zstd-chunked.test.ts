@@ -19,6 +19,7 @@ import { readZstdChunkedIndex, type ReadZstdChunkedIndexOptions } from '../../sr
 import { ZstdChunkedReader } from '../../src/index/zstd-chunked/reader.js';
 import { decodeFrames } from '../../src/index/zstd-chunked/frames.js';
 import { checkZstdChunkedTocAgainstTar } from '../../src/index/zstd-chunked/tar-check.js';
+import { LazyrootError } from '../../src/errors.js';
 import { ZstdChunkedHeaderCheck } from '../../src/index/zstd-chunked/header-check.js';
 import { manifestChecksumAnnotation, manifestPositionAnnotation } from '../../src/index/zstd-chunked/format.js';
 import { TarIndexer } from '../../src/index/tar-index.js';
@@ -262,6 +263,33 @@ describe('zstd:chunked tar headers checked before a file is served', () => {
     assert.equal(logged.length, 1);
     await headers.check('data/b.txt');
     await headers.check('etc/hostname');
+  });
+
+  test('regression: a header fetch that fails, or brings bytes that do not decode, fails that read only (UNAVAILABLE, nothing logged); the next read checks again', async () => {
+    const tar = await buildTar([...tarEntries(), file('data/after', 'after\n'), file('data/b.txt', 'b'.repeat(5001))]);
+    const layer = zstdChunked(tar);
+    const index = await readZstdChunkedIndex(memoryBlob(layer.blob), options(layer));
+    const blob = memoryBlob(layer.blob);
+    let calls = 0;
+    const flaky = {
+      async readUnverified(s: number, e: number): Promise<Buffer> {
+        calls++;
+        if (calls === 1) throw new LazyrootError('UNAVAILABLE', 'bytes 1-2: no answer within 1500 ms');
+        const bytes = await blob.read(s, e);
+        if (calls === 2) bytes.fill(0xff); // damaged on the way: no zstd frame
+        return bytes;
+      },
+    };
+    const logged: string[] = [];
+    const headers = new ZstdChunkedHeaderCheck(index, flaky, 'layer sha256:test', (m) => logged.push(m));
+    await assert.rejects(headers.check('data/after'), (err: LazyrootError) => err.code === 'UNAVAILABLE' && /no answer within 1500 ms/.test(err.message));
+    await assert.rejects(headers.check('data/after'), (err: LazyrootError) => {
+      assert.equal(err.code, 'UNAVAILABLE');
+      assert.match(err.message, /layer sha256:test: "data\/after": blob bytes \d+–\d+, fetched for the tar headers before its bytes, do not decode \(damaged on the way\?\)/);
+      return true;
+    });
+    await headers.check('data/after');
+    assert.deepEqual(logged, []);
   });
 
   test('a TOC pointing a file at another file\'s frames (with their digest) is refused: the header there names the other file', async () => {
