@@ -3,6 +3,7 @@ import { dirname } from 'node:path';
 import { LazyrootError } from '../errors.js';
 import { isDigest, type Digest } from '../oci/digest.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
+import { FetchQueue } from '../store/fetch-queue.js';
 import { IntervalSet } from '../store/interval-set.js';
 import type { LazyBlob } from '../store/lazy-blob.js';
 import type { Store } from '../store/store.js';
@@ -38,6 +39,12 @@ export interface ProfileLayer {
   size: number;
   /** Blob byte ranges [start, end) reads needed, sorted and disjoint. */
   ranges: Array<[number, number]>;
+  /**
+   * For each range, the milliseconds after the recording began at which it
+   * was first read: the next mount fetches the soonest first. Absent in
+   * profiles recorded before it was kept (then blob order).
+   */
+  firstRead?: number[];
 }
 
 /** Ranges past this per layer make a profile invalid (a real one has hundreds). */
@@ -78,6 +85,10 @@ export function parseProfile(value: unknown, image: Digest): AccessProfile {
       if (!ok) throw new Error(`layer ${layer.digest}: range ${JSON.stringify(r)} out of order or outside the blob's ${layer.size} bytes`);
       end = r[1];
     }
+    const times = layer.firstRead;
+    if (times !== undefined && (!Array.isArray(times) || times.length !== layer.ranges.length || !times.every((t) => typeof t === 'number' && Number.isFinite(t) && t >= 0))) {
+      throw new Error(`layer ${layer.digest}: "firstRead" is not one time per range`);
+    }
   }
   return { version: 1, image: p.image, recordedAt: String(p.recordedAt), recordMillis: Number(p.recordMillis) || 0, layers: p.layers };
 }
@@ -106,7 +117,7 @@ export async function removeProfile(store: Store, image: Digest): Promise<boolea
  * on a store that already held some bytes still names them.
  */
 export class ProfileRecorder {
-  private readonly seen = new Map<LazyBlob, IntervalSet>();
+  private readonly seen = new Map<LazyBlob, { ranges: IntervalSet; firsts: Array<[number, number, number]> }>();
   private readonly startedAt = Date.now();
   private stopped = false;
 
@@ -117,8 +128,14 @@ export class ProfileRecorder {
     for (const layer of layers) {
       if (this.seen.has(layer.blob)) continue;
       const ranges = new IntervalSet();
-      this.seen.set(layer.blob, ranges);
-      layer.blob.onDemandRange = (start, end) => ranges.add(start, end);
+      // Bytes read for the first time, with when: only what was not read before, so at most one per read.
+      const firsts: Array<[number, number, number]> = [];
+      this.seen.set(layer.blob, { ranges, firsts });
+      layer.blob.onDemandRange = (start, end) => {
+        if (ranges.covers(start, end)) return;
+        ranges.add(start, end);
+        firsts.push([start, end, Date.now() - this.startedAt]);
+      };
     }
   }
 
@@ -131,10 +148,31 @@ export class ProfileRecorder {
     this.stopped = true;
     for (const blob of this.seen.keys()) blob.onDemandRange = undefined;
     const layers: ProfileLayer[] = [];
-    for (const [blob, ranges] of this.seen) if (ranges.total > 0) layers.push({ digest: blob.digest, size: blob.size, ranges: ranges.ranges() });
+    for (const [blob, { ranges, firsts }] of this.seen) {
+      if (ranges.total === 0) continue;
+      const list = ranges.ranges();
+      layers.push({ digest: blob.digest, size: blob.size, ranges: list, firstRead: firstReadOf(list, firsts) });
+    }
     if (layers.length === 0) return undefined;
     return { version: 1, image: this.image, recordedAt: new Date().toISOString(), recordMillis: Date.now() - this.startedAt, layers };
   }
+}
+
+/** For each of `ranges` (sorted, disjoint), the soonest time of the reads within it. */
+function firstReadOf(ranges: ReadonlyArray<readonly [number, number]>, reads: ReadonlyArray<readonly [number, number, number]>): number[] {
+  const times = ranges.map(() => Infinity);
+  for (const [start, , ms] of reads) {
+    // The range holding the read's start: the last starting at or before it.
+    let lo = 0;
+    let hi = ranges.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (ranges[mid]![0] <= start) lo = mid;
+      else hi = mid - 1;
+    }
+    if (ms < times[lo]!) times[lo] = ms;
+  }
+  return times.map((t) => (Number.isFinite(t) ? t : 0));
 }
 
 /**
@@ -144,32 +182,59 @@ export class ProfileRecorder {
  * parallel, up to `budgetBytes` in all. Resolves when all settled; what
  * fails is left to demand reads. Returns the bytes asked for.
  */
-export async function fetchProfileAhead(layers: readonly LazyLayer[], profile: AccessProfile | undefined, signal: AbortSignal, budgetBytes = Infinity): Promise<number> {
+export async function fetchProfileAhead(
+  layers: readonly LazyLayer[],
+  profile: AccessProfile | undefined,
+  signal: AbortSignal,
+  budgetBytes = Infinity,
+  queue = new FetchQueue(aheadRequests),
+): Promise<number> {
   const done = new Set<LazyBlob>();
   const work: Array<Promise<void>> = [];
   let wanted = 0;
   for (const layer of layers) {
     if (done.has(layer.blob) || layer.blob.isComplete) continue;
     done.add(layer.blob);
-    const recorded = profile?.layers.find((l) => l.digest === layer.digest && l.size === layer.blob.size)?.ranges ?? [];
-    const ranges = within(IntervalSet.from([...recorded, ...layer.priorityRanges]).ranges(), budgetBytes - wanted);
+    const recorded = profile?.layers.find((l) => l.digest === layer.digest && l.size === layer.blob.size);
+    const { ranges, ranks } = within(rankedRanges(recorded, layer.priorityRanges), budgetBytes - wanted);
     if (ranges.length === 0) continue;
     wanted += ranges.reduce((n, [s, e]) => n + e - s, 0);
-    work.push(layer.fetchAhead(ranges, { signal }).catch(() => undefined));
+    // Every layer's requests enter the queue before any goes out (fetchAhead queues them before it awaits).
+    work.push(layer.fetchAhead(ranges, { signal, ranks, queue }).catch(() => undefined));
   }
+  queue.start();
   await Promise.all(work);
   return wanted;
 }
 
-/** The first of `ranges` up to `budget` bytes, the last one cut short. */
-function within(ranges: Array<[number, number]>, budget: number): Array<[number, number]> {
-  const out: Array<[number, number]> = [];
-  for (const [s, e] of ranges) {
-    if (budget <= 0) break;
-    out.push([s, Math.min(e, s + budget)]);
+/** Profile requests under way at once, across the layers of a mount. */
+export const aheadRequests = 4;
+
+/**
+ * The recorded ranges and the producer's prioritized ones, merged, each with
+ * when it is needed: a prioritized range first, then the recording's
+ * first-read times (blob order for a profile recorded without them).
+ */
+function rankedRanges(recorded: ProfileLayer | undefined, priority: ReadonlyArray<readonly [number, number]>): { ranges: Array<[number, number]>; ranks: number[] } {
+  const own = recorded?.ranges ?? [];
+  const times = recorded?.firstRead ?? own.map((_, i) => i);
+  const ranges = IntervalSet.from([...own, ...priority]).ranges();
+  const reads: Array<[number, number, number]> = own.map(([s, e], i) => [s, e, times[i]!]);
+  for (const [s, e] of priority) reads.push([s, e, -1]);
+  return { ranges, ranks: firstReadOf(ranges, reads) };
+}
+
+/** The first of `ranges` (blob order) up to `budget` bytes, the last one cut short, with their ranks. */
+function within(ranked: { ranges: Array<[number, number]>; ranks: number[] }, budget: number): { ranges: Array<[number, number]>; ranks: number[] } {
+  const ranges: Array<[number, number]> = [];
+  const ranks: number[] = [];
+  ranked.ranges.forEach(([s, e], i) => {
+    if (budget <= 0) return;
+    ranges.push([s, Math.min(e, s + budget)]);
+    ranks.push(ranked.ranks[i]!);
     budget -= e - s;
-  }
-  return out;
+  });
+  return { ranges, ranks };
 }
 
 /** The image `ref` names in the store, for `lazyroot profile`: NOT_FOUND when it is not there. */

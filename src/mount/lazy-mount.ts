@@ -9,6 +9,7 @@ import { openSource } from '../source/open-source.js';
 import type { LRUCache } from 'lru-cache';
 import { decodedBytesCache } from '../index/gzip-reader.js';
 import { LazyBlob, LazyBlobGroup } from '../store/lazy-blob.js';
+import { FetchQueue } from '../store/fetch-queue.js';
 import type { ImageRecord } from '../store/metadata-db.js';
 import { pullReference, type ReferenceOptions } from '../store/operations.js';
 import type { Store } from '../store/store.js';
@@ -20,7 +21,7 @@ import { buildTree, type FsNode } from '../fs/tree.js';
 import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
 import type { LazyLayer, LazyLayerStats, RemoteIndexLookup } from './layers/lazy-layer.js';
 import { RemoteIndexes } from './remote-index.js';
-import { fetchProfileAhead, ProfileRecorder, readProfile, writeProfile } from './access-profile.js';
+import { aheadRequests, fetchProfileAhead, ProfileRecorder, readProfile, writeProfile } from './access-profile.js';
 import { openLazyLayer } from './layers/open-layer.js';
 import { imagePrefix, isPrefix } from './image-prefix.js';
 
@@ -203,7 +204,10 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     const fetchesAhead = options.profile !== false && options.prefetch !== false;
     const profile = wholeImage ? await readProfile(store, image.id, options.logger) : undefined;
     let profileBytes = 0;
-    const ahead = fetchesAhead ? fetchProfileAhead(layers, profile, stopPrefetch.signal, aheadBudget(group)).then((n) => void (profileBytes = n)) : Promise.resolve();
+    // One request at a time until the FUSE mount is made: checking fetched bytes takes the threads
+    // of libuv's pool, which the mount's own file operations need too (measured: the mount 200 ms late).
+    const aheadQueue = new FetchQueue(1);
+    const ahead = fetchesAhead ? fetchProfileAhead(layers, profile, stopPrefetch.signal, aheadBudget(group), aheadQueue).then((n) => void (profileBytes = n)) : Promise.resolve();
     // The merged tree of an image is derived once and read back by later mounts.
     const treeKey = `rows:${layers.map((l) => `${l.digest}/${l.entries.length}`).join(',')}`;
     const treePath = treeCachePath(store, image.id);
@@ -242,6 +246,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       ...(options.logger ? { logger: options.logger } : {}),
     });
     tracePhase('lazy: fuse mounted');
+    aheadQueue.setLimit(aheadRequests);
     const readyAt = Date.now();
     const cpu = process.cpuUsage(startCpu);
     const mountTime = { mountMillis: Math.round(performance.now() - startedAt), mountCpuMillis: Math.round((cpu.user + cpu.system) / 1000) };

@@ -6,6 +6,7 @@ import { LazyrootError } from '../errors.js';
 import { hasherFor, shortDigest, type Digest } from '../oci/digest.js';
 import { commitFile } from './atomic-file.js';
 import { writeFully } from './write-fully.js';
+import type { FetchQueue } from './fetch-queue.js';
 import { IntervalSet } from './interval-set.js';
 import type { Store } from './store.js';
 import type { LazyBlobGroup } from './lazy-blob-group.js';
@@ -96,6 +97,10 @@ export interface FetchAheadOptions {
   gapBytes?: number;
   /** Bytes per request at most. Default 4 MiB. */
   windowBytes?: number;
+  /** When each of the ranges is needed, lower sooner (a profile's first-read times): a request's rank is its soonest range's. */
+  ranks?: readonly number[];
+  /** Where the requests wait to go out, soonest first, with the other blobs' of the mount (else all go at once). */
+  queue?: FetchQueue;
 }
 
 export type PrefetchState = 'off' | 'waiting' | 'running' | 'done' | 'stopped' | 'failed';
@@ -106,6 +111,8 @@ interface Window {
   units: PrefetchUnit[];
   /** Index of the first unit in the list given to prefetch. */
   index: number;
+  /** fetchAhead: the soonest rank of the ranges it brings. */
+  rank?: number;
 }
 
 /** Demand fetches of one blob under way at once from which every read fetches its whole read-ahead region. */
@@ -206,7 +213,7 @@ export class LazyBlob {
   /** Whether demand reads walk the blob in order: read-ahead only then. */
   private readonly readAhead = new SequentialReads();
   /** Demand read-ahead requests under way (`fetchRegion`), settled once their units are kept or refused. */
-  private readonly regions: Array<{ start: number; end: number; began: number; kept: Promise<void>; ahead?: boolean }> = [];
+  private readonly regions: Array<{ start: number; end: number; began: number; kept: Promise<void>; ahead?: boolean; hurry?: () => void }> = [];
   /** The prefetch request under way (one at most), settled once its units are kept or refused. */
   private prefetching: { start: number; end: number; kept: Promise<void> } | undefined;
   private running = 0;
@@ -735,7 +742,10 @@ export class LazyBlob {
     const fresh = waitMs === this.deadlineMs;
     const live = (r: { began: number }) => fresh || Date.now() - r.began < waitMs;
     const p = this.prefetching;
-    return this.regions.find((r) => r.start <= start && end <= r.end && live(r)) ?? (fresh && p && p.start <= start && end <= p.end ? p : undefined);
+    const region = this.regions.find((r) => r.start <= start && end <= r.end && live(r));
+    // A read waits for it: a fetch-ahead request still queued goes out next.
+    region?.hurry?.();
+    return region ?? (fresh && p && p.start <= start && end <= p.end ? p : undefined);
   }
 
   /**
@@ -752,11 +762,17 @@ export class LazyBlob {
    */
   async fetchAhead(units: readonly PrefetchUnit[], ranges: ReadonlyArray<readonly [number, number]>, options: FetchAheadOptions): Promise<void> {
     if (this.complete || this.streamsWhole()) return;
-    const windows = this.windowsFor(units, ranges, options.gapBytes ?? 128 << 10, options.windowBytes ?? 512 << 10);
-    await Promise.all(windows.map((w) => this.fetchAheadWindow(w, options.signal)));
+    const windows = this.windowsFor(units, ranges, options.gapBytes ?? 128 << 10, options.windowBytes ?? 512 << 10, options.ranks);
+    await Promise.all(windows.map((w) => this.fetchAheadWindow(w, options.signal, options.queue)));
   }
 
-  private windowsFor(units: readonly PrefetchUnit[], ranges: ReadonlyArray<readonly [number, number]>, gapBytes: number, windowBytes: number): Window[] {
+  private windowsFor(
+    units: readonly PrefetchUnit[],
+    ranges: ReadonlyArray<readonly [number, number]>,
+    gapBytes: number,
+    windowBytes: number,
+    ranks?: readonly number[],
+  ): Window[] {
     const windows: Window[] = [];
     let current: (Window & { last: number }) | undefined;
     let r = 0;
@@ -766,33 +782,48 @@ export class LazyBlob {
       const range = ranges[r];
       if (!range || range[0] >= u.end) continue; // no wanted range overlaps this unit
       if (u.verify ? this.present.covers(u.start, u.end) : this.keptCovers(u.start, u.end)) continue;
+      const rank = ranks?.[r] ?? windows.length;
       if (current && u.start - current.end <= gapBytes && u.end - current.start <= windowBytes) {
         for (let j = current.last + 1; j <= i; j++) current.units.push(units[j]!);
         current.end = u.end;
         current.last = i;
+        current.rank = Math.min(current.rank!, rank);
         continue;
       }
       if (current) windows.push(current);
-      current = { start: u.start, end: u.end, units: [u], index: i, last: i };
+      current = { start: u.start, end: u.end, units: [u], index: i, last: i, rank };
     }
     if (current) windows.push(current);
     return windows;
   }
 
-  private async fetchAheadWindow(window: Window, signal: AbortSignal | undefined): Promise<void> {
+  private async fetchAheadWindow(window: Window, signal: AbortSignal | undefined, queue: FetchQueue | undefined): Promise<void> {
     const key = `${window.start}-${window.end}`;
-    this.claims.set(key, { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs });
+    const claim = { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs };
+    this.claims.set(key, claim);
     this.group?.readStarted();
-    const kept = (async () => {
-      await this.slot();
+    const ticket = queue?.enter(window.rank ?? 0, signal);
+    const flight = { start: window.start, end: window.end, began: Date.now(), kept: Promise.resolve(), ahead: true, hurry: ticket?.hurry };
+    flight.kept = (async () => {
+      if (ticket) {
+        await ticket.admitted;
+        // Its time runs from when it goes out, not from when it was queued.
+        flight.began = Date.now();
+        claim.until = flight.began + this.deadlineMs + claimGraceMs;
+      }
       try {
-        this.stats.prefetchRequests++;
-        return await this.request(window.start, window.end, signal, 'bytesPrefetched');
+        await this.slot();
+        try {
+          this.stats.prefetchRequests++;
+          return await this.request(window.start, window.end, signal, 'bytesPrefetched');
+        } finally {
+          this.release();
+        }
       } finally {
-        this.release();
+        ticket?.done();
       }
     })().then((bytes) => this.keepUnits(window.units, window.start, bytes));
-    const flight = { start: window.start, end: window.end, began: Date.now(), kept, ahead: true };
+    const { kept } = flight;
     this.regions.push(flight);
     try {
       await kept;

@@ -39,7 +39,7 @@ interface Stats {
 interface Profile {
   image: string;
   recordMillis: number;
-  layers: Array<{ digest: string; size: number; ranges: Array<[number, number]> }>;
+  layers: Array<{ digest: string; size: number; ranges: Array<[number, number]>; firstRead?: number[] }>;
 }
 
 // 48 files of 64 KiB that do not compress, so that files 16 apart lie a MiB apart in the blob.
@@ -49,8 +49,8 @@ const layers: TarEntry[][] = [
   [dir('bin'), file('bin/busybox', busybox, { mode: 0o755 }), symlink('bin/sh', 'busybox')],
   [dir('data'), ...files.map((f) => file(f.path, f.bytes))],
 ];
-/** What "the workload" reads: three files far apart in the data layer. */
-const workload = [files[3]!, files[20]!, files[40]!];
+/** What "the workload" reads, in this order: three files far apart in the data layer, the last in the blob first. */
+const workload = [files[40]!, files[3]!, files[20]!];
 
 describe('recorded access profiles: the first mount records what was read, later mounts fetch it ahead', { skip: missing.length ? `needs ${missing.join(', ')}` : false }, () => {
   let work: string;
@@ -106,7 +106,10 @@ describe('recorded access profiles: the first mount records what was read, later
     const storeA = join(work, 'store-a');
     // Prefetch held back, so what is fetched is what reads and the profile ask for.
     const a = await mount(storeA, ['--prefetch-delay-ms', '600000', '--record-ms', '2000']);
-    for (const f of workload) assert.equal(await sha256sumInChild(join(a, f.path)), sha(f.bytes));
+    for (const f of workload) {
+      assert.equal(await sha256sumInChild(join(a, f.path)), sha(f.bytes));
+      await sleep(20); // first-read times a few milliseconds apart at least
+    }
     // The recording ends after --record-ms and is written while the mount goes on.
     let s: Stats;
     const began = Date.now();
@@ -124,6 +127,12 @@ describe('recorded access profiles: the first mount records what was read, later
     const data = profile.layers.find((l) => l.digest === image.layerDigests[1]);
     assert.ok(data, `the data layer is in the profile: ${shown.stdout}`);
     assert.ok(data.ranges.length >= 1 && data.ranges.every(([s0, e]) => e > s0 && e <= data.size));
+    // When each range was first read, kept so that the next mount fetches the soonest first: the
+    // files far apart are three ranges in blob order (f03, f20, f40), read f40 first, then f03, then f20.
+    assert.equal(data.ranges.length, 3, JSON.stringify(data.ranges));
+    assert.equal(data.firstRead?.length, 3, `one first-read time per range: ${shown.stdout}`);
+    const [t03, t20, t40] = data.firstRead;
+    assert.ok(t40! < t03! && t03! < t20!, `first reads f03 ${t03} ms, f20 ${t20} ms, f40 ${t40} ms`);
     const text = await lazyroot(['--store', storeA, 'profile', imageRef()]);
     assert.match(text.stdout, /access profile of .* recorded/);
     assert.match(text.stdout, new RegExp(image.layerDigests[1]!.slice(0, 19)));
@@ -132,6 +141,7 @@ describe('recorded access profiles: the first mount records what was read, later
     const storeB = join(work, 'store-b');
     await mkdir(dirname(profileFile(storeB)), { recursive: true });
     await copyFile(profileFile(storeA), profileFile(storeB));
+    const beforeB = proxy.log.length;
     const b = await mount(storeB, ['--prefetch-delay-ms', '600000']);
     let sb: Stats;
     const waited = Date.now();
@@ -145,6 +155,15 @@ describe('recorded access profiles: the first mount records what was read, later
     // …in few requests (the three files lie far apart: at most one request each)…
     const dataLayer = sb.layers.find((l) => l.digest === image.layerDigests[1])!;
     assert.ok(dataLayer.prefetchRequests >= 1 && dataLayer.prefetchRequests <= workload.length, `requests ${dataLayer.prefetchRequests}`);
+    // …the range read first going out first, though it is the last in the blob.
+    const rangeRequests = blobRequests(beforeB)
+      .filter((line) => line.includes(image.layerDigests[1]!))
+      .map((line) => /range=bytes=(\d+)-(\d+)/.exec(line))
+      .filter((m): m is RegExpExecArray => m !== null)
+      .map((m) => [Number(m[1]), Number(m[2]) + 1] as const);
+    const firstBringing = (range: [number, number]) => rangeRequests.findIndex(([s0, e]) => s0 <= range[0] && range[1] <= e);
+    const [r03, , r40] = data.ranges.map(firstBringing);
+    assert.ok(r40! >= 0 && r03! >= 0 && r40! < r03!, `requests in order sent: ${JSON.stringify(rangeRequests)}; profile ranges ${JSON.stringify(data.ranges)}`);
     // …and the workload's reads then fetch nothing.
     const mark = proxy.log.length;
     for (const f of workload) assert.equal(await sha256sumInChild(join(b, f.path)), sha(f.bytes));
@@ -175,6 +194,13 @@ describe('recorded access profiles: the first mount records what was read, later
     await umount(store, c);
     const log = await readFile(join(store, 'mount-daemon.log'), 'utf8').catch(() => '');
     assert.match(log, /access profile .* ignored: layer sha256:[0-9a-f]+: range \[0,1073741824\] out of order or outside the blob's 10 bytes/);
+
+    // First-read times that are not one per range: refused the same way, and named.
+    const size = image.layers[1]!.blob.length;
+    await writeFile(profileFile(store), JSON.stringify({ ...lying, layers: [{ digest: image.layerDigests[1], size, ranges: [[0, 1000]], firstRead: [1, 2] }] }));
+    const shownTimes = await lazyroot(['--store', store, 'profile', imageRef()]);
+    assert.equal(shownTimes.code, 1);
+    assert.match(shownTimes.stderr, /access profile .* ignored: layer sha256:[0-9a-f]+: "firstRead" is not one time per range/);
 
     await writeFile(profileFile(store), '{not json');
     const shown = await lazyroot(['--store', store, 'profile', imageRef()]);
