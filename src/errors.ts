@@ -64,6 +64,20 @@ export function isLazyrootError(err: unknown, code?: ErrorCode): err is Lazyroot
   return err instanceof LazyrootError && (code === undefined || err.code === code);
 }
 
+/**
+ * Fetched bytes, not verified yet, that do not decode (a tar header's gzip
+ * member, zstd frames): likelier damaged on the way than lied about, so
+ * UNAVAILABLE, and the next read asks again. Marked so that a registry
+ * mirror that served them is passed over for that blob (isDamagedBytes).
+ */
+export function damagedBytes(message: string, cause: unknown): LazyrootError {
+  return Object.assign(new LazyrootError('UNAVAILABLE', message, { cause }), { damaged: true as const });
+}
+
+export function isDamagedBytes(err: unknown): boolean {
+  return isLazyrootError(err, 'UNAVAILABLE') && (err as { damaged?: unknown }).damaged === true;
+}
+
 /** Prefixes context to a LazyrootError; wraps anything else as UNAVAILABLE-free plain error. */
 export function withContext(err: unknown, context: string): Error {
   if (err instanceof LazyrootError) return err.withContext(context);

@@ -1,4 +1,4 @@
-import { LazyrootError } from '../../errors.js';
+import { damagedBytes, LazyrootError } from '../../errors.js';
 import type { BlobRangeReader } from '../types.js';
 import { headerBeforeData } from './tar-header.js';
 import type { EstargzMemberChunk } from './toc.js';
@@ -148,7 +148,7 @@ export class EstargzHeaderCheck {
       // the way (gzip's CRC caught it) than lied about: this read fails, the next checks again.
       // Verified bytes that do not inflate are the TOC's fault: the file is refused.
       if (!verified) {
-        throw new LazyrootError('UNAVAILABLE', `${this.what}: ${JSON.stringify(path)}: blob bytes ${start}-${end}, fetched for the tar header before its bytes, do not inflate (damaged on the way?): ${(err as Error).message}`, { cause: err });
+        throw damagedBytes(`${this.what}: ${JSON.stringify(path)}: blob bytes ${start}-${end}, fetched for the tar header before its bytes, do not inflate (damaged on the way?): ${(err as Error).message}`, err);
       }
       throw Object.assign(this.mismatch(path, `blob bytes ${start}-${end} do not inflate as the TOC says (${(err as Error).message})`), { cause: err });
     }

@@ -1,4 +1,4 @@
-import { isLazyrootError, LazyrootError } from '../../errors.js';
+import { damagedBytes, isLazyrootError, LazyrootError } from '../../errors.js';
 import { normalizeEntryPath } from '../../oci/entry-path.js';
 import { checksumOk, octal, parsePax, tarName } from '../estargz/tar-header.js';
 import type { EstargzChunk, IndexEntry } from '../types.js';
@@ -86,7 +86,7 @@ export class ZstdChunkedHeaderCheck {
       } catch (err) {
         // Just fetched and not verified: likelier damaged on the way than lied about (see the eStargz check).
         if (!verified) {
-          throw new LazyrootError('UNAVAILABLE', `${this.what}: ${JSON.stringify(path)}: blob bytes ${plan.start}–${plan.end}, fetched for the tar headers before its bytes, do not decode (damaged on the way?): ${(err as Error).message}`, { cause: err });
+          throw damagedBytes(`${this.what}: ${JSON.stringify(path)}: blob bytes ${plan.start}–${plan.end}, fetched for the tar headers before its bytes, do not decode (damaged on the way?): ${(err as Error).message}`, err);
         }
         throw new Error(`the frame of tar headers (blob bytes ${plan.start}–${plan.end}) does not decode: ${(err as Error).message}`, { cause: err });
       }
