@@ -134,6 +134,9 @@ interface Sample {
   cpuSeconds?: number;
   /** The same, less what the standby had used before it took the mount (loading its modules). */
   cpuSinceClaim?: number;
+  /** The daemon's own split of its mount CPU (mount --stats): every layer's index ready, then the merged tree. */
+  indexCpuSeconds?: number;
+  treeCpuSeconds?: number;
 }
 
 interface Variant {
@@ -573,7 +576,15 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
             const seconds = elapsed(started);
             if (out.driver !== 'fuse' || !out.pid) throw new Error(`bench: daemon CPU, ${which} mount: expected a FUSE mount with a daemon pid, got ${JSON.stringify(out)}`);
             const cpu = await cpuSeconds(out.pid);
-            add(`cpu:${which}`, { seconds, bytes: 0, cpuSeconds: cpu, cpuSinceClaim: cpu - (before.get(out.pid) ?? 0) });
+            const split = JSON.parse(await capture(lz(storeM, '--json', 'mount', '--stats', mnt), 'lazyroot mount --stats --json')) as { indexCpuMillis?: number; treeCpuMillis?: number };
+            add(`cpu:${which}`, {
+              seconds,
+              bytes: 0,
+              cpuSeconds: cpu,
+              cpuSinceClaim: cpu - (before.get(out.pid) ?? 0),
+              indexCpuSeconds: (split.indexCpuMillis ?? NaN) / 1000,
+              treeCpuSeconds: (split.treeCpuMillis ?? NaN) / 1000,
+            });
             await listUsrBin(mnt, `lazyroot mount (${which}, daemon CPU)`);
             await capture(lz(storeM, 'umount', mnt), 'lazyroot umount');
           }
@@ -698,7 +709,9 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
   if (opts.daemonCpu) {
     const line = (which: string, what: string) =>
       `  ${which} mount (${what}): ${med(`cpu:${which}`, (s) => s.cpuSinceClaim!).toFixed(3)} s since it took the mount ` +
-      `(${med(`cpu:${which}`, (s) => s.cpuSeconds!).toFixed(3)} s with its start as a standby); mount returned in ${med(`cpu:${which}`).toFixed(3)} s`;
+      `(${med(`cpu:${which}`, (s) => s.cpuSeconds!).toFixed(3)} s with its start as a standby); mount returned in ${med(`cpu:${which}`).toFixed(3)} s; ` +
+      `of it, by the daemon's own count: ${med(`cpu:${which}`, (s) => s.indexCpuSeconds!).toFixed(3)} s until every layer's index was ready (TOCs fetched, checked, mapped), ` +
+      `${med(`cpu:${which}`, (s) => s.treeCpuSeconds!).toFixed(3)} s for the merged tree (merge + FUSE tree, or read back)`;
     tables.push(
       [
         `Mount daemon CPU time (utime + stime of the daemon process from /proc/PID/stat, read when \`lazyroot mount --json\` returned), eStargz image, ${img.mergedEntries} entries, warm standby, --no-prefetch; median of ${ctx.rounds}:`,
@@ -706,6 +719,8 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
         line('second', 'same store after umount: TOCs local'),
       ].join('\n'),
     );
+    const tree = med('cpu:first', (s) => s.treeCpuSeconds!);
+    goals.push(`  merged tree of the ${img.mergedEntries}-entry image built from its TOCs ≤ 50 ms CPU (first mount, TOCs parsed before): ${(tree * 1000).toFixed(0)} ms ${mark(tree <= 0.05)}`);
   }
   return { table: tables.join('\n\n'), goals };
 }

@@ -1,4 +1,4 @@
-import { LazyrootError, isLazyrootError } from '../errors.js';
+import { LazyrootError, isDamagedBytes, isLazyrootError } from '../errors.js';
 import { isTimedOut } from '../store/unanswered-ranges.js';
 import { tracePhase } from '../trace.js';
 import { shortDigest, type Digest } from '../oci/digest.js';
@@ -125,6 +125,9 @@ export interface LazyMountStats {
   /** From the request to the mount being ready: wall time, and this process's CPU (TOCs or indexes, merge, tree). */
   mountMillis?: number;
   mountCpuMillis?: number;
+  /** The CPU of its parts: up to every layer's index ready (TOCs or span indexes fetched, checked, mapped), then the merged tree (merge and FUSE tree, or both read back from the store). */
+  indexCpuMillis?: number;
+  treeCpuMillis?: number;
   cacheMaxBytes?: number;
   /** Blob bytes the recorded access profile (and eStargz prioritized regions) asked for at mount time. */
   profileBytes: number;
@@ -198,6 +201,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     };
     layers.push(...(await Promise.all(image.chainIds.map((chainId, i) => prepareLayer(store, source, image, i, chainId, options, context)))));
     tracePhase('lazy: layer indexes ready');
+    const indexCpu = process.cpuUsage(startCpu);
     // A lower bound than a previous run's: trim what that run kept.
     group.enforceBound();
     // What the workload will read first goes out now, while the tree is being built and mounted.
@@ -216,7 +220,9 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     // Many entries: each stage (layer indexes, merge, tree) starts without the last one's garbage (daemon-memory.ts).
     const many = layers.reduce((n, l) => n + l.entries.length, 0) >= collectFromEntries;
     if (many) collectGarbage();
+    const treeStartCpu = process.cpuUsage();
     const tree = (cacheable ? treeFromCache(await readCached<CachedTree>(treePath, treeKey), layers) : undefined) ?? buildTree(mergeAndCache());
+    const treeCpu = process.cpuUsage(treeStartCpu);
     if (many) collectGarbage();
     function mergeAndCache(): MergedTree {
       const merged = mergeLayerTree(
@@ -249,7 +255,13 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     aheadQueue.setLimit(aheadRequests);
     const readyAt = Date.now();
     const cpu = process.cpuUsage(startCpu);
-    const mountTime = { mountMillis: Math.round(performance.now() - startedAt), mountCpuMillis: Math.round((cpu.user + cpu.system) / 1000) };
+    const millis = (c: NodeJS.CpuUsage) => Math.round((c.user + c.system) / 1000);
+    const mountTime = {
+      mountMillis: Math.round(performance.now() - startedAt),
+      mountCpuMillis: millis(cpu),
+      indexCpuMillis: millis(indexCpu),
+      treeCpuMillis: millis(treeCpu),
+    };
     let prefetchMillis: number | undefined;
     const prefetching = options.prefetch === false ? Promise.resolve() : prefetchAll();
     const recording = recordProfile(store, image.id, layers, wholeImage && (options.record ?? !profile) ? (options.recordMillis ?? 10_000) : undefined, options.logger);
@@ -499,7 +511,8 @@ export async function prepareLayer(
   // that mirror over for this blob, and the read is tried again (from the next host; the upstream last, and
   // what fails from the upstream fails as it always did).
   const passedOver = (err: unknown): boolean =>
-    (isLazyrootError(err, 'DIGEST_MISMATCH') || isLazyrootError(err, 'INVALID_DATA')) && (source as MirroredSource).distrust?.(descriptor.digest, err) === true;
+    (isLazyrootError(err, 'DIGEST_MISMATCH') || isLazyrootError(err, 'INVALID_DATA') || isDamagedBytes(err)) &&
+    (source as MirroredSource).distrust?.(descriptor.digest, err) === true;
   let layer: LazyLayer;
   for (let timeouts = 0, refused = 0; ; ) {
     try {

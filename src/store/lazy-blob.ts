@@ -401,7 +401,6 @@ export class LazyBlob {
     return bytesRead === out.length ? out : out.subarray(0, bytesRead);
   }
 
-  /** Reads bytes the caller cannot verify piecewise (an eStargz footer and TOC) and keeps them provisionally. */
   /**
    * Ranges the source left unanswered are forgotten: a caller that asks again
    * on purpose (a mount retrying its footer and TOC, not the kernel retrying
@@ -411,12 +410,21 @@ export class LazyBlob {
     this.unanswered.clear();
   }
 
-  async readUnverified(start: number, end: number): Promise<Buffer> {
+  /**
+   * Reads bytes the caller cannot verify piecewise (an eStargz footer and
+   * TOC) and keeps them provisionally: those from `keepFrom(bytes)` on, when
+   * given, else all.
+   */
+  async readUnverified(start: number, end: number, keepFrom?: (bytes: Buffer) => number): Promise<Buffer> {
     const bytes = await this.read(start, end);
     if (this.pending.get(start) === bytes) {
       this.pending.delete(start);
-      await this.keep(start, end, bytes, false);
-    } else this.claims.delete(`${start}-${end}`);
+      // Only what the caller vouches for: bytes read along (an eStargz footer's request brings the last
+      // files' bytes) stay unkept, for their own reads to fetch and verify.
+      const from = keepFrom ? Math.min(end, Math.max(start, keepFrom(bytes))) : start;
+      if (from < end) await this.keep(from, end, bytes.subarray(from - start), false);
+    }
+    this.claims.delete(`${start}-${end}`);
     return bytes;
   }
 

@@ -142,13 +142,13 @@ test('ctr-remote converts to eStargz: OCI gzip layers carrying the TOC digest an
   }
 });
 
-test('the TOC is found with two range reads (footer, then TOC) and its digest matches the annotation', async (t) => {
+test('the footer and TOC are found with one range read (the last 1 % of the blob, at least 64 KiB) and the TOC digest matches the annotation', async (t) => {
   if (skip(t)) return;
   for (let i = 0; i < 2; i++) {
     const { reader, index } = await openLayer(converted, i);
-    assert.equal(reader.reads.length, 2, `reads: ${JSON.stringify(reader.reads)}`);
-    assert.deepEqual(reader.reads[0], [reader.size - 51, reader.size]);
-    assert.deepEqual(reader.reads[1], [index.tocOffset, reader.size - 51]);
+    const tail = Math.max(64 * 1024, Math.ceil(reader.size / 100));
+    assert.deepEqual(reader.reads, [[Math.max(0, reader.size - tail), reader.size]]);
+    assert.ok(index.tocOffset >= reader.size - tail);
     assert.equal(index.footer.format, 'estargz');
     assert.equal(index.tocDigest, layerOf(converted, i).tocDigest);
     t.diagnostic(`layer ${i}: blob ${reader.size} bytes, TOC read ${reader.bytesRead()} bytes (footer + ${reader.size - 51 - index.tocOffset})`);
@@ -227,7 +227,7 @@ test('reading one small file fetches a small part of the blob', async (t) => {
   assert.ok(fileBytes < 1024, `fetched ${fileBytes} bytes for a 9-byte file`);
   const share = ((tocBytes + fileBytes) / reader.size) * 100;
   t.diagnostic(`etc/hostname: ${fileBytes} bytes fetched for the file, ${tocBytes} for footer + TOC: ${tocBytes + fileBytes} of ${reader.size} (${share.toFixed(2)}%)`);
-  assert.ok(share < 1);
+  assert.ok(share < 2);
 
   // A second read of the same file is served from the cache: nothing fetched.
   const cache = new EstargzChunkCache();

@@ -26,7 +26,7 @@ async function refused(entries: TarEntry[], options: BuildEstargzOptions, code: 
   });
 }
 
-test('entries and chunks from a TOC, in two reads', async () => {
+test('entries and chunks from a TOC, in one read: the footer and the TOC together', async () => {
   const big = incompressible(10 * KiB + 5);
   const { built, reader, result } = await index(
     [
@@ -43,9 +43,9 @@ test('entries and chunks from a TOC, in two reads', async () => {
     ],
     { chunkSize: 4 * KiB },
   );
-  assert.equal(reader.reads.length, 2);
-  assert.deepEqual(reader.reads[0], [built.blob.length - 51, built.blob.length]);
-  assert.deepEqual(reader.reads[1], [built.tocOffset, built.blob.length - 51]);
+  // The blob is under 64 KiB: the first read, of its last 64 KiB, is all of it.
+  assert.ok(built.blob.length < 64 * KiB);
+  assert.deepEqual(reader.reads, [[0, built.blob.length]]);
   assert.equal(result.tocDigest, built.tocDigest);
   assert.deepEqual(result.entries, [
     { path: 'etc', type: 'dir', mode: 0o755, uid: 0, gid: 0, size: 0, mtime },
@@ -270,4 +270,21 @@ test('a TOC read as it inflates reports what the plain read would, in the same o
   const { createHash } = await import('node:crypto');
   const sha512 = `sha512:${createHash('sha512').update(plain.tocJson).digest('hex')}`;
   assert.equal((await readEstargzIndex(memoryBlobReader(plain.blob), { tocDigest: sha512 })).entries.length, entries.length);
+});
+
+test('a TOC bigger than the first read (the last 1 % of the blob, at least 64 KiB) is read whole by a second read of the rest', async () => {
+  // 6,000 files with names that do not repeat: a TOC that does not fit in 64 KiB, in a blob of under 6.4 MB.
+  const entries: TarEntry[] = [dir('d')];
+  for (let i = 0; i < 6000; i++) entries.push(file(`d/${i.toString(36)}-${(i * 7919).toString(16)}.txt`, `${i}\n`));
+  const { built, reader, result } = await index(entries);
+  const size = built.blob.length;
+  const tail = Math.max(64 * KiB, Math.ceil(size / 100));
+  assert.ok(size < 100 * 64 * KiB && built.tocOffset < size - tail, `blob ${size} bytes, TOC at ${built.tocOffset}`);
+  assert.deepEqual(reader.reads, [
+    [size - tail, size],
+    [built.tocOffset, size - tail],
+  ]);
+  assert.equal(result.tocDigest, built.tocDigest);
+  assert.equal(result.entries.length, 6001);
+  assert.equal(result.chunks.get('d/0-0.txt')?.length, 1);
 });

@@ -5,7 +5,7 @@ import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import { digestAlgorithm, isDigest, parseDigest, type Digest } from '../../oci/digest.js';
 import { normalizeEntryPath } from '../../oci/entry-path.js';
 import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
-import { maxFooterSize, parseEstargzFooter, type EstargzFooter } from './footer.js';
+import { parseEstargzFooter, type EstargzFooter } from './footer.js';
 import { checksumOk, octal, parsePax, tarName } from './tar-header.js';
 import { parseBatch, skipSpace, skipString, skipValue, splitJsonArray, type SplitArray } from '../json-split.js';
 
@@ -99,11 +99,16 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
   const size = blob.size;
   if (size < 47) throw new LazyrootError('INVALID_DATA', `${what}: not an eStargz blob: ${size} bytes is smaller than any footer`);
 
-  const tail = await blob.read(Math.max(0, size - maxFooterSize), size);
+  // The footer and, most often, the whole TOC in one request (see tailBytes).
+  const tailStart = Math.max(0, size - tailBytes(size));
+  const tail = await blob.read(tailStart, size);
   const footer = parseEstargzFooter(tail, size, what);
   const tocOffset = footer.tocOffset;
-
-  const member = await blob.read(tocOffset, size - footer.footerSize);
+  const tocEnd = size - footer.footerSize;
+  const member =
+    tocOffset >= tailStart
+      ? tail.subarray(tocOffset - tailStart, tocEnd - tailStart)
+      : Buffer.concat([await blob.read(tocOffset, tailStart), tail.subarray(0, tocEnd - tailStart)]);
   const maxTocBytes = options.maxTocBytes ?? defaultMaxTocBytes;
   const maxRecords = options.maxTocRecords ?? defaultMaxTocRecords;
   const whole = await smallTocJson(member, Math.min(maxTocBytes, wholeTocBytes), what);
@@ -118,6 +123,18 @@ export async function readEstargzIndex(blob: BlobRangeReader, options: ReadEstar
   const tocJson = await extractTocJson(member, maxTocBytes, `${what}: TOC at offset ${tocOffset}`);
   const tocDigest = checkedTocDigest(tocJson, want, what);
   return { ...indexFromTocJson(tocJson, tocOffset, what, maxRecords), tocDigest, tocOffset, footer };
+}
+
+/**
+ * Bytes at the end of a blob read first: 1 % of it, from 64 KiB to 1 MiB.
+ * A TOC is about 0.5 % of a layer's blob (python3 on bookworm: 309 KB of
+ * 52 MB, 82 KB of 17 MB), so the footer's request brings the TOC along and
+ * a mount saves a round trip per layer (10-25 ms on loopback), for a few
+ * hundred KiB of the last files' bytes; a bigger TOC costs a second request
+ * for the rest of it, as before.
+ */
+function tailBytes(size: number): number {
+  return Math.min(1 << 20, Math.max(64 << 10, Math.ceil(size / 100)));
 }
 
 /** The sha256 of the TOC JSON; when the annotation names a digest, it must match (DigestMismatchError). */

@@ -1,5 +1,6 @@
 import { isLazyrootError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
+import { parseEstargzFooter } from '../../index/estargz/footer.js';
 import { readEstargzIndex, type EstargzIndex, type EstargzMemberChunk } from '../../index/estargz/toc.js';
 import { checkChunksOf, EstargzChunkCache, readEstargzFile, verifiedChunk, type FetchedChunk } from '../../index/estargz/reader.js';
 import { EstargzHeaderCheck } from '../../index/estargz/header-check.js';
@@ -19,8 +20,16 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   const { what } = context;
   const blob = await context.openBlob();
   // The footer and TOC are checked as a whole (the TOC digest), not piecewise: kept, but only
-  // the whole blob's digest lets them count as verified.
-  const indexReader: BlobRangeReader = { size: blob.size, read: (start, end) => blob.readUnverified(start, end) };
+  // the whole blob's digest lets them count as verified. The first request, at the blob's end,
+  // brings the last files' bytes along: those are not kept (their reads fetch and verify them).
+  const tocStart = (tail: Buffer): number => {
+    try {
+      return parseEstargzFooter(tail, blob.size).tocOffset;
+    } catch {
+      return blob.size; // not a footer: readEstargzIndex says why
+    }
+  };
+  const indexReader: BlobRangeReader = { size: blob.size, read: (start, end) => blob.readUnverified(start, end, end === blob.size ? tocStart : undefined) };
   // A later mount reads the parsed TOC back from the store, keyed by the TOC digest it was checked against.
   const index = await cachedLayerIndex(
     context.store,
