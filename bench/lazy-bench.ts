@@ -710,7 +710,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
     const line = (which: string, what: string) =>
       `  ${which} mount (${what}): ${med(`cpu:${which}`, (s) => s.cpuSinceClaim!).toFixed(3)} s since it took the mount ` +
       `(${med(`cpu:${which}`, (s) => s.cpuSeconds!).toFixed(3)} s with its start as a standby); mount returned in ${med(`cpu:${which}`).toFixed(3)} s; ` +
-      `of it, by the daemon's own count: ${med(`cpu:${which}`, (s) => s.indexCpuSeconds!).toFixed(3)} s until every layer's index was ready (TOCs fetched, checked, mapped), ` +
+      `of it, on its main thread by its own count: ${med(`cpu:${which}`, (s) => s.indexCpuSeconds!).toFixed(3)} s until every layer's index was ready (TOCs fetched, checked, mapped), ` +
       `${med(`cpu:${which}`, (s) => s.treeCpuSeconds!).toFixed(3)} s for the merged tree (merge + FUSE tree, or read back)`;
     tables.push(
       [
@@ -720,7 +720,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
       ].join('\n'),
     );
     const tree = med('cpu:first', (s) => s.treeCpuSeconds!);
-    goals.push(`  merged tree of the ${img.mergedEntries}-entry image built from its TOCs ≤ 50 ms CPU (first mount, TOCs parsed before): ${(tree * 1000).toFixed(0)} ms ${mark(tree <= 0.05)}`);
+    goals.push(`  merged tree of the ${img.mergedEntries}-entry image built from its TOCs ≤ 50 ms CPU (first mount, the TOCs parsed before; the main thread, where that work runs): ${(tree * 1000).toFixed(0)} ms ${mark(tree <= 0.05)}`);
   }
   return { table: tables.join('\n\n'), goals };
 }

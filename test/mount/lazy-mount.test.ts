@@ -326,6 +326,17 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
         execFile('find', [dir, '-printf', '%P %y %m %U %G %s %T@ %l\\n'], { maxBuffer: 64 << 20 }, (err, out) => (err ? reject(err) : resolve(out.split('\n').sort().join('\n')))),
       );
     const tree = await listing(first);
+    // What the mount cost: wall time, the process's CPU, and the main thread's in its two parts.
+    const cost = async (target: string) => {
+      const r = await lazyroot(['--store', store, 'mount', '--stats', '--json', target]);
+      assert.equal(r.code, 0, r.stderr);
+      const s = JSON.parse(r.stdout) as Record<string, unknown>;
+      for (const k of ['mountMillis', 'mountCpuMillis', 'indexCpuMillis', 'treeCpuMillis']) assert.ok(Number.isInteger(s[k]) && (s[k] as number) >= 0, `${k}: ${r.stdout}`);
+      const [index, tree, all] = [s.indexCpuMillis, s.treeCpuMillis, s.mountCpuMillis] as number[];
+      // The main thread's parts are parts of the process's whole (each rounded: a millisecond each).
+      assert.ok(index! + tree! <= all! + 2, `main thread ${index} + ${tree} ms within the process's ${all} ms`);
+    };
+    await cost(first);
     const cached = async () => (await readdir(join(store, 'indexes', 'sha256')).catch(() => [] as string[])).filter((n) => /\.(toc|tree)$/.test(n));
     for (let i = 0; i < 100 && (await cached()).length < 4; i++) await new Promise((r) => setTimeout(r, 50));
     // The image has three layers: a parsed TOC for each, and the image's merged tree.
@@ -337,6 +348,7 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
     try {
       const second = await mount('estargz', store, ['--no-prefetch']);
       assert.equal(await listing(second), tree);
+      await cost(second);
     } finally {
       proxy.setRules([]);
     }
