@@ -7,6 +7,7 @@ import { hasherFor, shortDigest, type Digest } from '../oci/digest.js';
 import { commitFile } from './atomic-file.js';
 import { writeFully } from './write-fully.js';
 import type { FetchQueue } from './fetch-queue.js';
+import { nextWindow, regionAround, SequentialReads, windowsFor, type PrefetchUnit, type Window } from './fetch-windows.js';
 import { IntervalSet } from './interval-set.js';
 import type { Store } from './store.js';
 import type { LazyBlobGroup } from './lazy-blob-group.js';
@@ -59,26 +60,7 @@ export interface LazyBlobStats {
   evictedBytes: number;
 }
 
-/**
- * A piece of the blob the prefetcher fetches and keeps as a whole: a gzip
- * span or an eStargz gzip member. `verify` checks its bytes (span digest,
- * chunk digests) and throws on a mismatch; a unit without one (eStargz tar
- * headers between members, the TOC, the footer) is written to the partial
- * file but never marked present or served: only the whole blob's digest,
- * checked before promotion, vouches for those bytes.
- */
-export interface PrefetchUnit {
-  start: number;
-  end: number;
-  verify?: (bytes: Buffer) => Promise<void>;
-  /**
-   * Checks many units of one fetched buffer (which begins at blob offset
-   * `from`) at once, as `verify` would each: what failed, per unit
-   * (undefined: it passed). Units that share this function are checked
-   * together (an eStargz layer's members: one native call, not one per chunk).
-   */
-  checkMany?: (units: readonly PrefetchUnit[], bytes: Buffer, from: number) => Promise<unknown[]>;
-}
+export type { PrefetchUnit } from './fetch-windows.js';
 
 export interface PrefetchOptions {
   signal: AbortSignal;
@@ -105,15 +87,6 @@ export interface FetchAheadOptions {
 
 export type PrefetchState = 'off' | 'waiting' | 'running' | 'done' | 'stopped' | 'failed';
 
-interface Window {
-  start: number;
-  end: number;
-  units: PrefetchUnit[];
-  /** Index of the first unit in the list given to prefetch. */
-  index: number;
-  /** fetchAhead: the soonest rank of the ranges it brings. */
-  rank?: number;
-}
 
 /** Demand fetches of one blob under way at once from which every read fetches its whole read-ahead region. */
 const busyReads = 4;
@@ -718,7 +691,7 @@ export class LazyBlob {
     let reading = this.inFlight.size;
     for (const r of this.regions) if (!r.ahead) reading++;
     const busy = reading >= busyReads;
-    const window = this.regionAround(units, start, end, busy ? regionBytes : ahead.window);
+    const window = regionAround(units, start, end, busy ? regionBytes : ahead.window, (u) => this.taken(u));
     if (!window) return;
     const key = `${window.start}-${window.end}`;
     const claim = { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs };
@@ -770,40 +743,10 @@ export class LazyBlob {
    */
   async fetchAhead(units: readonly PrefetchUnit[], ranges: ReadonlyArray<readonly [number, number]>, options: FetchAheadOptions): Promise<void> {
     if (this.complete || this.streamsWhole()) return;
-    const windows = this.windowsFor(units, ranges, options.gapBytes ?? 128 << 10, options.windowBytes ?? 512 << 10, options.ranks);
+    const windows = windowsFor(units, ranges, options.gapBytes ?? 128 << 10, options.windowBytes ?? 512 << 10, options.ranks, (u) => this.holds(u));
     await Promise.all(windows.map((w) => this.fetchAheadWindow(w, options.signal, options.queue)));
   }
 
-  private windowsFor(
-    units: readonly PrefetchUnit[],
-    ranges: ReadonlyArray<readonly [number, number]>,
-    gapBytes: number,
-    windowBytes: number,
-    ranks?: readonly number[],
-  ): Window[] {
-    const windows: Window[] = [];
-    let current: (Window & { last: number }) | undefined;
-    let r = 0;
-    for (let i = 0; i < units.length && r < ranges.length; i++) {
-      const u = units[i]!;
-      while (r < ranges.length && ranges[r]![1] <= u.start) r++;
-      const range = ranges[r];
-      if (!range || range[0] >= u.end) continue; // no wanted range overlaps this unit
-      if (u.verify ? this.present.covers(u.start, u.end) : this.keptCovers(u.start, u.end)) continue;
-      const rank = ranks?.[r] ?? windows.length;
-      if (current && u.start - current.end <= gapBytes && u.end - current.start <= windowBytes) {
-        for (let j = current.last + 1; j <= i; j++) current.units.push(units[j]!);
-        current.end = u.end;
-        current.last = i;
-        current.rank = Math.min(current.rank!, rank);
-        continue;
-      }
-      if (current) windows.push(current);
-      current = { start: u.start, end: u.end, units: [u], index: i, last: i, rank };
-    }
-    if (current) windows.push(current);
-    return windows;
-  }
 
   private async fetchAheadWindow(window: Window, signal: AbortSignal | undefined, queue: FetchQueue | undefined): Promise<void> {
     const key = `${window.start}-${window.end}`;
@@ -846,32 +789,6 @@ export class LazyBlob {
     }
   }
 
-  /** The units to fetch for a demand read of [start, end): see fetchRegion. */
-  private regionAround(units: readonly PrefetchUnit[], start: number, end: number, regionBytes: number): Window | undefined {
-    // The unit holding `start`: the last one starting at or before it.
-    let lo = 0;
-    let hi = units.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi + 1) >>> 1;
-      if (units[mid]!.start <= start) lo = mid;
-      else hi = mid - 1;
-    }
-    const isKept = (u: PrefetchUnit) => (u.verify ? this.present.covers(u.start, u.end) : this.keptCovers(u.start, u.end)) || this.claimed(u.start, u.end);
-    let i = lo;
-    while (i < units.length && units[i]!.start < end && isKept(units[i]!)) i++;
-    const first = units[i];
-    if (!first || first.start >= end) return undefined;
-    const window: Window = { start: first.start, end: first.end, units: [first], index: i };
-    for (let j = i + 1; j < units.length; j++) {
-      const u = units[j]!;
-      const needed = u.start < end;
-      if (u.start !== window.end) break;
-      if (!needed && (u.end - window.start > regionBytes || isKept(u))) break;
-      window.units.push(u);
-      window.end = u.end;
-    }
-    return window;
-  }
 
   /**
    * Verifies and keeps each unit of `bytes` (fetched from `from`): verified
@@ -999,7 +916,7 @@ export class LazyBlob {
           }
           continue;
         }
-        let window = this.nextWindow(units, windowBytes, cursor);
+        let window = this.nextPrefetchWindow(units, windowBytes, cursor);
         if (!window && cursor > 0) {
           // Something before the cursor may have been evicted since: look from the start once more.
           cursor = 0;
@@ -1020,7 +937,7 @@ export class LazyBlob {
         const reservedBytes = window.end - window.start;
         const release = await this.group?.prefetchTurn(reservedBytes, signal, () => (this.prefetchState = 'waiting'));
         // Demand reads may have kept some of it while this waited for its turn: look again.
-        const now = this.nextWindow(units, windowBytes, window.index);
+        const now = this.nextPrefetchWindow(units, windowBytes, window.index);
         if (this.complete || !now || now.end - now.start > reservedBytes) {
           release?.();
           continue;
@@ -1055,26 +972,20 @@ export class LazyBlob {
     }
   }
 
-  /**
-   * The first unit not kept at or after `from` (units before it were kept
-   * when last looked at), with the missing units right after it, up to
-   * windowBytes. Units a demand read is fetching now are left to it.
-   */
-  private nextWindow(units: readonly PrefetchUnit[], windowBytes: number, from: number): Window | undefined {
-    if (this.complete) return undefined;
-    const isKept = (u: PrefetchUnit) => (u.verify ? this.present.covers(u.start, u.end) : this.keptCovers(u.start, u.end)) || this.claimed(u.start, u.end);
-    let i = from;
-    while (i < units.length && isKept(units[i]!)) i++;
-    const first = units[i];
-    if (!first) return undefined;
-    const window: Window = { start: first.start, end: first.end, units: [first], index: i };
-    for (let j = i + 1; j < units.length; j++) {
-      const u = units[j]!;
-      if (u.start > window.end || u.start < window.start || u.end - window.start > windowBytes || isKept(u)) break;
-      window.units.push(u);
-      window.end = Math.max(window.end, u.end);
-    }
-    return window;
+
+  /** Whether the unit's bytes are kept: verified (present) when it has a check, else at all. */
+  private holds(u: PrefetchUnit): boolean {
+    return u.verify ? this.present.covers(u.start, u.end) : this.keptCovers(u.start, u.end);
+  }
+
+  /** Kept, or a demand read is fetching it now (its claim). */
+  private taken(u: PrefetchUnit): boolean {
+    return this.holds(u) || this.claimed(u.start, u.end);
+  }
+
+  /** Background prefetch's next request (fetch-windows.ts nextWindow); none once the blob is whole. */
+  private nextPrefetchWindow(units: readonly PrefetchUnit[], windowBytes: number, from: number): Window | undefined {
+    return this.complete ? undefined : nextWindow(units, windowBytes, from, (u) => this.taken(u));
   }
 
   /** Whether a demand read holds a (live) claim overlapping [start, end). */
@@ -1215,32 +1126,6 @@ export class LazyBlob {
   }
 }
 
-/**
- * Detects demand reads that walk a blob in order: a read starting at or just
- * after where a recent one ended continues a stream, and its read-ahead
- * window doubles (from 64 KiB); any other read has none.
- */
-/** Streams followed at once: many concurrent readers (a parallel tree hash: 16) each walk their own. */
-const maxStreams = 64;
-
-class SequentialReads {
-  /** Ends of recent demand fetches, each with its stream's window. */
-  private readonly streams: Array<{ end: number; window: number }> = [];
-
-  /** The read-ahead window for a read starting at `start`, and where to note the fetch's end. */
-  next(start: number, max: number): { window: number; fetched(end: number): void } {
-    const slack = 64 << 10;
-    let stream = this.streams.find((s) => start >= s.end && start <= s.end + slack);
-    if (stream) stream.window = Math.min(max, Math.max(slack, stream.window * 2));
-    else {
-      stream = { end: start, window: 0 };
-      this.streams.push(stream);
-      if (this.streams.length > maxStreams) this.streams.shift();
-    }
-    const found = stream;
-    return { window: found.window, fetched: (end) => (found.end = Math.max(found.end, end)) };
-  }
-}
 
 /** An UNAVAILABLE error for bytes that did not arrive in time. */
 function timedOut(message: string): LazyrootError {

@@ -266,7 +266,12 @@ describe('fault injection: a whole-tree sha256sum of a lazy mount against umoci 
         else second.other.push(`${path}: ${got.hash ?? got.error}`);
       });
       t.diagnostic(`${variant}, pass 2 (no faults, space freed): ${second.right} of ${files.length} right`);
-      assert.deepEqual(second.other, []);
+      if (second.other.length > 0) {
+        // What the daemon said about them (seen once in a full run and not again in eight alone: keep the evidence).
+        const log = await readFile(join(store, 'mount-daemon.log'), 'utf8').catch(() => '(no daemon log)');
+        const said = log.split('\n').filter((line) => !/no bytes after|ECONNRESET|socket hang up|other side closed/.test(line));
+        assert.deepEqual(second.other, [], `the daemon's log, last lines but timeouts and resets:\n${said.slice(-40).join('\n')}`);
+      }
       const report = diffTreesReport(await snapshotTree(target), await snapshotTree(umociRoot));
       assert.deepEqual(report.differences.map((d) => d.message), []);
 
