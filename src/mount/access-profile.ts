@@ -178,9 +178,11 @@ function firstReadOf(ranges: ReadonlyArray<readonly [number, number]>, reads: Re
 /**
  * Fetches, at once, each layer's recorded ranges (a profile recorded for
  * the same blob and size) and the ranges its producer marked to fetch first
- * (eStargz's prioritized region): LazyLayer.fetchAhead, every layer in
- * parallel, up to `budgetBytes` in all. Resolves when all settled; what
- * fails is left to demand reads. Returns the bytes asked for.
+ * (eStargz's prioritized region): LazyLayer.fetchAhead, up to
+ * `budgetBytes` in all. The requests of every layer go out through one
+ * `queue`, prioritized ranges first, then soonest first read, the queue's
+ * limit at once. Resolves when all settled; what fails is left to demand
+ * reads. Returns the bytes asked for.
  */
 export async function fetchProfileAhead(
   layers: readonly LazyLayer[],
