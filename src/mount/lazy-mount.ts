@@ -261,15 +261,13 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     aheadQueue.setLimit(aheadRequests);
     const readyAt = Date.now();
     const cpu = process.cpuUsage(startCpu);
-    const between = (from: number | undefined, to: number | undefined) => (from !== undefined && to !== undefined ? { millis: Math.round(to - from) } : undefined);
-    const indexPart = between(startThreadCpu, indexThreadCpu);
-    const treePart = between(treeStartThreadCpu, treeThreadCpu);
-    const mountTime = {
+    const mountTime: Pick<LazyMountStats, 'mountMillis' | 'mountCpuMillis' | 'indexCpuMillis' | 'treeCpuMillis'> = {
       mountMillis: Math.round(performance.now() - startedAt),
       mountCpuMillis: Math.round((cpu.user + cpu.system) / 1000),
-      ...(indexPart ? { indexCpuMillis: indexPart.millis } : {}),
-      ...(treePart ? { treeCpuMillis: treePart.millis } : {}),
     };
+    // Where the main thread's CPU cannot be read (no /proc), the parts are left out.
+    if (startThreadCpu !== undefined && indexThreadCpu !== undefined) mountTime.indexCpuMillis = Math.round(indexThreadCpu - startThreadCpu);
+    if (treeStartThreadCpu !== undefined && treeThreadCpu !== undefined) mountTime.treeCpuMillis = Math.round(treeThreadCpu - treeStartThreadCpu);
     let prefetchMillis: number | undefined;
     const prefetching = options.prefetch === false ? Promise.resolve() : prefetchAll();
     const recording = recordProfile(store, image.id, layers, wholeImage && (options.record ?? !profile) ? (options.recordMillis ?? 10_000) : undefined, options.logger);

@@ -26,7 +26,7 @@ export class FetchQueue {
   /**
    * A request's place in the queue, `rank` lower sooner (ties in the order
    * entered). `admitted` resolves when it may go out; it must call `done()`
-   * once its bytes have arrived (or failed). `hurry()` puts it first: a read
+   * once it is over (its bytes kept, or failed), which frees its place. `hurry()` puts it first: a read
    * is waiting for its bytes. When `signal` aborts first, `admitted` rejects
    * with its reason and the request leaves the queue.
    */

@@ -87,7 +87,6 @@ export interface FetchAheadOptions {
 
 export type PrefetchState = 'off' | 'waiting' | 'running' | 'done' | 'stopped' | 'failed';
 
-
 /** Demand fetches of one blob under way at once from which every read fetches its whole read-ahead region. */
 const busyReads = 4;
 /** LRU granularity of the cache bound: reads and confirmations touch 1 MiB blocks. */
@@ -747,7 +746,6 @@ export class LazyBlob {
     await Promise.all(windows.map((w) => this.fetchAheadWindow(w, options.signal, options.queue)));
   }
 
-
   private async fetchAheadWindow(window: Window, signal: AbortSignal | undefined, queue: FetchQueue | undefined): Promise<void> {
     const key = `${window.start}-${window.end}`;
     const claim = { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs };
@@ -788,7 +786,6 @@ export class LazyBlob {
       this.group?.readEnded();
     }
   }
-
 
   /**
    * Verifies and keeps each unit of `bytes` (fetched from `from`): verified
@@ -972,7 +969,6 @@ export class LazyBlob {
     }
   }
 
-
   /** Whether the unit's bytes are kept: verified (present) when it has a check, else at all. */
   private holds(u: PrefetchUnit): boolean {
     return u.verify ? this.present.covers(u.start, u.end) : this.keptCovers(u.start, u.end);
@@ -1125,7 +1121,6 @@ export class LazyBlob {
     for (const h of this.retired.splice(0)) await h.close().catch(() => undefined);
   }
 }
-
 
 /** An UNAVAILABLE error for bytes that did not arrive in time. */
 function timedOut(message: string): LazyrootError {

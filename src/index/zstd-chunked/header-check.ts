@@ -68,7 +68,7 @@ export class ZstdChunkedHeaderCheck {
       // Refused once, refused for good (and logged once); the rejection is handled by every reader.
       // Bytes that did not come, or came damaged, are no refusal: the next read checks again.
       result.catch((err: unknown) => {
-        if ((err as LazyrootError).code === 'UNAVAILABLE' && this.results.get(path) === result) this.results.delete(path);
+        if (isLazyrootError(err, 'UNAVAILABLE') && this.results.get(path) === result) this.results.delete(path);
       });
       this.results.set(path, result);
     }
