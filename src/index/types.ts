@@ -84,4 +84,13 @@ export interface BlobRangeReader {
    * are trusted like a blob under blobs/ and never hashed again.
    */
   readVerified?(start: number, end: number): Promise<Buffer | undefined>;
+  /**
+   * Bytes [start, end) when the store keeps them, verified or not (bytes no
+   * digest covers, such as tar headers between eStargz members, are kept
+   * unverified): for checks that inflate them, never for serving. Undefined
+   * when not kept: `read` fetches them, no more trusted than these.
+   */
+  readKept?(start: number, end: number): Promise<Buffer | undefined>;
+  /** Kept unverified bytes of [start, end) turned out damaged: forget them, so the next read fetches them again. */
+  dropKept?(start: number, end: number): void;
 }

@@ -79,9 +79,10 @@ export function windowsFor(
 
 /**
  * The units to fetch for a demand read of [start, end) (LazyBlob.fetchRegion):
- * from the unit holding `start`, those not `taken` (kept, or being fetched by
- * a read), the ones [start, end) needs and the adjacent ones after them up
- * to `regionBytes`.
+ * from the first unit not `taken` (kept, or being fetched) at or after the
+ * one holding `start`, the ones [start, end) needs and the adjacent ones after
+ * them up to `regionBytes`, up to the next unit taken (a read across requests
+ * under way asks for each stretch between them once: LazyBlob.fetchRegion).
  */
 export function regionAround(units: readonly PrefetchUnit[], start: number, end: number, regionBytes: number, taken: (u: PrefetchUnit) => boolean): Window | undefined {
   // The unit holding `start`: the last one starting at or before it.
@@ -99,9 +100,8 @@ export function regionAround(units: readonly PrefetchUnit[], start: number, end:
   const window: Window = { start: first.start, end: first.end, units: [first], index: i };
   for (let j = i + 1; j < units.length; j++) {
     const u = units[j]!;
-    const needed = u.start < end;
-    if (u.start !== window.end) break;
-    if (!needed && (u.end - window.start > regionBytes || taken(u))) break;
+    if (u.start !== window.end || taken(u)) break;
+    if (u.start >= end && u.end - window.start > regionBytes) break;
     window.units.push(u);
     window.end = u.end;
   }

@@ -188,6 +188,13 @@ export class LazyBlob {
   private readonly regions: Array<{ start: number; end: number; began: number; kept: Promise<void>; ahead?: boolean; hurry?: () => void }> = [];
   /** The prefetch request under way (one at most), settled once its units are kept or refused. */
   private prefetching: { start: number; end: number; kept: Promise<void> } | undefined;
+  /**
+   * Bytes a request brought along that its caller could not vouch for (the
+   * last files before an eStargz TOC, in the footer's request): held until
+   * the units are known (the first read or prefetch), then checked and kept
+   * like a read-ahead's, instead of fetched again.
+   */
+  private leftover: { start: number; bytes: Buffer } | undefined;
   private running = 0;
   private readonly queue: Array<() => void> = [];
   private file: FileHandle | undefined;
@@ -365,6 +372,22 @@ export class LazyBlob {
     return this.readLocal(start, end);
   }
 
+  /** BlobRangeReader: [start, end) if kept at all (verified or provisional), from disk, else undefined. */
+  async readKept(start: number, end: number): Promise<Buffer | undefined> {
+    if (this.refused) throw this.refused;
+    if (start < 0 || end > this.size || end < start) return undefined;
+    if (!(this.complete || this.keptCovers(start, end))) return undefined;
+    return this.readLocal(start, end, false);
+  }
+
+  /** BlobRangeReader: provisional bytes of [start, end) were damaged; forgotten, they are fetched again when read. */
+  dropKept(start: number, end: number): void {
+    if (this.complete) return;
+    this.provisional = without(this.provisional, start, end);
+    this.kept = this.present.total + this.provisional.total;
+    this.schedulePersist();
+  }
+
   private async readLocal(start: number, end: number, hit = true): Promise<Buffer> {
     if (hit) this.stats.hits++;
     if (this.tracksUse && !this.complete) this.touch(start, end);
@@ -394,6 +417,7 @@ export class LazyBlob {
       // Only what the caller vouches for: bytes read along (an eStargz footer's request brings the last
       // files' bytes) stay unkept, for their own reads to fetch and verify.
       const from = keepFrom ? Math.min(end, Math.max(start, keepFrom(bytes))) : start;
+      if (from > start) this.leftover = { start, bytes: bytes.subarray(0, from - start) };
       if (from < end) await this.keep(from, end, bytes.subarray(from - start), false);
     }
     this.claims.delete(`${start}-${end}`);
@@ -667,6 +691,7 @@ export class LazyBlob {
   async fetchRegion(units: readonly PrefetchUnit[], start: number, end: number, regionBytes: number): Promise<void> {
     if (this.refused) throw this.refused;
     this.onDemandRange?.(start, end);
+    this.adoptLeftover(units);
     if (this.complete || this.present.covers(start, end) || this.streamsWhole()) return;
     const waitMs = this.waitMs(start, end);
     const waitFor = this.requestBringing(start, end, waitMs);
@@ -690,27 +715,80 @@ export class LazyBlob {
     let reading = this.inFlight.size;
     for (const r of this.regions) if (!r.ahead) reading++;
     const busy = reading >= busyReads;
-    const window = regionAround(units, start, end, busy ? regionBytes : ahead.window, (u) => this.taken(u));
-    if (!window) return;
+    // One request per stretch of [start, end) that no request is bringing yet (the last one reaching on
+    // past `end`); the stretches other requests bring are waited for, never asked again.
+    const own: Array<{ kept: Promise<void>; done: () => void }> = [];
+    let windowEnd = start;
+    for (let from = start; from < end; ) {
+      const window = regionAround(units, from, end, busy ? regionBytes : ahead.window, (u) => this.taken(u));
+      if (!window) break;
+      own.push(this.startRegion(window));
+      from = windowEnd = window.end;
+    }
+    if (own.length) ahead.fetched(windowEnd);
+    // (Not all of it when a read's own fetch holds a stretch: that read's caller keeps it; wait for ours.)
+    const bringing = this.requestBringing(start, end, waitMs)?.kept ?? (own.length ? Promise.all(own.map((o) => o.kept)) : undefined);
+    if (!bringing) return;
+    this.group?.readStarted();
+    try {
+      const settled = bringing.catch((err: unknown) => {
+        // No answer within the read's time: fail the read now rather than let its own fetch wait again.
+        if (isTimedOut(err)) throw err;
+        // Otherwise the caller's own read fetches [start, end) and reports what is wrong.
+      });
+      await (waitMs < this.deadlineMs ? this.withDeadline(settled, start, end, waitMs, 'the request bringing them') : settled);
+    } finally {
+      for (const o of own) o.done();
+      this.group?.readEnded();
+    }
+  }
+
+  /**
+   * The units lying whole in the bytes held back (`leftover`) are checked
+   * and kept, as a request under way that reads wait for; the rest of those
+   * bytes is dropped. Once: the bytes are let go either way.
+   */
+  private adoptLeftover(units: readonly PrefetchUnit[]): void {
+    const held = this.leftover;
+    if (!held) return;
+    this.leftover = undefined;
+    if (this.complete || this.streamsWhole()) return;
+    const end = held.start + held.bytes.length;
+    const inside = units.filter((u) => u.start >= held.start && u.end <= end && !this.taken(u));
+    if (inside.length === 0) return;
+    const first = inside[0]!;
+    const last = inside[inside.length - 1]!;
+    const key = `${first.start}-${last.end}`;
+    const claim = { start: first.start, end: last.end, until: Date.now() + this.deadlineMs + claimGraceMs };
+    this.claims.set(key, claim);
+    const flight = { start: first.start, end: last.end, began: Date.now(), kept: this.keepUnits(inside, held.start, held.bytes), ahead: true };
+    this.regions.push(flight);
+    // A unit that fails its check is fetched again by the read that needs it.
+    void flight.kept
+      .catch(() => undefined)
+      .finally(() => {
+        this.regions.splice(this.regions.indexOf(flight), 1);
+        if (this.claims.get(key) === claim) this.claims.delete(key);
+      });
+  }
+
+  /** A demand read's request for `window`, claimed and listed among the requests under way until `done`. */
+  private startRegion(window: Window): { kept: Promise<void>; done: () => void } {
     const key = `${window.start}-${window.end}`;
     const claim = { start: window.start, end: window.end, until: Date.now() + this.deadlineMs + claimGraceMs };
     this.claims.set(key, claim);
     this.group?.readStarted();
     const kept = this.fetch(window.start, window.end).then((bytes) => this.keepUnits(window.units, window.start, bytes));
-    ahead.fetched(window.end);
     const flight = { start: window.start, end: window.end, began: Date.now(), kept };
     this.regions.push(flight);
-    try {
-      await (waitMs < this.deadlineMs ? this.withDeadline(kept, start, end, waitMs, 'the request bringing them') : kept);
-    } catch (err) {
-      // No answer within the read's time: fail the read now rather than let its own fetch wait again.
-      if (isTimedOut(err)) throw err;
-      // Otherwise the caller's own read fetches [start, end) and reports what is wrong.
-    } finally {
+    // Settled by whoever waits on it; a request nobody waits on must not reject unheard.
+    kept.catch(() => undefined);
+    const done = () => {
       this.regions.splice(this.regions.indexOf(flight), 1);
       if (this.claims.get(key) === claim) this.claims.delete(key);
       this.group?.readEnded();
-    }
+    };
+    return { kept, done };
   }
 
   /**
@@ -724,8 +802,25 @@ export class LazyBlob {
     const p = this.prefetching;
     const region = this.regions.find((r) => r.start <= start && end <= r.end && live(r));
     // A read waits for it: a fetch-ahead request still queued goes out next.
-    region?.hurry?.();
-    return region ?? (fresh && p && p.start <= start && end <= p.end ? p : undefined);
+    if (region) {
+      region.hurry?.();
+      return region;
+    }
+    if (fresh && p && p.start <= start && end <= p.end) return p;
+    // A read across the ends of requests under way (a file whose chunks two read-ahead regions
+    // bring): together with the bytes kept, they may bring it all.
+    const over: Array<{ start: number; end: number; kept: Promise<void>; hurry?: () => void }> = this.regions.filter((r) => r.start < end && start < r.end && live(r));
+    if (fresh && p && p.start < end && start < p.end) over.push(p);
+    if (over.length < 2) return undefined;
+    over.sort((a, b) => a.start - b.start);
+    let at = start;
+    for (const r of over) {
+      if (r.start > at && !this.present.covers(at, r.start)) return undefined;
+      at = Math.max(at, r.end);
+    }
+    if (at < end && !this.present.covers(at, end)) return undefined;
+    for (const r of over) r.hurry?.();
+    return { kept: Promise.all(over.map((r) => r.kept)).then(() => undefined) };
   }
 
   /**
@@ -741,6 +836,7 @@ export class LazyBlob {
    * the demand read that needs it. Counted as prefetched bytes.
    */
   async fetchAhead(units: readonly PrefetchUnit[], ranges: ReadonlyArray<readonly [number, number]>, options: FetchAheadOptions): Promise<void> {
+    this.adoptLeftover(units);
     if (this.complete || this.streamsWhole()) return;
     const windows = windowsFor(units, ranges, options.gapBytes ?? 128 << 10, options.windowBytes ?? 512 << 10, options.ranks, (u) => this.holds(u));
     await Promise.all(windows.map((w) => this.fetchAheadWindow(w, options.signal, options.queue)));
@@ -893,6 +989,7 @@ export class LazyBlob {
       await sleep(Math.min(30_000, retryDelayMs * 2 ** (failures - 1)), signal);
     };
     this.prefetchState = 'waiting';
+    this.adoptLeftover(units);
     try {
       while (!this.complete) {
         signal.throwIfAborted();

@@ -20,6 +20,17 @@ test('regionAround: the units a read needs, then neighbours up to the region siz
   const taken = (u: PrefetchUnit) => u.start === 400 || u.start === 200;
   assert.deepEqual(spans(regionAround(units, 250, 260, 300, taken)), undefined, 'all it needs is taken');
   assert.deepEqual(spans(regionAround(units, 250, 350, 300, taken)), [[300, 400]]);
+  // A read needing units 1–5 while 3 is taken (a request under way brings it): the stretch before it
+  // alone, then, asked from there, the one after it; never unit 3 again.
+  const middle = (u: PrefetchUnit) => u.start === 300;
+  assert.deepEqual(spans(regionAround(units, 150, 550, 0, middle)), [
+    [100, 200],
+    [200, 300],
+  ]);
+  assert.deepEqual(spans(regionAround(units, 300, 550, 0, middle)), [
+    [400, 500],
+    [500, 600],
+  ]);
 });
 
 test('windowsFor: wanted units joined across small gaps, held ones left out, each request ranked by its soonest range', () => {

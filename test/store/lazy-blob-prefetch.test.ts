@@ -256,6 +256,37 @@ test('fetchRegion: many scattered reads at once (a parallel tree walk) each brin
   await blob.close();
 });
 
+test('fetchRegion: a read across requests under way waits for them and asks only for what none brings; then read() asks nothing', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(MiB);
+  const digest = sha256(data);
+  const unitBytes = 16 * 1024;
+  const units = unitsOf(data, unitBytes);
+  const src = source(data, { delayMs: 30 });
+  const blob = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer' });
+  // Two readers of units 4 and 6 (no read-ahead), then, while both requests are under way, a read of units 4–7.
+  const first = blob.fetchRegion(units, 4 * unitBytes, 5 * unitBytes, 0);
+  const second = blob.fetchRegion(units, 6 * unitBytes, 7 * unitBytes, 0);
+  await sleep(5);
+  await blob.fetchRegion(units, 4 * unitBytes + 100, 8 * unitBytes - 100, 0);
+  const bytes = await blob.read(4 * unitBytes, 8 * unitBytes);
+  await Promise.all([first, second]);
+  assert.ok(bytes.equals(data.subarray(4 * unitBytes, 8 * unitBytes)));
+  const asked = src.calls.map((c) => [c.start / unitBytes, c.end / unitBytes]);
+  // Units 5 and 7, which no request brought, are asked for once each; 4 and 6 are never asked again.
+  assert.deepEqual(
+    asked.sort((a, b) => a[0]! - b[0]!),
+    [
+      [4, 5],
+      [5, 6],
+      [6, 7],
+      [7, 8],
+    ],
+  );
+  assert.equal(blob.stats.bytesFetched, 4 * unitBytes, 'no byte fetched twice');
+  await blob.close();
+});
+
 test('a span that fails verification is not kept; prefetch retries it and the blob is right', async (t) => {
   const store = await openStore(t);
   const data = randomBytes(MiB);

@@ -139,7 +139,9 @@ export class EstargzHeaderCheck {
 
   private async inflate(start: number, end: number, maxBytes: number, path: string): Promise<Buffer> {
     const verified = await this.blob.readVerified?.(start, end);
-    const bytes = verified ?? (await this.blob.read(start, end));
+    // Header bytes a read-ahead brought along are kept unverified: no less trusted than fetching them again.
+    const kept = verified ? undefined : await this.blob.readKept?.(start, end);
+    const bytes = verified ?? kept ?? (await this.blob.read(start, end));
     let out: Buffer;
     try {
       out = await inflateMember(bytes, maxBytes + 1);
@@ -148,6 +150,7 @@ export class EstargzHeaderCheck {
       // the way (gzip's CRC caught it) than lied about: this read fails, the next checks again.
       // Verified bytes that do not inflate are the TOC's fault: the file is refused.
       if (!verified) {
+        if (kept) this.blob.dropKept?.(start, end);
         throw damagedBytes(`${this.what}: ${JSON.stringify(path)}: blob bytes ${start}-${end}, fetched for the tar header before its bytes, do not inflate (damaged on the way?): ${(err as Error).message}`, err);
       }
       throw Object.assign(this.mismatch(path, `blob bytes ${start}-${end} do not inflate as the TOC says (${(err as Error).message})`), { cause: err });
