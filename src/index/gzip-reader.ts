@@ -10,6 +10,8 @@ import type { BlobRangeReader, GzipCheckpoint, IndexEntry } from './types.js';
 export interface IndexedLayer extends Pick<LayerIndex, 'compression' | 'blobDigest' | 'compressedSize' | 'uncompressedSize'> {
   checkpoints: readonly GzipCheckpoint[];
   blob: BlobRangeReader;
+  /** Names its decoded spans in the cache (default: the blob digest); another checkpoint list of the same blob takes another. */
+  cacheKey?: string;
 }
 
 export interface LayerReaderOptions {
@@ -178,7 +180,7 @@ export class LayerRangeReader {
       const compressed = await this.verifiedSpan(layer, s, i);
       return this.decode(layer, i, compressed, from - u0, to - from);
     }
-    const key = `${layer.blobDigest}#${i}`;
+    const key = `${layer.cacheKey ?? layer.blobDigest}#${i}`;
     let span = this.cache.get(key);
     if (span) this.stats.cacheHits++;
     else {

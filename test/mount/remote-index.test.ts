@@ -98,7 +98,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
       { tar: layer2, compression: 'gzip' as const },
     ];
     // One image per case: same layers, another config (so another manifest, another subject).
-    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode']) {
+    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode', 'lying-window', 'other-spans']) {
       const image = buildImage({ layers, config: { config: { Cmd: ['/bin/sh'], Labels: { case: tag } } } });
       images.set(tag, image);
       await registry.pushImage('remote/app', tag, image);
@@ -373,6 +373,68 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.equal((await stat(join(again, 'etc/hello.txt'))).mode & 0o7777, 0o644);
     assert.deepEqual(await readInChild(join(again, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     await umount(store, again);
+  });
+
+  /** Waits until the mount's layers are complete (prefetch) or its daemon's log matches `until`. */
+  async function waitFor(store: string, target: string, until?: RegExp): Promise<MountStats & { complete?: boolean }> {
+    const began = Date.now();
+    let s: MountStats & { complete?: boolean };
+    do {
+      await new Promise((r) => setTimeout(r, 200));
+      s = await stats(store, target);
+    } while (!(until ? until.test(await daemonLog(store)) : s.complete) && Date.now() - began < 60_000);
+    return s;
+  }
+
+  test('hostile artifact, honest spans but a tampered window (which no read can check): once the layer is whole the mount refuses it and the index goes', async () => {
+    const [l1, l2] = honest.layers;
+    const lying = decodeIndex(indexFiles.get(l1!.descriptor.digest)!);
+    const k = lying.checkpoints.findIndex((cp) => cp.window.length === 32768);
+    assert.ok(k > 0, 'layer 1 has a span with a whole window');
+    const window = Buffer.from(lying.checkpoints[k]!.window);
+    window.fill(0x41, window.length - 4096);
+    lying.checkpoints[k] = { ...lying.checkpoints[k]!, window };
+    await pushArtifact('lying-window', [
+      { bytes: encodeIndex(lying), annotatedLayer: l1!.descriptor.digest },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest },
+    ]);
+    const store = join(work, 'store-lying-window');
+    const target = await mountAt(store, 'lying-window', [], true);
+    await waitFor(store, target, /refused: the span index from the registry disagrees/);
+    assert.match(await daemonLog(store), new RegExp(`refused: the span index from the registry disagrees with the layer's tar stream: span ${k}: its window \\(the 32768 bytes before uncompressed byte \\d+\\) is not the layer's`));
+    const read = await readInChild(join(target, 'etc/words.txt'));
+    assert.equal(read.ok, false, 'the layer is refused once found out');
+    assert.match(read.error ?? '', /Input\/output error/);
+    await assert.rejects(access(join(store, 'indexes', 'sha256', l1!.descriptor.digest.slice(7))), 'the lying index is removed');
+    await umount(store, target);
+    const again = await mountAt(store, 'lying-window', ['--no-remote-index']);
+    assert.deepEqual(await readInChild(join(again, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    await umount(store, again);
+  });
+
+  test('an honest artifact with other span sizes: once the layer is whole, the index built here replaces it (its windows were the registry\'s word alone), and reads go on right', async () => {
+    const storeC = join(work, 'store-c-small-spans');
+    const built = await lazyroot(['--store', storeC, 'index', '-q', '--no-remote-index', '--span-bytes', String(128 * 1024), ref('v1')]);
+    assert.equal(built.code, 0, built.stderr);
+    const small = new Map<string, Buffer>();
+    for (const l of honest.layers) small.set(l.descriptor.digest, await readFile(join(storeC, 'indexes', 'sha256', l.descriptor.digest.slice(7))));
+    await pushArtifact('other-spans', honest.layers.map((l) => ({ bytes: small.get(l.descriptor.digest)!, annotatedLayer: l.descriptor.digest })));
+    const store = join(work, 'store-other-spans');
+    const target = await mountAt(store, 'other-spans', [], true);
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    const s = await waitFor(store, target);
+    assert.equal(s.complete, true, 'prefetch completed the layers');
+    for (const l of honest.layers) {
+      const kept = decodeIndex(await readFile(join(store, 'indexes', 'sha256', l.descriptor.digest.slice(7))));
+      const given = decodeIndex(small.get(l.descriptor.digest)!);
+      const here = decodeIndex(indexFiles.get(l.descriptor.digest)!);
+      assert.notEqual(given.checkpoints.length, here.checkpoints.length, 'the artifact\'s spans are not the default ones');
+      assert.equal(kept.checkpoints.length, here.checkpoints.length, `layer ${l.descriptor.digest}: the store keeps the index built here`);
+    }
+    assert.doesNotMatch(await daemonLog(store), /refused/);
+    for (const path of ['etc/hello.txt', 'etc/words.txt', 'data/part07.txt']) assert.equal((await readInChild(join(target, path))).ok, true, path);
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    await umount(store, target);
   });
 
   test('the access profile, when one is recorded, goes into the artifact and is kept by the machine that finds it', async () => {

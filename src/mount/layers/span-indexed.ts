@@ -8,9 +8,9 @@ import type { ImageSource } from '../../source/image-source.js';
 import type { Store } from '../../store/store.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
 import { spanStart } from '../../index/gzip-native.js';
-import { LayerRangeReader } from '../../index/gzip-reader.js';
+import { LayerRangeReader, type IndexedLayer } from '../../index/gzip-reader.js';
 import { decodeIndex, encodeIndex, readIndexFile, writeIndexFile } from '../../index/index-file.js';
-import type { IndexEntry } from '../../index/types.js';
+import type { GzipCheckpoint, IndexEntry } from '../../index/types.js';
 import { SpanIndexHeaderCheck } from '../../index/span-header-check.js';
 import { writeFileAtomic } from '../../store/atomic-file.js';
 import { buildGzipIndex, buildTarIndex, LayerIndexBuilder, type LayerIndex } from '../../index/layer-index.js';
@@ -35,7 +35,7 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
   });
   const blob = await context.openBlob();
   const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes, cache: context.decodedCache });
-  const layer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
+  const layer: IndexedLayer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
   const kind = compression === 'gzip' ? 'gzip' : 'tar';
   // An index from the registry is believed about a file only once the tar header before its bytes agrees.
   const headers = (await pathExists(remoteIndexMarker(store, descriptor.digest)))
@@ -49,7 +49,7 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
       const stream = createReadStream(path, { highWaterMark: 1 << 20 });
       const options = { what, expectDigest: descriptor.digest, expectDiffId: context.diffId };
       const built = decodeIndex(encodeIndex(compression === 'gzip' ? await buildGzipIndex(stream, options) : await buildTarIndex(stream, options)));
-      const why = entriesDisagree(index.entries, built.entries);
+      const why = entriesDisagree(index.entries, built.entries) ?? checkpointsDisagree(index.checkpoints, built.checkpoints);
       if (why) {
         await rm(store.paths.index(descriptor.digest), { force: true });
         await rm(remoteIndexMarker(store, descriptor.digest), { force: true });
@@ -57,6 +57,11 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
         context.log?.(`${what}: refused`, err);
         throw err;
       }
+      // A window no checkpoint built here could vouch for (another span size) was the registry's word
+      // alone: this machine's index replaces it, for this mount's reads from now on and every later mount.
+      await writeIndexFile(store.paths.index(descriptor.digest), built, { tmpDir: store.paths.tmp });
+      layer.checkpoints = built.checkpoints;
+      layer.cacheKey = `${descriptor.digest}@built-here`;
       await rm(remoteIndexMarker(store, descriptor.digest), { force: true });
       headers.markWholeChecked();
     });
@@ -81,6 +86,32 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
     stats: () => blobLayerStats(kind, descriptor.digest, blob, indexedBytes),
     close: () => blob.close(),
   };
+}
+
+/**
+ * Where a registry's checkpoints disagree with those built from the whole
+ * layer at the same uncompressed byte, or undefined. A window is the one
+ * thing of a span index no read can check (a span's digest covers its
+ * compressed bytes, not the 32 KiB of earlier output that its
+ * back-references copy): a wrong one makes a read serve bytes that are not
+ * the layer's, so the registry's windows are compared once the layer is
+ * whole, as far as both lengths go (a stream never refers back past its
+ * member's start), and its positions with them.
+ */
+function checkpointsDisagree(given: readonly GzipCheckpoint[], built: readonly GzipCheckpoint[]): string | undefined {
+  const byOffset = new Map(built.map((cp) => [cp.uncompressedOffset, cp]));
+  for (const [i, cp] of given.entries()) {
+    const mine = byOffset.get(cp.uncompressedOffset);
+    if (!mine) continue;
+    if (mine.compressedOffset !== cp.compressedOffset || mine.bits !== cp.bits) {
+      return `span ${i}: the index starts it at compressed byte ${cp.compressedOffset} (bit ${cp.bits}), the layer's stream reaches uncompressed byte ${cp.uncompressedOffset} at ${mine.compressedOffset} (bit ${mine.bits})`;
+    }
+    const n = Math.min(cp.window.length, mine.window.length);
+    if (!cp.window.subarray(cp.window.length - n).equals(mine.window.subarray(mine.window.length - n))) {
+      return `span ${i}: its window (the ${n} bytes before uncompressed byte ${cp.uncompressedOffset}) is not the layer's`;
+    }
+  }
+  return undefined;
 }
 
 /** The first entry where two indexes of one layer differ, or undefined. */
