@@ -122,6 +122,10 @@ export function decodeIndex(data: Buffer, what = 'index file'): LayerIndex {
   const windowsAt = entriesAt + entriesLength;
   if (windowsAt + windowsLength !== body.length) throw bad('section lengths do not add up');
 
+  // The windows section is copied out of the file's buffer (which also holds the entries, large for
+  // a layer of many files) and each window inflated when its span is first decoded, not here: a
+  // mount reads a few spans of hundreds.
+  const windows = Buffer.from(data.subarray(windowsAt, windowsAt + windowsLength));
   const checkpoints: GzipCheckpoint[] = new Array(count);
   for (let i = 0; i < count; i++) {
     const at = tableAt + i * recordSize;
@@ -129,19 +133,15 @@ export function decodeIndex(data: Buffer, what = 'index file'): LayerIndex {
     const stored = data.readUInt32LE(at + 24);
     const length = data.readUInt16LE(at + 28);
     if (windowOffset + stored > windowsLength || length > 32768) throw bad(`checkpoint ${i}: window outside its section`);
-    const bytes = data.subarray(windowsAt + windowOffset, windowsAt + windowOffset + stored);
-    let window: Buffer;
-    if (length === 0) window = empty;
-    else if (stored === length) window = Buffer.from(bytes); // a copy: the file's buffer may be large
-    else window = inflateRawSync(bytes, { maxOutputLength: length });
-    if (window.length !== length) throw bad(`checkpoint ${i}: window is ${window.length} bytes, expected ${length}`);
-    checkpoints[i] = {
-      compressedOffset: readU64(data, at),
-      bits: data.readUInt8(at + 30),
-      uncompressedOffset: readU64(data, at + 8),
-      window,
-      spanDigest: `sha256:${data.toString('hex', at + 32, at + 64)}`,
-    };
+    checkpoints[i] = new StoredCheckpoint(
+      readU64(data, at),
+      data.readUInt8(at + 30),
+      readU64(data, at + 8),
+      `sha256:${data.toString('hex', at + 32, at + 64)}`,
+      windows.subarray(windowOffset, windowOffset + stored),
+      length,
+      () => bad(`checkpoint ${i}: its window does not inflate to the ${length} bytes the table says`),
+    );
   }
 
   // The tuples are parsed a batch at a time (json-split.ts): never the whole list as one string and one tree of arrays.
@@ -176,6 +176,37 @@ export function decodeIndex(data: Buffer, what = 'index file'): LayerIndex {
     entries,
     checkpoints,
   };
+}
+
+/** A checkpoint read from an index file: its window is inflated the first time it is asked for. */
+class StoredCheckpoint implements GzipCheckpoint {
+  private inflated: Buffer | undefined;
+
+  constructor(
+    readonly compressedOffset: number,
+    readonly bits: number,
+    readonly uncompressedOffset: number,
+    readonly spanDigest: Digest,
+    private readonly stored: Buffer,
+    private readonly length: number,
+    private readonly damaged: () => LazyrootError,
+  ) {}
+
+  get window(): Buffer {
+    if (this.inflated) return this.inflated;
+    let window: Buffer;
+    if (this.length === 0) window = empty;
+    else if (this.stored.length === this.length) window = this.stored;
+    else {
+      try {
+        window = inflateRawSync(this.stored, { maxOutputLength: this.length });
+      } catch {
+        throw this.damaged();
+      }
+    }
+    if (window.length !== this.length) throw this.damaged();
+    return (this.inflated = window);
+  }
 }
 
 /**
