@@ -92,6 +92,8 @@ const busyReads = 4;
 /** LRU granularity of the cache bound: reads and confirmations touch 1 MiB blocks. */
 const blockBytes = 1 << 20;
 /** How long after its bytes arrived a demand read's claim on them lapses if it never confirms them. */
+/** How long bytes a request brought along (`leftover`) wait for the layer's units before they are dropped. */
+const leftoverMs = 10_000;
 const claimGraceMs = 2_000;
 /** Fetched-but-unconfirmed buffers kept for `confirm`; the oldest go first beyond this. */
 const maxPending = 256;
@@ -417,7 +419,12 @@ export class LazyBlob {
       // Only what the caller vouches for: bytes read along (an eStargz footer's request brings the last
       // files' bytes) stay unkept, for their own reads to fetch and verify.
       const from = keepFrom ? Math.min(end, Math.max(start, keepFrom(bytes))) : start;
-      if (from > start) this.leftover = { start, bytes: bytes.subarray(0, from - start) };
+      if (from > start) {
+        const held = { start, bytes: bytes.subarray(0, from - start) };
+        this.leftover = held;
+        // Held for a mount's first reads, not for good: a layer nothing reads (a snapshotter's lower) lets them go.
+        setTimeout(() => this.leftover === held && (this.leftover = undefined), leftoverMs).unref();
+      }
       if (from < end) await this.keep(from, end, bytes.subarray(from - start), false);
     }
     this.claims.delete(`${start}-${end}`);
