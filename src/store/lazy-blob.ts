@@ -92,9 +92,9 @@ const busyReads = 4;
 /** LRU granularity of the cache bound: reads and confirmations touch 1 MiB blocks. */
 const blockBytes = 1 << 20;
 /** How long after its bytes arrived a demand read's claim on them lapses if it never confirms them. */
+const claimGraceMs = 2_000;
 /** How long bytes a request brought along (`leftover`) wait for the layer's units before they are dropped. */
 const leftoverMs = 10_000;
-const claimGraceMs = 2_000;
 /** Fetched-but-unconfirmed buffers kept for `confirm`; the oldest go first beyond this. */
 const maxPending = 256;
 
@@ -416,8 +416,8 @@ export class LazyBlob {
     const bytes = await this.read(start, end);
     if (this.pending.get(start) === bytes) {
       this.pending.delete(start);
-      // Only what the caller vouches for: bytes read along (an eStargz footer's request brings the last
-      // files' bytes) stay unkept, for their own reads to fetch and verify.
+      // Only what the caller vouches for is kept now; bytes read along (an eStargz footer's request brings
+      // the last files' bytes) are held until the layer's units are known, then checked (adoptLeftover).
       const from = keepFrom ? Math.min(end, Math.max(start, keepFrom(bytes))) : start;
       if (from > start) {
         const held = { start, bytes: bytes.subarray(0, from - start) };

@@ -21,7 +21,8 @@ export async function openEstargzLayer(context: LayerContext, tocDigest: Digest)
   const blob = await context.openBlob();
   // The footer and TOC are checked as a whole (the TOC digest), not piecewise: kept, but only
   // the whole blob's digest lets them count as verified. The first request, at the blob's end,
-  // brings the last files' bytes along: those are not kept (their reads fetch and verify them).
+  // brings the last files' bytes along: those are held, and checked by their chunk digests and kept
+  // at the layer's first read (LazyBlob's leftover), not fetched again.
   const tocStart = (tail: Buffer): number => {
     try {
       return parseEstargzFooter(tail, blob.size).tocOffset;
