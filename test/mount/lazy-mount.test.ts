@@ -194,7 +194,9 @@ describe('lazy FUSE mounts from a real registry', { skip: missing.length ? `need
 
   test('a registry that stops answering makes a read fail with EIO within the deadline; later the same read succeeds', async () => {
     const store = join(work, 'store-stall');
-    const target = await mount('estargz', store, ['--deadline-ms', '1500']);
+    // 3 s: the read after the stall fetches 8 MiB in two 4 MiB members through the test's relay, which
+    // a loaded 2-core machine has been seen to take longer than 1.5 s for.
+    const target = await mount('estargz', store, ['--deadline-ms', '3000']);
     proxy.setRules([{ path: /\/blobs\//, fault: { kind: 'stall' } }]);
     const failed = await readInChild(join(target, 'data/big.bin'));
     assert.equal(failed.ok, false);
