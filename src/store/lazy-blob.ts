@@ -93,6 +93,31 @@ const busyReads = 4;
 const blockBytes = 1 << 20;
 /** How long after its bytes arrived a demand read's claim on them lapses if it never confirms them. */
 const claimGraceMs = 2_000;
+/**
+ * How long a read waits on a request it did not make (read-ahead, a
+ * profile, prefetch) before it asks for its bytes itself: a third of its
+ * time, so that a request the source left hanging leaves the read enough.
+ */
+function hedgeMs(waitMs: number): number {
+  return Math.ceil(waitMs / 3);
+}
+
+/** Whether `work` settled (either way) within `ms`. */
+async function settledWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    return await Promise.race([
+      work.then(
+        () => true,
+        () => true,
+      ),
+      new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(false), ms))),
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
 /** How long bytes a request brought along (`leftover`) wait for the layer's units before they are dropped. */
 const leftoverMs = 10_000;
 /** Fetched-but-unconfirmed buffers kept for `confirm`; the oldest go first beyond this. */
@@ -319,6 +344,7 @@ export class LazyBlob {
     if (this.complete || this.present.covers(start, end)) return this.readLocal(start, end);
     this.stats.misses++;
     const waitMs = this.waitMs(start, end);
+    const began = Date.now();
     if (this.streamsWhole()) {
       this.group?.readStarted();
       try {
@@ -334,10 +360,13 @@ export class LazyBlob {
       // A request already bringing these bytes (prefetch, a profile, read-ahead): wait for it rather than ask twice.
       const bringing = this.requestBringing(start, end, waitMs);
       if (bringing) {
-        // Within the read's deadline; a request that fails (prefetch retries later) leaves the read to fetch.
-        await this.withDeadline(bringing.kept.catch(() => undefined), start, end, waitMs, 'the request bringing them');
+        // Waited on for a third of the read's time; then, or once it fails (prefetch retries later), the read
+        // fetches for itself (see fetchRegion).
+        await settledWithin(bringing.kept, hedgeMs(waitMs));
         if (this.complete || this.present.covers(start, end)) return await this.readLocal(start, end, false);
       }
+      // What is left of the read's time after waiting on another's request: the read never waits longer in all.
+      const left = waitMs - (Date.now() - began);
       const key = `${start}-${end}`;
       let fetch = this.inFlight.get(key);
       // After a silence, a request older than the grace is likely stuck: ask afresh rather than wait on it.
@@ -354,8 +383,8 @@ export class LazyBlob {
         fetch = entry;
         this.inFlight.set(key, fetch);
       }
-      // A fetch's own request gives up at the deadline; only a read after a silence waits less.
-      bytes = waitMs < this.deadlineMs ? await this.withDeadline(fetch.bytes, start, end, waitMs) : await fetch.bytes;
+      // A fetch's own request gives up at the deadline; a read after a silence, or after waiting on another's request, waits less.
+      bytes = waitMs < this.deadlineMs || bringing ? await this.withDeadline(fetch.bytes, start, end, Math.max(1, left), waitMs, 'the request for them') : await fetch.bytes;
     } finally {
       this.group?.readEnded();
     }
@@ -591,7 +620,7 @@ export class LazyBlob {
    * silence); `work` goes on after a timeout. A timeout marks the range
    * unanswered.
    */
-  private async withDeadline<T>(work: Promise<T>, start: number, end: number, waitMs: number, waitingFor = 'the whole blob (streamed: the registry ignores Range)'): Promise<T> {
+  private async withDeadline<T>(work: Promise<T>, start: number, end: number, waitMs: number, readMs = waitMs, waitingFor = 'the whole blob (streamed: the registry ignores Range)'): Promise<T> {
     let timer: NodeJS.Timeout | undefined;
     try {
       return await Promise.race([
@@ -599,9 +628,10 @@ export class LazyBlob {
         new Promise<never>((_, reject) => {
           timer = setTimeout(() => {
             this.unanswered.add(start, end);
+            // readMs: the read's whole time, of which waitMs was what was left for this wait.
             const why =
-              waitMs < this.deadlineMs
-                ? `no answer within ${waitMs} ms, after the source left them unanswered for ${this.deadlineMs} ms`
+              readMs < this.deadlineMs
+                ? `no answer within ${readMs} ms, after the source left them unanswered for ${this.deadlineMs} ms`
                 : `${waitingFor} did not arrive within ${this.deadlineMs} ms`;
             reject(timedOut(`${this.options.what}: bytes ${start}-${end}: ${why}`));
           }, waitMs);
@@ -701,19 +731,29 @@ export class LazyBlob {
     this.adoptLeftover(units);
     if (this.complete || this.present.covers(start, end) || this.streamsWhole()) return;
     const waitMs = this.waitMs(start, end);
+    const began = Date.now();
     const waitFor = this.requestBringing(start, end, waitMs);
+    let hedged = false;
     if (waitFor) {
       this.group?.readStarted();
       try {
-        // A request that failed otherwise leaves the caller's own read to fetch; one the source left unanswered fails it.
-        const settled = waitFor.kept.catch((err: unknown) => {
-          if (isTimedOut(err)) throw err;
-        });
-        await this.withDeadline(settled, start, end, waitMs, 'the request bringing them');
+        if (await settledWithin(waitFor.kept, hedgeMs(waitMs))) {
+          const failure = await waitFor.kept.then(
+            () => undefined,
+            (err: unknown) => err,
+          );
+          // Kept, or failed otherwise (a bad unit): the caller's own read serves it or reports what is wrong.
+          if (!isTimedOut(failure)) return;
+          // The source left that request unanswered: this read asks once more, within the short grace.
+          this.unanswered.add(start, end);
+        }
       } finally {
         this.group?.readEnded();
       }
-      return;
+      if (this.complete || this.present.covers(start, end) || this.streamsWhole()) return;
+      // Someone else's request that has not answered in a third of the read's time (a prefetch sent just
+      // before the source recovered from a stall, say) is not waited on to its end: the read asks for itself.
+      hedged = true;
     }
     const ahead = this.readAhead.next(start, regionBytes);
     // Many demand reads of this blob waiting at once (a parallel tree walk, many small files): each
@@ -734,7 +774,7 @@ export class LazyBlob {
     }
     if (own.length) ahead.fetched(windowEnd);
     // (Not all of it when a read's own fetch holds a stretch: that read's caller keeps it; wait for ours.)
-    const bringing = this.requestBringing(start, end, waitMs)?.kept ?? (own.length ? Promise.all(own.map((o) => o.kept)) : undefined);
+    const bringing = (hedged ? undefined : this.requestBringing(start, end, waitMs)?.kept) ?? (own.length ? Promise.all(own.map((o) => o.kept)) : undefined);
     if (!bringing) return;
     this.group?.readStarted();
     try {
@@ -743,7 +783,8 @@ export class LazyBlob {
         if (isTimedOut(err)) throw err;
         // Otherwise the caller's own read fetches [start, end) and reports what is wrong.
       });
-      await (waitMs < this.deadlineMs ? this.withDeadline(settled, start, end, waitMs, 'the request bringing them') : settled);
+      const left = waitMs - (Date.now() - began);
+      await (waitMs < this.deadlineMs || hedged ? this.withDeadline(settled, start, end, Math.max(1, left), waitMs, 'the request bringing them') : settled);
     } finally {
       for (const o of own) o.done();
       this.group?.readEnded();

@@ -575,3 +575,24 @@ test('a demand read inside the prefetch request in flight waits for it instead o
   assert.equal(blob.stats.requests, 0);
   await blob.close();
 });
+
+test('a read waiting on a request it did not make (a profile\'s, say) that the source leaves hanging asks for itself after a third of its time, and gets its bytes within its deadline', async (t) => {
+  const store = await openStore(t);
+  const data = randomBytes(MiB);
+  const digest = sha256(data);
+  const units = unitsOf(data, 64 * 1024);
+  let calls = 0;
+  // The first request (the fetch-ahead's) never answers, as one sent just before a stalled source recovered.
+  const fetcher: RangeFetcher = async (start, end) => (calls++ === 0 ? new Promise<Buffer>(() => {}) : Buffer.from(data.subarray(start, end)));
+  const blob = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer', deadlineMs: 1500 });
+  void blob.fetchAhead(units, [[0, 100]], {}).catch(() => undefined);
+  await sleep(20);
+  const began = Date.now();
+  await blob.fetchRegion(units, 10, 200, 0);
+  const bytes = await blob.read(0, 64 * 1024);
+  const took = Date.now() - began;
+  assert.ok(bytes.equals(data.subarray(0, 64 * 1024)));
+  assert.ok(took >= 400 && took < 1500, `read after ${took} ms: it waited a third of its 1500 ms on the hanging request, then asked itself`);
+  assert.equal(calls, 2, 'one request of its own');
+  await blob.close();
+});
