@@ -48,7 +48,8 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
     blob.checkWholeWith(async (path) => {
       const stream = createReadStream(path, { highWaterMark: 1 << 20 });
       const options = { what, expectDigest: descriptor.digest, expectDiffId: context.diffId };
-      const built = decodeIndex(encodeIndex(compression === 'gzip' ? await buildGzipIndex(stream, options) : await buildTarIndex(stream, options)));
+      const encoded = encodeIndex(compression === 'gzip' ? await buildGzipIndex(stream, options) : await buildTarIndex(stream, options));
+      const built = decodeIndex(encoded);
       const why = entriesDisagree(index.entries, built.entries) ?? checkpointsDisagree(index.checkpoints, built.checkpoints);
       if (why) {
         await rm(store.paths.index(descriptor.digest), { force: true });
@@ -59,7 +60,7 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
       }
       // A window no checkpoint built here could vouch for (another span size) was the registry's word
       // alone: this machine's index replaces it, for this mount's reads from now on and every later mount.
-      await writeIndexFile(store.paths.index(descriptor.digest), built, { tmpDir: store.paths.tmp });
+      await writeFileAtomic(store.paths.index(descriptor.digest), encoded, store.paths.tmp);
       layer.checkpoints = built.checkpoints;
       layer.cacheKey = `${descriptor.digest}@built-here`;
       await rm(remoteIndexMarker(store, descriptor.digest), { force: true });
