@@ -56,6 +56,8 @@ export class RemoteIndexes {
     try {
       const bytes = await this.source.fetchVerified!('blob', descriptor, maxIndexBytes);
       const index = decodeIndex(bytes, named);
+      // decodeIndex leaves each window to its first use; a registry's must all inflate now, or the index is ignored.
+      for (const cp of index.checkpoints) void cp.window;
       checkRemoteIndex(index, { ...layer, diffId, compression }, named);
       return index;
     } catch (err) {

@@ -98,7 +98,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
       { tar: layer2, compression: 'gzip' as const },
     ];
     // One image per case: same layers, another config (so another manifest, another subject).
-    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode', 'lying-window', 'other-spans']) {
+    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode', 'lying-window', 'damaged-window', 'other-spans']) {
       const image = buildImage({ layers, config: { config: { Cmd: ['/bin/sh'], Labels: { case: tag } } } });
       images.set(tag, image);
       await registry.pushImage('remote/app', tag, image);
@@ -410,6 +410,28 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const again = await mountAt(store, 'lying-window', ['--no-remote-index']);
     assert.deepEqual(await readInChild(join(again, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     await umount(store, again);
+  });
+
+  test('hostile artifact, a window that does not inflate (under a right checksum): ignored with a warning, the layer is streamed, reads are right', async () => {
+    const [l1, l2] = honest.layers;
+    const file = Buffer.from(indexFiles.get(l1!.descriptor.digest)!);
+    const k = decodeIndex(file).checkpoints.findIndex((cp) => cp.window.length === 32768);
+    const record = 128 + 64 * k;
+    assert.ok(file.readUInt32LE(record + 24) < 32768, 'the window is stored deflated');
+    const windowsAt = 128 + 64 * file.readUInt32LE(12) + file.readUInt32LE(100);
+    file[windowsAt + Number(file.readBigUInt64LE(record + 16))] = 0xff; // a reserved deflate block type
+    createHash('sha256').update(file.subarray(0, file.length - 32)).digest().copy(file, file.length - 32);
+    await pushArtifact('damaged-window', [
+      { bytes: file, annotatedLayer: l1!.descriptor.digest },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest },
+    ]);
+    const store = join(work, 'store-damaged-window');
+    const target = await mountAt(store, 'damaged-window');
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    const s = await stats(store, target);
+    assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, 0], 'layer 1 streamed, layer 2 from the registry');
+    assert.match(await daemonLog(store), new RegExp(`remote index sha256:[0-9a-f]+.*checkpoint ${k}: its window does not inflate to the 32768 bytes the table says`));
+    await umount(store, target);
   });
 
   test('an honest artifact with other span sizes: once the layer is whole, the index built here replaces it (its windows were the registry\'s word alone), and reads go on right', async () => {
