@@ -359,10 +359,14 @@ export class LazyBlob {
     try {
       // A request already bringing these bytes (prefetch, a profile, read-ahead): wait for it rather than ask twice.
       const bringing = this.requestBringing(start, end, waitMs);
-      if (bringing) {
-        // Waited on for a third of the read's time; then, or once it fails (prefetch retries later), the read
-        // fetches for itself (see fetchRegion).
+      if (bringing?.ahead) {
+        // A request fetching ahead of reads: waited on for a third of the read's time; then, or once it
+        // fails (prefetch retries later), the read fetches for itself (see fetchRegion).
         await settledWithin(bringing.kept, hedgeMs(waitMs));
+        if (this.complete || this.present.covers(start, end)) return await this.readLocal(start, end, false);
+      } else if (bringing) {
+        // Another read's request, within the read's deadline; one that fails leaves the read to fetch.
+        await this.withDeadline(bringing.kept.catch(() => undefined), start, end, waitMs, waitMs, 'the request bringing them');
         if (this.complete || this.present.covers(start, end)) return await this.readLocal(start, end, false);
       }
       // What is left of the read's time after waiting on another's request: the read never waits longer in all.
@@ -384,7 +388,7 @@ export class LazyBlob {
         this.inFlight.set(key, fetch);
       }
       // A fetch's own request gives up at the deadline; a read after a silence, or after waiting on another's request, waits less.
-      bytes = waitMs < this.deadlineMs || bringing ? await this.withDeadline(fetch.bytes, start, end, Math.max(1, left), waitMs, 'the request for them') : await fetch.bytes;
+      bytes = bringing?.ahead ? await this.withDeadline(fetch.bytes, start, end, Math.max(1, left), waitMs, 'the request for them') : waitMs < this.deadlineMs ? await this.withDeadline(fetch.bytes, start, end, waitMs) : await fetch.bytes;
     } finally {
       this.group?.readEnded();
     }
@@ -734,6 +738,20 @@ export class LazyBlob {
     const began = Date.now();
     const waitFor = this.requestBringing(start, end, waitMs);
     let hedged = false;
+    if (waitFor && !waitFor.ahead) {
+      // Another read's request: it fails at its deadline as this read would.
+      this.group?.readStarted();
+      try {
+        // A request that failed otherwise leaves the caller's own read to fetch; one the source left unanswered fails it.
+        const settled = waitFor.kept.catch((err: unknown) => {
+          if (isTimedOut(err)) throw err;
+        });
+        await this.withDeadline(settled, start, end, waitMs, waitMs, 'the request bringing them');
+      } finally {
+        this.group?.readEnded();
+      }
+      return;
+    }
     if (waitFor) {
       this.group?.readStarted();
       try {
@@ -751,8 +769,9 @@ export class LazyBlob {
         this.group?.readEnded();
       }
       if (this.complete || this.present.covers(start, end) || this.streamsWhole()) return;
-      // Someone else's request that has not answered in a third of the read's time (a prefetch sent just
-      // before the source recovered from a stall, say) is not waited on to its end: the read asks for itself.
+      // A request fetching ahead of reads (prefetch, a profile) that has not answered in a third of the read's
+      // time (one sent just before the source recovered from a stall, say) is not waited on to its end: the
+      // read asks for itself.
       hedged = true;
     }
     const ahead = this.readAhead.next(start, regionBytes);
@@ -844,7 +863,7 @@ export class LazyBlob {
    * [start, end) and is worth waiting on for `waitMs`: after a silence of the
    * source, only one asked within the grace (the prefetch's is not).
    */
-  private requestBringing(start: number, end: number, waitMs: number): { kept: Promise<void> } | undefined {
+  private requestBringing(start: number, end: number, waitMs: number): { kept: Promise<void>; ahead: boolean } | undefined {
     const fresh = waitMs === this.deadlineMs;
     const live = (r: { began: number }) => fresh || Date.now() - r.began < waitMs;
     const p = this.prefetching;
@@ -852,12 +871,12 @@ export class LazyBlob {
     // A read waits for it: a fetch-ahead request still queued goes out next.
     if (region) {
       region.hurry?.();
-      return region;
+      return { kept: region.kept, ahead: Boolean(region.ahead) };
     }
-    if (fresh && p && p.start <= start && end <= p.end) return p;
+    if (fresh && p && p.start <= start && end <= p.end) return { kept: p.kept, ahead: true };
     // A read across the ends of requests under way (a file whose chunks two read-ahead regions
     // bring): together with the bytes kept, they may bring it all.
-    const over: Array<{ start: number; end: number; kept: Promise<void>; hurry?: () => void }> = this.regions.filter((r) => r.start < end && start < r.end && live(r));
+    const over: Array<{ start: number; end: number; kept: Promise<void>; ahead?: boolean; hurry?: () => void }> = this.regions.filter((r) => r.start < end && start < r.end && live(r));
     if (fresh && p && p.start < end && start < p.end) over.push(p);
     if (over.length < 2) return undefined;
     over.sort((a, b) => a.start - b.start);
@@ -868,7 +887,7 @@ export class LazyBlob {
     }
     if (at < end && !this.present.covers(at, end)) return undefined;
     for (const r of over) r.hurry?.();
-    return { kept: Promise.all(over.map((r) => r.kept)).then(() => undefined) };
+    return { kept: Promise.all(over.map((r) => r.kept)).then(() => undefined), ahead: over.some((r) => r === p || r.ahead) };
   }
 
   /**
