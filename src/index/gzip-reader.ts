@@ -177,8 +177,8 @@ export class LayerRangeReader {
     const decodedLength = s.uStart[i + 1]! - u0;
     if (decodedLength > this.maxCachedSpan) {
       // Too big to keep whole: inflate just up to what was asked for.
-      const compressed = await this.verifiedSpan(layer, s, i);
-      return this.decode(layer, i, compressed, from - u0, to - from);
+      const [compressed, window] = await Promise.all([this.verifiedSpan(layer, s, i), this.windowOf(layer, i)]);
+      return this.decode(layer, i, compressed, window, from - u0, to - from);
     }
     const key = `${layer.cacheKey ?? layer.blobDigest}#${i}`;
     let span = this.cache.get(key);
@@ -186,8 +186,9 @@ export class LayerRangeReader {
     else {
       let pending = this.inFlight.get(key);
       if (!pending) {
-        pending = this.verifiedSpan(layer, s, i)
-          .then((compressed) => this.decode(layer, i, compressed, 0, decodedLength))
+        // The window is fetched beside the span's bytes when the index was read by its head alone.
+        pending = Promise.all([this.verifiedSpan(layer, s, i), this.windowOf(layer, i)])
+          .then(([compressed, window]) => this.decode(layer, i, compressed, window, 0, decodedLength))
           .then((decoded) => {
             this.cache.set(key, decoded);
             return decoded;
@@ -221,17 +222,40 @@ export class LayerRangeReader {
     return bytes;
   }
 
-  private async decode(layer: IndexedLayer, i: number, compressed: Buffer, skip: number, length: number): Promise<Buffer> {
+  /**
+   * The window span i inflates from. An index read by its head alone
+   * (remote-index.ts) fetches each window on first use, unless span i - 1
+   * is decoded or being decoded: the window is its last bytes, no request
+   * needed (and they are the layer's own, checked by their span digest).
+   */
+  private windowOf(layer: IndexedLayer, i: number): Buffer | Promise<Buffer> {
+    const cp = layer.checkpoints[i]!;
+    const lazy = cp.lazyWindow;
+    if (!lazy) return cp.window;
+    if (lazy.loaded || layer.compression !== 'gzip') return lazy.loaded ?? empty;
+    const n = lazy.length;
+    const before = i > 0 && n > 0 ? `${layer.cacheKey ?? layer.blobDigest}#${i - 1}` : undefined;
+    if (before === undefined) return lazy.load();
+    const tail = (span: Buffer) => (span.length >= n ? span.subarray(span.length - n) : lazy.load());
+    const cached = this.cache.peek(before);
+    if (cached) return tail(cached);
+    return this.inFlight.get(before)?.then(tail, () => lazy.load()) ?? lazy.load();
+  }
+
+  private async decode(layer: IndexedLayer, i: number, compressed: Buffer, window: Buffer, skip: number, length: number): Promise<Buffer> {
     this.stats.decodes++;
     if (layer.compression === 'none') return compressed.subarray(skip, skip + length);
     try {
-      return await inflateFromAsync(layer.checkpoints[i]!, compressed, skip, length);
+      const cp = layer.checkpoints[i]!;
+      return await inflateFromAsync({ compressedOffset: cp.compressedOffset, bits: cp.bits, window }, compressed, skip, length);
     } catch (err) {
       // Verified bytes that do not inflate: the index does not describe this blob.
       throw new LazyrootError('INVALID_DATA', `layer ${shortDigest(layer.blobDigest)}: span ${i}: cannot inflate verified bytes (index and blob disagree): ${(err as Error).message}`, { cause: err });
     }
   }
 }
+
+const empty = Buffer.alloc(0);
 
 let shared: LayerRangeReader | undefined;
 

@@ -3,18 +3,18 @@ import { createHash } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
-import { LazyrootError } from '../errors.js';
+import { DigestMismatchError, LazyrootError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
 import type { LayerIndex } from './layer-index.js';
-import type { GzipCheckpoint, IndexEntry } from './types.js';
+import type { GzipCheckpoint, IndexEntry, LazyWindow } from './types.js';
 
 /*
  * Index file layout (little-endian; all offsets from the start of the file).
  *
  * Header, 128 bytes:
  *     0   8  magic "LZRINDEX"
- *     8   2  format version (u16) = 1
+ *     8   2  format version (u16) = 2 (1: records of 64 bytes, no window digest; still read)
  *    10   1  layer compression: 0 = none (plain tar), 1 = gzip
  *    11   1  reserved, 0
  *    12   4  checkpoint count N (u32)
@@ -27,7 +27,7 @@ import type { GzipCheckpoint, IndexEntry } from './types.js';
  *   104   8  windows section length W (u64)
  *   112  16  reserved, 0
  *
- * Checkpoint table at 128, N records of 64 bytes:
+ * Checkpoint table at 128, N records of 96 bytes:
  *     0   8  compressedOffset (u64)
  *     8   8  uncompressedOffset (u64)
  *    16   8  window's offset in the windows section (u64)
@@ -37,8 +37,9 @@ import type { GzipCheckpoint, IndexEntry } from './types.js';
  *    30   1  bits (0–7)
  *    31   1  reserved, 0
  *    32  32  span digest, sha256, raw
+ *    64  32  window digest: sha256 of the window's stored bytes, raw
  *
- * Entries section at 128 + 64·N, E bytes: raw deflate of a JSON array with
+ * Entries section at 128 + 96·N, E bytes: raw deflate of a JSON array with
  * one array per entry, in archive order:
  *   [path, type, mode, uid, gid, size, mtime, dataOffset, linkname, devmajor,
  *    devminor, xattrs, sparse, mtimeNsec]
@@ -51,11 +52,18 @@ import type { GzipCheckpoint, IndexEntry } from './types.js';
  * Windows section, W bytes: the stored windows back to back.
  *
  * Trailer, 32 bytes: sha256 of every byte before it.
+ *
+ * The head (header, table and entries: every byte before the windows) can be
+ * read alone and the windows fetched one by one as spans are first decoded,
+ * each checked by its own digest: a registry's index is used that way
+ * (remote-index.ts), its head's digest in the artifact's annotations. The
+ * windows are ~90 % of the file and a mount decodes few spans.
  */
 const magic = Buffer.from('LZRINDEX', 'ascii');
-const version = 1;
+const version = 2;
 const headerSize = 128;
-const recordSize = 64;
+const recordSizes: Record<number, number> = { 1: 64, 2: 96 };
+const recordSize = recordSizes[version]!;
 const trailerSize = 32;
 const types: ReadonlyArray<IndexEntry['type']> = ['file', 'dir', 'symlink', 'hardlink', 'char', 'block', 'fifo'];
 const typeCodes = new Map(types.map((t, i) => [t, i]));
@@ -82,6 +90,7 @@ export function encodeIndex(index: LayerIndex): Buffer {
     table.writeUInt16LE(cp.window.length, at + 28);
     table.writeUInt8(cp.bits, at + 30);
     rawDigest(cp.spanDigest, `checkpoint ${i} span digest`).copy(table, at + 32);
+    createHash('sha256').update(stored).digest().copy(table, at + 64);
     windows.push(stored);
     windowsLength += stored.length;
   });
@@ -106,42 +115,109 @@ export function encodeIndex(index: LayerIndex): Buffer {
 
 /** Decodes an index file's bytes; `what` names the file in errors. */
 export function decodeIndex(data: Buffer, what = 'index file'): LayerIndex {
-  const bad = (why: string): LazyrootError => new LazyrootError('INVALID_DATA', `${what}: not a valid lazyroot index (${why}); rebuild it`);
+  const bad = badIndex(what);
   if (data.length < headerSize + trailerSize || !data.subarray(0, 8).equals(magic)) throw bad('bad magic');
   const body = data.subarray(0, data.length - trailerSize);
   if (!createHash('sha256').update(body).digest().equals(data.subarray(data.length - trailerSize))) throw bad('checksum mismatch: the file is damaged');
-  if (data.readUInt16LE(8) !== version) throw bad(`format version ${data.readUInt16LE(8)}, expected ${version}`);
-  const compressionCode = data.readUInt8(10);
-  if (compressionCode > 1) throw bad(`unknown compression ${compressionCode}`);
-  const count = data.readUInt32LE(12);
-  const entryCount = data.readUInt32LE(96);
-  const entriesLength = data.readUInt32LE(100);
-  const windowsLength = readU64(data, 104);
-  const tableAt = headerSize;
-  const entriesAt = tableAt + count * recordSize;
-  const windowsAt = entriesAt + entriesLength;
-  if (windowsAt + windowsLength !== body.length) throw bad('section lengths do not add up');
-
+  const layout = layoutOf(data, bad);
+  if (layout.windowsAt + layout.windowsLength !== body.length) throw bad('section lengths do not add up');
   // The windows section is copied out of the file's buffer (which also holds the entries, large for
   // a layer of many files) and each window inflated when its span is first decoded, not here: a
   // mount reads a few spans of hundreds.
-  const windows = Buffer.from(data.subarray(windowsAt, windowsAt + windowsLength));
+  const windows = Buffer.from(data.subarray(layout.windowsAt, layout.windowsAt + layout.windowsLength));
+  return decodeHead(data, layout, bad, (w) => new StoredCheckpoint(w, windows.subarray(w.windowOffset, w.windowOffset + w.stored), what));
+}
+
+/**
+ * The bytes of an index file before its windows (header, checkpoint table,
+ * entries): what {@link decodeIndexHead} needs. Undefined for a version 1
+ * file, whose windows cannot be checked one by one.
+ */
+export function indexHeadLength(data: Buffer, what = 'index file'): number | undefined {
+  const bad = badIndex(what);
+  if (data.length < headerSize || !data.subarray(0, 8).equals(magic)) throw bad('bad magic');
+  const layout = layoutOf(data, bad);
+  return layout.version >= 2 ? layout.windowsAt : undefined;
+}
+
+/** Whether an index was read by its head alone: its windows are fetched as its spans are decoded, and it is not whole to write. */
+export function fetchesWindows(index: LayerIndex): boolean {
+  return index.checkpoints.some((cp) => cp.lazyWindow !== undefined);
+}
+
+/**
+ * Decodes the head of an index file (its first {@link indexHeadLength}
+ * bytes, checked by the caller against a digest it trusts) without its
+ * windows: each checkpoint's window is fetched by `fetchWindow` (bytes
+ * [start, end) of the windows section) when its span is first decoded, and
+ * checked against the window digest in the table. Version 2 files only: a
+ * version 1 table has no window digests.
+ */
+export function decodeIndexHead(head: Buffer, what: string, fetchWindow: (start: number, end: number) => Promise<Buffer>): LayerIndex {
+  const bad = badIndex(what);
+  if (head.length < headerSize || !head.subarray(0, 8).equals(magic)) throw bad('bad magic');
+  const layout = layoutOf(head, bad);
+  if (layout.version < 2) throw bad(`format version ${layout.version} has no window digests: it is read whole or not at all`);
+  if (head.length !== layout.windowsAt) throw bad(`its head is ${layout.windowsAt} bytes, not ${head.length}`);
+  return decodeHead(head, layout, bad, (w) => new FetchedCheckpoint(w, fetchWindow, () => bad(`checkpoint ${w.index}: its window does not inflate to the ${w.length} bytes the table says`)));
+}
+
+interface Layout {
+  version: number;
+  record: number;
+  count: number;
+  entryCount: number;
+  entriesAt: number;
+  windowsAt: number;
+  windowsLength: number;
+}
+
+/** Where a window lies in the windows section, what it inflates to and the digest it must have. */
+export interface WindowPlace {
+  index: number;
+  /** The checkpoint's fields other than its window. */
+  fields: Omit<GzipCheckpoint, 'window' | 'lazyWindow'>;
+  windowOffset: number;
+  stored: number;
+  length: number;
+  /** sha256 of the stored bytes (version 2), else undefined. */
+  digest: Digest | undefined;
+}
+
+function badIndex(what: string): (why: string) => LazyrootError {
+  return (why) => new LazyrootError('INVALID_DATA', `${what}: not a valid lazyroot index (${why}); rebuild it`);
+}
+
+function layoutOf(data: Buffer, bad: (why: string) => LazyrootError): Layout {
+  const v = data.readUInt16LE(8);
+  const record = recordSizes[v];
+  if (record === undefined) throw bad(`format version ${v}, expected ${version}`);
+  const count = data.readUInt32LE(12);
+  const entriesAt = headerSize + count * record;
+  return { version: v, record, count, entryCount: data.readUInt32LE(96), entriesAt, windowsAt: entriesAt + data.readUInt32LE(100), windowsLength: readU64(data, 104) };
+}
+
+/** The index a file's head describes, its checkpoints made by `checkpoint` from where their windows lie. */
+function decodeHead(data: Buffer, layout: Layout, bad: (why: string) => LazyrootError, checkpoint: (w: WindowPlace) => GzipCheckpoint): LayerIndex {
+  const compressionCode = data.readUInt8(10);
+  if (compressionCode > 1) throw bad(`unknown compression ${compressionCode}`);
+  const { count, entryCount, entriesAt, windowsAt, windowsLength, record } = layout;
+  if (windowsAt > data.length) throw bad('section lengths do not add up');
   const checkpoints: GzipCheckpoint[] = new Array(count);
   for (let i = 0; i < count; i++) {
-    const at = tableAt + i * recordSize;
+    const at = headerSize + i * record;
     const windowOffset = readU64(data, at + 16);
     const stored = data.readUInt32LE(at + 24);
     const length = data.readUInt16LE(at + 28);
     if (windowOffset + stored > windowsLength || length > 32768) throw bad(`checkpoint ${i}: window outside its section`);
-    checkpoints[i] = new StoredCheckpoint(
-      readU64(data, at),
-      data.readUInt8(at + 30),
-      readU64(data, at + 8),
-      `sha256:${data.toString('hex', at + 32, at + 64)}`,
-      windows.subarray(windowOffset, windowOffset + stored),
+    checkpoints[i] = checkpoint({
+      index: i,
+      fields: { compressedOffset: readU64(data, at), bits: data.readUInt8(at + 30), uncompressedOffset: readU64(data, at + 8), spanDigest: `sha256:${data.toString('hex', at + 32, at + 64)}` },
+      windowOffset,
+      stored,
       length,
-      () => bad(`checkpoint ${i}: its window does not inflate to the ${length} bytes the table says`),
-    );
+      digest: record >= 96 ? `sha256:${data.toString('hex', at + 64, at + 96)}` : undefined,
+    });
   }
 
   // The tuples are parsed a batch at a time (json-split.ts): never the whole list as one string and one tree of arrays.
@@ -178,34 +254,118 @@ export function decodeIndex(data: Buffer, what = 'index file'): LayerIndex {
   };
 }
 
+/** Inflates a stored window to the length its table gives, or throws `damaged()`. */
+function inflateWindow(stored: Buffer, length: number, damaged: () => LazyrootError): Buffer {
+  let window: Buffer;
+  if (length === 0) window = empty;
+  else if (stored.length === length) window = stored;
+  else {
+    try {
+      window = inflateRawSync(stored, { maxOutputLength: length });
+    } catch {
+      throw damaged();
+    }
+  }
+  if (window.length !== length) throw damaged();
+  return window;
+}
+
 /** A checkpoint read from an index file: its window is inflated the first time it is asked for. */
 class StoredCheckpoint implements GzipCheckpoint {
+  readonly compressedOffset: number;
+  readonly bits: number;
+  readonly uncompressedOffset: number;
+  readonly spanDigest: Digest;
   private inflated: Buffer | undefined;
 
   constructor(
-    readonly compressedOffset: number,
-    readonly bits: number,
-    readonly uncompressedOffset: number,
-    readonly spanDigest: Digest,
+    private readonly place: WindowPlace,
     private readonly stored: Buffer,
-    private readonly length: number,
-    private readonly damaged: () => LazyrootError,
-  ) {}
+    private readonly what: string,
+  ) {
+    ({ compressedOffset: this.compressedOffset, bits: this.bits, uncompressedOffset: this.uncompressedOffset, spanDigest: this.spanDigest } = place.fields);
+  }
 
   get window(): Buffer {
-    if (this.inflated) return this.inflated;
-    let window: Buffer;
-    if (this.length === 0) window = empty;
-    else if (this.stored.length === this.length) window = this.stored;
-    else {
-      try {
-        window = inflateRawSync(this.stored, { maxOutputLength: this.length });
-      } catch {
-        throw this.damaged();
-      }
+    this.inflated ??= inflateWindow(this.stored, this.place.length, () => badIndex(this.what)(`checkpoint ${this.place.index}: its window does not inflate to the ${this.place.length} bytes the table says`));
+    return this.inflated;
+  }
+
+  /** Checks the stored window against its digest (version 2), then that it inflates: what a registry's whole index must pass. */
+  checkWindow(what: string): void {
+    const { digest, index } = this.place;
+    if (digest !== undefined) {
+      const got = `sha256:${createHash('sha256').update(this.stored).digest('hex')}`;
+      if (got !== digest) throw new DigestMismatchError(`${what}: checkpoint ${index}: its window`, digest, got);
     }
-    if (window.length !== this.length) throw this.damaged();
-    return (this.inflated = window);
+    this.inflated = inflateWindow(this.stored, this.place.length, () => badIndex(what)(`checkpoint ${index}: its window does not inflate to the ${this.place.length} bytes the table says`));
+  }
+}
+
+/**
+ * A checkpoint of an index read by its head alone: the window is fetched
+ * (once; again after a failure), checked against its digest and inflated
+ * when a span is first decoded from it. `window` is there once `load()` has
+ * resolved.
+ */
+class FetchedCheckpoint implements GzipCheckpoint, LazyWindow {
+  readonly compressedOffset: number;
+  readonly bits: number;
+  readonly uncompressedOffset: number;
+  readonly spanDigest: Digest;
+  readonly lazyWindow: LazyWindow = this;
+  loaded: Buffer | undefined;
+  private loading: Promise<Buffer> | undefined;
+
+  constructor(
+    private readonly place: WindowPlace,
+    private readonly fetchWindow: (start: number, end: number) => Promise<Buffer>,
+    private readonly damaged: () => LazyrootError,
+  ) {
+    ({ compressedOffset: this.compressedOffset, bits: this.bits, uncompressedOffset: this.uncompressedOffset, spanDigest: this.spanDigest } = place.fields);
+    if (place.length === 0) this.loaded = empty;
+  }
+
+  get length(): number {
+    return this.place.length;
+  }
+
+  get window(): Buffer {
+    if (!this.loaded) throw new LazyrootError('FAILED_PRECONDITION', `checkpoint ${this.place.index}: its window was used before it was fetched`);
+    return this.loaded;
+  }
+
+  load(): Promise<Buffer> {
+    if (this.loaded) return Promise.resolve(this.loaded);
+    this.loading ??= this.fetch().then(
+      (window) => (this.loaded = window),
+      (err: unknown) => {
+        this.loading = undefined; // a later read asks again
+        throw err;
+      },
+    );
+    return this.loading;
+  }
+
+  private async fetch(): Promise<Buffer> {
+    const { windowOffset, stored, digest, index } = this.place;
+    const bytes = await this.fetchWindow(windowOffset, windowOffset + stored);
+    const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
+    if (got !== digest) throw new DigestMismatchError(`checkpoint ${index}: its window (bytes ${windowOffset}-${windowOffset + stored} of the windows)`, digest!, got);
+    return inflateWindow(bytes, this.place.length, this.damaged);
+  }
+}
+
+/**
+ * Checks every window of a decoded index file: each against its digest
+ * (version 2) and that it inflates to its length. For an index taken whole
+ * from a registry: its trailer is the sender's word, its windows are all
+ * used from here on without another look.
+ */
+export function checkWindows(index: LayerIndex, what: string): void {
+  for (const cp of index.checkpoints) {
+    if (cp instanceof StoredCheckpoint) cp.checkWindow(what);
+    else void cp.window;
   }
 }
 

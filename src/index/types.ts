@@ -44,10 +44,21 @@ export interface GzipCheckpoint {
   bits: number;
   /** Offset in the uncompressed stream this checkpoint restarts at. */
   uncompressedOffset: number;
-  /** The 32 KiB of uncompressed data before this point (empty at offset 0). */
+  /** The 32 KiB of uncompressed data before this point (empty at offset 0). With `lazyWindow`, there only once it is loaded. */
   window: Buffer;
+  /** Set when the window is fetched on first use (an index read by its head alone): load it before `window` is read. */
+  lazyWindow?: LazyWindow;
   /** sha256 of the compressed bytes from this checkpoint's byte (the one holding `bits`, if any) to the next checkpoint's. */
   spanDigest: Digest;
+}
+
+/** A checkpoint's window not yet in memory: fetched and checked by its digest on `load()`. */
+export interface LazyWindow {
+  /** Its length once inflated (at most 32768). */
+  readonly length: number;
+  /** The window when it has been loaded. */
+  readonly loaded: Buffer | undefined;
+  load(): Promise<Buffer>;
 }
 
 /** An eStargz chunk: a separately compressed piece of one file, with its own digest. */

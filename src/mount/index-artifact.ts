@@ -10,8 +10,11 @@ import {
   layerDigestAnnotation,
   layerSizeAnnotation,
   lazyrootIndexArtifactType,
+  spanIndexHeadDigestAnnotation,
+  spanIndexHeadSizeAnnotation,
   spanIndexMediaType,
 } from '../oci/referrers.js';
+import { indexHeadLength } from '../index/index-file.js';
 import type { Descriptor } from '../oci/types.js';
 import { parseReference, type DockerReference } from '../reference/reference.js';
 import { RegistryPusher } from '../source/registry/push.js';
@@ -69,8 +72,7 @@ export async function pushImageIndexes(store: Store, ref: string, options: Index
     if (layer.format !== 'gzip' && layer.format !== 'tar') continue;
     const bytes = await readFile(store.paths.index(layer.digest));
     const size = sizes.get(layer.digest);
-    const annotations: Record<string, string> = { [layerDigestAnnotation]: layer.digest, ...(size !== undefined ? { [layerSizeAnnotation]: String(size) } : {}) };
-    blobs.push({ descriptor: { mediaType: spanIndexMediaType, digest: sha256(bytes), size: bytes.length, annotations }, bytes, what: `span index of layer ${shortDigest(layer.digest)}` });
+    blobs.push({ descriptor: spanIndexDescriptor(bytes, layer.digest, size), bytes, what: `span index of layer ${shortDigest(layer.digest)}` });
   }
   const profile = await readFile(profilePath(store, image.id)).catch(() => undefined);
   if (profile) blobs.push({ descriptor: { mediaType: accessProfileMediaType, digest: sha256(profile), size: profile.length }, bytes: profile, what: 'access profile' });
@@ -120,6 +122,25 @@ export async function pushImageIndexes(store: Store, ref: string, options: Index
   } finally {
     await pusher.close();
   }
+}
+
+/**
+ * The descriptor of a span index in the artifact: the layer it indexes, and
+ * its head's size and digest, so that a mount can take the head alone and
+ * fetch windows as it needs them (remote-index.ts).
+ */
+export function spanIndexDescriptor(bytes: Buffer, layerDigest: Digest, layerSize: number | undefined): Descriptor {
+  const head = indexHeadLength(bytes, `span index of layer ${shortDigest(layerDigest)}`);
+  return {
+    mediaType: spanIndexMediaType,
+    digest: sha256(bytes),
+    size: bytes.length,
+    annotations: {
+      [layerDigestAnnotation]: layerDigest,
+      ...(layerSize !== undefined ? { [layerSizeAnnotation]: String(layerSize) } : {}),
+      ...(head !== undefined ? { [spanIndexHeadSizeAnnotation]: String(head), [spanIndexHeadDigestAnnotation]: sha256(bytes.subarray(0, head)) } : {}),
+    },
+  };
 }
 
 /** The registry reference to push to: `ref` when it names one, else the first registry name of the image. */

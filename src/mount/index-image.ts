@@ -57,7 +57,7 @@ export async function indexImage(store: Store, ref: string, options: IndexImageO
           ...(remote
             ? {
                 remote: async () => {
-                  const found = await remote.indexFor(blob, layer.diffId, compression, what);
+                  const found = await remote.indexFor(blob, layer.diffId, compression, what, { whole: true });
                   if (found) from = 'registry';
                   return found;
                 },

@@ -203,7 +203,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       opened,
       decodedCache,
       // Looked up once for the image (the whole one: the artifact's subject), when the first layer without an index asks.
-      ...(options.remoteIndex !== false ? { remoteIndexes: new RemoteIndexes(store, source, whole, options.logger) } : {}),
+      ...(options.remoteIndex !== false ? { remoteIndexes: new RemoteIndexes(store, source, whole, options.logger, options.deadlineMs) } : {}),
     };
     layers.push(...(await Promise.all(image.chainIds.map((chainId, i) => prepareLayer(store, source, image, i, chainId, options, context)))));
     tracePhase('lazy: layer indexes ready');

@@ -1,13 +1,21 @@
 import { readFile } from 'node:fs/promises';
-import { LazyrootError } from '../errors.js';
-import { shortDigest, type Digest } from '../oci/digest.js';
-import { accessProfileMediaType, layerDigestAnnotation, lazyrootIndexArtifactType, newestFirst, spanIndexMediaType } from '../oci/referrers.js';
+import { DigestMismatchError, LazyrootError } from '../errors.js';
+import { sha256, shortDigest, type Digest } from '../oci/digest.js';
+import {
+  accessProfileMediaType,
+  layerDigestAnnotation,
+  lazyrootIndexArtifactType,
+  newestFirst,
+  spanIndexHeadDigestAnnotation,
+  spanIndexHeadSizeAnnotation,
+  spanIndexMediaType,
+} from '../oci/referrers.js';
 import type { Descriptor, ImageManifest } from '../oci/types.js';
 import type { ImageSource } from '../source/image-source.js';
 import type { ImageRecord } from '../store/metadata-db.js';
 import type { Store } from '../store/store.js';
 import { spanStart } from '../index/gzip-native.js';
-import { decodeIndex } from '../index/index-file.js';
+import { checkWindows, decodeIndex, decodeIndexHead } from '../index/index-file.js';
 import type { LayerIndex } from '../index/layer-index.js';
 import { parseProfile, profilePath, writeProfile } from './access-profile.js';
 
@@ -37,6 +45,8 @@ export class RemoteIndexes {
     private readonly source: ImageSource,
     private readonly image: ImageRecord,
     private readonly log: (message: string, error?: unknown) => void = () => undefined,
+    /** Bound on each request for an index's head or a window. */
+    private readonly deadlineMs = 30_000,
   ) {}
 
   /**
@@ -44,7 +54,7 @@ export class RemoteIndexes {
    * keep, or undefined (no artifact, none for this layer, or one that failed
    * a check: the reason is logged).
    */
-  async indexFor(layer: { digest: Digest; size: number }, diffId: Digest, compression: 'gzip' | 'none', what: string): Promise<LayerIndex | undefined> {
+  async indexFor(layer: { digest: Digest; size: number }, diffId: Digest, compression: 'gzip' | 'none', what: string, options: { whole?: boolean } = {}): Promise<LayerIndex | undefined> {
     const artifact = await this.artifact();
     if (!artifact) return undefined;
     const descriptor = artifact.indexes.get(layer.digest);
@@ -54,16 +64,42 @@ export class RemoteIndexes {
     }
     const named = `${what}: remote index ${shortDigest(descriptor.digest)} (artifact ${shortDigest(artifact.digest)})`;
     try {
-      const bytes = await this.source.fetchVerified!('blob', descriptor, maxIndexBytes);
-      const index = decodeIndex(bytes, named);
-      // decodeIndex leaves each window to its first use; a registry's must all inflate now, or the index is ignored.
-      for (const cp of index.checkpoints) void cp.window;
+      const index = (!options.whole && (await this.headOnly(descriptor, named))) || (await this.wholeIndex(descriptor, named));
       checkRemoteIndex(index, { ...layer, diffId, compression }, named);
       return index;
     } catch (err) {
       this.log(`${named}: ignored, streaming the layer to build an index instead`, err);
       return undefined;
     }
+  }
+
+  /** The whole index file, every window checked now (decodeIndex would leave each to its first use). */
+  private async wholeIndex(descriptor: Descriptor, named: string): Promise<LayerIndex> {
+    const index = decodeIndex(await this.source.fetchVerified!('blob', descriptor, maxIndexBytes), named);
+    checkWindows(index, named);
+    return index;
+  }
+
+  /**
+   * The index read by its head alone, when the artifact gives the head's
+   * size and digest and the registry serves ranges: one request for the
+   * head (checked against that digest), then one per window a read needs
+   * (checked against the head's window digests), each bounded by the
+   * mount's deadline. Undefined when the artifact gives no head.
+   */
+  private async headOnly(descriptor: Descriptor, named: string): Promise<LayerIndex | undefined> {
+    const size = Number(descriptor.annotations?.[spanIndexHeadSizeAnnotation]);
+    const digest = descriptor.annotations?.[spanIndexHeadDigestAnnotation];
+    const { source } = this;
+    if (!source.readRange || digest === undefined || !Number.isSafeInteger(size)) return undefined;
+    if (size < 128 || size > descriptor.size || size > maxIndexBytes) throw new LazyrootError('INVALID_DATA', `${named}: its head of ${size} bytes does not fit its ${descriptor.size}`);
+    const head = await source.readRange(descriptor, 0, size, { signal: AbortSignal.timeout(this.deadlineMs) });
+    const got = sha256(head);
+    if (got !== digest) throw new DigestMismatchError(`${named}: its head (bytes 0-${size})`, digest, got);
+    return decodeIndexHead(head, named, async (start, end) => {
+      if (size + end > descriptor.size) throw new LazyrootError('INVALID_DATA', `${named}: a window at bytes ${size + start}-${size + end} lies past its ${descriptor.size}`);
+      return source.readRange!(descriptor, size + start, size + end, { signal: AbortSignal.timeout(this.deadlineMs) });
+    });
   }
 
   private artifact(): Promise<FoundArtifact | undefined> {

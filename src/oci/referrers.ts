@@ -20,20 +20,30 @@ import type { Descriptor, ImageIndex } from './types.js';
  *     "layers": [
  *        { mediaType: span-index, digest, size,
  *          annotations: { "io.lazyroot.layer.digest": <layer blob digest>,
- *                         "io.lazyroot.layer.size": <its bytes> } },   one per gzip/tar layer
+ *                         "io.lazyroot.layer.size": <its bytes>,
+ *                         "io.lazyroot.span-index.head.size": <bytes before the windows>,
+ *                         "io.lazyroot.span-index.head.digest": <their sha256> } },
+ *                                                                      one per gzip/tar layer
  *        { mediaType: access-profile, digest, size }                    when one is recorded
  *     ],
  *     "subject": { the image manifest's descriptor },
  *     "annotations": { "org.opencontainers.image.created": <RFC 3339> } }
  *
  * Span-index blobs are lazyroot index files (src/index/index-file.ts), byte
- * for byte what `lazyroot index` keeps under indexes/.
+ * for byte what `lazyroot index` keeps under indexes/. The head annotations
+ * let a mount fetch a span index's head alone (one Range request, checked
+ * against the head digest) and then each window it needs by range, checked
+ * by the window digests in the head: most of a span index is windows, and a
+ * mount needs few of them. Without them (an artifact of an older lazyroot)
+ * the blob is fetched whole.
  */
 export const lazyrootIndexArtifactType = 'application/vnd.lazyroot.index.v1';
 export const spanIndexMediaType = 'application/vnd.lazyroot.span-index.v1';
 export const accessProfileMediaType = 'application/vnd.lazyroot.access-profile.v1+json';
 export const layerDigestAnnotation = 'io.lazyroot.layer.digest';
 export const layerSizeAnnotation = 'io.lazyroot.layer.size';
+export const spanIndexHeadSizeAnnotation = 'io.lazyroot.span-index.head.size';
+export const spanIndexHeadDigestAnnotation = 'io.lazyroot.span-index.head.digest';
 export const createdAnnotation = 'org.opencontainers.image.created';
 
 /** The empty JSON object every artifact without a config points at. */

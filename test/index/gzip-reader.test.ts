@@ -8,6 +8,7 @@ import type { LazyrootError } from '../../src/errors.js';
 import { createGzipIndexer } from '../../src/index/gzip-native.js';
 import { decodedBytesCache, LayerRangeReader, readFileRange, type IndexedLayer } from '../../src/index/gzip-reader.js';
 import { buildGzipIndex, buildTarIndex, type LayerIndex } from '../../src/index/layer-index.js';
+import { decodeIndexHead, encodeIndex, indexHeadLength } from '../../src/index/index-file.js';
 import type { IndexEntry } from '../../src/index/types.js';
 import { chunked, gzipCli, makeLayer, MemoryBlob, multiMemberGzip, type FixtureLayer } from './layer-fixtures.js';
 
@@ -242,4 +243,34 @@ test('throughput: building an index vs gzip -dc on the same blob (printed, not a
       `gzip -dc ${rate(gzipMs)} (${gzipMs.toFixed(0)} ms); native indexer ${rate(nativeMs)} (${nativeMs.toFixed(0)} ms); ` +
       `buildGzipIndex with blob, span and diff-ID hashes and the tar index ${rate(fullMs)} (${fullMs.toFixed(0)} ms)`,
   );
+});
+
+test('an index read by its head alone: a span\'s window is fetched beside its bytes, or cut from the span before it when that is decoded', async () => {
+  const file = encodeIndex(index);
+  const windowsAt = indexHeadLength(file)!;
+  const fetched: number[] = [];
+  const head = decodeIndexHead(file.subarray(0, windowsAt), 'head of big layer', async (start, end) => {
+    fetched.push(start);
+    return file.subarray(windowsAt + start, windowsAt + end);
+  });
+  const l = gzipLayer(blob, head);
+  const reader = new LayerRangeReader();
+  // Every file whole, in pieces and at random: each byte right.
+  await readAllFiles(reader, l, head);
+  const spans = head.checkpoints.length;
+  const distinct = new Set(fetched);
+  assert.equal(distinct.size, fetched.length, 'no window fetched twice');
+  // Read in order, most spans find the span before them decoded: their windows are never fetched.
+  assert.ok(fetched.length < spans / 2, `${fetched.length} of ${spans} windows fetched`);
+
+  // A read from the middle of a span whose neighbour is not decoded fetches its window, and the bytes are right.
+  const fresh = decodeIndexHead(file.subarray(0, windowsAt), 'head of big layer', async (start, end) => {
+    fetched.push(start);
+    return file.subarray(windowsAt + start, windowsAt + end);
+  });
+  fetched.length = 0;
+  const big = files(index).filter((e) => !e.sparse && e.size > 3 * MiB).at(-1)!;
+  const got = await new LayerRangeReader().readFileRange(big, 2 * MiB, 4096, gzipLayer(blob, fresh));
+  assert.ok(got.equals(layer.files.get(big.path)!.subarray(2 * MiB, 2 * MiB + 4096)));
+  assert.equal(fetched.length, 1, 'one window fetched');
 });

@@ -5,7 +5,7 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { LazyrootError } from '../../src/errors.js';
-import { decodeIndex, encodeIndex, readIndexFile, writeIndexFile } from '../../src/index/index-file.js';
+import { checkWindows, decodeIndex, decodeIndexHead, encodeIndex, fetchesWindows, indexHeadLength, readIndexFile, writeIndexFile } from '../../src/index/index-file.js';
 import { buildGzipIndex } from '../../src/index/layer-index.js';
 import type { IndexEntry } from '../../src/index/types.js';
 import type { LayerIndex } from '../../src/index/layer-index.js';
@@ -153,8 +153,8 @@ test('a window is inflated when first asked for; one that does not inflate (a ho
   // Damage the second checkpoint's stored window (deflated: compressible text), then seal the file again.
   const damaged = Buffer.from(file);
   const count = damaged.readUInt32LE(12);
-  const windowsAt = 128 + 64 * count + damaged.readUInt32LE(100);
-  const record = 128 + 64 * 2;
+  const windowsAt = 128 + 96 * count + damaged.readUInt32LE(100);
+  const record = 128 + 96 * 2;
   const offset = Number(damaged.readBigUInt64LE(record + 16));
   assert.ok(damaged.readUInt32LE(record + 24) < 32768, 'the window is stored deflated');
   damaged[windowsAt + offset] = 0xff; // a reserved block type
@@ -165,4 +165,66 @@ test('a window is inflated when first asked for; one that does not inflate (a ho
     () => lazy.checkpoints[2]!.window,
     (err: LazyrootError) => err.code === 'INVALID_DATA' && /index file x: not a valid lazyroot index \(checkpoint 2: its window does not inflate to the 32768 bytes the table says\)/.test(err.message),
   );
+});
+
+/** The same index as a version 1 file (64-byte records, no window digests), as lazyroot wrote before version 2. */
+function asVersion1(v2: Buffer): Buffer {
+  const count = v2.readUInt32LE(12);
+  const header = Buffer.from(v2.subarray(0, 128));
+  header.writeUInt16LE(1, 8);
+  const records = Array.from({ length: count }, (_, i) => v2.subarray(128 + 96 * i, 128 + 96 * i + 64));
+  const body = Buffer.concat([header, ...records, v2.subarray(128 + 96 * count, v2.length - 32)]);
+  return Buffer.concat([body, createHash('sha256').update(body).digest()]);
+}
+
+test('version 1 files (no window digests) are still read; they have no head to read alone', () => {
+  const index = bigIndex(40, 4);
+  const v1 = asVersion1(encodeIndex(index));
+  assert.equal(v1.readUInt16LE(8), 1);
+  assert.deepEqual(plain(decodeIndex(v1)), plain(decodeIndex(encodeIndex(index))));
+  assert.equal(indexHeadLength(v1), undefined);
+  assert.throws(() => decodeIndexHead(v1.subarray(0, 128 + 64 * 4 + v1.readUInt32LE(100)), 'old', async () => Buffer.alloc(0)), /format version 1 has no window digests/);
+});
+
+test('an index read by its head alone fetches each window when asked, checks it by its digest, and asks again after a failure', async () => {
+  const index = bigIndex(30, 4);
+  const file = encodeIndex(index);
+  const headLength = indexHeadLength(file)!;
+  const windowsAt = headLength;
+  const asked: Array<[number, number]> = [];
+  let serve = (start: number, end: number): Buffer => file.subarray(windowsAt + start, windowsAt + end);
+  const head = decodeIndexHead(file.subarray(0, headLength), 'remote index x', async (start, end) => {
+    asked.push([start, end]);
+    return serve(start, end);
+  });
+  assert.ok(fetchesWindows(head));
+  assert.deepEqual(plain({ ...head, checkpoints: [] }), plain({ ...decodeIndex(file), checkpoints: [] }), 'entries and sizes as the whole file has them');
+  assert.equal(asked.length, 0, 'no window fetched before one is asked for');
+  assert.throws(() => head.checkpoints[2]!.window, /used before it was fetched/);
+  const w2 = await head.checkpoints[2]!.lazyWindow!.load();
+  assert.ok(w2.equals(index.checkpoints[2]!.window));
+  assert.ok(head.checkpoints[2]!.window.equals(w2));
+  await head.checkpoints[2]!.lazyWindow!.load();
+  assert.equal(asked.length, 1, 'a window is fetched once');
+  assert.equal(head.checkpoints[0]!.lazyWindow!.loaded?.length, 0, 'the first checkpoint has no window to fetch');
+
+  // Wrong bytes for a window: a digest mismatch naming the checkpoint; the right ones on the next try.
+  serve = (start, end) => Buffer.alloc(end - start, 0x41);
+  await assert.rejects(head.checkpoints[3]!.lazyWindow!.load(), (err: LazyrootError) => err.code === 'DIGEST_MISMATCH' && /checkpoint 3: its window/.test(err.message));
+  serve = (start, end) => file.subarray(windowsAt + start, windowsAt + end);
+  assert.ok((await head.checkpoints[3]!.lazyWindow!.load()).equals(index.checkpoints[3]!.window));
+
+  assert.throws(() => decodeIndexHead(file.subarray(0, headLength - 1), 'cut', async () => Buffer.alloc(0)), /not a valid lazyroot index/);
+});
+
+test('checkWindows: a whole index from elsewhere whose window is not the one its digest names is refused', () => {
+  const index = bigIndex(10, 3);
+  const damaged = encodeIndex(index);
+  const count = damaged.readUInt32LE(12);
+  const windowsAt = 128 + 96 * count + damaged.readUInt32LE(100);
+  const record = 128 + 96 * 1;
+  damaged[windowsAt + Number(damaged.readBigUInt64LE(record + 16)) + 5]! ^= 0x10;
+  createHash('sha256').update(damaged.subarray(0, damaged.length - 32)).digest().copy(damaged, damaged.length - 32);
+  assert.throws(() => checkWindows(decodeIndex(damaged), 'remote index y'), (err: LazyrootError) => err.code === 'DIGEST_MISMATCH' && /remote index y: checkpoint 1: its window/.test(err.message));
+  checkWindows(decodeIndex(encodeIndex(index)), 'honest');
 });

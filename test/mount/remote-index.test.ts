@@ -5,9 +5,11 @@ import { createHash } from 'node:crypto';
 import { access, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { decodeIndex, encodeIndex } from '../../src/index/index-file.js';
+import { decodeIndex, encodeIndex, indexHeadLength } from '../../src/index/index-file.js';
 import { MediaType } from '../../src/oci/media-types.js';
-import { emptyConfigBytes, emptyConfigDescriptor, layerDigestAnnotation, lazyrootIndexArtifactType, spanIndexMediaType } from '../../src/oci/referrers.js';
+import { emptyConfigBytes, emptyConfigDescriptor, layerDigestAnnotation, lazyrootIndexArtifactType, spanIndexHeadDigestAnnotation, spanIndexMediaType } from '../../src/oci/referrers.js';
+import { spanIndexDescriptor } from '../../src/mount/index-artifact.js';
+import type { Digest } from '../../src/oci/digest.js';
 import type { Descriptor } from '../../src/oci/types.js';
 import { parseReference, type DockerReference } from '../../src/reference/reference.js';
 import { RegistryPusher } from '../../src/source/registry/push.js';
@@ -42,6 +44,16 @@ function text(bytes: number, seed: number): Buffer {
     n += piece.length;
   }
   return Buffer.from(parts.join('')).subarray(0, bytes);
+}
+
+/** Bytes [offset, offset + length) of a file, read by `dd` in a child (a read from the middle, as a program seeking would). */
+function readRangeInChild(path: string, offset: number, length: number): Promise<{ ok: boolean; bytes?: Buffer; error?: string }> {
+  const child = spawn('dd', [`if=${path}`, 'bs=4096', `skip=${offset / 4096}`, `count=${length / 4096}`, 'status=none'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const out: Buffer[] = [];
+  let stderr = '';
+  child.stdout.on('data', (c: Buffer) => out.push(c));
+  child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  return new Promise((resolve) => child.on('close', (code) => resolve(code === 0 ? { ok: true, bytes: Buffer.concat(out) } : { ok: false, error: stderr })));
 }
 
 function readInChild(path: string): Promise<{ ok: boolean; sha256?: string; error?: string }> {
@@ -79,6 +91,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
   const hello = Buffer.from('hello from a machine that never streamed this layer\n');
   const images = new Map<string, BuiltImage>();
   let honest: BuiltImage;
+  let corpus: Buffer;
   const mounted: Array<{ target: string; store: string }> = [];
   /** Index files store A built, by layer digest. */
   const indexFiles = new Map<string, Buffer>();
@@ -86,7 +99,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'lazyroot-remote-index-'));
     registry = await startRegistry();
-    const corpus = text(6 * MiB, 7);
+    corpus = text(6 * MiB, 7);
     // Layer 1: a small file among 6 MiB of text; layer 2: 48 MiB of text in 24 files.
     const layer1 = await buildTar([dir('etc'), file('etc/hello.txt', hello), file('etc/words.txt', corpus)]);
     const layer2 = await buildTar([
@@ -98,7 +111,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
       { tar: layer2, compression: 'gzip' as const },
     ];
     // One image per case: same layers, another config (so another manifest, another subject).
-    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode', 'lying-window', 'damaged-window', 'other-spans']) {
+    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode', 'lying-window', 'damaged-window', 'other-spans', 'head-window', 'head-digest']) {
       const image = buildImage({ layers, config: { config: { Cmd: ['/bin/sh'], Labels: { case: tag } } } });
       images.set(tag, image);
       await registry.pushImage('remote/app', tag, image);
@@ -140,7 +153,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
   }
 
   /** Pushes a lazyroot index artifact for `subject` with the given span-index blobs, as `index --push` would (a test's hostile one). */
-  async function pushArtifact(tag: string, entries: Array<{ bytes: Buffer; annotatedLayer: string }>): Promise<void> {
+  async function pushArtifact(tag: string, entries: Array<{ bytes: Buffer; annotatedLayer: string; head?: { bytes: Buffer } | 'from-file' }>): Promise<void> {
     const image = images.get(tag)!;
     const pusher = new RegistryPusher(parseReference(ref(tag)) as DockerReference);
     try {
@@ -148,7 +161,10 @@ describe('span indexes shared through the registry (index --push; mounts on anot
       const layers: Descriptor[] = [];
       for (const e of entries) {
         await pusher.pushBlob(e.bytes);
-        layers.push({ mediaType: spanIndexMediaType, digest: digestOf(e.bytes), size: e.bytes.length, annotations: { [layerDigestAnnotation]: e.annotatedLayer } });
+        // With `head`, annotated as `index --push` does (a mount reads the head alone, then windows by range); without, as an older lazyroot did.
+        const descriptor = e.head ? spanIndexDescriptor(e.bytes, e.annotatedLayer as Digest, undefined) : { mediaType: spanIndexMediaType, digest: digestOf(e.bytes), size: e.bytes.length, annotations: { [layerDigestAnnotation]: e.annotatedLayer } };
+        if (e.head && e.head !== 'from-file') descriptor.annotations![spanIndexHeadDigestAnnotation] = digestOf(e.head.bytes);
+        layers.push(descriptor);
       }
       const manifest = Buffer.from(
         JSON.stringify({ schemaVersion: 2, mediaType: MediaType.ociManifest, artifactType: lazyrootIndexArtifactType, config: emptyConfigDescriptor, layers, subject: { mediaType: image.manifest.mediaType, digest: image.manifestDigest, size: image.manifestBytes.length } }),
@@ -188,21 +204,33 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const mark = (await registry.accessBytes()).length;
     const target = await mountAt(storeB, 'v1');
     assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
-    const s = await stats(storeB, target);
     const records = (await registry.accessBytes()).slice(mark);
     const sent = records.reduce((n, r) => n + r.bytes, 0);
     const layerBytes = records.filter((r) => honest.layers.some((l) => r.path.endsWith(`/blobs/${l.descriptor.digest}`))).reduce((n, r) => n + r.bytes, 0);
-    t.diagnostic(`image ${imageBytes(honest)} bytes in layers; store B's mount and read: ${sent} bytes sent by the registry in ${records.length} requests (${((100 * sent) / imageBytes(honest)).toFixed(2)} %), of which ${layerBytes} bytes of layer blobs (${((100 * layerBytes) / imageBytes(honest)).toFixed(2)} %) and ${report.bytes} of index artifact blobs`);
+    t.diagnostic(`image ${imageBytes(honest)} bytes in layers; store B's mount and read: ${sent} bytes sent by the registry in ${records.length} requests (${((100 * sent) / imageBytes(honest)).toFixed(2)} %), of which ${layerBytes} bytes of layer blobs (${((100 * layerBytes) / imageBytes(honest)).toFixed(2)} %); the index artifact's blobs have ${report.bytes}`);
     assert.deepEqual(wholeBlobGets(records, honest), [], 'no layer was fetched whole');
-    // The image's bytes (its layer blobs) sent: one span. The index artifact's blobs come on top: their
-    // checkpoint windows (32 KiB each, deflated) are ~3 % of a layer of text like this one.
-    assert.ok(layerBytes < 0.05 * imageBytes(honest), `registry sent ${layerBytes} bytes of layer blobs: not under 5 % of the image's ${imageBytes(honest)}`);
-    assert.ok(sent < 0.07 * imageBytes(honest), `registry sent ${sent} bytes in all: not under 7 % of the image's ${imageBytes(honest)}`);
+    // One span of the image's layers, the heads of the span indexes: not their every window (32 KiB each, deflated).
+    assert.ok(sent < 0.05 * imageBytes(honest), `registry sent ${sent} bytes in all: not under 5 % of the image's ${imageBytes(honest)}`);
+
+    // A read from the middle of a big file: its span's window comes by range from the span index.
+    const middle = await readRangeInChild(join(target, 'etc/words.txt'), 3 * MiB, 8192);
+    assert.equal(middle.ok, true, middle.error);
+    assert.ok(middle.bytes!.equals(corpus.subarray(3 * MiB, 3 * MiB + 8192)), 'the bytes from the middle of etc/words.txt are right');
+    const s = await stats(storeB, target);
+    const all = (await registry.accessBytes()).slice(mark);
+    assert.deepEqual(wholeBlobGets(all, honest), [], 'no layer was fetched whole');
+    const indexBlobs = [...indexFiles.values()].map((bytes) => ({ digest: digestOf(bytes), size: bytes.length }));
+    const indexReads = all.filter((r) => r.method === 'GET' && indexBlobs.some((b) => r.path.endsWith(`/blobs/${b.digest}`)));
+    const indexBytes = indexReads.reduce((n, r) => n + r.bytes, 0);
+    t.diagnostic(`span index blobs: ${indexBlobs.reduce((n, b) => n + b.size, 0)} bytes; ${indexBytes} read in ${indexReads.length} requests`);
+    assert.deepEqual(indexReads.filter((r) => indexBlobs.some((b) => r.path.endsWith(`/blobs/${b.digest}`) && r.bytes >= b.size)), [], 'no span index was fetched whole');
+    assert.ok(indexReads.length >= 3, 'two heads and the window of the middle span were read');
+    assert.ok(indexBytes < 0.25 * indexBlobs.reduce((n, b) => n + b.size, 0), `${indexBytes} bytes of span indexes read: not under a quarter of them`);
     assert.ok(records.some((r) => r.path.includes(`/manifests/sha256-${honest.manifestDigest.slice(7)}`)), 'the fallback tag was read');
     assert.equal(s.bytesIndexed, 0, 'no layer was streamed to build an index');
     for (const l of honest.layers) {
-      // Kept like a locally built index, byte for byte the one A built.
-      assert.deepEqual(await readFile(join(storeB, 'indexes', 'sha256', l.descriptor.digest.slice(7))), indexFiles.get(l.descriptor.digest));
+      // Not kept while its windows are fetched as needed: the index built once the layer is whole is.
+      assert.equal(await readFile(join(storeB, 'indexes', 'sha256', l.descriptor.digest.slice(7))).then(() => 'kept', () => 'not kept'), 'not kept');
     }
     await umount(storeB, target);
   });
@@ -214,6 +242,10 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.equal(r.code, 0, r.stderr);
     assert.deepEqual((JSON.parse(r.stdout) as PushJson['layers']).map((l) => l.from), ['registry', 'registry']);
     assert.deepEqual(wholeBlobGets((await registry.accessBytes()).slice(mark), honest), []);
+    for (const l of honest.layers) {
+      // An index to keep is fetched whole, and kept byte for byte as A built it.
+      assert.deepEqual(await readFile(join(storeC, 'indexes', 'sha256', l.descriptor.digest.slice(7))), indexFiles.get(l.descriptor.digest));
+    }
   });
 
   test('--no-remote-index does no lookup: mount and index stream the layers', async () => {
@@ -416,10 +448,14 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const [l1, l2] = honest.layers;
     const file = Buffer.from(indexFiles.get(l1!.descriptor.digest)!);
     const k = decodeIndex(file).checkpoints.findIndex((cp) => cp.window.length === 32768);
-    const record = 128 + 64 * k;
-    assert.ok(file.readUInt32LE(record + 24) < 32768, 'the window is stored deflated');
-    const windowsAt = 128 + 64 * file.readUInt32LE(12) + file.readUInt32LE(100);
-    file[windowsAt + Number(file.readBigUInt64LE(record + 16))] = 0xff; // a reserved deflate block type
+    const record = 128 + 96 * k;
+    const stored = file.readUInt32LE(record + 24);
+    assert.ok(stored < 32768, 'the window is stored deflated');
+    const windowsAt = 128 + 96 * file.readUInt32LE(12) + file.readUInt32LE(100);
+    const windowAt = windowsAt + Number(file.readBigUInt64LE(record + 16));
+    file[windowAt] = 0xff; // a reserved deflate block type
+    // Sealed again: its window digest and the file's checksum both right.
+    createHash('sha256').update(file.subarray(windowAt, windowAt + stored)).digest().copy(file, record + 64);
     createHash('sha256').update(file.subarray(0, file.length - 32)).digest().copy(file, file.length - 32);
     await pushArtifact('damaged-window', [
       { bytes: file, annotatedLayer: l1!.descriptor.digest },
@@ -431,6 +467,53 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const s = await stats(store, target);
     assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, 0], 'layer 1 streamed, layer 2 from the registry');
     assert.match(await daemonLog(store), new RegExp(`remote index sha256:[0-9a-f]+.*checkpoint ${k}: its window does not inflate to the 32768 bytes the table says`));
+    await umount(store, target);
+  });
+
+  test('hostile artifact read by its head, a window that is not the one its digest names: reads that need it are EIO, the rest are served', async () => {
+    const [l1, l2] = honest.layers;
+    const file = Buffer.from(indexFiles.get(l1!.descriptor.digest)!);
+    const index = decodeIndex(file);
+    const words = index.entries.find((e) => e.path === 'etc/words.txt')!;
+    let k = 0;
+    while (k + 1 < index.checkpoints.length && index.checkpoints[k + 1]!.uncompressedOffset <= words.dataOffset! + 3 * MiB) k++;
+    assert.ok(k > 0 && index.checkpoints[k]!.window.length === 32768, 'the middle of etc/words.txt is in a span with a whole window');
+    const record = 128 + 96 * k;
+    const windowAt = indexHeadLength(file)! + Number(file.readBigUInt64LE(record + 16));
+    file[windowAt + 100]! ^= 0x20; // the head (and its digest) unchanged
+    await pushArtifact('head-window', [
+      { bytes: file, annotatedLayer: l1!.descriptor.digest, head: { bytes: indexFiles.get(l1!.descriptor.digest)!.subarray(0, indexHeadLength(file)) } },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest, head: 'from-file' },
+    ]);
+    const store = join(work, 'store-head-window');
+    const target = await mountAt(store, 'head-window');
+    const middle = await readRangeInChild(join(target, 'etc/words.txt'), 3 * MiB, 4096);
+    assert.equal(middle.ok, false, 'the read must fail');
+    assert.match(middle.error ?? '', /Input\/output error/);
+    const log = await daemonLog(store);
+    assert.match(log, new RegExp(`checkpoint ${k}: its window \\(bytes \\d+-\\d+ of the windows\\)`));
+    assert.match(log, /digest mismatch/i);
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    const part = await readRangeInChild(join(target, 'data/part07.txt'), MiB, 4096);
+    assert.equal(part.ok, true, part.error);
+    assert.equal((await stats(store, target)).bytesIndexed, 0, 'both indexes taken from the registry');
+    await umount(store, target);
+  });
+
+  test('hostile artifact read by its head, a head that is not the one its annotation names: ignored with a warning, the layer is streamed, reads are right', async () => {
+    const [l1, l2] = honest.layers;
+    await pushArtifact('head-digest', [
+      { bytes: indexFiles.get(l1!.descriptor.digest)!, annotatedLayer: l1!.descriptor.digest, head: { bytes: Buffer.from('another head') } },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest, head: 'from-file' },
+    ]);
+    const store = join(work, 'store-head-digest');
+    const target = await mountAt(store, 'head-digest');
+    const middle = await readRangeInChild(join(target, 'etc/words.txt'), 3 * MiB, 4096);
+    assert.equal(middle.ok, true, middle.error);
+    assert.ok(middle.bytes!.equals(corpus.subarray(3 * MiB, 3 * MiB + 4096)));
+    const s = await stats(store, target);
+    assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, 0], 'layer 1 streamed, layer 2 from the registry');
+    assert.match(await daemonLog(store), /remote index sha256:[0-9a-f]+.*: ignored, streaming the layer[\s\S]*its head \(bytes 0-\d+\)/);
     await umount(store, target);
   });
 

@@ -108,7 +108,8 @@ export interface LayerContext {
 
 /** Where a layer's index may come from when the store has none: the registry's index artifact. */
 export interface RemoteIndexLookup {
-  indexFor(layer: { digest: Digest; size: number }, diffId: Digest, compression: 'gzip' | 'none', what: string): Promise<LayerIndex | undefined>;
+  /** With `whole`, every window is fetched now (an index to keep); else the index may fetch its windows as spans are decoded. */
+  indexFor(layer: { digest: Digest; size: number }, diffId: Digest, compression: 'gzip' | 'none', what: string, options?: { whole?: boolean }): Promise<LayerIndex | undefined>;
 }
 
 /** The statistics every kind reports the same way, from its blob. */

@@ -9,7 +9,7 @@ import type { Store } from '../../store/store.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
 import { spanStart } from '../../index/gzip-native.js';
 import { LayerRangeReader, type IndexedLayer } from '../../index/gzip-reader.js';
-import { decodeIndex, encodeIndex, readIndexFile, writeIndexFile } from '../../index/index-file.js';
+import { decodeIndex, encodeIndex, fetchesWindows, readIndexFile, writeIndexFile } from '../../index/index-file.js';
 import type { GzipCheckpoint, IndexEntry } from '../../index/types.js';
 import { SpanIndexHeaderCheck } from '../../index/span-header-check.js';
 import { writeFileAtomic } from '../../store/atomic-file.js';
@@ -38,7 +38,7 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
   const layer: IndexedLayer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
   const kind = compression === 'gzip' ? 'gzip' : 'tar';
   // An index from the registry is believed about a file only once the tar header before its bytes agrees.
-  const headers = (await pathExists(remoteIndexMarker(store, descriptor.digest)))
+  const headers = fetchesWindows(index) || (await pathExists(remoteIndexMarker(store, descriptor.digest)))
     ? new SpanIndexHeaderCheck(index, (start, end) => reader.readUncompressed(layer, start, end), what, context.log)
     : undefined;
   if (headers) {
@@ -107,8 +107,11 @@ function checkpointsDisagree(given: readonly GzipCheckpoint[], built: readonly G
     if (mine.compressedOffset !== cp.compressedOffset || mine.bits !== cp.bits) {
       return `span ${i}: the index starts it at compressed byte ${cp.compressedOffset} (bit ${cp.bits}), the layer's stream reaches uncompressed byte ${cp.uncompressedOffset} at ${mine.compressedOffset} (bit ${mine.bits})`;
     }
-    const n = Math.min(cp.window.length, mine.window.length);
-    if (!cp.window.subarray(cp.window.length - n).equals(mine.window.subarray(mine.window.length - n))) {
+    // A window never fetched served no read (or was cut from the decoded span before it: the layer's own bytes).
+    const window = cp.lazyWindow ? cp.lazyWindow.loaded : cp.window;
+    if (!window) continue;
+    const n = Math.min(window.length, mine.window.length);
+    if (!window.subarray(window.length - n).equals(mine.window.subarray(mine.window.length - n))) {
       return `span ${i}: its window (the ${n} bytes before uncompressed byte ${cp.uncompressedOffset}) is not the layer's`;
     }
   }
@@ -173,6 +176,8 @@ export async function loadOrBuildIndex(
   const path = store.paths.index(descriptor.digest);
   if (await pathExists(path)) return readIndexFile(path);
   const fromRegistry = await options.remote?.();
+  // Read by its head alone, it is not whole to keep: the index built once the layer is whole is kept instead.
+  if (fromRegistry && fetchesWindows(fromRegistry)) return fromRegistry;
   if (fromRegistry) {
     await mkdir(dirname(path), { recursive: true });
     // Marked before it is in place: a remote index is never taken for one built here.
