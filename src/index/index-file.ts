@@ -1,6 +1,6 @@
 import { parseBatch, skipSpace, splitJsonArray } from './json-split.js';
 import { createHash } from 'node:crypto';
-import { readFile } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { deflateRawSync, inflateRawSync } from 'node:zlib';
 import { DigestMismatchError, LazyrootError } from '../errors.js';
@@ -51,13 +51,15 @@ import type { GzipCheckpoint, IndexEntry, LazyWindow } from './types.js';
  *
  * Windows section, W bytes: the stored windows back to back.
  *
- * Trailer, 32 bytes: sha256 of every byte before it.
+ * Trailer, 32 bytes: sha256 of the head, every byte before the windows
+ * (version 1: of every byte before the trailer).
  *
- * The head (header, table and entries: every byte before the windows) can be
- * read alone and the windows fetched one by one as spans are first decoded,
- * each checked by its own digest: a registry's index is used that way
- * (remote-index.ts), its head's digest in the artifact's annotations. The
- * windows are ~90 % of the file and a mount decodes few spans.
+ * The head (header, table and entries) is read alone and each window when
+ * its span is first decoded, checked by its own digest: the windows are
+ * ~90 % of the file and a mount decodes few spans. A mount reads a stored
+ * index that way (readIndexFile: its cost does not grow with the number of
+ * spans), and another machine a registry's (remote-index.ts: the head's
+ * digest is in the artifact's annotations).
  */
 const magic = Buffer.from('LZRINDEX', 'ascii');
 const version = 2;
@@ -109,18 +111,19 @@ export function encodeIndex(index: LayerIndex): Buffer {
   header.writeUInt32LE(entries.length, 100);
   writeU64(header, 104, windowsLength);
 
-  const body = Buffer.concat([header, table, entries, ...windows]);
-  return Buffer.concat([body, createHash('sha256').update(body).digest()]);
+  const head = Buffer.concat([header, table, entries]);
+  return Buffer.concat([head, ...windows, createHash('sha256').update(head).digest()]);
 }
 
 /** Decodes an index file's bytes; `what` names the file in errors. */
 export function decodeIndex(data: Buffer, what = 'index file'): LayerIndex {
   const bad = badIndex(what);
   if (data.length < headerSize + trailerSize || !data.subarray(0, 8).equals(magic)) throw bad('bad magic');
-  const body = data.subarray(0, data.length - trailerSize);
-  if (!createHash('sha256').update(body).digest().equals(data.subarray(data.length - trailerSize))) throw bad('checksum mismatch: the file is damaged');
   const layout = layoutOf(data, bad);
+  const body = data.subarray(0, data.length - trailerSize);
   if (layout.windowsAt + layout.windowsLength !== body.length) throw bad('section lengths do not add up');
+  const sealed = layout.version >= 2 ? data.subarray(0, layout.windowsAt) : body;
+  if (!createHash('sha256').update(sealed).digest().equals(data.subarray(data.length - trailerSize))) throw bad('checksum mismatch: the file is damaged');
   // The windows section is copied out of the file's buffer (which also holds the entries, large for
   // a layer of many files) and each window inflated when its span is first decoded, not here: a
   // mount reads a few spans of hundreds.
@@ -140,7 +143,7 @@ export function indexHeadLength(data: Buffer, what = 'index file'): number | und
   return layout.version >= 2 ? layout.windowsAt : undefined;
 }
 
-/** Whether an index was read by its head alone: its windows are fetched as its spans are decoded, and it is not whole to write. */
+/** Whether an index was read by its head alone (its windows are read as its spans are decoded): it is not whole in memory to encode. */
 export function fetchesWindows(index: LayerIndex): boolean {
   return index.checkpoints.some((cp) => cp.lazyWindow !== undefined);
 }
@@ -159,7 +162,7 @@ export function decodeIndexHead(head: Buffer, what: string, fetchWindow: (start:
   const layout = layoutOf(head, bad);
   if (layout.version < 2) throw bad(`format version ${layout.version} has no window digests: it is read whole or not at all`);
   if (head.length !== layout.windowsAt) throw bad(`its head is ${layout.windowsAt} bytes, not ${head.length}`);
-  return decodeHead(head, layout, bad, (w) => new FetchedCheckpoint(w, fetchWindow, () => bad(`checkpoint ${w.index}: its window does not inflate to the ${w.length} bytes the table says`)));
+  return decodeHead(head, layout, bad, (w) => new FetchedCheckpoint(w, fetchWindow, what, () => bad(`checkpoint ${w.index}: its window does not inflate to the ${w.length} bytes the table says`)));
 }
 
 interface Layout {
@@ -287,8 +290,9 @@ class StoredCheckpoint implements GzipCheckpoint {
   }
 
   get window(): Buffer {
-    this.inflated ??= inflateWindow(this.stored, this.place.length, () => badIndex(this.what)(`checkpoint ${this.place.index}: its window does not inflate to the ${this.place.length} bytes the table says`));
-    return this.inflated;
+    // Version 2: the trailer seals the head only, each window is checked by its own digest.
+    if (!this.inflated) this.checkWindow(this.what);
+    return this.inflated!;
   }
 
   /** Checks the stored window against its digest (version 2), then that it inflates: what a registry's whole index must pass. */
@@ -320,6 +324,7 @@ class FetchedCheckpoint implements GzipCheckpoint, LazyWindow {
   constructor(
     private readonly place: WindowPlace,
     private readonly fetchWindow: (start: number, end: number) => Promise<Buffer>,
+    private readonly what: string,
     private readonly damaged: () => LazyrootError,
   ) {
     ({ compressedOffset: this.compressedOffset, bits: this.bits, uncompressedOffset: this.uncompressedOffset, spanDigest: this.spanDigest } = place.fields);
@@ -351,7 +356,7 @@ class FetchedCheckpoint implements GzipCheckpoint, LazyWindow {
     const { windowOffset, stored, digest, index } = this.place;
     const bytes = await this.fetchWindow(windowOffset, windowOffset + stored);
     const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-    if (got !== digest) throw new DigestMismatchError(`checkpoint ${index}: its window (bytes ${windowOffset}-${windowOffset + stored} of the windows)`, digest!, got);
+    if (got !== digest) throw new DigestMismatchError(`${this.what}: checkpoint ${index}: its window (bytes ${windowOffset}-${windowOffset + stored} of the windows)`, digest!, got);
     return inflateWindow(bytes, this.place.length, this.damaged);
   }
 }
@@ -380,14 +385,51 @@ export async function writeIndexFile(path: string, index: LayerIndex, options: {
 
 /** Reads an index file; NOT_FOUND when there is none, INVALID_DATA when it is damaged. */
 export async function readIndexFile(path: string): Promise<LayerIndex> {
-  let data: Buffer;
+  const what = `index file ${path}`;
+  const bad = badIndex(what);
+  let file: FileHandle;
   try {
-    data = await readFile(path);
+    file = await open(path, 'r');
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') throw new LazyrootError('NOT_FOUND', `index file ${path} does not exist`, { cause: err });
     throw err;
   }
-  return decodeIndex(data, `index file ${path}`);
+  let head: Buffer;
+  let trailer: Buffer;
+  try {
+    const { size } = await file.stat();
+    const header = await readAt(file, 0, Math.min(size, headerSize));
+    if (header.length < headerSize || size < headerSize + trailerSize || !header.subarray(0, 8).equals(magic)) throw bad('bad magic');
+    const layout = layoutOf(header, bad);
+    // Version 1 has no window digests: read and checked whole.
+    if (layout.version < 2) return decodeIndex(await readAt(file, 0, size), what);
+    if (layout.windowsAt + layout.windowsLength + trailerSize !== size) throw bad('section lengths do not add up');
+    head = await readAt(file, 0, layout.windowsAt);
+    trailer = await readAt(file, size - trailerSize, trailerSize);
+  } finally {
+    await file.close();
+  }
+  if (!createHash('sha256').update(head).digest().equals(trailer)) throw bad('checksum mismatch: the file is damaged');
+  // Each window is read when its span is first decoded, and checked by its digest (a damaged one: that span's reads fail).
+  return decodeIndexHead(head, what, async (start, end) => {
+    const windows = await open(path, 'r');
+    try {
+      return await readAt(windows, head.length + start, end - start);
+    } finally {
+      await windows.close();
+    }
+  });
+}
+
+async function readAt(file: FileHandle, position: number, length: number): Promise<Buffer> {
+  const buf = Buffer.allocUnsafe(length);
+  let n = 0;
+  while (n < length) {
+    const { bytesRead } = await file.read(buf, n, length - n, position + n);
+    if (bytesRead === 0) break;
+    n += bytesRead;
+  }
+  return n === length ? buf : buf.subarray(0, n);
 }
 
 const empty = Buffer.alloc(0);

@@ -36,7 +36,7 @@ export interface LayerIndex {
 export interface BuildIndexOptions {
   /** Names the layer in errors. */
   what?: string;
-  /** Compressed bytes between checkpoints (gzip), or span size (uncompressed). Default `defaultSpanBytes` (512 KiB). */
+  /** Compressed bytes between checkpoints (gzip), or span size (uncompressed). Default `defaultSpanBytes` (64 KiB). */
   spanBytes?: number;
   /** gzip: also a checkpoint after this many uncompressed bytes. Default 4 × spanBytes. */
   maxUncompressedSpan?: number;

@@ -20,6 +20,17 @@ function plain(index: LayerIndex): LayerIndex {
   };
 }
 
+/** {@link plain} of an index whose windows are read as needed (readIndexFile, decodeIndexHead), every window loaded first. */
+async function loaded(index: LayerIndex): Promise<LayerIndex> {
+  await Promise.all(index.checkpoints.map((cp) => cp.lazyWindow?.load()));
+  return plain(index);
+}
+
+/** Seals a version 2 file again after an edit: its trailer is the sha256 of its head (every byte before the windows). */
+function reseal(file: Buffer): void {
+  createHash('sha256').update(file.subarray(0, indexHeadLength(file)!)).digest().copy(file, file.length - 32);
+}
+
 let work: string;
 before(async () => {
   work = await mkdtemp(join(tmpdir(), 'lazyroot-index-file-'));
@@ -109,17 +120,17 @@ test('a real layer index round-trips through a file written atomically', async (
   assert.ok(index.checkpoints.length > 3);
   const path = join(work, 'sha256-abc');
   await writeIndexFile(path, index);
-  assert.deepEqual(plain(await readIndexFile(path)), index);
+  assert.deepEqual(await loaded(await readIndexFile(path)), index);
   // A second writer of the same index is not an error; no temp files are left behind.
   await writeIndexFile(path, index);
   assert.deepEqual(await readdir(work), ['sha256-abc']);
-  assert.deepEqual(plain(await readIndexFile(path)), index);
+  assert.deepEqual(await loaded(await readIndexFile(path)), index);
 });
 
 test('damaged, foreign and missing index files are refused clearly', async () => {
   const bytes = encodeIndex(bigIndex(50, 3));
   const path = join(work, 'damaged');
-  for (const at of [0, 20, 200, bytes.length - 40, bytes.length - 1]) {
+  for (const at of [0, 20, 200, indexHeadLength(bytes)! - 1, bytes.length - 1]) {
     const bad = Buffer.from(bytes);
     bad[at]! ^= 1;
     await writeFile(path, bad);
@@ -129,6 +140,13 @@ test('damaged, foreign and missing index files are refused clearly', async () =>
       return true;
     });
   }
+  // A damaged window (past the head the trailer seals): the file is read, and that window fails when its span is first decoded.
+  const bad = Buffer.from(bytes);
+  bad[bytes.length - 40]! ^= 1;
+  await writeFile(path, bad);
+  const read = await readIndexFile(path);
+  const k = read.checkpoints.length - 1;
+  await assert.rejects(read.checkpoints[k]!.lazyWindow!.load(), (err: LazyrootError) => err.code === 'DIGEST_MISMATCH' && err.message.includes(`index file ${path}: checkpoint ${k}: its window`));
   await writeFile(path, bytes.subarray(0, 100));
   await assert.rejects(readIndexFile(path), /not a valid lazyroot index/);
   await assert.rejects(readIndexFile(join(work, 'missing')), (err: LazyrootError) => err.code === 'NOT_FOUND');
@@ -158,7 +176,9 @@ test('a window is inflated when first asked for; one that does not inflate (a ho
   const offset = Number(damaged.readBigUInt64LE(record + 16));
   assert.ok(damaged.readUInt32LE(record + 24) < 32768, 'the window is stored deflated');
   damaged[windowsAt + offset] = 0xff; // a reserved block type
-  createHash('sha256').update(damaged.subarray(0, damaged.length - 32)).digest().copy(damaged, damaged.length - 32);
+  // Sealed again: the window's digest, then the head's.
+  createHash('sha256').update(damaged.subarray(windowsAt + offset, windowsAt + offset + damaged.readUInt32LE(record + 24))).digest().copy(damaged, record + 64);
+  reseal(damaged);
   const lazy = decodeIndex(damaged, 'index file x');
   assert.ok(lazy.checkpoints[1]!.window.equals(index.checkpoints[1]!.window), 'the other windows are right');
   assert.throws(
@@ -223,8 +243,7 @@ test('checkWindows: a whole index from elsewhere whose window is not the one its
   const count = damaged.readUInt32LE(12);
   const windowsAt = 128 + 96 * count + damaged.readUInt32LE(100);
   const record = 128 + 96 * 1;
-  damaged[windowsAt + Number(damaged.readBigUInt64LE(record + 16)) + 5]! ^= 0x10;
-  createHash('sha256').update(damaged.subarray(0, damaged.length - 32)).digest().copy(damaged, damaged.length - 32);
+  damaged[windowsAt + Number(damaged.readBigUInt64LE(record + 16)) + 5]! ^= 0x10; // the head, and so the trailer, unchanged
   assert.throws(() => checkWindows(decodeIndex(damaged), 'remote index y'), (err: LazyrootError) => err.code === 'DIGEST_MISMATCH' && /remote index y: checkpoint 1: its window/.test(err.message));
   checkWindows(decodeIndex(encodeIndex(index)), 'honest');
 });

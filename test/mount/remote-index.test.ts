@@ -456,7 +456,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     file[windowAt] = 0xff; // a reserved deflate block type
     // Sealed again: its window digest and the file's checksum both right.
     createHash('sha256').update(file.subarray(windowAt, windowAt + stored)).digest().copy(file, record + 64);
-    createHash('sha256').update(file.subarray(0, file.length - 32)).digest().copy(file, file.length - 32);
+    createHash('sha256').update(file.subarray(0, indexHeadLength(file))).digest().copy(file, file.length - 32);
     await pushArtifact('damaged-window', [
       { bytes: file, annotatedLayer: l1!.descriptor.digest },
       { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest },

@@ -186,7 +186,7 @@ export function registerMount(program: Command, out: Output): void {
     .description('build the span index of every gzip/uncompressed layer of an image, ahead of a lazy mount; with --push, share them through the registry')
     .argument('<ref>', 'image')
     .option('--platform <os/arch[/variant]>', 'platform to pick from a multi-platform image')
-    .option('--span-bytes <n>', 'compressed bytes between checkpoints: the fetch granularity of a lazy read (default 524288)', bytesFlag('--span-bytes'))
+    .option('--span-bytes <n>', 'compressed bytes between checkpoints: the fetch granularity of a lazy read (default 65536)', bytesFlag('--span-bytes'))
     .option('--push', "push the indexes (and the image's access profile, when recorded) to the image's repository as an OCI artifact whose subject is the image manifest (referrers API, or the sha256-<hex> tag where the registry has none); other machines then mount the image lazily without streaming its layers")
     .option('--no-remote-index', 'do not take indexes pushed to the registry: build each missing one by streaming its layer');
   addRegistryFlags(index);

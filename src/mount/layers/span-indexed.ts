@@ -28,17 +28,26 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
   const { store, source, descriptor, what } = context;
   let indexedBytes = 0;
   const remote = context.remoteIndex;
+  let fromRegistry = false;
   const index = await loadOrBuildIndex(store, source, descriptor, compression, what, context.diffId, {
     keepBlob: true,
     onDownloaded: (n) => (indexedBytes += n),
-    ...(remote ? { remote: () => remote.indexFor(descriptor, context.diffId, compression, what) } : {}),
+    ...(remote
+      ? {
+          remote: async () => {
+            const found = await remote.indexFor(descriptor, context.diffId, compression, what);
+            fromRegistry = found !== undefined;
+            return found;
+          },
+        }
+      : {}),
   });
   const blob = await context.openBlob();
   const reader = new LayerRangeReader({ cacheBytes: context.cacheBytes, cache: context.decodedCache });
   const layer: IndexedLayer = { compression: index.compression, blobDigest: index.blobDigest, compressedSize: index.compressedSize, uncompressedSize: index.uncompressedSize, checkpoints: index.checkpoints, blob };
   const kind = compression === 'gzip' ? 'gzip' : 'tar';
   // An index from the registry is believed about a file only once the tar header before its bytes agrees.
-  const headers = fetchesWindows(index) || (await pathExists(remoteIndexMarker(store, descriptor.digest)))
+  const headers = fromRegistry || (await pathExists(remoteIndexMarker(store, descriptor.digest)))
     ? new SpanIndexHeaderCheck(index, (start, end) => reader.readUncompressed(layer, start, end), what, context.log)
     : undefined;
   if (headers) {
