@@ -146,6 +146,30 @@ export class LayerRangeReader {
     return out;
   }
 
+  /**
+   * Blob bytes [from, to) of the spans a read of file bytes [position,
+   * position + length) needs, leaving out spans decoded in memory (their
+   * blob bytes may not be kept: a full disk); undefined when there are none,
+   * or for a sparse file. What a mount asks the blob to fetch, with the
+   * region around it, before the read (LazyBlob.fetchRegion).
+   */
+  compressedRange(entry: IndexEntry, position: number, length: number, layer: IndexedLayer): [number, number] | undefined {
+    if (entry.type !== 'file' || entry.dataOffset === undefined || entry.sparse) return undefined;
+    const end = Math.min(entry.size, position + length);
+    if (!(end > position) || !(position >= 0)) return undefined;
+    const s = spans(layer);
+    const n = layer.checkpoints.length;
+    const base = `${layer.cacheKey ?? layer.blobDigest}#`;
+    let from = Infinity;
+    let to = 0;
+    for (let i = spanAt(s.uStart, n, entry.dataOffset + position); i < n && s.uStart[i]! < entry.dataOffset + end; i++) {
+      if (this.cache.has(base + i)) continue;
+      from = Math.min(from, s.cStart[i]!);
+      to = Math.max(to, s.cEnd[i]!);
+    }
+    return from < to ? [from, to] : undefined;
+  }
+
   /** Bytes [start, end) of the layer's uncompressed tar stream. */
   async readUncompressed(layer: IndexedLayer, start: number, end: number): Promise<Buffer> {
     const out = Buffer.allocUnsafe(Math.max(0, end - start));

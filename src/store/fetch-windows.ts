@@ -100,10 +100,11 @@ export function regionAround(units: readonly PrefetchUnit[], start: number, end:
   const window: Window = { start: first.start, end: first.end, units: [first], index: i };
   for (let j = i + 1; j < units.length; j++) {
     const u = units[j]!;
-    if (u.start !== window.end || taken(u)) break;
+    // Adjacent units only; a gzip span shares its first byte (the one holding its checkpoint's bits) with the span before.
+    if (u.start > window.end || taken(u)) break;
     if (u.start >= end && u.end - window.start > regionBytes) break;
     window.units.push(u);
-    window.end = u.end;
+    window.end = Math.max(window.end, u.end);
   }
   return window;
 }

@@ -33,6 +33,18 @@ test('regionAround: the units a read needs, then neighbours up to the region siz
   ]);
 });
 
+test('regionAround: gzip spans, each sharing its first byte with the span before, join into one region', () => {
+  // Span k starts at the byte holding its checkpoint's bits: one before where span k - 1 ends.
+  const gzipSpans: PrefetchUnit[] = Array.from({ length: 6 }, (_, i) => ({ start: i === 0 ? 0 : i * 100 - 1, end: i * 100 + 100 }));
+  const w = regionAround(gzipSpans, 150, 160, 400, none);
+  assert.deepEqual(spans(w), [
+    [99, 200],
+    [199, 300],
+    [299, 400],
+  ]);
+  assert.deepEqual([w!.start, w!.end], [99, 400]);
+});
+
 test('windowsFor: wanted units joined across small gaps, held ones left out, each request ranked by its soonest range', () => {
   const windows = windowsFor(
     units,

@@ -76,12 +76,24 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
       headers.markWholeChecked();
     });
   }
+  let units: PrefetchUnit[] | undefined;
+  // As for eStargz: a read fetches the region around the spans it needs (its neighbours when reads
+  // are many at once or go on in order), not its spans alone; the reader then finds them kept.
+  const fetchAround = async (entry: LayerFile, position: number, length: number): Promise<void> => {
+    if (context.readAheadBytes <= 0 || blob.isComplete) return;
+    const range = reader.compressedRange(entry, position, length, layer);
+    if (range) await blob.fetchRegion((units ??= spanPrefetchUnits(index, blob.size, what)), range[0], range[1], context.readAheadBytes);
+  };
   const read = headers
     ? async (entry: LayerFile, position: number, length: number) => {
+        await fetchAround(entry, position, length);
         await headers.check(entry, entry.sourcePath ?? entry.path);
         return reader.readFileRange(entry, position, length, layer);
       }
-    : (entry: LayerFile, position: number, length: number) => reader.readFileRange(entry, position, length, layer);
+    : async (entry: LayerFile, position: number, length: number) => {
+        await fetchAround(entry, position, length);
+        return reader.readFileRange(entry, position, length, layer);
+      };
   return {
     digest: descriptor.digest,
     kind,
