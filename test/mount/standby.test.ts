@@ -222,6 +222,9 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     // The earlier tests' mounts are still served, each by its own daemon.
     await noWarmUp();
     const before = await holdersNow(await processesWithEnv(`LAZYROOT_STANDBY_DIR=${standbyDir()}`));
+    // The standby waiting now takes the mount over: what it held (a warm-up mount opening as the
+    // mountinfo check passed) is not an earlier mount's.
+    before.delete(await standbyPid());
     const mounted = await lazyroot(['--store', fresh, '--json', 'mount', '--no-prefetch', ref, dir]);
     assert.equal(mounted.code, 0, mounted.stderr);
     const daemon = (JSON.parse(mounted.stdout) as { pid: number }).pid;
@@ -233,7 +236,15 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     const ours = await processesWithEnv(`LAZYROOT_STANDBY_DIR=${standbyDir()}`);
     assert.ok(ours.includes(daemon) && ours.includes(standby), `daemon ${daemon} and standby ${standby} among ${ours.join(', ')}`);
     for (const pid of ours) started.add(pid);
-    const holders = await holdersNow(ours);
+    // A new standby's warm-up mount holds /dev/fuse for a moment (its descriptor can be open before
+    // the mount shows in mountinfo): the holders must come down to the mounts' daemons, and stay so.
+    const expected = JSON.stringify([...before.keys(), daemon].sort());
+    let holders = await holdersNow(ours);
+    const settleBy = Date.now() + 10_000;
+    while (JSON.stringify([...holders.keys()].sort()) !== expected && Date.now() < settleBy) {
+      await new Promise((r) => setTimeout(r, 100));
+      holders = await holdersNow(ours);
+    }
     assert.deepEqual([...holders.keys()].sort(), [...before.keys(), daemon].sort(), `processes holding /dev/fuse: ${JSON.stringify([...holders])}`);
     assert.equal(holders.has(standby), false, 'the standby holds no /dev/fuse');
     for (const [pid, fds] of holders) assert.equal(fds.length, 1, `pid ${pid} holds one /dev/fuse: its own mount's`);
