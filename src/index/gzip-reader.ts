@@ -151,7 +151,8 @@ export class LayerRangeReader {
    * position + length) needs, leaving out spans decoded in memory (their
    * blob bytes may not be kept: a full disk); undefined when there are none,
    * or for a sparse file. What a mount asks the blob to fetch, with the
-   * region around it, before the read (LazyBlob.fetchRegion).
+   * region around it, before the read (LazyBlob.fetchRegion). The windows
+   * those spans will fetch (an index read by its head) are asked for now.
    */
   compressedRange(entry: IndexEntry, position: number, length: number, layer: IndexedLayer): [number, number] | undefined {
     if (entry.type !== 'file' || entry.dataOffset === undefined || entry.sparse) return undefined;
@@ -164,8 +165,14 @@ export class LayerRangeReader {
     let to = 0;
     for (let i = spanAt(s.uStart, n, entry.dataOffset + position); i < n && s.uStart[i]! < entry.dataOffset + end; i++) {
       if (this.cache.has(base + i)) continue;
+      // The window the first span will need goes out now, beside the region's request, not after it
+      // (each span after it takes its window from the one before).
+      const lazy = from === Infinity ? layer.checkpoints[i]!.lazyWindow : undefined;
       from = Math.min(from, s.cStart[i]!);
       to = Math.max(to, s.cEnd[i]!);
+      if (lazy && !lazy.loaded && layer.compression === 'gzip' && !(i > 0 && (this.cache.has(base + (i - 1)) || this.inFlight.has(base + (i - 1))))) {
+        lazy.load().catch(() => undefined); // a failure is the read's to report: it asks again
+      }
     }
     return from < to ? [from, to] : undefined;
   }

@@ -274,3 +274,29 @@ test('an index read by its head alone: a span\'s window is fetched beside its by
   assert.ok(got.equals(layer.files.get(big.path)!.subarray(2 * MiB, 2 * MiB + 4096)));
   assert.equal(fetched.length, 1, 'one window fetched');
 });
+
+test('compressedRange: the blob bytes a read needs, its first span\'s window asked for at once (not after the region arrives)', async () => {
+  const file = encodeIndex(index);
+  const windowsAt = indexHeadLength(file)!;
+  const fetched: number[] = [];
+  const head = decodeIndexHead(file.subarray(0, windowsAt), 'head of big layer', async (start, end) => {
+    fetched.push(start);
+    return file.subarray(windowsAt + start, windowsAt + end);
+  });
+  const l = gzipLayer(blob, head);
+  const reader = new LayerRangeReader();
+  const big = files(index).filter((e) => !e.sparse && e.size > 3 * MiB).at(-1)!;
+  const cps = head.checkpoints;
+  const at = big.dataOffset! + 2 * MiB;
+  let i = 0;
+  while (i + 1 < cps.length && cps[i + 1]!.uncompressedOffset <= at) i++;
+  let j = i;
+  while (j + 1 < cps.length && cps[j + 1]!.uncompressedOffset < at + 3 * 65536) j++;
+  const range = reader.compressedRange(big, 2 * MiB, 3 * 65536, l);
+  assert.deepEqual(range, [cps[i]!.bits ? cps[i]!.compressedOffset - 1 : cps[i]!.compressedOffset, j + 1 < cps.length ? cps[j + 1]!.compressedOffset : blob.length]);
+  assert.equal(fetched.length, 1, 'the first span\'s window is on its way, and only it');
+  const got = await reader.readFileRange(big, 2 * MiB, 3 * 65536, l);
+  assert.ok(got.equals(layer.files.get(big.path)!.subarray(2 * MiB, 2 * MiB + 3 * 65536)));
+  assert.equal(fetched.length, 1, 'the read used it; the spans after took theirs from the span before');
+  assert.equal(reader.compressedRange(big, 2 * MiB, 1000, l), undefined, 'decoded spans need nothing');
+});
