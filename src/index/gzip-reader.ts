@@ -160,19 +160,17 @@ export class LayerRangeReader {
     if (!(end > position) || !(position >= 0)) return undefined;
     const s = spans(layer);
     const n = layer.checkpoints.length;
-    const base = `${layer.cacheKey ?? layer.blobDigest}#`;
     let from = Infinity;
     let to = 0;
     for (let i = spanAt(s.uStart, n, entry.dataOffset + position); i < n && s.uStart[i]! < entry.dataOffset + end; i++) {
-      if (this.cache.has(base + i)) continue;
-      // The window the first span will need goes out now, beside the region's request, not after it
-      // (each span after it takes its window from the one before).
-      const lazy = from === Infinity ? layer.checkpoints[i]!.lazyWindow : undefined;
+      if (this.cache.has(spanKey(layer, i))) continue;
+      if (from === Infinity && layer.checkpoints[i]!.lazyWindow) {
+        // The window the first span will need goes out now, beside the region's request, not after it
+        // (each span after it takes its window from the one before). A failure is the read's to report.
+        Promise.resolve(this.windowOf(layer, i)).catch(() => undefined);
+      }
       from = Math.min(from, s.cStart[i]!);
       to = Math.max(to, s.cEnd[i]!);
-      if (lazy && !lazy.loaded && layer.compression === 'gzip' && !(i > 0 && (this.cache.has(base + (i - 1)) || this.inFlight.has(base + (i - 1))))) {
-        lazy.load().catch(() => undefined); // a failure is the read's to report: it asks again
-      }
     }
     return from < to ? [from, to] : undefined;
   }
@@ -211,7 +209,7 @@ export class LayerRangeReader {
       const [compressed, window] = await Promise.all([this.verifiedSpan(layer, s, i), this.windowOf(layer, i)]);
       return this.decode(layer, i, compressed, window, from - u0, to - from);
     }
-    const key = `${layer.cacheKey ?? layer.blobDigest}#${i}`;
+    const key = spanKey(layer, i);
     let span = this.cache.get(key);
     if (span) this.stats.cacheHits++;
     else {
@@ -265,7 +263,7 @@ export class LayerRangeReader {
     if (!lazy) return cp.window;
     if (lazy.loaded || layer.compression !== 'gzip') return lazy.loaded ?? empty;
     const n = lazy.length;
-    const before = i > 0 && n > 0 ? `${layer.cacheKey ?? layer.blobDigest}#${i - 1}` : undefined;
+    const before = i > 0 && n > 0 ? spanKey(layer, i - 1) : undefined;
     if (before === undefined) return lazy.load();
     const tail = (span: Buffer) => (span.length >= n ? span.subarray(span.length - n) : lazy.load());
     const cached = this.cache.peek(before);
@@ -287,6 +285,9 @@ export class LayerRangeReader {
 }
 
 const empty = Buffer.alloc(0);
+
+/** Span i of a layer in the decoded-span cache: `<cacheKey or blob digest>#<i>`. */
+const spanKey = (layer: IndexedLayer, i: number): string => `${layer.cacheKey ?? layer.blobDigest}#${i}`;
 
 let shared: LayerRangeReader | undefined;
 

@@ -162,7 +162,7 @@ export function decodeIndexHead(head: Buffer, what: string, fetchWindow: (start:
   const layout = layoutOf(head, bad);
   if (layout.version < 2) throw bad(`format version ${layout.version} has no window digests: it is read whole or not at all`);
   if (head.length !== layout.windowsAt) throw bad(`its head is ${layout.windowsAt} bytes, not ${head.length}`);
-  return decodeHead(head, layout, bad, (w) => new FetchedCheckpoint(w, fetchWindow, what, () => bad(`checkpoint ${w.index}: its window does not inflate to the ${w.length} bytes the table says`)));
+  return decodeHead(head, layout, bad, (w) => new FetchedCheckpoint(w, fetchWindow, what));
 }
 
 interface Layout {
@@ -273,36 +273,52 @@ function inflateWindow(stored: Buffer, length: number, damaged: () => LazyrootEr
   return window;
 }
 
-/** A checkpoint read from an index file: its window is inflated the first time it is asked for. */
-class StoredCheckpoint implements GzipCheckpoint {
+/**
+ * A window's stored bytes checked against its digest (version 2), then
+ * inflated to the length the table gives; `what` names the index in errors.
+ */
+function openWindow(stored: Buffer, place: WindowPlace, what: string): Buffer {
+  const { digest, index, windowOffset, length } = place;
+  if (digest !== undefined) {
+    const got = `sha256:${createHash('sha256').update(stored).digest('hex')}`;
+    if (got !== digest) throw new DigestMismatchError(`${what}: checkpoint ${index}: its window (bytes ${windowOffset}-${windowOffset + stored.length} of the windows)`, digest, got);
+  }
+  return inflateWindow(stored, length, () => badIndex(what)(`checkpoint ${index}: its window does not inflate to the ${length} bytes the table says`));
+}
+
+/** A checkpoint of an index file: its fields from the table, its window from where `place` says. */
+abstract class PlacedCheckpoint {
   readonly compressedOffset: number;
   readonly bits: number;
   readonly uncompressedOffset: number;
   readonly spanDigest: Digest;
+
+  constructor(protected readonly place: WindowPlace) {
+    ({ compressedOffset: this.compressedOffset, bits: this.bits, uncompressedOffset: this.uncompressedOffset, spanDigest: this.spanDigest } = place.fields);
+  }
+}
+
+/** A checkpoint read from a whole index file: its window is checked and inflated the first time it is asked for. */
+class StoredCheckpoint extends PlacedCheckpoint implements GzipCheckpoint {
   private inflated: Buffer | undefined;
 
   constructor(
-    private readonly place: WindowPlace,
+    place: WindowPlace,
     private readonly stored: Buffer,
     private readonly what: string,
   ) {
-    ({ compressedOffset: this.compressedOffset, bits: this.bits, uncompressedOffset: this.uncompressedOffset, spanDigest: this.spanDigest } = place.fields);
+    super(place);
   }
 
   get window(): Buffer {
     // Version 2: the trailer seals the head only, each window is checked by its own digest.
-    if (!this.inflated) this.checkWindow(this.what);
-    return this.inflated!;
+    this.inflated ??= openWindow(this.stored, this.place, this.what);
+    return this.inflated;
   }
 
-  /** Checks the stored window against its digest (version 2), then that it inflates: what a registry's whole index must pass. */
+  /** The window checked now, naming the index as `what`: what a registry's whole index must pass. */
   checkWindow(what: string): void {
-    const { digest, index } = this.place;
-    if (digest !== undefined) {
-      const got = `sha256:${createHash('sha256').update(this.stored).digest('hex')}`;
-      if (got !== digest) throw new DigestMismatchError(`${what}: checkpoint ${index}: its window`, digest, got);
-    }
-    this.inflated = inflateWindow(this.stored, this.place.length, () => badIndex(what)(`checkpoint ${index}: its window does not inflate to the ${this.place.length} bytes the table says`));
+    this.inflated = openWindow(this.stored, this.place, what);
   }
 }
 
@@ -312,22 +328,17 @@ class StoredCheckpoint implements GzipCheckpoint {
  * when a span is first decoded from it. `window` is there once `load()` has
  * resolved.
  */
-class FetchedCheckpoint implements GzipCheckpoint, LazyWindow {
-  readonly compressedOffset: number;
-  readonly bits: number;
-  readonly uncompressedOffset: number;
-  readonly spanDigest: Digest;
+class FetchedCheckpoint extends PlacedCheckpoint implements GzipCheckpoint, LazyWindow {
   readonly lazyWindow: LazyWindow = this;
   loaded: Buffer | undefined;
   private loading: Promise<Buffer> | undefined;
 
   constructor(
-    private readonly place: WindowPlace,
+    place: WindowPlace,
     private readonly fetchWindow: (start: number, end: number) => Promise<Buffer>,
     private readonly what: string,
-    private readonly damaged: () => LazyrootError,
   ) {
-    ({ compressedOffset: this.compressedOffset, bits: this.bits, uncompressedOffset: this.uncompressedOffset, spanDigest: this.spanDigest } = place.fields);
+    super(place);
     if (place.length === 0) this.loaded = empty;
   }
 
@@ -342,22 +353,16 @@ class FetchedCheckpoint implements GzipCheckpoint, LazyWindow {
 
   load(): Promise<Buffer> {
     if (this.loaded) return Promise.resolve(this.loaded);
-    this.loading ??= this.fetch().then(
-      (window) => (this.loaded = window),
-      (err: unknown) => {
-        this.loading = undefined; // a later read asks again
-        throw err;
-      },
-    );
+    this.loading ??= this.fetchWindow(this.place.windowOffset, this.place.windowOffset + this.place.stored)
+      .then((bytes) => openWindow(bytes, this.place, this.what))
+      .then(
+        (window) => (this.loaded = window),
+        (err: unknown) => {
+          this.loading = undefined; // a later read asks again
+          throw err;
+        },
+      );
     return this.loading;
-  }
-
-  private async fetch(): Promise<Buffer> {
-    const { windowOffset, stored, digest, index } = this.place;
-    const bytes = await this.fetchWindow(windowOffset, windowOffset + stored);
-    const got = `sha256:${createHash('sha256').update(bytes).digest('hex')}`;
-    if (got !== digest) throw new DigestMismatchError(`${this.what}: checkpoint ${index}: its window (bytes ${windowOffset}-${windowOffset + stored} of the windows)`, digest!, got);
-    return inflateWindow(bytes, this.place.length, this.damaged);
   }
 }
 

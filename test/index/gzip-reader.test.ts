@@ -245,14 +245,20 @@ test('throughput: building an index vs gzip -dc on the same blob (printed, not a
   );
 });
 
-test('an index read by its head alone: a span\'s window is fetched beside its bytes, or cut from the span before it when that is decoded', async () => {
-  const file = encodeIndex(index);
+/** The index as a mount reads a stored or registry one: its head decoded, each window fetched (and counted) when first needed. */
+function headOnly(idx: LayerIndex): { head: LayerIndex; fetched: number[] } {
+  const file = encodeIndex(idx);
   const windowsAt = indexHeadLength(file)!;
   const fetched: number[] = [];
   const head = decodeIndexHead(file.subarray(0, windowsAt), 'head of big layer', async (start, end) => {
     fetched.push(start);
     return file.subarray(windowsAt + start, windowsAt + end);
   });
+  return { head, fetched };
+}
+
+test('an index read by its head alone: a span\'s window is fetched beside its bytes, or cut from the span before it when that is decoded', async () => {
+  const { head, fetched } = headOnly(index);
   const l = gzipLayer(blob, head);
   const reader = new LayerRangeReader();
   // Every file whole, in pieces and at random: each byte right.
@@ -264,25 +270,15 @@ test('an index read by its head alone: a span\'s window is fetched beside its by
   assert.ok(fetched.length < spans / 2, `${fetched.length} of ${spans} windows fetched`);
 
   // A read from the middle of a span whose neighbour is not decoded fetches its window, and the bytes are right.
-  const fresh = decodeIndexHead(file.subarray(0, windowsAt), 'head of big layer', async (start, end) => {
-    fetched.push(start);
-    return file.subarray(windowsAt + start, windowsAt + end);
-  });
-  fetched.length = 0;
+  const { head: fresh, fetched: freshFetched } = headOnly(index);
   const big = files(index).filter((e) => !e.sparse && e.size > 3 * MiB).at(-1)!;
   const got = await new LayerRangeReader().readFileRange(big, 2 * MiB, 4096, gzipLayer(blob, fresh));
   assert.ok(got.equals(layer.files.get(big.path)!.subarray(2 * MiB, 2 * MiB + 4096)));
-  assert.equal(fetched.length, 1, 'one window fetched');
+  assert.equal(freshFetched.length, 1, 'one window fetched');
 });
 
 test('compressedRange: the blob bytes a read needs, its first span\'s window asked for at once (not after the region arrives)', async () => {
-  const file = encodeIndex(index);
-  const windowsAt = indexHeadLength(file)!;
-  const fetched: number[] = [];
-  const head = decodeIndexHead(file.subarray(0, windowsAt), 'head of big layer', async (start, end) => {
-    fetched.push(start);
-    return file.subarray(windowsAt + start, windowsAt + end);
-  });
+  const { head, fetched } = headOnly(index);
   const l = gzipLayer(blob, head);
   const reader = new LayerRangeReader();
   const big = files(index).filter((e) => !e.sparse && e.size > 3 * MiB).at(-1)!;
