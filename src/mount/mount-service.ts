@@ -3,6 +3,7 @@ import { tracePhase } from '../trace.js';
 import { mkdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LazyrootError } from '../errors.js';
+import { processAlive } from '../process-alive.js';
 import { writeFileAtomic } from '../store/atomic-file.js';
 import type { Store } from '../store/store.js';
 import { cleanStaleMount, mountpointState } from '../fs/stale-mount.js';
@@ -193,7 +194,13 @@ export async function unmountLazy(store: Store, dir: string, waitMs = 15_000): P
     process.kill(record.pid, 'SIGTERM');
     const until = Date.now() + waitMs;
     while (Date.now() < until) {
-      if (!store.db.mountAt(mountpoint)) return { stale: false, mountpoint };
+      if (!store.db.mountAt(mountpoint)) {
+        // The record goes before the daemon has closed what it holds in the store (its database, log,
+        // blobs): its end is waited for too, so that what follows `umount` (unmounting the store's
+        // disk, removing the store) finds nothing held.
+        while (processAlive(record.pid) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+        return { stale: false, mountpoint };
+      }
       await new Promise((r) => setTimeout(r, 10));
     }
     throw new LazyrootError('UNAVAILABLE', `${mountpoint}: the mount daemon (pid ${record.pid}) did not unmount within ${waitMs / 1000} s (is the mount busy?)`);

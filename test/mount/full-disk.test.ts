@@ -13,6 +13,7 @@ import { buildEstargzImage, incompressible } from '../helpers/estargz.js';
 import { missingRequirements } from '../helpers/requirements.js';
 import { lazyroot } from '../helpers/cli.js';
 import { hashInChild } from '../helpers/hash-in-child.js';
+import { processAlive } from '../../src/process-alive.js';
 
 const missing = missingRequirements({ root: true, fuse: true, tools: ['docker-registry'] });
 if (missing.length && process.env.CI) throw new Error(`CI: full-disk tests need ${missing.join(', ')}`);
@@ -67,8 +68,9 @@ describe('a full disk under a lazy mount costs only the bytes that could not be 
   test('reads stay right while nothing can be written, prefetch waits for space, and finishes once there is some', async () => {
     target = join(work, 'mnt');
     await mkdir(target);
-    const mounted = await lazyroot(['--store', store, 'mount', '--prefetch-delay-ms', '0', `docker://${registry.host}/full/app:v1`, target]);
+    const mounted = await lazyroot(['--store', store, '--json', 'mount', '--prefetch-delay-ms', '0', `docker://${registry.host}/full/app:v1`, target]);
     assert.equal(mounted.code, 0, mounted.stderr);
+    const daemon = (JSON.parse(mounted.stdout) as { pid: number }).pid;
     // Now fill the disk, leaving less than one file's room.
     const free = async () => {
       const s = await statfs(disk);
@@ -100,5 +102,8 @@ describe('a full disk under a lazy mount costs only the bytes that could not be 
     for (const f of files) assert.equal((await hashInChild(join(target, f.path))).hash, sha(f.bytes));
     assert.equal((await lazyroot(['--store', store, 'umount', target])).code, 0);
     target = undefined;
+    // `umount` returned: the daemon has ended and holds nothing of the store, so its disk can go at once.
+    assert.equal(processAlive(daemon), false, `the mount daemon (pid ${daemon}) still runs after umount returned`);
+    await run('umount', [disk]);
   });
 });

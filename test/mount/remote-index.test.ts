@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { decodeIndex, encodeIndex, indexHeadLength } from '../../src/index/index-file.js';
 import { MediaType } from '../../src/oci/media-types.js';
-import { emptyConfigBytes, emptyConfigDescriptor, layerDigestAnnotation, lazyrootIndexArtifactType, spanIndexHeadDigestAnnotation, spanIndexMediaType } from '../../src/oci/referrers.js';
+import { emptyConfigBytes, emptyConfigDescriptor, layerDigestAnnotation, lazyrootIndexArtifactType, spanIndexHeadDigestAnnotation, spanIndexHeadSizeAnnotation, spanIndexMediaType } from '../../src/oci/referrers.js';
 import { spanIndexDescriptor } from '../../src/mount/index-artifact.js';
 import type { Digest } from '../../src/oci/digest.js';
 import type { Descriptor } from '../../src/oci/types.js';
@@ -111,7 +111,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
       { tar: layer2, compression: 'gzip' as const },
     ];
     // One image per case: same layers, another config (so another manifest, another subject).
-    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode', 'lying-window', 'damaged-window', 'other-spans', 'head-window', 'head-digest']) {
+    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode', 'lying-window', 'damaged-window', 'other-spans', 'head-window', 'head-digest', 'head-size']) {
       const image = buildImage({ layers, config: { config: { Cmd: ['/bin/sh'], Labels: { case: tag } } } });
       images.set(tag, image);
       await registry.pushImage('remote/app', tag, image);
@@ -153,7 +153,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
   }
 
   /** Pushes a lazyroot index artifact for `subject` with the given span-index blobs, as `index --push` would (a test's hostile one). */
-  async function pushArtifact(tag: string, entries: Array<{ bytes: Buffer; annotatedLayer: string; head?: { bytes: Buffer } | 'from-file' }>): Promise<void> {
+  async function pushArtifact(tag: string, entries: Array<{ bytes: Buffer; annotatedLayer: string; head?: { bytes: Buffer } | { size: number } | 'from-file' }>): Promise<void> {
     const image = images.get(tag)!;
     const pusher = new RegistryPusher(parseReference(ref(tag)) as DockerReference);
     try {
@@ -163,7 +163,8 @@ describe('span indexes shared through the registry (index --push; mounts on anot
         await pusher.pushBlob(e.bytes);
         // With `head`, annotated as `index --push` does (a mount reads the head alone, then windows by range); without, as an older lazyroot did.
         const descriptor = e.head ? spanIndexDescriptor(e.bytes, e.annotatedLayer as Digest, undefined) : { mediaType: spanIndexMediaType, digest: digestOf(e.bytes), size: e.bytes.length, annotations: { [layerDigestAnnotation]: e.annotatedLayer } };
-        if (e.head && e.head !== 'from-file') descriptor.annotations![spanIndexHeadDigestAnnotation] = digestOf(e.head.bytes);
+        if (e.head && e.head !== 'from-file' && 'bytes' in e.head) descriptor.annotations![spanIndexHeadDigestAnnotation] = digestOf(e.head.bytes);
+        if (e.head && e.head !== 'from-file' && 'size' in e.head) descriptor.annotations![spanIndexHeadSizeAnnotation] = String(e.head.size);
         layers.push(descriptor);
       }
       const manifest = Buffer.from(
@@ -514,6 +515,22 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const s = await stats(store, target);
     assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, 0], 'layer 1 streamed, layer 2 from the registry');
     assert.match(await daemonLog(store), /remote index sha256:[0-9a-f]+.*: ignored, streaming the layer[\s\S]*its head \(bytes 0-\d+\)/);
+    await umount(store, target);
+  });
+
+  test('hostile artifact read by its head, a head said to be longer than the index: ignored with a warning, the layer is streamed, reads are right', async () => {
+    const [l1, l2] = honest.layers;
+    const file = indexFiles.get(l1!.descriptor.digest)!;
+    await pushArtifact('head-size', [
+      { bytes: file, annotatedLayer: l1!.descriptor.digest, head: { size: file.length + 1 } },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest, head: 'from-file' },
+    ]);
+    const store = join(work, 'store-head-size');
+    const target = await mountAt(store, 'head-size');
+    assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
+    const s = await stats(store, target);
+    assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, 0], 'layer 1 streamed, layer 2 from the registry');
+    assert.match(await daemonLog(store), new RegExp(`remote index sha256:[0-9a-f]+.*: ignored, streaming the layer[\\s\\S]*its head of ${file.length + 1} bytes does not fit its ${file.length}`));
     await umount(store, target);
   });
 
