@@ -1,3 +1,4 @@
+import { assertLogged, daemonLog } from '../helpers/daemon-log.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -146,7 +147,6 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.equal(r.code, 0, r.stderr);
     mounted.splice(mounted.findIndex((m) => m.target === target), 1);
   }
-  const daemonLog = (store: string) => readFile(join(store, 'mount-daemon.log'), 'utf8').catch(() => '');
   /** Whole-blob answers among `records`: a layer GET that sent the blob's every byte. */
   function wholeBlobGets(records: AccessRecord[], image: BuiltImage): AccessRecord[] {
     return records.filter((r) => r.method === 'GET' && image.layers.some((l) => r.path.endsWith(`/blobs/${l.descriptor.digest}`) && r.bytes >= l.blob.length));
@@ -300,7 +300,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const part = await readInChild(join(target, 'data/part03.txt'));
     assert.equal(part.ok, true, part.error);
     assert.equal((await stats(store, target)).bytesIndexed, 0);
-    assert.match(await daemonLog(store), /digest mismatch/i);
+    await assertLogged(store, /digest mismatch/i);
     await umount(store, target);
   });
 
@@ -317,7 +317,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     const s = await stats(store, target);
     assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, 0], 'layer 1 streamed, layer 2 from the registry');
-    assert.match(await daemonLog(store), /remote index sha256:[0-9a-f]+.*refused: span \d+ starts at byte \d+, outside the blob/);
+    await assertLogged(store, /remote index sha256:[0-9a-f]+.*refused: span \d+ starts at byte \d+, outside the blob/);
     await umount(store, target);
   });
 
@@ -334,10 +334,9 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     const s = await stats(store, target);
     assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, l2!.blob.length], 'both streamed: no usable index for either');
-    const log = await daemonLog(store);
-    assert.match(log, new RegExp(`it is the index of blob ${l2!.descriptor.digest}, not of this layer`));
-    assert.match(log, /names blob sha256:[0-9a-f]+, not a layer of the image/);
-    assert.match(log, /has no index for this layer; streaming it/);
+    await assertLogged(store, new RegExp(`it is the index of blob ${l2!.descriptor.digest}, not of this layer`));
+    await assertLogged(store, /names blob sha256:[0-9a-f]+, not a layer of the image/);
+    await assertLogged(store, /has no index for this layer; streaming it/);
     // Only what was checked is kept: the stored index of layer 1 is its own.
     assert.equal(decodeIndex(await readFile(join(store, 'indexes', 'sha256', l1!.descriptor.digest.slice(7)))).blobDigest, l1!.descriptor.digest);
     await umount(store, target);
@@ -361,7 +360,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const other = await readInChild(join(target, 'etc/words.txt'));
     assert.equal(other.ok, true, other.error);
     assert.equal((await stats(store, target)).bytesIndexed, 0);
-    assert.match(await daemonLog(store), /"etc\/hello.txt": refused: the span index disagrees with the layer's tar stream/);
+    await assertLogged(store, /"etc\/hello.txt": refused: the span index disagrees with the layer's tar stream/);
     await umount(store, target);
   });
 
@@ -395,7 +394,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const target = await mountAt(store, 'lying-mode', [], true);
     const began = Date.now();
     while (!/disagrees with the layer's tar stream: entry \d+/.test(await daemonLog(store)) && Date.now() - began < 60_000) await new Promise((r) => setTimeout(r, 200));
-    assert.match(await daemonLog(store), /refused: the span index from the registry disagrees with the layer's tar stream: entry \d+: the index has \{"path":"etc\/hello.txt","type":"file","mode":2541/);
+    await assertLogged(store, /refused: the span index from the registry disagrees with the layer's tar stream: entry \d+: the index has \{"path":"etc\/hello.txt","type":"file","mode":2541/);
     const read = await readInChild(join(target, 'etc/hello.txt'));
     assert.equal(read.ok, false, 'the layer is refused once found out');
     assert.match(read.error ?? '', /Input\/output error/);
@@ -434,7 +433,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const store = join(work, 'store-lying-window');
     const target = await mountAt(store, 'lying-window', [], true);
     await waitFor(store, target, /refused: the span index from the registry disagrees/);
-    assert.match(await daemonLog(store), new RegExp(`refused: the span index from the registry disagrees with the layer's tar stream: span ${k}: its window \\(the 32768 bytes before uncompressed byte \\d+\\) is not the layer's`));
+    await assertLogged(store, new RegExp(`refused: the span index from the registry disagrees with the layer's tar stream: span ${k}: its window \\(the 32768 bytes before uncompressed byte \\d+\\) is not the layer's`));
     const read = await readInChild(join(target, 'etc/words.txt'));
     assert.equal(read.ok, false, 'the layer is refused once found out');
     assert.match(read.error ?? '', /Input\/output error/);
@@ -467,7 +466,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     const s = await stats(store, target);
     assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, 0], 'layer 1 streamed, layer 2 from the registry');
-    assert.match(await daemonLog(store), new RegExp(`remote index sha256:[0-9a-f]+.*checkpoint ${k}: its window does not inflate to the 32768 bytes the table says`));
+    await assertLogged(store, new RegExp(`remote index sha256:[0-9a-f]+.*checkpoint ${k}: its window does not inflate to the 32768 bytes the table says`));
     await umount(store, target);
   });
 
@@ -491,9 +490,8 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const middle = await readRangeInChild(join(target, 'etc/words.txt'), 3 * MiB, 4096);
     assert.equal(middle.ok, false, 'the read must fail');
     assert.match(middle.error ?? '', /Input\/output error/);
-    const log = await daemonLog(store);
-    assert.match(log, new RegExp(`checkpoint ${k}: its window \\(bytes \\d+-\\d+ of the windows\\)`));
-    assert.match(log, /digest mismatch/i);
+    await assertLogged(store, new RegExp(`checkpoint ${k}: its window \\(bytes \\d+-\\d+ of the windows\\)`));
+    await assertLogged(store, /digest mismatch/i);
     assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     const part = await readRangeInChild(join(target, 'data/part07.txt'), MiB, 4096);
     assert.equal(part.ok, true, part.error);
@@ -514,7 +512,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.ok(middle.bytes!.equals(corpus.subarray(3 * MiB, 3 * MiB + 4096)));
     const s = await stats(store, target);
     assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, 0], 'layer 1 streamed, layer 2 from the registry');
-    assert.match(await daemonLog(store), /remote index sha256:[0-9a-f]+.*: ignored, streaming the layer[\s\S]*its head \(bytes 0-\d+\)/);
+    await assertLogged(store, /remote index sha256:[0-9a-f]+.*: ignored, streaming the layer[\s\S]*its head \(bytes 0-\d+\)/);
     await umount(store, target);
   });
 
@@ -530,7 +528,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     assert.deepEqual(await readInChild(join(target, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     const s = await stats(store, target);
     assert.deepEqual(s.layers.map((l) => l.bytesIndexed), [l1!.blob.length, 0], 'layer 1 streamed, layer 2 from the registry');
-    assert.match(await daemonLog(store), new RegExp(`remote index sha256:[0-9a-f]+.*: ignored, streaming the layer[\\s\\S]*its head of ${file.length + 1} bytes does not fit its ${file.length}`));
+    await assertLogged(store, new RegExp(`remote index sha256:[0-9a-f]+.*: ignored, streaming the layer[\\s\\S]*its head of ${file.length + 1} bytes does not fit its ${file.length}`));
     await umount(store, target);
   });
 

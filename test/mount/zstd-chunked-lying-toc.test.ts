@@ -8,6 +8,7 @@
  * frame the lie hides, is refused too: never served wrong), and prefetch does
  * not promote the blob. The blob is the test writer's (helpers/zstd-chunked.ts).
  */
+import { assertLogged } from '../helpers/daemon-log.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -96,7 +97,7 @@ describe('a zstd:chunked TOC that disagrees with its own tar stream', { skip: mi
     const after = await readInChild(join(target, 'data/c.txt'));
     if (after.ok) assert.ok(after.stdout.equals(c));
     else assert.match(after.stderr, /Input\/output error/);
-    const log = await readFile(join(store, 'mount-daemon.log'), 'utf8');
+    const log = await assertLogged(store, /"data\/b\.txt": refused: the TOC disagrees with the layer's tar stream/);
     const refusals = log.split('\n').filter((l) => /"data\/b\.txt": refused: the TOC disagrees with the layer's tar stream/.test(l));
     assert.ok(refusals.length >= 1, log);
     assert.match(refusals[0]!, new RegExp(image.layerDigests[0]!.slice(7, 19)));

@@ -10,6 +10,7 @@
  * never wrong bytes; a TOC whose checksum does not match the annotation fails
  * the mount, naming the layer (as an eStargz TOC digest mismatch does).
  */
+import { assertLogged } from '../helpers/daemon-log.js';
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile, spawn } from 'node:child_process';
@@ -298,7 +299,7 @@ describe('zstd:chunked images pushed by podman mount lazily', { skip: missing.le
     assert.equal(bad.stdout.length, 0, 'no byte of the corrupted chunk reached the reader');
     const good = await readInChild(join(target, 'etc/small.conf'));
     assert.ok(good.ok && good.stdout.equals(small), good.stderr);
-    assert.match(await readFile(join(store, 'mount-daemon.log'), 'utf8'), /data\/big\.bin.*chunk 0.*digest mismatch/);
+    await assertLogged(store, /data\/big\.bin.*chunk 0.*digest mismatch/);
     await unmount(target);
   });
 });
