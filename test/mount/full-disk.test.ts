@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
-import { mkdir, mkdtemp, rm, statfs, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
@@ -59,6 +59,23 @@ describe('a full disk under a lazy mount costs only the bytes that could not be 
     await rm(work, { recursive: true, force: true });
   });
 
+  /** Writes `path` until the disk is full, then gives back `leave` bytes. */
+  async function fillUpTo(path: string, leave: number): Promise<void> {
+    const handle = await open(path, 'w');
+    const chunk = Buffer.alloc(MiB);
+    let written = 0;
+    try {
+      try {
+        for (;;) written += (await handle.write(chunk, 0, chunk.length)).bytesWritten;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
+      }
+      await handle.truncate(Math.max(0, written - leave));
+    } finally {
+      await handle.close();
+    }
+  }
+
   async function stats(): Promise<Stats> {
     const r = await lazyroot(['--store', store, 'mount', '--stats', '--json', target!]);
     assert.equal(r.code, 0, r.stderr);
@@ -71,13 +88,10 @@ describe('a full disk under a lazy mount costs only the bytes that could not be 
     const mounted = await lazyroot(['--store', store, '--json', 'mount', '--prefetch-delay-ms', '0', `docker://${registry.host}/full/app:v1`, target]);
     assert.equal(mounted.code, 0, mounted.stderr);
     const daemon = (JSON.parse(mounted.stdout) as { pid: number }).pid;
-    // Now fill the disk, leaving less than one file's room.
-    const free = async () => {
-      const s = await statfs(disk);
-      return s.bavail * s.bsize;
-    };
+    // Now fill the disk, leaving less than one file's room. Written until the disk is full, then cut
+    // back: prefetch (delay 0) is writing to the same disk, so free space measured first can be gone.
     const filler = join(disk, 'filler');
-    await writeFile(filler, Buffer.alloc(Math.max(0, (await free()) - 512 * 1024)));
+    await fillUpTo(filler, 512 * 1024);
 
     for (const f of files) {
       const got = await hashInChild(join(target, f.path));
