@@ -197,8 +197,10 @@ export async function unmountLazy(store: Store, dir: string, waitMs = 15_000): P
       if (!store.db.mountAt(mountpoint)) {
         // The record goes before the daemon has closed what it holds in the store (its database, log,
         // blobs): its end is waited for too, so that what follows `umount` (unmounting the store's
-        // disk, removing the store) finds nothing held.
-        while (processAlive(record.pid) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
+        // disk, removing the store) finds nothing held. Not when this process serves the mount (a
+        // standby that took a `run --lazy` and now removes its rootfs): it would wait on itself.
+        const daemonIsUs = record.pid === process.pid;
+        while (!daemonIsUs && processAlive(record.pid) && Date.now() < until) await new Promise((r) => setTimeout(r, 10));
         return { stale: false, mountpoint };
       }
       await new Promise((r) => setTimeout(r, 10));

@@ -293,7 +293,11 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
       });
 
       const standby = await standbyPid();
+      const began = Date.now();
       const first = await runWith(['run', '--lazy', ref, '--', 'sh', '-c', 'read x; echo "got $x"; echo oops >&2; exit 7'], 'hello\n');
+      // Not a speed check: a bound on a stall. The standby serves the run's mount itself; unmounting
+      // it once waited for the mount daemon — itself — to end, until umount's 15 s wait ran out.
+      assert.ok(Date.now() - began < 10_000, `the handed-off run returned ${Date.now() - began} ms after it began: it waited on something that never came`);
       assert.equal(first.code, 7, first.stderr);
       assert.equal(first.stdout, 'got hello\n');
       assert.match(first.stderr, new RegExp(`run handed to the warm standby \\(pid ${standby}\\)`));
