@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { cp, mkdir, mkdtemp, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { loadavg } from 'node:os';
-import { basename, join } from 'node:path';
+import { join } from 'node:path';
 import { convertToEstargz, startContainerd, type Containerd } from '../test/helpers/estargz.js';
 import { startSnapshotterWorld } from '../test/helpers/snapshotter.js';
 import { pushToRegistry } from '../test/helpers/image-builder.js';
@@ -346,11 +346,12 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
   const freshStore = async (prefix: string, v?: Variant): Promise<string> => {
     const store = await mkdtemp(join(ctx.workDir, prefix));
     if (v?.prebuiltIndex) await cp(images.indexesDir, join(store, 'indexes'), { recursive: true });
-    if (v?.profile) await cp(profiles.get(v.repoTag)!, join(store, 'indexes', 'sha256', basename(profiles.get(v.repoTag)!)));
+    // Under the name the store gives it (IMAGE-HEX.profile): under any other a mount never finds it.
+    if (v?.profile) await cp(profiles.get(v.repoTag)!.path, join(store, 'indexes', 'sha256', profiles.get(v.repoTag)!.name));
     return store;
   };
   // The access profile of each image, recorded once by `run --lazy` of the python3 command (untimed).
-  const profiles = new Map<Variant['repoTag'], string>();
+  const profiles = new Map<Variant['repoTag'], { path: string; name: string }>();
   for (const v of variants.filter((x) => x.profile)) {
     if (profiles.has(v.repoTag)) continue;
     const store = await freshStore('profile-', { ...v, profile: false });
@@ -359,7 +360,7 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
     if (!recorded) throw new Error(`bench: run --lazy of ${ref(v)} recorded no access profile in ${store}`);
     const kept = join(ctx.workDir, `${v.repoTag}-${recorded}`);
     await cp(join(store, 'indexes', 'sha256', recorded), kept);
-    profiles.set(v.repoTag, kept);
+    profiles.set(v.repoTag, { path: kept, name: recorded });
     await removeStore(ctx.lazyrootBin, store);
   }
 
@@ -387,7 +388,10 @@ async function lazyStart(ctx: BenchContext, images: LazyImages, host: string, re
           const seconds = elapsed(started);
           // Counted at once: the background prefetch (1 s after ready) must not add to it.
           const bytes = relay.take().down;
-          const stats = JSON.parse(await capture(lz(storeA, '--json', 'mount', '--stats', mountpoint))) as { bytesFetched: number };
+          const stats = JSON.parse(await capture(lz(storeA, '--json', 'mount', '--stats', mountpoint))) as { bytesFetched: number; recording: string };
+          // A mount that found an access profile records none: the sign that a profile row has its profile.
+          // (Until session 12 it was copied in under another name, and those rows ran without one.)
+          if (v.profile && stats.recording !== 'no') throw new Error(`bench: ${v.name}: the mount found no access profile in ${storeA} (it is recording one)`);
           add(`a:${v.name}`, { seconds, mountSeconds: m.seconds, bytes, daemonBytes: stats.bytesFetched });
         } finally {
           await removeStore(ctx.lazyrootBin, storeA);
