@@ -115,6 +115,11 @@ function compressedRange(chunks: readonly EstargzMemberChunk[], start: number, e
  * Tar headers of entries without data, the landmarks, the TOC and the footer
  * lie between or after the members: they become unverified units that only
  * the whole blob's digest vouches for.
+ *
+ * Built at a layer's first read, on the way to a mount's first bytes: one
+ * object per member, its chunks on it, what the members share in one
+ * `MemberChecks` (a closure and a WeakMap entry per member took 20-30 ms for
+ * the bench image's 5,200-member layer, measured).
  */
 function memberUnits(
   index: Pick<EstargzIndex, 'chunks'>,
@@ -123,45 +128,74 @@ function memberUnits(
   decoded: EstargzChunkCache,
   onTail: (chunk: EstargzMemberChunk, tail: Buffer) => void,
 ): PrefetchUnit[] {
-  const members = new Map<number, { end: number; chunks: Array<{ path: string; chunk: EstargzMemberChunk; index: number }> }>();
+  const checks = new MemberChecks(what, decoded, onTail);
+  const members = new Map<number, MemberUnit>();
+  const units: MemberUnit[] = [];
   for (const [path, chunks] of index.chunks) {
-    chunks.forEach((chunk, i) => {
+    for (let i = 0; i < chunks.length; i++) {
+      const chunk = chunks[i]!;
       let member = members.get(chunk.compressedStart);
-      if (!member) members.set(chunk.compressedStart, (member = { end: chunk.compressedEnd, chunks: [] }));
-      member.end = Math.max(member.end, chunk.compressedEnd);
-      member.chunks.push({ path, chunk, index: i });
-    });
+      if (!member) {
+        member = new MemberUnit(chunk.compressedStart, chunk.compressedEnd, checks);
+        members.set(chunk.compressedStart, member);
+        units.push(member);
+      }
+      member.add({ path, chunk, index: i });
+    }
   }
-  const chunksOf = new WeakMap<PrefetchUnit, FetchedChunk[]>();
-  // The SHA-256 members of one fetched range, checked in one native call (others: verify, alone).
-  const checkMany = async (batch: readonly PrefetchUnit[], bytes: Buffer, from: number): Promise<unknown[]> => {
-    const chunks = batch.flatMap((unit) => chunksOf.get(unit)!);
-    const owner = batch.flatMap((unit, i) => chunksOf.get(unit)!.map(() => i));
+  return withGaps(units, size);
+}
+
+/** What the members of one layer share: how they are checked, and where checked chunks go. */
+class MemberChecks {
+  constructor(
+    readonly what: string,
+    readonly decoded: EstargzChunkCache,
+    readonly onTail: (chunk: EstargzMemberChunk, tail: Buffer) => void,
+  ) {}
+
+  /** The SHA-256 members of one fetched range, checked in one native call (others: verify, alone). */
+  readonly checkMany = async (batch: readonly PrefetchUnit[], bytes: Buffer, from: number): Promise<unknown[]> => {
+    const members = batch as readonly MemberUnit[];
+    const chunks = members.flatMap((member) => member.chunks);
+    const owner = members.flatMap((member, i) => member.chunks.map(() => i));
     const errors: unknown[] = new Array(batch.length).fill(undefined);
-    (await checkChunksOf(bytes, from, chunks, what, onTail)).forEach((result, k) => {
+    (await checkChunksOf(bytes, from, chunks, this.what, this.onTail)).forEach((result, k) => {
       if (result instanceof Error) errors[owner[k]!] ??= result;
       // Inflated and checked now: the read that asked for this region (or comes soon) need not inflate it again.
-      else decoded.set(chunks[k]!.chunk.chunkDigest, result);
+      else this.decoded.set(chunks[k]!.chunk.chunkDigest, result);
     });
     return errors;
   };
-  // Every chunk's bytes are the fetched ones (never a cached or in-flight copy): inflated and checked.
-  const units = [...members].map(([start, member]): PrefetchUnit => {
-    const unit: PrefetchUnit = {
-      start,
-      end: member.end,
-      verify: async (bytes) => {
-        for (const { path, chunk, index: i } of member.chunks) {
-          const data = await verifiedChunk(bytes.subarray(chunk.compressedStart - start, chunk.compressedEnd - start), chunk, i, path, what, false, onTail);
-          decoded.set(chunk.chunkDigest, data);
-        }
-      },
-    };
-    if (member.chunks.every((c) => /^sha256:[0-9a-f]{64}$/.test(c.chunk.chunkDigest))) {
-      unit.checkMany = checkMany;
-      chunksOf.set(unit, member.chunks);
+}
+
+const sha256Digest = /^sha256:[0-9a-f]{64}$/;
+
+/** A gzip member holding file chunks: every chunk's bytes are the fetched ones (never a cached or in-flight copy), inflated and checked. */
+class MemberUnit implements PrefetchUnit {
+  readonly chunks: FetchedChunk[] = [];
+  checkMany: PrefetchUnit['checkMany'];
+
+  constructor(
+    readonly start: number,
+    public end: number,
+    private readonly checks: MemberChecks,
+  ) {
+    this.checkMany = checks.checkMany;
+  }
+
+  add(chunk: FetchedChunk): void {
+    this.chunks.push(chunk);
+    if (chunk.chunk.compressedEnd > this.end) this.end = chunk.chunk.compressedEnd;
+    // A member with a digest other than SHA-256 is checked alone, chunk by chunk.
+    if (!sha256Digest.test(chunk.chunk.chunkDigest)) this.checkMany = undefined;
+  }
+
+  async verify(bytes: Buffer): Promise<void> {
+    const { what, decoded, onTail } = this.checks;
+    for (const { path, chunk, index: i } of this.chunks) {
+      const data = await verifiedChunk(bytes.subarray(chunk.compressedStart - this.start, chunk.compressedEnd - this.start), chunk, i, path, what, false, onTail);
+      decoded.set(chunk.chunkDigest, data);
     }
-    return unit;
-  });
-  return withGaps(units, size);
+  }
 }
