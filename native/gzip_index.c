@@ -31,6 +31,7 @@
 #include <string.h>
 #include <node_api.h>
 #include <zlib.h>
+#include "gzip_extract.h"
 
 #define WINSIZE 32768U
 #define OUT_CHUNK (1U << 20)  /* output buffers handed to JS are at most this big */
@@ -297,22 +298,7 @@ fail:
 /* ------------------------------------------------------------------------ */
 /* inflate from a checkpoint                                                */
 
-typedef struct {
-  /* inputs (borrowed from JS buffers kept alive by references) */
-  double compressed_offset;
-  int bits;
-  const unsigned char *window;
-  size_t window_len;
-  const unsigned char *in;
-  size_t in_len;
-  double skip;
-  size_t length;
-  unsigned char *out;  /* `length` bytes: a JS Buffer's memory, allocated by the caller */
-  /* outputs */
-  const char *error_code;
-  char error[256];
-  double error_offset;
-} extract_t;
+/* extract_t and extract_run: gzip_extract.h (gzip_window.c uses them too). */
 
 /*
  * The work itself, with no N-API calls (it may run on a worker thread).
@@ -321,7 +307,7 @@ typedef struct {
  * stream, so the 8-byte trailer is skipped by hand), a following member is
  * inflated in gzip mode, which skips its header.
  */
-static void extract_run(extract_t *x) {
+void extract_run(extract_t *x) {
   z_stream s;
   memset(&s, 0, sizeof s);
   const unsigned char *in = x->in;

@@ -226,6 +226,7 @@ static napi_value js_utimens(napi_env env, napi_callback_info info) {
 void register_gzip_index(napi_env env, napi_value exports);
 void register_fuse_times(napi_env env, napi_value exports);
 void register_gzip_member(napi_env env, napi_value exports);
+void register_gzip_window(napi_env env, napi_value exports);
 void register_mount_calls(napi_env env, napi_value exports);
 void register_spawn(napi_env env, napi_value exports);
 
@@ -243,6 +244,7 @@ static napi_value init(napi_env env, napi_value exports) {
   register_gzip_index(env, exports);
   register_fuse_times(env, exports);
   register_gzip_member(env, exports);
+  register_gzip_window(env, exports);
   register_mount_calls(env, exports);
   register_spawn(env, exports);
   return exports;

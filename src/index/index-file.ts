@@ -49,7 +49,10 @@ import type { GzipCheckpoint, IndexEntry, LazyWindow } from './types.js';
  * 6 fifo); absent fields are null and trailing nulls are dropped; xattrs is
  * {name: base64}; sparse is a flat [offset, size, offset, size…] array.
  *
- * Windows section, W bytes: the stored windows back to back.
+ * Windows section, W bytes: the stored windows back to back. A window's
+ * bytes that inflating from its checkpoint never copies are zeros
+ * (window-trim.ts), so it deflates to about a tenth; a reader cannot tell
+ * and need not.
  *
  * Trailer, 32 bytes: sha256 of the head, every byte before the windows
  * (version 1: of every byte before the trailer).

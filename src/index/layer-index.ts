@@ -4,6 +4,7 @@ import { DigestMismatchError, LazyrootError } from '../errors.js';
 import type { Digest } from '../oci/digest.js';
 import { createGzipIndexer, defaultSpanBytes, spanStart, type GzipIndexer, type RawGzipCheckpoint } from './gzip-native.js';
 import { TarIndexer } from './tar-index.js';
+import { WindowTrimmer } from './window-trim.js';
 import type { GzipCheckpoint, IndexEntry } from './types.js';
 
 /**
@@ -119,6 +120,8 @@ export class LayerIndexBuilder {
   private readonly spans = new SpanHasher();
   private readonly tar: TarIndexer;
   private readonly gzip: GzipIndexer | undefined;
+  /** Keeps of each checkpoint's window only what inflating from it needs (window-trim.ts). */
+  private readonly windows = new WindowTrimmer();
   private readonly raw: RawGzipCheckpoint[] = [];
   private uncompressedSize = 0;
   private nextCut: number;
@@ -172,6 +175,7 @@ export class LayerIndexBuilder {
       return;
     }
     const base = this.spans.size - chunk.length;
+    this.windows.add(chunk);
     let pushed;
     try {
       pushed = this.gzip.push(chunk);
@@ -181,9 +185,11 @@ export class LayerIndexBuilder {
     for (const cp of pushed.checkpoints) {
       if (this.raw.length > 0) this.spans.cut(cp.compressedOffset, spanStart(cp));
       this.raw.push(cp);
+      this.windows.checkpoint(cp);
     }
     this.spans.flush();
     for (const out of pushed.out) await this.uncompressed(out);
+    await this.windows.advance(this.uncompressedSize);
   }
 
   /** Ends the blob: checks it ended cleanly (and its digests, when expected) and returns the index. */
@@ -204,6 +210,7 @@ export class LayerIndexBuilder {
         }
       }
       entries = await this.tar.end();
+      await this.windows.finish(this.uncompressedSize);
     } catch (err) {
       throw notTheBlob() ?? err;
     }

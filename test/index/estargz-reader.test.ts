@@ -104,12 +104,18 @@ test('the chunk cache is bounded by bytes', async () => {
   const { reader, open } = await layer();
   const { entry, chunks } = open('big');
   const cache = new EstargzChunkCache(20 * KiB);
+  // One read of the whole file: its chunks are checked at once and cached as each is done.
   await readEstargzFile(entry, chunks, 0, big.length, reader, { cache });
   assert.ok(cache.bytes <= 20 * KiB, `${cache.bytes}`);
+  assert.equal(cache.size, 3, 'three 8 KiB chunks fit');
+  // A chunk at a time, in order: the most recent are kept, the oldest go first.
+  const inOrder = new EstargzChunkCache(20 * KiB);
+  for (const c of chunks) await readEstargzFile(entry, chunks, c.offset, c.size, reader, { cache: inOrder });
+  assert.ok(inOrder.bytes <= 20 * KiB, `${inOrder.bytes}`);
   // 8 KiB chunks and a last one of 123 bytes: the three most recent fit.
-  assert.equal(cache.size, 3);
-  assert.ok(cache.get(chunks[5]!.chunkDigest));
-  assert.equal(cache.get(chunks[0]!.chunkDigest), undefined);
+  assert.equal(inOrder.size, 3);
+  assert.ok(inOrder.get(chunks[5]!.chunkDigest));
+  assert.equal(inOrder.get(chunks[0]!.chunkDigest), undefined);
 });
 
 test('payloads sharing a gzip member (innerOffset) read back exactly', async () => {

@@ -5,6 +5,7 @@ import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { access, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { gunzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import { decodeIndex, encodeIndex, indexHeadLength } from '../../src/index/index-file.js';
 import { MediaType } from '../../src/oci/media-types.js';
@@ -112,7 +113,7 @@ describe('span indexes shared through the registry (index --push; mounts on anot
       { tar: layer2, compression: 'gzip' as const },
     ];
     // One image per case: same layers, another config (so another manifest, another subject).
-    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode', 'lying-window', 'damaged-window', 'other-spans', 'head-window', 'head-digest', 'head-size']) {
+    for (const tag of ['v1', 'spans-digest', 'spans-past', 'other-blob', 'lying-entries', 'lying-mode', 'lying-window', 'whole-windows', 'damaged-window', 'other-spans', 'head-window', 'head-digest', 'head-size']) {
       const image = buildImage({ layers, config: { config: { Cmd: ['/bin/sh'], Labels: { case: tag } } } });
       images.set(tag, image);
       await registry.pushImage('remote/app', tag, image);
@@ -423,8 +424,11 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const lying = decodeIndex(indexFiles.get(l1!.descriptor.digest)!);
     const k = lying.checkpoints.findIndex((cp) => cp.window.length === 32768);
     assert.ok(k > 0, 'layer 1 has a span with a whole window');
+    // The bytes its span copies are the ones an index keeps (the rest are zero): change those.
     const window = Buffer.from(lying.checkpoints[k]!.window);
-    window.fill(0x41, window.length - 4096);
+    let changed = 0;
+    for (let i = 0; i < window.length; i++) if (window[i] !== 0) (window[i]! ^= 0x41), changed++;
+    assert.ok(changed > 0, 'the window holds bytes its span copies');
     lying.checkpoints[k] = { ...lying.checkpoints[k]!, window };
     await pushArtifact('lying-window', [
       { bytes: encodeIndex(lying), annotatedLayer: l1!.descriptor.digest },
@@ -442,6 +446,32 @@ describe('span indexes shared through the registry (index --push; mounts on anot
     const again = await mountAt(store, 'lying-window', ['--no-remote-index']);
     assert.deepEqual(await readInChild(join(again, 'etc/hello.txt')), { ok: true, sha256: sha(hello) });
     await umount(store, again);
+  });
+
+  test('an artifact whose windows are whole (as a builder that keeps every byte writes them): once the layer is whole it is accepted, not refused', async () => {
+    const [l1, l2] = honest.layers;
+    const tar = gunzipSync(l1!.blob);
+    const whole = decodeIndex(indexFiles.get(l1!.descriptor.digest)!);
+    whole.checkpoints = whole.checkpoints.map((cp) => ({ ...cp, window: tar.subarray(cp.uncompressedOffset - cp.window.length, cp.uncompressedOffset) }));
+    const file = encodeIndex(whole);
+    assert.ok(file.length > indexFiles.get(l1!.descriptor.digest)!.length, 'whole windows make a bigger index');
+    await pushArtifact('whole-windows', [
+      { bytes: file, annotatedLayer: l1!.descriptor.digest },
+      { bytes: indexFiles.get(l2!.descriptor.digest)!, annotatedLayer: l2!.descriptor.digest },
+    ]);
+    const store = join(work, 'store-whole-windows');
+    const target = await mountAt(store, 'whole-windows', [], true);
+    assert.deepEqual(await readInChild(join(target, 'etc/words.txt')), { ok: true, sha256: sha(corpus) });
+    const s = await waitFor(store, target);
+    assert.equal(s.complete, true, 'prefetch made every layer whole');
+    // Checked against the whole layer, this machine's index (trimmed windows) replaces it.
+    const stored = join(store, 'indexes', 'sha256', l1!.descriptor.digest.slice(7));
+    const began = Date.now();
+    while ((await readFile(stored).catch(() => file)).length >= file.length && Date.now() - began < 30_000) await new Promise((r) => setTimeout(r, 200));
+    assert.ok((await readFile(stored)).length < file.length, 'the index built here replaced the one from the registry');
+    assert.doesNotMatch(await daemonLog(store), /refused/, 'the layer is not refused');
+    assert.deepEqual(await readInChild(join(target, 'etc/words.txt')), { ok: true, sha256: sha(corpus) });
+    await umount(store, target);
   });
 
   test('hostile artifact, a window that does not inflate (under a right checksum): ignored with a warning, the layer is streamed, reads are right', async () => {

@@ -1,13 +1,13 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import { DigestMismatchError, LazyrootError } from '../../errors.js';
 import type { Digest } from '../../oci/digest.js';
 import type { ImageSource } from '../../source/image-source.js';
 import type { Store } from '../../store/store.js';
 import type { PrefetchUnit } from '../../store/lazy-blob.js';
-import { spanStart } from '../../index/gzip-native.js';
+import { inflateFromAsync, spanStart } from '../../index/gzip-native.js';
 import { LayerRangeReader, type IndexedLayer } from '../../index/gzip-reader.js';
 import { decodeIndex, encodeIndex, fetchesWindows, readIndexFile, writeIndexFile } from '../../index/index-file.js';
 import type { GzipCheckpoint, IndexEntry } from '../../index/types.js';
@@ -59,7 +59,7 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
       const options = { what, expectDigest: descriptor.digest, expectDiffId: context.diffId };
       const encoded = encodeIndex(compression === 'gzip' ? await buildGzipIndex(stream, options) : await buildTarIndex(stream, options));
       const built = decodeIndex(encoded);
-      const why = entriesDisagree(index.entries, built.entries) ?? checkpointsDisagree(index.checkpoints, built.checkpoints);
+      const why = entriesDisagree(index.entries, built.entries) ?? (await checkpointsDisagree(index.checkpoints, built, path));
       if (why) {
         await rm(store.paths.index(descriptor.digest), { force: true });
         await rm(remoteIndexMarker(store, descriptor.digest), { force: true });
@@ -116,27 +116,53 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
  * thing of a span index no read can check (a span's digest covers its
  * compressed bytes, not the 32 KiB of earlier output that its
  * back-references copy): a wrong one makes a read serve bytes that are not
- * the layer's, so the registry's windows are compared once the layer is
- * whole, as far as both lengths go (a stream never refers back past its
- * member's start), and its positions with them.
+ * the layer's, so the registry's windows are checked once the layer is
+ * whole, and their positions with them. A window that is not byte for byte
+ * the one built here (windows keep only the bytes their stream copies:
+ * window-trim.ts; an index may come from a builder that kept them all) is
+ * right when inflating from it gives the same 32 KiB as the built one.
  */
-function checkpointsDisagree(given: readonly GzipCheckpoint[], built: readonly GzipCheckpoint[]): string | undefined {
-  const byOffset = new Map(built.map((cp) => [cp.uncompressedOffset, cp]));
-  for (const [i, cp] of given.entries()) {
-    const mine = byOffset.get(cp.uncompressedOffset);
-    if (!mine) continue;
-    if (mine.compressedOffset !== cp.compressedOffset || mine.bits !== cp.bits) {
-      return `span ${i}: the index starts it at compressed byte ${cp.compressedOffset} (bit ${cp.bits}), the layer's stream reaches uncompressed byte ${cp.uncompressedOffset} at ${mine.compressedOffset} (bit ${mine.bits})`;
+async function checkpointsDisagree(given: readonly GzipCheckpoint[], built: LayerIndex, blobPath: string): Promise<string | undefined> {
+  const byOffset = new Map(built.checkpoints.map((cp, i) => [cp.uncompressedOffset, i]));
+  const blob = await open(blobPath, 'r');
+  try {
+    for (const [i, cp] of given.entries()) {
+      const j = byOffset.get(cp.uncompressedOffset);
+      if (j === undefined) continue;
+      const mine = built.checkpoints[j]!;
+      if (mine.compressedOffset !== cp.compressedOffset || mine.bits !== cp.bits) {
+        return `span ${i}: the index starts it at compressed byte ${cp.compressedOffset} (bit ${cp.bits}), the layer's stream reaches uncompressed byte ${cp.uncompressedOffset} at ${mine.compressedOffset} (bit ${mine.bits})`;
+      }
+      // A window never fetched served no read (or was cut from the decoded span before it: the layer's own bytes).
+      const window = cp.lazyWindow ? cp.lazyWindow.loaded : cp.window;
+      if (!window || window.equals(mine.window)) continue;
+      if (!(await inflatesAlike(window, mine, j, built, blob))) {
+        return `span ${i}: its window (the ${window.length} bytes before uncompressed byte ${cp.uncompressedOffset}) is not the layer's`;
+      }
     }
-    // A window never fetched served no read (or was cut from the decoded span before it: the layer's own bytes).
-    const window = cp.lazyWindow ? cp.lazyWindow.loaded : cp.window;
-    if (!window) continue;
-    const n = Math.min(window.length, mine.window.length);
-    if (!window.subarray(window.length - n).equals(mine.window.subarray(mine.window.length - n))) {
-      return `span ${i}: its window (the ${n} bytes before uncompressed byte ${cp.uncompressedOffset}) is not the layer's`;
-    }
+  } finally {
+    await blob.close();
   }
   return undefined;
+}
+
+/** Whether inflating from built checkpoint j with `window` gives what its own window gives, for as far as a window reaches. */
+async function inflatesAlike(window: Buffer, mine: GzipCheckpoint, j: number, built: LayerIndex, blob: FileHandle): Promise<boolean> {
+  const length = Math.min(32768, built.uncompressedSize - mine.uncompressedOffset);
+  if (length <= 0) return true;
+  let k = j + 1;
+  while (k < built.checkpoints.length && built.checkpoints[k]!.uncompressedOffset < mine.uncompressedOffset + length) k++;
+  const start = spanStart(mine);
+  const end = k < built.checkpoints.length ? built.checkpoints[k]!.compressedOffset + 1 : built.compressedSize;
+  const compressed = Buffer.alloc(end - start);
+  const { bytesRead } = await blob.read(compressed, 0, compressed.length, start);
+  if (bytesRead !== compressed.length) return false;
+  try {
+    const theirs = await inflateFromAsync({ ...mine, window }, compressed, 0, length);
+    return theirs.equals(await inflateFromAsync(mine, compressed, 0, length));
+  } catch {
+    return false;
+  }
 }
 
 /** The first entry where two indexes of one layer differ, or undefined. */
