@@ -117,10 +117,6 @@ export function inflateMember(member: Buffer, limit: number): Promise<Buffer> {
 }
 
 /**
- * {@link inflateMember}, and the SHA-256 (hex) of output bytes [from, from +
- * length), computed on the same pool thread: '' when the output is shorter.
- */
-/**
  * Many gzip-member chunks of one fetched range checked in one pool job
  * (native/gzip_member.c, gzipCheckChunksAsync): chunk k is the member
  * bytes[spec[4k], spec[4k+1]), its data [spec[4k+2], +spec[4k+3]) of what the
@@ -133,6 +129,10 @@ export function checkChunks(bytes: Buffer, spec: Float64Array, digests: Buffer, 
   return gzipNative().gzipCheckChunksAsync(bytes, spec, digests, tailMax);
 }
 
+/**
+ * {@link inflateMember}, and the SHA-256 (hex) of output bytes [from, from +
+ * length), computed on the same pool thread: '' when the output is shorter.
+ */
 export function inflateMemberHashed(member: Buffer, limit: number, from: number, length: number): Promise<[Buffer, string]> {
   return gzipNative().gzipInflateMemberHashAsync(member, limit, from, length);
 }
