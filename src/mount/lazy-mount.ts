@@ -198,26 +198,36 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     // Layers are prepared at once (each is a TOC fetch or an index read, mostly waiting on I/O).
     // A registry that ignores Range costs nothing extra: each layer's first ranged request is
     // answered with the whole blob, which is kept (LazyBlob's onWholeBlob), one request per blob.
+    const remoteIndexes = options.remoteIndex !== false ? new RemoteIndexes(store, source, whole, options.logger, options.deadlineMs) : undefined;
     const context: MountLayerContext = {
       group,
       opened,
       decodedCache,
-      // Looked up once for the image (the whole one: the artifact's subject), when the first layer without an index asks.
-      ...(options.remoteIndex !== false ? { remoteIndexes: new RemoteIndexes(store, source, whole, options.logger, options.deadlineMs) } : {}),
+      // Looked up once for the image (the whole one: the artifact's subject), when the first layer without an index
+      // asks, or for its access profile (below).
+      ...(remoteIndexes ? { remoteIndexes } : {}),
     };
+    // A profile another machine pushed with the image's indexes (`index --push`) is looked for beside the
+    // layers, when there is none here; the mount never waits for it: one found later serves the next mount.
+    const fetchesAhead = options.profile !== false && options.prefetch !== false;
+    const profileLookup = wholeImage && fetchesAhead && remoteIndexes ? lookupWithin(remoteIndexes.lookForProfile(), profileLookupMs, stopPrefetch.signal) : undefined;
     layers.push(...(await Promise.all(image.chainIds.map((chainId, i) => prepareLayer(store, source, image, i, chainId, options, context)))));
     tracePhase('lazy: layer indexes ready');
     const indexThreadCpu = threadCpuMillis();
     // A lower bound than a previous run's: trim what that run kept.
     group.enforceBound();
     // What the workload will read first goes out now, while the tree is being built and mounted.
-    const fetchesAhead = options.profile !== false && options.prefetch !== false;
-    const profile = wholeImage ? await readProfile(store, image.id, options.logger) : undefined;
+    let profile = wholeImage ? await readProfile(store, image.id, options.logger) : undefined;
+    // No profile here and the registry's lookup still under way (its answer waits while TOCs are read):
+    // its profile is fetched ahead as soon as it is found, the mount not waiting for it.
+    const profileFound = profile || !profileLookup ? Promise.resolve(profile) : profileLookup.then(() => readProfile(store, image.id, options.logger)).then((p) => (profile = p));
     let profileBytes = 0;
     // One request at a time until the FUSE mount is made: checking fetched bytes takes the threads
     // of libuv's pool, which the mount's own file operations need too (measured: the mount 200 ms late).
     const aheadQueue = new FetchQueue(1);
-    const ahead = fetchesAhead ? fetchProfileAhead(layers, profile, stopPrefetch.signal, aheadBudget(group), aheadQueue).then((n) => void (profileBytes = n)) : Promise.resolve();
+    const ahead = fetchesAhead
+      ? profileFound.then((found) => fetchProfileAhead(layers, found, stopPrefetch.signal, aheadBudget(group), aheadQueue)).then((n) => void (profileBytes = n))
+      : Promise.resolve();
     // The merged tree of an image is derived once and read back by later mounts.
     const treeKey = `rows:${layers.map((l) => `${l.digest}/${l.entries.length}`).join(',')}`;
     const treePath = treeCachePath(store, image.id);
@@ -557,4 +567,22 @@ export async function prepareLayer(
 interface MirroredSource {
   distrust?(digest: Digest, err: unknown): boolean;
   mirrorStats?(): MirrorStats[];
+}
+
+/** How long a mount goes on looking for the registry's profile of an image (it never waits for it). */
+const profileLookupMs = 5_000;
+
+/** The lookup, given up on (resolved) after `ms` or when `signal` aborts. */
+function lookupWithin(lookup: Promise<void>, ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    timer.unref();
+    const done = () => {
+      clearTimeout(timer);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    signal.addEventListener('abort', done, { once: true });
+    lookup.then(done, done);
+  });
 }

@@ -18,6 +18,7 @@ import { spanStart } from '../index/gzip-native.js';
 import { checkWindows, decodeIndex, decodeIndexHead } from '../index/index-file.js';
 import type { LayerIndex } from '../index/layer-index.js';
 import { parseProfile, profilePath, writeProfile } from './access-profile.js';
+import { pathExists } from '../store/path-exists.js';
 
 /**
  * Span indexes another machine built and pushed to the registry
@@ -98,6 +99,17 @@ export class RemoteIndexes {
     if (got !== digest) throw new DigestMismatchError(`${named}: its head (bytes 0-${size})`, digest, got);
     // (A window the table places past the blob is refused by readRange, naming the blob and the range.)
     return decodeIndexHead(head, named, (start, end) => source.readRange!(descriptor, size + start, size + end, { signal: AbortSignal.timeout(this.deadlineMs) }));
+  }
+
+  /**
+   * Looks the artifact up for its access profile alone, when this machine
+   * has none for the image (layers that carry their own TOC, eStargz or
+   * zstd:chunked, never ask for an index): kept in the store like one
+   * recorded here. Resolves when the lookup is over, found or not.
+   */
+  async lookForProfile(): Promise<void> {
+    if (await pathExists(profilePath(this.store, this.image.id))) return;
+    await this.artifact();
   }
 
   private artifact(): Promise<FoundArtifact | undefined> {

@@ -216,4 +216,46 @@ describe('recorded access profiles: the first mount records what was read, later
     assert.equal(sd.bytesPrefetched, 0);
     await umount(store, d);
   });
+
+  // Last: the artifact it pushes stays in the registry for any later mount of the image.
+  test('a profile pushed with `index --push` reaches another machine though the eStargz layers need no index: its first mount fetches it ahead', async () => {
+    const storeP = join(work, 'store-p');
+    const p = await mount(storeP, ['--prefetch-delay-ms', '600000', '--record-ms', '1000']);
+    for (const f of workload) assert.equal(await sha256sumInChild(join(p, f.path)), sha(f.bytes));
+    let s: Stats;
+    const began = Date.now();
+    do {
+      await sleep(200);
+      s = await stats(storeP, p);
+    } while (s.recording !== 'written' && Date.now() - began < 15_000);
+    await umount(storeP, p);
+    const pushed = await lazyroot(['--store', storeP, '--json', 'index', '--push', imageRef()]);
+    assert.equal(pushed.code, 0, pushed.stderr);
+    assert.deepEqual(((r: { indexes: number; profile: boolean }) => [r.indexes, r.profile])(JSON.parse(pushed.stdout)), [0, true], 'no span index (eStargz), the profile');
+
+    // Without looking in the registry: no profile, nothing fetched ahead.
+    const storeR = join(work, 'store-r');
+    const r = await mount(storeR, ['--prefetch-delay-ms', '600000', '--no-remote-index', '--no-record']);
+    await sleep(500);
+    assert.equal((await stats(storeR, r)).profileBytes, 0);
+    await umount(storeR, r);
+
+    // Another machine, nothing local: the mount finds the profile beside the image, keeps it, fetches it ahead…
+    const storeQ = join(work, 'store-q');
+    const q = await mount(storeQ, ['--prefetch-delay-ms', '600000']);
+    let sq: Stats;
+    const waited = Date.now();
+    do {
+      sq = await stats(storeQ, q);
+      if (sq.profileBytes > 0 && sq.bytesPrefetched >= sq.profileBytes) break;
+      await sleep(100);
+    } while (Date.now() - waited < 15_000);
+    assert.ok(sq.profileBytes > 0 && sq.bytesPrefetched >= sq.profileBytes, JSON.stringify(sq));
+    assert.deepEqual(await readFile(profileFile(storeQ)), await readFile(profileFile(storeP)), 'kept as it was pushed');
+    // …and the workload's reads then fetch nothing.
+    const mark = proxy.log.length;
+    for (const f of workload) assert.equal(await sha256sumInChild(join(q, f.path)), sha(f.bytes));
+    assert.deepEqual(blobRequests(mark), [], 'the registry profile brought every byte the workload read');
+    await umount(storeQ, q);
+  });
 });
