@@ -59,7 +59,7 @@ import type { GzipCheckpoint, IndexEntry, LazyWindow } from './types.js';
  *
  * The head (header, table and entries) is read alone and each window when
  * its span is first decoded, checked by its own digest: the windows are
- * ~90 % of the file and a mount decodes few spans. A mount reads a stored
+ * ~90 % of the file (trimmed as they are) and a mount decodes few spans. A mount reads a stored
  * index that way (readIndexFile: its cost does not grow with the number of
  * spans), and another machine a registry's (remote-index.ts: the head's
  * digest is in the artifact's annotations).
