@@ -1,3 +1,4 @@
+import { tracePhase } from '../trace.js';
 import { Socket } from 'node:net';
 import type { LazyrootError } from '../errors.js';
 import type { Store } from '../store/store.js';
@@ -62,6 +63,7 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
   // The caller's environment: auth files and passwords are found through it.
   for (const key of Object.keys(process.env)) delete process.env[key];
   Object.assign(process.env, received.env);
+  tracePhase(`daemon: ${(received as RunRequest).kind === 'run' ? 'run' : 'mount'} request taken`);
   const logger = fileLogger(received.logFile);
   // A bug fails the operation it is in, never the mount: whatever escapes is logged, and the
   // daemon goes on serving.
@@ -83,6 +85,7 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
   let store: Store;
   try {
     store = await Store.open(request.store);
+    tracePhase('daemon: store open');
   } catch (err) {
     // Told to the caller first: the log may be on the very disk that is full.
     replyReady(channel, { code: (err as LazyrootError).code ?? 'UNAVAILABLE', message: (err as Error).message });

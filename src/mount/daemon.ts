@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { LazyrootError } from '../errors.js';
 import { awaitReady, type DaemonReady, type MountRequest } from './daemon-channel.js';
 import { claimStandby } from './standby.js';
+import { tracePhase } from '../trace.js';
 
 export type { MountRequest } from './daemon-channel.js';
 
@@ -32,8 +33,10 @@ export interface StartOptions {
 export async function startMountDaemon(request: MountRequest, options: StartOptions = {}): Promise<DaemonReady> {
   if (servedHere) return servedHere(request);
   const timeoutMs = options.readyTimeoutMs ?? 120_000;
+  tracePhase('daemon: mount asked for');
   const claimed = await claimStandby(request, timeoutMs);
   if (claimed !== undefined) return claimed;
+  tracePhase('daemon: no standby, starting a daemon');
 
   const log = createWriteStream(request.logFile, { flags: 'a' });
   await new Promise((r) => log.once('open', r));

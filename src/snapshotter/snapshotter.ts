@@ -8,6 +8,7 @@ import { remoteLayerRequest } from './labels.js';
 import { snapshotMounts, type ContainerdMount } from './mounts.js';
 import type { Logger, RemoteLayers } from './remote-layers.js';
 import { dirUsage } from './usage.js';
+import { tracePhase } from '../trace.js';
 
 /**
  * containerd's Snapshotter interface over the store: state in the store's
@@ -52,10 +53,12 @@ export class Snapshotter {
    */
   async prepare(key: string, parent: string, labels: Record<string, string>): Promise<ContainerdMount[]> {
     const request = remoteLayerRequest(labels);
+    tracePhase(`snapshotter: Prepare ${key}`);
     if (request) {
       if (this.table.get(request.chainId)) throw new LazyrootError('ALREADY_EXISTS', `target snapshot ${request.chainId} already exists`);
       this.parentOf(parent);
       const remote = await this.remote.resolve(request);
+      tracePhase(`snapshotter: layer ${request.chainId.slice(0, 19)} ${remote ? 'served lazily' : 'not served lazily'}`);
       if (remote) {
         const committed = this.table.insert({ key: request.chainId, parent: parent || null, kind: 'committed', labels, remote });
         // Start the image's lazy mount now, while containerd goes on with the pull, so that the
