@@ -114,16 +114,19 @@ static napi_value js_trim_window_async(napi_env env, napi_callback_info info) {
     return NULL;
   }
   extract_t *x = &t->x;
+  void *window = NULL, *in = NULL;
   if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 5 ||
       napi_get_value_double(env, argv[0], &x->compressed_offset) != napi_ok ||
       napi_get_value_int32(env, argv[1], &x->bits) != napi_ok ||
-      napi_get_buffer_info(env, argv[2], &p, &x->window_len) != napi_ok || x->window_len > WINSIZE ||
-      (x->window = p, napi_get_buffer_info(env, argv[3], &p, &x->in_len) != napi_ok) ||
-      (x->in = p, napi_get_value_double(env, argv[4], &length) != napi_ok) || !(length >= 0) || length > WINSIZE) {
+      napi_get_buffer_info(env, argv[2], &window, &x->window_len) != napi_ok || x->window_len > WINSIZE ||
+      napi_get_buffer_info(env, argv[3], &in, &x->in_len) != napi_ok ||
+      napi_get_value_double(env, argv[4], &length) != napi_ok || !(length >= 0) || length > WINSIZE) {
     free(t);
     napi_throw_type_error(env, "ERR_INVALID_ARG_TYPE", "gzipTrimWindowAsync(compressedOffset, bits, window, compressed, length): bad arguments");
     return NULL;
   }
+  x->window = window;
+  x->in = in;
   x->length = (size_t)length;
   if (napi_create_buffer(env, x->window_len, &p, &output) != napi_ok) goto fail;
   t->trimmed = p;

@@ -1,7 +1,7 @@
 import { spanStart, trimWindow, type RawGzipCheckpoint } from './gzip-native.js';
 
 /** Output past a checkpoint that can refer back into its window: deflate's largest distance. */
-const windowReach = 32768;
+export const windowReach = 32768;
 /**
  * The compressed bytes handed over for a checkpoint's first 32 KiB of
  * output. Real streams need well under half of this; a stream that needs

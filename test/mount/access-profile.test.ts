@@ -97,6 +97,16 @@ describe('recorded access profiles: the first mount records what was read, later
     assert.equal(r.code, 0, r.stderr);
     return JSON.parse(r.stdout) as Stats;
   }
+  /** Polls the mount's stats until its recording is written (or 15 s passed); the last stats. */
+  async function recordingWritten(store: string, target: string): Promise<Stats> {
+    let s: Stats;
+    const began = Date.now();
+    do {
+      await sleep(200);
+      s = await stats(store, target);
+    } while (s.recording !== 'written' && Date.now() - began < 15_000);
+    return s;
+  }
   /** Blob requests the proxy saw from `from` on. */
   function blobRequests(from: number): string[] {
     return proxy.log.slice(from).filter((line) => /^GET \/v2\/profile\/app\/blobs\//.test(line));
@@ -111,13 +121,7 @@ describe('recorded access profiles: the first mount records what was read, later
       await sleep(20); // first-read times a few milliseconds apart at least
     }
     // The recording ends after --record-ms and is written while the mount goes on.
-    let s: Stats;
-    const began = Date.now();
-    do {
-      await sleep(200);
-      s = await stats(storeA, a);
-    } while (s.recording !== 'written' && Date.now() - began < 15_000);
-    assert.equal(s.recording, 'written');
+    assert.equal((await recordingWritten(storeA, a)).recording, 'written');
     await umount(storeA, a);
 
     const shown = await lazyroot(['--store', storeA, '--json', 'profile', imageRef()]);
@@ -222,12 +226,7 @@ describe('recorded access profiles: the first mount records what was read, later
     const storeP = join(work, 'store-p');
     const p = await mount(storeP, ['--prefetch-delay-ms', '600000', '--record-ms', '1000']);
     for (const f of workload) assert.equal(await sha256sumInChild(join(p, f.path)), sha(f.bytes));
-    let s: Stats;
-    const began = Date.now();
-    do {
-      await sleep(200);
-      s = await stats(storeP, p);
-    } while (s.recording !== 'written' && Date.now() - began < 15_000);
+    await recordingWritten(storeP, p);
     await umount(storeP, p);
     const pushed = await lazyroot(['--store', storeP, '--json', 'index', '--push', imageRef()]);
     assert.equal(pushed.code, 0, pushed.stderr);

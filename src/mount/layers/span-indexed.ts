@@ -14,6 +14,7 @@ import type { GzipCheckpoint, IndexEntry } from '../../index/types.js';
 import { SpanIndexHeaderCheck } from '../../index/span-header-check.js';
 import { writeFileAtomic } from '../../store/atomic-file.js';
 import { buildGzipIndex, buildTarIndex, LayerIndexBuilder, type LayerIndex } from '../../index/layer-index.js';
+import { windowReach } from '../../index/window-trim.js';
 import { blobLayerStats, type LayerContext, type LayerFile, type LazyLayer } from './lazy-layer.js';
 import { withGaps } from './prefetch-units.js';
 import { pathExists } from '../../store/path-exists.js';
@@ -124,7 +125,8 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
  */
 async function checkpointsDisagree(given: readonly GzipCheckpoint[], built: LayerIndex, blobPath: string): Promise<string | undefined> {
   const byOffset = new Map(built.checkpoints.map((cp, i) => [cp.uncompressedOffset, i]));
-  const blob = await open(blobPath, 'r');
+  // Opened only for a window that differs byte for byte (most agree, or were never fetched).
+  let blob: FileHandle | undefined;
   try {
     for (const [i, cp] of given.entries()) {
       const j = byOffset.get(cp.uncompressedOffset);
@@ -136,19 +138,20 @@ async function checkpointsDisagree(given: readonly GzipCheckpoint[], built: Laye
       // A window never fetched served no read (or was cut from the decoded span before it: the layer's own bytes).
       const window = cp.lazyWindow ? cp.lazyWindow.loaded : cp.window;
       if (!window || window.equals(mine.window)) continue;
+      blob ??= await open(blobPath, 'r');
       if (!(await inflatesAlike(window, mine, j, built, blob))) {
         return `span ${i}: its window (the ${window.length} bytes before uncompressed byte ${cp.uncompressedOffset}) is not the layer's`;
       }
     }
   } finally {
-    await blob.close();
+    await blob?.close();
   }
   return undefined;
 }
 
 /** Whether inflating from built checkpoint j with `window` gives what its own window gives, for as far as a window reaches. */
 async function inflatesAlike(window: Buffer, mine: GzipCheckpoint, j: number, built: LayerIndex, blob: FileHandle): Promise<boolean> {
-  const length = Math.min(32768, built.uncompressedSize - mine.uncompressedOffset);
+  const length = Math.min(windowReach, built.uncompressedSize - mine.uncompressedOffset);
   if (length <= 0) return true;
   let k = j + 1;
   while (k < built.checkpoints.length && built.checkpoints[k]!.uncompressedOffset < mine.uncompressedOffset + length) k++;
