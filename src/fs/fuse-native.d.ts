@@ -104,7 +104,8 @@ declare module 'fuse-native' {
   export default class Fuse {
     constructor(mountpoint: string, ops: FuseOperations, options?: FuseOptions);
     readonly mnt: string;
-    readonly ops: FuseOperations;
+    /** Looked up on each operation: replacing it switches the operations of a live mount (lazy-fs.ts openMount). */
+    ops: FuseOperations;
     mount(cb: (err: Error | null) => void): void;
     unmount(cb: (err: Error | null) => void): void;
     static unmount(mountpoint: string, cb: (err: Error | null) => void): void;

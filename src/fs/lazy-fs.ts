@@ -9,7 +9,7 @@ import { cleanStaleMount, mountpointState } from './stale-mount.js';
 import { keepFuseDescriptorsPrivate } from './fuse-descriptors.js';
 import { fileTypeBits, type FsNode, type FsTree } from './tree.js';
 
-const { ENOENT, EROFS, EISDIR, ENOTDIR, EINVAL } = constants.errno;
+const { ENOENT, EROFS, EISDIR, ENOTDIR, EINVAL, EIO } = constants.errno;
 
 /** Where file bytes come from: the lazy layer reader, a cache, or memory in tests. */
 export interface FileReader {
@@ -65,6 +65,26 @@ const accessModeMask = 0o3;
  * the mountpoint by a killed process is cleaned first; a live one is refused.
  */
 export async function mountTree(tree: FsTree, mountpoint: string, reader: FileReader, options: MountTreeOptions = {}): Promise<MountedTree> {
+  return (await openMount(mountpoint, options)).serve(tree, reader);
+}
+
+/** A FUSE mount made before its tree is known (openMount). */
+export interface OpenMount {
+  /** Serves `tree` through `reader` from now on; operations that came before are answered now. Once. */
+  serve(tree: FsTree, reader: FileReader): MountedTree;
+  /** Unmounts a mount never served; operations waiting for its tree get EIO. */
+  abandon(): Promise<void>;
+}
+
+/**
+ * Makes the FUSE mount at `mountpoint` before its tree exists: the kernel's
+ * side of a mount (fuse-native's stats, mount(2), the INIT exchange: 25-45 ms
+ * on the bench machine) then runs while the caller is still fetching and
+ * merging the layers' indexes. Until `serve`, an operation waits for the tree
+ * (fuse-native's operation timeout still bounds it); nothing but the caller
+ * knows the mountpoint yet, so none is expected.
+ */
+export async function openMount(mountpoint: string, options: MountTreeOptions = {}): Promise<OpenMount> {
   const timeoutMs = options.timeoutMs ?? defaultTimeoutMs;
   const fsName = options.fsName ?? 'lazyroot';
   checkMountArgs(mountpoint, fsName, timeoutMs);
@@ -80,11 +100,11 @@ export async function mountTree(tree: FsTree, mountpoint: string, reader: FileRe
 
   const toErrno = createToErrno(options.logger);
   const counters: FsStats = { reads: 0, bytesServed: 0, errors: 0, timeouts: 0, inFlight: 0 };
-  const ops = { ...metadataOps(tree), ...readOnlyOps(), read: readOp(tree, reader, counters, toErrno, timeoutMs) };
+  const waiting = new WaitingOps();
 
   const fuse = new FuseBinding(
     mountpoint,
-    ops,
+    waiting.ops,
     {
       // Reads keep their own deadline (EIO); the rest answer at once, the timeout only guards against a bug.
       timeout: { default: timeoutMs, read: false },
@@ -112,19 +132,66 @@ export async function mountTree(tree: FsTree, mountpoint: string, reader: FileRe
   });
 
   let unmounted: Promise<void> | undefined;
+  const unmount = () =>
+    (unmounted ??= new Promise<void>((resolve, reject) => {
+      fuse.unmount((err) => {
+        if (!err) return resolve();
+        unmounted = undefined; // a later call may try again
+        reject(new LazyrootError('IN_USE', `unmount FUSE at ${mountpoint}: ${err.message}`, { cause: err }));
+      });
+    }));
+  let served = false;
   return {
-    mountpoint: fuse.mnt,
-    stats: () => ({ ...counters }),
-    unmount: () =>
-      (unmounted ??= new Promise<void>((resolve, reject) => {
-        fuse.unmount((err) => {
-          if (!err) return resolve();
-          unmounted = undefined; // a later call may try again
-          reject(new LazyrootError('IN_USE', `unmount FUSE at ${mountpoint}: ${err.message}`, { cause: err }));
-        });
-      })),
+    serve(tree, reader) {
+      if (served) throw new Error(`mount ${mountpoint}: served twice`);
+      served = true;
+      // fuse-native looks its operations up on each call: from here on they go straight to the tree's.
+      fuse.ops = { ...metadataOps(tree), ...readOnlyOps(), read: readOp(tree, reader, counters, toErrno, timeoutMs) };
+      waiting.release(fuse.ops);
+      return { mountpoint: fuse.mnt, stats: () => ({ ...counters }), unmount };
+    },
+    async abandon() {
+      if (served) return;
+      served = true;
+      waiting.release(undefined);
+      await unmount();
+    },
   };
 }
+
+/**
+ * The operations of a mount whose tree is not served yet: each call is held
+ * until `release`, then made on the tree's operations (or answered EIO when
+ * there are none). The same names as the served operations: fuse-native
+ * tells the kernel which operations exist when it mounts.
+ */
+class WaitingOps {
+  private held: Array<(ops: FuseOperations | undefined) => void> = [];
+  readonly ops: FuseOperations;
+
+  constructor() {
+    const ops: Record<string, (...args: unknown[]) => void> = {};
+    for (const name of operationNames) {
+      ops[name] = (...args: unknown[]) => {
+        this.held.push((served) => {
+          const op = served?.[name as keyof FuseOperations] as ((...a: unknown[]) => void) | undefined;
+          if (op) op(...args);
+          else (args[args.length - 1] as (errno: number) => void)(-EIO);
+        });
+      };
+    }
+    this.ops = ops as FuseOperations;
+  }
+
+  release(served: FuseOperations | undefined): void {
+    const held = this.held;
+    this.held = [];
+    for (const call of held) call(served);
+  }
+}
+
+/** What a served mount implements (metadataOps, readOnlyOps, read). */
+const operationNames: readonly string[] = Object.keys({ ...metadataOps(undefined as unknown as FsTree), ...readOnlyOps(), read: undefined });
 
 function checkMountArgs(mountpoint: string, fsName: string, timeoutMs: number): void {
   // fuse-native unmounts with `exec('fusermount -uz "<path>"')`: $ and ` would reach the shell.

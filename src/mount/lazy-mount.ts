@@ -18,7 +18,7 @@ import type { IndexEntry } from '../index/types.js';
 import { readCached, treeCachePath, writeCachedLater } from './mount-cache.js';
 import { collectFromEntries, collectGarbage } from './daemon-memory.js';
 import { buildTree, type FsNode } from '../fs/tree.js';
-import { mountTree, type FsStats, type MountedTree } from '../fs/lazy-fs.js';
+import { openMount, type FsStats, type MountedTree, type OpenMount } from '../fs/lazy-fs.js';
 import type { LazyLayer, LazyLayerStats, RemoteIndexLookup } from './layers/lazy-layer.js';
 import { RemoteIndexes } from './remote-index.js';
 import { aheadRequests, fetchProfileAhead, ProfileRecorder, readProfile, writeProfile } from './access-profile.js';
@@ -194,6 +194,17 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     for (const b of await blobs()) await b.close().catch(() => undefined);
     await source.close().catch(() => undefined);
   };
+  // The FUSE mount is made while the layers' indexes are fetched and merged, and serves the tree once it is built.
+  const fuseMount = openMount(mountpoint, {
+    ...(options.allowOther !== undefined ? { allowOther: options.allowOther } : {}),
+    timeoutMs: (options.deadlineMs ?? 30_000) + 5_000,
+    fsName: `lazyroot:${name}`,
+    ...(options.logger ? { logger: options.logger } : {}),
+  });
+  fuseMount.then(
+    () => tracePhase('lazy: fuse mount made'),
+    () => undefined, // met where the tree is served
+  );
   try {
     // Layers are prepared at once (each is a TOC fetch or an index read, mostly waiting on I/O).
     // A registry that ignores Range costs nothing extra: each layer's first ranged request is
@@ -261,12 +272,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       const node = tree.lookup(path);
       if (node?.entry.type === 'file' && node.entry.size > 0 && node.entry.size <= readAtMountMaxBytes) void reader.read(node, 0, node.entry.size).catch(() => undefined);
     }
-    const mounted: MountedTree = await mountTree(tree, mountpoint, reader, {
-      ...(options.allowOther !== undefined ? { allowOther: options.allowOther } : {}),
-      timeoutMs: (options.deadlineMs ?? 30_000) + 5_000,
-      fsName: `lazyroot:${name}`,
-      ...(options.logger ? { logger: options.logger } : {}),
-    });
+    const mounted: MountedTree = (await fuseMount).serve(tree, reader);
     tracePhase('lazy: fuse mounted');
     aheadQueue.setLimit(aheadRequests);
     const readyAt = Date.now();
@@ -359,6 +365,10 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
       },
     };
   } catch (err) {
+    await fuseMount.then(
+      (open: OpenMount) => open.abandon().catch((e: unknown) => options.logger?.(`unmount ${mountpoint}`, e)),
+      () => undefined,
+    );
     await closeAll();
     throw err;
   }

@@ -23,10 +23,11 @@ import {
   writeFile,
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { setTimeout as delay } from 'node:timers/promises';
 import { join } from 'node:path';
 import { isLazyrootError } from '../../src/errors.js';
 import { devMajor, devMinor } from '../../src/native.js';
-import { mountTree, type MountedTree } from '../../src/fs/lazy-fs.js';
+import { mountTree, openMount, type MountedTree } from '../../src/fs/lazy-fs.js';
 import { fuseMountsAt } from '../../src/fs/stale-mount.js';
 import { buildTree, fileTypeBits, type FsTree } from '../../src/fs/tree.js';
 import { bigFileSize, fixtureTree, netRawCapability, pseudoRandom, type Fixture } from './helpers/fixture-tree.js';
@@ -297,6 +298,39 @@ test('unmount removes the mount; a second mount on a live one is refused', async
   await mounted.unmount();
   assert.deepEqual(await fuseMountsAt(mnt), []);
   await mounted.unmount(); // idempotent
+});
+
+test('a mount opened before its tree holds operations until served; abandoned, it answers them EIO and is gone', async (t) => {
+  if (!requireOrSkip(t, needs)) return;
+  const work = await mkdtemp(join(tmpdir(), 'lazyroot-fs-'));
+  const mnt = join(work, 'mnt');
+  await mkdir(mnt);
+  let mounted: MountedTree | undefined;
+  t.after(async () => {
+    await mounted?.unmount();
+    if ((await fuseMountsAt(mnt)).length === 0) await rm(work, { recursive: true, force: true });
+  });
+  const fixture = fixtureTree();
+  const tree = buildTree(fixture.entries);
+
+  const open = await openMount(mnt, { timeoutMs });
+  assert.equal((await fuseMountsAt(mnt))[0]?.fstype, 'fuse.lazyroot', 'mounted before any tree');
+  const listing = readdir(mnt);
+  const reading = readFile(join(mnt, 'etc/hosts'));
+  assert.equal(await Promise.race([listing.then(() => 'answered'), delay(300).then(() => 'held')]), 'held');
+  mounted = open.serve(tree, fixture.reader);
+  assert.deepEqual((await listing).sort(), [...tree.lookup('/')!.children!.keys()].sort());
+  assert.deepEqual(await reading, fixture.contents.get('etc/hosts'));
+  assert.throws(() => open.serve(tree, fixture.reader), /served twice/);
+  await mounted.unmount();
+  mounted = undefined;
+
+  const abandoned = await openMount(mnt, { timeoutMs });
+  const waiting = lstat(join(mnt, 'etc'));
+  await delay(100);
+  await abandoned.abandon();
+  await assert.rejects(waiting, (err: NodeJS.ErrnoException) => err.code === 'EIO');
+  assert.deepEqual(await fuseMountsAt(mnt), []);
 });
 
 test('mount arguments that would reach a shell or the option string are refused', async () => {

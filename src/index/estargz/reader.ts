@@ -5,6 +5,7 @@ import { digestAlgorithm } from '../../oci/digest.js';
 import type { BlobRangeReader, EstargzChunk, IndexEntry } from '../types.js';
 import type { EstargzMemberChunk } from './toc.js';
 import { checkChunks, inflateMember, inflateMemberHashed } from '../gzip-native.js';
+import { copyOut, keepable } from '../bytes-out.js';
 
 /**
  * Verified, decompressed eStargz chunks, bounded by bytes. Keyed by chunk
@@ -229,14 +230,14 @@ export async function verifiedChunk(
   }
   let data = inflated.subarray(inner, inner + chunk.size);
   // Cache only the chunk, not the tar headers inflated after it.
-  if (inflated.length - data.length > Math.max(64 * 1024, data.length)) data = Buffer.from(data);
+  if (inflated.length - data.length > Math.max(64 * 1024, data.length)) data = copyOut(data);
   if (!trusted) {
     const got = `${algorithm}:${hashHere ? hex : createHash(algorithm).update(data).digest('hex')}`;
     if (got !== chunk.chunkDigest) throw new DigestMismatchError(label(), chunk.chunkDigest, got);
   }
   const tail = inflated.length - inner - chunk.size;
   // Only a member inflated whole (not stopped early by the streaming path) has all its tail.
-  if (onTail && tail <= maxTail && inflated.length < inner + chunk.size + oneShotSlack) onTail(chunk, Buffer.from(inflated.subarray(inner + chunk.size)));
+  if (onTail && tail <= maxTail && inflated.length < inner + chunk.size + oneShotSlack) onTail(chunk, copyOut(inflated.subarray(inner + chunk.size)));
   return data;
 }
 
@@ -279,10 +280,10 @@ export async function checkChunksOf(bytes: Buffer, from: number, chunks: readonl
       const got = length < inner + chunk.size ? `undecodable gzip data: the member inflates to ${length} bytes, ${inner + chunk.size} expected` : 'other bytes';
       return new DigestMismatchError(label, chunk.chunkDigest, got);
     }
-    // Copied out: a cached chunk must not hold the whole range's output alive.
-    const data = Buffer.from(out.subarray(start + inner, start + inner + chunk.size));
+    // A cached chunk must not hold much more than itself of the range's output alive.
+    const data = keepable(out.subarray(start + inner, start + inner + chunk.size), out);
     // Only a member inflated whole (short of the limit) has all its tail.
-    if (onTail && length < inner + chunk.size + maxTail) onTail(chunk, Buffer.from(out.subarray(start + inner + chunk.size, start + length)));
+    if (onTail && length < inner + chunk.size + maxTail) onTail(chunk, copyOut(out.subarray(start + inner + chunk.size, start + length)));
     return data;
   });
 }
