@@ -596,3 +596,42 @@ test('a read waiting on a request it did not make (a profile\'s, say) that the s
   assert.equal(calls, 2, 'one request of its own');
   await blob.close();
 });
+
+test('the units of a big fetched range are checked in two calls at once (two of libuv\'s threads), a small range\'s in one; a unit failing its check is not kept, the others are', async (t) => {
+  const store = await openStore(t);
+  const unitBytes = 200 * 1024;
+  const data = randomBytes(4 * unitBytes + 4 * 16 * 1024);
+  const digest = sha256(data);
+  const src = source(data);
+  const batches: Array<Array<[number, number]>> = [];
+  let running = 0;
+  let together = 0;
+  const badAt = 3 * unitBytes;
+  // Checks like eStargz members': many units of one fetched buffer in one call.
+  const checkMany: PrefetchUnit['checkMany'] = async (batch, bytes, from) => {
+    batches.push(batch.map((u) => [u.start, u.end]));
+    running++;
+    together = Math.max(together, running);
+    await sleep(20);
+    running--;
+    return batch.map((u) => (u.start === badAt || !bytes.subarray(u.start - from, u.end - from).equals(data.subarray(u.start, u.end)) ? new Error(`unit at ${u.start}`) : undefined));
+  };
+  const unit = (start: number, end: number): PrefetchUnit => ({ start, end, checkMany, verify: async () => undefined });
+  const big = [0, 1, 2, 3].map((i) => unit(i * unitBytes, (i + 1) * unitBytes));
+  const small = [0, 1, 2, 3].map((i) => unit(4 * unitBytes + i * 16 * 1024, 4 * unitBytes + (i + 1) * 16 * 1024));
+  const units = [...big, ...small];
+  const blob = await LazyBlob.open(store, digest, data.length, src.fetcher, { what: 'layer' });
+
+  await blob.fetchAhead(units, [[0, 4 * unitBytes]], { windowBytes: 4 * unitBytes, gapBytes: 0 });
+  assert.deepEqual(batches, [
+    [[0, unitBytes], [unitBytes, 2 * unitBytes]],
+    [[2 * unitBytes, 3 * unitBytes], [3 * unitBytes, 4 * unitBytes]],
+  ]);
+  assert.equal(together, 2, 'the two halves were checked at once');
+  for (const u of big) assert.equal((await blob.readVerified(u.start, u.end))?.equals(data.subarray(u.start, u.end)) === true, u.start !== badAt, `unit at ${u.start} kept`);
+
+  batches.length = 0;
+  await blob.fetchAhead(units, [[4 * unitBytes, data.length]], { windowBytes: data.length, gapBytes: 0 });
+  assert.deepEqual(batches, [small.map((u) => [u.start, u.end])], 'a small range: one call');
+  await blob.close();
+});
