@@ -190,7 +190,7 @@ class WaitingOps {
   }
 }
 
-/** What a served mount implements (metadataOps, readOnlyOps, read). */
+/** What a served mount implements (metadataOps, readOnlyOps, read); making the operations touches no tree. */
 const operationNames: readonly string[] = Object.keys({ ...metadataOps(undefined as unknown as FsTree), ...readOnlyOps(), read: undefined });
 
 function checkMountArgs(mountpoint: string, fsName: string, timeoutMs: number): void {
