@@ -269,6 +269,11 @@ describe('zstd:chunked images pushed by podman mount lazily', { skip: missing.le
     assert.notEqual(r.code, 0, 'mounted with a TOC that does not match its checksum');
     assert.match(r.stderr, new RegExp(`layer 1/1 ${layer.digest.slice(0, 19)}`));
     assert.match(r.stderr, /zstd:chunked TOC .*digest mismatch/);
+    // The FUSE mount made while the TOC was read is gone again: nothing mounted, the directory empty and mountable.
+    const mountinfo = (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').map((l) => l.split(' ')[4]);
+    assert.equal(mountinfo.includes(target), false, 'a FUSE mount was left at the target');
+    const retry = await lazyroot(['--store', store, 'mount', '--no-prefetch', `docker://${registry.host}/zc/big:bad-toc`, target]);
+    assert.doesNotMatch(retry.stderr, /mounted there already|not empty/);
   });
 
   // Last: it corrupts the registry's copy of the blob.
