@@ -1,5 +1,6 @@
 import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { MNT_DETACH, native } from '../native.js';
 import { processAlive } from '../process-alive.js';
 import { unmount } from './mounts.js';
 
@@ -26,6 +27,10 @@ export async function warmUp(under: string): Promise<void> {
   const saved = process.env.LAZYROOT_TRACE;
   delete process.env.LAZYROOT_TRACE; // the warm-up's phases are nobody's trace
   let dir: string | undefined;
+  // Stopped while warming up: its mounts detached and its directory removed before it exits. Killed
+  // as before, it left a FUSE mount in a directory whoever stopped it then failed to remove (EBUSY).
+  const stop = () => void removeWarmUp(dir).finally(() => process.exit(143));
+  process.once('SIGTERM', stop);
   try {
     await mkdir(under, { recursive: true, mode: 0o700 });
     await removeAbandoned(under);
@@ -34,9 +39,19 @@ export async function warmUp(under: string): Promise<void> {
   } catch {
     // warmth lost, nothing else
   } finally {
+    process.off('SIGTERM', stop);
     if (dir) await rm(dir, { recursive: true, force: true }).catch(() => undefined);
     if (saved !== undefined) process.env.LAZYROOT_TRACE = saved;
   }
+}
+
+/** A warm-up's directory gone at once: its FUSE mounts detached first (never a walk into a mount this process serves). */
+async function removeWarmUp(dir: string | undefined): Promise<void> {
+  if (!dir) return;
+  for (const entry of await readdir(dir).catch(() => [])) {
+    if (entry.startsWith('mnt')) await native().umountAsync(join(dir, entry), MNT_DETACH).catch(() => undefined);
+  }
+  await rm(dir, { recursive: true, force: true }).catch(() => undefined);
 }
 
 const prefix = 'warm-';
