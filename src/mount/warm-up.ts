@@ -19,9 +19,10 @@ import { unmount } from './mounts.js';
  * the next ones 160-170 ms. A warm-up costs the standby about a second of
  * CPU at the lowest priority, before anyone waits on it.
  *
- * A warm-up that fails costs nothing but its warmth. A standby killed during
- * one leaves its directory (and a dead FUSE mount in it) behind: the next
- * warm-up removes those of processes that are gone.
+ * A warm-up that fails costs nothing but its warmth. A standby stopped
+ * (SIGTERM) during one detaches its mounts and removes its directory before
+ * it exits; one killed outright leaves them (a dead FUSE mount) behind, and
+ * the next warm-up removes those of processes that are gone.
  */
 export async function warmUp(under: string): Promise<void> {
   const saved = process.env.LAZYROOT_TRACE;
