@@ -170,13 +170,13 @@ describe('warm standby mount daemon', { skip: missing.length ? `needs ${missing.
     await mkdir(dir);
     const child = spawn(process.execPath, [lazyrootBin, 'mount-daemon', '--standby'], { stdio: 'ignore', env: { ...process.env, LAZYROOT_STANDBY_DIR: dir } });
     started.add(child.pid!);
-    const exited = new Promise((r) => child.once('exit', r));
+    const exited = new Promise<NodeJS.Signals | null>((r) => child.once('exit', (_code, signal) => r(signal)));
     const mountsUnder = async () => (await readFile('/proc/self/mountinfo', 'utf8')).split('\n').map((l) => l.split(' ')[4] ?? '').filter((m) => m.startsWith(`${dir}/`));
     // Caught in the middle of its warm-up: one of its mounts (the made-up image's) is up.
     const caught = await until('a warm-up mount', async () => ((await mountsUnder()).length > 0 ? true : undefined), 30_000);
     assert.ok(caught);
     child.kill('SIGTERM');
-    await exited;
+    assert.equal(await exited, 'SIGTERM', 'it ends as SIGTERM ends a process');
     assert.deepEqual(await mountsUnder(), [], 'no mount left under the standby directory');
     assert.deepEqual((await readdir(dir)).filter((n) => n.startsWith('warm-')), [], 'no warm-up directory left');
     await rm(dir, { recursive: true }); // nothing busy in it
