@@ -87,9 +87,14 @@ export async function openSpanIndexedLayer(context: LayerContext, compression: '
   };
   const read = headers
     ? async (entry: LayerFile, position: number, length: number) => {
-        await fetchAround(entry, position, length);
-        await headers.check(entry, entry.sourcePath ?? entry.path);
-        return reader.readFileRange(entry, position, length, layer);
+        // The check and the read go at once: they share the spans both need (the reader fetches and
+        // decodes each once), and a header in the span before the file's costs no round trip of its
+        // own. The bytes are served only once the check has passed.
+        const [bytes] = await Promise.all([
+          fetchAround(entry, position, length).then(() => reader.readFileRange(entry, position, length, layer)),
+          headers.check(entry, entry.sourcePath ?? entry.path),
+        ]);
+        return bytes;
       }
     : async (entry: LayerFile, position: number, length: number) => {
         await fetchAround(entry, position, length);
