@@ -209,8 +209,14 @@ export async function fetchProfileAhead(
   return wanted;
 }
 
-/** Profile requests under way at once, across the layers of a mount. */
-export const aheadRequests = 4;
+/**
+ * Profile requests under way at once, across the layers of a mount, once it
+ * serves. Measured (eStargz bench image, python3, loopback docker-registry,
+ * six alternated runs each): 8 printed at a median 605 ms against 650 ms
+ * with 4, faster in every pair; 16 was no better than 8. The workload's
+ * first reads wait on these requests, so they should all be out soon.
+ */
+export const aheadRequests = 8;
 
 /**
  * The recorded ranges and the producer's prioritized ones, merged, each with
