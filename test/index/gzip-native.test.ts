@@ -2,6 +2,8 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { gunzipSync, gzipSync } from 'node:zlib';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { createGzipIndexer, inflateFrom, inflateFromAsync, inflateMember, spanStart, type RawGzipCheckpoint } from '../../src/index/gzip-native.js';
 import { compressibleText, gzipCli, multiMemberGzip } from './layer-fixtures.js';
 
@@ -169,4 +171,25 @@ test('inflateMember: a member whole with the members after it (as zlib.gunzip), 
   const flipped = Buffer.from(member);
   flipped[flipped.length - 6]! ^= 0xff; // the CRC
   await assert.rejects(inflateMember(flipped, 1 << 30), (err: NodeJS.ErrnoException) => err.code === 'Z_DATA_ERROR' && /incorrect data check/.test(err.message));
+});
+
+test('what a pool job inflated is handed over without a copy: V8 counts it while its Buffer lives, gets it back when collected, and the bytes stay right across collections', async () => {
+  setFlagsFromString('--expose-gc');
+  const gc = runInNewContext('gc') as () => void;
+  const data = randomBytes(1 << 20);
+  const member = gzipSync(Buffer.concat([data, data, data, data]));
+  const size = 4 << 20;
+  gc();
+  const before = process.memoryUsage().external;
+  let held: Buffer[] = [];
+  for (let i = 0; i < 16; i++) held.push(await inflateMember(member, size));
+  for (let i = 0; i < 3; i++) gc();
+  assert.ok(process.memoryUsage().external - before >= 8 * size, `V8 counts the outputs held: ${process.memoryUsage().external - before} bytes more`);
+  for (const out of held) assert.ok(out.equals(Buffer.concat([data, data, data, data])), 'an output held across collections keeps its bytes');
+  held = [];
+  for (let i = 0; i < 3; i++) {
+    gc();
+    await new Promise((r) => setImmediate(r));
+  }
+  assert.ok(process.memoryUsage().external - before < 4 * size, `released once collected: ${process.memoryUsage().external - before} bytes more`);
 });
