@@ -53,6 +53,13 @@ typedef struct {
   unsigned char digest[SHA256_DIGEST_LENGTH];
 } member_t;
 
+/* What a job inflated, shrunk to its length on the pool thread: it is handed over as it is (hand_over), so no room past its bytes is kept alive with them. */
+static void shrink_to_length(unsigned char **out, size_t len) {
+  if (!*out || len == 0) return;
+  unsigned char *fit = realloc(*out, len);
+  if (fit) *out = fit;
+}
+
 static void member_run(napi_env env, void *data) {
   (void)env;
   member_t *m = data;
@@ -109,11 +116,7 @@ static void member_run(napi_env env, void *data) {
     goto out;
   }
   inflateEnd(&s);
-  /* Handed over as it is (hand_over): no room past its bytes kept alive with them. */
-  if (m->out_len) {
-    unsigned char *fit = realloc(m->out, m->out_len);
-    if (fit) m->out = fit;
-  }
+  shrink_to_length(&m->out, m->out_len);
   if (m->hash && m->out_len >= m->hash_from && m->out_len - m->hash_from >= m->hash_len) {
     SHA256(m->out + m->hash_from, m->hash_len, m->digest);
     m->hashed = 1;
@@ -327,14 +330,7 @@ static void batch_run(napi_env env, void *data) {
     SHA256(b->out + start + inner, size, digest);
     b->ok[k] = memcmp(digest, b->digests + 32 * k, 32) == 0;
   }
-  /* Handed over as it is (hand_over): no room past its bytes kept alive with them. */
-  if (b->out && b->out_len && b->out_len < b->out_cap) {
-    unsigned char *fit = realloc(b->out, b->out_len);
-    if (fit) {
-      b->out = fit;
-      b->out_cap = b->out_len;
-    }
-  }
+  if (b->out_len < b->out_cap) shrink_to_length(&b->out, b->out_len);
 }
 
 static void batch_complete(napi_env env, napi_status status, void *data) {

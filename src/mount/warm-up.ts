@@ -30,13 +30,9 @@ export async function warmUp(under: string): Promise<void> {
   let dir: string | undefined;
   // Stopped while warming up: its mounts detached and its directory removed before it exits. Killed
   // as before, it left a FUSE mount in a directory whoever stopped it then failed to remove (EBUSY).
-  // Then the signal is raised again with no listener of ours left: the process ends as SIGTERM
-  // ends it (killed by the signal, as its parent expects), not by an exit code chosen here.
-  const stop = () =>
-    void removeWarmUp(dir).finally(() => {
-      process.off('SIGTERM', stop);
-      process.kill(process.pid, 'SIGTERM');
-    });
+  // Then the signal is raised again, our listener (once) gone: the process ends as SIGTERM ends
+  // it (killed by the signal, as its parent expects), not by an exit code chosen here.
+  const stop = () => void removeWarmUp(dir).finally(() => process.kill(process.pid, 'SIGTERM'));
   process.once('SIGTERM', stop);
   try {
     await mkdir(under, { recursive: true, mode: 0o700 });
