@@ -27,7 +27,9 @@ export async function makeBundle(store: Store, ref: string, dir: string, options
   if (options.mapping) await checkTraversable(dirname(bundleDir));
   const rootfsId = options.id ?? `bundle-${randomBytes(6).toString('hex')}`;
   tracePhase('bundle: creating the rootfs');
-  const { rootfs, spec: fragment } = await createRootfs(store, ref, rootfsId, { ...options, mountPoint: join(bundleDir, 'rootfs') });
+  // What the container runs: its start is read ahead while the lazy mount is made.
+  const lazy = options.lazy ? { lazy: { ...options.lazy, command: options.args ?? [] } } : {};
+  const { rootfs, spec: fragment } = await createRootfs(store, ref, rootfsId, { ...options, ...lazy, mountPoint: join(bundleDir, 'rootfs') });
   try {
     tracePhase('bundle: rootfs ready');
     const image = store.db.imageById(rootfs.imageId)!;

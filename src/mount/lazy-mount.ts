@@ -24,6 +24,7 @@ import { RemoteIndexes } from './remote-index.js';
 import { aheadRequests, fetchProfileAhead, ProfileRecorder, readProfile, writeProfile } from './access-profile.js';
 import { openLazyLayer } from './layers/open-layer.js';
 import { imagePrefix, isPrefix } from './image-prefix.js';
+import { StartupFiles, startupProgram } from './startup-files.js';
 
 export type { LazyLayerStats } from './layers/lazy-layer.js';
 
@@ -95,6 +96,16 @@ export interface LazyMountOptions extends ReferenceOptions {
    * passed over.
    */
   readAtMount?: string[];
+  /**
+   * The command a container of this mount will run instead of the image's
+   * Cmd (its Entrypoint stays; [] runs the Cmd). With no access profile
+   * recorded, that program's start is read once the mount serves: the file,
+   * its ELF interpreter and libraries (startup-files.ts). Without a command
+   * nothing is guessed; either way, an ELF file read from its start has its
+   * interpreter and libraries read at once. Not with `profile: false` or
+   * `prefetch: false`.
+   */
+  command?: string[];
 }
 
 /** The most of a readAtMount file read ahead: past it, the file is read when asked for. */
@@ -136,6 +147,10 @@ export interface LazyMountStats {
   cacheMaxBytes?: number;
   /** Blob bytes the recorded access profile (and eStargz prioritized regions) asked for at mount time. */
   profileBytes: number;
+  /** Without a profile: the files of programs' starts read ahead (startup-files.ts), their bytes, and whether reads of them are under way. */
+  startupFiles: number;
+  startupBytes: number;
+  startupReading: boolean;
   /** An access profile is being recorded now; 'written' once kept in the store. */
   recording: 'no' | 'yes' | 'written';
 }
@@ -268,11 +283,36 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
     };
     // Their bytes come in while the mounts are made; the reads that ask for them find them there
     // (or join the same fetch). A failure here is left for those reads to meet.
+    const readsAtMount: Array<Promise<unknown>> = [];
     for (const path of options.readAtMount ?? []) {
       const node = tree.lookup(path);
-      if (node?.entry.type === 'file' && node.entry.size > 0 && node.entry.size <= readAtMountMaxBytes) void reader.read(node, 0, node.entry.size).catch(() => undefined);
+      if (node?.entry.type === 'file' && node.entry.size > 0 && node.entry.size <= readAtMountMaxBytes) readsAtMount.push(reader.read(node, 0, node.entry.size).catch(() => undefined));
     }
-    const mounted: MountedTree = (await fuseMount).serve(tree, reader);
+    // No profile here: what programs load is read ahead (startup-files.ts): the container's program,
+    // when the caller named it, once the mount has answered and the readAtMount files
+    // (which the caller waits on first) are in (measured: begun with them, runc started 50 ms later);
+    // and the interpreter and libraries of every ELF file read from its start, as soon as it is.
+    const startup = fetchesAhead && wholeImage && !profile ? new StartupFiles(tree, reader, stopPrefetch.signal) : undefined;
+    const served = startup
+      ? {
+          read(node: FsNode, position: number, length: number): Promise<Buffer> {
+            const bytes = reader.read(node, position, length);
+            if (position !== 0 || startup.full) return bytes;
+            return bytes.then((b) => (startup.firstRead(node, b), b));
+          },
+        }
+      : reader;
+    const mounted: MountedTree = (await fuseMount).serve(tree, served);
+    const guessing = startup
+      ? Promise.all([...readsAtMount, new Promise((r) => setImmediate(r))])
+          .then(async () => {
+            const start = options.command && startupProgram(await store.configOf(whole), options.command);
+            if (start) startup.program(start.program, start.path);
+            const guess = await startup.settled();
+            tracePhase(`lazy: startup files read (${guess.files.length}, ${guess.bytes} bytes)`);
+          })
+          .catch((err: unknown) => options.logger?.('reading what the container starts with', err))
+      : Promise.resolve();
     tracePhase('lazy: fuse mounted');
     aheadQueue.setLimit(aheadRequests);
     const readyAt = Date.now();
@@ -350,6 +390,9 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
           ...mountTime,
           ...(group.cacheMaxBytes !== undefined ? { cacheMaxBytes: group.cacheMaxBytes } : {}),
           profileBytes,
+          startupFiles: startup?.guess.files.length ?? 0,
+          startupBytes: startup?.guess.bytes ?? 0,
+          startupReading: startup?.reading ?? false,
           recording: recording.state(),
         };
       },
@@ -357,7 +400,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
         await recording.finish();
         tracePhase('lazy: profile written');
         stopPrefetch.abort();
-        await Promise.all([prefetching.catch(() => undefined), ahead]);
+        await Promise.all([prefetching.catch(() => undefined), ahead, guessing]);
         tracePhase('lazy: prefetch stopped');
         await mounted.unmount();
         tracePhase('lazy: fuse unmounted');

@@ -174,6 +174,9 @@ function overlayStats(store: Store, record: MountRecord): MountStats {
     prefetch: false,
     partialBytes: 0,
     profileBytes: 0,
+    startupFiles: 0,
+    startupBytes: 0,
+    startupReading: false,
     recording: 'no',
   };
 }

@@ -34,7 +34,13 @@ export interface CreateOptions extends ReferenceOptions {
    * rootfs/ID/lower (bytes fetched when read), with kernel overlayfs on top
    * for the writable upper. The upper is plain overlayfs format.
    */
-  lazy?: { deadlineMs?: number; /** false: no lookup of span indexes pushed to the registry. */ remoteIndex?: boolean };
+  lazy?: {
+    deadlineMs?: number;
+    /** false: no lookup of span indexes pushed to the registry. */
+    remoteIndex?: boolean;
+    /** What the container will run instead of the image's Cmd ([]: the Cmd): its start is read ahead (LazyMountOptions.command). */
+    command?: string[];
+  };
   onLayer?: (index: number, reused: boolean) => void;
 }
 
@@ -76,6 +82,7 @@ export async function createRootfs(store: Store, ref: string, id: string, option
           ...(options.platform ? { platform: options.platform } : {}),
           ...(lazy?.deadlineMs !== undefined ? { deadlineMs: lazy.deadlineMs } : {}),
           ...(lazy?.remoteIndex === false ? { remoteIndex: false } : {}),
+          ...(lazy?.command ? { command: lazy.command } : {}),
           // What a bundle reads first (bundle/user.ts), fetched while the mounts are made.
           readAtMount: ['etc/passwd', 'etc/group'],
         },
