@@ -33,7 +33,8 @@ export interface StartupLimits {
   maxBytes: number;
 }
 
-const defaultLimits: StartupLimits = { maxFileBytes: 32 << 20, maxFiles: 64, maxBytes: 96 << 20 };
+/** A whole file read comes back as one buffer, dropped once its headers are parsed: these bound that memory too. */
+const defaultLimits: StartupLimits = { maxFileBytes: 16 << 20, maxFiles: 64, maxBytes: 48 << 20 };
 
 const defaultPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
