@@ -26,15 +26,18 @@ export interface StartupReader {
 }
 
 export interface StartupLimits {
-  /** A file bigger than this is read for its headers only. */
-  maxFileBytes: number;
+  /**
+   * A file up to this size is read whole (a loader maps most of a library);
+   * a bigger one only where its headers are, the rest left to the reads that
+   * need it (in a gzip layer, a whole 7 MB python3 brings spans nobody reads).
+   */
+  wholeFileBytes: number;
   /** Files and bytes read in all. */
   maxFiles: number;
   maxBytes: number;
 }
 
-/** A whole file read comes back as one buffer, dropped once its headers are parsed: these bound that memory too. */
-const defaultLimits: StartupLimits = { maxFileBytes: 16 << 20, maxFiles: 64, maxBytes: 48 << 20 };
+const defaultLimits: StartupLimits = { wholeFileBytes: 2 << 20, maxFiles: 64, maxBytes: 32 << 20 };
 
 const defaultPath = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
@@ -93,9 +96,7 @@ export class StartupFiles {
     const path = node.entry.sourcePath ?? node.entry.path;
     if (this.full || this.seen.has(path) || bytes.length < 4 || bytes.readUInt32BE(0) !== 0x7f454c46) return;
     this.seen.add(path);
-    if (this.follow(path, bytes) || node.size > this.limits.maxFileBytes) return;
-    // The headers end past what was read (a big binary's dynamic section): read the whole file.
-    this.track(this.reader.read(node, 0, node.size).then((all) => void this.follow(path, all), () => undefined));
+    this.track(this.follow(path, node, bytes));
   }
 
   /** Reads begun and not settled yet. */
@@ -103,9 +104,10 @@ export class StartupFiles {
     return this.unsettled > 0;
   }
 
-  private track(read: Promise<void>): void {
+  /** What fails is left for the workload's own reads to meet. */
+  private track(work: Promise<void>): void {
     this.unsettled++;
-    this.pending.push(read.finally(() => this.unsettled--));
+    this.pending.push(work.catch(() => undefined).finally(() => this.unsettled--));
   }
 
   /** Resolves when every read begun so far, and those they began, have settled. */
@@ -121,35 +123,36 @@ export class StartupFiles {
   private visit(found: Resolved | undefined, parse: boolean): void {
     if (!found || found.node.type !== 'file' || this.seen.has(found.path) || this.full) return;
     this.seen.add(found.path);
-    const size = found.node.size;
-    const whole = size <= this.limits.maxFileBytes && this.guess.bytes + size <= this.limits.maxBytes;
-    this.guess.files.push(found.path);
-    this.guess.bytes += whole ? size : Math.min(size, headerBytes);
-    if (size === 0) return;
-    // The headers first, beside the whole file: what it loads is asked for as soon as they are in.
-    const head = this.reader.read(found.node, 0, Math.min(size, headerBytes));
-    const all = whole && size > headerBytes ? this.reader.read(found.node, 0, size) : undefined;
-    all?.catch(() => undefined);
-    this.track(
-      head
-        .then(async (bytes) => {
-          if (parse && !this.follow(found.path, bytes) && all) this.follow(found.path, await all);
-        })
-        .catch(() => undefined),
-    );
-    if (all) this.track(all.then(() => undefined, () => undefined));
+    const { node, path } = found;
+    const length = node.size <= this.limits.wholeFileBytes ? node.size : Math.min(node.size, headerBytes);
+    this.guess.files.push(path);
+    this.guess.bytes += length;
+    if (length === 0) return;
+    this.track(this.reader.read(node, 0, length).then((bytes) => (parse ? this.follow(path, node, bytes) : undefined)));
   }
 
-  /** What a file's bytes say it loads: a script's interpreter, an ELF file's interpreter and libraries. False: the bytes end before the headers do. */
-  private follow(filePath: string, bytes: Buffer): boolean {
-    if (bytes[0] === 0x23 && bytes[1] === 0x21) {
-      const interpreter = shebangInterpreter(bytes);
+  /**
+   * What a file says it loads: a script's interpreter, an ELF file's
+   * interpreter and libraries. Headers past `first` (a big binary's dynamic
+   * section and strings) are read where they are, a few steps at most.
+   */
+  private async follow(filePath: string, node: FsNode, first: Buffer): Promise<void> {
+    if (first[0] === 0x23 && first[1] === 0x21) {
+      const interpreter = shebangInterpreter(first);
       if (interpreter) this.visit(resolvePath(this.tree, interpreter), true);
-      return true;
+      return;
     }
-    const elf = parseElf(bytes);
-    if (!elf) return true;
-    if (elf.truncated) return false;
+    const bytes = new ElfBytes(first);
+    let elf = parseElf(bytes);
+    for (let step = 0; elf?.need && step < maxHeaderSteps; step++) {
+      const { offset, length } = elf.need;
+      if (offset >= node.size || length > maxHeaderStep || this.full) return;
+      const wanted = Math.min(node.size - offset, Math.max(length, 4096));
+      this.guess.bytes += wanted;
+      bytes.add(offset, await this.reader.read(node, offset, wanted));
+      elf = parseElf(bytes);
+    }
+    if (!elf || elf.need) return;
     if (elf.interpreter) {
       this.visit(resolvePath(this.tree, elf.interpreter), true);
       if (!this.linkerCache) {
@@ -160,9 +163,12 @@ export class StartupFiles {
     const dir = filePath.slice(0, filePath.lastIndexOf('/') + 1);
     const searched = [...elf.runPath.map((d) => d.replace(/\$\{?ORIGIN\}?/g, `/${dir}`)), ...libraryDirs(elf)];
     for (const name of elf.needed) this.visit(name.includes('/') ? resolvePath(this.tree, name) : findIn(this.tree, searched, name), true);
-    return true;
   }
 }
+
+/** Headers past the first read: at most this many more reads of a file, each at most this long (a hostile file asks for more). */
+const maxHeaderSteps = 4;
+const maxHeaderStep = 1 << 20;
 
 /** Enough of an ELF file to find its program headers, interpreter and dynamic section in most binaries. */
 const headerBytes = 64 << 10;
@@ -232,56 +238,88 @@ export interface ElfInfo {
   runPath: string[];
   bits: 32 | 64;
   machine: number;
-  /** The bytes given end before the program headers, the dynamic section or its strings do: read more. */
-  truncated: boolean;
+  /** The headers go on past the bytes given: these are needed next (file offset and length). */
+  need?: { offset: number; length: number };
+}
+
+/** Pieces of a file by offset: what has been read of its headers. */
+export class ElfBytes {
+  private readonly pieces: Array<{ start: number; bytes: Buffer }> = [];
+
+  constructor(first: Buffer) {
+    this.pieces.push({ start: 0, bytes: first });
+  }
+
+  add(start: number, bytes: Buffer): void {
+    this.pieces.push({ start, bytes });
+  }
+
+  /** Bytes [offset, offset + length), or NeedBytes when no piece holds them. */
+  at(offset: number, length: number): Buffer {
+    for (const { start, bytes } of this.pieces) {
+      if (offset >= start && offset + length <= start + bytes.length) return bytes.subarray(offset - start, offset - start + length);
+    }
+    throw new NeedBytes(offset, length);
+  }
+
+  /** The NUL-terminated string at `offset` (latin1). */
+  cString(offset: number): string {
+    for (const { start, bytes } of this.pieces) {
+      if (offset < start || offset >= start + bytes.length) continue;
+      const end = bytes.indexOf(0, offset - start);
+      if (end >= 0) return bytes.toString('latin1', offset - start, end);
+    }
+    throw new NeedBytes(offset, 4096);
+  }
+}
+
+class NeedBytes {
+  constructor(
+    readonly offset: number,
+    readonly length: number,
+  ) {}
 }
 
 /**
  * The ELF headers a loader follows: PT_INTERP and the dynamic section's
- * DT_NEEDED and DT_RUNPATH strings. Written here because it is fifty lines
- * of offsets and no maintained npm package reads just this; anything out of
- * bounds or not ELF gives undefined (a hostile image costs nothing but the
- * guess).
+ * DT_NEEDED and DT_RUNPATH strings, from what has been read of the file
+ * (`need` says what to read next). Written here because it is sixty lines
+ * of offsets and no maintained npm package reads just this; anything that
+ * is not ELF or does not add up gives undefined (a hostile image costs
+ * nothing but the guess).
  */
-export function parseElf(bytes: Buffer): ElfInfo | undefined {
+export function parseElf(source: Buffer | ElfBytes): ElfInfo | undefined {
+  const bytes = source instanceof ElfBytes ? source : new ElfBytes(source);
+  let info: ElfInfo | undefined;
   try {
-    if (bytes.length < 52 || bytes.readUInt32BE(0) !== 0x7f454c46) return undefined;
-    const bits = bytes[4] === 2 ? 64 : bytes[4] === 1 ? 32 : 0;
-    const little = bytes[5] === 1;
-    if (!bits || (!little && bytes[5] !== 2)) return undefined;
-    const u16 = (o: number) => (little ? bytes.readUInt16LE(o) : bytes.readUInt16BE(o));
-    const u32 = (o: number) => (little ? bytes.readUInt32LE(o) : bytes.readUInt32BE(o));
-    const word = (o: number) => (bits === 64 ? Number(little ? bytes.readBigUInt64LE(o) : bytes.readBigUInt64BE(o)) : u32(o));
-    const machine = u16(18);
+    const ident = bytes.at(0, 20);
+    if (ident.readUInt32BE(0) !== 0x7f454c46) return undefined;
+    const bits = ident[4] === 2 ? 64 : ident[4] === 1 ? 32 : 0;
+    const little = ident[5] === 1;
+    if (!bits || (!little && ident[5] !== 2)) return undefined;
+    const u16 = (o: number) => (little ? bytes.at(o, 2).readUInt16LE(0) : bytes.at(o, 2).readUInt16BE(0));
+    const u32 = (o: number) => (little ? bytes.at(o, 4).readUInt32LE(0) : bytes.at(o, 4).readUInt32BE(0));
+    const word = (o: number) => (bits === 64 ? Number(little ? bytes.at(o, 8).readBigUInt64LE(0) : bytes.at(o, 8).readBigUInt64BE(0)) : u32(o));
+    info = { needed: [], runPath: [], bits, machine: u16(18) };
     const phoff = word(bits === 64 ? 32 : 28);
     const phentsize = u16(bits === 64 ? 54 : 42);
     const phnum = u16(bits === 64 ? 56 : 44);
-    const info: ElfInfo = { needed: [], runPath: [], bits, machine, truncated: false };
-    const short = (): ElfInfo => ({ ...info, truncated: true });
+    if (phentsize < (bits === 64 ? 56 : 32)) return undefined;
+    bytes.at(phoff, phnum * phentsize); // all program headers, in one piece
     const segments: Array<{ type: number; offset: number; vaddr: number; filesz: number }> = [];
     for (let i = 0; i < phnum; i++) {
       const at = phoff + i * phentsize;
-      if (at + (bits === 64 ? 56 : 32) > bytes.length) return short();
       segments.push(
         bits === 64
           ? { type: u32(at), offset: word(at + 8), vaddr: word(at + 16), filesz: word(at + 32) }
           : { type: u32(at), offset: u32(at + 4), vaddr: u32(at + 8), filesz: u32(at + 16) },
       );
     }
-    const cString = (offset: number) => {
-      if (offset < 0 || offset >= bytes.length) return undefined;
-      const end = bytes.indexOf(0, offset);
-      return end < 0 ? undefined : bytes.toString('latin1', offset, end);
-    };
     const interp = segments.find((s) => s.type === 3);
-    if (interp) {
-      if (interp.offset + interp.filesz > bytes.length) return short();
-      const name = cString(interp.offset);
-      if (name) info.interpreter = name;
-    }
+    if (interp) info.interpreter = bytes.cString(interp.offset);
     const dynamic = segments.find((s) => s.type === 2);
     if (!dynamic) return info;
-    if (dynamic.offset + dynamic.filesz > bytes.length) return short();
+    bytes.at(dynamic.offset, dynamic.filesz); // the whole dynamic section, in one piece
     const entrySize = bits === 64 ? 16 : 8;
     const tags: Array<[number, number]> = [];
     for (let at = dynamic.offset; at + entrySize <= dynamic.offset + dynamic.filesz; at += entrySize) {
@@ -294,17 +332,16 @@ export function parseElf(bytes: Buffer): ElfInfo | undefined {
     if (strtabAddr === undefined || !load) return info;
     const strtab = load.offset + (strtabAddr - load.vaddr);
     const strsz = tags.find(([t]) => t === 10)?.[1] ?? 0;
-    if (strtab + strsz > bytes.length) return short();
+    if (strsz > 0) bytes.at(strtab, strsz); // the string table, in one piece
+    const needed: string[] = [];
+    for (const [tag, value] of tags) if (tag === 1) needed.push(bytes.cString(strtab + value));
+    info.needed = needed;
     const runPath = tags.find(([t]) => t === 29) ?? tags.find(([t]) => t === 15);
-    for (const [tag, value] of tags) {
-      if (tag !== 1) continue;
-      const name = cString(strtab + value);
-      if (name) info.needed.push(name);
-    }
-    if (runPath) info.runPath = (cString(strtab + runPath[1]) ?? '').split(':').filter(Boolean);
+    if (runPath) info.runPath = bytes.cString(strtab + runPath[1]).split(':').filter(Boolean);
     return info;
-  } catch {
-    return undefined; // offsets past the bytes read: not a file we can follow
+  } catch (err) {
+    if (err instanceof NeedBytes && info) return { ...info, need: { offset: err.offset, length: err.length } };
+    return undefined; // not ELF, or offsets that do not add up
   }
 }
 
