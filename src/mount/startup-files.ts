@@ -8,11 +8,11 @@ import type { ImageConfig } from '../oci/types.js';
  * interpreter and shared libraries, theirs in turn, a script's `#!`
  * interpreter, the dynamic linker's cache, and /etc/passwd and /etc/group
  * (containerd and `run` read both to build the user). A lazy mount reads them
- * whole as soon as its tree is known, all at once, instead of one round trip
- * after another as the loader asks: they are the same bytes the start would
- * fetch, only sooner. Like a profile it is only a hint: every byte is verified
- * as a read's, and a program that is not there, or a file that does not parse
- * as ELF, is passed over.
+ * once it serves, all at once, instead of one round trip after another as
+ * the loader asks: the same bytes the start would fetch, only sooner (a big
+ * file only where its headers are). Like a profile it is only a hint: every
+ * byte is verified as a read's, and a program that is not there, or a file
+ * that does not parse as ELF, is passed over.
  */
 export interface StartupGuess {
   /** Paths of the files read (resolved: symlinks followed), in the order they were asked for. */
