@@ -17,7 +17,7 @@ import type { ImageConfig } from '../oci/types.js';
 export interface StartupGuess {
   /** Paths of the files read (resolved: symlinks followed), in the order they were asked for. */
   files: string[];
-  /** Bytes of those files. */
+  /** Bytes asked for: small files whole, the header pieces of big ones. */
   bytes: number;
 }
 
