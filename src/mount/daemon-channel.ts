@@ -1,3 +1,4 @@
+import type { SettledSchemes } from '../source/registry/settled-schemes.js';
 import type { Duplex } from 'node:stream';
 import { LazyrootError } from '../errors.js';
 import type { LazyMountOptions } from './lazy-mount.js';
@@ -20,6 +21,8 @@ export interface MountRequest {
   env: Record<string, string | undefined>;
   /** Where the daemon logs. */
   logFile: string;
+  /** What the caller's registry pings settled (answers.ts): the daemon's first requests need no ping of their own. */
+  registrySchemes?: SettledSchemes;
 }
 
 /**

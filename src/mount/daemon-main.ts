@@ -4,6 +4,7 @@ import type { LazyrootError } from '../errors.js';
 import type { Store } from '../store/store.js';
 import type { Duplex } from 'node:stream';
 import { readMountRequest, replyReady, type MountRequest } from './daemon-channel.js';
+import { adoptSettledSchemes } from '../source/registry/settled-schemes.js';
 import { fileLogger, packageBin } from './daemon.js';
 import { Frame, writeFrame, type RunRequest } from './run-channel.js';
 import { awaitAssignment, claimStarting, spawnStandby, standbyPaths } from './standby.js';
@@ -81,6 +82,7 @@ export async function runMountDaemon(options: DaemonMainOptions = {}): Promise<v
     return options.runner.serve(received as RunRequest, channel, () => spawnStandby(options.bin ?? packageBin));
   }
   const request = received as MountRequest;
+  adoptSettledSchemes(request.registrySchemes);
   const { Store } = await storeModule();
   let store: Store;
   try {

@@ -7,6 +7,7 @@ import { LazyrootError } from '../errors.js';
 import { awaitReady, type DaemonReady, type MountRequest } from './daemon-channel.js';
 import { claimStandby } from './standby.js';
 import { tracePhase } from '../trace.js';
+import { settledSchemesNow } from '../source/registry/settled-schemes.js';
 
 export type { MountRequest } from './daemon-channel.js';
 
@@ -34,6 +35,7 @@ export async function startMountDaemon(request: MountRequest, options: StartOpti
   if (servedHere) return servedHere(request);
   const timeoutMs = options.readyTimeoutMs ?? 120_000;
   tracePhase('daemon: mount asked for');
+  request = { ...request, registrySchemes: request.registrySchemes ?? settledSchemesNow() };
   const claimed = await claimStandby(request, timeoutMs);
   if (claimed !== undefined) return claimed;
   tracePhase('daemon: no standby, starting a daemon');

@@ -17,6 +17,8 @@ export interface WarmImage {
   ref: string;
   /** Paths in the image a warm-up reads. */
   files: string[];
+  /** The layers' blobs, base first: a warm-up parses their TOCs again in memory. */
+  layerBlobs: Buffer[];
   close(): Promise<void>;
 }
 
@@ -193,6 +195,7 @@ export async function serveWarmImage(): Promise<WarmImage> {
   return {
     ref: `127.0.0.1:${port}/warm/image:v1`,
     files,
+    layerBlobs: built.map((l) => l.blob),
     close: () =>
       new Promise<void>((resolve) => {
         server.closeAllConnections();

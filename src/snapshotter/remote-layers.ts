@@ -208,6 +208,9 @@ export class RemoteLayers {
         ...(this.options.remoteIndex === false ? { remoteIndex: false } : {}),
         ...(this.options.logFile ? { logFile: this.options.logFile } : {}),
         ...(layerCount !== undefined ? { layerCount } : {}),
+        // What containerd (the image's user and groups) and runc read before the container's
+        // program: fetched while containerd still prepares the container.
+        readAtMount: ['etc/passwd', 'etc/group'],
       });
     } catch (err) {
       throw new LazyrootError('UNAVAILABLE', `image ${image.names[0] ?? image.id}: cannot mount its layers lazily: ${(err as Error).message}`, { cause: err });

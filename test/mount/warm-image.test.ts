@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mountImageLazily } from '../../src/mount/lazy-mount.js';
 import { serveWarmImage } from '../../src/mount/warm-image.js';
+import { exerciseFirstMountStages } from '../../src/mount/warm-up.js';
 import { Store } from '../../src/store/store.js';
 import { missingRequirements } from '../helpers/requirements.js';
 
@@ -59,6 +60,28 @@ describe('the standby\'s warm-up image', { skip: missing.length ? `needs ${missi
       store.close();
       await image.close();
       await rm(work, { recursive: true, force: true });
+    }
+  });
+});
+
+/**
+ * A warm-up also runs a first mount's CPU-bound stages over the image's
+ * layers again and again in memory (warm-up.ts). A failure there would cost
+ * only warmth, silently: so the stages are checked to run through and to
+ * build the image's tree.
+ */
+describe('the warm-up\'s first-mount stages', () => {
+  test('parse both TOCs, merge them and build the tree the mount serves', async () => {
+    const image = await serveWarmImage();
+    try {
+      const tree = await exerciseFirstMountStages(image.layerBlobs, 3);
+      assert.ok(tree, 'a tree was built');
+      for (const path of image.files) assert.ok(tree.lookup(path), `${path} is in the tree`);
+      assert.equal(tree.lookup('usr/lib/d10/big')?.size, 20_000);
+      assert.equal(tree.lookup('usr/lib/d3/f1'), undefined, 'the whiteout of the upper layer hides the file');
+      assert.equal(tree.lookup('.no.prefetch.landmark'), undefined);
+    } finally {
+      await image.close();
     }
   });
 });

@@ -120,9 +120,9 @@ function compressedRange(chunks: readonly EstargzMemberChunk[], start: number, e
  * object per member, its chunks on it, what the members share in one
  * `MemberChecks` (with a closure and a WeakMap entry per member, the bench
  * image's 5,200-member layer took 20-32 ms of wall time; 13-27 ms this way,
- * about 6 ms of it the main thread's CPU).
+ * about 6 ms of it the main thread's CPU). Exported for a standby's warm-up.
  */
-function memberUnits(
+export function memberUnits(
   index: Pick<EstargzIndex, 'chunks'>,
   size: number,
   what: string,

@@ -1,6 +1,7 @@
 import type { Authenticator } from './auth.js';
 import { discard, readLimited } from './body.js';
 import { errorForStatus, RegistryError } from './registry-error.js';
+import { settledSchemes } from './settled-schemes.js';
 import { isTlsOrConnectError, type Transport, type TransportResponse } from './transport.js';
 
 /**
@@ -38,14 +39,6 @@ export async function answerError(response: TransportResponse, what: string, met
  * registry wants before the first real request. A scheme that fails to
  * connect (or TLS that fails) gives way to the next, where allowed.
  */
-/**
- * Schemes already settled in this process, by host and API path: a mount
- * opens a second source for the registry its image was resolved from, and a
- * snapshotter or standby many over its life; each would otherwise pay one
- * ping (two where https is tried first and refused).
- */
-const settledSchemes = new Map<string, { scheme: string; challenge?: TransportResponse['headers'] }>();
-
 export async function probeScheme(
   transport: Transport,
   auth: Authenticator,
@@ -54,7 +47,7 @@ export async function probeScheme(
   const { host, schemes, what, signal } = target;
   const key = `${schemes.join(',')} ${host}${target.apiPath ?? '/v2'}`;
   const settled = settledSchemes.get(key);
-  if (settled) {
+  if (settled && schemes.includes(settled.scheme)) {
     // What the ping's 401 taught the first authenticator, this one learns too: concurrent first
     // requests then share one token fetch instead of each meeting the 401.
     if (settled.challenge) auth.learn(settled.challenge);
