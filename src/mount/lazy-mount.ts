@@ -271,7 +271,7 @@ export async function mountImageLazily(store: Store, ref: string, mountpoint: st
         layers.map((l) => l.entries),
         (i) => `layer ${i + 1}/${layers.length} ${shortDigest(layers[i]!.digest)}`,
       );
-      if (cacheable) writeCachedLater(store, treePath, treeKey, cachedTree(merged), options.logger);
+      if (cacheable) writeCachedLater(store, treePath, treeKey, () => cachedTree(merged), options.logger);
       if (many) collectGarbage();
       return merged;
     }

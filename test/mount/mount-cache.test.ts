@@ -32,7 +32,7 @@ test('a cache file is written in pieces and read back; a truncated, stale or gar
   try {
     const path = join(root, 'cache', 'x.tree');
     const value = Array.from({ length: 60_000 }, (_, i) => ({ path: `d${i % 7}/f${i}`, type: 'file', mode: 0o644, uid: 0, gid: 0, size: i, mtime: 0, layer: 0, sourcePath: `d${i % 7}/f${i}` }));
-    writeCachedLater(store, path, 'key-1', value);
+    writeCachedLater(store, path, 'key-1', () => value);
     await flushCacheWrites();
     assert.deepEqual(await readCached(path, 'key-1'), value);
     assert.equal(await readCached(path, 'key-2'), undefined, 'another key: stale');
