@@ -103,8 +103,11 @@ async function mountTwice(dir: string): Promise<void> {
  * ms is what it takes once hot); the merge and tree of the 8,228-entry image
  * 62-64 ms after one smaller merge, 9.5 ms after five; the fetch units of
  * its 5,217-member layer 28 ms cold, 4 ms after five. The warm-up's one
- * mount alone left a standby's first mount paying that: the TOCs 80 ms and
- * the tree 49-65 ms in traces through containerd.
+ * mount alone left a standby's first mount paying that: in traces through
+ * containerd the tree took 49-65 ms before, 17-44 ms after. In `run --lazy`
+ * the gain is smaller than warmth alone promises: there the scavenges of a
+ * growing heap (4-11 ms each in a --trace-gc of the daemon) and two busy
+ * cores weigh as much.
  */
 const stageRounds = 20;
 
