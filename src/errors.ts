@@ -22,6 +22,29 @@ export type ErrorCode =
   /** A documented limit (TOC records, sizes) was passed. */
   | 'RESOURCE_EXHAUSTED';
 
+const errorCodes: ReadonlySet<string> = new Set<ErrorCode>([
+  'NOT_FOUND',
+  'ALREADY_EXISTS',
+  'INVALID_ARGUMENT',
+  'INVALID_REFERENCE',
+  'INVALID_MANIFEST',
+  'INVALID_DATA',
+  'UNSUPPORTED',
+  'FAILED_PRECONDITION',
+  'UNAVAILABLE',
+  'UNAUTHORIZED',
+  'DIGEST_MISMATCH',
+  'SIZE_MISMATCH',
+  'HOSTILE_ARCHIVE',
+  'IN_USE',
+  'RESOURCE_EXHAUSTED',
+]);
+
+/** Whether `value` is one of lazyroot's error codes (not, say, a system error's `ENOENT` carried across a thread). */
+export function isErrorCode(value: unknown): value is ErrorCode {
+  return typeof value === 'string' && errorCodes.has(value);
+}
+
 export class LazyrootError extends Error {
   readonly code: ErrorCode;
   /** True when trying the same thing again later may succeed. */

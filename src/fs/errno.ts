@@ -34,7 +34,9 @@ const byCode: Readonly<Record<ErrorCode, number>> = {
  * unknown is EIO. Never -1: fuse-native would pass it on as EPERM.
  */
 export function errnoOf(err: unknown): number {
-  if (isLazyrootError(err)) return -byCode[err.code];
+  // A code outside the table (never meant to be) is still an error: EIO, never NaN, which the kernel
+  // took for a read of 0 bytes, an end of file (a binary read as empty: "exec format error").
+  if (isLazyrootError(err)) return -(byCode[err.code] ?? errno.EIO);
   const code = (err as { code?: unknown } | null)?.code;
   if (typeof code === 'string' && code.startsWith('E')) {
     const n = (errno as Record<string, number | undefined>)[code];

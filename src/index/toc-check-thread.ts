@@ -1,7 +1,7 @@
 import { createReadStream } from 'node:fs';
 import { pipeline } from 'node:stream';
 import { Worker } from 'node:worker_threads';
-import { LazyrootError, type ErrorCode } from '../errors.js';
+import { isErrorCode, LazyrootError } from '../errors.js';
 import { createDecompressor } from '../oci/compression.js';
 import { checkTocAgainstTar } from './estargz/toc-check.js';
 import { checkZstdChunkedTocAgainstTar } from './zstd-chunked/tar-check.js';
@@ -41,7 +41,8 @@ export function checkTocOffThread(job: TocCheckJob, signal?: AbortSignal): Promi
     signal?.addEventListener('abort', stop, { once: true });
     worker.once('message', (result: TocCheckResult) => {
       if (result.ok) resolve();
-      else reject(new LazyrootError((result.code ?? 'INVALID_DATA') as ErrorCode, result.message));
+      // A system error (the blob could not be read: ENOENT, EIO) leaves the check not done, never failed.
+      else reject(new LazyrootError(result.code === undefined ? 'INVALID_DATA' : isErrorCode(result.code) ? result.code : 'UNAVAILABLE', result.message));
     });
     worker.once('error', (err) => reject(new LazyrootError('UNAVAILABLE', `${job.what}: the TOC check's worker failed: ${err.message}`, { cause: err })));
     worker.once('exit', (code) => {

@@ -1,8 +1,8 @@
 import { constants, createReadStream } from 'node:fs';
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rm, stat, type FileHandle } from 'node:fs/promises';
 import { dirname } from 'node:path';
 import type { Readable } from 'node:stream';
-import { LazyrootError } from '../errors.js';
+import { isErrorCode, LazyrootError } from '../errors.js';
 import { hasherFor, shortDigest, type Digest } from '../oci/digest.js';
 import { commitFile } from './atomic-file.js';
 import { writeFully } from './write-fully.js';
@@ -270,7 +270,7 @@ export class LazyBlob {
     private readonly fetcher: RangeFetcher,
     private readonly options: LazyBlobOptions,
   ) {
-    this.present = IntervalSet.from(store.db.blobRanges(digest));
+    this.present = new IntervalSet(); // read with the partial file it describes (open)
     this.deadlineMs = options.deadlineMs ?? 30_000;
     this.maxInFlight = options.maxInFlight ?? 8;
     this.unanswered = new UnansweredRanges(this.deadlineMs);
@@ -280,18 +280,21 @@ export class LazyBlob {
 
   static async open(store: Store, digest: Digest, size: number, fetcher: RangeFetcher, options: LazyBlobOptions): Promise<LazyBlob> {
     const blob = new LazyBlob(store, digest, size, fetcher, options);
-    if (await store.blobs.has(digest, size)) {
-      blob.complete = true;
-      blob.present = new IntervalSet();
-      blob.file = await open(store.blobs.path(digest), 'r');
-      if (options.mediaType) store.db.recordBlob(digest, size, options.mediaType);
-      return blob;
-    }
     const path = store.paths.partialBlob(digest);
-    await mkdir(dirname(path), { recursive: true });
-    const file = await open(path, constants.O_RDWR | constants.O_CREAT, 0o600);
+    let partial: { file: FileHandle; ranges: Array<[number, number]> } | undefined;
+    while (!partial) {
+      if (await store.blobs.has(digest, size)) {
+        blob.complete = true;
+        blob.file = await open(store.blobs.path(digest), 'r');
+        if (options.mediaType) store.db.recordBlob(digest, size, options.mediaType);
+        return blob;
+      }
+      partial = await openPartial(store, digest, path);
+    }
+    const { file, ranges } = partial;
     if ((await file.stat()).size !== size) await file.truncate(size); // sparse: holes cost nothing
     blob.file = file;
+    blob.present = IntervalSet.from(ranges);
     blob.kept = blob.present.total;
     if (blob.tracksUse) {
       // Ranges from an earlier run are the least recently used of all.
@@ -1217,8 +1220,11 @@ export class LazyBlob {
       return;
     }
     const path = this.store.paths.partialBlob(this.digest);
+    // Our own file, read through its descriptor: another process that holds the same partial file may
+    // promote it (rename it into blobs/) meanwhile, and a new one may then be made at `path`.
+    const own = this.file ? `/proc/self/fd/${this.file.fd}` : path;
     const hash = hasherFor(this.digest);
-    for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
+    for await (const chunk of createReadStream(own, { highWaterMark: 1 << 20 })) hash.update(chunk as Buffer);
     const got = `${this.digest.slice(0, this.digest.indexOf(':'))}:${hash.digest('hex')}`;
     if (got !== this.digest) {
       // Verified ranges cannot be wrong, so the unverified ones were: drop those and fetch them again.
@@ -1229,7 +1235,12 @@ export class LazyBlob {
       this.persist();
       throw new LazyrootError('DIGEST_MISMATCH', `${this.options.what}: assembled blob ${shortDigest(this.digest)} does not match its digest (got ${got})`);
     }
-    await this.runWholeCheck(path);
+    await this.runWholeCheck(own);
+    if (!(await this.stillAt(path))) {
+      // Promoted by another process meanwhile (or gone): its copy in blobs/ is the blob, else fetch on.
+      if (await this.store.blobs.has(this.digest, this.size)) await this.becomeWhole('ranges', false);
+      return;
+    }
     await mkdir(dirname(this.store.blobs.path(this.digest)), { recursive: true });
     await commitFile(path, this.store.blobs.path(this.digest));
     // The open handle is the same inode, now in blobs/: keep reading through it.
@@ -1238,13 +1249,22 @@ export class LazyBlob {
     this.settleWhole();
   }
 
+  /** Whether `path` still names the file this blob holds open. */
+  private async stillAt(path: string): Promise<boolean> {
+    if (!this.file) return false;
+    const [held, atPath] = await Promise.all([this.file.stat(), stat(path).catch(() => undefined)]);
+    return atPath !== undefined && atPath.ino === held.ino && atPath.dev === held.dev;
+  }
+
   /** The whole check, if any, of the blob at `path`; a failure refuses the blob for good (in this process). */
   private async runWholeCheck(path: string): Promise<void> {
     if (!this.wholeCheck) return;
     try {
       await this.wholeCheck(path, this.closing.signal);
     } catch (err) {
-      if ((err as LazyrootError).code === 'UNAVAILABLE') throw err;
+      // Not done, nothing refused: stopped, or the blob could not be read (a system error, ENOENT or EIO).
+      const code = (err as { code?: unknown }).code;
+      if (code === 'UNAVAILABLE' || (!isErrorCode(code) && typeof code === 'string')) throw err;
       this.refused = err instanceof LazyrootError ? err : new LazyrootError('INVALID_DATA', `${this.options.what}: ${(err as Error).message}`, { cause: err });
       this.pending.clear();
       throw this.refused;
@@ -1284,6 +1304,49 @@ export class LazyBlob {
     this.file = undefined;
     for (const h of this.retired.splice(0)) await h.close().catch(() => undefined);
   }
+}
+
+/**
+ * The partial file of `digest` and the ranges the store's rows say it holds,
+ * read once the file is open and only while it is still the one at `path`:
+ * rows read before, or for a file that another process promoted (renamed to
+ * blobs/) or removed meanwhile, would vouch for the holes of a new sparse
+ * file, and zeros would be served as verified bytes (seen under load: a
+ * second mount of an image's first layers reading /bin/sh as zeros while the
+ * first mount's prefetch promoted the same blobs). Rows with no file are
+ * cleared before one is made here. Undefined when the file went away or
+ * another process made it meanwhile: look again (the blob may be whole now).
+ */
+async function openPartial(store: Store, digest: Digest, path: string): Promise<{ file: FileHandle; ranges: Array<[number, number]> } | undefined> {
+  await mkdir(dirname(path), { recursive: true });
+  let file: FileHandle;
+  let made = false;
+  try {
+    file = await open(path, constants.O_RDWR);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    // Cleared before the file exists, so that no process opening it can read rows of a file gone
+    // (a full disk leaves them: this opener starts from none all the same, and its map replaces them).
+    try {
+      if (store.db.blobRanges(digest).length > 0) store.db.setBlobRanges(digest, []);
+    } catch {
+      // SQLITE_FULL and the like: see above
+    }
+    try {
+      file = await open(path, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL, 0o600);
+      made = true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EEXIST') return undefined; // another process made it: open that one
+      throw e;
+    }
+  }
+  const ranges = made ? [] : store.db.blobRanges(digest);
+  const [held, atPath] = await Promise.all([file.stat(), stat(path).catch(() => undefined)]);
+  if (!atPath || atPath.ino !== held.ino || atPath.dev !== held.dev) {
+    await file.close();
+    return undefined;
+  }
+  return { file, ranges };
 }
 
 /** An UNAVAILABLE error for bytes that did not arrive in time. */

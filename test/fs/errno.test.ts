@@ -23,6 +23,13 @@ test('Node system errors keep their errno; anything unknown is EIO, never a bare
   }
 });
 
+test('regression: a LazyrootError with a code outside the table (ENOENT carried from a worker thread) is EIO, never NaN', () => {
+  // NaN went to the kernel as a read of 0 bytes: an end of file, a binary read as empty ("exec format error").
+  const odd = new LazyrootError('ENOENT' as never, 'ENOENT: no such file or directory');
+  assert.equal(errnoOf(odd), -errno.EIO);
+  assert.ok(Number.isInteger(createToErrno()(odd, 'read /bin/sh [0, 30)')));
+});
+
 test('toErrno logs each failure once through the injected logger, with its context', () => {
   const lines: string[] = [];
   const toErrno = createToErrno((message) => lines.push(message));

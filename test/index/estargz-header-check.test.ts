@@ -131,6 +131,14 @@ test('the whole-stream check on a worker thread: an honest blob passes, a lying 
     stopped.abort();
     await assert.rejects(running, (err: Error & { code?: string }) => err.code === 'UNAVAILABLE' && /the TOC check was stopped/.test(err.message));
     await assert.rejects(checkTocOffThread(job(honestPath, honest.index), stopped.signal), /stopped before it began/);
+
+    // regression: a blob that cannot be read (another process promoted the partial file away) is a
+    // check not done (UNAVAILABLE), never a lying TOC, nor an error code the errno table lacks.
+    await assert.rejects(checkTocOffThread(job(join(dir, 'gone'), honest.index)), (err: Error & { code?: string }) => {
+      assert.equal(err.code, 'UNAVAILABLE');
+      assert.match(err.message, /ENOENT/);
+      return true;
+    });
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -61,6 +61,51 @@ test('fetches a range once, keeps it only after confirm, and survives a restart'
   await again.close();
 });
 
+/**
+ * Range rows describe one partial file. Another process can promote that file
+ * (rename it into blobs/) or remove it while rows still say what it held, and
+ * a new sparse file at the same path holds zeros there: seen under load, a
+ * second mount of an image's first layers served /bin/sh as zeros while the
+ * first mount's prefetch promoted the same blob.
+ */
+test('regression: range rows whose partial file is gone vouch for nothing: the bytes are fetched, never zeros', async (t) => {
+  const { store, data, calls, fetcher } = await setup(t);
+  const digest = sha256(data);
+  const first = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer' });
+  await first.read(0, 4096);
+  first.confirm(0, 4096);
+  await new Promise((r) => setTimeout(r, 20));
+  await first.close(); // its rows say [0, 4096) is in the partial file
+  assert.deepEqual(store.db.blobRanges(digest), [[0, 4096]]);
+  // The file goes (another process promoted or removed it), the rows stay.
+  await rm(store.paths.partialBlob(digest));
+  const second = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer' });
+  assert.equal(second.bytesPresent, 0, 'nothing is present in a file made anew');
+  assert.ok((await second.read(0, 4096)).equals(data.subarray(0, 4096)), 'the right bytes, not zeros');
+  assert.equal(calls.length, 2, 'fetched again');
+  await second.close();
+});
+
+test('regression: a blob another opener promoted is read from blobs/, whatever rows were written for its partial file', async (t) => {
+  const { store, data, fetcher } = await setup(t);
+  const digest = sha256(data);
+  const whole = await LazyBlob.open(store, digest, data.length, fetcher, { what: 'layer' });
+  await whole.read(0, data.length);
+  whole.confirm(0, data.length);
+  const began = Date.now();
+  while (!whole.isComplete && Date.now() - began < 5000) await new Promise((r) => setTimeout(r, 20));
+  assert.ok(whole.isComplete, 'promoted into blobs/');
+  // Rows a slower process wrote for the partial file after the promotion.
+  store.db.setBlobRanges(digest, [[0, data.length]]);
+  const later = await LazyBlob.open(store, digest, data.length, async () => {
+    throw new Error('nothing to fetch');
+  }, { what: 'layer' });
+  assert.ok(later.isComplete);
+  assert.ok((await later.read(100_000, 200_000)).equals(data.subarray(100_000, 200_000)));
+  await later.close();
+  await whole.close();
+});
+
 test('concurrent reads of one range share a fetch', async (t) => {
   const { store, data, calls, fetcher } = await setup(t);
   const blob = await LazyBlob.open(store, sha256(data), data.length, fetcher, { what: 'layer' });
