@@ -33,13 +33,22 @@ export async function warmUp(under: string): Promise<void> {
   // as before, it left a FUSE mount in a directory whoever stopped it then failed to remove (EBUSY).
   // Then the signal is raised again, our listener (once) gone: the process ends as SIGTERM ends
   // it (killed by the signal, as its parent expects), not by an exit code chosen here.
-  const stop = () => void removeWarmUp(dir).finally(() => process.kill(process.pid, 'SIGTERM'));
+  // The warm-up's own code goes on meanwhile (its reads failing, its unmount writing caches, which
+  // makes its directories again: a directory was left so once in CI): it is let end, for a bounded
+  // while, and what it left is removed too.
+  let work: Promise<void> | undefined;
+  const stop = () =>
+    void removeWarmUp(dir)
+      .then(() => Promise.race([work?.catch(() => undefined), new Promise((resolve) => setTimeout(resolve, stopGraceMs))]))
+      .then(() => removeWarmUp(dir))
+      .finally(() => process.kill(process.pid, 'SIGTERM'));
   process.once('SIGTERM', stop);
   try {
     await mkdir(under, { recursive: true, mode: 0o700 });
     await removeAbandoned(under);
     dir = await mkdtemp(join(under, `${prefix}${process.pid}-`));
-    await mountTwice(dir);
+    work = mountTwice(dir);
+    await work;
   } catch {
     // warmth lost, nothing else
   } finally {
@@ -48,6 +57,9 @@ export async function warmUp(under: string): Promise<void> {
     if (saved !== undefined) process.env.LAZYROOT_TRACE = saved;
   }
 }
+
+/** How long a stopped warm-up's own code is let run on before the directory is removed again and the process ends. */
+const stopGraceMs = 2_000;
 
 /** A warm-up's directory gone at once: its FUSE mounts detached first (never a walk into a mount this process serves). */
 async function removeWarmUp(dir: string | undefined): Promise<void> {
