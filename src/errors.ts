@@ -22,27 +22,28 @@ export type ErrorCode =
   /** A documented limit (TOC records, sizes) was passed. */
   | 'RESOURCE_EXHAUSTED';
 
-const errorCodes: ReadonlySet<string> = new Set<ErrorCode>([
-  'NOT_FOUND',
-  'ALREADY_EXISTS',
-  'INVALID_ARGUMENT',
-  'INVALID_REFERENCE',
-  'INVALID_MANIFEST',
-  'INVALID_DATA',
-  'UNSUPPORTED',
-  'FAILED_PRECONDITION',
-  'UNAVAILABLE',
-  'UNAUTHORIZED',
-  'DIGEST_MISMATCH',
-  'SIZE_MISMATCH',
-  'HOSTILE_ARCHIVE',
-  'IN_USE',
-  'RESOURCE_EXHAUSTED',
-]);
+/** Every code, as a record so that a code added to ErrorCode and not here fails to compile. */
+const errorCodes: Readonly<Record<ErrorCode, true>> = {
+  NOT_FOUND: true,
+  ALREADY_EXISTS: true,
+  INVALID_ARGUMENT: true,
+  INVALID_REFERENCE: true,
+  INVALID_MANIFEST: true,
+  INVALID_DATA: true,
+  UNSUPPORTED: true,
+  FAILED_PRECONDITION: true,
+  UNAVAILABLE: true,
+  UNAUTHORIZED: true,
+  DIGEST_MISMATCH: true,
+  SIZE_MISMATCH: true,
+  HOSTILE_ARCHIVE: true,
+  IN_USE: true,
+  RESOURCE_EXHAUSTED: true,
+};
 
 /** Whether `value` is one of lazyroot's error codes (not, say, a system error's `ENOENT` carried across a thread). */
 export function isErrorCode(value: unknown): value is ErrorCode {
-  return typeof value === 'string' && errorCodes.has(value);
+  return typeof value === 'string' && Object.hasOwn(errorCodes, value);
 }
 
 export class LazyrootError extends Error {

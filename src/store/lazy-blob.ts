@@ -1236,7 +1236,7 @@ export class LazyBlob {
       throw new LazyrootError('DIGEST_MISMATCH', `${this.options.what}: assembled blob ${shortDigest(this.digest)} does not match its digest (got ${got})`);
     }
     await this.runWholeCheck(own);
-    if (!(await this.stillAt(path))) {
+    if (!this.file || !(await namesFile(path, this.file))) {
       // Promoted by another process meanwhile (or gone): its copy in blobs/ is the blob, else fetch on.
       if (await this.store.blobs.has(this.digest, this.size)) await this.becomeWhole('ranges', false);
       return;
@@ -1247,13 +1247,6 @@ export class LazyBlob {
     this.complete = true;
     this.wholeBy = 'ranges';
     this.settleWhole();
-  }
-
-  /** Whether `path` still names the file this blob holds open. */
-  private async stillAt(path: string): Promise<boolean> {
-    if (!this.file) return false;
-    const [held, atPath] = await Promise.all([this.file.stat(), stat(path).catch(() => undefined)]);
-    return atPath !== undefined && atPath.ino === held.ino && atPath.dev === held.dev;
   }
 
   /** The whole check, if any, of the blob at `path`; a failure refuses the blob for good (in this process). */
@@ -1341,12 +1334,17 @@ async function openPartial(store: Store, digest: Digest, path: string): Promise<
     }
   }
   const ranges = made ? [] : store.db.blobRanges(digest);
-  const [held, atPath] = await Promise.all([file.stat(), stat(path).catch(() => undefined)]);
-  if (!atPath || atPath.ino !== held.ino || atPath.dev !== held.dev) {
+  if (!(await namesFile(path, file))) {
     await file.close();
     return undefined;
   }
   return { file, ranges };
+}
+
+/** Whether `path` still names the file `file` holds open (not one made there since, nor nothing). */
+async function namesFile(path: string, file: FileHandle): Promise<boolean> {
+  const [held, atPath] = await Promise.all([file.stat(), stat(path).catch(() => undefined)]);
+  return atPath !== undefined && atPath.ino === held.ino && atPath.dev === held.dev;
 }
 
 /** An UNAVAILABLE error for bytes that did not arrive in time. */
